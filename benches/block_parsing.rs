@@ -1,0 +1,2 @@
+//! Placeholder: the block-parsing bench lands here.
+fn main() {}
