@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, every test of the workspace, and a build of
+# the fuzz targets. `.ci/run` runs exactly this on a fresh clone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# candle and criterion use rayon; on a small shared machine more threads only spin.
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace
+# The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
+# a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.
+cargo build --manifest-path fuzz/Cargo.toml
