@@ -105,6 +105,7 @@ impl Error {
 
 /// The coarse classes of [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// Broken, truncated or unrecognised data.
     Malformed,

@@ -1,0 +1,149 @@
+//! Collating tokenized items into padded batches.
+
+use candle_core::{Device, Tensor};
+
+use crate::{Result, TokenizedItem};
+
+/// A padded batch in host memory: flat, row-major buffers with the shapes given below. Built
+/// by [`collate`] on loader threads; [`HostBatch::to_tensors`] moves it to a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    /// B: items in the batch.
+    pub batch: usize,
+    /// N: blocks per item, the largest item's block count.
+    pub blocks: usize,
+    /// L: bytes per block, the largest block's kept length.
+    pub block_bytes: usize,
+    /// `[B, N, L]` byte ids, 0–255, and the padding id elsewhere.
+    pub ids: Vec<u32>,
+    /// `[B, N, L]` 1 where `ids` holds a byte, 0 at padding.
+    pub byte_mask: Vec<u8>,
+    /// `[B, N]` 1 where the item has a block, 0 at padding.
+    pub block_mask: Vec<u8>,
+    /// `[B, N]` kept bytes of each block (0 at padding).
+    pub block_len: Vec<u32>,
+    /// `[B, N]` index of each block among its file's kept blocks.
+    pub block_index: Vec<u32>,
+    /// `[B, N]` start time in seconds (audio).
+    pub block_time: Vec<f32>,
+    /// `[B, N]` duration in seconds (audio).
+    pub block_duration: Vec<f32>,
+    /// `[B, N]` MCU row (images).
+    pub block_row: Vec<u32>,
+    /// `[B, N]` MCU column (images).
+    pub block_col: Vec<u32>,
+    /// `[B, N]` the format id of each block ([`cff_blocks::Format::id`]; 0 at padding).
+    pub block_format: Vec<u32>,
+    /// `[B]` class labels.
+    pub labels: Vec<u32>,
+}
+
+/// A padded batch on a device. Shapes as in [`HostBatch`]; masks are `u8`, ids and indices
+/// `u32`, times `f32`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// `[B, N, L]` u32.
+    pub ids: Tensor,
+    /// `[B, N, L]` u8.
+    pub byte_mask: Tensor,
+    /// `[B, N]` u8.
+    pub block_mask: Tensor,
+    /// `[B, N]` u32.
+    pub block_len: Tensor,
+    /// `[B, N]` u32.
+    pub block_index: Tensor,
+    /// `[B, N]` f32.
+    pub block_time: Tensor,
+    /// `[B, N]` f32.
+    pub block_duration: Tensor,
+    /// `[B, N]` u32.
+    pub block_row: Tensor,
+    /// `[B, N]` u32.
+    pub block_col: Tensor,
+    /// `[B, N]` u32.
+    pub block_format: Tensor,
+    /// `[B]` u32.
+    pub labels: Tensor,
+}
+
+impl HostBatch {
+    /// Ids that hold a byte.
+    pub fn real_ids(&self) -> usize {
+        self.byte_mask.iter().filter(|&&m| m != 0).count()
+    }
+
+    /// Padded ids / all ids: what padding costs this batch.
+    pub fn padding_ratio(&self) -> f64 {
+        if self.ids.is_empty() {
+            return 0.0;
+        }
+        1.0 - self.real_ids() as f64 / self.ids.len() as f64
+    }
+
+    /// Moves the batch to `device` as tensors.
+    pub fn to_tensors(&self, device: &Device) -> Result<Batch> {
+        let (b, n, l) = (self.batch, self.blocks, self.block_bytes);
+        Ok(Batch {
+            ids: Tensor::from_slice(&self.ids, (b, n, l), device)?,
+            byte_mask: Tensor::from_slice(&self.byte_mask, (b, n, l), device)?,
+            block_mask: Tensor::from_slice(&self.block_mask, (b, n), device)?,
+            block_len: Tensor::from_slice(&self.block_len, (b, n), device)?,
+            block_index: Tensor::from_slice(&self.block_index, (b, n), device)?,
+            block_time: Tensor::from_slice(&self.block_time, (b, n), device)?,
+            block_duration: Tensor::from_slice(&self.block_duration, (b, n), device)?,
+            block_row: Tensor::from_slice(&self.block_row, (b, n), device)?,
+            block_col: Tensor::from_slice(&self.block_col, (b, n), device)?,
+            block_format: Tensor::from_slice(&self.block_format, (b, n), device)?,
+            labels: Tensor::from_slice(&self.labels, b, device)?,
+        })
+    }
+}
+
+/// Pads `items` to the largest block count and block length among them (not to a global
+/// maximum) and lays them out as a [`HostBatch`].
+///
+/// # Panics
+/// If `labels.len() != items.len()`.
+pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBatch {
+    assert_eq!(items.len(), labels.len(), "one label per item");
+    let b = items.len();
+    let n = items.iter().map(|i| i.num_blocks()).max().unwrap_or(0);
+    let l = items.iter().map(|i| i.max_block_len()).max().unwrap_or(0);
+    let mut out = HostBatch {
+        batch: b,
+        blocks: n,
+        block_bytes: l,
+        ids: vec![pad_id; b * n * l],
+        byte_mask: vec![0; b * n * l],
+        block_mask: vec![0; b * n],
+        block_len: vec![0; b * n],
+        block_index: vec![0; b * n],
+        block_time: vec![0.0; b * n],
+        block_duration: vec![0.0; b * n],
+        block_row: vec![0; b * n],
+        block_col: vec![0; b * n],
+        block_format: vec![0; b * n],
+        labels: labels.to_vec(),
+    };
+    for (bi, item) in items.iter().enumerate() {
+        let format = u32::from(item.format.id());
+        for (k, pos) in item.positions.iter().enumerate() {
+            let bytes = item.block(k);
+            let row = bi * n + k;
+            let ids = &mut out.ids[row * l..row * l + bytes.len()];
+            for (id, &byte) in ids.iter_mut().zip(bytes) {
+                *id = u32::from(byte);
+            }
+            out.byte_mask[row * l..row * l + bytes.len()].fill(1);
+            out.block_mask[row] = 1;
+            out.block_len[row] = bytes.len() as u32;
+            out.block_index[row] = pos.index;
+            out.block_time[row] = pos.time;
+            out.block_duration[row] = pos.duration;
+            out.block_row[row] = pos.row;
+            out.block_col[row] = pos.col;
+            out.block_format[row] = format;
+        }
+    }
+    out
+}

@@ -1,0 +1,172 @@
+//! How a file's blocks become a tokenized item.
+
+use cff_blocks::{BlockKind, Format};
+
+/// The id of the padding byte: bytes are 0–255, so 256 is free.
+pub const PAD_ID: u32 = 256;
+
+/// Number of distinct ids: 256 byte values and the padding id.
+pub const VOCAB_SIZE: usize = 257;
+
+/// Which blocks of a file to keep when there are more than `max_blocks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Crop {
+    /// The first `max_blocks` blocks.
+    First,
+    /// The `max_blocks` blocks around the middle.
+    Centre,
+    /// A contiguous run of `max_blocks` blocks at a random start, drawn from the seed, the
+    /// epoch and the item (see [`CropContext`](crate::CropContext)).
+    Random,
+    /// `max_blocks` blocks spread evenly over the file (every k-th block, first and last kept).
+    Even,
+}
+
+/// Which block kinds are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindFilter {
+    /// Keep audio blocks (MP3 frames, Opus packets).
+    pub audio: bool,
+    /// Keep metadata blocks (Xing/Info/VBRI frames, OpusHead, OpusTags).
+    pub metadata: bool,
+    /// Keep JPEG MCUs.
+    pub mcu: bool,
+}
+
+impl Default for KindFilter {
+    /// Media blocks only: metadata blocks say nothing about the content.
+    fn default() -> Self {
+        KindFilter {
+            audio: true,
+            metadata: false,
+            mcu: true,
+        }
+    }
+}
+
+impl KindFilter {
+    /// Whether blocks of `kind` are kept.
+    pub fn keeps(&self, kind: BlockKind) -> bool {
+        match kind {
+            BlockKind::Audio => self.audio,
+            BlockKind::Metadata => self.metadata,
+            BlockKind::Mcu => self.mcu,
+            _ => false,
+        }
+    }
+}
+
+/// How a file's blocks become a tokenized item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenizerConfig {
+    /// L: bytes kept per block; longer blocks are truncated and the truncation counted.
+    pub max_block_bytes: usize,
+    /// N: blocks kept per item; longer files are cropped by `crop`.
+    pub max_blocks: usize,
+    /// How to choose `max_blocks` blocks of a longer file.
+    pub crop: Crop,
+    /// The id written at padding positions ([`PAD_ID`] by default).
+    pub pad_id: u32,
+    /// Which block kinds are kept.
+    pub kinds: KindFilter,
+    /// JPEG: keep the file's header (SOI up to the first scan's data: the tables) as one
+    /// extra block in front of the MCUs.
+    pub jpeg_header_block: bool,
+    /// Options of the block readers (limits, CRC checks).
+    pub reader: cff_blocks::Options,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            max_block_bytes: 512,
+            max_blocks: 1024,
+            crop: Crop::First,
+            pad_id: PAD_ID,
+            kinds: KindFilter::default(),
+            jpeg_header_block: false,
+            reader: cff_blocks::Options::default(),
+        }
+    }
+}
+
+impl TokenizerConfig {
+    /// Defaults chosen for a format from measured block sizes (docs/tokenize.md has the
+    /// measurements): L covers every block of a 16 kHz MP3 up to 64 kbps (largest frame 289
+    /// bytes), an Opus packet up to 64 kbps with 20 ms frames, and an MCU of a q95 28×28
+    /// grayscale JPEG; N covers 30 s of MP3 or Opus audio and a 256×256 4:2:0 image.
+    pub fn for_format(format: Format) -> Self {
+        let (max_block_bytes, max_blocks) = match format {
+            Format::Mp3 => (320, 1024),
+            Format::OggOpus => (320, 1536),
+            Format::Jpeg => (160, 1024),
+            _ => (512, 1024),
+        };
+        TokenizerConfig {
+            max_block_bytes,
+            max_blocks,
+            ..TokenizerConfig::default()
+        }
+    }
+
+    /// Sets L.
+    pub fn with_max_block_bytes(mut self, l: usize) -> Self {
+        self.max_block_bytes = l;
+        self
+    }
+
+    /// Sets N.
+    pub fn with_max_blocks(mut self, n: usize) -> Self {
+        self.max_blocks = n;
+        self
+    }
+
+    /// Sets the crop policy.
+    pub fn with_crop(mut self, crop: Crop) -> Self {
+        self.crop = crop;
+        self
+    }
+
+    /// Sets the padding id.
+    pub fn with_pad_id(mut self, pad_id: u32) -> Self {
+        self.pad_id = pad_id;
+        self
+    }
+
+    /// Sets which block kinds are kept.
+    pub fn with_kinds(mut self, kinds: KindFilter) -> Self {
+        self.kinds = kinds;
+        self
+    }
+
+    /// Keeps (or drops) the JPEG header as an extra block.
+    pub fn with_jpeg_header_block(mut self, keep: bool) -> Self {
+        self.jpeg_header_block = keep;
+        self
+    }
+
+    /// Sets the block readers' options.
+    pub fn with_reader_options(mut self, options: cff_blocks::Options) -> Self {
+        self.reader = options;
+        self
+    }
+
+    /// Checks that the numbers make sense.
+    pub fn validate(&self) -> crate::Result<()> {
+        if self.max_block_bytes == 0 || self.max_blocks == 0 {
+            return Err(crate::Error::Config(format!(
+                "max_block_bytes ({}) and max_blocks ({}) must be at least 1",
+                self.max_block_bytes, self.max_blocks
+            )));
+        }
+        if self.pad_id < 256 {
+            return Err(crate::Error::Config(format!(
+                "pad_id {} collides with a byte value (0-255)",
+                self.pad_id
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! One file's blocks as a tokenized item.
+
+use std::path::Path;
+
+use cff_blocks::{Block, Format, Place, Reader};
+
+use crate::rng::SplitMix64;
+use crate::{Crop, Error, Result, TokenizerConfig};
+
+/// Where a block sits: its index among the file's kept blocks and when or where it plays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockPosition {
+    /// Index among the file's kept blocks, before cropping (so a crop keeps true indices).
+    pub index: u32,
+    /// Audio: start time in seconds (0 for images).
+    pub time: f32,
+    /// Audio: duration in seconds (0 for images).
+    pub duration: f32,
+    /// Images: MCU row (0 for audio).
+    pub row: u32,
+    /// Images: MCU column (0 for audio).
+    pub col: u32,
+}
+
+impl BlockPosition {
+    /// The position of block `index` that plays at `place`.
+    pub fn of(index: u32, place: &Place) -> Self {
+        let (row, col) = place.grid().unwrap_or((0, 0));
+        BlockPosition {
+            index,
+            time: place.time_seconds().unwrap_or(0.0) as f32,
+            duration: place.duration_seconds().unwrap_or(0.0) as f32,
+            row,
+            col,
+        }
+    }
+}
+
+/// What the random crop depends on, so that it is the same for a given seed, epoch and item
+/// whatever thread or process tokenizes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CropContext {
+    /// The run's seed.
+    pub seed: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// A stable id of the item (its row in the dataset).
+    pub item: u64,
+}
+
+/// A file's kept blocks: their bytes (up to L each), lengths and positions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizedItem {
+    /// The file's format.
+    pub format: Format,
+    /// Kept bytes of all blocks, one after another.
+    bytes: Vec<u8>,
+    /// Start of each block in `bytes`, and the end of the last: `blocks + 1` entries.
+    starts: Vec<u32>,
+    /// Position of each block.
+    pub positions: Vec<BlockPosition>,
+    /// Blocks of the kept kinds in the file, before cropping.
+    pub source_blocks: u32,
+    /// Blocks longer than L, whose tails were dropped.
+    pub truncated_blocks: u32,
+    /// Bytes dropped by truncation.
+    pub truncated_bytes: u64,
+    /// Size of the file the item came from.
+    pub input_bytes: u64,
+}
+
+impl TokenizedItem {
+    /// An item without blocks yet, for a file of `input_bytes` bytes.
+    pub fn new(format: Format, input_bytes: u64) -> Self {
+        TokenizedItem {
+            format,
+            bytes: Vec::new(),
+            starts: vec![0],
+            positions: Vec::new(),
+            source_blocks: 0,
+            truncated_blocks: 0,
+            truncated_bytes: 0,
+            input_bytes,
+        }
+    }
+
+    /// Appends a block, keeping at most `max_block_bytes` of its bytes and counting the
+    /// truncation. Blocks can be appended as they arrive (streaming).
+    pub fn push_block(&mut self, bytes: &[u8], position: BlockPosition, max_block_bytes: usize) {
+        let take = bytes.len().min(max_block_bytes);
+        if take < bytes.len() {
+            self.truncated_blocks += 1;
+            self.truncated_bytes += (bytes.len() - take) as u64;
+        }
+        self.bytes.extend_from_slice(&bytes[..take]);
+        self.starts.push(self.bytes.len() as u32);
+        self.positions.push(position);
+    }
+
+    /// Blocks in the item (at most N).
+    pub fn num_blocks(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// The kept bytes of block `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.num_blocks()`.
+    pub fn block(&self, i: usize) -> &[u8] {
+        &self.bytes[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+
+    /// Kept bytes of block `i`.
+    ///
+    /// # Panics
+    /// If `i >= self.num_blocks()`.
+    pub fn block_len(&self, i: usize) -> usize {
+        (self.starts[i + 1] - self.starts[i]) as usize
+    }
+
+    /// The longest kept block.
+    pub fn max_block_len(&self) -> usize {
+        self.starts
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as usize)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Kept bytes of all blocks.
+    pub fn total_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The item's shape, for samplers.
+    pub fn shape(&self) -> crate::ItemShape {
+        crate::ItemShape {
+            blocks: self.num_blocks() as u32,
+            max_block_len: self.max_block_len() as u32,
+            bytes: self.bytes.len() as u64,
+        }
+    }
+}
+
+/// Indices of the blocks a crop keeps, in order.
+pub fn crop_indices(total: usize, keep: usize, crop: Crop, ctx: CropContext) -> Vec<usize> {
+    if total <= keep {
+        return (0..total).collect();
+    }
+    match crop {
+        Crop::First => (0..keep).collect(),
+        Crop::Centre => {
+            let start = (total - keep) / 2;
+            (start..start + keep).collect()
+        }
+        Crop::Random => {
+            let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item]);
+            let start = rng.below((total - keep + 1) as u64) as usize;
+            (start..start + keep).collect()
+        }
+        Crop::Even => {
+            if keep == 1 {
+                return vec![0];
+            }
+            // Rounded positions i·(total−1)/(keep−1): strictly increasing since total > keep.
+            (0..keep)
+                .map(|i| (i * (total - 1) + (keep - 1) / 2) / (keep - 1))
+                .collect()
+        }
+    }
+}
+
+/// Tokenizes a file held in memory. `path` only names the file in errors.
+pub fn tokenize(
+    data: &[u8],
+    path: &Path,
+    config: &TokenizerConfig,
+    ctx: CropContext,
+) -> Result<TokenizedItem> {
+    let blocks_err = |source| Error::Blocks {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = Reader::new(data, &config.reader).map_err(blocks_err)?;
+    let format = reader.format();
+    let header = if config.jpeg_header_block {
+        header_block(&reader)
+    } else {
+        None
+    };
+    let mut kept: Vec<Block<'_>> = Vec::new();
+    for block in reader.by_ref() {
+        let block = block.map_err(blocks_err)?;
+        if config.kinds.keeps(block.kind) {
+            kept.push(block);
+        }
+    }
+    let header_blocks = usize::from(header.is_some());
+    if kept.len() + header_blocks == 0 {
+        return Err(Error::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let source_blocks = (kept.len() + header_blocks) as u32;
+    let keep = config.max_blocks.saturating_sub(header_blocks).max(1);
+    let chosen = crop_indices(kept.len(), keep, config.crop, ctx);
+
+    let l = config.max_block_bytes;
+    let mut item = TokenizedItem::new(format, data.len() as u64);
+    item.source_blocks = source_blocks;
+    if let Some(h) = header {
+        item.push_block(h, BlockPosition::of(0, &Place::None), l);
+    }
+    for i in chosen {
+        let b = &kept[i];
+        let index = (i + header_blocks) as u32;
+        item.push_block(&b.data, BlockPosition::of(index, &b.place), l);
+    }
+    Ok(item)
+}
+
+/// The JPEG header (tables) as one block, where the reader exposes it.
+fn header_block<'a>(reader: &Reader<'a>) -> Option<&'a [u8]> {
+    match reader {
+        Reader::Jpeg(_) => None, // MERGE-TODO: the JPEG reader's header span
+        _ => None,
+    }
+}
+
+/// Reads and tokenizes a file, refusing files above the reader's size limit before reading.
+pub fn tokenize_file(
+    path: &Path,
+    config: &TokenizerConfig,
+    ctx: CropContext,
+) -> Result<TokenizedItem> {
+    let data = cff_blocks::load(path, &config.reader.limits).map_err(|source| Error::Blocks {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tokenize(&data, path, config, ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crops_keep_the_right_count_in_order() {
+        let ctx = CropContext::default();
+        for crop in [Crop::First, Crop::Centre, Crop::Random, Crop::Even] {
+            for (total, keep) in [(10, 3), (10, 10), (3, 10), (100, 7), (2, 1), (5, 4)] {
+                let idx = crop_indices(total, keep, crop, ctx);
+                assert_eq!(idx.len(), keep.min(total), "{crop:?} {total} {keep}");
+                assert!(idx.windows(2).all(|w| w[0] < w[1]), "{crop:?} {idx:?}");
+                assert!(idx.iter().all(|&i| i < total));
+            }
+        }
+        assert_eq!(crop_indices(10, 3, Crop::Centre, ctx), vec![3, 4, 5]);
+        assert_eq!(crop_indices(10, 4, Crop::Even, ctx), vec![0, 3, 6, 9]);
+        assert_eq!(crop_indices(10, 2, Crop::First, ctx), vec![0, 1]);
+    }
+
+    #[test]
+    fn random_crop_depends_on_seed_epoch_and_item_only() {
+        let a = CropContext {
+            seed: 1,
+            epoch: 2,
+            item: 3,
+        };
+        let starts: Vec<usize> = (0..20)
+            .map(|e| crop_indices(1000, 10, Crop::Random, CropContext { epoch: e, ..a })[0])
+            .collect();
+        assert!(
+            starts.iter().any(|&s| s != starts[0]),
+            "epochs move the crop"
+        );
+        assert_eq!(
+            crop_indices(1000, 10, Crop::Random, a),
+            crop_indices(1000, 10, Crop::Random, a)
+        );
+    }
+}
