@@ -1,33 +1,902 @@
-//! MP3 frames (MPEG-1/2/2.5 Layer III).
+//! MP3 frames: MPEG-1 (ISO 11172-3), MPEG-2 (ISO 13818-3) and MPEG-2.5 Layer III.
 //!
-//! Placeholder: the reader lands in this module.
+//! A block is one frame, header included, borrowed from the input. Audio frames carry
+//! [`Place::Time`] in samples at the stream's sample rate (1152 samples per MPEG-1 frame, 576
+//! per MPEG-2/2.5 frame); a Xing/Info or VBRI frame at the start of the stream is a
+//! [`BlockKind::Metadata`] block with [`Place::None`] that does not advance the time.
+//!
+//! # How frames are found
+//!
+//! - Tags around the frames are reported as [`Region`]s: ID3v2 at the start (several in a row
+//!   are allowed, and one between frames), an APE tag at the start, and ID3v1, APE and an
+//!   appended ID3v2.4 (with footer) at the end.
+//! - The first frame is a header (ISO 11172-3 2.4.2.3) whose successor, `frame_bytes` later,
+//!   is a header of the same version, layer, sample rate and channel count; or a frame that
+//!   ends exactly where the audio ends (end of data, or the first tag at the end). That frame
+//!   fixes the stream's parameters.
+//! - Then the common path: parse the header where the previous frame ended, check it agrees
+//!   with the stream, check the header after it agrees too, jump. Nothing is read inside a
+//!   frame but its header and the first bytes of its side information.
+//! - Where that fails the reader resynchronises: it scans for the next header that agrees with
+//!   the stream *and* is followed by one that agrees, so a false sync inside garbage is not
+//!   taken. The bytes skipped become one [`RegionKind::Garbage`] region; bytes after the last
+//!   frame that are not a tag become [`RegionKind::Trailing`].
+//! - A frame whose successor is missing is still a frame, unless a confirmed frame starts
+//!   inside it (then it was cut short and its bytes are garbage).
+//!
+//! # Truncation
+//!
+//! When the frame that follows the last good one declares more bytes than remain before the
+//! end of the audio (and no confirmed frame starts inside it), the reader yields
+//! [`Error::Truncated`] after all the complete frames: a partial result, the usual state of
+//! a download cut short. A header of the stream's shape found only while resynchronising and
+//! running past the end is not trusted; its bytes are reported as trailing.
+//!
+//! # Unsupported streams
+//!
+//! Layer I and II streams and free-format (bitrate index 0) streams give
+//! [`Error::Unsupported`] naming what they are, once their frames are confirmed the same way.
 
-use crate::{Block, Options, Region, Result};
+use std::borrow::Cow;
+use std::fmt;
 
-/// Format-specific facts about one block.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FrameInfo {}
+use crate::{Block, BlockKind, Detail, Error, Format, Options, Place, Region, RegionKind, Result};
 
-/// Reads blocks from a byte slice.
-#[derive(Debug)]
-pub struct Mp3Reader<'a> {
-    data: &'a [u8],
-    regions: Vec<Region>,
+/// MPEG audio version (ISO 11172-3 2.4.2.3 `ID`, ISO 13818-3 2.4.2.3; MPEG-2.5 is the
+/// Fraunhofer extension that gives the second sync bit a meaning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// MPEG-1 (32, 44.1, 48 kHz).
+    Mpeg1,
+    /// MPEG-2 low sampling frequencies (16, 22.05, 24 kHz).
+    Mpeg2,
+    /// MPEG-2.5 (8, 11.025, 12 kHz).
+    Mpeg25,
 }
 
-impl<'a> Mp3Reader<'a> {
-    /// Opens a reader over a whole file held in memory.
-    pub fn new(data: &'a [u8], _options: &Options) -> Result<Self> {
-        Ok(Mp3Reader {
-            data,
-            regions: Vec::new(),
+impl Version {
+    /// `MPEG-1`, `MPEG-2` or `MPEG-2.5`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::Mpeg1 => "MPEG-1",
+            Version::Mpeg2 => "MPEG-2",
+            Version::Mpeg25 => "MPEG-2.5",
+        }
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// MPEG audio layer (ISO 11172-3 2.4.2.3 `layer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layer {
+    /// Layer I (384 samples per frame). Not read by this crate.
+    I,
+    /// Layer II (1152 samples per frame). Not read by this crate.
+    II,
+    /// Layer III, "MP3".
+    III,
+}
+
+impl Layer {
+    /// `Layer I`, `Layer II` or `Layer III`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::I => "Layer I",
+            Layer::II => "Layer II",
+            Layer::III => "Layer III",
+        }
+    }
+}
+
+/// Channel mode (ISO 11172-3 2.4.2.3 `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelMode {
+    /// Two independent channels.
+    Stereo,
+    /// Intensity and/or M/S stereo, chosen by `mode_extension`.
+    JointStereo,
+    /// Two unrelated mono channels.
+    DualChannel,
+    /// One channel.
+    Mono,
+}
+
+impl ChannelMode {
+    /// Channels coded in the frame.
+    pub fn channels(self) -> u8 {
+        match self {
+            ChannelMode::Mono => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// De-emphasis to apply after decoding (ISO 11172-3 2.4.2.3 `emphasis`; the value `10` is
+/// reserved and makes the header invalid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Emphasis {
+    /// None.
+    None,
+    /// 50/15 µs.
+    Us50_15,
+    /// CCITT J.17.
+    CcittJ17,
+}
+
+/// Why four bytes are not a usable MPEG audio frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The 11 sync bits are not all set.
+    NoSync,
+    /// Version bits `01`, reserved.
+    ReservedVersion,
+    /// Layer bits `00`, reserved.
+    ReservedLayer,
+    /// Bitrate index 15, forbidden.
+    ForbiddenBitrate,
+    /// Sampling frequency index 3, reserved.
+    ReservedSampleRate,
+    /// Emphasis `10`, reserved.
+    ReservedEmphasis,
+    /// Bitrate index 0: a free-format stream, whose frame length the header does not give.
+    FreeFormat,
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HeaderError::NoSync => "no frame sync",
+            HeaderError::ReservedVersion => "reserved version",
+            HeaderError::ReservedLayer => "reserved layer",
+            HeaderError::ForbiddenBitrate => "forbidden bitrate index 15",
+            HeaderError::ReservedSampleRate => "reserved sampling frequency index 3",
+            HeaderError::ReservedEmphasis => "reserved emphasis",
+            HeaderError::FreeFormat => "free-format bitrate",
+        })
+    }
+}
+
+/// A parsed MPEG audio frame header (ISO 11172-3 2.4.1.3 and 2.4.2.3, ISO 13818-3 2.4.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameHeader {
+    /// MPEG-1, MPEG-2 or MPEG-2.5.
+    pub version: Version,
+    /// Layer I, II or III.
+    pub layer: Layer,
+    /// Whether a 16-bit CRC follows the header (`protection_bit` = 0).
+    pub crc: bool,
+    /// Bitrate in kbit/s.
+    pub bitrate_kbps: u16,
+    /// Sampling frequency in Hz.
+    pub sample_rate: u32,
+    /// Whether the frame carries one padding slot.
+    pub padding: bool,
+    /// The private bit, free for applications.
+    pub private: bool,
+    /// Channel mode.
+    pub channel_mode: ChannelMode,
+    /// `mode_extension`: which joint-stereo tools are on (Layer III: bit 1 M/S, bit 0
+    /// intensity).
+    pub mode_extension: u8,
+    /// The copyright bit.
+    pub copyright: bool,
+    /// The original/home bit.
+    pub original: bool,
+    /// De-emphasis.
+    pub emphasis: Emphasis,
+    /// Bytes in the frame, header included.
+    pub frame_bytes: u16,
+    /// Samples per channel the frame decodes to.
+    pub samples: u16,
+}
+
+/// Bitrates in kbit/s by index 1..=14 (ISO 11172-3 2.4.2.3, ISO 13818-3 2.4.2.3).
+const KBPS_MPEG1: [[u16; 14]; 3] = [
+    [
+        32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
+    ],
+    [
+        32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+    ],
+    [
+        32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ],
+];
+const KBPS_LSF: [[u16; 14]; 2] = [
+    [
+        32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
+    ],
+    [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
+];
+/// Sampling frequencies by index 0..=2.
+const RATES: [[u32; 3]; 3] = [
+    [44_100, 48_000, 32_000],
+    [22_050, 24_000, 16_000],
+    [11_025, 12_000, 8_000],
+];
+
+impl FrameHeader {
+    /// Bytes in a frame header.
+    pub const LEN: usize = 4;
+
+    /// Parses the four header bytes, most significant first.
+    pub fn parse(word: u32) -> std::result::Result<FrameHeader, HeaderError> {
+        if word >> 21 != 0x7FF {
+            return Err(HeaderError::NoSync);
+        }
+        let version = match (word >> 19) & 3 {
+            0 => Version::Mpeg25,
+            2 => Version::Mpeg2,
+            3 => Version::Mpeg1,
+            _ => return Err(HeaderError::ReservedVersion),
+        };
+        let layer = match (word >> 17) & 3 {
+            1 => Layer::III,
+            2 => Layer::II,
+            3 => Layer::I,
+            _ => return Err(HeaderError::ReservedLayer),
+        };
+        let rate_index = ((word >> 10) & 3) as usize;
+        let sample_rate = match (version, rate_index) {
+            (_, 3) => return Err(HeaderError::ReservedSampleRate),
+            (Version::Mpeg1, i) => RATES[0][i],
+            (Version::Mpeg2, i) => RATES[1][i],
+            (Version::Mpeg25, i) => RATES[2][i],
+        };
+        let emphasis = match word & 3 {
+            0 => Emphasis::None,
+            1 => Emphasis::Us50_15,
+            3 => Emphasis::CcittJ17,
+            _ => return Err(HeaderError::ReservedEmphasis),
+        };
+        let bitrate_index = ((word >> 12) & 15) as usize;
+        let bitrate_kbps = match bitrate_index {
+            0 => return Err(HeaderError::FreeFormat),
+            15 => return Err(HeaderError::ForbiddenBitrate),
+            i => match (version, layer) {
+                (Version::Mpeg1, Layer::I) => KBPS_MPEG1[0][i - 1],
+                (Version::Mpeg1, Layer::II) => KBPS_MPEG1[1][i - 1],
+                (Version::Mpeg1, Layer::III) => KBPS_MPEG1[2][i - 1],
+                (_, Layer::I) => KBPS_LSF[0][i - 1],
+                (_, _) => KBPS_LSF[1][i - 1],
+            },
+        };
+        let padding = (word >> 9) & 1 == 1;
+        // Frame length in slots (ISO 11172-3 2.4.3.1; ISO 13818-3 2.4.3.1 halves the Layer III
+        // slot count because an LSF frame has one granule): a Layer I slot is 4 bytes.
+        let bps = u32::from(bitrate_kbps) * 1000;
+        let (frame_bytes, samples) = match (layer, version) {
+            (Layer::I, _) => ((12 * bps / sample_rate + u32::from(padding)) * 4, 384),
+            (Layer::II, _) => (144 * bps / sample_rate + u32::from(padding), 1152),
+            (Layer::III, Version::Mpeg1) => (144 * bps / sample_rate + u32::from(padding), 1152),
+            (Layer::III, _) => (72 * bps / sample_rate + u32::from(padding), 576),
+        };
+        Ok(FrameHeader {
+            version,
+            layer,
+            crc: (word >> 16) & 1 == 0,
+            bitrate_kbps,
+            sample_rate,
+            padding,
+            private: (word >> 8) & 1 == 1,
+            channel_mode: match (word >> 6) & 3 {
+                0 => ChannelMode::Stereo,
+                1 => ChannelMode::JointStereo,
+                2 => ChannelMode::DualChannel,
+                _ => ChannelMode::Mono,
+            },
+            mode_extension: ((word >> 4) & 3) as u8,
+            copyright: (word >> 3) & 1 == 1,
+            original: (word >> 2) & 1 == 1,
+            emphasis,
+            // At most 4·(12·448000/32000 + 1) = 676 (Layer I) or 144·384000/32000 + 1 = 1729.
+            frame_bytes: frame_bytes as u16,
+            samples,
         })
     }
 
-    /// Ranges of the input seen so far that are not part of any block.
+    /// Channels coded in the frame.
+    pub fn channels(&self) -> u8 {
+        self.channel_mode.channels()
+    }
+
+    /// Byte offset of the side information (Layer III) or audio data from the frame start:
+    /// after the header and the optional CRC (ISO 11172-3 2.4.1.2).
+    pub fn side_info_offset(&self) -> usize {
+        if self.crc {
+            6
+        } else {
+            4
+        }
+    }
+
+    /// Bytes of Layer III side information (ISO 11172-3 2.4.1.7: 17 mono, 32 stereo;
+    /// ISO 13818-3 2.4.1.7: 9 mono, 17 stereo). 0 for Layers I and II.
+    pub fn side_info_len(&self) -> usize {
+        match (self.layer, self.version, self.channel_mode) {
+            (Layer::III, Version::Mpeg1, ChannelMode::Mono) => 17,
+            (Layer::III, Version::Mpeg1, _) => 32,
+            (Layer::III, _, ChannelMode::Mono) => 9,
+            (Layer::III, _, _) => 17,
+            _ => 0,
+        }
+    }
+}
+
+/// Which VBR header a metadata frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VbrKind {
+    /// `Xing` (variable bitrate, written by LAME and Xing).
+    Xing,
+    /// `Info` (the same structure, written by LAME for constant bitrate).
+    Info,
+    /// `VBRI` (Fraunhofer).
+    Vbri,
+}
+
+/// What a Xing/Info or VBRI header says about the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VbrHeader {
+    /// Which header.
+    pub kind: VbrKind,
+    /// Audio frames in the stream, this frame not counted, where the header gives it.
+    pub frames: Option<u32>,
+    /// Bytes of the stream, where the header gives it.
+    pub bytes: Option<u32>,
+    /// Samples the encoder added at the start (LAME tag, or VBRI `delay`), where given.
+    pub encoder_delay: Option<u16>,
+    /// Samples the encoder added at the end (LAME tag), where given.
+    pub encoder_padding: Option<u16>,
+}
+
+/// Format-specific facts about one MP3 frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct FrameInfo {
+    /// The frame header.
+    pub header: FrameHeader,
+    /// How many bytes before this frame's side information its main data begins, not counting
+    /// headers and side information of the frames in between (ISO 11172-3 2.4.1.7: 9 bits;
+    /// ISO 13818-3 2.4.1.7: 8 bits). 0 when the bit reservoir is not used.
+    pub main_data_begin: u16,
+    /// Bytes of side information (after the header and the CRC).
+    pub side_info_len: u8,
+    /// The Xing/Info/VBRI header, for the metadata frame that holds one.
+    pub vbr: Option<VbrHeader>,
+}
+
+/// Sync, version, layer and sampling frequency: what every frame of a stream shares.
+const STREAM_MASK: u32 = 0xFFFE_0C00;
+
+/// Whether header word `word` belongs to the stream whose first header was `key`: same
+/// version, layer and sampling frequency, and the same number of channels (the side
+/// information's length depends on it). Stereo and joint stereo may alternate.
+#[inline]
+fn agrees(word: u32, key: u32) -> bool {
+    word & STREAM_MASK == key & STREAM_MASK && (word & 0xC0 == 0xC0) == (key & 0xC0 == 0xC0)
+}
+
+#[inline]
+fn word_at(data: &[u8], pos: usize) -> Option<u32> {
+    let b = data.get(pos..pos.checked_add(4)?)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+#[inline]
+fn u32_le_at(data: &[u8], pos: usize) -> Option<u32> {
+    let b = data.get(pos..pos.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn u16_be_at(data: &[u8], pos: usize) -> Option<u16> {
+    let b = data.get(pos..pos.checked_add(2)?)?;
+    Some(u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Length of the ID3v2 tag at the start of `data`, header, padding and footer included
+/// (ID3v2.4 structure §3.1: a 28-bit syncsafe size that excludes the 10-byte header and the
+/// 10-byte footer present when flag bit 4 is set). `None` if `data` does not start with a
+/// valid ID3v2 header; the length may exceed `data`.
+fn id3v2_len(data: &[u8]) -> Option<u64> {
+    let h = data.get(..10)?;
+    if &h[..3] != b"ID3" || h[3] == 0xFF || h[4] == 0xFF || h[6..10].iter().any(|b| b & 0x80 != 0) {
+        return None;
+    }
+    let size = h[6..10]
+        .iter()
+        .fold(0u64, |acc, &b| (acc << 7) | u64::from(b));
+    let footer = if h[3] >= 4 && h[5] & 0x10 != 0 { 10 } else { 0 };
+    Some(10 + size + footer)
+}
+
+/// Length of an ID3v2.4 tag whose footer (`3DI`) ends at `end` (ID3v2.4 structure §3.4: a tag
+/// appended at the end of a file carries a footer so that it can be found from the end).
+fn id3v2_footer_len(data: &[u8], end: usize) -> Option<u64> {
+    let f = data.get(end.checked_sub(10)?..end)?;
+    if &f[..3] != b"3DI" || f[3] == 0xFF || f[4] == 0xFF || f[6..10].iter().any(|b| b & 0x80 != 0) {
+        return None;
+    }
+    let size = f[6..10]
+        .iter()
+        .fold(0u64, |acc, &b| (acc << 7) | u64::from(b));
+    Some(20 + size)
+}
+
+/// APE tag flags (APEv2 specification, "APE Tags Header"): bit 31 the tag has a header, bit 29
+/// this 32-byte block is the header.
+const APE_HAS_HEADER: u32 = 1 << 31;
+const APE_IS_HEADER: u32 = 1 << 29;
+
+/// Length of the APE tag whose 32-byte header starts at `pos`. The header's size field counts
+/// the items and the footer, not the header.
+fn ape_header_len(data: &[u8], pos: usize) -> Option<u64> {
+    if data.get(pos..pos.checked_add(8)?)? != b"APETAGEX" {
+        return None;
+    }
+    let size = u32_le_at(data, pos + 12)?;
+    let flags = u32_le_at(data, pos + 20)?;
+    (flags & APE_IS_HEADER != 0 && size >= 32).then_some(u64::from(size) + 32)
+}
+
+/// Length of the APE tag whose 32-byte footer ends at `end`, header included when the flags
+/// say there is one.
+fn ape_footer_len(data: &[u8], end: usize) -> Option<u64> {
+    let pos = end.checked_sub(32)?;
+    if data.get(pos..pos + 8)? != b"APETAGEX" {
+        return None;
+    }
+    let size = u32_le_at(data, pos + 12)?;
+    let flags = u32_le_at(data, pos + 20)?;
+    if flags & APE_IS_HEADER != 0 || size < 32 {
+        return None;
+    }
+    let header = if flags & APE_HAS_HEADER != 0 { 32 } else { 0 };
+    Some(u64::from(size) + header)
+}
+
+/// Reads the Xing/Info or VBRI header in `frame`, if it holds one.
+fn vbr_header(frame: &[u8], header: &FrameHeader) -> Option<VbrHeader> {
+    // LAME and FFmpeg place the Xing tag right after the side information as if there were no
+    // CRC (LAME's VbrTag.c; verified on `lame -p` output); also accept it after the CRC.
+    let plain = 4 + header.side_info_len();
+    let at = [plain, plain + 2];
+    let candidates = if header.crc { &at[..] } else { &at[..1] };
+    for &x in candidates {
+        let kind = match frame.get(x..x + 4) {
+            Some(b"Xing") => VbrKind::Xing,
+            Some(b"Info") => VbrKind::Info,
+            _ => continue,
+        };
+        let flags = word_at(frame, x + 4)?;
+        let mut p = x + 8;
+        let mut field = |bit: u32, len: usize| -> Option<u32> {
+            if flags & bit == 0 {
+                return None;
+            }
+            let v = word_at(frame, p);
+            p += len;
+            v
+        };
+        let frames = field(1, 4);
+        let bytes = field(2, 4);
+        let _toc = field(4, 100);
+        let _quality = field(8, 4);
+        // The LAME tag follows (LAME's "Mp3 Info Tag rev 1" specification): a 9-byte encoder
+        // string, then at byte 21 the encoder delay and padding, 12 bits each.
+        let (mut encoder_delay, mut encoder_padding) = (None, None);
+        if let Some(lame) = frame.get(p..p + 24) {
+            if lame.starts_with(b"LAME") || lame.starts_with(b"Lavf") || lame.starts_with(b"Lavc") {
+                let (a, b, c) = (lame[21], lame[22], lame[23]);
+                encoder_delay = Some((u16::from(a) << 4) | u16::from(b >> 4));
+                encoder_padding = Some((u16::from(b & 0x0F) << 8) | u16::from(c));
+            }
+        }
+        return Some(VbrHeader {
+            kind,
+            frames,
+            bytes,
+            encoder_delay,
+            encoder_padding,
+        });
+    }
+    // VBRI: always 32 bytes after the header (Fraunhofer's VBRI specification): version,
+    // delay, quality (u16 each), then bytes and frames (u32 each), big-endian.
+    if frame.get(36..40) == Some(b"VBRI") {
+        return Some(VbrHeader {
+            kind: VbrKind::Vbri,
+            frames: word_at(frame, 50),
+            bytes: word_at(frame, 46),
+            encoder_delay: u16_be_at(frame, 42),
+            encoder_padding: None,
+        });
+    }
+    None
+}
+
+/// Reads blocks (frames) from an MP3 file held in memory.
+#[derive(Debug)]
+pub struct Mp3Reader<'a> {
+    data: &'a [u8],
+    /// Next byte to look at.
+    pos: usize,
+    /// Where the audio ends: the first tag at the end, or the end of the data.
+    audio_end: usize,
+    regions: Vec<Region>,
+    /// Tags found at the end, reported once the frames are read.
+    end_regions: Vec<Region>,
+    /// The first header of the stream, once it is found: every frame must agree with it.
+    stream: Option<u32>,
+    index: u64,
+    next_sample: i64,
+    /// An error found when the reader was opened, yielded first.
+    pending: Option<Error>,
+    done: bool,
+    max_blocks: u64,
+    max_block_bytes: u64,
+}
+
+impl<'a> Mp3Reader<'a> {
+    /// Opens a reader over a whole file held in memory. Tags are located here; frames are
+    /// found as the iterator advances.
+    pub fn new(data: &'a [u8], options: &Options) -> Result<Self> {
+        let limits = &options.limits;
+        if data.len() as u64 > limits.max_file_bytes {
+            return Err(Error::Limit {
+                offset: 0,
+                what: "max_file_bytes",
+                limit: limits.max_file_bytes,
+                found: data.len() as u64,
+            });
+        }
+        let mut reader = Mp3Reader {
+            data,
+            pos: 0,
+            audio_end: data.len(),
+            regions: Vec::new(),
+            end_regions: Vec::new(),
+            stream: None,
+            index: 0,
+            next_sample: 0,
+            pending: None,
+            done: false,
+            max_blocks: limits.max_blocks,
+            max_block_bytes: limits.max_block_bytes,
+        };
+        reader.find_leading_tags();
+        reader.find_trailing_tags();
+        Ok(reader)
+    }
+
+    /// Ranges of the input seen so far that are not part of any block. Tags at the end of the
+    /// file are added when the last frame has been read.
     pub fn regions(&self) -> &[Region] {
         &self.regions
+    }
+
+    /// ID3v2 tags (several may follow each other) and an APE tag at the start of the file.
+    fn find_leading_tags(&mut self) {
+        loop {
+            let rest = self.data.get(self.pos..).unwrap_or_default();
+            let (len, kind) = if let Some(len) = id3v2_len(rest) {
+                (len, RegionKind::Id3v2)
+            } else if let Some(len) = ape_header_len(self.data, self.pos) {
+                (len, RegionKind::Ape)
+            } else {
+                return;
+            };
+            if len > rest.len() as u64 {
+                self.pending = Some(Error::Truncated {
+                    format: Format::Mp3,
+                    offset: self.pos as u64,
+                    what: if kind == RegionKind::Ape {
+                        "APE tag"
+                    } else {
+                        "ID3v2 tag"
+                    },
+                    needed: len,
+                    available: rest.len() as u64,
+                });
+                return;
+            }
+            self.push_region(self.pos, len as usize, kind);
+            self.pos += len as usize;
+        }
+    }
+
+    /// ID3v1 (the last 128 bytes, starting `TAG`), APE (found by its footer) and an appended
+    /// ID3v2.4 tag (found by its footer), in any order, working backwards from the end.
+    fn find_trailing_tags(&mut self) {
+        let start = self.pos;
+        let mut end = self.data.len();
+        loop {
+            let room = (end - start) as u64;
+            let (len, kind) =
+                if room >= 128 && self.data.get(end - 128..end - 125) == Some(b"TAG".as_slice()) {
+                    (128, RegionKind::Id3v1)
+                } else if let Some(len) = ape_footer_len(self.data, end).filter(|&n| n <= room) {
+                    (len, RegionKind::Ape)
+                } else if let Some(len) = id3v2_footer_len(self.data, end).filter(|&n| n <= room) {
+                    (len, RegionKind::Id3v2)
+                } else {
+                    break;
+                };
+            end -= len as usize;
+            self.end_regions.push(Region {
+                offset: end as u64,
+                len,
+                kind,
+            });
+        }
+        self.end_regions.reverse();
+        self.audio_end = end;
+    }
+
+    /// Adds a region. Skipped bytes that touch skipped bytes of the same kind extend the
+    /// previous region; tags stay one region each.
+    fn push_region(&mut self, offset: usize, len: usize, kind: RegionKind) {
+        if len == 0 {
+            return;
+        }
+        if let Some(last) = self.regions.last_mut() {
+            if kind.is_garbage() && last.kind == kind && last.offset + last.len == offset as u64 {
+                last.len += len as u64;
+                return;
+            }
+        }
+        self.regions.push(Region {
+            offset: offset as u64,
+            len: len as u64,
+            kind,
+        });
+    }
+
+    /// The Layer III header at `pos` if it belongs to the stream `key`.
+    #[inline]
+    fn stream_header_at(&self, pos: usize, key: u32) -> Option<FrameHeader> {
+        let word = word_at(self.data, pos)?;
+        if !agrees(word, key) {
+            return None;
+        }
+        FrameHeader::parse(word).ok()
+    }
+
+    /// Whether a frame of the stream `key` ending at `end` is confirmed: it ends where the
+    /// audio ends, or a header of the stream follows it.
+    #[inline]
+    fn confirmed_end(&self, end: usize, key: u32) -> bool {
+        end == self.audio_end || (end < self.audio_end && self.stream_header_at(end, key).is_some())
+    }
+
+    /// Candidate sync positions in `from..to`: bytes 0xFF followed by three set bits.
+    fn syncs(&self, from: usize, to: usize) -> impl Iterator<Item = usize> + '_ {
+        let to = to.min(self.audio_end);
+        let window = self.data.get(from..to).unwrap_or_default();
+        window
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == 0xFF)
+            .map(move |(i, _)| from + i)
+            .filter(move |&p| self.data.get(p + 1).is_some_and(|b| b & 0xE0 == 0xE0))
+    }
+
+    /// The first frame of the stream `key` in `from..to` that is followed by another frame of
+    /// the stream (or ends where the audio ends) and fits before the end of the audio.
+    fn find_confirmed(&self, from: usize, to: usize, key: u32) -> Option<(usize, FrameHeader)> {
+        self.syncs(from, to).find_map(|p| {
+            let h = self.stream_header_at(p, key)?;
+            let end = p + usize::from(h.frame_bytes);
+            self.confirmed_end(end, key).then_some((p, h))
+        })
+    }
+
+    /// Finds the first frame of the stream from `self.pos`, any layer, and fixes the stream's
+    /// parameters. Skipped bytes become garbage.
+    fn find_first(&mut self) -> Result<Option<(usize, FrameHeader)>> {
+        let from = self.pos;
+        let found = self.syncs(from, self.audio_end).find_map(|p| {
+            let word = word_at(self.data, p)?;
+            match FrameHeader::parse(word) {
+                Ok(h) => {
+                    let end = p + usize::from(h.frame_bytes);
+                    let ok = end == self.audio_end
+                        || word_at(self.data, end).is_some_and(|next| {
+                            end < self.audio_end
+                                && agrees(next, word)
+                                && FrameHeader::parse(next).is_ok()
+                        });
+                    ok.then_some(Ok((p, word, h)))
+                }
+                Err(HeaderError::FreeFormat) if self.free_format_confirmed(p, word) => Some(Err(p)),
+                Err(_) => None,
+            }
+        });
+        match found {
+            None => {
+                let end = self.audio_end;
+                self.push_region(from, end - from, RegionKind::Garbage);
+                self.pos = end;
+                Err(Error::Malformed {
+                    format: Format::Mp3,
+                    offset: from as u64,
+                    expected: "an MPEG audio frame followed by another",
+                    found: format!("none in {} bytes", end - from),
+                })
+            }
+            Some(Err(p)) => {
+                self.push_region(from, p - from, RegionKind::Garbage);
+                Err(Error::Unsupported {
+                    format: Format::Mp3,
+                    offset: p as u64,
+                    what: "free-format bitrate (bitrate index 0)".into(),
+                })
+            }
+            Some(Ok((p, word, h))) => {
+                self.push_region(from, p - from, RegionKind::Garbage);
+                if h.layer != Layer::III {
+                    return Err(Error::Unsupported {
+                        format: Format::Mp3,
+                        offset: p as u64,
+                        what: format!("{} {}", h.version, h.layer.name()),
+                    });
+                }
+                self.stream = Some(word);
+                Ok(Some((p, h)))
+            }
+        }
+    }
+
+    /// A free-format header counts as a stream when another with the same sync, version,
+    /// layer, bitrate index and sampling frequency follows within the largest free-format
+    /// frame (ISO 11172-3 2.4.2.3 allows up to the layer's top bitrate and beyond: 4 KiB covers
+    /// 640 kbit/s at 32 kHz).
+    fn free_format_confirmed(&self, p: usize, word: u32) -> bool {
+        const SAME: u32 = 0xFFFF_FC00;
+        self.syncs(p + 4 + 9, p + 4096)
+            .any(|q| word_at(self.data, q).is_some_and(|w| w & SAME == word & SAME))
+    }
+
+    /// Finds the next frame: `Ok(None)` at the end of the audio.
+    fn next_frame(&mut self) -> Result<Option<(usize, FrameHeader)>> {
+        loop {
+            let Some(key) = self.stream else {
+                // Also where no byte is left: a file without frames is malformed.
+                return self.find_first();
+            };
+            let pos = self.pos;
+            let end = self.audio_end;
+            if pos >= end {
+                return Ok(None);
+            }
+            // The common path: a header of the stream where the last frame ended, and another
+            // where this one ends.
+            if let Some(h) = self.stream_header_at(pos, key) {
+                let frame_end = pos + usize::from(h.frame_bytes);
+                if self.confirmed_end(frame_end, key) {
+                    return Ok(Some((pos, h)));
+                }
+                // No successor. If a confirmed frame starts inside this one, this one was cut
+                // short: its bytes are garbage.
+                if let Some((q, hq)) = self.find_confirmed(pos + 1, frame_end, key) {
+                    self.push_region(pos, q - pos, RegionKind::Garbage);
+                    return Ok(Some((q, hq)));
+                }
+                if frame_end <= end {
+                    // Whole, followed by garbage or by the last bytes of the file.
+                    return Ok(Some((pos, h)));
+                }
+                return Err(Error::Truncated {
+                    format: Format::Mp3,
+                    offset: pos as u64,
+                    what: "MP3 frame",
+                    needed: u64::from(h.frame_bytes),
+                    available: (end - pos) as u64,
+                });
+            }
+            // An ID3v2 tag between frames (concatenated files).
+            if let Some(len) = id3v2_len(self.data.get(pos..end).unwrap_or_default()) {
+                if len <= (end - pos) as u64 {
+                    self.push_region(pos, len as usize, RegionKind::Id3v2);
+                    self.pos = pos + len as usize;
+                    continue;
+                }
+            }
+            // Resynchronise on a frame of the stream that another frame confirms.
+            match self.find_confirmed(pos + 1, end, key) {
+                Some((q, h)) => {
+                    self.push_region(pos, q - pos, RegionKind::Garbage);
+                    return Ok(Some((q, h)));
+                }
+                None => {
+                    self.push_region(pos, end - pos, RegionKind::Trailing);
+                    self.pos = end;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Builds the block for the frame at `pos`.
+    fn block(&mut self, pos: usize, header: FrameHeader) -> Result<Block<'a>> {
+        let len = usize::from(header.frame_bytes);
+        if len as u64 > self.max_block_bytes {
+            return Err(Error::Limit {
+                offset: pos as u64,
+                what: "max_block_bytes",
+                limit: self.max_block_bytes,
+                found: len as u64,
+            });
+        }
+        if self.index >= self.max_blocks {
+            return Err(Error::Limit {
+                offset: pos as u64,
+                what: "max_blocks",
+                limit: self.max_blocks,
+                found: self.index + 1,
+            });
+        }
+        let frame = self
+            .data
+            .get(pos..pos + len)
+            .ok_or_else(|| Error::Truncated {
+                format: Format::Mp3,
+                offset: pos as u64,
+                what: "MP3 frame",
+                needed: len as u64,
+                available: self.data.len().saturating_sub(pos) as u64,
+            })?;
+        let si = header.side_info_offset();
+        // main_data_begin opens the side information (ISO 11172-3 2.4.1.7: 9 bits; ISO
+        // 13818-3 2.4.1.7: 8 bits). Every Layer III frame is longer than header, CRC and side
+        // information (the shortest, 8 kbit/s at 24 kHz, has 24 bytes), so both bytes exist.
+        let (b0, b1) = (
+            u16::from(frame.get(si).copied().unwrap_or(0)),
+            u16::from(frame.get(si + 1).copied().unwrap_or(0)),
+        );
+        let main_data_begin = match header.version {
+            Version::Mpeg1 => (b0 << 1) | (b1 >> 7),
+            _ => b0,
+        };
+        // Only the first frame of the stream may be a Xing/Info/VBRI frame.
+        let vbr = if self.index == 0 {
+            vbr_header(frame, &header)
+        } else {
+            None
+        };
+        let (kind, place) = if vbr.is_some() {
+            (BlockKind::Metadata, Place::None)
+        } else {
+            let place = Place::Time {
+                start: self.next_sample,
+                duration: u32::from(header.samples),
+                rate: header.sample_rate,
+            };
+            self.next_sample += i64::from(header.samples);
+            (BlockKind::Audio, place)
+        };
+        let block = Block {
+            index: self.index,
+            offset: pos as u64,
+            bit: 0,
+            data: Cow::Borrowed(frame),
+            bits: None,
+            kind,
+            place,
+            detail: Detail::Mp3(FrameInfo {
+                header,
+                main_data_begin,
+                side_info_len: header.side_info_len() as u8,
+                vbr,
+            }),
+        };
+        self.index += 1;
+        self.pos = pos + len;
+        Ok(block)
     }
 }
 
@@ -35,7 +904,26 @@ impl<'a> Iterator for Mp3Reader<'a> {
     type Item = Result<Block<'a>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let _ = self.data;
-        None
+        if self.done {
+            return None;
+        }
+        if let Some(e) = self.pending.take() {
+            self.done = true;
+            return Some(Err(e));
+        }
+        let result = match self.next_frame() {
+            Ok(Some((pos, header))) => self.block(pos, header),
+            Ok(None) => {
+                self.done = true;
+                let tags = std::mem::take(&mut self.end_regions);
+                self.regions.extend(tags);
+                return None;
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.done = true;
+        }
+        Some(result)
     }
 }
