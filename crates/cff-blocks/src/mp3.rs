@@ -214,6 +214,33 @@ const KBPS_LSF: [[u16; 14]; 2] = [
     ],
     [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
 ];
+/// Layer III frame bytes without padding by version (MPEG-1, MPEG-2, MPEG-2.5), sampling
+/// frequency index and bitrate index (0 where the index is not a bitrate): 144·bitrate/rate
+/// for MPEG-1 (ISO 11172-3 2.4.3.1), 72·bitrate/rate for MPEG-2 and 2.5 (ISO 13818-3 2.4.3.1,
+/// one granule per frame). A table keeps the division off the reader's hot path.
+const L3_FRAME_BYTES: [[[u16; 16]; 3]; 3] = {
+    let mut t = [[[0u16; 16]; 3]; 3];
+    let mut v = 0;
+    while v < 3 {
+        let (kbps, slots) = if v == 0 {
+            (&KBPS_MPEG1[2], 144)
+        } else {
+            (&KBPS_LSF[1], 72)
+        };
+        let mut r = 0;
+        while r < 3 {
+            let mut b = 1;
+            while b < 15 {
+                t[v][r][b] = (slots * kbps[b - 1] as u32 * 1000 / RATES[v][r]) as u16;
+                b += 1;
+            }
+            r += 1;
+        }
+        v += 1;
+    }
+    t
+};
+
 /// Sampling frequencies by index 0..=2.
 const RATES: [[u32; 3]; 3] = [
     [44_100, 48_000, 32_000],
@@ -243,12 +270,15 @@ impl FrameHeader {
             _ => return Err(HeaderError::ReservedLayer),
         };
         let rate_index = ((word >> 10) & 3) as usize;
-        let sample_rate = match (version, rate_index) {
-            (_, 3) => return Err(HeaderError::ReservedSampleRate),
-            (Version::Mpeg1, i) => RATES[0][i],
-            (Version::Mpeg2, i) => RATES[1][i],
-            (Version::Mpeg25, i) => RATES[2][i],
+        let v = match version {
+            Version::Mpeg1 => 0,
+            Version::Mpeg2 => 1,
+            Version::Mpeg25 => 2,
         };
+        if rate_index == 3 {
+            return Err(HeaderError::ReservedSampleRate);
+        }
+        let sample_rate = RATES[v][rate_index];
         let emphasis = match word & 3 {
             0 => Emphasis::None,
             1 => Emphasis::Us50_15,
@@ -271,11 +301,18 @@ impl FrameHeader {
         // Frame length in slots (ISO 11172-3 2.4.3.1; ISO 13818-3 2.4.3.1 halves the Layer III
         // slot count because an LSF frame has one granule): a Layer I slot is 4 bytes.
         let bps = u32::from(bitrate_kbps) * 1000;
+        let slot = u32::from(padding);
         let (frame_bytes, samples) = match (layer, version) {
-            (Layer::I, _) => ((12 * bps / sample_rate + u32::from(padding)) * 4, 384),
-            (Layer::II, _) => (144 * bps / sample_rate + u32::from(padding), 1152),
-            (Layer::III, Version::Mpeg1) => (144 * bps / sample_rate + u32::from(padding), 1152),
-            (Layer::III, _) => (72 * bps / sample_rate + u32::from(padding), 576),
+            (Layer::I, _) => ((12 * bps / sample_rate + slot) * 4, 384),
+            (Layer::II, _) => (144 * bps / sample_rate + slot, 1152),
+            (Layer::III, Version::Mpeg1) => (
+                u32::from(L3_FRAME_BYTES[0][rate_index][bitrate_index]) + slot,
+                1152,
+            ),
+            (Layer::III, _) => (
+                u32::from(L3_FRAME_BYTES[v][rate_index][bitrate_index]) + slot,
+                576,
+            ),
         };
         Ok(FrameHeader {
             version,
@@ -369,6 +406,26 @@ pub struct FrameInfo {
     pub side_info_len: u8,
     /// The Xing/Info/VBRI header, for the metadata frame that holds one.
     pub vbr: Option<VbrHeader>,
+}
+
+/// Row of [`L3_FRAME_BYTES`] by the header's version bits (`00` MPEG-2.5, `10` MPEG-2, `11`
+/// MPEG-1; `01` is reserved and never agrees with a stream).
+const VERSION_ROW: [usize; 4] = [2, 3, 1, 0];
+
+/// Length of the Layer III frame whose header is `word`, if `word` is a valid header of the
+/// stream whose first header was `key` (a valid Layer III header): it agrees with `key`, and
+/// its bitrate index (not 0 or 15) and emphasis (not `10`) are valid. The same rules as
+/// [`FrameHeader::parse`], without building the header.
+#[inline]
+fn stream_frame_len(word: u32, key: u32) -> Option<usize> {
+    if !agrees(word, key) || word & 3 == 2 {
+        return None;
+    }
+    let row = L3_FRAME_BYTES.get(VERSION_ROW[((word >> 19) & 3) as usize])?;
+    let bytes = *row
+        .get(((word >> 10) & 3) as usize)?
+        .get(((word >> 12) & 15) as usize)?;
+    (bytes != 0).then(|| usize::from(bytes) + ((word >> 9) & 1) as usize)
 }
 
 /// Sync, version, layer and sampling frequency: what every frame of a stream shares.
@@ -656,21 +713,18 @@ impl<'a> Mp3Reader<'a> {
         });
     }
 
-    /// The Layer III header at `pos` if it belongs to the stream `key`.
+    /// Length of the frame at `pos` if its header belongs to the stream `key`.
     #[inline]
-    fn stream_header_at(&self, pos: usize, key: u32) -> Option<FrameHeader> {
+    fn stream_frame_at(&self, pos: usize, key: u32) -> Option<(u32, usize)> {
         let word = word_at(self.data, pos)?;
-        if !agrees(word, key) {
-            return None;
-        }
-        FrameHeader::parse(word).ok()
+        Some((word, stream_frame_len(word, key)?))
     }
 
-    /// Whether a frame of the stream `key` ending at `end` is confirmed: it ends where the
+    /// Whether a frame of the stream `key` that ends at `end` is confirmed: it ends where the
     /// audio ends, or a header of the stream follows it.
     #[inline]
     fn confirmed_end(&self, end: usize, key: u32) -> bool {
-        end == self.audio_end || (end < self.audio_end && self.stream_header_at(end, key).is_some())
+        end == self.audio_end || (end < self.audio_end && self.stream_frame_at(end, key).is_some())
     }
 
     /// Candidate sync positions in `from..to`: bytes 0xFF followed by three set bits.
@@ -687,17 +741,16 @@ impl<'a> Mp3Reader<'a> {
 
     /// The first frame of the stream `key` in `from..to` that is followed by another frame of
     /// the stream (or ends where the audio ends) and fits before the end of the audio.
-    fn find_confirmed(&self, from: usize, to: usize, key: u32) -> Option<(usize, FrameHeader)> {
+    fn find_confirmed(&self, from: usize, to: usize, key: u32) -> Option<(usize, u32)> {
         self.syncs(from, to).find_map(|p| {
-            let h = self.stream_header_at(p, key)?;
-            let end = p + usize::from(h.frame_bytes);
-            self.confirmed_end(end, key).then_some((p, h))
+            let (word, len) = self.stream_frame_at(p, key)?;
+            self.confirmed_end(p + len, key).then_some((p, word))
         })
     }
 
     /// Finds the first frame of the stream from `self.pos`, any layer, and fixes the stream's
     /// parameters. Skipped bytes become garbage.
-    fn find_first(&mut self) -> Result<Option<(usize, FrameHeader)>> {
+    fn find_first(&mut self) -> Result<Option<(usize, u32)>> {
         let from = self.pos;
         let found = self.syncs(from, self.audio_end).find_map(|p| {
             let word = word_at(self.data, p)?;
@@ -746,7 +799,7 @@ impl<'a> Mp3Reader<'a> {
                     });
                 }
                 self.stream = Some(word);
-                Ok(Some((p, h)))
+                Ok(Some((p, word)))
             }
         }
     }
@@ -761,8 +814,8 @@ impl<'a> Mp3Reader<'a> {
             .any(|q| word_at(self.data, q).is_some_and(|w| w & SAME == word & SAME))
     }
 
-    /// Finds the next frame: `Ok(None)` at the end of the audio.
-    fn next_frame(&mut self) -> Result<Option<(usize, FrameHeader)>> {
+    /// Finds the next frame, its offset and header word: `Ok(None)` at the end of the audio.
+    fn next_frame(&mut self) -> Result<Option<(usize, u32)>> {
         loop {
             let Some(key) = self.stream else {
                 // Also where no byte is left: a file without frames is malformed.
@@ -774,27 +827,27 @@ impl<'a> Mp3Reader<'a> {
                 return Ok(None);
             }
             // The common path: a header of the stream where the last frame ended, and another
-            // where this one ends.
-            if let Some(h) = self.stream_header_at(pos, key) {
-                let frame_end = pos + usize::from(h.frame_bytes);
+            // where this one ends. Only header words are read.
+            if let Some((word, len)) = self.stream_frame_at(pos, key) {
+                let frame_end = pos + len;
                 if self.confirmed_end(frame_end, key) {
-                    return Ok(Some((pos, h)));
+                    return Ok(Some((pos, word)));
                 }
                 // No successor. If a confirmed frame starts inside this one, this one was cut
                 // short: its bytes are garbage.
-                if let Some((q, hq)) = self.find_confirmed(pos + 1, frame_end, key) {
+                if let Some((q, next)) = self.find_confirmed(pos + 1, frame_end, key) {
                     self.push_region(pos, q - pos, RegionKind::Garbage);
-                    return Ok(Some((q, hq)));
+                    return Ok(Some((q, next)));
                 }
                 if frame_end <= end {
                     // Whole, followed by garbage or by the last bytes of the file.
-                    return Ok(Some((pos, h)));
+                    return Ok(Some((pos, word)));
                 }
                 return Err(Error::Truncated {
                     format: Format::Mp3,
                     offset: pos as u64,
                     what: "MP3 frame",
-                    needed: u64::from(h.frame_bytes),
+                    needed: len as u64,
                     available: (end - pos) as u64,
                 });
             }
@@ -808,9 +861,9 @@ impl<'a> Mp3Reader<'a> {
             }
             // Resynchronise on a frame of the stream that another frame confirms.
             match self.find_confirmed(pos + 1, end, key) {
-                Some((q, h)) => {
+                Some((q, word)) => {
                     self.push_region(pos, q - pos, RegionKind::Garbage);
-                    return Ok(Some((q, h)));
+                    return Ok(Some((q, word)));
                 }
                 None => {
                     self.push_region(pos, end - pos, RegionKind::Trailing);
@@ -821,8 +874,14 @@ impl<'a> Mp3Reader<'a> {
         }
     }
 
-    /// Builds the block for the frame at `pos`.
-    fn block(&mut self, pos: usize, header: FrameHeader) -> Result<Block<'a>> {
+    /// Builds the block for the frame at `pos` whose header is `word`.
+    fn block(&mut self, pos: usize, word: u32) -> Result<Block<'a>> {
+        let header = FrameHeader::parse(word).map_err(|e| Error::Malformed {
+            format: Format::Mp3,
+            offset: pos as u64,
+            expected: "an MPEG audio frame header",
+            found: e.to_string(),
+        })?;
         let len = usize::from(header.frame_bytes);
         if len as u64 > self.max_block_bytes {
             return Err(Error::Limit {
@@ -912,7 +971,7 @@ impl<'a> Iterator for Mp3Reader<'a> {
             return Some(Err(e));
         }
         let result = match self.next_frame() {
-            Ok(Some((pos, header))) => self.block(pos, header),
+            Ok(Some((pos, word))) => self.block(pos, word),
             Ok(None) => {
                 self.done = true;
                 let tags = std::mem::take(&mut self.end_regions);
