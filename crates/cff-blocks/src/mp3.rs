@@ -162,42 +162,17 @@ impl fmt::Display for HeaderError {
     }
 }
 
-/// A parsed MPEG audio frame header (ISO 11172-3 2.4.1.3 and 2.4.2.3, ISO 13818-3 2.4.2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FrameHeader {
-    /// MPEG-1, MPEG-2 or MPEG-2.5.
-    pub version: Version,
-    /// Layer I, II or III.
-    pub layer: Layer,
-    /// Whether a 16-bit CRC follows the header (`protection_bit` = 0).
-    pub crc: bool,
-    /// Bitrate in kbit/s.
-    pub bitrate_kbps: u16,
-    /// Sampling frequency in Hz.
-    pub sample_rate: u32,
-    /// Whether the frame carries one padding slot.
-    pub padding: bool,
-    /// The private bit, free for applications.
-    pub private: bool,
-    /// Channel mode.
-    pub channel_mode: ChannelMode,
-    /// `mode_extension`: which joint-stereo tools are on (Layer III: bit 1 M/S, bit 0
-    /// intensity).
-    pub mode_extension: u8,
-    /// The copyright bit.
-    pub copyright: bool,
-    /// The original/home bit.
-    pub original: bool,
-    /// De-emphasis.
-    pub emphasis: Emphasis,
-    /// Bytes in the frame, header included.
-    pub frame_bytes: u16,
-    /// Samples per channel the frame decodes to.
-    pub samples: u16,
-}
+/// A validated MPEG audio frame header (ISO 11172-3 2.4.1.3 and 2.4.2.3, ISO 13818-3 2.4.2.3).
+///
+/// It keeps the header's 32 bits, checked once by [`FrameHeader::parse`]; every field is read
+/// through a method. Four bytes per frame and no decoding on the reader's hot path: a field
+/// costs a shift, a mask and at most a table lookup when it is asked for.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FrameHeader(u32);
 
-/// Bitrates in kbit/s by index 1..=14 (ISO 11172-3 2.4.2.3, ISO 13818-3 2.4.2.3).
-const KBPS_MPEG1: [[u16; 14]; 3] = [
+/// Bitrates in kbit/s by index 1..=14 (ISO 11172-3 2.4.2.3, ISO 13818-3 2.4.2.3): MPEG-1
+/// Layers I, II, III, then the low sampling frequencies' Layer I and Layers II/III.
+const KBPS: [[u16; 14]; 5] = [
     [
         32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448,
     ],
@@ -207,25 +182,35 @@ const KBPS_MPEG1: [[u16; 14]; 3] = [
     [
         32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
     ],
-];
-const KBPS_LSF: [[u16; 14]; 2] = [
     [
         32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256,
     ],
     [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160],
 ];
-/// Layer III frame bytes without padding by version (MPEG-1, MPEG-2, MPEG-2.5), sampling
-/// frequency index and bitrate index (0 where the index is not a bitrate): 144·bitrate/rate
-/// for MPEG-1 (ISO 11172-3 2.4.3.1), 72·bitrate/rate for MPEG-2 and 2.5 (ISO 13818-3 2.4.3.1,
-/// one granule per frame). A table keeps the division off the reader's hot path.
+
+/// Sampling frequencies by version row (MPEG-1, MPEG-2, MPEG-2.5) and index 0..=2.
+const RATES: [[u32; 3]; 3] = [
+    [44_100, 48_000, 32_000],
+    [22_050, 24_000, 16_000],
+    [11_025, 12_000, 8_000],
+];
+
+/// Row of [`RATES`] and [`L3_FRAME_BYTES`] by the header's version bits (`00` MPEG-2.5,
+/// `10` MPEG-2, `11` MPEG-1; `01` is reserved and has no row).
+const VERSION_ROW: [usize; 4] = [2, 3, 1, 0];
+
+/// Layer III frame bytes without padding by version row, sampling frequency index and bitrate
+/// index (0 where the index is not a bitrate): 144·bitrate/rate for MPEG-1 (ISO 11172-3
+/// 2.4.3.1), 72·bitrate/rate for MPEG-2 and 2.5 (ISO 13818-3 2.4.3.1, one granule per frame).
+/// A table keeps the division off the reader's hot path.
 const L3_FRAME_BYTES: [[[u16; 16]; 3]; 3] = {
     let mut t = [[[0u16; 16]; 3]; 3];
     let mut v = 0;
     while v < 3 {
         let (kbps, slots) = if v == 0 {
-            (&KBPS_MPEG1[2], 144)
+            (&KBPS[2], 144)
         } else {
-            (&KBPS_LSF[1], 72)
+            (&KBPS[4], 72)
         };
         let mut r = 0;
         while r < 3 {
@@ -241,112 +226,188 @@ const L3_FRAME_BYTES: [[[u16; 16]; 3]; 3] = {
     t
 };
 
-/// Sampling frequencies by index 0..=2.
-const RATES: [[u32; 3]; 3] = [
-    [44_100, 48_000, 32_000],
-    [22_050, 24_000, 16_000],
-    [11_025, 12_000, 8_000],
-];
-
 impl FrameHeader {
     /// Bytes in a frame header.
     pub const LEN: usize = 4;
 
-    /// Parses the four header bytes, most significant first.
+    /// Checks the four header bytes, most significant first.
     pub fn parse(word: u32) -> std::result::Result<FrameHeader, HeaderError> {
         if word >> 21 != 0x7FF {
             return Err(HeaderError::NoSync);
         }
-        let version = match (word >> 19) & 3 {
-            0 => Version::Mpeg25,
-            2 => Version::Mpeg2,
-            3 => Version::Mpeg1,
-            _ => return Err(HeaderError::ReservedVersion),
-        };
-        let layer = match (word >> 17) & 3 {
-            1 => Layer::III,
-            2 => Layer::II,
-            3 => Layer::I,
-            _ => return Err(HeaderError::ReservedLayer),
-        };
-        let rate_index = ((word >> 10) & 3) as usize;
-        let v = match version {
-            Version::Mpeg1 => 0,
-            Version::Mpeg2 => 1,
-            Version::Mpeg25 => 2,
-        };
-        if rate_index == 3 {
+        if (word >> 19) & 3 == 1 {
+            return Err(HeaderError::ReservedVersion);
+        }
+        if (word >> 17) & 3 == 0 {
+            return Err(HeaderError::ReservedLayer);
+        }
+        if (word >> 10) & 3 == 3 {
             return Err(HeaderError::ReservedSampleRate);
         }
-        let sample_rate = RATES[v][rate_index];
-        let emphasis = match word & 3 {
-            0 => Emphasis::None,
+        if word & 3 == 2 {
+            return Err(HeaderError::ReservedEmphasis);
+        }
+        match (word >> 12) & 15 {
+            0 => Err(HeaderError::FreeFormat),
+            15 => Err(HeaderError::ForbiddenBitrate),
+            _ => Ok(FrameHeader(word)),
+        }
+    }
+
+    /// The header's 32 bits.
+    pub fn word(self) -> u32 {
+        self.0
+    }
+
+    /// The header's four bytes.
+    pub fn to_bytes(self) -> [u8; 4] {
+        self.0.to_be_bytes()
+    }
+
+    fn version_row(self) -> usize {
+        VERSION_ROW[((self.0 >> 19) & 3) as usize]
+    }
+
+    fn rate_index(self) -> usize {
+        ((self.0 >> 10) & 3) as usize
+    }
+
+    fn bitrate_index(self) -> usize {
+        ((self.0 >> 12) & 15) as usize
+    }
+
+    /// MPEG-1, MPEG-2 or MPEG-2.5.
+    pub fn version(self) -> Version {
+        match (self.0 >> 19) & 3 {
+            3 => Version::Mpeg1,
+            2 => Version::Mpeg2,
+            _ => Version::Mpeg25,
+        }
+    }
+
+    /// Layer I, II or III.
+    pub fn layer(self) -> Layer {
+        match (self.0 >> 17) & 3 {
+            1 => Layer::III,
+            2 => Layer::II,
+            _ => Layer::I,
+        }
+    }
+
+    /// Whether a 16-bit CRC follows the header (`protection_bit` = 0).
+    pub fn crc(self) -> bool {
+        (self.0 >> 16) & 1 == 0
+    }
+
+    /// Bitrate in kbit/s.
+    pub fn bitrate_kbps(self) -> u16 {
+        let table = match (self.version(), self.layer()) {
+            (Version::Mpeg1, Layer::I) => 0,
+            (Version::Mpeg1, Layer::II) => 1,
+            (Version::Mpeg1, Layer::III) => 2,
+            (_, Layer::I) => 3,
+            (_, _) => 4,
+        };
+        let index = self.bitrate_index().wrapping_sub(1);
+        KBPS[table].get(index).copied().unwrap_or(0)
+    }
+
+    /// Sampling frequency in Hz.
+    pub fn sample_rate(self) -> u32 {
+        RATES
+            .get(self.version_row())
+            .and_then(|row| row.get(self.rate_index()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether the frame carries one padding slot.
+    pub fn padding(self) -> bool {
+        (self.0 >> 9) & 1 == 1
+    }
+
+    /// The private bit, free for applications.
+    pub fn private(self) -> bool {
+        (self.0 >> 8) & 1 == 1
+    }
+
+    /// Channel mode.
+    pub fn channel_mode(self) -> ChannelMode {
+        match (self.0 >> 6) & 3 {
+            0 => ChannelMode::Stereo,
+            1 => ChannelMode::JointStereo,
+            2 => ChannelMode::DualChannel,
+            _ => ChannelMode::Mono,
+        }
+    }
+
+    /// `mode_extension`: which joint-stereo tools are on (Layer III: bit 1 M/S stereo, bit 0
+    /// intensity stereo).
+    pub fn mode_extension(self) -> u8 {
+        ((self.0 >> 4) & 3) as u8
+    }
+
+    /// The copyright bit.
+    pub fn copyright(self) -> bool {
+        (self.0 >> 3) & 1 == 1
+    }
+
+    /// The original/home bit.
+    pub fn original(self) -> bool {
+        (self.0 >> 2) & 1 == 1
+    }
+
+    /// De-emphasis.
+    pub fn emphasis(self) -> Emphasis {
+        match self.0 & 3 {
             1 => Emphasis::Us50_15,
             3 => Emphasis::CcittJ17,
-            _ => return Err(HeaderError::ReservedEmphasis),
-        };
-        let bitrate_index = ((word >> 12) & 15) as usize;
-        let bitrate_kbps = match bitrate_index {
-            0 => return Err(HeaderError::FreeFormat),
-            15 => return Err(HeaderError::ForbiddenBitrate),
-            i => match (version, layer) {
-                (Version::Mpeg1, Layer::I) => KBPS_MPEG1[0][i - 1],
-                (Version::Mpeg1, Layer::II) => KBPS_MPEG1[1][i - 1],
-                (Version::Mpeg1, Layer::III) => KBPS_MPEG1[2][i - 1],
-                (_, Layer::I) => KBPS_LSF[0][i - 1],
-                (_, _) => KBPS_LSF[1][i - 1],
-            },
-        };
-        let padding = (word >> 9) & 1 == 1;
-        // Frame length in slots (ISO 11172-3 2.4.3.1; ISO 13818-3 2.4.3.1 halves the Layer III
-        // slot count because an LSF frame has one granule): a Layer I slot is 4 bytes.
-        let bps = u32::from(bitrate_kbps) * 1000;
-        let slot = u32::from(padding);
-        let (frame_bytes, samples) = match (layer, version) {
-            (Layer::I, _) => ((12 * bps / sample_rate + slot) * 4, 384),
-            (Layer::II, _) => (144 * bps / sample_rate + slot, 1152),
-            (Layer::III, Version::Mpeg1) => (
-                u32::from(L3_FRAME_BYTES[0][rate_index][bitrate_index]) + slot,
-                1152,
-            ),
-            (Layer::III, _) => (
-                u32::from(L3_FRAME_BYTES[v][rate_index][bitrate_index]) + slot,
-                576,
-            ),
-        };
-        Ok(FrameHeader {
-            version,
-            layer,
-            crc: (word >> 16) & 1 == 0,
-            bitrate_kbps,
-            sample_rate,
-            padding,
-            private: (word >> 8) & 1 == 1,
-            channel_mode: match (word >> 6) & 3 {
-                0 => ChannelMode::Stereo,
-                1 => ChannelMode::JointStereo,
-                2 => ChannelMode::DualChannel,
-                _ => ChannelMode::Mono,
-            },
-            mode_extension: ((word >> 4) & 3) as u8,
-            copyright: (word >> 3) & 1 == 1,
-            original: (word >> 2) & 1 == 1,
-            emphasis,
-            // At most 4·(12·448000/32000 + 1) = 676 (Layer I) or 144·384000/32000 + 1 = 1729.
-            frame_bytes: frame_bytes as u16,
-            samples,
-        })
+            _ => Emphasis::None,
+        }
+    }
+
+    /// Bytes in the frame, header included (ISO 11172-3 2.4.3.1: a Layer I slot is 4 bytes,
+    /// 12·bitrate/rate slots; Layers II and III 144·bitrate/rate one-byte slots; ISO 13818-3
+    /// 2.4.3.1 halves the Layer III count at the low sampling frequencies; plus the padding
+    /// slot).
+    pub fn frame_bytes(self) -> u16 {
+        let pad = u16::from(self.padding());
+        if self.layer() == Layer::III {
+            return L3_FRAME_BYTES
+                .get(self.version_row())
+                .and_then(|row| row.get(self.rate_index()))
+                .and_then(|row| row.get(self.bitrate_index()))
+                .map_or(0, |&n| n + pad);
+        }
+        let bps = u32::from(self.bitrate_kbps()) * 1000;
+        let rate = self.sample_rate().max(1);
+        // At most 4·(12·448000/32000 + 1) = 676 (Layer I), 144·384000/32000 + 1 = 1729 (II).
+        if self.layer() == Layer::I {
+            ((12 * bps / rate) as u16 + pad) * 4
+        } else {
+            (144 * bps / rate) as u16 + pad
+        }
+    }
+
+    /// Samples per channel the frame decodes to: 384 (Layer I), 1152 (Layer II, MPEG-1
+    /// Layer III), 576 (Layer III at the low sampling frequencies, one granule).
+    pub fn samples(self) -> u16 {
+        match (self.layer(), self.version()) {
+            (Layer::I, _) => 384,
+            (Layer::II, _) | (Layer::III, Version::Mpeg1) => 1152,
+            (Layer::III, _) => 576,
+        }
     }
 
     /// Channels coded in the frame.
-    pub fn channels(&self) -> u8 {
-        self.channel_mode.channels()
+    pub fn channels(self) -> u8 {
+        self.channel_mode().channels()
     }
 
     /// Byte offset of the side information (Layer III) or audio data from the frame start:
     /// after the header and the optional CRC (ISO 11172-3 2.4.1.2).
-    pub fn side_info_offset(&self) -> usize {
-        if self.crc {
+    pub fn side_info_offset(self) -> usize {
+        if self.crc() {
             6
         } else {
             4
@@ -355,14 +416,37 @@ impl FrameHeader {
 
     /// Bytes of Layer III side information (ISO 11172-3 2.4.1.7: 17 mono, 32 stereo;
     /// ISO 13818-3 2.4.1.7: 9 mono, 17 stereo). 0 for Layers I and II.
-    pub fn side_info_len(&self) -> usize {
-        match (self.layer, self.version, self.channel_mode) {
-            (Layer::III, Version::Mpeg1, ChannelMode::Mono) => 17,
-            (Layer::III, Version::Mpeg1, _) => 32,
-            (Layer::III, _, ChannelMode::Mono) => 9,
-            (Layer::III, _, _) => 17,
+    pub fn side_info_len(self) -> usize {
+        let mono = self.0 & 0xC0 == 0xC0;
+        match (self.layer(), self.version(), mono) {
+            (Layer::III, Version::Mpeg1, true) => 17,
+            (Layer::III, Version::Mpeg1, false) => 32,
+            (Layer::III, _, true) => 9,
+            (Layer::III, _, false) => 17,
             _ => 0,
         }
+    }
+}
+
+impl fmt::Debug for FrameHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameHeader")
+            .field("word", &format_args!("{:#010x}", self.0))
+            .field("version", &self.version())
+            .field("layer", &self.layer())
+            .field("crc", &self.crc())
+            .field("bitrate_kbps", &self.bitrate_kbps())
+            .field("sample_rate", &self.sample_rate())
+            .field("padding", &self.padding())
+            .field("private", &self.private())
+            .field("channel_mode", &self.channel_mode())
+            .field("mode_extension", &self.mode_extension())
+            .field("copyright", &self.copyright())
+            .field("original", &self.original())
+            .field("emphasis", &self.emphasis())
+            .field("frame_bytes", &self.frame_bytes())
+            .field("samples", &self.samples())
+            .finish()
     }
 }
 
@@ -407,10 +491,6 @@ pub struct FrameInfo {
     /// The Xing/Info/VBRI header, for the metadata frame that holds one.
     pub vbr: Option<VbrHeader>,
 }
-
-/// Row of [`L3_FRAME_BYTES`] by the header's version bits (`00` MPEG-2.5, `10` MPEG-2, `11`
-/// MPEG-1; `01` is reserved and never agrees with a stream).
-const VERSION_ROW: [usize; 4] = [2, 3, 1, 0];
 
 /// Length of the Layer III frame whose header is `word`, if `word` is a valid header of the
 /// stream whose first header was `key` (a valid Layer III header): it agrees with `key`, and
@@ -523,7 +603,7 @@ fn vbr_header(frame: &[u8], header: &FrameHeader) -> Option<VbrHeader> {
     // CRC (LAME's VbrTag.c; verified on `lame -p` output); also accept it after the CRC.
     let plain = 4 + header.side_info_len();
     let at = [plain, plain + 2];
-    let candidates = if header.crc { &at[..] } else { &at[..1] };
+    let candidates = if header.crc() { &at[..] } else { &at[..1] };
     for &x in candidates {
         let kind = match frame.get(x..x + 4) {
             Some(b"Xing") => VbrKind::Xing,
@@ -756,7 +836,7 @@ impl<'a> Mp3Reader<'a> {
             let word = word_at(self.data, p)?;
             match FrameHeader::parse(word) {
                 Ok(h) => {
-                    let end = p + usize::from(h.frame_bytes);
+                    let end = p + usize::from(h.frame_bytes());
                     let ok = end == self.audio_end
                         || word_at(self.data, end).is_some_and(|next| {
                             end < self.audio_end
@@ -791,11 +871,11 @@ impl<'a> Mp3Reader<'a> {
             }
             Some(Ok((p, word, h))) => {
                 self.push_region(from, p - from, RegionKind::Garbage);
-                if h.layer != Layer::III {
+                if h.layer() != Layer::III {
                     return Err(Error::Unsupported {
                         format: Format::Mp3,
                         offset: p as u64,
-                        what: format!("{} {}", h.version, h.layer.name()),
+                        what: format!("{} {}", h.version(), h.layer().name()),
                     });
                 }
                 self.stream = Some(word);
@@ -874,15 +954,10 @@ impl<'a> Mp3Reader<'a> {
         }
     }
 
-    /// Builds the block for the frame at `pos` whose header is `word`.
+    /// Builds the block for the frame at `pos` whose validated header is `word`.
     fn block(&mut self, pos: usize, word: u32) -> Result<Block<'a>> {
-        let header = FrameHeader::parse(word).map_err(|e| Error::Malformed {
-            format: Format::Mp3,
-            offset: pos as u64,
-            expected: "an MPEG audio frame header",
-            found: e.to_string(),
-        })?;
-        let len = usize::from(header.frame_bytes);
+        let header = FrameHeader(word);
+        let len = usize::from(header.frame_bytes());
         if len as u64 > self.max_block_bytes {
             return Err(Error::Limit {
                 offset: pos as u64,
@@ -917,7 +992,7 @@ impl<'a> Mp3Reader<'a> {
             u16::from(frame.get(si).copied().unwrap_or(0)),
             u16::from(frame.get(si + 1).copied().unwrap_or(0)),
         );
-        let main_data_begin = match header.version {
+        let main_data_begin = match header.version() {
             Version::Mpeg1 => (b0 << 1) | (b1 >> 7),
             _ => b0,
         };
@@ -932,10 +1007,10 @@ impl<'a> Mp3Reader<'a> {
         } else {
             let place = Place::Time {
                 start: self.next_sample,
-                duration: u32::from(header.samples),
-                rate: header.sample_rate,
+                duration: u32::from(header.samples()),
+                rate: header.sample_rate(),
             };
-            self.next_sample += i64::from(header.samples);
+            self.next_sample += i64::from(header.samples());
             (BlockKind::Audio, place)
         };
         let block = Block {
@@ -1003,7 +1078,7 @@ mod tests {
     /// A frame of zeros behind the header `word`.
     fn frame(word: u32) -> Vec<u8> {
         let h = FrameHeader::parse(word).unwrap();
-        let mut f = vec![0u8; usize::from(h.frame_bytes)];
+        let mut f = vec![0u8; usize::from(h.frame_bytes())];
         f[..4].copy_from_slice(&word.to_be_bytes());
         f
     }
@@ -1058,20 +1133,20 @@ mod tests {
     #[test]
     fn parses_an_mpeg1_header() {
         let h = FrameHeader::parse(MPEG1_128K).unwrap();
-        assert_eq!(h.version, Version::Mpeg1);
-        assert_eq!(h.layer, Layer::III);
-        assert!(!h.crc);
-        assert_eq!(h.bitrate_kbps, 128);
-        assert_eq!(h.sample_rate, 44_100);
-        assert!(!h.padding);
-        assert_eq!(h.channel_mode, ChannelMode::JointStereo);
-        assert_eq!(h.mode_extension, 2);
-        assert!(!h.copyright);
-        assert!(h.original);
-        assert_eq!(h.emphasis, Emphasis::None);
+        assert_eq!(h.version(), Version::Mpeg1);
+        assert_eq!(h.layer(), Layer::III);
+        assert!(!h.crc());
+        assert_eq!(h.bitrate_kbps(), 128);
+        assert_eq!(h.sample_rate(), 44_100);
+        assert!(!h.padding());
+        assert_eq!(h.channel_mode(), ChannelMode::JointStereo);
+        assert_eq!(h.mode_extension(), 2);
+        assert!(!h.copyright());
+        assert!(h.original());
+        assert_eq!(h.emphasis(), Emphasis::None);
         // 144 · 128000 / 44100 = 417.96…, rounded down.
-        assert_eq!(h.frame_bytes, 417);
-        assert_eq!(h.samples, 1152);
+        assert_eq!(h.frame_bytes(), 417);
+        assert_eq!(h.samples(), 1152);
         assert_eq!(h.side_info_len(), 32);
         assert_eq!(h.side_info_offset(), 4);
     }
@@ -1081,31 +1156,31 @@ mod tests {
         let h = FrameHeader::parse(MPEG2_32K).unwrap();
         assert_eq!(
             (
-                h.version,
-                h.bitrate_kbps,
-                h.sample_rate,
-                h.frame_bytes,
-                h.samples
+                h.version(),
+                h.bitrate_kbps(),
+                h.sample_rate(),
+                h.frame_bytes(),
+                h.samples()
             ),
             (Version::Mpeg2, 32, 16_000, 144, 576)
         );
-        assert_eq!(h.channel_mode, ChannelMode::Mono);
+        assert_eq!(h.channel_mode(), ChannelMode::Mono);
         assert_eq!(h.side_info_len(), 9);
         let h = FrameHeader::parse(MPEG25_16K).unwrap();
         assert_eq!(
             (
-                h.version,
-                h.bitrate_kbps,
-                h.sample_rate,
-                h.frame_bytes,
-                h.samples
+                h.version(),
+                h.bitrate_kbps(),
+                h.sample_rate(),
+                h.frame_bytes(),
+                h.samples()
             ),
             (Version::Mpeg25, 16, 8_000, 144, 576)
         );
         // MPEG-2, 22.05 kHz, 48 kbit/s, stereo: 17 bytes of side information.
         let h = FrameHeader::parse(0xFFF3_6000).unwrap();
         assert_eq!(
-            (h.sample_rate, h.bitrate_kbps, h.frame_bytes),
+            (h.sample_rate(), h.bitrate_kbps(), h.frame_bytes()),
             (22_050, 48, 156)
         );
         assert_eq!(h.side_info_len(), 17);
@@ -1135,25 +1210,25 @@ mod tests {
                             | (i as u32) << 10
                             | pad << 9;
                         let h = FrameHeader::parse(word).unwrap();
-                        assert_eq!(u32::from(h.bitrate_kbps), br);
-                        assert_eq!(h.sample_rate, rate);
-                        assert_eq!(h.padding, pad == 1);
-                        assert_eq!(u32::from(h.frame_bytes), k * br * 1000 / rate + pad);
+                        assert_eq!(u32::from(h.bitrate_kbps()), br);
+                        assert_eq!(h.sample_rate(), rate);
+                        assert_eq!(h.padding(), pad == 1);
+                        assert_eq!(u32::from(h.frame_bytes()), k * br * 1000 / rate + pad);
                     }
                 }
             }
         }
         // Extremes: the longest and the shortest Layer III frames.
-        assert_eq!(FrameHeader::parse(0xFFFB_EA00).unwrap().frame_bytes, 1441);
-        assert_eq!(FrameHeader::parse(0xFFF3_1400).unwrap().frame_bytes, 24);
+        assert_eq!(FrameHeader::parse(0xFFFB_EA00).unwrap().frame_bytes(), 1441);
+        assert_eq!(FrameHeader::parse(0xFFF3_1400).unwrap().frame_bytes(), 24);
     }
 
     #[test]
     fn padding_adds_one_byte() {
         let plain = FrameHeader::parse(MPEG1_128K).unwrap();
         let padded = FrameHeader::parse(MPEG1_128K | 1 << 9).unwrap();
-        assert!(padded.padding);
-        assert_eq!(padded.frame_bytes, plain.frame_bytes + 1);
+        assert!(padded.padding());
+        assert_eq!(padded.frame_bytes(), plain.frame_bytes() + 1);
     }
 
     #[test]
@@ -1187,13 +1262,13 @@ mod tests {
         let h = FrameHeader::parse(0xFFFD_9064).unwrap();
         // 144 · 160000 / 44100 = 522.4…
         assert_eq!(
-            (h.layer, h.bitrate_kbps, h.frame_bytes),
+            (h.layer(), h.bitrate_kbps(), h.frame_bytes()),
             (Layer::II, 160, 522)
         );
         let h = FrameHeader::parse(0xFFFF_9064).unwrap();
         // 4 · floor(12 · 288000 / 44100) = 4 · 78.
         assert_eq!(
-            (h.layer, h.bitrate_kbps, h.frame_bytes),
+            (h.layer(), h.bitrate_kbps(), h.frame_bytes()),
             (Layer::I, 288, 312)
         );
     }
@@ -1210,7 +1285,7 @@ mod tests {
         let Detail::Mp3(info) = blocks[0].detail else {
             unreachable!()
         };
-        assert!(info.header.crc);
+        assert!(info.header.crc());
         assert_eq!(info.header.side_info_offset(), 6);
         assert_eq!(info.main_data_begin, 257);
         assert_eq!(info.side_info_len, 32);

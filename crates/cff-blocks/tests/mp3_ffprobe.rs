@@ -239,23 +239,29 @@ fn headers_match_the_encoder_settings() {
         let (blocks, _) = read(&data);
         for b in &blocks {
             let h = info(b).header;
-            assert_eq!(h.version, e.version, "{} block {}", e.name, b.index);
-            assert_eq!(h.sample_rate, e.sample_rate, "{} block {}", e.name, b.index);
-            assert_eq!(h.channel_mode == ChannelMode::Mono, e.mono, "{}", e.name);
-            assert_eq!(h.crc, e.crc, "{} block {}", e.name, b.index);
+            assert_eq!(h.version(), e.version, "{} block {}", e.name, b.index);
+            assert_eq!(
+                h.sample_rate(),
+                e.sample_rate,
+                "{} block {}",
+                e.name,
+                b.index
+            );
+            assert_eq!(h.channel_mode() == ChannelMode::Mono, e.mono, "{}", e.name);
+            assert_eq!(h.crc(), e.crc, "{} block {}", e.name, b.index);
             assert_eq!(
                 b.data[0], 0xFF,
                 "{}: a block starts with its header",
                 e.name
             );
-            assert_eq!(usize::from(h.frame_bytes), b.len());
+            assert_eq!(usize::from(h.frame_bytes()), b.len());
             if b.kind == BlockKind::Audio {
                 assert!(
-                    (e.kbps.0..=e.kbps.1).contains(&h.bitrate_kbps),
+                    (e.kbps.0..=e.kbps.1).contains(&h.bitrate_kbps()),
                     "{} block {}: {} kbit/s",
                     e.name,
                     b.index,
-                    h.bitrate_kbps
+                    h.bitrate_kbps()
                 );
             }
         }
@@ -401,7 +407,7 @@ fn main_data_begin_points_into_earlier_frames() {
             let bits = main_data_bits(
                 &b.data,
                 side,
-                h.version == Version::Mpeg1,
+                h.version() == Version::Mpeg1,
                 usize::from(h.channels()),
             );
             let start = payload_start.checked_sub(back).unwrap_or_else(|| {
