@@ -565,6 +565,9 @@ fn id3v2_footer_len(data: &[u8], end: usize) -> Option<u64> {
     Some(20 + size)
 }
 
+/// Most tags looked for at the end of a file.
+const MAX_TRAILING_TAGS: usize = 4;
+
 /// APE tag flags (APEv2 specification, "APE Tags Header"): bit 31 the tag has a header, bit 29
 /// this 32-byte block is the header.
 const APE_HAS_HEADER: u32 = 1 << 31;
@@ -741,7 +744,10 @@ impl<'a> Mp3Reader<'a> {
                 });
                 return;
             }
-            self.push_region(self.pos, len as usize, kind);
+            if let Err(e) = self.push_region(self.pos, len as usize, kind) {
+                self.pending = Some(e);
+                return;
+            }
             self.pos += len as usize;
         }
     }
@@ -751,7 +757,9 @@ impl<'a> Mp3Reader<'a> {
     fn find_trailing_tags(&mut self) {
         let start = self.pos;
         let mut end = self.data.len();
-        loop {
+        // A real file ends with at most an APE tag and an ID3v1 tag (and perhaps a Lyrics3 or
+        // an appended ID3v2); more is not a tag layout but data that looks like one.
+        for _ in 0..MAX_TRAILING_TAGS {
             let room = (end - start) as u64;
             let (len, kind) =
                 if room >= 128 && self.data.get(end - 128..end - 125) == Some(b"TAG".as_slice()) {
@@ -775,22 +783,33 @@ impl<'a> Mp3Reader<'a> {
     }
 
     /// Adds a region. Skipped bytes that touch skipped bytes of the same kind extend the
-    /// previous region; tags stay one region each.
-    fn push_region(&mut self, offset: usize, len: usize, kind: RegionKind) {
+    /// previous region; tags stay one region each. Regions count against
+    /// [`Limits::max_blocks`](crate::Limits::max_blocks), so that a file of tiny tags or of
+    /// frames each followed by a byte of garbage cannot grow the list without bound.
+    fn push_region(&mut self, offset: usize, len: usize, kind: RegionKind) -> Result<()> {
         if len == 0 {
-            return;
+            return Ok(());
         }
         if let Some(last) = self.regions.last_mut() {
             if kind.is_garbage() && last.kind == kind && last.offset + last.len == offset as u64 {
                 last.len += len as u64;
-                return;
+                return Ok(());
             }
+        }
+        if self.regions.len() as u64 >= self.max_blocks {
+            return Err(Error::Limit {
+                offset: offset as u64,
+                what: "max_blocks",
+                limit: self.max_blocks,
+                found: self.regions.len() as u64 + 1,
+            });
         }
         self.regions.push(Region {
             offset: offset as u64,
             len: len as u64,
             kind,
         });
+        Ok(())
     }
 
     /// Length of the frame at `pos` if its header belongs to the stream `key`.
@@ -852,7 +871,7 @@ impl<'a> Mp3Reader<'a> {
         match found {
             None => {
                 let end = self.audio_end;
-                self.push_region(from, end - from, RegionKind::Garbage);
+                self.push_region(from, end - from, RegionKind::Garbage)?;
                 self.pos = end;
                 Err(Error::Malformed {
                     format: Format::Mp3,
@@ -862,7 +881,7 @@ impl<'a> Mp3Reader<'a> {
                 })
             }
             Some(Err(p)) => {
-                self.push_region(from, p - from, RegionKind::Garbage);
+                self.push_region(from, p - from, RegionKind::Garbage)?;
                 Err(Error::Unsupported {
                     format: Format::Mp3,
                     offset: p as u64,
@@ -870,7 +889,7 @@ impl<'a> Mp3Reader<'a> {
                 })
             }
             Some(Ok((p, word, h))) => {
-                self.push_region(from, p - from, RegionKind::Garbage);
+                self.push_region(from, p - from, RegionKind::Garbage)?;
                 if h.layer() != Layer::III {
                     return Err(Error::Unsupported {
                         format: Format::Mp3,
@@ -916,7 +935,7 @@ impl<'a> Mp3Reader<'a> {
                 // No successor. If a confirmed frame starts inside this one, this one was cut
                 // short: its bytes are garbage.
                 if let Some((q, next)) = self.find_confirmed(pos + 1, frame_end, key) {
-                    self.push_region(pos, q - pos, RegionKind::Garbage);
+                    self.push_region(pos, q - pos, RegionKind::Garbage)?;
                     return Ok(Some((q, next)));
                 }
                 if frame_end <= end {
@@ -934,7 +953,7 @@ impl<'a> Mp3Reader<'a> {
             // An ID3v2 tag between frames (concatenated files).
             if let Some(len) = id3v2_len(self.data.get(pos..end).unwrap_or_default()) {
                 if len <= (end - pos) as u64 {
-                    self.push_region(pos, len as usize, RegionKind::Id3v2);
+                    self.push_region(pos, len as usize, RegionKind::Id3v2)?;
                     self.pos = pos + len as usize;
                     continue;
                 }
@@ -942,11 +961,11 @@ impl<'a> Mp3Reader<'a> {
             // Resynchronise on a frame of the stream that another frame confirms.
             match self.find_confirmed(pos + 1, end, key) {
                 Some((q, word)) => {
-                    self.push_region(pos, q - pos, RegionKind::Garbage);
+                    self.push_region(pos, q - pos, RegionKind::Garbage)?;
                     return Ok(Some((q, word)));
                 }
                 None => {
-                    self.push_region(pos, end - pos, RegionKind::Trailing);
+                    self.push_region(pos, end - pos, RegionKind::Trailing)?;
                     self.pos = end;
                     return Ok(None);
                 }
@@ -1660,6 +1679,24 @@ mod tests {
                 Some(Error::Limit {
                     what: "max_block_bytes",
                     found: 144,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        // Regions count too: five empty ID3v2 tags in a row.
+        let mut tags = id3v2(3, 0, 0).repeat(5);
+        tags.extend(&data);
+        let options = Options::default().with_limits(Limits::default().with_max_blocks(3));
+        let (blocks, regions, err) = read_with(&tags, &options);
+        assert!(blocks.is_empty());
+        assert_eq!(regions.len(), 3);
+        assert!(
+            matches!(
+                err,
+                Some(Error::Limit {
+                    what: "max_blocks",
+                    offset: 30,
                     ..
                 })
             ),
