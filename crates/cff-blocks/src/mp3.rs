@@ -851,6 +851,9 @@ impl<'a> Mp3Reader<'a> {
     /// parameters. Skipped bytes become garbage.
     fn find_first(&mut self) -> Result<Option<(usize, u32)>> {
         let from = self.pos;
+        // Each free-format candidate costs a scan of up to 4 KiB; a budget keeps a file full of
+        // such headers linear. A real free-format stream is confirmed at its first frame.
+        let mut free_format_budget = 16u32;
         let found = self.syncs(from, self.audio_end).find_map(|p| {
             let word = word_at(self.data, p)?;
             match FrameHeader::parse(word) {
@@ -864,7 +867,10 @@ impl<'a> Mp3Reader<'a> {
                         });
                     ok.then_some(Ok((p, word, h)))
                 }
-                Err(HeaderError::FreeFormat) if self.free_format_confirmed(p, word) => Some(Err(p)),
+                Err(HeaderError::FreeFormat) if free_format_budget > 0 => {
+                    free_format_budget -= 1;
+                    self.free_format_confirmed(p, word).then_some(Err(p))
+                }
                 Err(_) => None,
             }
         });
@@ -903,14 +909,18 @@ impl<'a> Mp3Reader<'a> {
         }
     }
 
-    /// A free-format header counts as a stream when another with the same sync, version,
-    /// layer, bitrate index and sampling frequency follows within the largest free-format
-    /// frame (ISO 11172-3 2.4.2.3 allows up to the layer's top bitrate and beyond: 4 KiB covers
-    /// 640 kbit/s at 32 kHz).
+    /// A free-format header counts as a stream when two more headers with the same sync,
+    /// version, layer, protection, bitrate index and sampling frequency follow at a constant
+    /// distance, give or take the padding byte: a free-format stream keeps one bitrate (ISO
+    /// 11172-3 2.4.2.3), so its frames keep one length. The first must lie within 4 KiB, the
+    /// longest free-format frame decoders accept (640 kbit/s at 32 kHz is 2880 bytes).
     fn free_format_confirmed(&self, p: usize, word: u32) -> bool {
         const SAME: u32 = 0xFFFF_FC00;
-        self.syncs(p + 4 + 9, p + 4096)
-            .any(|q| word_at(self.data, q).is_some_and(|w| w & SAME == word & SAME))
+        let same = |at: usize| word_at(self.data, at).is_some_and(|w| w & SAME == word & SAME);
+        self.syncs(p + 4 + 9, p + 4096).any(|q| {
+            let third = q + (q - p);
+            same(q) && (same(third) || same(third - 1) || same(third + 1))
+        })
     }
 
     /// Finds the next frame, its offset and header word: `Ok(None)` at the end of the audio.
@@ -1557,8 +1567,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let mut data = vec![0u8; 1000];
-        for at in [0, 500] {
+        // Three free-format headers 500 bytes apart, the last one padded: a stream.
+        let mut data = vec![0u8; 1600];
+        for at in [0, 500, 1001] {
             data[at..at + 4].copy_from_slice(&0xFFFB_0064u32.to_be_bytes());
         }
         let (_, _, err) = read(&data);
@@ -1570,6 +1581,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Two are not: the lone pair is garbage.
+        data[1001] = 0;
+        let (_, _, err) = read(&data);
+        assert!(matches!(err, Some(Error::Malformed { .. })), "{err:?}");
     }
 
     #[test]
