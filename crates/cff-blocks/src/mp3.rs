@@ -34,8 +34,16 @@
 //!
 //! # Unsupported streams
 //!
-//! Layer I and II streams and free-format (bitrate index 0) streams give
-//! [`Error::Unsupported`] naming what they are, once their frames are confirmed the same way.
+//! A Layer I or II stream gives [`Error::Unsupported`] ("MPEG-1 Layer II") once its first
+//! header is confirmed the same way as a Layer III one. A free-format stream (bitrate index 0:
+//! the header does not give the frame length) gives it once three such headers are found at
+//! one spacing, give or take the padding byte. A lone header of either kind is garbage.
+//!
+//! # Limits
+//!
+//! Frames count against [`Limits::max_blocks`](crate::Limits::max_blocks) and are checked
+//! against [`Limits::max_block_bytes`](crate::Limits::max_block_bytes); regions count against
+//! `max_blocks` too. The reader allocates nothing per frame; it holds the list of regions.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -482,9 +490,11 @@ pub struct VbrHeader {
 pub struct FrameInfo {
     /// The frame header.
     pub header: FrameHeader,
-    /// How many bytes before this frame's side information its main data begins, not counting
-    /// headers and side information of the frames in between (ISO 11172-3 2.4.1.7: 9 bits;
-    /// ISO 13818-3 2.4.1.7: 8 bits). 0 when the bit reservoir is not used.
+    /// Where this frame's main data begins: that many bytes before the first byte after its
+    /// side information, counting only the main-data bytes of earlier frames (their headers
+    /// and side information are skipped). 9 bits in MPEG-1 (ISO 11172-3 2.4.1.7 syntax,
+    /// 2.4.2.7 semantics), 8 bits in MPEG-2/2.5 (ISO 13818-3 2.4.1.7). 0 when the bit
+    /// reservoir is not used (LAME `--nores`).
     pub main_data_begin: u16,
     /// Bytes of side information (after the header and the CRC).
     pub side_info_len: u8,

@@ -392,9 +392,9 @@ fn main_data_begin_points_into_earlier_frames() {
     for e in FIXTURES {
         let data = fixture(e.name);
         let (blocks, _) = read(&data);
-        // Main data is one byte stream laid over the frames' payloads (ISO 11172-3 2.4.3.4.1):
-        // a frame's main data starts main_data_begin bytes before its own payload, after the
-        // previous frame's main data, and ends within its own payload.
+        // Main data is one byte stream laid over the frames' payloads (ISO 11172-3 2.4.2.7,
+        // main_data_begin): a frame's main data starts main_data_begin bytes before its own
+        // payload, after the previous frame's main data, and ends within its own payload.
         let mut payload_start = 0usize;
         let mut previous_end = 0usize;
         let mut used = false;
