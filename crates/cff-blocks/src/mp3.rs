@@ -670,7 +670,6 @@ fn vbr_header(frame: &[u8], header: &FrameHeader) -> Option<VbrHeader> {
 }
 
 /// Reads blocks (frames) from an MP3 file held in memory.
-#[derive(Debug)]
 pub struct Mp3Reader<'a> {
     data: &'a [u8],
     /// Next byte to look at.
@@ -727,6 +726,12 @@ impl<'a> Mp3Reader<'a> {
     /// file are added when the last frame has been read.
     pub fn regions(&self) -> &[Region] {
         &self.regions
+    }
+
+    /// The first header of the stream, once the first frame has been found: every frame agrees
+    /// with it in version, layer, sampling frequency and channel count.
+    pub fn stream_header(&self) -> Option<FrameHeader> {
+        self.stream.map(FrameHeader)
     }
 
     /// ID3v2 tags (several may follow each other) and an APE tag at the start of the file.
@@ -1070,6 +1075,21 @@ impl<'a> Mp3Reader<'a> {
         self.index += 1;
         self.pos = pos + len;
         Ok(block)
+    }
+}
+
+impl fmt::Debug for Mp3Reader<'_> {
+    // The input is not printed: it may be a whole file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mp3Reader")
+            .field("len", &self.data.len())
+            .field("pos", &self.pos)
+            .field("audio_end", &self.audio_end)
+            .field("stream", &self.stream_header())
+            .field("blocks", &self.index)
+            .field("regions", &self.regions.len())
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -1490,6 +1510,14 @@ mod tests {
         let (blocks, regions, err) = read(&data);
         assert!(err.is_none());
         assert_eq!(offsets(&blocks), [6, 150]);
+        let mut reader = Mp3Reader::new(&data, &Options::default()).unwrap();
+        assert_eq!(reader.stream_header(), None);
+        reader.next();
+        assert_eq!(
+            reader.stream_header().map(FrameHeader::word),
+            Some(MPEG2_32K)
+        );
+        assert!(format!("{reader:?}").contains("pos: 150"));
         assert_eq!(regions, [region(0, 6, RegionKind::Garbage)]);
     }
 
