@@ -519,6 +519,8 @@ pub(crate) fn hex_prefix(data: &[u8], n: usize) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     /// Bit-at-a-time reference CRC straight from the definition (RFC 3533 §6).
@@ -674,12 +676,12 @@ pub(crate) mod tests {
     #[test]
     fn wrong_crc_is_detected_and_accepted_when_verification_is_off() {
         let mut p = page(0, 960, 1, 2, &[4], b"abcd");
-        p[30] ^= 0x40; // a body byte
+        p[30] ^= 0x40; // body byte 2 (27 header bytes, 1 lacing value)
         let err = Page::parse(&p, 0, true).unwrap_err();
         assert!(matches!(err, Error::Malformed { offset: 0, .. }), "{err}");
         assert!(err.to_string().contains("CRC"), "{err}");
         let page = Page::parse(&p, 0, false).unwrap();
-        assert_eq!(page.body(), b"abcD");
+        assert_eq!(page.body(), b"ab#d"); // 0x63 ^ 0x40
         assert_ne!(page.computed_crc(), page.crc());
     }
 

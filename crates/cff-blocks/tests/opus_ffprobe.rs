@@ -13,6 +13,8 @@
 //! ffprobe, not the packet's, so sizes are compared in order and offsets are checked against the
 //! file's bytes instead.
 
+#![allow(clippy::unwrap_used)]
+
 use std::borrow::Cow;
 use std::path::PathBuf;
 
