@@ -306,6 +306,28 @@ fn packet_samples(b0: Option<u8>, b1: Option<u8>) -> Option<u32> {
     (frames > 0 && samples <= MAX_PACKET_SAMPLES).then_some(samples)
 }
 
+/// Counts the audio packets completed in `pieces` and their samples; `packets` is the number of
+/// packets of the stream completed before them (0 and 1 are the headers) and `pending` the
+/// packet the first piece completes, if one is being assembled.
+fn page_samples(packets: u64, pending: Option<&Pending>, pieces: &Pieces<'_>) -> (u32, i64) {
+    let mut samples = 0i64;
+    let mut audio = 0u32;
+    let mut carried: &[u8] = pending.map_or(&[], |p| &p.buf);
+    for (number, piece) in (packets..).zip(pieces.clone()) {
+        if !piece.complete {
+            break;
+        }
+        if number >= 2 {
+            let mut bytes = carried.iter().chain(piece.data).copied();
+            let (b0, b1) = (bytes.next(), bytes.next());
+            samples += i64::from(packet_samples(b0, b1).unwrap_or(0));
+            audio += 1;
+        }
+        carried = &[];
+    }
+    (audio, samples)
+}
+
 /// The identification header (RFC 7845 §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -585,6 +607,9 @@ struct Link {
     last_sequence: Option<u32>,
     /// Granule-domain position (pre-skip included) where the next audio packet starts.
     next_pos: Option<i64>,
+    /// The granule position of the last page on which an audio packet ended: where the next
+    /// page's packets start.
+    resync: Option<i64>,
     /// Output samples of the links before this one.
     base: i64,
     pre_skip: i64,
@@ -604,6 +629,7 @@ impl Link {
             saw_data_page: false,
             last_sequence: None,
             next_pos: None,
+            resync: None,
             base,
             pre_skip: 0,
             single_stream: true,
@@ -779,65 +805,43 @@ impl<'a> State<'a> {
             link.ended = true;
         }
 
-        // RFC 7845 §4: the granule position counts the samples of every packet completed up to
-        // and including this page, so the first one completed here starts at the granule
-        // position minus the durations of all of them.
-        let mut samples = 0i64;
-        let mut audio = 0u32;
-        let mut first = true;
-        for (number, piece) in (link.packets..).zip(pieces.clone()) {
-            if !piece.complete {
-                break;
-            }
-            if number >= 2 {
-                let carried: &[u8] = match (&self.pending, first) {
-                    (Some(p), true) => &p.buf,
-                    _ => &[],
-                };
-                let mut bytes = carried.iter().chain(piece.data).copied();
-                let (b0, b1) = (bytes.next(), bytes.next());
-                samples += i64::from(packet_samples(b0, b1).unwrap_or(0));
-                audio += 1;
-            }
-            first = false;
+        // Where the first audio packet completed on this page starts (RFC 7845 §4). A page's
+        // granule position counts the samples of every packet completed up to and including
+        // it. Within a stream, the packets of a page therefore start at the previous page's
+        // granule position (as ffmpeg counts); on the first audio page, or after lost pages,
+        // they start at this page's granule position less the durations of its packets.
+        if let Some(granule) = link.resync.take() {
+            link.next_pos = Some(granule);
         }
         let granule = page.granule_position();
-        let mut end_limit = None;
-        let pos = if audio == 0 || granule == -1 {
-            // No audio packet ends here (or, against RFC 3533 §6, packets end on a page without
-            // a granule position): carry on from the previous page.
-            link.next_pos.unwrap_or(0)
-        } else {
-            match link.next_pos {
-                None if granule >= samples => granule - samples,
-                None if page.is_eos() => {
+        let pos = match link.next_pos {
+            Some(next) if !lost || granule == -1 => next,
+            known => {
+                let (audio, samples) = page_samples(link.packets, self.pending.as_ref(), &pieces);
+                match known {
+                    // No audio packet ends here (headers, or a page in the middle of a long
+                    // packet), or packets end on a page without a granule position (against
+                    // RFC 3533 §6): carry on.
+                    _ if audio == 0 || granule == -1 => known.unwrap_or(0),
+                    Some(_) => granule.saturating_sub(samples),
+                    None if granule >= samples => granule - samples,
                     // RFC 7845 §4.5: on a first audio page that is also the last, a granule
                     // position below its samples is end trimming from a start at 0.
-                    end_limit = Some(granule);
-                    0
-                }
-                None => {
-                    return Err(malformed(
-                        page.offset(),
-                        "a first audio page whose granule position is at least the samples \
-                         of its packets (RFC 7845 §4.5)",
-                        format!("granule position {granule} for {samples} samples"),
-                    ))
-                }
-                Some(next) => {
-                    let expected = next.saturating_add(samples);
-                    if granule < expected && page.is_eos() {
-                        // RFC 7845 §4.4: end trimming.
-                        end_limit = Some(granule);
-                        next
-                    } else {
-                        // Equal when nothing was lost; otherwise the granule position is the
-                        // authority (lost pages, a stream cut and re-joined).
-                        granule.saturating_sub(samples)
+                    None if page.is_eos() => 0,
+                    None => {
+                        return Err(malformed(
+                            page.offset(),
+                            "a first audio page whose granule position is at least the \
+                             samples of its packets (RFC 7845 §4.5)",
+                            format!("granule position {granule} for {samples} samples"),
+                        ))
                     }
                 }
             }
         };
+        // RFC 7845 §4.4: on the last page, a granule position below the end of its packets
+        // trims the end; no packet plays past it.
+        let end_limit = (page.is_eos() && granule != -1).then_some(granule);
         self.page = Some(PageState {
             page,
             pieces,
@@ -971,6 +975,9 @@ impl<'a> State<'a> {
                     s.pos = end;
                 }
                 self.link.next_pos = Some(end);
+                if info.granule_position != -1 {
+                    self.link.resync = Some(info.granule_position);
+                }
                 let played_end = end_limit.map_or(end, |limit| end.min(limit));
                 let played = played_end
                     .saturating_sub(start)
