@@ -1611,6 +1611,40 @@ mod tests {
     }
 
     #[test]
+    fn chained_link_after_a_stream_without_eos() {
+        // Link 0 ends without EOS; a new BOS page with OpusHead after its audio pages starts
+        // link 1 (RFC 3533 §4), whose timeline continues where link 0's output ended.
+        let mut f = headers(SERIAL, 100);
+        f.extend(packets_page(
+            0,
+            1920,
+            SERIAL,
+            2,
+            &[audio(5, 1), audio(5, 2)],
+        ));
+        f.extend(headers(SERIAL + 1, 200));
+        f.extend(packets_page(FLAG_EOS, 960, SERIAL + 1, 2, &[audio(5, 3)]));
+        // A late page of link 0 after its successor began is another stream's page.
+        let late = packets_page(0, 2880, SERIAL, 3, &[audio(5, 4)]);
+        f.extend(&late);
+        let mut reader = OpusReader::new(&f, &Options::default()).unwrap();
+        let blocks: Vec<_> = reader.by_ref().collect::<Result<_>>().unwrap();
+        assert_eq!(blocks.len(), 7);
+        assert_eq!(info(&blocks[4]).packet, PacketKind::Head);
+        assert_eq!(
+            (info(&blocks[6]).link, info(&blocks[6]).serial),
+            (1, SERIAL + 1)
+        );
+        assert_eq!(reader.head().pre_skip, 200);
+        assert_eq!(reader.serial(), SERIAL + 1);
+        // Link 0 plays 1920 - 100 samples; link 1 starts there, less its own pre-skip.
+        assert_eq!(time(&blocks[3]), (860, 960));
+        assert_eq!(time(&blocks[6]), (1820 - 200, 960));
+        assert_eq!(reader.regions().len(), 1);
+        assert_eq!(reader.regions()[0].len, late.len() as u64);
+    }
+
+    #[test]
     fn other_streams_are_regions_and_serial_selects() {
         // A Vorbis-like stream first, then the Opus stream, pages interleaved.
         let vorbis = page(FLAG_BOS, 0, 77, 0, &[7], b"\x01vorbis");
