@@ -19,12 +19,13 @@ static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
 /// Bytes a reader may hold at once beyond the file itself, with the limits below.
 const BUDGET: usize = 32 << 20;
 
+/// Limits sized for files of a few kilobytes, so that files which claim more hit them.
 fn options() -> Options {
     Options::default().with_limits(
         Limits::default()
-            .with_max_block_bytes(1 << 20)
-            .with_max_blocks(1 << 20)
-            .with_max_pixels(1 << 24),
+            .with_max_block_bytes(4096)
+            .with_max_blocks(4096)
+            .with_max_pixels(1 << 20),
     )
 }
 
