@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the block-parsing bench and prints its table.
+#
+#   scripts/bench.sh                  # every group
+#   scripts/bench.sh mp3-low          # a filter: benchmarks whose id matches the regex
+#   scripts/bench.sh -- --save-baseline main   # options after -- go to criterion
+#
+# Threads are fixed so that numbers compare across machines and runs: nothing in the timed
+# code is multi-threaded today (jpeg-decoder is built without its rayon feature), but rayon
+# pools in dependencies size themselves from this variable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RAYON_NUM_THREADS=2
+cargo bench --bench block_parsing "$@"
+python3 scripts/criterion_table.py
