@@ -110,6 +110,7 @@ impl HuffmanTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

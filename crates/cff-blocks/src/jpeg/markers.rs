@@ -575,6 +575,7 @@ pub(crate) fn marker_name(code: u8) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

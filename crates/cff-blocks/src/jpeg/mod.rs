@@ -155,13 +155,14 @@ pub struct JpegReader<'a> {
     data: &'a [u8],
     limits: Limits,
     regions: Vec<Region>,
-    headers: Headers,
+    // Boxed: the tables and the scan state are large, and the reader sits in an enum.
+    headers: Box<Headers>,
     frame: FrameHeader,
     header_end: usize,
     /// File position of the next marker to read between scans.
     pos: usize,
     ecs: Ecs,
-    scan: Option<ScanState>,
+    scan: Option<Box<ScanState>>,
     scans: u32,
     index: u64,
     done: bool,
@@ -182,7 +183,7 @@ impl<'a> JpegReader<'a> {
             }
             None => return Err(truncated(0, "SOI marker", 2, data.len())),
         }
-        let mut headers = Headers::default();
+        let mut headers = Box::<Headers>::default();
         let mut regions = Vec::new();
         let mut pos = 2;
         let first = parse_markers(data, &mut pos, &mut headers, &options.limits, &mut regions)?;
@@ -355,7 +356,7 @@ impl<'a> JpegReader<'a> {
             Some(c) if single => frame.component_blocks(c.index),
             _ => frame.interleaved_mcus(),
         };
-        self.scan = Some(ScanState {
+        self.scan = Some(Box::new(ScanState {
             index: self.scans,
             units,
             info,
@@ -368,7 +369,7 @@ impl<'a> JpegReader<'a> {
             bit: 0,
             ecs_end: EcsEnd::EndOfData,
             dc_pred: [0; 4],
-        });
+        }));
         self.scans += 1;
     }
 
@@ -701,4 +702,5 @@ impl<'a> Iterator for JpegReader<'a> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -288,6 +288,7 @@ pub(crate) fn decode_data_unit<const COEFS: bool>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
