@@ -1,6 +1,6 @@
 //! Markers and marker segments (T.81 Annex B), separate from entropy decoding.
 
-use super::huffman::{HuffmanTable, TableError};
+use super::huffman::{Class, HuffmanTable, TableError};
 use crate::{Error, Format, Limits, Result};
 
 /// Start of image (T.81 B.1.1.3, Table B.1).
@@ -322,7 +322,8 @@ pub(crate) fn parse_dht(
                 format!("{} bytes for {} values", tail.len(), total),
             ));
         };
-        let table = HuffmanTable::new(counts, values).map_err(|e| match e {
+        let class = if tc == 0 { Class::Dc } else { Class::Ac };
+        let table = HuffmanTable::new(counts, values, class).map_err(|e| match e {
             TableError::TooManyValues(n) => malformed(
                 at + 1,
                 "DHT code counts adding up to at most 256",

@@ -55,7 +55,7 @@ use markers::{
     RST0, SOI, SOS, TEM,
 };
 pub use markers::{Component, FrameHeader};
-use scan::{decode_data_unit, Bits, DecodeError, Ecs, EcsEnd};
+use scan::{decode_data_unit, skip_data_unit, Bits, DecodeError, Ecs, EcsEnd};
 
 use crate::{Block, BlockKind, Detail, Error, Limits, Options, Place, Region, RegionKind, Result};
 
@@ -473,7 +473,7 @@ impl<'a> JpegReader<'a> {
         let row = (scan.next / scan.mcus_x.max(1) as u64) as u32;
         let col = (scan.next % scan.mcus_x.max(1) as u64) as u32;
         let mut bits = Bits::new(&ecs.bytes, start);
-        let mut scratch = [0i32; 64];
+        let bit_len = ecs.bit_len();
         for unit in &scan.units {
             let (Some(dc), Some(ac)) = (
                 headers.dc.get(unit.dc).and_then(Option::as_ref),
@@ -485,29 +485,31 @@ impl<'a> JpegReader<'a> {
                     "a table missing",
                 ));
             };
-            let coefficients = if COEFS {
+            let decoded = if COEFS {
                 out.push(DataUnit {
                     component: unit.component,
                     row: row * unit.v + unit.dy,
                     col: col * unit.h + unit.dx,
                     coefficients: [0; 64],
                 });
-                match out.last_mut() {
-                    Some(u) => &mut u.coefficients,
-                    None => &mut scratch,
+                let mut coefficients = [0; 64];
+                let pred = &mut scan.dc_pred[unit.slot & 3];
+                let r = decode_data_unit(&mut bits, dc, ac, pred, &mut coefficients);
+                if let Some(u) = out.last_mut() {
+                    u.coefficients = coefficients;
                 }
+                r
             } else {
-                &mut scratch
+                skip_data_unit(&mut bits, dc, ac)
             };
-            let pred = &mut scan.dc_pred[unit.slot & 3];
-            if let Err(e) = decode_data_unit::<COEFS>(&mut bits, dc, ac, pred, coefficients) {
+            if let Err(e) = decoded {
                 return Err(decode_error(e, ecs, scan, data));
             }
-            if bits.pos > ecs.bit_len() {
+            if bits.pos() > bit_len {
                 return Err(ran_out(ecs, scan, start, data));
             }
         }
-        let end = bits.pos;
+        let end = bits.pos();
         let offset = ecs.file_offset(start / 8);
         let bytes = ecs.repack(start, end);
         if bytes.len() as u64 > limits.max_block_bytes {

@@ -1,7 +1,7 @@
 //! Entropy-coded segments: unstuffing, bit reading, and walking MCUs by Huffman decoding
 //! (T.81 F.2.2), with no dequantisation and no IDCT.
 
-use super::huffman::HuffmanTable;
+use super::huffman::{HuffmanTable, LOOKAHEAD_BITS};
 
 /// One entropy-coded segment (T.81 B.1.1.5): the bytes between a SOS or RST marker and the
 /// next marker, with every stuffed 0x00 after a 0xFF removed (T.81 F.1.2.3), plus what is
@@ -61,6 +61,8 @@ impl Ecs {
         self.removed.clear();
         self.cursor = 0;
         self.start = start;
+        // Once per reader (the buffer is reused): the segment is at most the rest of the file.
+        self.bytes.reserve(data.len().saturating_sub(start) + PAD);
         let mut i = start;
         let stop = loop {
             let ff = find_ff(data, i);
@@ -124,18 +126,31 @@ impl Ecs {
         let n = bits.div_ceil(8);
         let first = start / 8;
         let shift = (start % 8) as u32;
-        let src = self.bytes.get(first..).unwrap_or(&[]);
-        let mut out = Vec::with_capacity(n);
-        if shift == 0 {
-            out.extend_from_slice(src.get(..n).unwrap_or(src));
-        } else {
-            out.extend(
-                src.windows(2)
-                    .take(n)
-                    .map(|w| (w[0] << shift) | (w[1] >> (8 - shift))),
-            );
+        // Seven output bytes per 8-byte load; the eighth byte written is rewritten by the next
+        // step or cut off below.
+        let mut out = vec![0u8; n + 8];
+        let mut i = 0;
+        while i < n {
+            let word = match self
+                .bytes
+                .get(first + i..)
+                .and_then(|s| s.first_chunk::<8>())
+            {
+                Some(chunk) => u64::from_be_bytes(*chunk),
+                None => {
+                    let mut chunk = [0u8; 8];
+                    for (k, b) in chunk.iter_mut().enumerate() {
+                        *b = self.bytes.get(first + i + k).copied().unwrap_or(0);
+                    }
+                    u64::from_be_bytes(chunk)
+                }
+            };
+            if let Some(dst) = out.get_mut(i..i + 8) {
+                dst.copy_from_slice(&(word << shift).to_be_bytes());
+            }
+            i += 7;
         }
-        out.resize(n, 0);
+        out.truncate(n);
         if bits % 8 != 0 {
             if let Some(last) = out.last_mut() {
                 *last &= 0xFFu8 << (8 - bits % 8);
@@ -145,37 +160,80 @@ impl Ecs {
     }
 }
 
-/// A bit reader over unstuffed data: a position and 8-byte big-endian loads.
+/// A bit reader over unstuffed data, most significant bit first.
+///
+/// `buf` holds `count` valid bits at its top, zeros below. `refill` tops it up to 56..=63
+/// bits with one 8-byte load whatever the count (F. Giesen's branchless refill), so that every
+/// code and its magnitude bits (at most 16 + 11) can be taken after one refill.
 #[derive(Debug)]
 pub(crate) struct Bits<'b> {
     bytes: &'b [u8],
-    pub(crate) pos: usize,
+    /// Next byte of `bytes` to load.
+    next: usize,
+    buf: u64,
+    count: u32,
 }
 
 impl<'b> Bits<'b> {
+    /// A reader at bit `pos` of `bytes`.
     pub(crate) fn new(bytes: &'b [u8], pos: usize) -> Self {
-        Bits { bytes, pos }
-    }
-
-    /// The next 57 or more bits, most significant first; zeros past the end.
-    #[inline(always)]
-    fn peek(&self) -> u64 {
-        let i = self.pos >> 3;
-        let word = match self.bytes.get(i..).and_then(|s| s.first_chunk::<8>()) {
-            Some(chunk) => u64::from_be_bytes(*chunk),
-            None => self.peek_tail(i),
+        let mut bits = Bits {
+            bytes,
+            next: pos / 8,
+            buf: 0,
+            count: 0,
         };
-        word << (self.pos & 7)
+        bits.refill();
+        bits.consume((pos % 8) as u32);
+        bits
     }
 
-    #[cold]
-    fn peek_tail(&self, i: usize) -> u64 {
-        let mut chunk = [0u8; 8];
-        for (k, b) in chunk.iter_mut().enumerate() {
-            *b = self.bytes.get(i + k).copied().unwrap_or(0);
-        }
-        u64::from_be_bytes(chunk)
+    /// The bit position of the next unread bit.
+    #[inline(always)]
+    pub(crate) fn pos(&self) -> usize {
+        self.next * 8 - self.count as usize
     }
+
+    #[inline(always)]
+    pub(crate) fn refill(&mut self) {
+        let word = match self
+            .bytes
+            .get(self.next..)
+            .and_then(|s| s.first_chunk::<8>())
+        {
+            Some(chunk) => u64::from_be_bytes(*chunk),
+            None => tail_word(self.bytes, self.next),
+        };
+        // The bits ORed in past the whole bytes counted are the stream's next bits too, and
+        // the next refill ORs the same values there again.
+        self.buf |= word >> self.count;
+        self.next += ((63 - self.count) >> 3) as usize;
+        self.count |= 56;
+    }
+
+    /// The next 56 or more bits at the top of a u64 (refilled first).
+    #[inline(always)]
+    fn peek(&mut self) -> u64 {
+        self.refill();
+        self.buf
+    }
+
+    /// Drops `n` bits, `n` at most the 56 a refill guarantees.
+    #[inline(always)]
+    fn consume(&mut self, n: u32) {
+        self.buf <<= n;
+        self.count -= n;
+    }
+}
+
+/// The 8 bytes from `at`, big-endian; past the end of the data the stream reads as zeros.
+#[cold]
+fn tail_word(bytes: &[u8], at: usize) -> u64 {
+    let mut chunk = [0u8; 8];
+    for (k, b) in chunk.iter_mut().enumerate() {
+        *b = bytes.get(at + k).copied().unwrap_or(0);
+    }
+    u64::from_be_bytes(chunk)
 }
 
 /// Why a data unit could not be decoded; positions are bits of the unstuffed segment.
@@ -203,85 +261,135 @@ fn extend(v: u32, size: u32) -> i32 {
     }
 }
 
-/// Decodes one data unit (T.81 F.2.2.1, F.2.2.2), advancing `bits` past it.
-///
-/// With `COEFS = false` only the code lengths and magnitude categories are used (the extra
-/// bits are skipped unread): that is all the MCU boundaries need. With `COEFS = true` the
-/// quantised coefficients are written to `out` in zig-zag order, DC un-differenced with
-/// `dc_pred`.
+/// Walks over one data unit (T.81 F.2.2.1, F.2.2.2) without computing any value: each code
+/// and its magnitude bits are skipped together, which is all the MCU boundaries need.
 #[inline(always)]
-pub(crate) fn decode_data_unit<const COEFS: bool>(
+pub(crate) fn skip_data_unit(
+    bits: &mut Bits<'_>,
+    dc: &HuffmanTable,
+    ac: &HuffmanTable,
+) -> Result<(), DecodeError> {
+    let peek = bits.peek();
+    let entry = dc.fast()[(peek >> (64 - LOOKAHEAD_BITS)) as usize];
+    if (entry as i16) > 0 {
+        bits.consume((entry >> 8) as u32);
+    } else {
+        let (len, size) = decode_dc(bits.pos(), dc, peek)?;
+        bits.consume(len + size);
+    }
+    let fast = ac.fast();
+    let mut k = 1u32;
+    // One AC code with its magnitude bits takes at most 16 + 10 bits: two fit in the 56 bits
+    // of a refill, which halves the refills on the loop's dependency chain.
+    macro_rules! step {
+        () => {
+            let entry = fast[(bits.buf >> (64 - LOOKAHEAD_BITS)) as usize];
+            let (mut n, mut advance) = ((entry >> 8) as u32, (entry & 0xFF) as u32);
+            // Bit 15 set or 0: no fast answer.
+            if (entry as i16) <= 0 {
+                (n, advance) = decode_ac(bits.pos(), ac, bits.buf)?;
+            }
+            bits.consume(n);
+            if advance == 0 {
+                return Ok(()); // EOB
+            }
+            k += advance;
+            if k >= 64 {
+                // The last coefficient coded must be number 63 at most (T.81 F.1.2.2.1).
+                if k > 64 {
+                    return Err(DecodeError::RunPastEnd {
+                        pos: bits.pos() - n as usize,
+                    });
+                }
+                return Ok(());
+            }
+        };
+    }
+    loop {
+        bits.refill();
+        step!();
+        step!();
+    }
+}
+
+#[cold]
+fn decode_dc(pos: usize, dc: &HuffmanTable, peek: u64) -> Result<(u32, u32), DecodeError> {
+    let Some((len, size)) = dc.decode(peek) else {
+        return Err(DecodeError::InvalidCode { pos, ac: false });
+    };
+    if size > 11 {
+        return Err(DecodeError::DcCategory { pos, size });
+    }
+    Ok((len, size as u32))
+}
+
+/// The slow AC path: `(code length + magnitude bits, coefficients covered)`.
+#[cold]
+fn decode_ac(pos: usize, ac: &HuffmanTable, peek: u64) -> Result<(u32, u32), DecodeError> {
+    let Some((len, rs)) = ac.decode(peek) else {
+        return Err(DecodeError::InvalidCode { pos, ac: true });
+    };
+    let (run, size) = ((rs >> 4) as u32, (rs & 15) as u32);
+    match size {
+        0 if run == 15 => Ok((len, 16)),
+        0 => Ok((len, 0)),
+        1..=10 => Ok((len + size, run + 1)),
+        _ => Err(DecodeError::AcCategory { pos, size: rs & 15 }),
+    }
+}
+
+/// Decodes one data unit (T.81 F.2.2.1, F.2.2.2) into `out`: the quantised coefficients in
+/// zig-zag order, DC un-differenced with `dc_pred`. Ends on the same bit as
+/// [`skip_data_unit`], which the tests check on every fixture.
+pub(crate) fn decode_data_unit(
     bits: &mut Bits<'_>,
     dc: &HuffmanTable,
     ac: &HuffmanTable,
     dc_pred: &mut i32,
     out: &mut [i32; 64],
 ) -> Result<(), DecodeError> {
+    *out = [0; 64];
     let peek = bits.peek();
-    let Some((len, size)) = dc.decode(peek) else {
-        return Err(DecodeError::InvalidCode {
-            pos: bits.pos,
-            ac: false,
-        });
+    let (len, size) = decode_dc(bits.pos(), dc, peek)?;
+    // len <= 16 and size <= 11: both within the 56 bits peeked.
+    let v = if size == 0 {
+        0
+    } else {
+        ((peek << len) >> (64 - size)) as u32
     };
-    if size > 11 {
-        return Err(DecodeError::DcCategory {
-            pos: bits.pos,
-            size,
-        });
-    }
-    if COEFS {
-        // len <= 16 and size <= 11: both fit in the 57 bits peeked.
-        let v = if size == 0 {
-            0
-        } else {
-            ((peek << len) >> (64 - size as u32)) as u32
-        };
-        *dc_pred = dc_pred.wrapping_add(extend(v, size as u32));
-        *out = [0; 64];
-        out[0] = *dc_pred;
-    }
-    bits.pos += (len + size as u32) as usize;
+    *dc_pred = dc_pred.wrapping_add(extend(v, size));
+    out[0] = *dc_pred;
+    bits.consume(len + size);
 
     let mut k = 1usize;
     while k < 64 {
         let peek = bits.peek();
+        let pos = bits.pos();
         let Some((len, rs)) = ac.decode(peek) else {
-            return Err(DecodeError::InvalidCode {
-                pos: bits.pos,
-                ac: true,
-            });
+            return Err(DecodeError::InvalidCode { pos, ac: true });
         };
-        let (run, size) = ((rs >> 4) as usize, rs & 15);
+        let (run, size) = ((rs >> 4) as usize, (rs & 15) as u32);
         if size == 0 {
+            bits.consume(len);
             if run != 15 {
-                // EOB: the rest of the block is zero.
-                bits.pos += len as usize;
-                break;
+                break; // EOB
             }
-            // ZRL: sixteen zeros.
-            if k + 16 > 64 {
-                return Err(DecodeError::RunPastEnd { pos: bits.pos });
+            k += 16; // ZRL
+            if k > 64 {
+                return Err(DecodeError::RunPastEnd { pos });
             }
-            k += 16;
-            bits.pos += len as usize;
             continue;
         }
         if size > 10 {
-            return Err(DecodeError::AcCategory {
-                pos: bits.pos,
-                size,
-            });
+            return Err(DecodeError::AcCategory { pos, size: rs & 15 });
         }
         k += run;
         if k > 63 {
-            return Err(DecodeError::RunPastEnd { pos: bits.pos });
+            return Err(DecodeError::RunPastEnd { pos });
         }
-        if COEFS {
-            let v = ((peek << len) >> (64 - size as u32)) as u32;
-            out[k] = extend(v, size as u32);
-        }
-        bits.pos += (len + size as u32) as usize;
+        let v = ((peek << len) >> (64 - size)) as u32;
+        out[k] = extend(v, size);
+        bits.consume(len + size);
         k += 1;
     }
     Ok(())
@@ -290,6 +398,7 @@ pub(crate) fn decode_data_unit<const COEFS: bool>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::huffman::Class;
     use super::*;
 
     #[test]
@@ -360,11 +469,13 @@ mod tests {
         let dc = HuffmanTable::new(
             &[0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
             &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+            Class::Dc,
         )
         .unwrap();
         let ac = HuffmanTable::new(
             &[0, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             &[0x00, 0x01, 0xF0, 0x12],
+            Class::Ac,
         )
         .unwrap();
         // DC: category 3 (100) value 101 = 5; AC: 0x01 '01' + '0' = -1 at k=1; 0x12 '110' +
@@ -379,8 +490,8 @@ mod tests {
         let mut out = [0; 64];
         let mut pred = 10;
         let mut bits = Bits::new(&bytes, 0);
-        decode_data_unit::<true>(&mut bits, &dc, &ac, &mut pred, &mut out).unwrap();
-        assert_eq!(bits.pos, stream.len());
+        decode_data_unit(&mut bits, &dc, &ac, &mut pred, &mut out).unwrap();
+        assert_eq!(bits.pos(), stream.len());
         assert_eq!(pred, 15);
         let mut expect = [0; 64];
         expect[0] = 15;
@@ -390,25 +501,39 @@ mod tests {
         assert_eq!(out, expect);
         // The fast walk lands on the same bit.
         let mut bits = Bits::new(&bytes, 0);
-        decode_data_unit::<false>(&mut bits, &dc, &ac, &mut pred, &mut out).unwrap();
-        assert_eq!(bits.pos, stream.len());
+        skip_data_unit(&mut bits, &dc, &ac).unwrap();
+        assert_eq!(bits.pos(), stream.len());
     }
 
     #[test]
     fn refuses_runs_past_the_last_coefficient() {
-        let dc =
-            HuffmanTable::new(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[0]).unwrap();
+        let dc = HuffmanTable::new(
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0],
+            Class::Dc,
+        )
+        .unwrap();
         // A single 1-bit AC code for ZRL: 4 ZRLs reach k = 65.
-        let ac =
-            HuffmanTable::new(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[0xF0]).unwrap();
+        let ac = HuffmanTable::new(
+            &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[0xF0],
+            Class::Ac,
+        )
+        .unwrap();
         let bytes = [0u8; 16];
         let mut bits = Bits::new(&bytes, 0);
-        let err = decode_data_unit::<false>(&mut bits, &dc, &ac, &mut 0, &mut [0; 64]);
+        let err = skip_data_unit(&mut bits, &dc, &ac);
+        assert_eq!(err, Err(DecodeError::RunPastEnd { pos: 4 }));
+        let mut bits = Bits::new(&bytes, 0);
+        let err = decode_data_unit(&mut bits, &dc, &ac, &mut 0, &mut [0; 64]);
         assert_eq!(err, Err(DecodeError::RunPastEnd { pos: 4 }));
         // No code of this DC table starts with 1.
         let bytes = [0xFFu8; 16];
         let mut bits = Bits::new(&bytes, 0);
-        let err = decode_data_unit::<false>(&mut bits, &dc, &ac, &mut 0, &mut [0; 64]);
+        let err = skip_data_unit(&mut bits, &dc, &ac);
+        assert_eq!(err, Err(DecodeError::InvalidCode { pos: 0, ac: false }));
+        let mut bits = Bits::new(&bytes, 0);
+        let err = decode_data_unit(&mut bits, &dc, &ac, &mut 0, &mut [0; 64]);
         assert_eq!(err, Err(DecodeError::InvalidCode { pos: 0, ac: false }));
     }
 }
