@@ -93,7 +93,7 @@ impl HuffmanTable {
                             _ => 0x8000 | (length as u16) << 8 | symbol as u16,
                         };
                         let span = 1usize << (LOOKAHEAD_BITS - length);
-                        fast.extend(std::iter::repeat_n(entry, span));
+                        fast.extend(std::iter::repeat(entry).take(span));
                     }
                     code += 1;
                     index += 1;
