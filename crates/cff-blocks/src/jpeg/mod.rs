@@ -561,13 +561,10 @@ fn ran_out(ecs: &Ecs, scan: &ScanState, start: usize, data: &[u8]) -> Error {
             ),
         ),
         EcsEnd::EndOfData => {
+            // The data ends inside the MCU: it needs at least one byte more than there is.
             let offset = ecs.file_offset_of(start / 8);
-            truncated(
-                offset,
-                "MCU",
-                ecs.len.saturating_sub(start / 8) + 1,
-                data.len().saturating_sub(offset),
-            )
+            let available = data.len().saturating_sub(offset);
+            truncated(offset, "entropy-coded data of an MCU", available + 1, available)
         }
     }
 }
