@@ -241,6 +241,26 @@ fn mcus_tile_every_scan_exactly() {
 }
 
 #[test]
+fn the_coefficient_walk_finds_the_same_blocks() {
+    // `next` skips magnitude bits by table; `next_with_coefficients` reads them: both must end
+    // every data unit on the same bit.
+    for name in SUPPORTED {
+        let file = fixture(name);
+        let fast: Vec<Block<'_>> = JpegReader::new(&file, &Options::default())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut reader = JpegReader::new(&file, &Options::default()).unwrap();
+        let mut units = Vec::new();
+        let mut slow = Vec::new();
+        while let Some(block) = reader.next_with_coefficients(&mut units) {
+            slow.push(block.unwrap());
+        }
+        assert_eq!(fast, slow, "{name}");
+    }
+}
+
+#[test]
 fn restart_fixtures_have_one_interval_per_restart_segment() {
     // gray28_q50_rst1 has one MCU per interval: 16 intervals, every MCU on a byte boundary.
     let file = fixture("gray28_q50_rst1.jpg");

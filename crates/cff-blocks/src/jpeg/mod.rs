@@ -388,9 +388,9 @@ impl<'a> JpegReader<'a> {
         }
     }
 
-    /// Opens the next restart interval (T.81 F.2.1.3.1, B.2.5): after the first, the previous
-    /// segment must end in RSTm with m = interval index mod 8; the DC predictors reset and the
-    /// data starts on a byte boundary.
+    /// Opens the next restart interval (T.81 E.2.4, F.2.1.3.1, B.2.1): after the first, the
+    /// previous segment must end in RSTm with m = interval index mod 8; the DC predictors
+    /// reset and the data starts on a byte boundary.
     fn begin_interval(&mut self) -> Result<()> {
         let started = self.scan.as_ref().is_some_and(|s| s.next > 0);
         if started {
@@ -564,7 +564,12 @@ fn ran_out(ecs: &Ecs, scan: &ScanState, start: usize, data: &[u8]) -> Error {
             // The data ends inside the MCU: it needs at least one byte more than there is.
             let offset = ecs.file_offset_of(start / 8);
             let available = data.len().saturating_sub(offset);
-            truncated(offset, "entropy-coded data of an MCU", available + 1, available)
+            truncated(
+                offset,
+                "entropy-coded data of an MCU",
+                available + 1,
+                available,
+            )
         }
     }
 }
