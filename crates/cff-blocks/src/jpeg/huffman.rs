@@ -77,27 +77,26 @@ impl HuffmanTable {
             let count = counts[length as usize - 1] as u32;
             if count > 0 {
                 value_offset[length as usize] = index as i32 - code as i32;
-                for _ in 0..count {
-                    // Every code must fit in its length (T.81 C.2 never yields a longer one
-                    // from valid counts).
-                    if code >= 1 << length {
-                        return Err(TableError::CodeSpaceOverflow { length });
-                    }
-                    if length <= LOOKAHEAD_BITS {
-                        // Every pattern whose first `length` bits are `code` decodes to it.
-                        let symbol = values[index];
+                // Every code must fit in its length (T.81 C.2 never yields a longer one from
+                // valid counts).
+                if code + count > 1 << length {
+                    return Err(TableError::CodeSpaceOverflow { length });
+                }
+                if length <= LOOKAHEAD_BITS {
+                    // Every pattern whose first `length` bits are a code decodes to it.
+                    let span = 1usize << (LOOKAHEAD_BITS - length);
+                    for &symbol in &values[index..index + count as usize] {
                         let entry = match skip_step(symbol, class) {
                             Some((size, advance)) if length + size <= LOOKAHEAD_BITS => {
                                 ((length + size) as u16) << 8 | advance as u16
                             }
                             _ => 0x8000 | (length as u16) << 8 | symbol as u16,
                         };
-                        let span = 1usize << (LOOKAHEAD_BITS - length);
                         fast.extend(std::iter::repeat(entry).take(span));
                     }
-                    code += 1;
-                    index += 1;
                 }
+                code += count;
+                index += count as usize;
                 max_code[length as usize] = code as i32 - 1;
             }
             code <<= 1;
@@ -105,7 +104,7 @@ impl HuffmanTable {
         fast.resize(1 << LOOKAHEAD_BITS, 0);
         let fast: Box<[u16; 1 << LOOKAHEAD_BITS]> = match fast.into_boxed_slice().try_into() {
             Ok(fast) => fast,
-            // The overflow check above keeps the spans within the table.
+            // The code-space check above keeps the spans within the table.
             Err(_) => {
                 return Err(TableError::CodeSpaceOverflow {
                     length: LOOKAHEAD_BITS,

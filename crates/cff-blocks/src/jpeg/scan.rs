@@ -126,31 +126,23 @@ impl Ecs {
         let n = bits.div_ceil(8);
         let first = start / 8;
         let shift = (start % 8) as u32;
-        // Seven output bytes per 8-byte load; the eighth byte written is rewritten by the next
-        // step or cut off below.
-        let mut out = vec![0u8; n + 8];
-        let mut i = 0;
-        while i < n {
-            let word = match self
-                .bytes
-                .get(first + i..)
-                .and_then(|s| s.first_chunk::<8>())
-            {
-                Some(chunk) => u64::from_be_bytes(*chunk),
-                None => {
-                    let mut chunk = [0u8; 8];
-                    for (k, b) in chunk.iter_mut().enumerate() {
-                        *b = self.bytes.get(first + i + k).copied().unwrap_or(0);
-                    }
-                    u64::from_be_bytes(chunk)
-                }
-            };
-            if let Some(dst) = out.get_mut(i..i + 8) {
-                dst.copy_from_slice(&(word << shift).to_be_bytes());
+        let mut out = Vec::with_capacity(n + 7);
+        if shift == 0 {
+            out.extend_from_slice(self.bytes.get(first..first + n).unwrap_or(&[]));
+        } else {
+            // Seven output bytes per 8-byte load (the eighth would lack its low bits).
+            let mut i = 0;
+            while i < n {
+                let at = first + i;
+                let word = match self.bytes.get(at..).and_then(|s| s.first_chunk::<8>()) {
+                    Some(chunk) => u64::from_be_bytes(*chunk),
+                    None => tail_word(&self.bytes, at),
+                };
+                out.extend_from_slice(&(word << shift).to_be_bytes()[..7]);
+                i += 7;
             }
-            i += 7;
         }
-        out.truncate(n);
+        out.resize(n, 0);
         if bits % 8 != 0 {
             if let Some(last) = out.last_mut() {
                 *last &= 0xFFu8 << (8 - bits % 8);
