@@ -174,14 +174,8 @@ impl<'a> JpegReader<'a> {
     pub fn new(data: &'a [u8], options: &Options) -> Result<Self> {
         match data.get(..2) {
             Some([0xFF, SOI]) => {}
-            Some(b) => {
-                return Err(malformed(
-                    0,
-                    "SOI (FF D8)",
-                    format!("{:02X} {:02X}", b[0], b[1]),
-                ))
-            }
-            None => return Err(truncated(0, "SOI marker", 2, data.len())),
+            Some(&[a, b]) => return Err(malformed(0, "SOI (FF D8)", format!("{a:02X} {b:02X}"))),
+            _ => return Err(truncated(0, "SOI marker", 2, data.len())),
         }
         let mut headers = Box::<Headers>::default();
         let mut regions = Vec::new();
