@@ -8,7 +8,7 @@
 //! Supported: 8-bit sequential Huffman DCT (SOF0 baseline, SOF1 extended), 1–4 components with
 //! sampling factors 1–4, interleaved and single-component scans, several scans per frame, and
 //! restart intervals. Progressive, arithmetic, lossless and hierarchical processes and 12-bit
-//! samples are refused with [`Error::Unsupported`](crate::Error::Unsupported) naming the SOF
+//! samples are refused with [`Error::Unsupported`] naming the SOF
 //! marker: their scans have no per-MCU bit stream of this kind.
 //!
 //! Each MCU is a [`Block`] with `kind = BlockKind::Mcu`, `place = Place::Grid { row, col }`
