@@ -253,7 +253,7 @@ impl<'a> Page<'a> {
             // A cut-off header still counts as a page start when what is there looks like one.
             let looks_like_page = rest.len() >= 4
                 && rest[..4] == CAPTURE_PATTERN
-                && rest.get(4).map_or(true, |&v| v == 0);
+                && rest.get(4).is_none_or(|&v| v == 0);
             return Err(if looks_like_page {
                 PageFault::Truncated {
                     needed: HEADER_LEN as u64,
@@ -658,7 +658,7 @@ pub(crate) mod tests {
     pub(crate) fn lacing_for(sizes: &[usize]) -> Vec<u8> {
         let mut l = Vec::new();
         for &s in sizes {
-            l.extend(std::iter::repeat(255u8).take(s / 255));
+            l.extend(std::iter::repeat_n(255u8, s / 255));
             l.push((s % 255) as u8);
         }
         l

@@ -92,7 +92,7 @@ impl HuffmanTable {
                             }
                             _ => 0x8000 | (length as u16) << 8 | symbol as u16,
                         };
-                        fast.extend(std::iter::repeat(entry).take(span));
+                        fast.extend(std::iter::repeat_n(entry, span));
                     }
                 }
                 code += count;
