@@ -35,7 +35,10 @@ const HOSTILE: [(&str, ErrorClass); 5] = [
     ("mp3/id3_size_256mb.mp3", ErrorClass::Malformed),
     ("opus/tags_vendor_4gb.opus", ErrorClass::Malformed),
     ("opus/tags_comment_count_4g.opus", ErrorClass::Malformed),
-    ("opus/packet_spans_26_pages_never_ends.opus", ErrorClass::Limit),
+    (
+        "opus/packet_spans_26_pages_never_ends.opus",
+        ErrorClass::Limit,
+    ),
 ];
 
 fn corpus() -> Vec<PathBuf> {
