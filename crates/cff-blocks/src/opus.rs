@@ -15,7 +15,7 @@
 //! page (EOS), a granule position smaller than the samples of its packets trims the end
 //! (RFC 7845 §4.4): the blocks' durations are cut so that no block plays past it.
 //!
-//! See `docs/formats-opus.md` for every rule with its clause.
+//! See `docs/formats.md` for every rule with its clause.
 
 use std::borrow::Cow;
 
