@@ -135,6 +135,16 @@ pub fn encode_jpeg_into(image: &Image, options: &JpegOptions, out: &mut Vec<u8>)
             })
     };
     let (w, h) = (dim(image.width, "width")?, dim(image.height, "height")?);
+    if options.optimize_huffman && options.restart_interval.is_some() {
+        // jpeg-encoder 0.7 counts symbols for its optimised tables without resetting the DC
+        // predictions at restart markers (T.81 F.1.1.5.1), so a DC difference coded after a
+        // restart can lack a code: a debug build panics, a release build writes a broken
+        // file. Refused until that is fixed upstream.
+        return Err(Error::Unsupported {
+            format: "jpeg",
+            what: "optimised Huffman tables together with a restart interval".into(),
+        });
+    }
     let mut encoder = Encoder::new(&mut *out, options.quality);
     encoder.set_sampling_factor(options.subsampling.factor());
     if let Some(interval) = options.restart_interval {
