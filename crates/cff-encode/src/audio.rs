@@ -180,7 +180,9 @@ fn wav_error(e: hound::Error) -> Error {
             format: "wav",
             what: "this sample format".into(),
         },
-        hound::Error::IoError(io) => Error::malformed("wav", 0, format!("truncated or unreadable: {io}")),
+        hound::Error::IoError(io) => {
+            Error::malformed("wav", 0, format!("truncated or unreadable: {io}"))
+        }
         other => Error::malformed("wav", 0, other.to_string()),
     }
 }
@@ -196,10 +198,7 @@ fn wav_info_of(reader: &hound::WavReader<Cursor<&[u8]>>) -> Result<WavInfo> {
         return Err(Error::malformed(
             "wav",
             0,
-            format!(
-                "{} channels at {} Hz",
-                spec.channels, spec.sample_rate
-            ),
+            format!("{} channels at {} Hz", spec.channels, spec.sample_rate),
         ));
     }
     Ok(WavInfo {
@@ -389,6 +388,9 @@ mod tests {
 
     #[test]
     fn to_i16_rounds_and_clips() {
-        assert_eq!(to_i16(&[0.0, 1.0, -1.0, 2.0, f32::NAN, 0.5]), vec![0, 32767, -32768, 32767, 0, 16384]);
+        assert_eq!(
+            to_i16(&[0.0, 1.0, -1.0, 2.0, f32::NAN, 0.5]),
+            vec![0, 32767, -32768, 32767, 0, 16384]
+        );
     }
 }

@@ -104,10 +104,14 @@ pub fn read_png(data: &[u8], max_pixels: u64) -> Result<Image> {
     let (kind, pixels) = match out.color_type {
         png::ColorType::Grayscale => (PixelKind::Gray, buf),
         png::ColorType::Rgb => (PixelKind::Rgb, buf),
-        png::ColorType::GrayscaleAlpha => (PixelKind::Gray, buf.chunks_exact(2).map(|p| p[0]).collect()),
+        png::ColorType::GrayscaleAlpha => {
+            (PixelKind::Gray, buf.chunks_exact(2).map(|p| p[0]).collect())
+        }
         png::ColorType::Rgba => (
             PixelKind::Rgb,
-            buf.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+            buf.chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
         ),
         png::ColorType::Indexed => {
             return Err(Error::Unsupported {
@@ -190,7 +194,10 @@ pub fn read_idx(data: &[u8], max_bytes: u64) -> Result<Idx> {
     if header[2] != 0x08 {
         return Err(Error::Unsupported {
             format: "idx",
-            what: format!("element type 0x{:02x} (only 0x08, unsigned byte)", header[2]),
+            what: format!(
+                "element type 0x{:02x} (only 0x08, unsigned byte)",
+                header[2]
+            ),
         });
     }
     let n = usize::from(header[3]);
@@ -200,7 +207,9 @@ pub fn read_idx(data: &[u8], max_bytes: u64) -> Result<Idx> {
         .chunks_exact(4)
         .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
         .collect();
-    let count = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+    let count = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
     let count = match count {
         Some(c) if c <= max_bytes => c as usize,
         other => {
@@ -216,7 +225,10 @@ pub fn read_idx(data: &[u8], max_bytes: u64) -> Result<Idx> {
         return Err(Error::malformed(
             "idx",
             (4 + 4 * n + body.len().min(count)) as u64,
-            format!("dimensions {dims:?} need {count} values, found {}", body.len()),
+            format!(
+                "dimensions {dims:?} need {count} values, found {}",
+                body.len()
+            ),
         ));
     }
     Ok(Idx {
@@ -264,7 +276,10 @@ mod tests {
         ));
         assert!(read_idx(&idx_bytes(&[3], &[1, 2]), 100).is_err());
         assert!(matches!(
-            read_idx(&idx_bytes(&[0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF], &[]), 1 << 30),
+            read_idx(
+                &idx_bytes(&[0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF], &[]),
+                1 << 30
+            ),
             Err(Error::Limit { .. })
         ));
     }

@@ -13,7 +13,9 @@ use crate::{Error, Result};
 
 /// Legal Layer III bitrates, kbps, for MPEG-1 sample rates (32, 44.1, 48 kHz; ISO 11172-3
 /// 2.4.2.3, free format excluded).
-pub const MPEG1_BITRATES: [u32; 14] = [32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+pub const MPEG1_BITRATES: [u32; 14] = [
+    32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+];
 /// Legal Layer III bitrates, kbps, for MPEG-2 and MPEG-2.5 sample rates (16, 22.05, 24 kHz and
 /// 8, 11.025, 12 kHz; ISO 13818-3 2.4.2.3).
 pub const MPEG2_BITRATES: [u32; 14] = [8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
@@ -119,7 +121,10 @@ impl Mp3Options {
 pub fn encode_mp3(audio: &Audio, options: &Mp3Options) -> Result<Vec<u8>> {
     let legal = legal_bitrates(audio.rate)?;
     if options.quality > 9 {
-        return Err(Error::setting("mp3 quality", format!("{} is not in 0..=9", options.quality)));
+        return Err(Error::setting(
+            "mp3 quality",
+            format!("{} is not in 0..=9", options.quality),
+        ));
     }
     let lame_err = |e: mp3lame_encoder::BuildError| Error::encoder("mp3", e);
     let mut builder = Builder::new().ok_or_else(|| Error::encoder("mp3", "lame_init failed"))?;
@@ -130,7 +135,9 @@ pub fn encode_mp3(audio: &Audio, options: &Mp3Options) -> Result<Vec<u8>> {
         .set_output_sample_rate(NonZeroU32::new(audio.rate))
         .map_err(lame_err)?;
     builder.set_mode(Mode::Mono).map_err(lame_err)?;
-    builder.set_to_write_vbr_tag(options.xing).map_err(lame_err)?;
+    builder
+        .set_to_write_vbr_tag(options.xing)
+        .map_err(lame_err)?;
     let quality = match options.quality {
         0 => mp3lame_encoder::Quality::Best,
         1 => mp3lame_encoder::Quality::SecondBest,
@@ -159,12 +166,18 @@ pub fn encode_mp3(audio: &Audio, options: &Mp3Options) -> Result<Vec<u8>> {
         }
         Mp3Bitrate::Abr { kbps, bounded } => {
             if !(8..=320).contains(&kbps) {
-                return Err(Error::setting("mp3 abr", format!("{kbps} kbps is not in 8..=320")));
+                return Err(Error::setting(
+                    "mp3 abr",
+                    format!("{kbps} kbps is not in 8..=320"),
+                ));
             }
             let bounds = bounded.then(|| {
                 let low = legal.iter().rev().find(|&&b| b < kbps).copied();
                 let high = legal.iter().find(|&&b| b > kbps).copied();
-                (low.unwrap_or(legal[0]), high.unwrap_or(legal[legal.len() - 1]))
+                (
+                    low.unwrap_or(legal[0]),
+                    high.unwrap_or(legal[legal.len() - 1]),
+                )
             });
             lame::set_abr(&mut builder, kbps, bounds)?;
         }
@@ -224,17 +237,27 @@ mod lame {
         // `build`; these setters only store an integer in it (lame.h).
         unsafe {
             let gfp = builder.as_ptr();
-            check("lame_set_VBR", ffi::lame_set_VBR(gfp, ffi::vbr_mode::vbr_off))?;
+            check(
+                "lame_set_VBR",
+                ffi::lame_set_VBR(gfp, ffi::vbr_mode::vbr_off),
+            )?;
             check("lame_set_brate", ffi::lame_set_brate(gfp, kbps(k)))
         }
     }
 
-    pub(super) fn set_abr(builder: &mut Builder, mean: u32, bounds: Option<(u32, u32)>) -> Result<()> {
+    pub(super) fn set_abr(
+        builder: &mut Builder,
+        mean: u32,
+        bounds: Option<(u32, u32)>,
+    ) -> Result<()> {
         // SAFETY: as in `set_cbr`. The order follows LAME's frontend (parse.c): `--abr` sets
         // the mode and mean, then `-b`/`-B` the frame bounds.
         unsafe {
             let gfp = builder.as_ptr();
-            check("lame_set_VBR", ffi::lame_set_VBR(gfp, ffi::vbr_mode::vbr_abr))?;
+            check(
+                "lame_set_VBR",
+                ffi::lame_set_VBR(gfp, ffi::vbr_mode::vbr_abr),
+            )?;
             check(
                 "lame_set_VBR_mean_bitrate_kbps",
                 ffi::lame_set_VBR_mean_bitrate_kbps(gfp, kbps(mean)),

@@ -52,8 +52,7 @@ impl OggWriter {
         self.out.extend_from_slice(&[0; 4]); // CRC, filled in below
         self.out.push(segments as u8);
         for p in packets {
-            self.out
-                .extend(std::iter::repeat_n(255u8, p.len() / 255));
+            self.out.extend(std::iter::repeat_n(255u8, p.len() / 255));
             self.out.push((p.len() % 255) as u8);
         }
         for p in packets {

@@ -162,8 +162,10 @@ pub fn encode_opus(audio: &Audio, options: &OpusOptions) -> Result<Vec<u8>> {
     }
     let err = |e: opus::Error| Error::encoder("opus", e);
     let mut enc = Encoder::new(rate, Channels::Mono, Application::Audio).map_err(err)?;
-    enc.set_bitrate(Bitrate::Bits(options.bitrate as i32)).map_err(err)?;
-    enc.set_complexity(i32::from(options.complexity)).map_err(err)?;
+    enc.set_bitrate(Bitrate::Bits(options.bitrate as i32))
+        .map_err(err)?;
+    enc.set_complexity(i32::from(options.complexity))
+        .map_err(err)?;
     match options.rate_control {
         RateControl::Vbr => {
             enc.set_vbr(true).map_err(err)?;

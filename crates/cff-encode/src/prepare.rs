@@ -133,7 +133,10 @@ impl FromStr for Variant {
         let (codec, value) = s
             .split_once(':')
             .ok_or_else(|| bad("expected CODEC:VALUE, e.g. mp3:20"))?;
-        let n: u32 = value.trim().parse().map_err(|_| bad("the value is not a number"))?;
+        let n: u32 = value
+            .trim()
+            .parse()
+            .map_err(|_| bad("the value is not a number"))?;
         match codec.trim() {
             "mp3" if (8..=320).contains(&n) => Ok(Variant::Mp3(n)),
             "opus" if (1..=512).contains(&n) => Ok(Variant::Opus(n)),
@@ -216,7 +219,11 @@ impl Item {
         Path::new(&variant.dir_name())
             .join(safe_component(&self.split))
             .join(safe_component(&self.label))
-            .join(format!("{}.{}", safe_component(&self.name), variant.extension()))
+            .join(format!(
+                "{}.{}",
+                safe_component(&self.name),
+                variant.extension()
+            ))
     }
 }
 
@@ -224,7 +231,13 @@ impl Item {
 fn safe_component(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if matches!(c, '/' | '\\' | '\0') { '_' } else { c })
+        .map(|c| {
+            if matches!(c, '/' | '\\' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     if out.is_empty() || out.starts_with('.') {
         out.insert(0, '_');
@@ -280,7 +293,11 @@ pub fn scan(layout: Layout, input: &Path, limits: &Limits) -> Result<Vec<Item>> 
     };
     items.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(w) = items.windows(2).find(|w| w[0].id == w[1].id) {
-        return Err(Error::malformed("dataset", 0, format!("id {:?} appears twice", w[0].id)));
+        return Err(Error::malformed(
+            "dataset",
+            0,
+            format!("id {:?} appears twice", w[0].id),
+        ));
     }
     Ok(items)
 }
@@ -295,11 +312,15 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn stem(p: &Path) -> String {
-    p.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn media_source(p: &Path) -> Option<Source> {
@@ -311,12 +332,25 @@ fn media_source(p: &Path) -> Option<Source> {
     }
 }
 
-const SPLIT_DIRS: [&str; 7] = ["train", "training", "val", "valid", "validation", "test", "testing"];
+const SPLIT_DIRS: [&str; 7] = [
+    "train",
+    "training",
+    "val",
+    "valid",
+    "validation",
+    "test",
+    "testing",
+];
 
 fn scan_folder(input: &Path) -> Result<Vec<Item>> {
-    let dirs: Vec<PathBuf> = sorted_entries(input)?.into_iter().filter(|p| p.is_dir()).collect();
+    let dirs: Vec<PathBuf> = sorted_entries(input)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
     let split_layout = !dirs.is_empty()
-        && dirs.iter().all(|d| SPLIT_DIRS.contains(&file_name(d).to_ascii_lowercase().as_str()));
+        && dirs
+            .iter()
+            .all(|d| SPLIT_DIRS.contains(&file_name(d).to_ascii_lowercase().as_str()));
     let mut items = Vec::new();
     let roots: Vec<(String, PathBuf)> = if split_layout {
         dirs.into_iter().map(|d| (file_name(&d), d)).collect()
@@ -375,7 +409,11 @@ fn scan_esc50(input: &Path) -> Result<Vec<Item>> {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let get = |c: usize| {
             fields.get(c).copied().ok_or_else(|| {
-                Error::malformed("esc50.csv", 0, format!("line {} has {} fields", n + 1, fields.len()))
+                Error::malformed(
+                    "esc50.csv",
+                    0,
+                    format!("line {} has {} fields", n + 1, fields.len()),
+                )
             })
         };
         let file = get(fc)?;
@@ -468,9 +506,8 @@ fn scan_mnist(input: &Path, limits: &Limits) -> Result<Vec<Item>> {
             }
         };
         let read = |p: &Path| -> Result<Idx> {
-            read_idx(&load(p, limits)?, limits.max_file_bytes.saturating_mul(8)).map_err(|e| {
-                Error::malformed("idx", 0, format!("{}: {e}", p.display()))
-            })
+            read_idx(&load(p, limits)?, limits.max_file_bytes.saturating_mul(8))
+                .map_err(|e| Error::malformed("idx", 0, format!("{}: {e}", p.display())))
         };
         let images = Arc::new(read(&images_path)?);
         let labels = read(&labels_path)?;
@@ -506,7 +543,10 @@ fn scan_mnist(input: &Path, limits: &Limits) -> Result<Vec<Item>> {
         return Err(Error::malformed(
             "mnist",
             0,
-            format!("no train-images/t10k-images IDX files in {}", input.display()),
+            format!(
+                "no train-images/t10k-images IDX files in {}",
+                input.display()
+            ),
         ));
     }
     Ok(items)
@@ -538,7 +578,12 @@ pub struct PrepareConfig {
 
 impl PrepareConfig {
     /// A configuration with the defaults.
-    pub fn new(layout: Layout, input: impl Into<PathBuf>, output: impl Into<PathBuf>, variants: Vec<Variant>) -> Self {
+    pub fn new(
+        layout: Layout,
+        input: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+        variants: Vec<Variant>,
+    ) -> Self {
         PrepareConfig {
             layout,
             input: input.into(),
@@ -610,6 +655,8 @@ impl fmt::Display for Summary {
 
 /// The media of one item, decoded once for all its variants.
 enum Media {
+    // Read only by the MP3 and Opus encoders.
+    #[cfg_attr(not(any(feature = "mp3", feature = "opus")), allow(dead_code))]
     Audio(Audio),
     Image(Image),
 }
@@ -666,7 +713,11 @@ fn run_items(config: &PrepareConfig, items: &[Item]) -> Result<Vec<ItemResult>> 
     // Folders are made once, up front, rather than probed per file.
     let mut dirs = BTreeSet::new();
     for item in items {
-        for &v in config.variants.iter().filter(|v| v.is_audio() == item.source.is_audio()) {
+        for &v in config
+            .variants
+            .iter()
+            .filter(|v| v.is_audio() == item.source.is_audio())
+        {
             if let Some(parent) = config.output.join(item.output_path(v)).parent() {
                 dirs.insert(parent.to_path_buf());
             }
@@ -727,7 +778,12 @@ fn prepare_item(config: &PrepareConfig, item: &Item) -> ItemResult {
     result
 }
 
-fn encode_item(config: &PrepareConfig, item: &Item, variants: &[Variant], result: &mut ItemResult) -> Result<()> {
+fn encode_item(
+    config: &PrepareConfig,
+    item: &Item,
+    variants: &[Variant],
+    result: &mut ItemResult,
+) -> Result<()> {
     // Inputs are read only if some output is missing; the duration of an audio item comes
     // from its WAV header either way, so a rerun's manifest matches the first run's.
     let mut media: Option<Media> = None;
@@ -791,7 +847,10 @@ fn load_media(config: &PrepareConfig, item: &Item) -> Result<Media> {
             let audio = read_wav(&load(path, &config.limits)?)?;
             Media::Audio(audio.resampled(config.sample_rate)?)
         }
-        Source::Png(path) => Media::Image(read_png(&load(path, &config.limits)?, config.limits.max_pixels)?),
+        Source::Png(path) => Media::Image(read_png(
+            &load(path, &config.limits)?,
+            config.limits.max_pixels,
+        )?),
         Source::Idx { images, index, .. } => Media::Image(images.image(*index)?),
     })
 }
@@ -803,7 +862,9 @@ fn encode(media: &Media, variant: Variant) -> Result<Vec<u8>> {
             crate::mp3::encode_mp3(a, &crate::mp3::Mp3Options::for_kbps(k, a.rate)?)
         }
         #[cfg(feature = "opus")]
-        (Media::Audio(a), Variant::Opus(k)) => crate::opus::encode_opus(a, &crate::opus::OpusOptions::kbps(k)),
+        (Media::Audio(a), Variant::Opus(k)) => {
+            crate::opus::encode_opus(a, &crate::opus::OpusOptions::kbps(k))
+        }
         (Media::Image(i), Variant::Jpeg(q)) => encode_jpeg(i, &JpegOptions::with_quality(q)),
         (_, v) => Err(Error::Unsupported {
             format: "variant",
@@ -815,7 +876,10 @@ fn encode(media: &Media, variant: Variant) -> Result<Vec<u8>> {
 /// Writes `bytes` to a temporary name beside `path`, then renames it: a file under its final
 /// name is always complete, which is what lets a rerun skip it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.partial"));
     let mut f = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
     f.write_all(bytes).map_err(Error::io(&tmp))?;
@@ -860,10 +924,27 @@ mod tests {
     #[test]
     fn variants_parse_and_print() {
         let v = parse_variants("mp3:20, mp3:26,opus:24,jpeg:75").unwrap();
-        assert_eq!(v, vec![Variant::Mp3(20), Variant::Mp3(26), Variant::Opus(24), Variant::Jpeg(75)]);
+        assert_eq!(
+            v,
+            vec![
+                Variant::Mp3(20),
+                Variant::Mp3(26),
+                Variant::Opus(24),
+                Variant::Jpeg(75)
+            ]
+        );
         assert_eq!(v[0].to_string(), "mp3:20");
         assert_eq!(v[3].dir_name(), "jpeg-75");
-        for bad in ["", "mp3", "mp3:x", "mp3:2", "jpeg:0", "jpeg:101", "flac:5", "mp3:20,mp3:20"] {
+        for bad in [
+            "",
+            "mp3",
+            "mp3:x",
+            "mp3:2",
+            "jpeg:0",
+            "jpeg:101",
+            "flac:5",
+            "mp3:20,mp3:20",
+        ] {
             assert!(parse_variants(bad).is_err(), "{bad}");
         }
     }

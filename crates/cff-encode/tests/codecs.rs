@@ -9,7 +9,9 @@ use cff_encode::image::{Image, PixelKind};
 use cff_encode::jpeg::{encode_jpeg, mcu_count, JpegOptions, Subsampling};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The espeak-ng clip (22.05 kHz), resampled to 16 kHz.
@@ -46,7 +48,11 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
 #[allow(dead_code)]
 fn decoded_samples(cmd: &mut Command) -> usize {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout.len() / 2
 }
 
@@ -84,7 +90,10 @@ fn test_image(width: u32, height: u32, kind: PixelKind) -> Image {
 #[test]
 fn jpeg_is_baseline_deterministic_and_decodes_to_the_input() {
     let cases = [
-        (test_image(28, 28, PixelKind::Gray), JpegOptions::with_quality(90)),
+        (
+            test_image(28, 28, PixelKind::Gray),
+            JpegOptions::with_quality(90),
+        ),
         (
             test_image(37, 23, PixelKind::Rgb),
             JpegOptions::with_quality(90).with_subsampling(Subsampling::S420),
@@ -106,16 +115,25 @@ fn jpeg_is_baseline_deterministic_and_decodes_to_the_input() {
     ];
     for (image, options) in cases {
         let jpeg = encode_jpeg(&image, &options).unwrap();
-        assert_eq!(jpeg, encode_jpeg(&image, &options).unwrap(), "not deterministic");
+        assert_eq!(
+            jpeg,
+            encode_jpeg(&image, &options).unwrap(),
+            "not deterministic"
+        );
         let m = markers(&jpeg);
         assert!(m.contains(&0xC0), "no SOF0 (baseline) in {m:02x?}");
-        assert!(!m.iter().any(|&k| matches!(k, 0xC1..=0xC3 | 0xC5..=0xCB | 0xCD..=0xCF)));
+        assert!(!m
+            .iter()
+            .any(|&k| matches!(k, 0xC1..=0xC3 | 0xC5..=0xCB | 0xCD..=0xCF)));
         assert_eq!(m.contains(&0xDD), options.restart_interval.is_some(), "DRI");
 
         let mut dec = jpeg_decoder::Decoder::new(&jpeg[..]);
         let pixels = dec.decode().unwrap();
         let info = dec.info().unwrap();
-        assert_eq!((u32::from(info.width), u32::from(info.height)), (image.width, image.height));
+        assert_eq!(
+            (u32::from(info.width), u32::from(info.height)),
+            (image.width, image.height)
+        );
         assert_eq!(pixels.len(), image.pixels.len());
         let worst = pixels
             .iter()
@@ -123,7 +141,13 @@ fn jpeg_is_baseline_deterministic_and_decodes_to_the_input() {
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
-        assert!(worst <= 24, "{}x{} {:?}: a sample is off by {worst}", image.width, image.height, options);
+        assert!(
+            worst <= 24,
+            "{}x{} {:?}: a sample is off by {worst}",
+            image.width,
+            image.height,
+            options
+        );
 
         // MCU count as T.81 A.2 predicts it, against the sampling factors in the SOF.
         let (h, v) = if image.kind == PixelKind::Gray {
@@ -229,11 +253,19 @@ mod mp3 {
                 s.kbps
             );
             assert!(s.kbps.contains(&low) && s.kbps.contains(&high));
-            println!("ABR {target}: {mean:.2} kbps over {} frames", s.audio_frames);
+            println!(
+                "ABR {target}: {mean:.2} kbps over {} frames",
+                s.audio_frames
+            );
 
             if have("ffmpeg") {
                 let path = temp_file(&format!("abr{target}.mp3"), &mp3);
-                let n = decoded_samples(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(&path).args(["-f", "s16le", "-"]));
+                let n = decoded_samples(
+                    Command::new("ffmpeg")
+                        .args(["-v", "error", "-i"])
+                        .arg(&path)
+                        .args(["-f", "s16le", "-"]),
+                );
                 // Without a Xing/LAME tag ffmpeg cannot trim the encoder delay: it decodes
                 // every frame whole.
                 assert_eq!(n, s.audio_frames * 576);
@@ -253,13 +285,21 @@ mod mp3 {
         assert!(s144.kbps.iter().all(|&k| k == 144));
 
         let with_res = stats(&encode_mp3(&audio, &Mp3Options::cbr(32)).unwrap());
-        assert!(with_res.main_data_begin_max > 0, "LAME normally uses the reservoir");
+        assert!(
+            with_res.main_data_begin_max > 0,
+            "LAME normally uses the reservoir"
+        );
 
         let tagged = encode_mp3(&audio, &Mp3Options::abr(20).with_xing(true)).unwrap();
         assert!(stats(&tagged).first_is_metadata, "Xing/Info frame first");
-        assert!(tagged[..200].windows(4).any(|w| w == b"Xing" || w == b"Info"));
+        assert!(tagged[..200]
+            .windows(4)
+            .any(|w| w == b"Xing" || w == b"Info"));
 
-        assert!(encode_mp3(&audio, &Mp3Options::cbr(20)).is_err(), "20 kbps is not legal");
+        assert!(
+            encode_mp3(&audio, &Mp3Options::cbr(20)).is_err(),
+            "20 kbps is not legal"
+        );
         let odd = Audio {
             samples: vec![0.0; 100],
             rate: 17_000,
@@ -285,20 +325,36 @@ mod opus {
             (FrameDuration::Ms20, 20.0),
             (FrameDuration::Ms60, 60.0),
         ] {
-            for rc in [RateControl::Vbr, RateControl::ConstrainedVbr, RateControl::Cbr] {
-                let options = OpusOptions::kbps(24).with_frame(frame).with_rate_control(rc).with_complexity(5);
+            for rc in [
+                RateControl::Vbr,
+                RateControl::ConstrainedVbr,
+                RateControl::Cbr,
+            ] {
+                let options = OpusOptions::kbps(24)
+                    .with_frame(frame)
+                    .with_rate_control(rc)
+                    .with_complexity(5);
                 let ogg = encode_opus(&audio, &options).unwrap();
-                assert_eq!(ogg, encode_opus(&audio, &options).unwrap(), "not deterministic");
+                assert_eq!(
+                    ogg,
+                    encode_opus(&audio, &options).unwrap(),
+                    "not deterministic"
+                );
                 let mut r = OpusReader::new(&ogg, &Options::default()).unwrap();
                 let blocks: Vec<_> = r.by_ref().collect::<Result<_, _>>().unwrap();
                 assert!(r.regions().is_empty());
                 let pre_skip = i64::from(r.head().pre_skip);
                 assert!(pre_skip > 0);
-                let audio_blocks: Vec<_> = blocks.iter().filter(|b| b.kind == BlockKind::Audio).collect();
+                let audio_blocks: Vec<_> = blocks
+                    .iter()
+                    .filter(|b| b.kind == BlockKind::Audio)
+                    .collect();
                 let mut played = 0i64;
                 let mut sizes = Vec::new();
                 for b in &audio_blocks {
-                    let Place::Time { duration, rate, .. } = b.place else { panic!() };
+                    let Place::Time { duration, rate, .. } = b.place else {
+                        panic!()
+                    };
                     assert_eq!(rate, 48_000);
                     played += i64::from(duration);
                     sizes.push(b.data.len());
@@ -310,7 +366,10 @@ mod opus {
                 }
                 let seconds = played as f64 / 48_000.0;
                 let kbps = sizes.iter().sum::<usize>() as f64 * 8.0 / seconds / 1000.0;
-                println!("opus 24 kbps {ms} ms {rc:?}: {kbps:.1} kbps, {} packets", sizes.len());
+                println!(
+                    "opus 24 kbps {ms} ms {rc:?}: {kbps:.1} kbps, {} packets",
+                    sizes.len()
+                );
             }
         }
     }
@@ -354,7 +413,10 @@ mod opus {
         assert!(encode_opus(&b, &OpusOptions::kbps(0)).is_err());
         // Shorter than one frame and even empty input still make a valid stream.
         for len in [0, 10] {
-            let c = Audio { samples: vec![0.1; len], rate: 16_000 };
+            let c = Audio {
+                samples: vec![0.1; len],
+                rate: 16_000,
+            };
             let ogg = encode_opus(&c, &OpusOptions::kbps(24)).unwrap();
             let blocks: Vec<_> = OpusReader::new(&ogg, &cff_blocks::Options::default())
                 .unwrap()

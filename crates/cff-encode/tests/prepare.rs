@@ -39,8 +39,14 @@ fn png(width: u32, height: u32, color: png::ColorType, depth: png::BitDepth) -> 
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         _ => 4,
-    } * if depth == png::BitDepth::Sixteen { 2 } else { 1 };
-    let data: Vec<u8> = (0..(width * height) as usize * samples).map(|i| (i * 13 % 251) as u8).collect();
+    } * if depth == png::BitDepth::Sixteen {
+        2
+    } else {
+        1
+    };
+    let data: Vec<u8> = (0..(width * height) as usize * samples)
+        .map(|i| (i * 13 % 251) as u8)
+        .collect();
     w.write_image_data(&data).unwrap();
     drop(w);
     out
@@ -52,7 +58,10 @@ fn manifest(dir: &Path) -> String {
 
 /// Splits manifest rows into fields (the test data has no quoted fields).
 fn rows(text: &str) -> Vec<Vec<String>> {
-    text.lines().skip(1).map(|l| l.split(',').map(String::from).collect()).collect()
+    text.lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
 }
 
 #[test]
@@ -60,11 +69,26 @@ fn folder_of_images_to_jpeg_with_a_corrupt_file_and_a_rerun() {
     let tmp = TempDir::new("folder");
     let input = tmp.0.join("in");
     let output = tmp.0.join("out");
-    write(&input.join("cat/gray.png"), &png(28, 28, png::ColorType::Grayscale, png::BitDepth::Eight));
-    write(&input.join("cat/rgba16.png"), &png(20, 9, png::ColorType::Rgba, png::BitDepth::Sixteen));
-    write(&input.join("dog/rgb.png"), &png(17, 33, png::ColorType::Rgb, png::BitDepth::Eight));
-    write(&input.join("dog/ga.png"), &png(8, 8, png::ColorType::GrayscaleAlpha, png::BitDepth::Eight));
-    write(&input.join("dog/broken.png"), b"\x89PNG\r\n\x1a\nnot really");
+    write(
+        &input.join("cat/gray.png"),
+        &png(28, 28, png::ColorType::Grayscale, png::BitDepth::Eight),
+    );
+    write(
+        &input.join("cat/rgba16.png"),
+        &png(20, 9, png::ColorType::Rgba, png::BitDepth::Sixteen),
+    );
+    write(
+        &input.join("dog/rgb.png"),
+        &png(17, 33, png::ColorType::Rgb, png::BitDepth::Eight),
+    );
+    write(
+        &input.join("dog/ga.png"),
+        &png(8, 8, png::ColorType::GrayscaleAlpha, png::BitDepth::Eight),
+    );
+    write(
+        &input.join("dog/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    );
     write(&input.join("dog/notes.txt"), b"ignored");
     let variants = parse_variants("jpeg:75,jpeg:30").unwrap();
     let config = PrepareConfig::new(Layout::Folder, &input, &output, variants).with_progress(false);
@@ -74,16 +98,31 @@ fn folder_of_images_to_jpeg_with_a_corrupt_file_and_a_rerun() {
     assert_eq!(first.written, 8);
     assert_eq!(first.skipped, 0);
     assert_eq!(first.failures.len(), 1);
-    assert!(first.failures[0].input.ends_with("broken.png"), "{}", first.failures[0]);
-    assert!(first.failures[0].reason.contains("png"), "{}", first.failures[0]);
+    assert!(
+        first.failures[0].input.ends_with("broken.png"),
+        "{}",
+        first.failures[0]
+    );
+    assert!(
+        first.failures[0].reason.contains("png"),
+        "{}",
+        first.failures[0]
+    );
 
     let text = manifest(&output);
     assert_eq!(text.lines().next(), Some(MANIFEST_HEADER));
     let table = rows(&text);
     assert_eq!(table.len(), 8);
-    let want_dims = [("cat/gray", (28, 28)), ("cat/rgba16", (20, 9)), ("dog/ga", (8, 8)), ("dog/rgb", (17, 33))];
+    let want_dims = [
+        ("cat/gray", (28, 28)),
+        ("cat/rgba16", (20, 9)),
+        ("dog/ga", (8, 8)),
+        ("dog/rgb", (17, 33)),
+    ];
     for row in &table {
-        let [id, label, split, variant, path, bytes, duration] = &row[..] else { panic!("{row:?}") };
+        let [id, label, split, variant, path, bytes, duration] = &row[..] else {
+            panic!("{row:?}")
+        };
         assert_eq!(split, "all");
         assert!(id.starts_with(&format!("{label}/")));
         assert!(variant == "jpeg:75" || variant == "jpeg:30");
@@ -94,22 +133,41 @@ fn folder_of_images_to_jpeg_with_a_corrupt_file_and_a_rerun() {
         dec.decode().unwrap();
         let info = dec.info().unwrap();
         let (_, (w, h)) = want_dims.iter().find(|(i, _)| i == id).unwrap();
-        assert_eq!((u32::from(info.width), u32::from(info.height)), (*w, *h), "{id}");
+        assert_eq!(
+            (u32::from(info.width), u32::from(info.height)),
+            (*w, *h),
+            "{id}"
+        );
     }
     // Sorted by id, then the variants in the order given.
     assert_eq!(table[0][0], "cat/gray");
     assert_eq!(table[0][3], "jpeg:75");
     assert_eq!(table[1][3], "jpeg:30");
     // No temporary file is left behind.
-    let partial = walk(&output).into_iter().filter(|p| p.to_string_lossy().contains(".partial")).count();
+    let partial = walk(&output)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".partial"))
+        .count();
     assert_eq!(partial, 0);
 
     // A rerun skips every output and writes the same manifest.
-    let mtime = fs::metadata(output.join(&table[0][4])).unwrap().modified().unwrap();
+    let mtime = fs::metadata(output.join(&table[0][4]))
+        .unwrap()
+        .modified()
+        .unwrap();
     let second = prepare(&config).unwrap();
-    assert_eq!((second.written, second.skipped, second.failures.len()), (0, 8, 1));
+    assert_eq!(
+        (second.written, second.skipped, second.failures.len()),
+        (0, 8, 1)
+    );
     assert_eq!(manifest(&output), text);
-    assert_eq!(fs::metadata(output.join(&table[0][4])).unwrap().modified().unwrap(), mtime);
+    assert_eq!(
+        fs::metadata(output.join(&table[0][4]))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        mtime
+    );
 
     // A deleted output is made again, byte for byte the same.
     let victim = output.join(&table[2][4]);
@@ -154,17 +212,34 @@ fn mnist_idx_gz_and_plain_to_jpeg() {
     let input = tmp.0.join("in");
     let output = tmp.0.join("out");
     let pixels: Vec<u8> = (0..5 * 28 * 28).map(|i| (i % 256) as u8).collect();
-    write(&input.join("train-images-idx3-ubyte.gz"), &gzip(&idx(&[3, 28, 28], &pixels[..3 * 784])));
-    write(&input.join("train-labels-idx1-ubyte.gz"), &gzip(&idx(&[3], &[5, 0, 4])));
-    write(&input.join("t10k-images-idx3-ubyte"), &idx(&[2, 28, 28], &pixels[3 * 784..]));
+    write(
+        &input.join("train-images-idx3-ubyte.gz"),
+        &gzip(&idx(&[3, 28, 28], &pixels[..3 * 784])),
+    );
+    write(
+        &input.join("train-labels-idx1-ubyte.gz"),
+        &gzip(&idx(&[3], &[5, 0, 4])),
+    );
+    write(
+        &input.join("t10k-images-idx3-ubyte"),
+        &idx(&[2, 28, 28], &pixels[3 * 784..]),
+    );
     write(&input.join("t10k-labels-idx1-ubyte"), &idx(&[2], &[7, 2]));
-    let config = PrepareConfig::new(Layout::Mnist, &input, &output, parse_variants("jpeg:75").unwrap())
-        .with_progress(false)
-        .with_threads(Some(2));
+    let config = PrepareConfig::new(
+        Layout::Mnist,
+        &input,
+        &output,
+        parse_variants("jpeg:75").unwrap(),
+    )
+    .with_progress(false)
+    .with_threads(Some(2));
     let s = prepare(&config).unwrap();
     assert_eq!((s.items, s.written, s.failures.len()), (5, 5, 0));
     let table = rows(&manifest(&output));
-    let ids: Vec<(&str, &str, &str)> = table.iter().map(|r| (r[0].as_str(), r[1].as_str(), r[2].as_str())).collect();
+    let ids: Vec<(&str, &str, &str)> = table
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str(), r[2].as_str()))
+        .collect();
     assert_eq!(
         ids,
         [
@@ -182,7 +257,10 @@ fn mnist_idx_gz_and_plain_to_jpeg() {
     assert_eq!(decoded.len(), 784);
 
     // A labels file that disagrees with its images is an error for the whole run.
-    write(&input.join("t10k-labels-idx1-ubyte"), &idx(&[3], &[7, 2, 1]));
+    write(
+        &input.join("t10k-labels-idx1-ubyte"),
+        &idx(&[3], &[7, 2, 1]),
+    );
     assert!(prepare(&config).is_err());
 }
 
@@ -196,7 +274,11 @@ mod audio {
             channels,
             sample_rate: rate,
             bits_per_sample: bits,
-            sample_format: if float { hound::SampleFormat::Float } else { hound::SampleFormat::Int },
+            sample_format: if float {
+                hound::SampleFormat::Float
+            } else {
+                hound::SampleFormat::Int
+            },
         };
         let mut cursor = std::io::Cursor::new(Vec::new());
         let mut w = hound::WavWriter::new(&mut cursor, spec).unwrap();
@@ -229,17 +311,32 @@ mod audio {
               3-300-A-0.wav,3,0,dog,True,300,A\n\
               4-400-A-5.wav,4,5,cat,False,400,A\n",
         );
-        write(&input.join("audio/1-100-A-0.wav"), &wav(44_100, 1, 16, false, 0.5));
-        write(&input.join("audio/2-200-A-1.wav"), &wav(22_050, 2, 24, false, 0.25));
-        write(&input.join("audio/3-300-A-0.wav"), &wav(48_000, 3, 32, true, 0.3));
+        write(
+            &input.join("audio/1-100-A-0.wav"),
+            &wav(44_100, 1, 16, false, 0.5),
+        );
+        write(
+            &input.join("audio/2-200-A-1.wav"),
+            &wav(22_050, 2, 24, false, 0.25),
+        );
+        write(
+            &input.join("audio/3-300-A-0.wav"),
+            &wav(48_000, 3, 32, true, 0.3),
+        );
         // A WAV header whose data chunk stops early.
         let mut broken = wav(8_000, 1, 8, false, 0.5);
         broken.truncate(200);
         write(&input.join("audio/4-400-A-5.wav"), &broken);
         let variants = parse_variants("mp3:20,mp3:32,opus:24,jpeg:75").unwrap();
-        let config = PrepareConfig::new(Layout::Esc50, &input, &output, variants).with_progress(false);
+        let config =
+            PrepareConfig::new(Layout::Esc50, &input, &output, variants).with_progress(false);
         let s = prepare(&config).unwrap();
-        assert_eq!((s.items, s.written, s.failures.len()), (4, 9, 1), "{:?}", s.failures);
+        assert_eq!(
+            (s.items, s.written, s.failures.len()),
+            (4, 9, 1),
+            "{:?}",
+            s.failures
+        );
         assert!(s.failures[0].input.ends_with("4-400-A-5.wav"));
         let table = rows(&manifest(&output));
         assert_eq!(table.len(), 9);
@@ -273,18 +370,33 @@ mod audio {
         let tmp = TempDir::new("speechcommands");
         let input = tmp.0.join("in");
         let output = tmp.0.join("out");
-        for f in ["yes/a_nohash_0.wav", "yes/b_nohash_0.wav", "no/c_nohash_0.wav", "no/d_nohash_1.wav"] {
+        for f in [
+            "yes/a_nohash_0.wav",
+            "yes/b_nohash_0.wav",
+            "no/c_nohash_0.wav",
+            "no/d_nohash_1.wav",
+        ] {
             write(&input.join(f), &wav(16_000, 1, 16, false, 0.2));
         }
-        write(&input.join("_background_noise_/white_noise.wav"), &wav(16_000, 1, 16, false, 0.2));
+        write(
+            &input.join("_background_noise_/white_noise.wav"),
+            &wav(16_000, 1, 16, false, 0.2),
+        );
         write(&input.join("validation_list.txt"), b"yes/b_nohash_0.wav\n");
         write(&input.join("testing_list.txt"), b"no/d_nohash_1.wav\n");
-        let config = PrepareConfig::new(Layout::SpeechCommands, &input, &output, parse_variants("opus:24").unwrap())
-            .with_progress(false);
+        let config = PrepareConfig::new(
+            Layout::SpeechCommands,
+            &input,
+            &output,
+            parse_variants("opus:24").unwrap(),
+        )
+        .with_progress(false);
         let s = prepare(&config).unwrap();
         assert_eq!((s.items, s.written), (4, 4));
-        let got: Vec<(String, String, String)> =
-            rows(&manifest(&output)).into_iter().map(|r| (r[0].clone(), r[1].clone(), r[2].clone())).collect();
+        let got: Vec<(String, String, String)> = rows(&manifest(&output))
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+            .collect();
         let want = [
             ("no/c_nohash_0", "no", "train"),
             ("no/d_nohash_1", "no", "test"),
@@ -302,7 +414,15 @@ mod audio {
 #[test]
 fn audio_variants_need_their_features() {
     let tmp = TempDir::new("nofeature");
-    let config = PrepareConfig::new(Layout::Folder, &tmp.0, tmp.0.join("out"), parse_variants("mp3:20,opus:24").unwrap())
-        .with_progress(false);
-    assert!(matches!(prepare(&config), Err(cff_encode::Error::Unsupported { .. })));
+    let config = PrepareConfig::new(
+        Layout::Folder,
+        &tmp.0,
+        tmp.0.join("out"),
+        parse_variants("mp3:20,opus:24").unwrap(),
+    )
+    .with_progress(false);
+    assert!(matches!(
+        prepare(&config),
+        Err(cff_encode::Error::Unsupported { .. })
+    ));
 }
