@@ -1,0 +1,286 @@
+//! Image input: 8-bit grayscale or RGB pixels from PNG files and IDX arrays (MNIST).
+
+use std::io::{Cursor, Read};
+
+use crate::{Error, Result};
+
+/// Colour model of an [`Image`]'s pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelKind {
+    /// One 8-bit luma sample per pixel.
+    Gray,
+    /// Three 8-bit samples per pixel: red, green, blue.
+    Rgb,
+}
+
+impl PixelKind {
+    /// Samples per pixel.
+    pub fn channels(self) -> usize {
+        match self {
+            PixelKind::Gray => 1,
+            PixelKind::Rgb => 3,
+        }
+    }
+}
+
+/// An 8-bit image, rows top to bottom, samples interleaved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Gray or RGB.
+    pub kind: PixelKind,
+    /// `width · height · kind.channels()` samples.
+    pub pixels: Vec<u8>,
+}
+
+impl Image {
+    /// Wraps pixels, checking that their count matches the size.
+    pub fn new(width: u32, height: u32, kind: PixelKind, pixels: Vec<u8>) -> Result<Image> {
+        let want = u64::from(width) * u64::from(height) * kind.channels() as u64;
+        if pixels.len() as u64 != want {
+            return Err(Error::setting(
+                "image",
+                format!(
+                    "{width}x{height} {kind:?} needs {want} samples, got {}",
+                    pixels.len()
+                ),
+            ));
+        }
+        Ok(Image {
+            width,
+            height,
+            kind,
+            pixels,
+        })
+    }
+}
+
+/// Decodes a PNG to 8-bit gray or RGB: palettes are expanded, 16-bit samples cut to their
+/// high byte, and alpha dropped (the pixels are kept as stored, not composited).
+pub fn read_png(data: &[u8], max_pixels: u64) -> Result<Image> {
+    let png_err = |e: png::DecodingError| match e {
+        png::DecodingError::LimitsExceeded => Error::Limit {
+            what: "png decoding memory",
+            limit: max_pixels.saturating_mul(4),
+            found: 0,
+        },
+        other => Error::malformed("png", 0, other.to_string()),
+    };
+    let limits = png::Limits {
+        bytes: usize::try_from(max_pixels.saturating_mul(8)).unwrap_or(usize::MAX),
+    };
+    let mut decoder = png::Decoder::new_with_limits(Cursor::new(data), limits);
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().map_err(png_err)?;
+    let (width, height) = {
+        let info = reader.info();
+        (info.width, info.height)
+    };
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(Error::Limit {
+            what: "pixels per image",
+            limit: max_pixels,
+            found: pixels,
+        });
+    }
+    let size = reader.output_buffer_size().ok_or(Error::Limit {
+        what: "png output buffer",
+        limit: usize::MAX as u64,
+        found: u64::MAX,
+    })?;
+    let mut buf = vec![0u8; size];
+    let out = reader.next_frame(&mut buf).map_err(png_err)?;
+    buf.truncate(out.buffer_size());
+    if out.bit_depth != png::BitDepth::Eight {
+        return Err(Error::Unsupported {
+            format: "png",
+            what: format!("{:?} samples after expansion", out.bit_depth),
+        });
+    }
+    let (kind, pixels) = match out.color_type {
+        png::ColorType::Grayscale => (PixelKind::Gray, buf),
+        png::ColorType::Rgb => (PixelKind::Rgb, buf),
+        png::ColorType::GrayscaleAlpha => {
+            (PixelKind::Gray, buf.chunks_exact(2).map(|p| p[0]).collect())
+        }
+        png::ColorType::Rgba => (
+            PixelKind::Rgb,
+            buf.chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+        ),
+        png::ColorType::Indexed => {
+            return Err(Error::Unsupported {
+                format: "png",
+                what: "palette not expanded".into(),
+            })
+        }
+    };
+    // Rows may carry no padding at 8 bits, so the buffer is exactly the pixels.
+    Image::new(width, height, kind, pixels)
+}
+
+/// An IDX array of unsigned bytes (the MNIST file format: magic `00 00 08 n`, then `n`
+/// big-endian u32 dimensions, then the values in row-major order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idx {
+    /// The dimensions, outermost first.
+    pub dims: Vec<u32>,
+    /// The values.
+    pub data: Vec<u8>,
+}
+
+impl Idx {
+    /// Number of items along the first dimension.
+    pub fn len(&self) -> usize {
+        self.dims.first().map_or(0, |&d| d as usize)
+    }
+
+    /// Whether the array has no items.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Item `i` of an image array: `[n, rows, cols]` (gray) or `[n, rows, cols, 3]` (RGB).
+    pub fn image(&self, i: usize) -> Result<Image> {
+        let (h, w, kind) = match self.dims.as_slice() {
+            [_, h, w] => (*h, *w, PixelKind::Gray),
+            [_, h, w, 3] => (*h, *w, PixelKind::Rgb),
+            other => {
+                return Err(Error::Unsupported {
+                    format: "idx",
+                    what: format!("dimensions {other:?} as images"),
+                })
+            }
+        };
+        let size = h as usize * w as usize * kind.channels();
+        let start = i.checked_mul(size).filter(|_| i < self.len());
+        let pixels = start
+            .and_then(|s| self.data.get(s..s + size))
+            .ok_or_else(|| Error::setting("idx image", format!("index {i} of {}", self.len())))?;
+        Image::new(w, h, kind, pixels.to_vec())
+    }
+}
+
+/// Reads an IDX array of unsigned bytes, gzip-compressed (`1f 8b`) or not. At most
+/// `max_bytes` of values are accepted, whatever the header claims.
+pub fn read_idx(data: &[u8], max_bytes: u64) -> Result<Idx> {
+    let raw;
+    let data = if data.starts_with(&[0x1F, 0x8B]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(data)
+            .take(max_bytes.saturating_add(1024))
+            .read_to_end(&mut out)
+            .map_err(|e| Error::malformed("idx.gz", 0, e.to_string()))?;
+        raw = out;
+        &raw[..]
+    } else {
+        data
+    };
+    let header = data
+        .get(..4)
+        .ok_or_else(|| Error::malformed("idx", 0, "shorter than its 4-byte magic"))?;
+    if header[..2] != [0, 0] {
+        return Err(Error::malformed(
+            "idx",
+            0,
+            format!("magic {header:02x?} does not start with 00 00"),
+        ));
+    }
+    if header[2] != 0x08 {
+        return Err(Error::Unsupported {
+            format: "idx",
+            what: format!(
+                "element type 0x{:02x} (only 0x08, unsigned byte)",
+                header[2]
+            ),
+        });
+    }
+    let n = usize::from(header[3]);
+    let dims: Vec<u32> = data
+        .get(4..4 + 4 * n)
+        .ok_or_else(|| Error::malformed("idx", 4, format!("{n} dimensions do not fit")))?
+        .chunks_exact(4)
+        .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]))
+        .collect();
+    let count = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d)));
+    let count = match count {
+        Some(c) if c <= max_bytes => c as usize,
+        other => {
+            return Err(Error::Limit {
+                what: "idx values",
+                limit: max_bytes,
+                found: other.unwrap_or(u64::MAX),
+            })
+        }
+    };
+    let body = &data[4 + 4 * n..];
+    if body.len() != count {
+        return Err(Error::malformed(
+            "idx",
+            (4 + 4 * n + body.len().min(count)) as u64,
+            format!(
+                "dimensions {dims:?} need {count} values, found {}",
+                body.len()
+            ),
+        ));
+    }
+    Ok(Idx {
+        dims,
+        data: body.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx_bytes(dims: &[u32], values: &[u8]) -> Vec<u8> {
+        let mut v = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v.extend_from_slice(values);
+        v
+    }
+
+    #[test]
+    fn idx_plain_and_gzip() {
+        let values: Vec<u8> = (0..2 * 2 * 3).collect();
+        let bytes = idx_bytes(&[2, 2, 3], &values);
+        let idx = read_idx(&bytes, 1 << 20).unwrap();
+        assert_eq!(idx.len(), 2);
+        let img = idx.image(1).unwrap();
+        assert_eq!((img.width, img.height, img.kind), (3, 2, PixelKind::Gray));
+        assert_eq!(img.pixels, (6..12).collect::<Vec<u8>>());
+        assert!(idx.image(2).is_err());
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &bytes).unwrap();
+        assert_eq!(read_idx(&gz.finish().unwrap(), 1 << 20).unwrap(), idx);
+    }
+
+    #[test]
+    fn idx_rejects_bad_headers_and_lengths() {
+        assert!(read_idx(&[0, 0], 100).is_err());
+        assert!(read_idx(&[1, 0, 8, 1, 0, 0, 0, 1, 5], 100).is_err());
+        assert!(matches!(
+            read_idx(&[0, 0, 0x0D, 1, 0, 0, 0, 1, 5], 100),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(read_idx(&idx_bytes(&[3], &[1, 2]), 100).is_err());
+        assert!(matches!(
+            read_idx(
+                &idx_bytes(&[0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF], &[]),
+                1 << 30
+            ),
+            Err(Error::Limit { .. })
+        ));
+    }
+}

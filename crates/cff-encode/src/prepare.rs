@@ -1,0 +1,971 @@
+//! Dataset preparation: one compressed file per item and variant, and a `manifest.csv`.
+//!
+//! A dataset in one of the known [`Layout`]s is scanned into [`Item`]s (id, label, split,
+//! where the input lies); every item is encoded once per [`Variant`] (`mp3:20`, `opus:24`,
+//! `jpeg:75` …), in parallel over items with rayon. Outputs are written to a temporary name and
+//! renamed, so a file under its final name is complete: a rerun skips it. A corrupt or
+//! unsupported input is reported with its path and reason and counted, and the run goes on.
+//!
+//! Output paths: `<variant dir>/<split>/<label>/<name>.<ext>`, with the variant dir `mp3-20`
+//! for `mp3:20`. The manifest has exactly the columns `id,label,split,variant,path,bytes,
+//! duration` (duration in seconds of the input clip, empty for images; path relative to the
+//! output directory), one row per written or already present output, sorted by id, then in
+//! the order the variants were given.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::audio::{read_wav, wav_info, Audio};
+use crate::image::{read_idx, read_png, Idx, Image};
+use crate::jpeg::{encode_jpeg, JpegOptions};
+use crate::{load, Error, Limits, Result};
+
+/// How a dataset's files are arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Layout {
+    /// One subfolder per class holding `.wav` or `.png` files; optionally one level of split
+    /// folders above them (`train/`, `val/`, `validation/`, `test/`). Without split folders
+    /// every item's split is `all`.
+    Folder,
+    /// ESC-50: `audio/*.wav` and `meta/esc50.csv` (`filename`, `fold`, `category`); the
+    /// label is the category and the split the fold (`1` to `5`).
+    Esc50,
+    /// Speech Commands: one folder per word, `validation_list.txt` and `testing_list.txt`
+    /// naming `word/file.wav`; the rest is `train`. Folders whose name starts with `_`
+    /// (`_background_noise_`) are left out.
+    SpeechCommands,
+    /// MNIST: the IDX files `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+    /// `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each gzipped (`.gz`) or not;
+    /// splits `train` and `test`.
+    Mnist,
+}
+
+impl FromStr for Layout {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "folder" => Ok(Layout::Folder),
+            "esc50" | "esc-50" => Ok(Layout::Esc50),
+            "speechcommands" | "speech-commands" => Ok(Layout::SpeechCommands),
+            "mnist" => Ok(Layout::Mnist),
+            other => Err(Error::setting(
+                "layout",
+                format!("{other:?} (expected folder, esc50, speechcommands or mnist)"),
+            )),
+        }
+    }
+}
+
+/// One compressed version of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Variant {
+    /// MP3 at this many kbps: CBR where that is a legal bitrate at the sample rate, bounded
+    /// ABR otherwise (`mp3::Mp3Options::for_kbps`). Needs feature `mp3`.
+    Mp3(u32),
+    /// Ogg Opus at this many kbps, 20 ms frames, constrained VBR. Needs feature `opus`.
+    Opus(u32),
+    /// Baseline JPEG at this quality (1 to 100), 4:2:0 for colour.
+    Jpeg(u8),
+}
+
+impl Variant {
+    /// Whether the variant encodes audio (else images).
+    pub fn is_audio(self) -> bool {
+        matches!(self, Variant::Mp3(_) | Variant::Opus(_))
+    }
+
+    /// The folder the variant's files go to: `mp3-20`, `opus-24`, `jpeg-75`.
+    pub fn dir_name(self) -> String {
+        match self {
+            Variant::Mp3(k) => format!("mp3-{k}"),
+            Variant::Opus(k) => format!("opus-{k}"),
+            Variant::Jpeg(q) => format!("jpeg-{q}"),
+        }
+    }
+
+    /// File extension of the variant's outputs.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Variant::Mp3(_) => "mp3",
+            Variant::Opus(_) => "opus",
+            Variant::Jpeg(_) => "jpg",
+        }
+    }
+
+    /// Whether this build can encode the variant (MP3 and Opus need their features).
+    pub fn available(self) -> bool {
+        match self {
+            Variant::Mp3(_) => cfg!(feature = "mp3"),
+            Variant::Opus(_) => cfg!(feature = "opus"),
+            Variant::Jpeg(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Variant::Mp3(k) => write!(f, "mp3:{k}"),
+            Variant::Opus(k) => write!(f, "opus:{k}"),
+            Variant::Jpeg(q) => write!(f, "jpeg:{q}"),
+        }
+    }
+}
+
+impl FromStr for Variant {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::setting("variant", format!("{s:?}: {why}"));
+        let (codec, value) = s
+            .split_once(':')
+            .ok_or_else(|| bad("expected CODEC:VALUE, e.g. mp3:20"))?;
+        let n: u32 = value
+            .trim()
+            .parse()
+            .map_err(|_| bad("the value is not a number"))?;
+        match codec.trim() {
+            "mp3" if (8..=320).contains(&n) => Ok(Variant::Mp3(n)),
+            "opus" if (1..=512).contains(&n) => Ok(Variant::Opus(n)),
+            "jpeg" | "jpg" if (1..=100).contains(&n) => Ok(Variant::Jpeg(n as u8)),
+            "mp3" | "opus" | "jpeg" | "jpg" => Err(bad("the value is out of range")),
+            _ => Err(bad("the codec is not mp3, opus or jpeg")),
+        }
+    }
+}
+
+/// Parses a comma-separated list of variants (`mp3:20,mp3:26,opus:24`), refusing duplicates.
+pub fn parse_variants(list: &str) -> Result<Vec<Variant>> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let v: Variant = part.parse()?;
+        if !seen.insert(v) {
+            return Err(Error::setting("variant", format!("{v} is given twice")));
+        }
+        out.push(v);
+    }
+    if out.is_empty() {
+        return Err(Error::setting("variants", "none given"));
+    }
+    Ok(out)
+}
+
+/// Where an item's media lies.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Source {
+    /// A WAV file.
+    Wav(PathBuf),
+    /// A PNG file.
+    Png(PathBuf),
+    /// Image `index` of an IDX array read from `path`.
+    Idx {
+        /// The IDX file, for messages.
+        path: PathBuf,
+        /// The array, shared by all its items.
+        images: Arc<Idx>,
+        /// The item's index in it.
+        index: usize,
+    },
+}
+
+impl Source {
+    /// Whether the item is audio.
+    pub fn is_audio(&self) -> bool {
+        matches!(self, Source::Wav(_))
+    }
+
+    /// The input file, for messages (`file.idx#123` for an IDX item).
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Wav(p) | Source::Png(p) => p.display().to_string(),
+            Source::Idx { path, index, .. } => format!("{}#{index}", path.display()),
+        }
+    }
+}
+
+/// One item of a dataset.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Unique and stable within the dataset (`dog/1-100032-A-0`, `train-00042`).
+    pub id: String,
+    /// The class.
+    pub label: String,
+    /// `train`, `validation`, `test`, an ESC-50 fold, or `all`.
+    pub split: String,
+    /// The output file's name without extension.
+    pub name: String,
+    /// Where the media lies.
+    pub source: Source,
+}
+
+impl Item {
+    /// The output path of this item's `variant`, relative to the output directory.
+    pub fn output_path(&self, variant: Variant) -> PathBuf {
+        Path::new(&variant.dir_name())
+            .join(safe_component(&self.split))
+            .join(safe_component(&self.label))
+            .join(format!(
+                "{}.{}",
+                safe_component(&self.name),
+                variant.extension()
+            ))
+    }
+}
+
+/// A path component that cannot climb out of or hide in its folder.
+fn safe_component(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | '\\' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// An input that could not be prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The input (a path, or `file#index` for an IDX item).
+    pub input: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.input, self.reason)
+    }
+}
+
+/// One row of `manifest.csv`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Item id.
+    pub id: String,
+    /// Class.
+    pub label: String,
+    /// Split.
+    pub split: String,
+    /// The variant, as `mp3:20`.
+    pub variant: String,
+    /// Output path relative to the output directory, `/`-separated.
+    pub path: String,
+    /// Output size in bytes.
+    pub bytes: u64,
+    /// Duration of the input clip in seconds (audio only).
+    pub duration: Option<f64>,
+}
+
+/// The columns of `manifest.csv`, in order.
+pub const MANIFEST_HEADER: &str = "id,label,split,variant,path,bytes,duration";
+
+/// Scans a dataset into items, sorted by id. Files that belong to no item (other extensions)
+/// are not reported; a missing required file (a layout's CSV or IDX files) is an error.
+pub fn scan(layout: Layout, input: &Path, limits: &Limits) -> Result<Vec<Item>> {
+    let mut items = match layout {
+        Layout::Folder => scan_folder(input)?,
+        Layout::Esc50 => scan_esc50(input)?,
+        Layout::SpeechCommands => scan_speech_commands(input)?,
+        Layout::Mnist => scan_mnist(input, limits)?,
+    };
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(w) = items.windows(2).find(|w| w[0].id == w[1].id) {
+        return Err(Error::malformed(
+            "dataset",
+            0,
+            format!("id {:?} appears twice", w[0].id),
+        ));
+    }
+    Ok(items)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(Error::io(dir))?
+        .map(|e| e.map(|e| e.path()).map_err(Error::io(dir)))
+        .collect::<Result<_>>()?;
+    v.sort();
+    Ok(v)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn media_source(p: &Path) -> Option<Source> {
+    let ext = p.extension()?.to_string_lossy().to_ascii_lowercase();
+    match ext.as_str() {
+        "wav" | "wave" => Some(Source::Wav(p.to_path_buf())),
+        "png" => Some(Source::Png(p.to_path_buf())),
+        _ => None,
+    }
+}
+
+const SPLIT_DIRS: [&str; 7] = [
+    "train",
+    "training",
+    "val",
+    "valid",
+    "validation",
+    "test",
+    "testing",
+];
+
+fn scan_folder(input: &Path) -> Result<Vec<Item>> {
+    let dirs: Vec<PathBuf> = sorted_entries(input)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
+    let split_layout = !dirs.is_empty()
+        && dirs
+            .iter()
+            .all(|d| SPLIT_DIRS.contains(&file_name(d).to_ascii_lowercase().as_str()));
+    let mut items = Vec::new();
+    let roots: Vec<(String, PathBuf)> = if split_layout {
+        dirs.into_iter().map(|d| (file_name(&d), d)).collect()
+    } else {
+        vec![("all".to_string(), input.to_path_buf())]
+    };
+    for (split, root) in roots {
+        for class in sorted_entries(&root)?.into_iter().filter(|p| p.is_dir()) {
+            let label = file_name(&class);
+            if label.starts_with('.') {
+                continue;
+            }
+            for file in sorted_entries(&class)? {
+                let Some(source) = media_source(&file).filter(|_| file.is_file()) else {
+                    continue;
+                };
+                let name = stem(&file);
+                let id = if split_layout {
+                    format!("{split}/{label}/{name}")
+                } else {
+                    format!("{label}/{name}")
+                };
+                items.push(Item {
+                    id,
+                    label: label.clone(),
+                    split: split.clone(),
+                    name,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn scan_esc50(input: &Path) -> Result<Vec<Item>> {
+    let csv_path = input.join("meta").join("esc50.csv");
+    let text = fs::read_to_string(&csv_path).map_err(Error::io(&csv_path))?;
+    let mut lines = text.lines().enumerate();
+    let header: Vec<&str> = lines
+        .next()
+        .map(|(_, h)| h.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let col = |name: &str| {
+        header.iter().position(|h| *h == name).ok_or_else(|| {
+            Error::malformed("esc50.csv", 0, format!("no column {name:?} in the header"))
+        })
+    };
+    let (fc, foldc, catc) = (col("filename")?, col("fold")?, col("category")?);
+    let mut items = Vec::new();
+    for (n, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // ESC-50's CSV has no quoted fields.
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let get = |c: usize| {
+            fields.get(c).copied().ok_or_else(|| {
+                Error::malformed(
+                    "esc50.csv",
+                    0,
+                    format!("line {} has {} fields", n + 1, fields.len()),
+                )
+            })
+        };
+        let file = get(fc)?;
+        let path = input.join("audio").join(file);
+        let name = stem(Path::new(file));
+        items.push(Item {
+            id: name.clone(),
+            label: get(catc)?.to_string(),
+            split: get(foldc)?.to_string(),
+            name,
+            source: Source::Wav(path),
+        });
+    }
+    Ok(items)
+}
+
+fn read_list(path: &Path) -> Result<HashSet<String>> {
+    if !path.exists() {
+        return Ok(HashSet::new());
+    }
+    Ok(fs::read_to_string(path)
+        .map_err(Error::io(path))?
+        .lines()
+        .map(|l| l.trim().replace('\\', "/"))
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+fn scan_speech_commands(input: &Path) -> Result<Vec<Item>> {
+    let validation = read_list(&input.join("validation_list.txt"))?;
+    let testing = read_list(&input.join("testing_list.txt"))?;
+    let mut items = Vec::new();
+    for word_dir in sorted_entries(input)?.into_iter().filter(|p| p.is_dir()) {
+        let word = file_name(&word_dir);
+        // `_background_noise_` holds long noise recordings, not examples of a word.
+        if word.starts_with('_') || word.starts_with('.') {
+            continue;
+        }
+        for file in sorted_entries(&word_dir)? {
+            let Some(source @ Source::Wav(_)) = media_source(&file) else {
+                continue;
+            };
+            let rel = format!("{word}/{}", file_name(&file));
+            let split = if validation.contains(&rel) {
+                "validation"
+            } else if testing.contains(&rel) {
+                "test"
+            } else {
+                "train"
+            };
+            let name = stem(&file);
+            items.push(Item {
+                id: format!("{word}/{name}"),
+                label: word.clone(),
+                split: split.to_string(),
+                name,
+                source,
+            });
+        }
+    }
+    Ok(items)
+}
+
+/// Finds `<prefix>-idx?-ubyte`, `<prefix>.idx?-ubyte`, with or without `.gz`.
+fn find_idx(input: &Path, prefix: &str) -> Result<Option<PathBuf>> {
+    Ok(sorted_entries(input)?.into_iter().find(|p| {
+        let n = file_name(p);
+        p.is_file()
+            && (n.starts_with(&format!("{prefix}-idx")) || n.starts_with(&format!("{prefix}.idx")))
+    }))
+}
+
+fn scan_mnist(input: &Path, limits: &Limits) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    for (split, prefix) in [("train", "train"), ("test", "t10k")] {
+        let images = find_idx(input, &format!("{prefix}-images"))?;
+        let labels = find_idx(input, &format!("{prefix}-labels"))?;
+        let (images_path, labels_path) = match (images, labels) {
+            (Some(i), Some(l)) => (i, l),
+            (None, None) => continue,
+            (i, _) => {
+                return Err(Error::malformed(
+                    "mnist",
+                    0,
+                    format!(
+                        "{prefix}: the {} file is missing",
+                        if i.is_some() { "labels" } else { "images" }
+                    ),
+                ))
+            }
+        };
+        let read = |p: &Path| -> Result<Idx> {
+            read_idx(&load(p, limits)?, limits.max_file_bytes.saturating_mul(8))
+                .map_err(|e| Error::malformed("idx", 0, format!("{}: {e}", p.display())))
+        };
+        let images = Arc::new(read(&images_path)?);
+        let labels = read(&labels_path)?;
+        if labels.dims.len() != 1 || labels.len() != images.len() {
+            return Err(Error::malformed(
+                "mnist",
+                0,
+                format!(
+                    "{} labels {:?} do not match {} images",
+                    labels_path.display(),
+                    labels.dims,
+                    images.len()
+                ),
+            ));
+        }
+        let width = images.len().saturating_sub(1).to_string().len().max(5);
+        for (index, label) in labels.data.iter().enumerate() {
+            let name = format!("{split}-{index:0width$}");
+            items.push(Item {
+                id: name.clone(),
+                label: label.to_string(),
+                split: split.to_string(),
+                name,
+                source: Source::Idx {
+                    path: images_path.clone(),
+                    images: Arc::clone(&images),
+                    index,
+                },
+            });
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::malformed(
+            "mnist",
+            0,
+            format!(
+                "no train-images/t10k-images IDX files in {}",
+                input.display()
+            ),
+        ));
+    }
+    Ok(items)
+}
+
+/// What to prepare, and how.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PrepareConfig {
+    /// The dataset's layout.
+    pub layout: Layout,
+    /// The dataset's folder.
+    pub input: PathBuf,
+    /// Where outputs and `manifest.csv` go.
+    pub output: PathBuf,
+    /// The variants to make of every item they apply to (audio variants of audio items,
+    /// image variants of images).
+    pub variants: Vec<Variant>,
+    /// Audio is resampled to this rate before encoding (default 16,000 Hz).
+    pub sample_rate: u32,
+    /// Input limits.
+    pub limits: Limits,
+    /// Draw a progress bar on standard error (default true; hidden anyway when standard
+    /// error is not a terminal).
+    pub progress: bool,
+    /// Worker threads (default: rayon's, i.e. `RAYON_NUM_THREADS` or one per core).
+    pub threads: Option<usize>,
+}
+
+impl PrepareConfig {
+    /// A configuration with the defaults.
+    pub fn new(
+        layout: Layout,
+        input: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+        variants: Vec<Variant>,
+    ) -> Self {
+        PrepareConfig {
+            layout,
+            input: input.into(),
+            output: output.into(),
+            variants,
+            sample_rate: 16_000,
+            limits: Limits::default(),
+            progress: true,
+            threads: None,
+        }
+    }
+
+    /// Sets the audio sample rate.
+    pub fn with_sample_rate(mut self, rate: u32) -> Self {
+        self.sample_rate = rate;
+        self
+    }
+
+    /// Turns the progress bar on or off.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Sets the number of worker threads.
+    pub fn with_threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Sets the input limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+}
+
+/// The outcome of [`prepare`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Items found.
+    pub items: usize,
+    /// Outputs encoded and written by this run.
+    pub written: usize,
+    /// Outputs already present (complete) and skipped.
+    pub skipped: usize,
+    /// Inputs that could not be prepared, with the reason.
+    pub failures: Vec<Failure>,
+    /// The manifest's rows, as written.
+    pub rows: Vec<Row>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} items: {} outputs written, {} already present, {} inputs failed, in {:.1} s",
+            self.items,
+            self.written,
+            self.skipped,
+            self.failures.len(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// The media of one item, decoded once for all its variants.
+enum Media {
+    // Read only by the MP3 and Opus encoders.
+    #[cfg_attr(not(any(feature = "mp3", feature = "opus")), allow(dead_code))]
+    Audio(Audio),
+    Image(Image),
+}
+
+struct ItemResult {
+    rows: Vec<Row>,
+    written: usize,
+    skipped: usize,
+    failure: Option<Failure>,
+}
+
+/// Prepares a dataset: scans it, encodes every item in every variant that applies to it
+/// (skipping outputs already present), and writes `manifest.csv`. Errors that concern one
+/// input are collected in [`Summary::failures`]; an error is returned only for problems with
+/// the whole run (a layout file missing, an unwritable output folder, a variant this build
+/// lacks).
+pub fn prepare(config: &PrepareConfig) -> Result<Summary> {
+    let start = Instant::now();
+    if let Some(v) = config.variants.iter().find(|v| !v.available()) {
+        return Err(Error::Unsupported {
+            format: "variant",
+            what: format!(
+                "{v}: this build lacks the `{}` feature of cff-encode",
+                v.extension().replace("jpg", "jpeg")
+            ),
+        });
+    }
+    let items = scan(config.layout, &config.input, &config.limits)?;
+    let run = || run_items(config, &items);
+    let results = match config.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| Error::setting("threads", e.to_string()))?
+            .install(run)?,
+        None => run()?,
+    };
+    let mut summary = Summary {
+        items: items.len(),
+        ..Summary::default()
+    };
+    for r in results {
+        summary.written += r.written;
+        summary.skipped += r.skipped;
+        summary.rows.extend(r.rows);
+        summary.failures.extend(r.failure);
+    }
+    write_manifest(&config.output, &summary.rows)?;
+    summary.elapsed = start.elapsed();
+    Ok(summary)
+}
+
+fn run_items(config: &PrepareConfig, items: &[Item]) -> Result<Vec<ItemResult>> {
+    // Folders are made once, up front, rather than probed per file.
+    let mut dirs = BTreeSet::new();
+    for item in items {
+        for &v in config
+            .variants
+            .iter()
+            .filter(|v| v.is_audio() == item.source.is_audio())
+        {
+            if let Some(parent) = config.output.join(item.output_path(v)).parent() {
+                dirs.insert(parent.to_path_buf());
+            }
+        }
+    }
+    fs::create_dir_all(&config.output).map_err(Error::io(&config.output))?;
+    for d in &dirs {
+        fs::create_dir_all(d).map_err(Error::io(d))?;
+    }
+    let bar = if config.progress {
+        let bar = ProgressBar::new(items.len() as u64);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{elapsed_precise} [{wide_bar}] {pos}/{len} items, {per_sec}, ETA {eta}",
+        ) {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let results = items
+        .par_iter()
+        .map(|item| {
+            let r = prepare_item(config, item);
+            if let Some(f) = &r.failure {
+                bar.println(format!("failed: {f}"));
+            }
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    Ok(results)
+}
+
+fn prepare_item(config: &PrepareConfig, item: &Item) -> ItemResult {
+    let mut result = ItemResult {
+        rows: Vec::new(),
+        written: 0,
+        skipped: 0,
+        failure: None,
+    };
+    let variants: Vec<Variant> = config
+        .variants
+        .iter()
+        .copied()
+        .filter(|v| v.is_audio() == item.source.is_audio())
+        .collect();
+    if variants.is_empty() {
+        return result;
+    }
+    if let Err(e) = encode_item(config, item, &variants, &mut result) {
+        result.failure = Some(Failure {
+            input: item.source.describe(),
+            reason: e.to_string(),
+        });
+    }
+    result
+}
+
+fn encode_item(
+    config: &PrepareConfig,
+    item: &Item,
+    variants: &[Variant],
+    result: &mut ItemResult,
+) -> Result<()> {
+    // Inputs are read only if some output is missing; the duration of an audio item comes
+    // from its WAV header either way, so a rerun's manifest matches the first run's.
+    let mut media: Option<Media> = None;
+    let mut duration = None;
+    if let Source::Wav(path) = &item.source {
+        let header = read_header(path)?;
+        duration = Some(wav_info(&header)?.duration_seconds());
+    }
+    for &variant in variants {
+        let rel = item.output_path(variant);
+        let path = config.output.join(&rel);
+        let bytes = match fs::metadata(&path) {
+            Ok(m) if m.is_file() => {
+                result.skipped += 1;
+                m.len()
+            }
+            _ => {
+                if media.is_none() {
+                    media = Some(load_media(config, item)?);
+                }
+                let Some(m) = &media else { continue };
+                let encoded = encode(m, variant)?;
+                write_atomically(&path, &encoded)?;
+                result.written += 1;
+                encoded.len() as u64
+            }
+        };
+        result.rows.push(Row {
+            id: item.id.clone(),
+            label: item.label.clone(),
+            split: item.split.clone(),
+            variant: variant.to_string(),
+            path: rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/"),
+            bytes,
+            duration,
+        });
+    }
+    Ok(())
+}
+
+/// The first 64 KiB of a file: enough for any WAV header hound needs (the `fmt ` chunk and
+/// the `data` chunk's header, after whatever chunks precede them in common files).
+fn read_header(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(1 << 16);
+    fs::File::open(path)
+        .map_err(Error::io(path))?
+        .take(1 << 16)
+        .read_to_end(&mut buf)
+        .map_err(Error::io(path))?;
+    Ok(buf)
+}
+
+fn load_media(config: &PrepareConfig, item: &Item) -> Result<Media> {
+    Ok(match &item.source {
+        Source::Wav(path) => {
+            let audio = read_wav(&load(path, &config.limits)?)?;
+            Media::Audio(audio.resampled(config.sample_rate)?)
+        }
+        Source::Png(path) => Media::Image(read_png(
+            &load(path, &config.limits)?,
+            config.limits.max_pixels,
+        )?),
+        Source::Idx { images, index, .. } => Media::Image(images.image(*index)?),
+    })
+}
+
+fn encode(media: &Media, variant: Variant) -> Result<Vec<u8>> {
+    match (media, variant) {
+        #[cfg(feature = "mp3")]
+        (Media::Audio(a), Variant::Mp3(k)) => {
+            crate::mp3::encode_mp3(a, &crate::mp3::Mp3Options::for_kbps(k, a.rate)?)
+        }
+        #[cfg(feature = "opus")]
+        (Media::Audio(a), Variant::Opus(k)) => {
+            crate::opus::encode_opus(a, &crate::opus::OpusOptions::kbps(k))
+        }
+        (Media::Image(i), Variant::Jpeg(q)) => encode_jpeg(i, &JpegOptions::with_quality(q)),
+        (_, v) => Err(Error::Unsupported {
+            format: "variant",
+            what: format!("{v} for this item"),
+        }),
+    }
+}
+
+/// Writes `bytes` to a temporary name beside `path`, then renames it: a file under its final
+/// name is always complete, which is what lets a rerun skip it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.partial"));
+    let mut f = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
+    f.write_all(bytes).map_err(Error::io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(Error::io(path))
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180 §2).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn write_manifest(output: &Path, rows: &[Row]) -> Result<()> {
+    let mut text = String::with_capacity(64 * (rows.len() + 1));
+    text.push_str(MANIFEST_HEADER);
+    text.push('\n');
+    for r in rows {
+        let duration = r.duration.map(|d| format!("{d:.6}")).unwrap_or_default();
+        let fields = [
+            csv_field(&r.id),
+            csv_field(&r.label),
+            csv_field(&r.split),
+            csv_field(&r.variant),
+            csv_field(&r.path),
+            r.bytes.to_string(),
+            duration,
+        ];
+        text.push_str(&fields.join(","));
+        text.push('\n');
+    }
+    write_atomically(&output.join("manifest.csv"), text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_parse_and_print() {
+        let v = parse_variants("mp3:20, mp3:26,opus:24,jpeg:75").unwrap();
+        assert_eq!(
+            v,
+            vec![
+                Variant::Mp3(20),
+                Variant::Mp3(26),
+                Variant::Opus(24),
+                Variant::Jpeg(75)
+            ]
+        );
+        assert_eq!(v[0].to_string(), "mp3:20");
+        assert_eq!(v[3].dir_name(), "jpeg-75");
+        for bad in [
+            "",
+            "mp3",
+            "mp3:x",
+            "mp3:2",
+            "jpeg:0",
+            "jpeg:101",
+            "flac:5",
+            "mp3:20,mp3:20",
+        ] {
+            assert!(parse_variants(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn output_paths_stay_inside_their_folder() {
+        let item = Item {
+            id: "x".into(),
+            label: "../up".into(),
+            split: ".".into(),
+            name: "a/b".into(),
+            source: Source::Wav(PathBuf::from("x.wav")),
+        };
+        let p = item.output_path(Variant::Mp3(20));
+        assert_eq!(p, Path::new("mp3-20/_./_.._up/a_b.mp3"));
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("dog"), "dog");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}
