@@ -2,6 +2,10 @@
 //!
 //! This facade re-exports the workspace's crates so that one dependency brings them all:
 //! - [`cff_blocks`]: exact block readers for MP3, Ogg Opus and JPEG.
+//! - [`tempest_tokenize`]: blocks to batched id tensors with masks and positions.
+//! - [`tempest_model`]: the TEMPEST model in candle, its losses, checkpoints and costs.
 #![deny(missing_docs)]
 
 pub use cff_blocks;
+pub use tempest_model;
+pub use tempest_tokenize;
