@@ -89,8 +89,9 @@ pub struct Config {
     pub dropout: f32,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
-    /// Use the fused CPU GELU kernel (same function, faster; see `kernels`).
-    pub fused_gelu: bool,
+    /// Use the fused CPU kernels for GELU, softmax and layer norm (the same functions with
+    /// one-pass forward and backward; see `kernels`). Other devices use tensor ops anyway.
+    pub fused_kernels: bool,
 }
 
 impl Default for Config {
@@ -120,7 +121,7 @@ impl Config {
             label_smoothing: 0.0,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
-            fused_gelu: true,
+            fused_kernels: true,
         }
     }
 

@@ -208,3 +208,36 @@ mod tests {
         assert!(d.block_decoder > 0.0 && d.inference() == a.inference());
     }
 }
+
+/// Item shapes the cost table uses: (what, N, L).
+pub const SHAPES: [(&str, usize, usize); 3] = [
+    ("1 s of 16 kHz MP3 at 32 kbps (28 frames of 144 B)", 28, 144),
+    ("10 s of 16 kHz MP3 at 32 kbps (278 frames of 144 B)", 278, 144),
+    ("28x28 grayscale JPEG (16 MCUs of <= 32 B)", 16, 32),
+];
+
+/// The table `examples/cost.rs` prints: each preset's parameters and FLOPs for the
+/// [`SHAPES`], then E_c's attention size against an AST's.
+pub fn table() -> String {
+    let mut out = String::new();
+    for name in ["tiny", "small", "paper"] {
+        let cfg = Config::preset(name).unwrap_or_default();
+        for (what, n, l) in SHAPES {
+            out.push_str(&format!("{what}\n  {}\n", report(name, &cfg, n, l)));
+        }
+    }
+    out.push_str("\nAttention matrix per head and layer, E_c (L' = 1) against AST (128 mel bins, 16x16 patches, stride 10):\n");
+    for seconds in [1.0, 10.0] {
+        let ast = ast_patches(seconds);
+        for (what, fps) in [("16 kHz MP3 frames", mp3_frames_per_second(16_000)), ("the paper's 32 tokens/s", 32.0)] {
+            let n = (seconds * fps).ceil() as usize;
+            let ec = context_attention(&Config::tiny(), n);
+            out.push_str(&format!(
+                "  {seconds:>4} s: E_c over {n} {what} + [CLS]: {ec} entries; AST over {ast} patches: {} entries ({:.1}x larger)\n",
+                ast * ast,
+                (ast * ast) as f64 / ec as f64
+            ));
+        }
+    }
+    out
+}

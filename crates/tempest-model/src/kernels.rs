@@ -6,7 +6,7 @@
 //! back to candle's `gelu` (same tanh approximation), so the model runs anywhere.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// √(2/π), the constant of GELU's tanh approximation (Hendrycks & Gimpel 2016, eq. 2).
@@ -142,6 +142,294 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+
+/// Rows of `x` processed per parallel task.
+fn rows_per_task(rows: usize, d: usize) -> usize {
+    (CHUNK / d.max(1)).max(1).min(rows.max(1))
+}
+
+fn softmax_rows<T: candle_core::WithDType>(x: &[T], d: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    let task = |(o, x): (&mut [T], &[T])| {
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
+            let mut sum = 0.0;
+            for (o, v) in o.iter_mut().zip(x) {
+                let e = (v.to_f64() - max).exp();
+                sum += e;
+                *o = T::from_f64(e);
+            }
+            let inv = 1.0 / sum;
+            for o in o.iter_mut() {
+                *o = T::from_f64(o.to_f64() * inv);
+            }
+        }
+    };
+    let n = rows_per_task(x.len() / d.max(1), d) * d;
+    if x.len() >= PAR_MIN {
+        out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
+    } else {
+        out.chunks_mut(n.max(1)).zip(x.chunks(n.max(1))).for_each(task);
+    }
+    out
+}
+
+/// Softmax over the last dimension, one pass forward and one backward.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "tempest-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l.dims().last().copied().unwrap_or(1);
+        let out = match s.dtype() {
+            DType::F32 => CpuStorage::F32(softmax_rows(contiguous::<f32>(s, l)?, d)),
+            DType::F64 => CpuStorage::F64(softmax_rows(contiguous::<f64>(s, l)?, d)),
+            dt => candle_core::bail!("fused softmax: unsupported dtype {dt:?}"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y ⊙ (g − Σ g⊙y)` per row.
+struct SoftmaxGrad;
+
+fn softmax_grad_rows<T: candle_core::WithDType>(y: &[T], g: &[T], d: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); y.len()];
+    let task = |(o, (y, g)): (&mut [T], (&[T], &[T]))| {
+        for (o, (y, g)) in o.chunks_mut(d).zip(y.chunks(d).zip(g.chunks(d))) {
+            let dot: f64 = y.iter().zip(g).map(|(y, g)| y.to_f64() * g.to_f64()).sum();
+            for ((o, y), g) in o.iter_mut().zip(y).zip(g) {
+                *o = T::from_f64(y.to_f64() * (g.to_f64() - dot));
+            }
+        }
+    };
+    let n = rows_per_task(y.len() / d.max(1), d) * d;
+    if y.len() >= PAR_MIN {
+        out.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(task);
+    } else {
+        out.chunks_mut(n.max(1)).zip(y.chunks(n.max(1)).zip(g.chunks(n.max(1)))).for_each(task);
+    }
+    out
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "tempest-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("fused softmax grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
+        }
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(softmax_grad_rows(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, d)),
+            DType::F64 => CpuStorage::F64(softmax_grad_rows(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, d)),
+            dt => candle_core::bail!("fused softmax grad: unsupported dtype {dt:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension with a fused backward on the CPU (f32/f64);
+/// `candle_nn::ops::softmax` (which backpropagates) elsewhere.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        x.contiguous()?.apply_op1(Softmax)
+    } else {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)
+    }
+}
+
+/// Layer norm over the last dimension with learned scale and shift, fused forward and backward.
+struct LayerNormOp {
+    eps: f64,
+}
+
+fn layer_norm_rows<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut out = vec![T::zero(); x.len()];
+    let task = |(o, x): (&mut [T], &[T])| {
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / d as f64;
+            let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            for (((o, x), w), b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = T::from_f64((x.to_f64() - mean) * inv * w.to_f64() + b.to_f64());
+            }
+        }
+    };
+    let n = rows_per_task(x.len() / d.max(1), d) * d;
+    if x.len() >= PAR_MIN {
+        out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
+    } else {
+        out.chunks_mut(n.max(1)).zip(x.chunks(n.max(1))).for_each(task);
+    }
+    out
+}
+
+/// The layer norm's backward: `[rows + 2, d]`, the rows of dx, then dw, then db.
+/// With x̂ = (x − μ)/σ and ĝ = g⊙w: dx = (ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂))/σ, dw = Σ g⊙x̂, db = Σ g.
+fn layer_norm_grad_rows<T: candle_core::WithDType>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let rows = x.len() / d.max(1);
+    let mut out = vec![T::zero(); x.len() + 2 * d];
+    let (dx, _) = out.split_at_mut(x.len());
+    let task = |(o, (x, g)): (&mut [T], (&[T], &[T]))| -> (Vec<f64>, Vec<f64>) {
+        let (mut dw, mut db) = (vec![0.0; d], vec![0.0; d]);
+        let mut xhat = vec![0.0; d];
+        for (o, (x, g)) in o.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
+            let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / d as f64;
+            let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            let (mut m1, mut m2) = (0.0, 0.0);
+            for (j, (x, (g, w))) in x.iter().zip(g.iter().zip(w)).enumerate() {
+                let xh = (x.to_f64() - mean) * inv;
+                xhat[j] = xh;
+                let gh = g.to_f64() * w.to_f64();
+                m1 += gh;
+                m2 += gh * xh;
+                dw[j] += g.to_f64() * xh;
+                db[j] += g.to_f64();
+            }
+            let (m1, m2) = (m1 / d as f64, m2 / d as f64);
+            for (j, (o, (g, w))) in o.iter_mut().zip(g.iter().zip(w)).enumerate() {
+                *o = T::from_f64((g.to_f64() * w.to_f64() - m1 - xhat[j] * m2) * inv);
+            }
+        }
+        (dw, db)
+    };
+    let n = rows_per_task(rows, d) * d;
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = if x.len() >= PAR_MIN {
+        dx.par_chunks_mut(n).zip(x.par_chunks(n).zip(g.par_chunks(n))).map(task).collect()
+    } else {
+        dx.chunks_mut(n.max(1)).zip(x.chunks(n.max(1)).zip(g.chunks(n.max(1)))).map(task).collect()
+    };
+    let (mut dw, mut db) = (vec![0.0; d], vec![0.0; d]);
+    for (pw, pb) in parts {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    let tail = &mut out[x.len()..];
+    for j in 0..d {
+        tail[j] = T::from_f64(dw[j]);
+        tail[d + j] = T::from_f64(db[j]);
+    }
+    out
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "tempest-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = l1.dims().last().copied().unwrap_or(1);
+        if l2.dims() != [d] || l3.dims() != [d] {
+            candle_core::bail!("fused layer norm: x {:?}, w {:?}, b {:?}", l1.shape(), l2.shape(), l3.shape());
+        }
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(layer_norm_rows(
+                contiguous::<f32>(s1, l1)?,
+                contiguous::<f32>(s2, l2)?,
+                contiguous::<f32>(s3, l3)?,
+                self.eps,
+            )),
+            DType::F64 => CpuStorage::F64(layer_norm_rows(
+                contiguous::<f64>(s1, l1)?,
+                contiguous::<f64>(s2, l2)?,
+                contiguous::<f64>(s3, l3)?,
+                self.eps,
+            )),
+            dt => candle_core::bail!("fused layer norm: unsupported dtype {dt:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let rows = x.elem_count() / d.max(1);
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let dx = all.narrow(0, 0, rows * d)?.reshape(x.shape())?;
+        let dw = all.narrow(0, rows * d, d)?;
+        let db = all.narrow(0, rows * d + d, d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "tempest-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
+        if l1.shape() != l3.shape() {
+            candle_core::bail!("fused layer norm grad: x {:?}, grad {:?}", l1.shape(), l3.shape());
+        }
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(layer_norm_grad_rows(
+                contiguous::<f32>(s1, l1)?,
+                contiguous::<f32>(s2, l2)?,
+                contiguous::<f32>(s3, l3)?,
+                self.eps,
+            )),
+            DType::F64 => CpuStorage::F64(layer_norm_grad_rows(
+                contiguous::<f64>(s1, l1)?,
+                contiguous::<f64>(s2, l2)?,
+                contiguous::<f64>(s3, l3)?,
+                self.eps,
+            )),
+            dt => candle_core::bail!("fused layer norm grad: unsupported dtype {dt:?}"),
+        };
+        Ok((out, Shape::from(n)))
+    }
+}
+
+/// Layer norm over the last dimension, `(x − μ)/√(σ² + eps)·w + b`, with a fused backward on
+/// the CPU (f32/f64); `None` elsewhere, so the caller uses the tensor-op version.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
+        Ok(Some(x.contiguous()?.apply_op3(w, b, LayerNormOp { eps })?))
+    } else {
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +480,59 @@ mod tests {
         let x = sample(64, DType::F32)?.reshape((8, 8))?.t()?;
         let diff = (gelu(&x)? - x.gelu()?)?.abs()?.max_keepdim(0)?.max(1)?.to_vec1::<f32>()?;
         assert!(diff[0] < 1e-6);
+        Ok(())
+    }
+
+    fn grads_of(x: &Var, y: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let g = (y * w)?.sum_all()?.backward()?;
+        match g.get(x.as_tensor()) {
+            Some(t) => Ok(t.clone()),
+            None => candle_core::bail!("no gradient"),
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    }
+
+    #[test]
+    fn softmax_matches_candle_forward_and_backward() -> Result<()> {
+        // 2·3·40 rows of 100: above PAR_MIN, so the parallel path runs; 5×7 rows: the serial one.
+        for (shape, dtype, tol) in [(vec![2usize, 3, 40, 100], DType::F32, 1e-6), (vec![5, 7], DType::F64, 1e-14)] {
+            let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, shape.clone(), &Device::Cpu)?.to_dtype(dtype)?))?;
+            let w = Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?.to_dtype(dtype)?;
+            let fused = softmax(x.as_tensor())?;
+            let plain = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1)?;
+            assert!(max_diff(&fused, &plain)? < tol);
+            let (gf, gp) = (grads_of(&x, &fused, &w)?, grads_of(&x, &plain, &w)?);
+            assert!(max_diff(&gf, &gp)? < tol, "{dtype:?}: {}", max_diff(&gf, &gp)?);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn layer_norm_matches_candle_forward_and_backward() -> Result<()> {
+        for (shape, dtype, tol) in [(vec![4usize, 50, 96], DType::F32, 2e-5), (vec![3, 8], DType::F64, 1e-12)] {
+            let d = shape[shape.len() - 1];
+            let dev = Device::Cpu;
+            let x = Var::from_tensor(&(Tensor::randn(1f32, 2.0, shape.clone(), &dev)?.to_dtype(dtype)?))?;
+            let a = Var::from_tensor(&(Tensor::randn(1f32, 0.5, d, &dev)?.to_dtype(dtype)?))?;
+            let b = Var::from_tensor(&(Tensor::randn(0f32, 0.5, d, &dev)?.to_dtype(dtype)?))?;
+            let w = Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(dtype)?;
+            let fused = layer_norm(x.as_tensor(), a.as_tensor(), b.as_tensor(), 1e-5)?;
+            let Some(fused) = fused else { candle_core::bail!("no fused layer norm on the CPU") };
+            let plain = candle_nn::ops::layer_norm_slow(x.as_tensor(), a.as_tensor(), b.as_tensor(), 1e-5)?;
+            assert!(max_diff(&fused, &plain)? < tol);
+            let gf = (&fused * &w)?.sum_all()?.backward()?;
+            let gp = (&plain * &w)?.sum_all()?.backward()?;
+            for v in [&x, &a, &b] {
+                let (Some(f), Some(p)) = (gf.get(v.as_tensor()), gp.get(v.as_tensor())) else {
+                    candle_core::bail!("missing gradient")
+                };
+                let scale = p.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
+                assert!(max_diff(f, p)? / scale < tol, "{dtype:?}: {}", max_diff(f, p)?);
+            }
+        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ fn spec(cfg: &Config, s: &StackConfig) -> StackSpec {
         mlp_dim: s.mlp_dim,
         dropout: cfg.dropout,
         eps: cfg.layer_norm_eps,
-        fused_gelu: cfg.fused_gelu,
+        fused: cfg.fused_kernels,
     }
 }
 
@@ -58,14 +58,14 @@ impl Mixer {
             )?),
             MixerKind::Attention => Mix::Attention(
                 vb.get_with_hints((lt, dt), "queries", Init::Randn { mean: 0.0, stdev: 1.0 })?,
-                Attention::new(dt, cfg.block_encoder.heads, 1.0 / (dt as f64).sqrt(), vb.pp("attn"))?,
+                Attention::new(dt, cfg.block_encoder.heads, 1.0 / (dt as f64).sqrt(), cfg.fused_kernels, vb.pp("attn"))?,
             ),
             // MixerKind is non_exhaustive only towards other crates.
         };
         Ok(Mixer {
             mix,
-            norm: LayerNorm::new(dt, cfg.layer_norm_eps, vb.pp("norm"))?,
-            mlp: Mlp::new(dt, cfg.mixer_mlp_dim, cfg.context_encoder.dim, None, cfg.fused_gelu, vb.pp("mlp"))?,
+            norm: LayerNorm::new(dt, cfg.layer_norm_eps, cfg.fused_kernels, vb.pp("norm"))?,
+            mlp: Mlp::new(dt, cfg.mixer_mlp_dim, cfg.context_encoder.dim, None, cfg.fused_kernels, vb.pp("mlp"))?,
         })
     }
 

@@ -67,20 +67,27 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
+    fused: bool,
 }
 
 impl LayerNorm {
-    /// A layer norm over `dim` features.
-    pub fn new(dim: usize, eps: f64, vb: VarBuilder<'_>) -> Result<Self> {
+    /// A layer norm over `dim` features; `fused` uses [`kernels::layer_norm`] where it can.
+    pub fn new(dim: usize, eps: f64, fused: bool, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(LayerNorm {
             weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
             bias: vb.get_with_hints(dim, "bias", Init::Const(0.0))?,
             eps,
+            fused,
         })
     }
 
     /// `[.., d] -> [.., d]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            if let Some(y) = kernels::layer_norm(x, &self.weight, &self.bias, self.eps)? {
+                return Ok(y);
+            }
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -113,11 +120,13 @@ pub struct Attention {
     o: Linear,
     heads: usize,
     head_dim: usize,
+    fused: bool,
 }
 
 impl Attention {
-    /// Attention of width `dim` with `heads` heads; `out_std` initialises `o`.
-    pub fn new(dim: usize, heads: usize, out_std: f64, vb: VarBuilder<'_>) -> Result<Self> {
+    /// Attention of width `dim` with `heads` heads; `out_std` initialises `o`; `fused` uses
+    /// [`kernels::softmax`].
+    pub fn new(dim: usize, heads: usize, out_std: f64, fused: bool, vb: VarBuilder<'_>) -> Result<Self> {
         if heads == 0 || dim % heads != 0 {
             candle_core::bail!("attention width {dim} is not a multiple of {heads} heads");
         }
@@ -128,6 +137,7 @@ impl Attention {
             o: Linear::new(dim, dim, true, Some(out_std), vb.pp("o"))?,
             heads,
             head_dim: dim / heads,
+            fused,
         })
     }
 
@@ -149,13 +159,14 @@ impl Attention {
         let q = self.split(q)?;
         let k = self.split(&self.k.forward(kv)?)?;
         let v = self.split(&self.v.forward(kv)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // Scaling q rather than the scores: Tq·d_h products instead of Tq·Tk.
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
         let scores = match bias {
             Some(bias) => scores.broadcast_add(bias)?,
             None => scores,
         };
-        let att = softmax(&scores)?;
+        let att = if self.fused { kernels::softmax(&scores)? } else { softmax(&scores)? };
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, d))?;
         self.o.forward(&y)
     }
@@ -171,23 +182,23 @@ impl Attention {
 pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
-    fused_gelu: bool,
+    fused: bool,
 }
 
 impl Mlp {
     /// `dim → hidden → out`; `out_std` initialises `fc2`.
-    pub fn new(dim: usize, hidden: usize, out: usize, out_std: Option<f64>, fused_gelu: bool, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(dim: usize, hidden: usize, out: usize, out_std: Option<f64>, fused: bool, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Mlp {
             fc1: Linear::new(dim, hidden, true, None, vb.pp("fc1"))?,
             fc2: Linear::new(hidden, out, true, out_std, vb.pp("fc2"))?,
-            fused_gelu,
+            fused,
         })
     }
 
     /// `[.., dim] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.fc1.forward(x)?;
-        let h = if self.fused_gelu { kernels::gelu(&h)? } else { h.gelu()? };
+        let h = if self.fused { kernels::gelu(&h)? } else { h.gelu()? };
         self.fc2.forward(&h)
     }
 }
@@ -217,8 +228,8 @@ pub struct StackSpec {
     pub dropout: f32,
     /// Layer-norm epsilon.
     pub eps: f64,
-    /// Use the fused GELU kernel.
-    pub fused_gelu: bool,
+    /// Use the fused CPU kernels ([`kernels`]).
+    pub fused: bool,
 }
 
 impl TransformerLayer {
@@ -228,10 +239,10 @@ impl TransformerLayer {
         // independent of depth at initialisation.
         let out_std = 0.02_f64.max(1.0 / (spec.dim as f64).sqrt()) / (2.0 * spec.layers.max(1) as f64).sqrt();
         Ok(TransformerLayer {
-            norm1: LayerNorm::new(spec.dim, spec.eps, vb.pp("norm1"))?,
-            attn: Attention::new(spec.dim, spec.heads, out_std, vb.pp("attn"))?,
-            norm2: LayerNorm::new(spec.dim, spec.eps, vb.pp("norm2"))?,
-            mlp: Mlp::new(spec.dim, spec.mlp_dim, spec.dim, Some(out_std), spec.fused_gelu, vb.pp("mlp"))?,
+            norm1: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm1"))?,
+            attn: Attention::new(spec.dim, spec.heads, out_std, spec.fused, vb.pp("attn"))?,
+            norm2: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm2"))?,
+            mlp: Mlp::new(spec.dim, spec.mlp_dim, spec.dim, Some(out_std), spec.fused, vb.pp("mlp"))?,
             dropout: spec.dropout,
         })
     }
@@ -262,7 +273,7 @@ impl Transformer {
             .collect::<Result<Vec<_>>>()?;
         Ok(Transformer {
             layers,
-            norm: LayerNorm::new(spec.dim, spec.eps, vb.pp("norm"))?,
+            norm: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm"))?,
         })
     }
 
