@@ -72,15 +72,17 @@ fn benches(c: &mut Criterion) {
     let (a, b) = matmul_operands();
     let mut g = c.benchmark_group("matmul");
     g.throughput(Throughput::Elements((2 * MATMUL * MATMUL * MATMUL) as u64));
-    g.bench_function(format!("f32 {MATMUL}x{MATMUL}x{MATMUL} (elements = FLOPs)"), |bench| {
-        bench.iter(|| a.matmul(&b).expect("matmul"))
-    });
+    g.bench_function(
+        format!("f32 {MATMUL}x{MATMUL}x{MATMUL} (elements = FLOPs)"),
+        |bench| bench.iter(|| a.matmul(&b).expect("matmul")),
+    );
     g.finish();
 
     let batch = batch();
     for name in ["tiny", "small"] {
         let (m, varmap) = model(name);
-        let mut trainer = Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
+        let mut trainer =
+            Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
         let mut g = c.benchmark_group(format!("{name} (B={B}, N={N}, L={L})"));
         g.throughput(Throughput::Elements(B as u64));
         g.sample_size(10);
@@ -88,7 +90,12 @@ fn benches(c: &mut Criterion) {
             bench.iter(|| trainer.step(&m, &batch).expect("step"))
         });
         g.bench_function("inference (elements = items)", |bench| {
-            bench.iter(|| m.forward(&batch, false).expect("forward").logits.to_vec2::<f32>())
+            bench.iter(|| {
+                m.forward(&batch, false)
+                    .expect("forward")
+                    .logits
+                    .to_vec2::<f32>()
+            })
         });
         g.finish();
     }
@@ -120,14 +127,22 @@ fn summary() {
     for name in ["tiny", "small"] {
         let (m, varmap) = model(name);
         let flops = cost::flops(m.config(), N, L);
-        let mut trainer = Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
+        let mut trainer =
+            Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
         let train = median_secs(5, || {
             trainer.step(&m, &batch).expect("step");
         });
         let infer = median_secs(5, || {
-            m.forward(&batch, false).expect("forward").logits.to_vec2::<f32>().expect("logits");
+            m.forward(&batch, false)
+                .expect("forward")
+                .logits
+                .to_vec2::<f32>()
+                .expect("logits");
         });
-        for (what, secs, f) in [("training step", train, flops.training()), ("inference", infer, flops.inference())] {
+        for (what, secs, f) in [
+            ("training step", train, flops.training()),
+            ("inference", infer, flops.inference()),
+        ] {
             let items = B as f64 / secs;
             let rate = f * items;
             println!(

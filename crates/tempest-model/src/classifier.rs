@@ -33,7 +33,9 @@ pub struct Classifier {
 impl Classifier {
     /// Wraps a model; classes are named by their index.
     pub fn new(model: Tempest, device: Device) -> Self {
-        let classes = (0..model.config().num_classes).map(|c| c.to_string()).collect();
+        let classes = (0..model.config().num_classes)
+            .map(|c| c.to_string())
+            .collect();
         Classifier {
             model,
             classes,
@@ -53,7 +55,8 @@ impl Classifier {
                 path: path.clone(),
                 source,
             })?;
-            let names: Vec<String> = serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
+            let names: Vec<String> =
+                serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
             c = c.with_class_names(names)?;
         }
         Ok(c)
@@ -92,7 +95,8 @@ impl Classifier {
         let format = cff_blocks::detect(data)?;
         let t = TokenizerConfig::for_format(format);
         let l = t.max_block_bytes.min(self.model.config().max_block_bytes);
-        Ok(t.with_max_block_bytes(l).with_crop(tempest_tokenize::Crop::Centre))
+        Ok(t.with_max_block_bytes(l)
+            .with_crop(tempest_tokenize::Crop::Centre))
     }
 
     /// Classifies a file held in memory; `path` only names it in errors. Predictions are
@@ -134,7 +138,11 @@ impl Classifier {
                     .enumerate()
                     .map(|(class, probability)| Prediction {
                         class,
-                        label: self.classes.get(class).cloned().unwrap_or_else(|| class.to_string()),
+                        label: self
+                            .classes
+                            .get(class)
+                            .cloned()
+                            .unwrap_or_else(|| class.to_string()),
                         probability,
                     })
                     .collect();

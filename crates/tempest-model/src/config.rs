@@ -203,14 +203,27 @@ impl Config {
         ];
         for (name, s) in stacks {
             if s.heads == 0 || s.dim == 0 || s.dim % s.heads != 0 {
-                return Err(format!("{name}: dim {} is not a positive multiple of heads {}", s.dim, s.heads));
+                return Err(format!(
+                    "{name}: dim {} is not a positive multiple of heads {}",
+                    s.dim, s.heads
+                ));
             }
         }
         if self.vocab_size <= 256 {
-            return Err(format!("vocab_size {} leaves no padding id", self.vocab_size));
+            return Err(format!(
+                "vocab_size {} leaves no padding id",
+                self.vocab_size
+            ));
         }
-        if self.tokens_per_block == 0 || self.max_block_bytes == 0 || self.max_blocks == 0 || self.num_classes == 0 {
-            return Err("tokens_per_block, max_block_bytes, max_blocks and num_classes must be positive".into());
+        if self.tokens_per_block == 0
+            || self.max_block_bytes == 0
+            || self.max_blocks == 0
+            || self.num_classes == 0
+        {
+            return Err(
+                "tokens_per_block, max_block_bytes, max_blocks and num_classes must be positive"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&self.label_smoothing) || self.reconstruction_weight < 0.0 {
             return Err("label_smoothing must be in [0, 1) and reconstruction_weight ≥ 0".into());
@@ -229,11 +242,13 @@ mod tests {
             let c = Config::preset(name).unwrap_or_default();
             assert_eq!(c.validate(), Ok(()), "{name}");
             let json = serde_json::to_string_pretty(&c).unwrap_or_default();
-            let back: Config = serde_json::from_str(&json).unwrap_or_else(|_| Config::tiny().with_num_classes(1));
+            let back: Config =
+                serde_json::from_str(&json).unwrap_or_else(|_| Config::tiny().with_num_classes(1));
             assert_eq!(back, c, "{name}");
         }
         // Missing fields take the default preset's values, so old config files keep loading.
-        let partial: Config = serde_json::from_str(r#"{"num_classes": 3, "mixer": "attention"}"#).unwrap_or_default();
+        let partial: Config =
+            serde_json::from_str(r#"{"num_classes": 3, "mixer": "attention"}"#).unwrap_or_default();
         assert_eq!(partial.num_classes, 3);
         assert_eq!(partial.mixer, MixerKind::Attention);
         assert_eq!(partial.context_encoder, Config::small().context_encoder);

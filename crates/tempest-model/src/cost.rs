@@ -32,7 +32,12 @@ pub struct Params {
 impl Params {
     /// All parameters.
     pub fn total(&self) -> usize {
-        self.embedding + self.block_encoder + self.mixer + self.block_decoder + self.context_encoder + self.head
+        self.embedding
+            + self.block_encoder
+            + self.mixer
+            + self.block_decoder
+            + self.context_encoder
+            + self.head
     }
 
     /// Parameters used at inference (without D_t).
@@ -43,7 +48,11 @@ impl Params {
 
 /// Counts the parameters of a model built from `cfg`.
 pub fn params(cfg: &Config) -> Params {
-    let (dt, dc, lt) = (cfg.block_encoder.dim, cfg.context_encoder.dim, cfg.tokens_per_block);
+    let (dt, dc, lt) = (
+        cfg.block_encoder.dim,
+        cfg.context_encoder.dim,
+        cfg.tokens_per_block,
+    );
     let h = cfg.mixer_mlp_dim;
     let mix = match cfg.mixer {
         MixerKind::Linear => lt * cfg.max_block_bytes,
@@ -59,14 +68,23 @@ pub fn params(cfg: &Config) -> Params {
         BlockPositionKind::IndexAndTime => 2 * TIME_FREQUENCIES * dc,
         BlockPositionKind::Index => 0,
     };
-    let length = if cfg.length_embedding { (cfg.max_block_bytes + 1) * dc } else { 0 };
+    let length = if cfg.length_embedding {
+        (cfg.max_block_bytes + 1) * dc
+    } else {
+        0
+    };
     let sub = if lt > 1 { lt * dc } else { 0 };
     Params {
         embedding: cfg.vocab_size * dt + cfg.max_block_bytes * dt,
         block_encoder: stack_params(&cfg.block_encoder),
         mixer: mix + 2 * dt + dt * h + h + h * dc + dc,
         block_decoder,
-        context_encoder: dc + cfg.max_blocks * dc + time + length + sub + stack_params(&cfg.context_encoder),
+        context_encoder: dc
+            + cfg.max_blocks * dc
+            + time
+            + length
+            + sub
+            + stack_params(&cfg.context_encoder),
         head: dc * cfg.num_classes + cfg.num_classes,
     }
 }
@@ -111,7 +129,11 @@ impl Flops {
 
 /// FLOPs of one item of `n` blocks of `l` bytes.
 pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
-    let (dt, dc, lt) = (cfg.block_encoder.dim as f64, cfg.context_encoder.dim as f64, cfg.tokens_per_block);
+    let (dt, dc, lt) = (
+        cfg.block_encoder.dim as f64,
+        cfg.context_encoder.dim as f64,
+        cfg.tokens_per_block,
+    );
     let (nf, lf, ltf, h) = (n as f64, l as f64, lt as f64, cfg.mixer_mlp_dim as f64);
     let pool = match cfg.mixer {
         MixerKind::Linear => 2.0 * ltf * lf * dt,
@@ -129,7 +151,8 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
         block_encoder: stack_flops(&cfg.block_encoder, n, l),
         mixer,
         block_decoder,
-        context_encoder: stack_flops(&cfg.context_encoder, 1, n * lt + 1) + 2.0 * dc * cfg.num_classes as f64,
+        context_encoder: stack_flops(&cfg.context_encoder, 1, n * lt + 1)
+            + 2.0 * dc * cfg.num_classes as f64,
     }
 }
 
@@ -139,9 +162,17 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
 pub fn ast_patches(seconds: f64) -> usize {
     let samples = (seconds * 16_000.0).round() as usize;
     // Kaldi fbank framing at 16 kHz: 400-sample windows every 160 samples.
-    let frames = if samples >= 400 { (samples - 400) / 160 + 1 } else { 0 };
+    let frames = if samples >= 400 {
+        (samples - 400) / 160 + 1
+    } else {
+        0
+    };
     let freq = (128 - 16) / 10 + 1;
-    let time = if frames >= 16 { (frames - 16) / 10 + 1 } else { 0 };
+    let time = if frames >= 16 {
+        (frames - 16) / 10 + 1
+    } else {
+        0
+    };
     freq * time
 }
 
@@ -158,21 +189,26 @@ pub fn context_attention(cfg: &Config, blocks: usize) -> usize {
     t * t
 }
 
-/// A printable report of a preset's costs for items of `n` blocks of `l` bytes.
-pub fn report(name: &str, cfg: &Config, n: usize, l: usize) -> String {
+/// A printable report of a preset's parameters.
+pub fn params_report(name: &str, cfg: &Config) -> String {
     let p = params(cfg);
-    let f = flops(cfg, n, l);
     format!(
-        "{name}: {:.3} M parameters ({:.3} M at inference: E_t {:.3}, M {:.3}, E_c {:.3}, D_t {:.3}, embeddings {:.3}); \
-         per item of N={n}, L={l}: inference {:.3} GFLOP, training step {:.3} GFLOP \
-         (E_t {:.1} %, M {:.1} %, E_c {:.1} %, D_t {:.1} % of the forward)",
+        "{name}: {:.3} M parameters, {:.3} M at inference (embeddings {:.3}, E_t {:.3}, M {:.3}, E_c {:.3}, D_t {:.3})",
         p.total() as f64 / 1e6,
         p.inference() as f64 / 1e6,
+        p.embedding as f64 / 1e6,
         p.block_encoder as f64 / 1e6,
         p.mixer as f64 / 1e6,
         p.context_encoder as f64 / 1e6,
         p.block_decoder as f64 / 1e6,
-        p.embedding as f64 / 1e6,
+    )
+}
+
+/// A printable report of a preset's FLOPs for items of `n` blocks of `l` bytes.
+pub fn flops_report(cfg: &Config, n: usize, l: usize) -> String {
+    let f = flops(cfg, n, l);
+    format!(
+        "inference {:.3} GFLOP, training step {:.3} GFLOP per item (forward: E_t {:.1} %, M {:.1} %, E_c {:.1} %, D_t {:.1} %)",
         f.inference() / 1e9,
         f.training() / 1e9,
         100.0 * f.block_encoder / f.forward(),
@@ -180,6 +216,48 @@ pub fn report(name: &str, cfg: &Config, n: usize, l: usize) -> String {
         100.0 * f.context_encoder / f.forward(),
         100.0 * f.block_decoder / f.forward(),
     )
+}
+
+/// Item shapes the cost table uses: (what, N, L).
+pub const SHAPES: [(&str, usize, usize); 3] = [
+    ("1 s of 16 kHz MP3 at 32 kbps (28 frames of 144 B)", 28, 144),
+    (
+        "10 s of 16 kHz MP3 at 32 kbps (278 frames of 144 B)",
+        278,
+        144,
+    ),
+    ("28x28 grayscale JPEG (16 MCUs of <= 32 B)", 16, 32),
+];
+
+/// The table `examples/cost.rs` prints: each preset's parameters and FLOPs for the
+/// [`SHAPES`], then E_c's attention size against an AST's.
+pub fn table() -> String {
+    let mut out = String::new();
+    for name in ["tiny", "small", "paper"] {
+        let cfg = Config::preset(name).unwrap_or_default();
+        out.push_str(&params_report(name, &cfg));
+        out.push('\n');
+        for (what, n, l) in SHAPES {
+            out.push_str(&format!("  {what}: {}\n", flops_report(&cfg, n, l)));
+        }
+    }
+    out.push_str("\nAttention matrix per head and layer, E_c (L' = 1) against AST (128 mel bins, 16x16 patches, stride 10):\n");
+    for seconds in [1.0, 10.0] {
+        let ast = ast_patches(seconds);
+        for (what, fps) in [
+            ("16 kHz MP3 frames", mp3_frames_per_second(16_000)),
+            ("tokens at the paper's 32/s", 32.0),
+        ] {
+            let n = (seconds * fps).ceil() as usize;
+            let ec = context_attention(&Config::tiny(), n);
+            out.push_str(&format!(
+                "  {seconds:>4} s: E_c over {n} {what} + [CLS]: {ec} entries; AST over {ast} patches: {} entries ({:.1}x larger)\n",
+                ast * ast,
+                (ast * ast) as f64 / ec as f64
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -207,37 +285,4 @@ mod tests {
         let d = flops(&c.clone().with_reconstruction_weight(0.1), 16, 32);
         assert!(d.block_decoder > 0.0 && d.inference() == a.inference());
     }
-}
-
-/// Item shapes the cost table uses: (what, N, L).
-pub const SHAPES: [(&str, usize, usize); 3] = [
-    ("1 s of 16 kHz MP3 at 32 kbps (28 frames of 144 B)", 28, 144),
-    ("10 s of 16 kHz MP3 at 32 kbps (278 frames of 144 B)", 278, 144),
-    ("28x28 grayscale JPEG (16 MCUs of <= 32 B)", 16, 32),
-];
-
-/// The table `examples/cost.rs` prints: each preset's parameters and FLOPs for the
-/// [`SHAPES`], then E_c's attention size against an AST's.
-pub fn table() -> String {
-    let mut out = String::new();
-    for name in ["tiny", "small", "paper"] {
-        let cfg = Config::preset(name).unwrap_or_default();
-        for (what, n, l) in SHAPES {
-            out.push_str(&format!("{what}\n  {}\n", report(name, &cfg, n, l)));
-        }
-    }
-    out.push_str("\nAttention matrix per head and layer, E_c (L' = 1) against AST (128 mel bins, 16x16 patches, stride 10):\n");
-    for seconds in [1.0, 10.0] {
-        let ast = ast_patches(seconds);
-        for (what, fps) in [("16 kHz MP3 frames", mp3_frames_per_second(16_000)), ("the paper's 32 tokens/s", 32.0)] {
-            let n = (seconds * fps).ceil() as usize;
-            let ec = context_attention(&Config::tiny(), n);
-            out.push_str(&format!(
-                "  {seconds:>4} s: E_c over {n} {what} + [CLS]: {ec} entries; AST over {ast} patches: {} entries ({:.1}x larger)\n",
-                ast * ast,
-                (ast * ast) as f64 / ec as f64
-            ));
-        }
-    }
-    out
 }

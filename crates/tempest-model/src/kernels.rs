@@ -6,7 +6,9 @@
 //! back to candle's `gelu` (same tanh approximation), so the model runs anywhere.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// √(2/π), the constant of GELU's tanh approximation (Hendrycks & Gimpel 2016, eq. 2).
@@ -60,7 +62,11 @@ fn map1<T: Copy + Send + Sync + Default>(xs: &[T], f: impl Fn(T) -> T + Sync) ->
     out
 }
 
-fn map2<T: Copy + Send + Sync + Default>(xs: &[T], gs: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+fn map2<T: Copy + Send + Sync + Default>(
+    xs: &[T],
+    gs: &[T],
+    f: impl Fn(T, T) -> T + Sync,
+) -> Vec<T> {
     let mut out = vec![T::default(); xs.len()];
     if xs.len() >= PAR_MIN {
         out.par_chunks_mut(CHUNK)
@@ -115,17 +121,31 @@ impl CustomOp2 for GeluGrad {
         "tempest-gelu-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
-            candle_core::bail!("fused gelu grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
+            candle_core::bail!(
+                "fused gelu grad: shapes {:?} and {:?}",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let out = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(map2(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, |x, g| {
-                g * gelu_grad_f32(x)
-            })),
-            DType::F64 => CpuStorage::F64(map2(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, |x, g| {
-                g * gelu_grad_f64(x)
-            })),
+            DType::F32 => CpuStorage::F32(map2(
+                contiguous::<f32>(s1, l1)?,
+                contiguous::<f32>(s2, l2)?,
+                |x, g| g * gelu_grad_f32(x),
+            )),
+            DType::F64 => CpuStorage::F64(map2(
+                contiguous::<f64>(s1, l1)?,
+                contiguous::<f64>(s2, l2)?,
+                |x, g| g * gelu_grad_f64(x),
+            )),
             d => candle_core::bail!("fused gelu grad: unsupported dtype {d:?}"),
         };
         Ok((out, l1.shape().clone()))
@@ -141,7 +161,6 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         x.gelu()
     }
 }
-
 
 /// Rows of `x` processed per parallel task.
 fn rows_per_task(rows: usize, d: usize) -> usize {
@@ -169,7 +188,9 @@ fn softmax_rows<T: candle_core::WithDType>(x: &[T], d: usize) -> Vec<T> {
     if x.len() >= PAR_MIN {
         out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
     } else {
-        out.chunks_mut(n.max(1)).zip(x.chunks(n.max(1))).for_each(task);
+        out.chunks_mut(n.max(1))
+            .zip(x.chunks(n.max(1)))
+            .for_each(task);
     }
     out
 }
@@ -193,7 +214,9 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?,
+        ))
     }
 }
 
@@ -212,9 +235,13 @@ fn softmax_grad_rows<T: candle_core::WithDType>(y: &[T], g: &[T], d: usize) -> V
     };
     let n = rows_per_task(y.len() / d.max(1), d) * d;
     if y.len() >= PAR_MIN {
-        out.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(task);
+        out.par_chunks_mut(n)
+            .zip(y.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(task);
     } else {
-        out.chunks_mut(n.max(1)).zip(y.chunks(n.max(1)).zip(g.chunks(n.max(1)))).for_each(task);
+        out.chunks_mut(n.max(1))
+            .zip(y.chunks(n.max(1)).zip(g.chunks(n.max(1))))
+            .for_each(task);
     }
     out
 }
@@ -224,14 +251,32 @@ impl CustomOp2 for SoftmaxGrad {
         "tempest-softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         if l1.shape() != l2.shape() {
-            candle_core::bail!("fused softmax grad: shapes {:?} and {:?}", l1.shape(), l2.shape());
+            candle_core::bail!(
+                "fused softmax grad: shapes {:?} and {:?}",
+                l1.shape(),
+                l2.shape()
+            );
         }
         let d = l1.dims().last().copied().unwrap_or(1);
         let out = match s1.dtype() {
-            DType::F32 => CpuStorage::F32(softmax_grad_rows(contiguous::<f32>(s1, l1)?, contiguous::<f32>(s2, l2)?, d)),
-            DType::F64 => CpuStorage::F64(softmax_grad_rows(contiguous::<f64>(s1, l1)?, contiguous::<f64>(s2, l2)?, d)),
+            DType::F32 => CpuStorage::F32(softmax_grad_rows(
+                contiguous::<f32>(s1, l1)?,
+                contiguous::<f32>(s2, l2)?,
+                d,
+            )),
+            DType::F64 => CpuStorage::F64(softmax_grad_rows(
+                contiguous::<f64>(s1, l1)?,
+                contiguous::<f64>(s2, l2)?,
+                d,
+            )),
             dt => candle_core::bail!("fused softmax grad: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
@@ -270,7 +315,9 @@ fn layer_norm_rows<T: candle_core::WithDType>(x: &[T], w: &[T], b: &[T], eps: f6
     if x.len() >= PAR_MIN {
         out.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(task);
     } else {
-        out.chunks_mut(n.max(1)).zip(x.chunks(n.max(1))).for_each(task);
+        out.chunks_mut(n.max(1))
+            .zip(x.chunks(n.max(1)))
+            .for_each(task);
     }
     out
 }
@@ -308,9 +355,15 @@ fn layer_norm_grad_rows<T: candle_core::WithDType>(x: &[T], w: &[T], g: &[T], ep
     };
     let n = rows_per_task(rows, d) * d;
     let parts: Vec<(Vec<f64>, Vec<f64>)> = if x.len() >= PAR_MIN {
-        dx.par_chunks_mut(n).zip(x.par_chunks(n).zip(g.par_chunks(n))).map(task).collect()
+        dx.par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .map(task)
+            .collect()
     } else {
-        dx.chunks_mut(n.max(1)).zip(x.chunks(n.max(1)).zip(g.chunks(n.max(1)))).map(task).collect()
+        dx.chunks_mut(n.max(1))
+            .zip(x.chunks(n.max(1)).zip(g.chunks(n.max(1))))
+            .map(task)
+            .collect()
     };
     let (mut dw, mut db) = (vec![0.0; d], vec![0.0; d]);
     for (pw, pb) in parts {
@@ -341,7 +394,12 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(CpuStorage, Shape)> {
         let d = l1.dims().last().copied().unwrap_or(1);
         if l2.dims() != [d] || l3.dims() != [d] {
-            candle_core::bail!("fused layer norm: x {:?}, w {:?}, b {:?}", l1.shape(), l2.shape(), l3.shape());
+            candle_core::bail!(
+                "fused layer norm: x {:?}, w {:?}, b {:?}",
+                l1.shape(),
+                l2.shape(),
+                l3.shape()
+            );
         }
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(layer_norm_rows(
@@ -399,7 +457,11 @@ impl CustomOp3 for LayerNormGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let n = l1.shape().elem_count() + 2 * l2.shape().elem_count();
         if l1.shape() != l3.shape() {
-            candle_core::bail!("fused layer norm grad: x {:?}, grad {:?}", l1.shape(), l3.shape());
+            candle_core::bail!(
+                "fused layer norm grad: x {:?}, grad {:?}",
+                l1.shape(),
+                l3.shape()
+            );
         }
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(layer_norm_grad_rows(
@@ -424,7 +486,11 @@ impl CustomOp3 for LayerNormGrad {
 /// the CPU (f32/f64); `None` elsewhere, so the caller uses the tensor-op version.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        Ok(Some(x.contiguous()?.apply_op3(w, b, LayerNormOp { eps })?))
+        Ok(Some(x.contiguous()?.apply_op3(
+            w,
+            b,
+            LayerNormOp { eps },
+        )?))
     } else {
         Ok(None)
     }
@@ -437,7 +503,9 @@ mod tests {
 
     fn sample(n: usize, dtype: DType) -> Result<Tensor> {
         // Values spanning GELU's interesting range (−8..8), including 0.
-        let v: Vec<f64> = (0..n).map(|i| (i as f64 / (n - 1) as f64) * 16.0 - 8.0).collect();
+        let v: Vec<f64> = (0..n)
+            .map(|i| (i as f64 / (n - 1) as f64) * 16.0 - 8.0)
+            .collect();
         Tensor::from_vec(v, n, &Device::Cpu)?.to_dtype(dtype)
     }
 
@@ -445,7 +513,11 @@ mod tests {
     fn forward_matches_candle() -> Result<()> {
         for (n, dtype, tol) in [(101, DType::F64, 1e-12), (50_001, DType::F32, 2e-6)] {
             let x = sample(n, dtype)?;
-            let diff = (gelu(&x)? - x.gelu()?)?.abs()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let diff = (gelu(&x)? - x.gelu()?)?
+                .abs()?
+                .max(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
             assert!(diff < tol, "{dtype:?} n={n}: max diff {diff}");
         }
         Ok(())
@@ -464,13 +536,21 @@ mod tests {
             };
             // candle's backward rounds its constants to 6 digits: compare loosely to it, and
             // tightly to a central finite difference in f64.
-            let diff = (a - b)?.abs()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let diff = (a - b)?
+                .abs()?
+                .max(0)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
             assert!(diff < tol, "{dtype:?}: max diff {diff}");
         }
         let h = 1e-6;
         for x in [-3.0, -0.7, 0.0, 0.3, 1.1, 4.0] {
             let fd = (gelu_f64(x + h) - gelu_f64(x - h)) / (2.0 * h);
-            assert!((fd - gelu_grad_f64(x)).abs() < 1e-8, "x={x}: {fd} vs {}", gelu_grad_f64(x));
+            assert!(
+                (fd - gelu_grad_f64(x)).abs() < 1e-8,
+                "x={x}: {fd} vs {}",
+                gelu_grad_f64(x)
+            );
         }
         Ok(())
     }
@@ -478,7 +558,11 @@ mod tests {
     #[test]
     fn non_contiguous_input_is_handled() -> Result<()> {
         let x = sample(64, DType::F32)?.reshape((8, 8))?.t()?;
-        let diff = (gelu(&x)? - x.gelu()?)?.abs()?.max_keepdim(0)?.max(1)?.to_vec1::<f32>()?;
+        let diff = (gelu(&x)? - x.gelu()?)?
+            .abs()?
+            .max_keepdim(0)?
+            .max(1)?
+            .to_vec1::<f32>()?;
         assert!(diff[0] < 1e-6);
         Ok(())
     }
@@ -492,36 +576,58 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-        (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+        (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()
     }
 
     #[test]
     fn softmax_matches_candle_forward_and_backward() -> Result<()> {
         // 2·3·40 rows of 100: above PAR_MIN, so the parallel path runs; 5×7 rows: the serial one.
-        for (shape, dtype, tol) in [(vec![2usize, 3, 40, 100], DType::F32, 1e-6), (vec![5, 7], DType::F64, 1e-14)] {
-            let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, shape.clone(), &Device::Cpu)?.to_dtype(dtype)?))?;
+        for (shape, dtype, tol) in [
+            (vec![2usize, 3, 40, 100], DType::F32, 1e-6),
+            (vec![5, 7], DType::F64, 1e-14),
+        ] {
+            let x = Var::from_tensor(
+                &(Tensor::randn(0f32, 3.0, shape.clone(), &Device::Cpu)?.to_dtype(dtype)?),
+            )?;
             let w = Tensor::randn(0f32, 1.0, shape, &Device::Cpu)?.to_dtype(dtype)?;
             let fused = softmax(x.as_tensor())?;
             let plain = candle_nn::ops::softmax(x.as_tensor(), candle_core::D::Minus1)?;
             assert!(max_diff(&fused, &plain)? < tol);
             let (gf, gp) = (grads_of(&x, &fused, &w)?, grads_of(&x, &plain, &w)?);
-            assert!(max_diff(&gf, &gp)? < tol, "{dtype:?}: {}", max_diff(&gf, &gp)?);
+            assert!(
+                max_diff(&gf, &gp)? < tol,
+                "{dtype:?}: {}",
+                max_diff(&gf, &gp)?
+            );
         }
         Ok(())
     }
 
     #[test]
     fn layer_norm_matches_candle_forward_and_backward() -> Result<()> {
-        for (shape, dtype, tol) in [(vec![4usize, 50, 96], DType::F32, 2e-5), (vec![3, 8], DType::F64, 1e-12)] {
+        for (shape, dtype, tol) in [
+            (vec![4usize, 50, 96], DType::F32, 2e-5),
+            (vec![3, 8], DType::F64, 1e-12),
+        ] {
             let d = shape[shape.len() - 1];
             let dev = Device::Cpu;
-            let x = Var::from_tensor(&(Tensor::randn(1f32, 2.0, shape.clone(), &dev)?.to_dtype(dtype)?))?;
+            let x = Var::from_tensor(
+                &(Tensor::randn(1f32, 2.0, shape.clone(), &dev)?.to_dtype(dtype)?),
+            )?;
             let a = Var::from_tensor(&(Tensor::randn(1f32, 0.5, d, &dev)?.to_dtype(dtype)?))?;
             let b = Var::from_tensor(&(Tensor::randn(0f32, 0.5, d, &dev)?.to_dtype(dtype)?))?;
             let w = Tensor::randn(0f32, 1.0, shape, &dev)?.to_dtype(dtype)?;
             let fused = layer_norm(x.as_tensor(), a.as_tensor(), b.as_tensor(), 1e-5)?;
-            let Some(fused) = fused else { candle_core::bail!("no fused layer norm on the CPU") };
-            let plain = candle_nn::ops::layer_norm_slow(x.as_tensor(), a.as_tensor(), b.as_tensor(), 1e-5)?;
+            let Some(fused) = fused else {
+                candle_core::bail!("no fused layer norm on the CPU")
+            };
+            let plain =
+                candle_nn::ops::layer_norm_slow(x.as_tensor(), a.as_tensor(), b.as_tensor(), 1e-5)?;
             assert!(max_diff(&fused, &plain)? < tol);
             let gf = (&fused * &w)?.sum_all()?.backward()?;
             let gp = (&plain * &w)?.sum_all()?.backward()?;
@@ -529,8 +635,18 @@ mod tests {
                 let (Some(f), Some(p)) = (gf.get(v.as_tensor()), gp.get(v.as_tensor())) else {
                     candle_core::bail!("missing gradient")
                 };
-                let scale = p.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()?.max(1.0);
-                assert!(max_diff(f, p)? / scale < tol, "{dtype:?}: {}", max_diff(f, p)?);
+                let scale = p
+                    .abs()?
+                    .flatten_all()?
+                    .max(0)?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    .max(1.0);
+                assert!(
+                    max_diff(f, p)? / scale < tol,
+                    "{dtype:?}: {}",
+                    max_diff(f, p)?
+                );
             }
         }
         Ok(())

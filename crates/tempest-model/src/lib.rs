@@ -45,5 +45,8 @@ pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGH
 pub use classifier::{Classifier, Prediction};
 pub use config::{BlockPositionKind, Config, MixerKind, StackConfig};
 pub use error::{Error, Result};
-pub use model::{cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output, Tempest, TIME_FREQUENCIES};
+pub use model::{
+    cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
+    Tempest, TIME_FREQUENCIES,
+};
 pub use optim::{clip_grad_norm, CosineSchedule, StepStats, TrainConfig, Trainer};

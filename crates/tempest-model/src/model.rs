@@ -54,18 +54,41 @@ impl Mixer {
             MixerKind::Linear => Mix::Linear(vb.get_with_hints(
                 (lt, cfg.max_block_bytes),
                 "mix",
-                Init::Randn { mean: 1.0, stdev: EMBED_STD },
+                Init::Randn {
+                    mean: 1.0,
+                    stdev: EMBED_STD,
+                },
             )?),
             MixerKind::Attention => Mix::Attention(
-                vb.get_with_hints((lt, dt), "queries", Init::Randn { mean: 0.0, stdev: 1.0 })?,
-                Attention::new(dt, cfg.block_encoder.heads, 1.0 / (dt as f64).sqrt(), cfg.fused_kernels, vb.pp("attn"))?,
+                vb.get_with_hints(
+                    (lt, dt),
+                    "queries",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                )?,
+                Attention::new(
+                    dt,
+                    cfg.block_encoder.heads,
+                    1.0 / (dt as f64).sqrt(),
+                    cfg.fused_kernels,
+                    vb.pp("attn"),
+                )?,
             ),
             // MixerKind is non_exhaustive only towards other crates.
         };
         Ok(Mixer {
             mix,
             norm: LayerNorm::new(dt, cfg.layer_norm_eps, cfg.fused_kernels, vb.pp("norm"))?,
-            mlp: Mlp::new(dt, cfg.mixer_mlp_dim, cfg.context_encoder.dim, None, cfg.fused_kernels, vb.pp("mlp"))?,
+            mlp: Mlp::new(
+                dt,
+                cfg.mixer_mlp_dim,
+                cfg.context_encoder.dim,
+                None,
+                cfg.fused_kernels,
+                vb.pp("mlp"),
+            )?,
         })
     }
 
@@ -82,7 +105,10 @@ impl Mixer {
             }
             Mix::Attention(queries, attn) => {
                 let q = attn.q().forward(queries)?; // [L', d_t], projected once
-                let q = q.unsqueeze(0)?.broadcast_as((bn, q.dim(0)?, dt))?.contiguous()?;
+                let q = q
+                    .unsqueeze(0)?
+                    .broadcast_as((bn, q.dim(0)?, dt))?
+                    .contiguous()?;
                 attn.attend_projected(&q, h, Some(bias))?
             }
         };
@@ -109,7 +135,10 @@ impl BlockDecoder {
             positions: vb.get_with_hints(
                 (cfg.max_block_bytes, d),
                 "positions",
-                Init::Randn { mean: 0.0, stdev: EMBED_STD },
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
             )?,
             stack: Transformer::new(&spec(cfg, &cfg.block_decoder), vb.clone())?,
             output: Linear::new(d, 256, true, None, vb.pp("output"))?,
@@ -123,7 +152,11 @@ impl BlockDecoder {
         let (bn, lt, _) = tokens.dims3()?;
         let d = self.positions.dim(1)?;
         let t = self.input.forward(tokens)?;
-        let q = self.positions.narrow(0, 0, l)?.unsqueeze(0)?.broadcast_as((bn, l, d))?;
+        let q = self
+            .positions
+            .narrow(0, 0, l)?
+            .unsqueeze(0)?
+            .broadcast_as((bn, l, d))?;
         let x = Tensor::cat(&[&t, &q], 1)?;
         let y = self.stack.forward(&x, None, train)?;
         self.output.forward(&y.narrow(1, lt, l)?)
@@ -201,12 +234,23 @@ impl Tempest {
             byte_positions: ve.get_with_hints(
                 (config.max_block_bytes, dt),
                 "positions",
-                Init::Randn { mean: 0.0, stdev: EMBED_STD },
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
             )?,
-            block_encoder: Transformer::new(&spec(config, &config.block_encoder), vb.pp("block_encoder"))?,
+            block_encoder: Transformer::new(
+                &spec(config, &config.block_encoder),
+                vb.pp("block_encoder"),
+            )?,
             mixer: Mixer::new(config, vb.pp("mixer"))?,
             length: if config.length_embedding {
-                Some(Embedding::new(config.max_block_bytes + 1, dc, EMBED_STD, vb.pp("length"))?)
+                Some(Embedding::new(
+                    config.max_block_bytes + 1,
+                    dc,
+                    EMBED_STD,
+                    vb.pp("length"),
+                )?)
             } else {
                 None
             },
@@ -215,13 +259,23 @@ impl Tempest {
             } else {
                 None
             },
-            cls: vc.get_with_hints((1, dc), "cls", Init::Randn { mean: 0.0, stdev: EMBED_STD })?,
+            cls: vc.get_with_hints(
+                (1, dc),
+                "cls",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
+            )?,
             block_index: Embedding::new(config.max_blocks, dc, EMBED_STD, vc.pp("block_index"))?,
             sub_token: if config.tokens_per_block > 1 {
                 Some(vc.get_with_hints(
                     (config.tokens_per_block, dc),
                     "sub_token",
-                    Init::Randn { mean: 0.0, stdev: EMBED_STD },
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: EMBED_STD,
+                    },
                 )?)
             } else {
                 None
@@ -261,7 +315,13 @@ impl Tempest {
     /// Byte embedding, E_t and M, each block on its own: `ids [B, N, L] u32`, `byte_mask
     /// [B, N, L] u8`, `block_len [B, N] u32` → block tokens `[B, N, L', d_c]`. A block only sees
     /// its own bytes, so blocks can be encoded as they arrive (streaming).
-    pub fn encode_blocks(&self, ids: &Tensor, byte_mask: &Tensor, block_len: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn encode_blocks(
+        &self,
+        ids: &Tensor,
+        byte_mask: &Tensor,
+        block_len: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, n, l) = ids.dims3()?;
         if l > self.config.max_block_bytes {
             candle_core::bail!(
@@ -295,7 +355,8 @@ impl Tempest {
         let index = batch.block_index.broadcast_minimum(&last)?;
         let mut pos = self.block_index.forward(&index)?; // [B, N, d_c]
         if let Some(time) = &self.time {
-            pos = (pos + time.forward(&time_features(&batch.block_time)?.to_dtype(self.dtype)?)?)?;
+            pos =
+                (pos + time.forward(&time_features(&batch.block_time)?.to_dtype(self.dtype)?)?)?;
         }
         let mut x = tokens.broadcast_add(&pos.unsqueeze(2)?)?;
         if let Some(sub) = &self.sub_token {
@@ -306,17 +367,26 @@ impl Tempest {
         let x = Tensor::cat(&[&cls, &x], 1)?;
         // Key mask: [CLS] and every token of a real block.
         let block_mask = batch.block_mask.to_dtype(self.dtype)?;
-        let token_mask = block_mask.unsqueeze(2)?.broadcast_as((b, n, lt))?.reshape((b, n * lt))?;
+        let token_mask = block_mask
+            .unsqueeze(2)?
+            .broadcast_as((b, n, lt))?
+            .reshape((b, n * lt))?;
         let mask = Tensor::cat(&[&Tensor::ones((b, 1), self.dtype, dev)?, &token_mask], 1)?;
-        let y = self.context_encoder.forward(&x, Some(&key_bias(&mask, self.dtype)?), train)?;
+        let y = self
+            .context_encoder
+            .forward(&x, Some(&key_bias(&mask, self.dtype)?), train)?;
         self.head.forward(&y.i((.., 0))?)
     }
 
     /// Inference or a training pass without the losses: class logits and block tokens.
     pub fn forward(&self, batch: &Batch, train: bool) -> Result<Output> {
-        let block_tokens = self.encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, train)?;
+        let block_tokens =
+            self.encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, train)?;
         let logits = self.classify_tokens(&block_tokens, batch, train)?;
-        Ok(Output { logits, block_tokens })
+        Ok(Output {
+            logits,
+            block_tokens,
+        })
     }
 
     /// Class probabilities `[B, classes]` (inference, no dropout).
@@ -327,14 +397,22 @@ impl Tempest {
     /// L = L_c + λ·L_r and its parts. D_t runs only when λ > 0.
     pub fn loss(&self, batch: &Batch, train: bool) -> Result<Losses> {
         let out = self.forward(batch, train)?;
-        let classification = cross_entropy(&out.logits, &batch.labels, self.config.label_smoothing)?;
+        let classification =
+            cross_entropy(&out.logits, &batch.labels, self.config.label_smoothing)?;
         let (total, reconstruction) = match &self.block_decoder {
             Some(dec) => {
                 let (b, n, lt, dc) = out.block_tokens.dims4()?;
                 let l = batch.ids.dim(2)?;
                 let logits = dec.forward(&out.block_tokens.reshape((b * n, lt, dc))?, l, train)?;
-                let lr = reconstruction_loss(&logits, &batch.ids.reshape((b * n, l))?, &batch.byte_mask.reshape((b * n, l))?)?;
-                ((&classification + (&lr * self.config.reconstruction_weight)?)?, Some(lr))
+                let lr = reconstruction_loss(
+                    &logits,
+                    &batch.ids.reshape((b * n, l))?,
+                    &batch.byte_mask.reshape((b * n, l))?,
+                )?;
+                (
+                    (&classification + (&lr * self.config.reconstruction_weight)?)?,
+                    Some(lr),
+                )
             }
             None => (classification.clone(), None),
         };
@@ -358,7 +436,10 @@ pub fn time_features(t: &Tensor) -> Result<Tensor> {
         })
         .collect();
     let w = Tensor::from_vec(omegas, TIME_FREQUENCIES, t.device())?;
-    let phase = t.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?.broadcast_mul(&w)?;
+    let phase = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(D::Minus1)?
+        .broadcast_mul(&w)?;
     Tensor::cat(&[&phase.sin()?, &phase.cos()?], D::Minus1)
 }
 

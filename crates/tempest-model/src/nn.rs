@@ -25,9 +25,19 @@ pub struct Linear {
 
 impl Linear {
     /// A layer with weights drawn from N(0, `std`²) (LeCun: `std = 1/√in` unless given) and a zero bias.
-    pub fn new(in_dim: usize, out_dim: usize, bias: bool, std: Option<f64>, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        std: Option<f64>,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
         let stdev = std.unwrap_or(1.0 / (in_dim as f64).sqrt());
-        let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev })?;
+        let weight = vb.get_with_hints(
+            (out_dim, in_dim),
+            "weight",
+            Init::Randn { mean: 0.0, stdev },
+        )?;
         let bias = if bias {
             Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
         } else {
@@ -92,7 +102,9 @@ impl LayerNorm {
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
         let inv = (var + self.eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        xc.broadcast_mul(&inv)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -126,7 +138,13 @@ pub struct Attention {
 impl Attention {
     /// Attention of width `dim` with `heads` heads; `out_std` initialises `o`; `fused` uses
     /// [`kernels::softmax`].
-    pub fn new(dim: usize, heads: usize, out_std: f64, fused: bool, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        out_std: f64,
+        fused: bool,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
         if heads == 0 || dim % heads != 0 {
             candle_core::bail!("attention width {dim} is not a multiple of {heads} heads");
         }
@@ -143,7 +161,9 @@ impl Attention {
 
     fn split(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        x.reshape((b, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
     }
 
     /// Self-attention when `kv` is `x`. `x: [B, Tq, d]`, `kv: [B, Tk, d]`, `bias: [B, 1, 1, Tk]`
@@ -154,7 +174,12 @@ impl Attention {
     }
 
     /// Attention with queries already projected by `q` (learned queries are projected once).
-    pub fn attend_projected(&self, q: &Tensor, kv: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    pub fn attend_projected(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, tq, d) = q.dims3()?;
         let q = self.split(q)?;
         let k = self.split(&self.k.forward(kv)?)?;
@@ -166,7 +191,11 @@ impl Attention {
             Some(bias) => scores.broadcast_add(bias)?,
             None => scores,
         };
-        let att = if self.fused { kernels::softmax(&scores)? } else { softmax(&scores)? };
+        let att = if self.fused {
+            kernels::softmax(&scores)?
+        } else {
+            softmax(&scores)?
+        };
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, d))?;
         self.o.forward(&y)
     }
@@ -187,7 +216,14 @@ pub struct Mlp {
 
 impl Mlp {
     /// `dim → hidden → out`; `out_std` initialises `fc2`.
-    pub fn new(dim: usize, hidden: usize, out: usize, out_std: Option<f64>, fused: bool, vb: VarBuilder<'_>) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        hidden: usize,
+        out: usize,
+        out_std: Option<f64>,
+        fused: bool,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
         Ok(Mlp {
             fc1: Linear::new(dim, hidden, true, None, vb.pp("fc1"))?,
             fc2: Linear::new(hidden, out, true, out_std, vb.pp("fc2"))?,
@@ -198,7 +234,11 @@ impl Mlp {
     /// `[.., dim] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.fc1.forward(x)?;
-        let h = if self.fused { kernels::gelu(&h)? } else { h.gelu()? };
+        let h = if self.fused {
+            kernels::gelu(&h)?
+        } else {
+            h.gelu()?
+        };
         self.fc2.forward(&h)
     }
 }
@@ -237,12 +277,20 @@ impl TransformerLayer {
     pub fn new(spec: &StackSpec, vb: VarBuilder<'_>) -> Result<Self> {
         // GPT-2's scaling of the residual projections keeps the residual stream's variance
         // independent of depth at initialisation.
-        let out_std = 0.02_f64.max(1.0 / (spec.dim as f64).sqrt()) / (2.0 * spec.layers.max(1) as f64).sqrt();
+        let out_std =
+            0.02_f64.max(1.0 / (spec.dim as f64).sqrt()) / (2.0 * spec.layers.max(1) as f64).sqrt();
         Ok(TransformerLayer {
             norm1: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm1"))?,
             attn: Attention::new(spec.dim, spec.heads, out_std, spec.fused, vb.pp("attn"))?,
             norm2: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm2"))?,
-            mlp: Mlp::new(spec.dim, spec.mlp_dim, spec.dim, Some(out_std), spec.fused, vb.pp("mlp"))?,
+            mlp: Mlp::new(
+                spec.dim,
+                spec.mlp_dim,
+                spec.dim,
+                Some(out_std),
+                spec.fused,
+                vb.pp("mlp"),
+            )?,
             dropout: spec.dropout,
         })
     }
@@ -306,7 +354,14 @@ impl Embedding {
     /// A table initialised from N(0, `std`²).
     pub fn new(rows: usize, dim: usize, std: f64, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Embedding {
-            weight: vb.get_with_hints((rows, dim), "weight", Init::Randn { mean: 0.0, stdev: std })?,
+            weight: vb.get_with_hints(
+                (rows, dim),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+            )?,
         })
     }
 

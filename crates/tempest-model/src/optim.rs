@@ -53,7 +53,11 @@ pub fn grad_norm(vars: &[Var], grads: &GradStore) -> Result<f64> {
     let mut sum = 0.0f64;
     for v in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sum += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     Ok(sum.sqrt())
@@ -138,7 +142,8 @@ impl Trainer {
     /// An optimiser over every variable of `varmap`.
     pub fn new(varmap: &VarMap, config: TrainConfig) -> Result<Self> {
         let vars = varmap.all_vars();
-        let (matrices, rest): (Vec<Var>, Vec<Var>) = vars.iter().cloned().partition(|v| v.rank() >= 2);
+        let (matrices, rest): (Vec<Var>, Vec<Var>) =
+            vars.iter().cloned().partition(|v| v.rank() >= 2);
         let params = |wd| ParamsAdamW {
             lr: config.schedule.lr(0),
             beta1: config.beta1,
@@ -177,7 +182,8 @@ impl Trainer {
             self.decayed.step(&grads)?;
             self.plain.step(&grads)?;
         }
-        let scalar = |t: &Tensor| -> Result<f64> { t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>() };
+        let scalar =
+            |t: &Tensor| -> Result<f64> { t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>() };
         let stats = StepStats {
             step: self.step,
             loss: scalar(&losses.total)?,
@@ -198,7 +204,11 @@ impl Trainer {
 /// Items whose arg-max logit is their label.
 pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let pred = logits.argmax(candle_core::D::Minus1)?;
-    Ok(pred.eq(labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+    Ok(pred
+        .eq(labels)?
+        .to_dtype(candle_core::DType::U32)?
+        .sum_all()?
+        .to_scalar::<u32>()? as usize)
 }
 
 #[cfg(test)]
@@ -244,8 +254,15 @@ mod tests {
         let before = clip_grad_norm(&vars, &mut grads, 6.5)?;
         assert!((before - 13.0).abs() < 1e-5);
         assert!((grad_norm(&vars, &grads)? - 6.5).abs() < 1e-5);
-        let ga = grads.get(a.as_tensor()).map(|g| g.to_vec1::<f32>()).transpose()?.unwrap_or_default();
-        assert!((ga[0] - 1.5).abs() < 1e-6 && (ga[1] - 2.0).abs() < 1e-6, "{ga:?}");
+        let ga = grads
+            .get(a.as_tensor())
+            .map(|g| g.to_vec1::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        assert!(
+            (ga[0] - 1.5).abs() < 1e-6 && (ga[1] - 2.0).abs() < 1e-6,
+            "{ga:?}"
+        );
         // Below the threshold nothing changes.
         let again = clip_grad_norm(&vars, &mut grads, 100.0)?;
         assert!((again - 6.5).abs() < 1e-5);

@@ -16,7 +16,12 @@ fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    (a - b)?.abs()?.flatten_all()?.max(0)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -26,14 +31,22 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// Variants that together build every kind of variable: both mixers, L' = 1 and 2, the time
 /// projection, the length embedding, the block decoder.
 fn variants() -> Vec<(&'static str, Config)> {
-    let mut multi = Config::tiny().with_mixer(MixerKind::Attention).with_reconstruction_weight(0.5);
+    let mut multi = Config::tiny()
+        .with_mixer(MixerKind::Attention)
+        .with_reconstruction_weight(0.5);
     multi.tokens_per_block = 2;
     multi.block_position = BlockPositionKind::IndexAndTime;
     vec![
         ("tiny", Config::tiny()),
-        ("tiny+decoder", Config::tiny().with_reconstruction_weight(0.1)),
+        (
+            "tiny+decoder",
+            Config::tiny().with_reconstruction_weight(0.1),
+        ),
         ("tiny+attention-pool, L'=2, time, decoder", multi),
-        ("small+decoder", Config::small().with_reconstruction_weight(0.1)),
+        (
+            "small+decoder",
+            Config::small().with_reconstruction_weight(0.1),
+        ),
         ("paper", Config::paper()),
     ]
 }
@@ -45,7 +58,11 @@ fn every_variable_gets_a_finite_nonzero_gradient() -> Result<()> {
     for (name, cfg) in variants() {
         let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
         let losses = model.loss(&b, true)?;
-        assert_eq!(losses.reconstruction.is_some(), cfg.reconstruction_weight > 0.0, "{name}");
+        assert_eq!(
+            losses.reconstruction.is_some(),
+            cfg.reconstruction_weight > 0.0,
+            "{name}"
+        );
         let grads = losses.total.backward()?;
         let all = vars(&varmap);
         assert!(all.len() > 20, "{name}: {} variables", all.len());
@@ -54,8 +71,14 @@ fn every_variable_gets_a_finite_nonzero_gradient() -> Result<()> {
                 panic!("{name}: {vname} has no gradient")
             };
             let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-            assert!(g.iter().all(|x| x.is_finite()), "{name}: {vname} has a non-finite gradient");
-            assert!(g.iter().any(|&x| x != 0.0), "{name}: {vname} has an all-zero gradient");
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name}: {vname} has a non-finite gradient"
+            );
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "{name}: {vname} has an all-zero gradient"
+            );
         }
         // cost::params counts the same variables as the model builds.
         let count: usize = vars(&varmap).iter().map(|(_, v)| v.elem_count()).sum();
@@ -68,7 +91,9 @@ fn every_variable_gets_a_finite_nonzero_gradient() -> Result<()> {
 fn without_lambda_there_is_no_block_decoder() -> Result<()> {
     let (model, varmap) = Tempest::init(&Config::tiny(), &Device::Cpu, DType::F32)?;
     assert!(model.block_decoder().is_none());
-    assert!(vars(&varmap).iter().all(|(n, _)| !n.starts_with("block_decoder")));
+    assert!(vars(&varmap)
+        .iter()
+        .all(|(n, _)| !n.starts_with("block_decoder")));
     Ok(())
 }
 
@@ -79,13 +104,24 @@ fn padding_is_invisible() -> Result<()> {
     for (name, cfg) in variants().into_iter().take(3) {
         let (model, _) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
         let h = host(&data, &labels);
-        assert!(h.padding_ratio() > 0.3, "the batch must have padding to scramble");
-        let reference = model.loss(&h.to_tensors(&Device::Cpu).map_err(candle_core::Error::wrap)?, false)?;
+        assert!(
+            h.padding_ratio() > 0.3,
+            "the batch must have padding to scramble"
+        );
+        let reference = model.loss(
+            &h.to_tensors(&Device::Cpu)
+                .map_err(candle_core::Error::wrap)?,
+            false,
+        )?;
         for seed in [11, 12] {
             let mut s = h.clone();
             scramble_padding(&mut s, seed);
             assert_ne!(s.ids, h.ids);
-            let scrambled = model.loss(&s.to_tensors(&Device::Cpu).map_err(candle_core::Error::wrap)?, false)?;
+            let scrambled = model.loss(
+                &s.to_tensors(&Device::Cpu)
+                    .map_err(candle_core::Error::wrap)?,
+                false,
+            )?;
             let d = max_abs_diff(&reference.logits, &scrambled.logits)?;
             assert!(d < 1e-5, "{name}: logits moved by {d}");
             let d = (scalar(&reference.total)? - scalar(&scrambled.total)?).abs();
@@ -131,8 +167,14 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
         let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
         for name in names {
             let var = &all[name];
-            let g = grads.get(var.as_tensor()).map(|g| g.flatten_all()).transpose()?;
-            let g = g.map(|g| g.to_vec1::<f64>()).transpose()?.unwrap_or_default();
+            let g = grads
+                .get(var.as_tensor())
+                .map(|g| g.flatten_all())
+                .transpose()?;
+            let g = g
+                .map(|g| g.to_vec1::<f64>())
+                .transpose()?
+                .unwrap_or_default();
             // The entry with the largest gradient, so the comparison is meaningful.
             let (i, &gi) = g
                 .iter()
@@ -151,7 +193,10 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
             let fd = (at(h)? - at(-h)?) / (2.0 * h);
             var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu)?)?;
             let rel = (fd - gi).abs() / gi.abs().max(1e-6);
-            assert!(rel < 1e-5, "{mixer:?} {name}[{i}]: analytic {gi}, finite difference {fd}");
+            assert!(
+                rel < 1e-5,
+                "{mixer:?} {name}[{i}]: analytic {gi}, finite difference {fd}"
+            );
         }
     }
     Ok(())
@@ -163,7 +208,10 @@ fn fused_kernels_model_matches_plain_model() -> Result<()> {
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
     let mut plain_cfg = cfg.clone();
     plain_cfg.fused_kernels = false;
-    let plain = Tempest::new(&plain_cfg, candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu))?;
+    let plain = Tempest::new(
+        &plain_cfg,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
+    )?;
     let b = batch(&items(5, 4, 5, 16), &[1, 2, 3, 4])?;
     let (a, p) = (model.loss(&b, false)?, plain.loss(&b, false)?);
     assert!(max_abs_diff(&a.logits, &p.logits)? < 1e-12);
@@ -173,9 +221,17 @@ fn fused_kernels_model_matches_plain_model() -> Result<()> {
             panic!("{name}: missing gradient")
         };
         // candle's own GELU backward rounds its constants to 6 digits.
-        let scale = y.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?.max(1e-12);
+        let scale = y
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?
+            .max(1e-12);
         let d = max_abs_diff(x, y)? / scale;
-        assert!(d < 1e-4, "{name}: fused and plain gradients differ by {d} (relative)");
+        assert!(
+            d < 1e-4,
+            "{name}: fused and plain gradients differ by {d} (relative)"
+        );
     }
     Ok(())
 }
@@ -184,7 +240,10 @@ fn fused_kernels_model_matches_plain_model() -> Result<()> {
 /// so it runs in release builds (`cargo test --release -p tempest-model`) and is ignored in
 /// debug ones. The budget is in steps, not time.
 #[test]
-#[cfg_attr(debug_assertions, ignore = "run with --release: a few hundred training steps")]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "run with --release: a few hundred training steps"
+)]
 fn tiny_memorises_64_items() -> Result<()> {
     use tempest_model::{TrainConfig, Trainer};
     let data = items(42, 64, 4, 8);
@@ -207,13 +266,18 @@ fn tiny_memorises_64_items() -> Result<()> {
     let eval = model.loss(&b, false)?;
     let loss = scalar(&eval.total)?;
     let correct = tempest_model::optim::correct(&eval.logits, &b.labels)?;
-    assert!(loss < 0.05 && correct == 64, "after {last:?}: loss {loss}, {correct}/64 correct");
+    assert!(
+        loss < 0.05 && correct == 64,
+        "after {last:?}: loss {loss}, {correct}/64 correct"
+    );
     Ok(())
 }
 
 #[test]
 fn checkpoints_reload_bit_identical() -> Result<()> {
-    let mut cfg = Config::tiny().with_mixer(MixerKind::Attention).with_reconstruction_weight(0.1);
+    let mut cfg = Config::tiny()
+        .with_mixer(MixerKind::Attention)
+        .with_reconstruction_weight(0.1);
     cfg.tokens_per_block = 2;
     cfg.block_position = BlockPositionKind::IndexAndTime;
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
@@ -223,16 +287,28 @@ fn checkpoints_reload_bit_identical() -> Result<()> {
 
     let b = batch(&items(9, 3, 5, 12), &[0, 1, 2])?;
     let before = model.loss(&b, false)?;
-    let loaded = tempest_model::load(&dir, &Device::Cpu, DType::F32).map_err(candle_core::Error::wrap)?;
+    let loaded =
+        tempest_model::load(&dir, &Device::Cpu, DType::F32).map_err(candle_core::Error::wrap)?;
     assert_eq!(loaded.config(), &cfg);
     let after = loaded.loss(&b, false)?;
-    assert_eq!(before.logits.to_vec2::<f32>()?, after.logits.to_vec2::<f32>()?);
-    assert_eq!(before.total.to_scalar::<f32>()?, after.total.to_scalar::<f32>()?);
-    let (trainable, _) = tempest_model::load_trainable(&dir, &Device::Cpu, DType::F32).map_err(candle_core::Error::wrap)?;
-    assert_eq!(before.logits.to_vec2::<f32>()?, trainable.forward(&b, false)?.logits.to_vec2::<f32>()?);
+    assert_eq!(
+        before.logits.to_vec2::<f32>()?,
+        after.logits.to_vec2::<f32>()?
+    );
+    assert_eq!(
+        before.total.to_scalar::<f32>()?,
+        after.total.to_scalar::<f32>()?
+    );
+    let (trainable, _) = tempest_model::load_trainable(&dir, &Device::Cpu, DType::F32)
+        .map_err(candle_core::Error::wrap)?;
+    assert_eq!(
+        before.logits.to_vec2::<f32>()?,
+        trainable.forward(&b, false)?.logits.to_vec2::<f32>()?
+    );
 
     // The documented names are the file's names.
-    let tensors = candle_core::safetensors::load(dir.join(tempest_model::WEIGHTS_FILE), &Device::Cpu)?;
+    let tensors =
+        candle_core::safetensors::load(dir.join(tempest_model::WEIGHTS_FILE), &Device::Cpu)?;
     for name in [
         "embed.bytes.weight",
         "embed.positions",
@@ -259,7 +335,10 @@ fn checkpoints_reload_bit_identical() -> Result<()> {
         "head.weight",
         "head.bias",
     ] {
-        assert!(tensors.contains_key(name), "{name} missing from the checkpoint");
+        assert!(
+            tensors.contains_key(name),
+            "{name} missing from the checkpoint"
+        );
     }
     assert_eq!(tensors.len(), vars(&varmap).len());
     let _ = std::fs::remove_dir_all(&dir);
