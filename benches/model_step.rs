@@ -124,8 +124,11 @@ fn summary() {
     println!("\nsummary (median of 5 runs; FLOPs are matrix products per tempest_model::cost)");
     println!("matmul f32 {MATMUL}³: {:.1} GFLOP/s", mm_rate / 1e9);
     let batch = batch();
-    for name in ["tiny", "small"] {
-        let (m, varmap) = model(name);
+    for (name, fused) in [("tiny", true), ("small", true), ("small", false)] {
+        let mut cfg = Config::preset(name).expect("preset");
+        cfg.fused_kernels = fused;
+        let (m, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32).expect("model");
+        let name = if fused { name.to_string() } else { format!("{name} (tensor-op GELU/softmax/layer norm)") };
         let flops = cost::flops(m.config(), N, L);
         let mut trainer =
             Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");

@@ -293,6 +293,125 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// Softmax over the last dimension of `scores + bias`, where `bias [G, T]` holds one additive
+/// key bias per group of `scores`' rows (`scores [G, .., T]`: every row of group g uses bias
+/// row g). Saves materialising the biased scores: one pass fewer over the largest tensor of
+/// attention.
+struct BiasedSoftmax;
+
+fn biased_softmax_rows<T: candle_core::WithDType>(x: &[T], bias: &[T], d: usize) -> Vec<T> {
+    let groups = bias.len() / d.max(1);
+    let rows_per_group = (x.len() / d.max(1)) / groups.max(1);
+    let mut out = vec![T::zero(); x.len()];
+    let group_len = rows_per_group * d;
+    let task = |(g, (o, x)): (usize, (&mut [T], &[T]))| {
+        let b = &bias[g * d..(g + 1) * d];
+        for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+            let max = x.iter().zip(b).fold(f64::NEG_INFINITY, |m, (v, b)| {
+                m.max(v.to_f64() + b.to_f64())
+            });
+            let mut sum = 0.0;
+            for ((o, v), b) in o.iter_mut().zip(x).zip(b) {
+                let e = (v.to_f64() + b.to_f64() - max).exp();
+                sum += e;
+                *o = T::from_f64(e);
+            }
+            let inv = 1.0 / sum;
+            for o in o.iter_mut() {
+                *o = T::from_f64(o.to_f64() * inv);
+            }
+        }
+    };
+    if group_len == 0 {
+        return out;
+    }
+    if x.len() >= PAR_MIN {
+        out.par_chunks_mut(group_len)
+            .zip(x.par_chunks(group_len))
+            .enumerate()
+            .for_each(task);
+    } else {
+        out.chunks_mut(group_len)
+            .zip(x.chunks(group_len))
+            .enumerate()
+            .for_each(task);
+    }
+    out
+}
+
+impl CustomOp2 for BiasedSoftmax {
+    fn name(&self) -> &'static str {
+        "tempest-biased-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = l1.dims().last().copied().unwrap_or(1);
+        let (g, t) = l2.shape().dims2()?;
+        let rows = l1.shape().elem_count() / d.max(1);
+        if t != d || g == 0 || rows % g != 0 || l1.dims().first() != Some(&g) {
+            candle_core::bail!(
+                "biased softmax: scores {:?}, bias {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let out = match s1.dtype() {
+            DType::F32 => CpuStorage::F32(biased_softmax_rows(
+                contiguous::<f32>(s1, l1)?,
+                contiguous::<f32>(s2, l2)?,
+                d,
+            )),
+            DType::F64 => CpuStorage::F64(biased_softmax_rows(
+                contiguous::<f64>(s1, l1)?,
+                contiguous::<f64>(s2, l2)?,
+                d,
+            )),
+            dt => candle_core::bail!("biased softmax: unsupported dtype {dt:?}"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The bias comes from a mask: no gradient flows into it.
+        Ok((
+            Some(res.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?),
+            None,
+        ))
+    }
+}
+
+/// `softmax(scores + bias)` over the last dimension, `scores [G, .., T]`, `bias [G, T]` (one
+/// key bias per leading index, broadcast over the middle dimensions). Fused on the CPU for
+/// f32/f64; tensor ops elsewhere. No gradient reaches `bias`.
+pub fn biased_softmax(scores: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if scores.device().is_cpu() && matches!(scores.dtype(), DType::F32 | DType::F64) {
+        scores
+            .contiguous()?
+            .apply_op2(&bias.contiguous()?, BiasedSoftmax)
+    } else {
+        let (g, t) = bias.dims2()?;
+        let mut shape = vec![g];
+        shape.extend(std::iter::repeat_n(1, scores.rank() - 2));
+        shape.push(t);
+        candle_nn::ops::softmax(
+            &scores.broadcast_add(&bias.reshape(shape)?)?,
+            candle_core::D::Minus1,
+        )
+    }
+}
+
 /// Layer norm over the last dimension with learned scale and shift, fused forward and backward.
 struct LayerNormOp {
     eps: f64,
@@ -648,6 +767,29 @@ mod tests {
                     max_diff(f, p)?
                 );
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn biased_softmax_matches_softmax_of_the_sum() -> Result<()> {
+        let dev = Device::Cpu;
+        for (g, h, t, dtype, tol) in [
+            (6usize, 4usize, 30usize, DType::F32, 1e-6),
+            (2, 3, 5, DType::F64, 1e-14),
+        ] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 2.0, (g, h, t, t), &dev)?.to_dtype(dtype)?)?;
+            let mask = Tensor::rand(0f32, 1.0, (g, t), &dev)?.ge(0.3)?;
+            let bias = crate::nn::key_bias(&mask, dtype)?; // [g, 1, 1, t]
+            let w = Tensor::randn(0f32, 1.0, (g, h, t, t), &dev)?.to_dtype(dtype)?;
+            let fused = biased_softmax(x.as_tensor(), &bias.reshape((g, t))?)?;
+            let plain = candle_nn::ops::softmax(
+                &x.as_tensor().broadcast_add(&bias)?,
+                candle_core::D::Minus1,
+            )?;
+            assert!(max_diff(&fused, &plain)? < tol);
+            assert!(max_diff(&grads_of(&x, &fused, &w)?, &grads_of(&x, &plain, &w)?)? < tol);
         }
         Ok(())
     }

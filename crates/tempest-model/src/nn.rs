@@ -187,14 +187,14 @@ impl Attention {
         // Scaling q rather than the scores: Tq·d_h products instead of Tq·Tk.
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
         let scores = q.matmul(&k.t()?)?;
-        let scores = match bias {
-            Some(bias) => scores.broadcast_add(bias)?,
-            None => scores,
-        };
-        let att = if self.fused {
-            kernels::softmax(&scores)?
-        } else {
-            softmax(&scores)?
+        let att = match (bias, self.fused) {
+            (Some(bias), true) => {
+                let (bb, _, _, tk) = bias.dims4()?;
+                kernels::biased_softmax(&scores, &bias.reshape((bb, tk))?)?
+            }
+            (Some(bias), false) => softmax(&scores.broadcast_add(bias)?)?,
+            (None, true) => kernels::softmax(&scores)?,
+            (None, false) => softmax(&scores)?,
         };
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, d))?;
         self.o.forward(&y)
