@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, Criterion, Throughput};
-use tempest::tempest_model::{cost, Config, Tempest, TrainConfig, Trainer};
+use tempest::tempest_model::{cost, Config, MixerKind, Tempest, TrainConfig, Trainer};
 use tempest::tempest_tokenize::{collate, Batch, BlockPosition, TokenizedItem, PAD_ID};
 
 const B: usize = 8;
@@ -124,11 +124,23 @@ fn summary() {
     println!("\nsummary (median of 5 runs; FLOPs are matrix products per tempest_model::cost)");
     println!("matmul f32 {MATMUL}³: {:.1} GFLOP/s", mm_rate / 1e9);
     let batch = batch();
-    for (name, fused) in [("tiny", true), ("small", true), ("small", false)] {
-        let mut cfg = Config::preset(name).expect("preset");
+    let variants = [
+        ("tiny", true, MixerKind::Linear),
+        ("small", true, MixerKind::Linear),
+        ("small", true, MixerKind::Attention),
+        ("small", false, MixerKind::Linear),
+    ];
+    for (name, fused, mixer) in variants {
+        let mut cfg = Config::preset(name).expect("preset").with_mixer(mixer);
         cfg.fused_kernels = fused;
         let (m, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32).expect("model");
-        let name = if fused { name.to_string() } else { format!("{name} (tensor-op GELU/softmax/layer norm)") };
+        let mut name = name.to_string();
+        if mixer == MixerKind::Attention {
+            name.push_str(" (attention-pooling mixer)");
+        }
+        if !fused {
+            name.push_str(" (tensor-op GELU/softmax/layer norm)");
+        }
         let flops = cost::flops(m.config(), N, L);
         let mut trainer =
             Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
@@ -170,6 +182,20 @@ fn main() {
     // `cargo bench --bench model_step -- summary` prints only the summary table.
     if std::env::args().any(|a| a == "summary") {
         summary();
+        return;
+    }
+    // `cargo bench --bench model_step -- profile` runs 5 training steps of `small` only, for
+    // `perf record`.
+    if std::env::args().any(|a| a == "profile") {
+        let batch = batch();
+        let (m, varmap) = model("small");
+        let mut trainer =
+            Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
+        for _ in 0..5 {
+            let s = Instant::now();
+            trainer.step(&m, &batch).expect("step");
+            println!("step: {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
+        }
         return;
     }
     model_step();

@@ -186,6 +186,19 @@ impl Attention {
         let v = self.split(&self.v.forward(kv)?)?;
         // Scaling q rather than the scores: Tq·d_h products instead of Tq·Tk.
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        if self.fused {
+            let bias2 = match bias {
+                Some(b) => {
+                    let (bb, _, _, tk) = b.dims4()?;
+                    Some(b.reshape((bb, tk))?)
+                }
+                None => None,
+            };
+            if let Some(y) = kernels::attention(&q, &k, &v, bias2.as_ref())? {
+                let y = y.transpose(1, 2)?.reshape((b, tq, d))?;
+                return self.o.forward(&y);
+            }
+        }
         let scores = q.matmul(&k.t()?)?;
         let att = match (bias, self.fused) {
             (Some(bias), true) => {
