@@ -9,6 +9,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
+use num_traits::Float;
 use rayon::prelude::*;
 
 /// √(2/π), the constant of GELU's tanh approximation (Hendrycks & Gimpel 2016, eq. 2).
@@ -167,21 +168,39 @@ fn rows_per_task(rows: usize, d: usize) -> usize {
     (CHUNK / d.max(1)).max(1).min(rows.max(1))
 }
 
-fn softmax_rows<T: candle_core::WithDType>(x: &[T], d: usize) -> Vec<T> {
+/// Softmax of one row in place over `o`, from `x` (+ `bias`), in `T`'s own precision: f32
+/// data uses `expf`, about twice as fast as `exp` on f64.
+#[inline]
+fn softmax_row<T: candle_core::WithDType + Float>(o: &mut [T], x: &[T], bias: Option<&[T]>) {
+    let mut max = T::neg_infinity();
+    match bias {
+        Some(b) => {
+            for ((o, &v), &b) in o.iter_mut().zip(x).zip(b) {
+                *o = v + b;
+                max = Float::max(max, *o);
+            }
+        }
+        None => {
+            o.copy_from_slice(x);
+            max = x.iter().fold(max, |m, &v| Float::max(m, v));
+        }
+    }
+    let mut sum = T::zero();
+    for o in o.iter_mut() {
+        *o = (*o - max).exp();
+        sum = sum + *o;
+    }
+    let inv = T::one() / sum;
+    for o in o.iter_mut() {
+        *o = *o * inv;
+    }
+}
+
+fn softmax_rows<T: candle_core::WithDType + Float>(x: &[T], d: usize) -> Vec<T> {
     let mut out = vec![T::zero(); x.len()];
     let task = |(o, x): (&mut [T], &[T])| {
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-            let max = x.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
-            let mut sum = 0.0;
-            for (o, v) in o.iter_mut().zip(x) {
-                let e = (v.to_f64() - max).exp();
-                sum += e;
-                *o = T::from_f64(e);
-            }
-            let inv = 1.0 / sum;
-            for o in o.iter_mut() {
-                *o = T::from_f64(o.to_f64() * inv);
-            }
+            softmax_row(o, x, None);
         }
     };
     let n = rows_per_task(x.len() / d.max(1), d) * d;
@@ -299,7 +318,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 /// attention.
 struct BiasedSoftmax;
 
-fn biased_softmax_rows<T: candle_core::WithDType>(x: &[T], bias: &[T], d: usize) -> Vec<T> {
+fn biased_softmax_rows<T: candle_core::WithDType + Float>(x: &[T], bias: &[T], d: usize) -> Vec<T> {
     let groups = bias.len() / d.max(1);
     let rows_per_group = (x.len() / d.max(1)) / groups.max(1);
     let mut out = vec![T::zero(); x.len()];
@@ -307,19 +326,7 @@ fn biased_softmax_rows<T: candle_core::WithDType>(x: &[T], bias: &[T], d: usize)
     let task = |(g, (o, x)): (usize, (&mut [T], &[T]))| {
         let b = &bias[g * d..(g + 1) * d];
         for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-            let max = x.iter().zip(b).fold(f64::NEG_INFINITY, |m, (v, b)| {
-                m.max(v.to_f64() + b.to_f64())
-            });
-            let mut sum = 0.0;
-            for ((o, v), b) in o.iter_mut().zip(x).zip(b) {
-                let e = (v.to_f64() + b.to_f64() - max).exp();
-                sum += e;
-                *o = T::from_f64(e);
-            }
-            let inv = 1.0 / sum;
-            for o in o.iter_mut() {
-                *o = T::from_f64(o.to_f64() * inv);
-            }
+            softmax_row(o, x, Some(b));
         }
     };
     if group_len == 0 {
