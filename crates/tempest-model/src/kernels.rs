@@ -188,11 +188,11 @@ fn softmax_row<T: candle_core::WithDType + Float>(o: &mut [T], x: &[T], bias: Op
     let mut sum = T::zero();
     for o in o.iter_mut() {
         *o = (*o - max).exp();
-        sum = sum + *o;
+        sum += *o;
     }
     let inv = T::one() / sum;
     for o in o.iter_mut() {
-        *o = *o * inv;
+        *o *= inv;
     }
 }
 

@@ -76,7 +76,6 @@ impl Mixer {
                     vb.pp("attn"),
                 )?,
             ),
-            // MixerKind is non_exhaustive only towards other crates.
         };
         Ok(Mixer {
             mix,

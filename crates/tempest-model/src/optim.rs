@@ -214,7 +214,7 @@ pub fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::Device;
 
     #[test]
     fn schedule_warms_up_then_decays_to_min() {
@@ -267,7 +267,6 @@ mod tests {
         let again = clip_grad_norm(&vars, &mut grads, 100.0)?;
         assert!((again - 6.5).abs() < 1e-5);
         assert!((grad_norm(&vars, &grads)? - 6.5).abs() < 1e-5);
-        let _ = DType::F32;
         Ok(())
     }
 }
