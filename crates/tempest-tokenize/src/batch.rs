@@ -113,8 +113,8 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
         batch: b,
         blocks: n,
         block_bytes: l,
-        ids: vec![pad_id; b * n * l],
-        byte_mask: vec![0; b * n * l],
+        ids: Vec::with_capacity(b * n * l),
+        byte_mask: Vec::with_capacity(b * n * l),
         block_mask: vec![0; b * n],
         block_len: vec![0; b * n],
         block_index: vec![0; b * n],
@@ -125,16 +125,18 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
         block_format: vec![0; b * n],
         labels: labels.to_vec(),
     };
+    // Each row of L ids is written once, bytes then padding: the ids are the largest buffer of
+    // the data pipeline, and filling it with padding first would write the bytes twice.
     for (bi, item) in items.iter().enumerate() {
         let format = u32::from(item.format.id());
         for (k, pos) in item.positions.iter().enumerate() {
             let bytes = item.block(k);
+            out.ids.extend(bytes.iter().map(|&byte| u32::from(byte)));
+            out.ids.extend(std::iter::repeat_n(pad_id, l - bytes.len()));
+            out.byte_mask.extend(std::iter::repeat_n(1u8, bytes.len()));
+            out.byte_mask
+                .extend(std::iter::repeat_n(0u8, l - bytes.len()));
             let row = bi * n + k;
-            let ids = &mut out.ids[row * l..row * l + bytes.len()];
-            for (id, &byte) in ids.iter_mut().zip(bytes) {
-                *id = u32::from(byte);
-            }
-            out.byte_mask[row * l..row * l + bytes.len()].fill(1);
             out.block_mask[row] = 1;
             out.block_len[row] = bytes.len() as u32;
             out.block_index[row] = pos.index;
@@ -144,6 +146,9 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
             out.block_col[row] = pos.col;
             out.block_format[row] = format;
         }
+        let missing = (n - item.positions.len()) * l;
+        out.ids.extend(std::iter::repeat_n(pad_id, missing));
+        out.byte_mask.extend(std::iter::repeat_n(0u8, missing));
     }
     out
 }
