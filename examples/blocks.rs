@@ -123,16 +123,12 @@ fn json_block<'a>(file: &'a str, b: &Block<'_>) -> JsonBlock<'a> {
 }
 
 fn text_line(b: &Block<'_>) -> String {
-    let mut s = format!(
-        "{:>6} {:<8} offset {:>9}.{} len {:>5}",
-        b.index,
-        b.kind.name(),
-        b.offset,
-        b.bit,
-        b.len()
-    );
+    let mut s = format!("{:>6} {:<8} offset {:>9}", b.index, b.kind.name(), b.offset);
+    // JPEG blocks start at a bit: offset.bit, and the MCU's entropy-coded bits.
     if let Some(bits) = b.bits {
-        s += &format!(" bits {bits:>6}");
+        s += &format!(".{} len {:>5} bits {bits:>6}", b.bit, b.len());
+    } else {
+        s += &format!(" len {:>5}", b.len());
     }
     if let (Some(t), Some(d)) = (b.place.time_seconds(), b.place.duration_seconds()) {
         s += &format!(" time {t:>9.4} s dur {:>6.2} ms", d * 1e3);

@@ -6,9 +6,14 @@ cd "$(dirname "$0")/.."
 # candle and criterion use rayon; on a small shared machine more threads only spin.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 
+# Optional features that CI builds and tests too: LAME and libopus encoders (cff-encode), the
+# SIMD Ogg CRC (cff-blocks). `.ci/run` installs what they need (cmake).
+features="mp3,opus,cff-blocks/simd-crc"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo clippy --workspace --all-targets --features "$features" -- -D warnings
+cargo test --workspace --features "$features"
 # The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
 # a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.
 cargo build --manifest-path fuzz/Cargo.toml

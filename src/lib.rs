@@ -4,7 +4,11 @@
 //! - [`cff_blocks`]: exact block readers for MP3, Ogg Opus and JPEG.
 //! - [`cff_encode`]: encoders (JPEG; MP3 and Ogg Opus behind features `mp3` and `opus`) and
 //!   dataset preparation.
+//! - [`tempest_tokenize`]: blocks to batched id tensors with masks and positions.
+//! - [`tempest_model`]: the TEMPEST model in candle, its losses, checkpoints and costs.
 #![deny(missing_docs)]
 
 pub use cff_blocks;
 pub use cff_encode;
+pub use tempest_model;
+pub use tempest_tokenize;

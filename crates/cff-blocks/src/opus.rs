@@ -15,7 +15,7 @@
 //! page (EOS), a granule position smaller than the samples of its packets trims the end
 //! (RFC 7845 §4.4): the blocks' durations are cut so that no block plays past it.
 //!
-//! See `docs/formats-opus.md` for every rule with its clause.
+//! See `docs/formats.md` for every rule with its clause.
 
 use std::borrow::Cow;
 
@@ -699,7 +699,7 @@ impl<'a> OpusReader<'a> {
         let mut walker = PageWalker::new(data, options.verify_crc);
         let mut regions = Vec::new();
         let mut foreign: Option<Page<'a>> = None;
-        let wanted = |serial: u32| options.ogg_serial.map_or(true, |s| s == serial);
+        let wanted = |serial: u32| options.ogg_serial.is_none_or(|s| s == serial);
         let first = loop {
             match walker.next() {
                 Some(Ok(Chunk::Page(p))) => {
@@ -859,7 +859,7 @@ impl<'a> State<'a> {
         let new_link = page.is_bos()
             && !page.is_continued()
             && (self.link.ended || self.link.saw_data_page)
-            && self.options.ogg_serial.map_or(true, |s| s == page.serial())
+            && self.options.ogg_serial.is_none_or(|s| s == page.serial())
             && page.body().starts_with(b"OpusHead");
         if new_link {
             // RFC 3533 §4 (chaining): a new link begins with its own BOS pages once the previous

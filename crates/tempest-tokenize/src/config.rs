@@ -94,13 +94,14 @@ impl Default for TokenizerConfig {
 
 impl TokenizerConfig {
     /// Defaults chosen for a format from measured block sizes (docs/tokenize.md has the
-    /// measurements): L covers every block of a 16 kHz MP3 up to 64 kbps (largest frame 289
-    /// bytes), an Opus packet up to 64 kbps with 20 ms frames, and an MCU of a q95 28×28
-    /// grayscale JPEG; N covers 30 s of MP3 or Opus audio and a 256×256 4:2:0 image.
+    /// measurements and commands): L covers every frame of a 16 kHz MP3 up to 64 kbps (289
+    /// bytes at most), every Opus packet of 64 kbps speech with 20 ms frames (345 measured),
+    /// and every MCU of a q95 28×28 MNIST JPEG (71 measured); N covers 36 s of 16 kHz MP3,
+    /// 30 s of 20 ms Opus packets, and a 256×256 grayscale or 512×512 4:2:0 image.
     pub fn for_format(format: Format) -> Self {
         let (max_block_bytes, max_blocks) = match format {
             Format::Mp3 => (320, 1024),
-            Format::OggOpus => (320, 1536),
+            Format::OggOpus => (384, 1536),
             Format::Jpeg => (160, 1024),
             _ => (512, 1024),
         };

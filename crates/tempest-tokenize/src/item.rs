@@ -222,7 +222,7 @@ pub fn tokenize(
 /// The JPEG header (tables) as one block, where the reader exposes it.
 fn header_block<'a>(reader: &Reader<'a>) -> Option<&'a [u8]> {
     match reader {
-        Reader::Jpeg(_) => None, // MERGE-TODO: the JPEG reader's header span
+        Reader::Jpeg(r) => Some(r.header()),
         _ => None,
     }
 }

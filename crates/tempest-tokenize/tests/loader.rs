@@ -1,6 +1,8 @@
 //! The loader over real files on disk: order, determinism across thread counts, and skipped
 //! files counted by reason.
 
+#![allow(clippy::unwrap_used)] // test fixtures: a failure to write a temp file should fail loudly
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! Properties of collation and sampling over random items.
 
+#![allow(clippy::needless_range_loop)] // one index addresses the batch and the raw bytes alike
+
 use cff_blocks::{Format, Place};
 use proptest::prelude::*;
 use tempest_tokenize::{

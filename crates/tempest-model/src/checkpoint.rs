@@ -1,0 +1,63 @@
+//! Checkpoints: a directory holding `config.json` (the [`Config`]) and `model.safetensors`
+//! (every variable under its stable name, see `docs/model.md`).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::{Config, Error, Result, Tempest};
+
+/// The configuration's file name inside a checkpoint directory.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights' file name inside a checkpoint directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `config` and the variables of `varmap` into `dir` (created if missing).
+pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let config_path = dir.join(CONFIG_FILE);
+    let json = serde_json::to_string_pretty(config).map_err(|source| Error::Json {
+        path: config_path.clone(),
+        source,
+    })?;
+    std::fs::write(&config_path, json).map_err(io(&config_path))?;
+    varmap.save(dir.join(WEIGHTS_FILE))?;
+    Ok(())
+}
+
+/// Reads the `config.json` of a checkpoint directory.
+pub fn load_config(dir: &Path) -> Result<Config> {
+    let path: PathBuf = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let config: Config = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    config.validate().map_err(Error::Config)?;
+    Ok(config)
+}
+
+/// Loads a checkpoint for inference: the weights are plain tensors, not variables.
+pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Tempest> {
+    let config = load_config(dir)?;
+    let path = dir.join(WEIGHTS_FILE);
+    let data = std::fs::read(&path).map_err(io(&path))?;
+    let vb = VarBuilder::from_buffered_safetensors(data, dtype, device)?;
+    Ok(Tempest::new(&config, vb)?)
+}
+
+/// Loads a checkpoint to train on: the model and the [`VarMap`] of its variables.
+pub fn load_trainable(dir: &Path, device: &Device, dtype: DType) -> Result<(Tempest, VarMap)> {
+    let config = load_config(dir)?;
+    let (model, mut varmap) = Tempest::init(&config, device, dtype)?;
+    varmap.load(dir.join(WEIGHTS_FILE))?;
+    Ok((model, varmap))
+}

@@ -1,0 +1,260 @@
+//! The model's hyper-parameters, serialised as `config.json` beside the weights.
+
+use serde::{Deserialize, Serialize};
+
+/// The shape of one transformer stack (E_t, D_t or E_c).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StackConfig {
+    /// Width d.
+    pub dim: usize,
+    /// Number of pre-norm layers.
+    pub layers: usize,
+    /// Attention heads (`dim` must be a multiple).
+    pub heads: usize,
+    /// Hidden width of each layer's MLP.
+    pub mlp_dim: usize,
+}
+
+impl StackConfig {
+    /// A stack of `layers` layers of width `dim`, `heads` heads and an MLP 4× as wide.
+    pub const fn new(dim: usize, layers: usize, heads: usize) -> Self {
+        StackConfig {
+            dim,
+            layers,
+            heads,
+            mlp_dim: 4 * dim,
+        }
+    }
+}
+
+/// How M reduces a block's L byte vectors to L' tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MixerKind {
+    /// A learned linear mix over byte positions, restricted to the block's real bytes and
+    /// normalised by their count (initialised as the masked mean), then an MLP over channels.
+    Linear,
+    /// Attention pooling: L' learned queries attend over the block's real bytes, then the same
+    /// channel MLP.
+    Attention,
+}
+
+/// What the context encoder is told about where each block sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BlockPositionKind {
+    /// A learned embedding of the block's index in its file (clamped to `max_blocks − 1`).
+    Index,
+    /// The index embedding plus a projection of sinusoidal features of the block's start time
+    /// in seconds (audio; 0 for images).
+    IndexAndTime,
+}
+
+/// All hyper-parameters of a TEMPEST model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Ids of the byte vocabulary: 256 bytes + padding ([`tempest_tokenize::VOCAB_SIZE`]).
+    pub vocab_size: usize,
+    /// The largest L the model has in-block positions for.
+    pub max_block_bytes: usize,
+    /// The largest block index with its own position embedding (larger indices share the last).
+    pub max_blocks: usize,
+    /// Output classes.
+    pub num_classes: usize,
+    /// E_t, the block encoder (its width is the byte embedding's).
+    pub block_encoder: StackConfig,
+    /// M's variant.
+    pub mixer: MixerKind,
+    /// L': tokens per block out of M.
+    pub tokens_per_block: usize,
+    /// Hidden width of M's channel MLP.
+    pub mixer_mlp_dim: usize,
+    /// D_t, the block decoder (used only when `reconstruction_weight > 0`).
+    pub block_decoder: StackConfig,
+    /// E_c, the context encoder (its width is the block tokens').
+    pub context_encoder: StackConfig,
+    /// How E_c sees block positions.
+    pub block_position: BlockPositionKind,
+    /// Add a learned embedding of each block's byte length to its tokens. Not in the paper:
+    /// on MNIST-JPEG the 16 MCU lengths alone carry 57 % accuracy (DESIGN.md).
+    pub length_embedding: bool,
+    /// λ, the weight of the reconstruction loss L_r. 0 removes D_t from the model.
+    pub reconstruction_weight: f64,
+    /// Label smoothing of L_c (0 = plain cross-entropy).
+    pub label_smoothing: f64,
+    /// Dropout on residual branches while training.
+    pub dropout: f32,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+    /// Use the fused CPU kernels for GELU, softmax and layer norm (the same functions with
+    /// one-pass forward and backward; see `kernels`). Other devices use tensor ops anyway.
+    pub fused_kernels: bool,
+}
+
+impl Default for Config {
+    /// The `small` preset.
+    fn default() -> Self {
+        Config::small()
+    }
+}
+
+impl Config {
+    /// For tests and the CPU quickstart: E_t 1×32, E_c 2×64, D_t 1×32, about 0.1 M parameters.
+    pub fn tiny() -> Self {
+        Config {
+            vocab_size: tempest_tokenize::VOCAB_SIZE,
+            max_block_bytes: 512,
+            max_blocks: 256,
+            num_classes: 10,
+            block_encoder: StackConfig::new(32, 1, 2),
+            mixer: MixerKind::Linear,
+            tokens_per_block: 1,
+            mixer_mlp_dim: 64,
+            block_decoder: StackConfig::new(32, 1, 2),
+            context_encoder: StackConfig::new(64, 2, 4),
+            block_position: BlockPositionKind::Index,
+            length_embedding: true,
+            reconstruction_weight: 0.0,
+            label_smoothing: 0.0,
+            dropout: 0.0,
+            layer_norm_eps: 1e-5,
+            fused_kernels: true,
+        }
+    }
+
+    /// A CPU-trainable model: E_t 2×64, E_c 4×128, D_t 1×64 (the shape of the PyTorch
+    /// experiment in DESIGN.md), about 1 M parameters.
+    pub fn small() -> Self {
+        Config {
+            max_block_bytes: 1024,
+            max_blocks: 512,
+            block_encoder: StackConfig::new(64, 2, 4),
+            mixer_mlp_dim: 256,
+            block_decoder: StackConfig::new(64, 1, 4),
+            context_encoder: StackConfig::new(128, 4, 4),
+            dropout: 0.1,
+            ..Config::tiny()
+        }
+    }
+
+    /// Our reading of the paper, which publishes no hyper-parameters: a ViT/AST-Small-like
+    /// context encoder (6×384, 6 heads) over block tokens, a 4-layer E_t of width 192, D_t 2×192,
+    /// λ = 0.1, label smoothing 0.1, block index and time positions, no length embedding
+    /// (the paper has none). See `docs/model.md` for the reasons.
+    pub fn paper() -> Self {
+        Config {
+            max_block_bytes: 1024,
+            max_blocks: 1024,
+            block_encoder: StackConfig::new(192, 4, 6),
+            mixer_mlp_dim: 768,
+            block_decoder: StackConfig::new(192, 2, 6),
+            context_encoder: StackConfig::new(384, 6, 6),
+            block_position: BlockPositionKind::IndexAndTime,
+            length_embedding: false,
+            reconstruction_weight: 0.1,
+            label_smoothing: 0.1,
+            dropout: 0.1,
+            ..Config::tiny()
+        }
+    }
+
+    /// A preset by name: `tiny`, `small` or `paper`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "tiny" => Some(Config::tiny()),
+            "small" => Some(Config::small()),
+            "paper" => Some(Config::paper()),
+            _ => None,
+        }
+    }
+
+    /// The same configuration for `classes` classes.
+    pub fn with_num_classes(mut self, classes: usize) -> Self {
+        self.num_classes = classes;
+        self
+    }
+
+    /// The same configuration with λ = `weight`.
+    pub fn with_reconstruction_weight(mut self, weight: f64) -> Self {
+        self.reconstruction_weight = weight;
+        self
+    }
+
+    /// The same configuration with mixer `kind`.
+    pub fn with_mixer(mut self, kind: MixerKind) -> Self {
+        self.mixer = kind;
+        self
+    }
+
+    /// Whether the model has a block decoder (λ > 0).
+    pub fn has_block_decoder(&self) -> bool {
+        self.reconstruction_weight > 0.0
+    }
+
+    /// Checks the shapes fit together; the error says which field is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let stacks = [
+            ("block_encoder", &self.block_encoder),
+            ("block_decoder", &self.block_decoder),
+            ("context_encoder", &self.context_encoder),
+        ];
+        for (name, s) in stacks {
+            if s.heads == 0 || s.dim == 0 || s.dim % s.heads != 0 {
+                return Err(format!(
+                    "{name}: dim {} is not a positive multiple of heads {}",
+                    s.dim, s.heads
+                ));
+            }
+        }
+        if self.vocab_size <= 256 {
+            return Err(format!(
+                "vocab_size {} leaves no padding id",
+                self.vocab_size
+            ));
+        }
+        if self.tokens_per_block == 0
+            || self.max_block_bytes == 0
+            || self.max_blocks == 0
+            || self.num_classes == 0
+        {
+            return Err(
+                "tokens_per_block, max_block_bytes, max_blocks and num_classes must be positive"
+                    .into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) || self.reconstruction_weight < 0.0 {
+            return Err("label_smoothing must be in [0, 1) and reconstruction_weight ≥ 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_round_trip_through_json() {
+        for name in ["tiny", "small", "paper"] {
+            let c = Config::preset(name).unwrap_or_default();
+            assert_eq!(c.validate(), Ok(()), "{name}");
+            let json = serde_json::to_string_pretty(&c).unwrap_or_default();
+            let back: Config =
+                serde_json::from_str(&json).unwrap_or_else(|_| Config::tiny().with_num_classes(1));
+            assert_eq!(back, c, "{name}");
+        }
+        // Missing fields take the default preset's values, so old config files keep loading.
+        let partial: Config =
+            serde_json::from_str(r#"{"num_classes": 3, "mixer": "attention"}"#).unwrap_or_default();
+        assert_eq!(partial.num_classes, 3);
+        assert_eq!(partial.mixer, MixerKind::Attention);
+        assert_eq!(partial.context_encoder, Config::small().context_encoder);
+        assert!(Config::tiny().with_num_classes(0).validate().is_err());
+        let mut bad = Config::tiny();
+        bad.context_encoder.heads = 3;
+        assert!(bad.validate().is_err());
+    }
+}

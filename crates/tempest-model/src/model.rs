@@ -1,0 +1,468 @@
+//! The TEMPEST model: byte embedding, E_t, M, D_t, E_c and the head (arXiv 2510.23665 §3).
+
+use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder, VarMap};
+use tempest_tokenize::Batch;
+
+use crate::config::{BlockPositionKind, Config, MixerKind, StackConfig};
+use crate::nn::{key_bias, Attention, Embedding, LayerNorm, Linear, Mlp, StackSpec, Transformer};
+
+/// Sinusoidal features of a block's start time: this many frequencies (sine and cosine each).
+pub const TIME_FREQUENCIES: usize = 16;
+/// Shortest and longest period of the time features, in seconds: from a few MP3 frames to a
+/// long clip.
+const TIME_PERIODS: (f64, f64) = (0.01, 100.0);
+/// Standard deviation of learned embeddings at initialisation.
+const EMBED_STD: f64 = 0.02;
+
+fn spec(cfg: &Config, s: &StackConfig) -> StackSpec {
+    StackSpec {
+        dim: s.dim,
+        layers: s.layers,
+        heads: s.heads,
+        mlp_dim: s.mlp_dim,
+        dropout: cfg.dropout,
+        eps: cfg.layer_norm_eps,
+        fused: cfg.fused_kernels,
+    }
+}
+
+/// M: a block's L byte vectors `[BN, L, d_t]` to L' tokens `[BN, L', d_c]`.
+#[derive(Debug, Clone)]
+enum Mix {
+    /// `mixer.mix [L', max_block_bytes]`.
+    Linear(Tensor),
+    /// `mixer.queries [L', d_t]`, `mixer.attn.*`.
+    Attention(Tensor, Attention),
+}
+
+/// M, the mixer. Tensor names: `mixer.mix` or `mixer.queries` + `mixer.attn.{q,k,v,o}`, then
+/// `mixer.norm`, `mixer.mlp.{fc1,fc2}`.
+#[derive(Debug, Clone)]
+pub struct Mixer {
+    mix: Mix,
+    norm: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Mixer {
+    fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        let (lt, dt) = (cfg.tokens_per_block, cfg.block_encoder.dim);
+        let mix = match cfg.mixer {
+            // Ones: the masked mean, which the PyTorch experiment used; the noise makes the L'
+            // tokens differ from the start.
+            MixerKind::Linear => Mix::Linear(vb.get_with_hints(
+                (lt, cfg.max_block_bytes),
+                "mix",
+                Init::Randn {
+                    mean: 1.0,
+                    stdev: EMBED_STD,
+                },
+            )?),
+            MixerKind::Attention => Mix::Attention(
+                vb.get_with_hints(
+                    (lt, dt),
+                    "queries",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                )?,
+                Attention::new(
+                    dt,
+                    cfg.block_encoder.heads,
+                    1.0 / (dt as f64).sqrt(),
+                    cfg.fused_kernels,
+                    vb.pp("attn"),
+                )?,
+            ),
+        };
+        Ok(Mixer {
+            mix,
+            norm: LayerNorm::new(dt, cfg.layer_norm_eps, cfg.fused_kernels, vb.pp("norm"))?,
+            mlp: Mlp::new(
+                dt,
+                cfg.mixer_mlp_dim,
+                cfg.context_encoder.dim,
+                None,
+                cfg.fused_kernels,
+                vb.pp("mlp"),
+            )?,
+        })
+    }
+
+    /// `h [BN, L, d_t]`, `mask [BN, L]` in the model's dtype, `bias [BN, 1, 1, L]` → `[BN, L', d_c]`.
+    fn forward(&self, h: &Tensor, mask: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (bn, l, dt) = h.dims3()?;
+        let pooled = match &self.mix {
+            Mix::Linear(w) => {
+                // Σ_i w_ji·m_i·h_i / max(1, Σ_i m_i): padded bytes get weight exactly 0.
+                let w = w.narrow(1, 0, l)?.unsqueeze(0)?; // [1, L', L]
+                let count = mask.sum_keepdim(1)?.maximum(1.0)?; // [BN, 1]
+                let weights = w.broadcast_mul(&mask.broadcast_div(&count)?.unsqueeze(1)?)?; // [BN, L', L]
+                weights.matmul(h)?
+            }
+            Mix::Attention(queries, attn) => {
+                let q = attn.q().forward(queries)?; // [L', d_t], projected once
+                let q = q
+                    .unsqueeze(0)?
+                    .broadcast_as((bn, q.dim(0)?, dt))?
+                    .contiguous()?;
+                attn.attend_projected(&q, h, Some(bias))?
+            }
+        };
+        self.mlp.forward(&self.norm.forward(&pooled)?)
+    }
+}
+
+/// D_t, the block decoder: the L' tokens of a block back to its L bytes. Tensor names
+/// `block_decoder.input` (d_c → d), `block_decoder.positions [max_block_bytes, d]`,
+/// `block_decoder.layers.{i}.*`, `block_decoder.norm`, `block_decoder.output` (d → 256).
+#[derive(Debug, Clone)]
+pub struct BlockDecoder {
+    input: Linear,
+    positions: Tensor,
+    stack: Transformer,
+    output: Linear,
+}
+
+impl BlockDecoder {
+    fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        let d = cfg.block_decoder.dim;
+        Ok(BlockDecoder {
+            input: Linear::new(cfg.context_encoder.dim, d, true, None, vb.pp("input"))?,
+            positions: vb.get_with_hints(
+                (cfg.max_block_bytes, d),
+                "positions",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
+            )?,
+            stack: Transformer::new(&spec(cfg, &cfg.block_decoder), vb.clone())?,
+            output: Linear::new(d, 256, true, None, vb.pp("output"))?,
+        })
+    }
+
+    /// `tokens [BN, L', d_c]` → byte logits `[BN, L, 256]`. The sequence is the L' projected
+    /// tokens followed by L position queries; the queries carry no bytes, so only the tokens
+    /// inform the reconstruction.
+    pub fn forward(&self, tokens: &Tensor, l: usize, train: bool) -> Result<Tensor> {
+        let (bn, lt, _) = tokens.dims3()?;
+        let d = self.positions.dim(1)?;
+        let t = self.input.forward(tokens)?;
+        let q = self
+            .positions
+            .narrow(0, 0, l)?
+            .unsqueeze(0)?
+            .broadcast_as((bn, l, d))?;
+        let x = Tensor::cat(&[&t, &q], 1)?;
+        let y = self.stack.forward(&x, None, train)?;
+        self.output.forward(&y.narrow(1, lt, l)?)
+    }
+}
+
+/// What [`Tempest::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// `[B, classes]` class logits.
+    pub logits: Tensor,
+    /// `[B, N, L', d_c]` the block tokens E_c received (before position embeddings).
+    pub block_tokens: Tensor,
+}
+
+/// The loss and its parts, from [`Tempest::loss`].
+#[derive(Debug, Clone)]
+pub struct Losses {
+    /// L_c + λ·L_r, a scalar.
+    pub total: Tensor,
+    /// L_c, cross-entropy of the class logits (label-smoothed if configured), a scalar.
+    pub classification: Tensor,
+    /// L_r, cross-entropy of the reconstructed bytes over real bytes; `None` when λ = 0.
+    pub reconstruction: Option<Tensor>,
+    /// `[B, classes]` class logits.
+    pub logits: Tensor,
+}
+
+/// The TEMPEST model. Built by [`Tempest::new`] from a [`Config`] and a `VarBuilder`; tensor
+/// names are listed in `docs/model.md` and stay stable across versions.
+#[derive(Debug, Clone)]
+pub struct Tempest {
+    config: Config,
+    /// `embed.bytes [vocab, d_t]`.
+    bytes: Embedding,
+    /// `embed.positions [max_block_bytes, d_t]`.
+    byte_positions: Tensor,
+    block_encoder: Transformer,
+    mixer: Mixer,
+    /// `length [max_block_bytes + 1, d_c]` when `length_embedding`.
+    length: Option<Embedding>,
+    block_decoder: Option<BlockDecoder>,
+    /// `context_encoder.cls [1, d_c]`.
+    cls: Tensor,
+    /// `context_encoder.block_index [max_blocks, d_c]`.
+    block_index: Embedding,
+    /// `context_encoder.sub_token [L', d_c]` when L' > 1.
+    sub_token: Option<Tensor>,
+    /// `context_encoder.time` (2·16 → d_c, no bias) with `IndexAndTime`.
+    time: Option<Linear>,
+    context_encoder: Transformer,
+    head: Linear,
+    dtype: DType,
+}
+
+impl Tempest {
+    /// Builds the model, creating or loading its variables through `vb`.
+    pub fn new(config: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let (dt, dc) = (config.block_encoder.dim, config.context_encoder.dim);
+        let ve = vb.pp("embed");
+        let vc = vb.pp("context_encoder");
+        let time = match config.block_position {
+            BlockPositionKind::IndexAndTime => Some(Linear::new(
+                2 * TIME_FREQUENCIES,
+                dc,
+                false,
+                Some(EMBED_STD),
+                vc.pp("time"),
+            )?),
+            BlockPositionKind::Index => None,
+        };
+        Ok(Tempest {
+            bytes: Embedding::new(config.vocab_size, dt, 1.0, ve.pp("bytes"))?,
+            byte_positions: ve.get_with_hints(
+                (config.max_block_bytes, dt),
+                "positions",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
+            )?,
+            block_encoder: Transformer::new(
+                &spec(config, &config.block_encoder),
+                vb.pp("block_encoder"),
+            )?,
+            mixer: Mixer::new(config, vb.pp("mixer"))?,
+            length: if config.length_embedding {
+                Some(Embedding::new(
+                    config.max_block_bytes + 1,
+                    dc,
+                    EMBED_STD,
+                    vb.pp("length"),
+                )?)
+            } else {
+                None
+            },
+            block_decoder: if config.has_block_decoder() {
+                Some(BlockDecoder::new(config, vb.pp("block_decoder"))?)
+            } else {
+                None
+            },
+            cls: vc.get_with_hints(
+                (1, dc),
+                "cls",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
+            )?,
+            block_index: Embedding::new(config.max_blocks, dc, EMBED_STD, vc.pp("block_index"))?,
+            sub_token: if config.tokens_per_block > 1 {
+                Some(vc.get_with_hints(
+                    (config.tokens_per_block, dc),
+                    "sub_token",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: EMBED_STD,
+                    },
+                )?)
+            } else {
+                None
+            },
+            time,
+            context_encoder: Transformer::new(&spec(config, &config.context_encoder), vc.clone())?,
+            head: Linear::new(dc, config.num_classes, true, Some(EMBED_STD), vb.pp("head"))?,
+            config: config.clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// A freshly initialised model on `device` in `dtype`, with the [`VarMap`] that holds its
+    /// trainable variables (for an optimiser and for [`crate::save`]).
+    pub fn init(config: &Config, device: &Device, dtype: DType) -> Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, device);
+        let model = Tempest::new(config, vb)?;
+        Ok((model, varmap))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The block decoder, when λ > 0.
+    pub fn block_decoder(&self) -> Option<&BlockDecoder> {
+        self.block_decoder.as_ref()
+    }
+
+    /// Byte embedding, E_t and M, each block on its own: `ids [B, N, L] u32`, `byte_mask
+    /// [B, N, L] u8`, `block_len [B, N] u32` → block tokens `[B, N, L', d_c]`. A block only sees
+    /// its own bytes, so blocks can be encoded as they arrive (streaming).
+    pub fn encode_blocks(
+        &self,
+        ids: &Tensor,
+        byte_mask: &Tensor,
+        block_len: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, n, l) = ids.dims3()?;
+        if l > self.config.max_block_bytes {
+            candle_core::bail!(
+                "blocks of {l} bytes exceed the model's max_block_bytes {}",
+                self.config.max_block_bytes
+            );
+        }
+        let bn = b * n;
+        let x = self
+            .bytes
+            .forward(&ids.reshape((bn, l))?)?
+            .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?;
+        let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
+        let bias = key_bias(&mask, self.dtype)?;
+        let h = self.block_encoder.forward(&x, Some(&bias), train)?;
+        let mut tokens = self.mixer.forward(&h, &mask, &bias)?; // [BN, L', d_c]
+        if let Some(length) = &self.length {
+            let len = length.forward(&block_len.reshape(bn)?)?.unsqueeze(1)?;
+            tokens = tokens.broadcast_add(&len)?;
+        }
+        let (_, lt, dc) = tokens.dims3()?;
+        tokens.reshape((b, n, lt, dc))
+    }
+
+    /// E_c and the head: block tokens `[B, N, L', d_c]` with the batch's positions and block
+    /// mask → class logits `[B, classes]`.
+    pub fn classify_tokens(&self, tokens: &Tensor, batch: &Batch, train: bool) -> Result<Tensor> {
+        let (b, n, lt, dc) = tokens.dims4()?;
+        let dev = tokens.device();
+        let last = Tensor::full(self.config.max_blocks as u32 - 1, (), dev)?;
+        let index = batch.block_index.broadcast_minimum(&last)?;
+        let mut pos = self.block_index.forward(&index)?; // [B, N, d_c]
+        if let Some(time) = &self.time {
+            pos =
+                (pos + time.forward(&time_features(&batch.block_time)?.to_dtype(self.dtype)?)?)?;
+        }
+        let mut x = tokens.broadcast_add(&pos.unsqueeze(2)?)?;
+        if let Some(sub) = &self.sub_token {
+            x = x.broadcast_add(sub)?;
+        }
+        let x = x.reshape((b, n * lt, dc))?;
+        let cls = self.cls.unsqueeze(0)?.broadcast_as((b, 1, dc))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?;
+        // Key mask: [CLS] and every token of a real block.
+        let block_mask = batch.block_mask.to_dtype(self.dtype)?;
+        let token_mask = block_mask
+            .unsqueeze(2)?
+            .broadcast_as((b, n, lt))?
+            .reshape((b, n * lt))?;
+        let mask = Tensor::cat(&[&Tensor::ones((b, 1), self.dtype, dev)?, &token_mask], 1)?;
+        let y = self
+            .context_encoder
+            .forward(&x, Some(&key_bias(&mask, self.dtype)?), train)?;
+        self.head.forward(&y.i((.., 0))?)
+    }
+
+    /// Inference or a training pass without the losses: class logits and block tokens.
+    pub fn forward(&self, batch: &Batch, train: bool) -> Result<Output> {
+        let block_tokens =
+            self.encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, train)?;
+        let logits = self.classify_tokens(&block_tokens, batch, train)?;
+        Ok(Output {
+            logits,
+            block_tokens,
+        })
+    }
+
+    /// Class probabilities `[B, classes]` (inference, no dropout).
+    pub fn probabilities(&self, batch: &Batch) -> Result<Tensor> {
+        candle_nn::ops::softmax(&self.forward(batch, false)?.logits, D::Minus1)
+    }
+
+    /// L = L_c + λ·L_r and its parts. D_t runs only when λ > 0.
+    pub fn loss(&self, batch: &Batch, train: bool) -> Result<Losses> {
+        let out = self.forward(batch, train)?;
+        let classification =
+            cross_entropy(&out.logits, &batch.labels, self.config.label_smoothing)?;
+        let (total, reconstruction) = match &self.block_decoder {
+            Some(dec) => {
+                let (b, n, lt, dc) = out.block_tokens.dims4()?;
+                let l = batch.ids.dim(2)?;
+                let logits = dec.forward(&out.block_tokens.reshape((b * n, lt, dc))?, l, train)?;
+                let lr = reconstruction_loss(
+                    &logits,
+                    &batch.ids.reshape((b * n, l))?,
+                    &batch.byte_mask.reshape((b * n, l))?,
+                )?;
+                (
+                    (&classification + (&lr * self.config.reconstruction_weight)?)?,
+                    Some(lr),
+                )
+            }
+            None => (classification.clone(), None),
+        };
+        Ok(Losses {
+            total,
+            classification,
+            reconstruction,
+            logits: out.logits,
+        })
+    }
+}
+
+/// `[B, N]` seconds → `[B, N, 2·TIME_FREQUENCIES]` sines and cosines at geometrically spaced
+/// periods (Vaswani et al. 2017 §3.5, with time in seconds instead of the position).
+pub fn time_features(t: &Tensor) -> Result<Tensor> {
+    let (lo, hi) = TIME_PERIODS;
+    let omegas: Vec<f32> = (0..TIME_FREQUENCIES)
+        .map(|k| {
+            let period = lo * (hi / lo).powf(k as f64 / (TIME_FREQUENCIES - 1) as f64);
+            (2.0 * std::f64::consts::PI / period) as f32
+        })
+        .collect();
+    let w = Tensor::from_vec(omegas, TIME_FREQUENCIES, t.device())?;
+    let phase = t
+        .to_dtype(DType::F32)?
+        .unsqueeze(D::Minus1)?
+        .broadcast_mul(&w)?;
+    Tensor::cat(&[&phase.sin()?, &phase.cos()?], D::Minus1)
+}
+
+/// Mean cross-entropy of `logits [B, C]` against `labels [B] u32`, with label smoothing ε:
+/// `(1 − ε)·nll + ε·mean_c(−log p_c)`.
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = logp.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
+    if smoothing > 0.0 {
+        let uniform = logp.mean(D::Minus1)?.neg()?.mean_all()?;
+        (nll * (1.0 - smoothing))? + (uniform * smoothing)?
+    } else {
+        Ok(nll)
+    }
+}
+
+/// L_r: mean cross-entropy of `logits [BN, L, 256]` against the bytes `ids [BN, L]` over the
+/// positions where `mask [BN, L]` is 1 (padding ids never become targets).
+pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask.to_dtype(logits.dtype())?;
+    let zeros = ids.zeros_like()?;
+    let targets = mask.where_cond(ids, &zeros)?;
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let nll = logp.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?.neg()?;
+    let count = m.sum_all()?.maximum(1.0)?;
+    (nll * &m)?.sum_all()?.div(&count)
+}

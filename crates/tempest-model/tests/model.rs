@@ -1,0 +1,357 @@
+//! Correctness of the model: gradients reach every variable, padding is invisible, analytic
+//! gradients match finite differences, a tiny model memorises, checkpoints reload exactly.
+
+mod common;
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarMap;
+use common::{batch, host, items, scramble_padding};
+use tempest_model::{cost, BlockPositionKind, Config, MixerKind, Tempest};
+
+fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
+    let mut v: Vec<(String, Var)> = data.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    (a - b)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// Variants that together build every kind of variable: both mixers, L' = 1 and 2, the time
+/// projection, the length embedding, the block decoder.
+fn variants() -> Vec<(&'static str, Config)> {
+    let mut multi = Config::tiny()
+        .with_mixer(MixerKind::Attention)
+        .with_reconstruction_weight(0.5);
+    multi.tokens_per_block = 2;
+    multi.block_position = BlockPositionKind::IndexAndTime;
+    vec![
+        ("tiny", Config::tiny()),
+        (
+            "tiny+decoder",
+            Config::tiny().with_reconstruction_weight(0.1),
+        ),
+        ("tiny+attention-pool, L'=2, time, decoder", multi),
+        (
+            "small+decoder",
+            Config::small().with_reconstruction_weight(0.1),
+        ),
+        ("paper", Config::paper()),
+    ]
+}
+
+#[test]
+fn every_variable_gets_a_finite_nonzero_gradient() -> Result<()> {
+    let data = items(1, 3, 4, 12);
+    let b = batch(&data, &[0, 1, 2])?;
+    for (name, cfg) in variants() {
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+        let losses = model.loss(&b, true)?;
+        assert_eq!(
+            losses.reconstruction.is_some(),
+            cfg.reconstruction_weight > 0.0,
+            "{name}"
+        );
+        let grads = losses.total.backward()?;
+        let all = vars(&varmap);
+        assert!(all.len() > 20, "{name}: {} variables", all.len());
+        for (vname, var) in all {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                panic!("{name}: {vname} has no gradient")
+            };
+            let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name}: {vname} has a non-finite gradient"
+            );
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "{name}: {vname} has an all-zero gradient"
+            );
+        }
+        // cost::params counts the same variables as the model builds.
+        let count: usize = vars(&varmap).iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(cost::params(&cfg).total(), count, "{name}: parameter count");
+    }
+    Ok(())
+}
+
+#[test]
+fn without_lambda_there_is_no_block_decoder() -> Result<()> {
+    let (model, varmap) = Tempest::init(&Config::tiny(), &Device::Cpu, DType::F32)?;
+    assert!(model.block_decoder().is_none());
+    assert!(vars(&varmap)
+        .iter()
+        .all(|(n, _)| !n.starts_with("block_decoder")));
+    Ok(())
+}
+
+#[test]
+fn padding_is_invisible() -> Result<()> {
+    let data = items(7, 4, 6, 20);
+    let labels = [1, 2, 3, 4];
+    for (name, cfg) in variants().into_iter().take(3) {
+        let (model, _) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+        let h = host(&data, &labels);
+        assert!(
+            h.padding_ratio() > 0.3,
+            "the batch must have padding to scramble"
+        );
+        let reference = model.loss(
+            &h.to_tensors(&Device::Cpu)
+                .map_err(candle_core::Error::wrap)?,
+            false,
+        )?;
+        for seed in [11, 12] {
+            let mut s = h.clone();
+            scramble_padding(&mut s, seed);
+            assert_ne!(s.ids, h.ids);
+            let scrambled = model.loss(
+                &s.to_tensors(&Device::Cpu)
+                    .map_err(candle_core::Error::wrap)?,
+                false,
+            )?;
+            let d = max_abs_diff(&reference.logits, &scrambled.logits)?;
+            assert!(d < 1e-5, "{name}: logits moved by {d}");
+            let d = (scalar(&reference.total)? - scalar(&scrambled.total)?).abs();
+            assert!(d < 1e-5, "{name}: loss moved by {d}");
+        }
+        // An item alone gives the same logits as inside a batch padded to larger shapes.
+        for (k, item) in data.iter().enumerate() {
+            let alone = model.forward(&batch(std::slice::from_ref(item), &[labels[k]])?, false)?;
+            let d = max_abs_diff(&alone.logits.squeeze(0)?, &reference.logits.get(k)?)?;
+            assert!(d < 1e-5, "{name}: item {k} differs alone by {d}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() -> Result<()> {
+    let mut cfg = Config::tiny().with_reconstruction_weight(0.3);
+    cfg.label_smoothing = 0.1;
+    cfg.block_position = BlockPositionKind::IndexAndTime;
+    for mixer in [MixerKind::Linear, MixerKind::Attention] {
+        let cfg = cfg.clone().with_mixer(mixer);
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
+        let b = batch(&items(3, 3, 4, 10), &[0, 5, 9])?;
+        let loss = |m: &Tempest| -> Result<f64> { scalar(&m.loss(&b, false)?.total) };
+        let grads = model.loss(&b, false)?.total.backward()?;
+        let names = [
+            "embed.bytes.weight",
+            "embed.positions",
+            "block_encoder.layers.0.attn.q.weight",
+            "block_encoder.layers.0.mlp.fc1.weight",
+            "block_encoder.norm.weight",
+            "mixer.mlp.fc2.weight",
+            "length.weight",
+            "context_encoder.time.weight",
+            "context_encoder.layers.1.attn.k.weight",
+            "context_encoder.layers.0.norm2.bias",
+            "context_encoder.cls",
+            "block_decoder.positions",
+            "block_decoder.layers.0.mlp.fc1.bias",
+            "head.weight",
+        ];
+        let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
+        for name in names {
+            let var = &all[name];
+            let g = grads
+                .get(var.as_tensor())
+                .map(|g| g.flatten_all())
+                .transpose()?;
+            let g = g
+                .map(|g| g.to_vec1::<f64>())
+                .transpose()?
+                .unwrap_or_default();
+            // The entry with the largest gradient, so the comparison is meaningful.
+            let (i, &gi) = g
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap_or((0, &0.0));
+            assert!(gi.abs() > 1e-8, "{name}: gradient {gi}");
+            let base = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+            let h = 1e-6;
+            let at = |delta: f64| -> Result<f64> {
+                let mut v = base.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu)?)?;
+                loss(&model)
+            };
+            let fd = (at(h)? - at(-h)?) / (2.0 * h);
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu)?)?;
+            let rel = (fd - gi).abs() / gi.abs().max(1e-6);
+            assert!(
+                rel < 1e-5,
+                "{mixer:?} {name}[{i}]: analytic {gi}, finite difference {fd}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fused_kernels_model_matches_plain_model() -> Result<()> {
+    let cfg = Config::tiny().with_reconstruction_weight(0.2);
+    let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
+    let mut plain_cfg = cfg.clone();
+    plain_cfg.fused_kernels = false;
+    let plain = Tempest::new(
+        &plain_cfg,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
+    )?;
+    let b = batch(&items(5, 4, 5, 16), &[1, 2, 3, 4])?;
+    let (a, p) = (model.loss(&b, false)?, plain.loss(&b, false)?);
+    assert!(max_abs_diff(&a.logits, &p.logits)? < 1e-12);
+    let (ga, gp) = (a.total.backward()?, p.total.backward()?);
+    for (name, var) in vars(&varmap) {
+        let (Some(x), Some(y)) = (ga.get(var.as_tensor()), gp.get(var.as_tensor())) else {
+            panic!("{name}: missing gradient")
+        };
+        // candle's own GELU backward rounds its constants to 6 digits.
+        let scale = y
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?
+            .max(1e-12);
+        let d = max_abs_diff(x, y)? / scale;
+        assert!(
+            d < 1e-4,
+            "{name}: fused and plain gradients differ by {d} (relative)"
+        );
+    }
+    Ok(())
+}
+
+/// Memorising 64 random items needs a few hundred steps: fast in release, minutes in debug,
+/// so it runs in release builds (`cargo test --release -p tempest-model`) and is ignored in
+/// debug ones. The budget is in steps, not time.
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "run with --release: a few hundred training steps"
+)]
+fn tiny_memorises_64_items() -> Result<()> {
+    use tempest_model::{TrainConfig, Trainer};
+    let data = items(42, 64, 4, 8);
+    let labels: Vec<u32> = (0..64).map(|i| (i * 7 % 10) as u32).collect();
+    let b = batch(&data, &labels)?;
+    let (model, varmap) = Tempest::init(&Config::tiny(), &Device::Cpu, DType::F32)?;
+    let steps = 600;
+    let mut cfg = TrainConfig::new(3e-3, steps);
+    cfg.weight_decay = 0.0;
+    let mut trainer = Trainer::new(&varmap, cfg)?;
+    let mut last = None;
+    for _ in 0..steps {
+        let s = trainer.step(&model, &b)?;
+        last = Some(s);
+        if s.loss < 0.02 && s.correct == 64 {
+            break;
+        }
+    }
+    eprintln!("stopped after {} steps: {last:?}", trainer.steps());
+    let eval = model.loss(&b, false)?;
+    let loss = scalar(&eval.total)?;
+    let correct = tempest_model::optim::correct(&eval.logits, &b.labels)?;
+    assert!(
+        loss < 0.05 && correct == 64,
+        "after {last:?}: loss {loss}, {correct}/64 correct"
+    );
+    Ok(())
+}
+
+#[test]
+fn checkpoints_reload_bit_identical() -> Result<()> {
+    let mut cfg = Config::tiny()
+        .with_mixer(MixerKind::Attention)
+        .with_reconstruction_weight(0.1);
+    cfg.tokens_per_block = 2;
+    cfg.block_position = BlockPositionKind::IndexAndTime;
+    let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tempest-model-checkpoint");
+    let _ = std::fs::remove_dir_all(&dir);
+    tempest_model::save(&dir, &cfg, &varmap).map_err(candle_core::Error::wrap)?;
+
+    let b = batch(&items(9, 3, 5, 12), &[0, 1, 2])?;
+    let before = model.loss(&b, false)?;
+    let loaded =
+        tempest_model::load(&dir, &Device::Cpu, DType::F32).map_err(candle_core::Error::wrap)?;
+    assert_eq!(loaded.config(), &cfg);
+    let after = loaded.loss(&b, false)?;
+    assert_eq!(
+        before.logits.to_vec2::<f32>()?,
+        after.logits.to_vec2::<f32>()?
+    );
+    assert_eq!(
+        before.total.to_scalar::<f32>()?,
+        after.total.to_scalar::<f32>()?
+    );
+    let (trainable, _) = tempest_model::load_trainable(&dir, &Device::Cpu, DType::F32)
+        .map_err(candle_core::Error::wrap)?;
+    assert_eq!(
+        before.logits.to_vec2::<f32>()?,
+        trainable.forward(&b, false)?.logits.to_vec2::<f32>()?
+    );
+
+    // The documented names are the file's names.
+    let tensors =
+        candle_core::safetensors::load(dir.join(tempest_model::WEIGHTS_FILE), &Device::Cpu)?;
+    for name in [
+        "embed.bytes.weight",
+        "embed.positions",
+        "block_encoder.layers.0.norm1.weight",
+        "block_encoder.layers.0.attn.q.weight",
+        "block_encoder.layers.0.attn.o.bias",
+        "block_encoder.layers.0.mlp.fc2.weight",
+        "block_encoder.norm.bias",
+        "mixer.queries",
+        "mixer.attn.v.weight",
+        "mixer.norm.weight",
+        "mixer.mlp.fc1.weight",
+        "length.weight",
+        "block_decoder.input.weight",
+        "block_decoder.positions",
+        "block_decoder.layers.0.attn.k.weight",
+        "block_decoder.output.weight",
+        "context_encoder.cls",
+        "context_encoder.block_index.weight",
+        "context_encoder.sub_token",
+        "context_encoder.time.weight",
+        "context_encoder.layers.1.mlp.fc1.bias",
+        "context_encoder.norm.weight",
+        "head.weight",
+        "head.bias",
+    ] {
+        assert!(
+            tensors.contains_key(name),
+            "{name} missing from the checkpoint"
+        );
+    }
+    assert_eq!(tensors.len(), vars(&varmap).len());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn blocks_longer_than_the_model_allows_are_an_error() -> Result<()> {
+    let mut cfg = Config::tiny();
+    cfg.max_block_bytes = 8;
+    let (model, _) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+    let b = batch(&items(2, 2, 3, 40), &[0, 1])?;
+    assert!(b.ids.dim(2)? > 8);
+    assert!(model.forward(&b, false).is_err());
+    Ok(())
+}

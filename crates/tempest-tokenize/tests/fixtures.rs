@@ -1,0 +1,93 @@
+//! Tokenizing the real files made by real encoders that cff-blocks tests against.
+
+use std::path::{Path, PathBuf};
+
+use cff_blocks::{Format, Options, Reader};
+use tempest_tokenize::{tokenize, tokenize_file, Crop, CropContext, KindFilter, TokenizerConfig};
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cff-blocks/tests/fixtures")
+        .join(rel)
+}
+
+#[test]
+fn format_defaults_truncate_no_block_of_the_fixtures() {
+    // 16 kHz MP3 at 32 and ~20 kbps, Opus at 64 kbps stereo (20 ms), 28×28 q95 gray JPEG.
+    for (rel, format) in [
+        ("mp3/cbr32_16k_mono.mp3", Format::Mp3),
+        ("mp3/abr20_16k_mono.mp3", Format::Mp3),
+        ("opus/tone_stereo_64k_20ms.opus", Format::OggOpus),
+        ("opus/speech_mono_24k_20ms.opus", Format::OggOpus),
+        ("jpeg/gray28_q95_opt.jpg", Format::Jpeg),
+    ] {
+        let config = TokenizerConfig::for_format(format);
+        let item = tokenize_file(&fixture(rel), &config, CropContext::default()).unwrap();
+        assert_eq!(item.format, format);
+        assert_eq!(item.truncated_blocks, 0, "{rel}");
+        assert!(item.num_blocks() > 0, "{rel}");
+    }
+}
+
+#[test]
+fn items_hold_the_reader_s_blocks_and_times() {
+    let path = fixture("opus/speech_mono_24k_20ms.opus");
+    let data = std::fs::read(&path).unwrap();
+    let config = TokenizerConfig::for_format(Format::OggOpus);
+    let item = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    let audio: Vec<_> = Reader::new(&data, &Options::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
+        .collect();
+    assert_eq!(
+        item.num_blocks(),
+        audio.len(),
+        "metadata left out by default"
+    );
+    for (k, b) in audio.iter().enumerate() {
+        assert_eq!(item.block(k), &b.data[..]);
+        let t = b.place.time_seconds().unwrap() as f32;
+        assert_eq!(item.positions[k].time, t);
+    }
+
+    let with_meta = config.with_kinds(KindFilter {
+        metadata: true,
+        ..KindFilter::default()
+    });
+    let all = tokenize(&data, &path, &with_meta, CropContext::default()).unwrap();
+    assert_eq!(
+        all.num_blocks(),
+        audio.len() + 2,
+        "OpusHead and OpusTags kept"
+    );
+}
+
+#[test]
+fn jpeg_header_block_comes_first_and_counts_against_n() {
+    let path = fixture("jpeg/gray28_q75.jpg");
+    let data = std::fs::read(&path).unwrap();
+    let header = match Reader::new(&data, &Options::default()).unwrap() {
+        Reader::Jpeg(r) => r.header().to_vec(),
+        _ => unreachable!("a JPEG"),
+    };
+    let config = TokenizerConfig::for_format(Format::Jpeg)
+        .with_jpeg_header_block(true)
+        .with_max_block_bytes(4096);
+    let item = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    assert_eq!(item.num_blocks(), 17, "16 MCUs and the header");
+    assert_eq!(item.block(0), &header[..]);
+    assert_eq!(&header[..2], &[0xFF, 0xD8]);
+    assert_eq!((item.positions[16].row, item.positions[16].col), (3, 3));
+
+    let cropped = tokenize(
+        &data,
+        &path,
+        &config.with_max_blocks(5).with_crop(Crop::Centre),
+        CropContext::default(),
+    )
+    .unwrap();
+    assert_eq!(cropped.num_blocks(), 5);
+    assert_eq!(cropped.block(0), &header[..]);
+    assert_eq!(cropped.source_blocks, 17);
+}
