@@ -186,9 +186,9 @@ pub fn encode_mp3(audio: &Audio, options: &Mp3Options) -> Result<Vec<u8>> {
     let mut encoder = builder.build().map_err(lame_err)?;
 
     let pcm = audio.to_i16();
-    let mut out = Vec::new();
-    out.reserve(mp3lame_encoder::max_required_buffer_size(pcm.len()) + 7200);
-    // LAME buffers at most a frame and its look-ahead; chunks bound the output buffer size.
+    // About 4 kB per second at 32 kbps: sized for the output, not LAME's worst case, which
+    // `reserve` guarantees per chunk (`encode_to_vec` writes into spare capacity only).
+    let mut out = Vec::with_capacity(pcm.len() / 4 + 7200);
     for chunk in pcm.chunks(1 << 16) {
         out.reserve(mp3lame_encoder::max_required_buffer_size(chunk.len()));
         encoder

@@ -1,5 +1,6 @@
 //! Every encoder's output checked by cff-blocks and, where they are installed, by an
 //! independent decoder (ffmpeg, opusdec, djpeg); jpeg-decoder always.
+#![allow(clippy::unwrap_used)] // test helpers: a failure to read a fixture should fail loudly
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,6 +161,36 @@ fn jpeg_is_baseline_deterministic_and_decodes_to_the_input() {
             u64::from(image.width.div_ceil(8 * h) * image.height.div_ceil(8 * v))
         );
 
+        // cff-blocks finds exactly those MCUs, in raster order, each with its data units
+        // (T.81 A.2.3: H·V luma blocks and one per chroma component).
+        let (blocks, _, err) =
+            cff_blocks::read_all(&jpeg, &cff_blocks::Options::default()).unwrap();
+        assert!(err.is_none(), "{err:?}");
+        let mcus: Vec<_> = blocks
+            .iter()
+            .filter(|b| b.kind == cff_blocks::BlockKind::Mcu)
+            .collect();
+        let cols = image.width.div_ceil(8 * h);
+        assert_eq!(
+            mcus.len() as u64,
+            mcu_count(image.width, image.height, image.kind, options.subsampling)
+        );
+        for (k, b) in mcus.iter().enumerate() {
+            assert_eq!(b.place.grid(), Some((k as u32 / cols, k as u32 % cols)));
+            let cff_blocks::Detail::Jpeg(info) = &b.detail else {
+                panic!()
+            };
+            let units = if image.kind == PixelKind::Gray {
+                1
+            } else {
+                h * v + 2
+            };
+            assert_eq!(u32::from(info.data_units), units);
+            // The index of the restart interval the MCU lies in (DRI every `interval` MCUs).
+            let interval = options.restart_interval.map_or(u32::MAX, u32::from);
+            assert_eq!(info.restart_interval, k as u32 / interval);
+        }
+
         if have("djpeg") {
             let path = temp_file("t.jpg", &jpeg);
             let out = Command::new("djpeg").arg(&path).output().unwrap();
@@ -319,17 +350,17 @@ mod opus {
     fn ogg_opus_decodes_to_the_input_length() {
         let audio = speech_16k();
         let n = audio.samples.len();
-        for (frame, ms) in [
-            (FrameDuration::Ms2_5, 2.5),
-            (FrameDuration::Ms10, 10.0),
-            (FrameDuration::Ms20, 20.0),
-            (FrameDuration::Ms60, 60.0),
+        // Each frame duration once and each rate control at least once (a full matrix costs
+        // seconds in a debug build of libopus).
+        for (frame, ms, rc) in [
+            (FrameDuration::Ms2_5, 2.5, RateControl::ConstrainedVbr),
+            (FrameDuration::Ms5, 5.0, RateControl::Vbr),
+            (FrameDuration::Ms10, 10.0, RateControl::Cbr),
+            (FrameDuration::Ms20, 20.0, RateControl::Vbr),
+            (FrameDuration::Ms40, 40.0, RateControl::ConstrainedVbr),
+            (FrameDuration::Ms60, 60.0, RateControl::Cbr),
         ] {
-            for rc in [
-                RateControl::Vbr,
-                RateControl::ConstrainedVbr,
-                RateControl::Cbr,
-            ] {
+            {
                 let options = OpusOptions::kbps(24)
                     .with_frame(frame)
                     .with_rate_control(rc)

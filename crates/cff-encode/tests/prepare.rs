@@ -1,5 +1,6 @@
 //! `prepare` on tiny synthetic datasets in a temporary folder: every layout, a corrupt input
 //! that is reported and counted, and a rerun that skips everything.
+#![allow(clippy::unwrap_used)] // test helpers: a failure to write a temp file or fixture should fail loudly
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -255,6 +256,20 @@ fn mnist_idx_gz_and_plain_to_jpeg() {
     let data = fs::read(output.join(&table[3][4])).unwrap();
     let decoded = jpeg_decoder::Decoder::new(&data[..]).decode().unwrap();
     assert_eq!(decoded.len(), 784);
+    // A 28x28 grayscale baseline JPEG has 4·4 = 16 MCUs (T.81 A.2), as cff-blocks finds.
+    for row in &table {
+        let data = fs::read(output.join(&row[4])).unwrap();
+        let (blocks, _, err) =
+            cff_blocks::read_all(&data, &cff_blocks::Options::default()).unwrap();
+        assert!(err.is_none());
+        assert_eq!(
+            blocks
+                .iter()
+                .filter(|b| b.kind == cff_blocks::BlockKind::Mcu)
+                .count(),
+            16
+        );
+    }
 
     // A labels file that disagrees with its images is an error for the whole run.
     write(
