@@ -65,9 +65,7 @@ fn wrong_number_of_class_names_is_an_error() -> Result<()> {
 }
 
 /// Three MPEG-2 Layer III frames (16 kHz, 32 kbps, mono: FF F3 48 C4 + 140 bytes = 144).
-/// In this branch the MP3 reader is a placeholder: check after the readers are merged.
 #[test]
-#[ignore = "needs the MP3 reader (placeholder in this branch): run after merge"]
 fn classifies_an_mp3_buffer_end_to_end() -> Result<()> {
     let (dir, _) = checkpoint("tempest-classifier-mp3", &["a", "b"])?;
     let classifier = Classifier::load(&dir, &Device::Cpu).map_err(candle_core::Error::wrap)?;
