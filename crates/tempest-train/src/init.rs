@@ -145,11 +145,12 @@ mod tests {
         let name = "head.weight";
         assert_eq!(get(&a, name)?, get(&b, name)?);
         assert_ne!(get(&a, name)?, get(&c, name)?);
-        // The draw has the asked distribution: N(0, σ²) with σ = the model's, mean ≈ 0.
+        // A zero-mean normal draw: the sample mean within 4 standard errors of 0.
         let w = get(&a, "embed.bytes.weight")?;
         let mean = w.iter().map(|&x| x as f64).sum::<f64>() / w.len() as f64;
         let var = w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64;
-        assert!(mean.abs() < 0.01 && var > 0.0, "mean {mean} var {var}");
+        let se = (var / w.len() as f64).sqrt();
+        assert!(mean.abs() < 4.0 * se && var > 0.0, "mean {mean} var {var}");
         assert_eq!(a.all_vars().len(), Tempest::init(&cfg, &dev, DType::F32)?.1.all_vars().len());
         Ok(())
     }
