@@ -16,7 +16,12 @@ use tempest::cff_encode::prepare::Layout;
 use tempest::tempest_train::{self, checkpoint, Dataset, EvalVariants};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut ckpt, mut data, mut layout, mut input) = (None::<PathBuf>, None::<PathBuf>, None::<Layout>, None::<PathBuf>);
+    let (mut ckpt, mut data, mut layout, mut input) = (
+        None::<PathBuf>,
+        None::<PathBuf>,
+        None::<Layout>,
+        None::<PathBuf>,
+    );
     let mut split = "test".to_string();
     let mut variants = EvalVariants::First;
     let (mut batch, mut workers) = (64usize, 2usize);
@@ -39,7 +44,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut dataset = match (data, layout, input) {
         (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
         (None, Some(layout), Some(input)) => Dataset::from_compressed(layout, &input)?,
-        _ => return Err("give --data DIR, or --layout L and --input DIR (compressed files)".into()),
+        _ => {
+            return Err("give --data DIR, or --layout L and --input DIR (compressed files)".into())
+        }
     };
     let loaded = checkpoint::load(&ckpt, &candle_core::Device::Cpu)?;
     let dropped = dataset.relabel(&loaded.classes);
@@ -62,7 +69,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "{v}: {} items, accuracy {:.4}{}, loss {:.4}",
             m.items,
             m.accuracy,
-            m.top5.map(|t| format!(", top-5 {t:.4}")).unwrap_or_default(),
+            m.top5
+                .map(|t| format!(", top-5 {t:.4}"))
+                .unwrap_or_default(),
             m.loss
         );
         for (c, acc) in m.per_class.iter().enumerate() {

@@ -82,7 +82,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         _ => return Err("give --data DIR, or --layout L and --input DIR".into()),
     };
     if let Some(v) = &variants {
-        if dataset.variants().iter().any(|d| v.iter().any(|x| x.to_string() == *d)) {
+        if dataset
+            .variants()
+            .iter()
+            .any(|d| v.iter().any(|x| x.to_string() == *d))
+        {
             o.train_variants = v.iter().map(Variant::to_string).collect();
         }
     }
@@ -109,7 +113,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         for (k, acc) in &cv.folds {
             println!("fold {k}: {acc:.4}");
         }
-        println!("mean {:.4} ± {:.4} over {} folds", cv.mean, cv.std, cv.folds.len());
+        println!(
+            "mean {:.4} ± {:.4} over {} folds",
+            cv.mean,
+            cv.std,
+            cv.folds.len()
+        );
         println!("test accuracy: {:.4}", cv.mean);
         return Ok(());
     }
@@ -131,7 +140,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "{v}: accuracy {:.4}{}",
             m.accuracy,
-            m.top5.map(|t| format!(", top-5 {t:.4}")).unwrap_or_default()
+            m.top5
+                .map(|t| format!(", top-5 {t:.4}"))
+                .unwrap_or_default()
         );
     }
     println!("test accuracy: {:.4}", test.accuracy);

@@ -131,7 +131,9 @@ pub fn resolve(dir: &Path) -> Option<PathBuf> {
         return Some(dir.to_path_buf());
     }
     let old = with_suffix(dir, ".old");
-    old.join(tempest_model::WEIGHTS_FILE).exists().then_some(old)
+    old.join(tempest_model::WEIGHTS_FILE)
+        .exists()
+        .then_some(old)
 }
 
 /// What a checkpoint holds besides the weights.

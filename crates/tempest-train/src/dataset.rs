@@ -70,8 +70,7 @@ impl Dataset {
     where
         I: IntoIterator<Item = (String, String, String, String, PathBuf)>,
     {
-        let mut by_id: BTreeMap<String, (String, String, Vec<(String, PathBuf)>)> =
-            BTreeMap::new();
+        let mut by_id: BTreeMap<String, (String, String, Vec<(String, PathBuf)>)> = BTreeMap::new();
         for (id, label, split, variant, path) in rows {
             by_id
                 .entry(id)
@@ -108,7 +107,10 @@ impl Dataset {
         if header.iter().map(String::as_str).ne(want.iter().copied()) {
             return Err(Error::dataset(
                 &path,
-                format!("header {:?}, expected {MANIFEST_HEADER:?}", header.join(",")),
+                format!(
+                    "header {:?}, expected {MANIFEST_HEADER:?}",
+                    header.join(",")
+                ),
             ));
         }
         let mut rows = Vec::new();
@@ -169,8 +171,8 @@ impl Dataset {
                 return Ok((direct, None));
             }
         }
-        let config = PrepareConfig::new(layout, input, cache, variants.to_vec())
-            .with_progress(progress);
+        let config =
+            PrepareConfig::new(layout, input, cache, variants.to_vec()).with_progress(progress);
         let summary = prepare(&config)?;
         Ok((Dataset::from_manifest(cache)?, Some(summary)))
     }
@@ -489,9 +491,9 @@ fn scan_esc50(dir: &Path) -> Result<Vec<Row>> {
             continue;
         }
         let field = |c: usize| {
-            r.get(c).map(|s| s.trim().to_string()).ok_or_else(|| {
-                Error::dataset(&csv_path, format!("line {}: too few fields", n + 2))
-            })
+            r.get(c)
+                .map(|s| s.trim().to_string())
+                .ok_or_else(|| Error::dataset(&csv_path, format!("line {}: too few fields", n + 2)))
         };
         let (file, fold, category) = (field(c_file)?, field(c_fold)?, field(c_cat)?);
         if !matches!(fold.as_str(), "1" | "2" | "3" | "4" | "5") {
@@ -558,10 +560,7 @@ mod tests {
         assert_eq!(d.samples.len(), 2);
         assert_eq!(d.samples[1].label, 1);
         assert_eq!(d.samples[1].variants.len(), 2);
-        assert_eq!(
-            d.samples[1].variant("mp3:32"),
-            Some(Path::new("b1-mp3:32"))
-        );
+        assert_eq!(d.samples[1].variant("mp3:32"), Some(Path::new("b1-mp3:32")));
         assert_eq!(d.variants(), vec!["mp3:20", "mp3:32"]);
     }
 

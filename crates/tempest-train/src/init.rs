@@ -91,11 +91,10 @@ fn draw(shape: &Shape, init: Init, rng: &mut SplitMix64) -> Vec<f32> {
 
 impl SimpleBackend for SeededBackend {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
-        let mut data = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("the variable map's lock is poisoned".into()))?;
+        let mut data =
+            self.varmap.data().lock().map_err(|_| {
+                candle_core::Error::Msg("the variable map's lock is poisoned".into())
+            })?;
         if let Some(var) = data.get(name) {
             if var.shape() != &s {
                 candle_core::bail!("variable {name}: shape {:?}, asked {s:?}", var.shape());
@@ -136,7 +135,10 @@ mod tests {
         let (_, b) = init_seeded(&cfg, &dev, DType::F32, 7)?;
         let (_, c) = init_seeded(&cfg, &dev, DType::F32, 8)?;
         let get = |m: &VarMap, n: &str| -> Result<Vec<f32>> {
-            let d = m.data().lock().map_err(|_| candle_core::Error::Msg("lock".into()))?;
+            let d = m
+                .data()
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("lock".into()))?;
             match d.get(n) {
                 Some(v) => v.as_tensor().flatten_all()?.to_vec1::<f32>(),
                 None => candle_core::bail!("no {n}"),
@@ -151,7 +153,10 @@ mod tests {
         let var = w.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64;
         let se = (var / w.len() as f64).sqrt();
         assert!(mean.abs() < 4.0 * se && var > 0.0, "mean {mean} var {var}");
-        assert_eq!(a.all_vars().len(), Tempest::init(&cfg, &dev, DType::F32)?.1.all_vars().len());
+        assert_eq!(
+            a.all_vars().len(),
+            Tempest::init(&cfg, &dev, DType::F32)?.1.all_vars().len()
+        );
         Ok(())
     }
 }

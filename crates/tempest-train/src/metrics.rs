@@ -134,7 +134,8 @@ mod tests {
         // Cross-entropy of the first item: log(e^5 + e^1 + 4) − 5.
         let l0 = (5f64.exp() + 1f64.exp() + 4.0).ln() - 5.0;
         let l1 = (5f64.exp() + 1f64.exp() + 4.0).ln() - 1.0;
-        let l2 = (1.0f64 + 1f64.exp() + (-9f64).exp() + 2f64.exp() + 3f64.exp() + 4f64.exp()).ln() + 9.0;
+        let l2 =
+            (1.0f64 + 1f64.exp() + (-9f64).exp() + 2f64.exp() + 3f64.exp() + 4f64.exp()).ln() + 9.0;
         assert!((m.loss - (l0 + l1 + l2) / 3.0).abs() < 1e-9);
         assert_eq!(Tally::new(3).metrics().top5, None);
     }

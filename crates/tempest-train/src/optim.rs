@@ -240,7 +240,8 @@ mod tests {
         };
         let mut opt = AdamW::new(&varmap, cfg)?;
         let target = Tensor::new(&[[3.0f32, -1.0], [0.5, 2.0]], &dev)?;
-        let loss = ((&w * &target)?.sum_all()? + (&b * Tensor::new(&[-2.0f32, 4.0], &dev)?)?.sum_all()?)?;
+        let loss = ((&w * &target)?.sum_all()?
+            + (&b * Tensor::new(&[-2.0f32, 4.0], &dev)?)?.sum_all()?)?;
         opt.accumulate(&loss.backward()?)?;
         opt.accumulate(&loss.backward()?)?; // the mean of two equal gradients is the gradient
         let norm = opt.step(0.1, 0.0)?;
@@ -250,7 +251,10 @@ mod tests {
         assert!((w[0][0] - (0.95 - 0.1)).abs() < 1e-6, "{w:?}");
         assert!((w[0][1] - (0.95 + 0.1)).abs() < 1e-6, "{w:?}");
         let b = b.to_vec1::<f32>()?;
-        assert!((b[0] - 1.1).abs() < 1e-6 && (b[1] - 0.9).abs() < 1e-6, "{b:?}");
+        assert!(
+            (b[0] - 1.1).abs() < 1e-6 && (b[1] - 0.9).abs() < 1e-6,
+            "{b:?}"
+        );
         assert_eq!(opt.steps(), 1);
         Ok(())
     }
@@ -261,7 +265,9 @@ mod tests {
         let varmap = VarMap::new();
         let w = varmap.get(3, "w", candle_nn::Init::Const(0.5), DType::F32, &dev)?;
         let mut a = AdamW::new(&varmap, AdamWConfig::default())?;
-        let loss = (&w * Tensor::new(&[1.0f32, 2.0, 3.0], &dev)?)?.sqr()?.sum_all()?;
+        let loss = (&w * Tensor::new(&[1.0f32, 2.0, 3.0], &dev)?)?
+            .sqr()?
+            .sum_all()?;
         a.accumulate(&loss.backward()?)?;
         a.step(0.01, 1.0)?;
         let dir = std::env::temp_dir().join(format!("tempest-train-adamw-{}", std::process::id()));

@@ -244,7 +244,9 @@ fn bar(progress: bool, len: u64, what: String) -> ProgressBar {
 pub fn detect_format(dataset: &Dataset) -> Result<cff_blocks::Format> {
     for s in &dataset.samples {
         for (_, p) in &s.variants {
-            let Ok(mut f) = fs::File::open(p) else { continue };
+            let Ok(mut f) = fs::File::open(p) else {
+                continue;
+            };
             let mut head = [0u8; 16];
             let mut n = 0;
             use std::io::Read;
@@ -342,8 +344,8 @@ pub fn evaluate(
         total_items += tally.items();
         out.variants.push((name.clone(), tally.metrics()));
     }
-    out.accuracy =
-        out.variants.iter().map(|(_, m)| m.accuracy).sum::<f64>() / out.variants.len().max(1) as f64;
+    out.accuracy = out.variants.iter().map(|(_, m)| m.accuracy).sum::<f64>()
+        / out.variants.len().max(1) as f64;
     out.items_per_s = total_items as f64 / start.elapsed().as_secs_f64().max(1e-9);
     if total_items == 0 {
         return Err(Error::Empty {
@@ -387,7 +389,10 @@ pub fn train(
     let device = Device::Cpu;
     let o = options;
     if o.batch_size == 0 || o.accumulate == 0 {
-        return Err(Error::setting("batch", "batch size and accumulation must be ≥ 1"));
+        return Err(Error::setting(
+            "batch",
+            "batch size and accumulation must be ≥ 1",
+        ));
     }
     fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
     if o.handle_ctrl_c {
@@ -402,7 +407,9 @@ pub fn train(
     if let Some(l) = o.reconstruction_weight {
         config.reconstruction_weight = l;
     }
-    config.validate().map_err(|w| Error::setting("model config", w))?;
+    config
+        .validate()
+        .map_err(|w| Error::setting("model config", w))?;
 
     let format = detect_format(dataset)?;
     let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block);
@@ -449,34 +456,38 @@ pub fn train(
     // Model, optimiser, state.
     let last_dir = run_dir.join("last");
     let best_dir = run_dir.join("best");
-    let (model, varmap, mut opt, mut state) = match checkpoint::resolve(&last_dir).filter(|_| resume) {
-        Some(dir) => {
-            let (model, varmap) = tempest_model::load_trainable(&dir, &device, DType::F32)?;
-            let mut opt = AdamW::new(&varmap, o.adamw)?;
-            opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
-            let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
-            if state.seed != o.seed {
-                return Err(Error::setting(
-                    "seed",
-                    format!("the run was started with seed {}, not {}", state.seed, o.seed),
-                ));
+    let (model, varmap, mut opt, mut state) =
+        match checkpoint::resolve(&last_dir).filter(|_| resume) {
+            Some(dir) => {
+                let (model, varmap) = tempest_model::load_trainable(&dir, &device, DType::F32)?;
+                let mut opt = AdamW::new(&varmap, o.adamw)?;
+                opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
+                let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
+                if state.seed != o.seed {
+                    return Err(Error::setting(
+                        "seed",
+                        format!(
+                            "the run was started with seed {}, not {}",
+                            state.seed, o.seed
+                        ),
+                    ));
+                }
+                (model, varmap, opt, state)
             }
-            (model, varmap, opt, state)
-        }
-        None => {
-            if resume {
-                return Err(Error::dataset(&last_dir, "nothing to resume"));
+            None => {
+                if resume {
+                    return Err(Error::dataset(&last_dir, "nothing to resume"));
+                }
+                let _ = fs::remove_file(run_dir.join("metrics.jsonl"));
+                let (model, varmap) = init_seeded(&config, &device, DType::F32, o.seed)?;
+                let opt = AdamW::new(&varmap, o.adamw)?;
+                let state = TrainState {
+                    seed: o.seed,
+                    ..TrainState::default()
+                };
+                (model, varmap, opt, state)
             }
-            let _ = fs::remove_file(run_dir.join("metrics.jsonl"));
-            let (model, varmap) = init_seeded(&config, &device, DType::F32, o.seed)?;
-            let opt = AdamW::new(&varmap, o.adamw)?;
-            let state = TrainState {
-                seed: o.seed,
-                ..TrainState::default()
-            };
-            (model, varmap, opt, state)
-        }
-    };
+        };
     let config = model.config().clone();
     let classes = dataset.classes.clone();
     let save_last = |opt: &AdamW, state: &TrainState| -> Result<()> {
@@ -606,8 +617,7 @@ pub fn train(
                         break;
                     }
                 }
-                if o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0 && !end_of_epoch
-                {
+                if o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0 && !end_of_epoch {
                     state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
                     save_last(&opt, &state)?;
                 }
@@ -707,14 +717,33 @@ pub fn train(
     // The final test: the best checkpoint if a validation split chose it, else the last weights.
     let test_idx = dataset.select(&plan.test);
     let tested = if plan.validation.is_empty() {
-        evaluate(&model, dataset, &test_idx, &o.eval_variants, &eval_tok, o.batch_size.max(64), o.workers, o.progress)?
+        evaluate(
+            &model,
+            dataset,
+            &test_idx,
+            &o.eval_variants,
+            &eval_tok,
+            o.batch_size.max(64),
+            o.workers,
+            o.progress,
+        )?
     } else {
         let best = checkpoint::load(&best_dir, &device)?;
-        evaluate(&best.model, dataset, &test_idx, &o.eval_variants, &eval_tok, o.batch_size.max(64), o.workers, o.progress)?
+        evaluate(
+            &best.model,
+            dataset,
+            &test_idx,
+            &o.eval_variants,
+            &eval_tok,
+            o.batch_size.max(64),
+            o.workers,
+            o.progress,
+        )?
     };
     merge_stats(&mut report.eval_stats, &tested.stats);
     report.skipped.extend(tested.skipped.clone());
-    let line = json!({"test_split": plan.test, "test": tested.to_json(), "elapsed_s": report.elapsed_s});
+    let line =
+        json!({"test_split": plan.test, "test": tested.to_json(), "elapsed_s": report.elapsed_s});
     writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
     report.test = Some(tested);
     Ok(report)

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use cff_encode::image::read_idx;
 use cff_encode::prepare::{Layout, Variant};
 use tempest_model::Config;
-use tempest_train::{
-    checkpoint, evaluate, train, Dataset, EvalVariants, SplitPlan, TrainOptions,
-};
+use tempest_train::{checkpoint, evaluate, train, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -74,12 +72,19 @@ fn quick_options(seed: u64) -> TrainOptions {
 }
 
 fn weights(dir: &Path) -> Result<Vec<u8>> {
-    Ok(std::fs::read(dir.join("last").join(tempest_model::WEIGHTS_FILE))?)
+    Ok(std::fs::read(
+        dir.join("last").join(tempest_model::WEIGHTS_FILE),
+    )?)
 }
 
 /// Runs the same training uninterrupted and stopped mid-epoch then resumed: the weights must
 /// be bit-identical; then evaluates the checkpoint.
-fn train_interrupt_resume(dataset: &Dataset, plan: &SplitPlan, options: TrainOptions, name: &str) -> Result<()> {
+fn train_interrupt_resume(
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    options: TrainOptions,
+    name: &str,
+) -> Result<()> {
     let cfg = Config::tiny();
     let whole = scratch(&format!("{name}-whole"))?;
     let report = train(dataset, plan, &cfg, &options, &whole, false)?;
@@ -108,7 +113,11 @@ fn train_interrupt_resume(dataset: &Dataset, plan: &SplitPlan, options: TrainOpt
     let r2 = train(dataset, plan, &cfg, &options, &parted, true)?;
     assert!(!r2.interrupted);
     assert_eq!(r2.steps, steps);
-    assert_eq!(weights(&whole)?, weights(&parted)?, "resumed weights differ");
+    assert_eq!(
+        weights(&whole)?,
+        weights(&parted)?,
+        "resumed weights differ"
+    );
     let (a, b) = (
         report.test.as_ref().ok_or("no test")?.accuracy,
         r2.test.as_ref().ok_or("no test")?.accuracy,
@@ -139,13 +148,13 @@ fn train_interrupt_resume(dataset: &Dataset, plan: &SplitPlan, options: TrainOpt
 #[test]
 fn jpeg_mnist_prepare_train_interrupt_resume_evaluate() -> Result<()> {
     let raw = scratch("mnist-raw")?;
-    small_mnist(&raw, 48)?;
+    small_mnist(&raw, 32)?;
     let cache = scratch("mnist-cache")?;
     let variants = [Variant::Jpeg(75), Variant::Jpeg(90)];
     let (dataset, summary) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
     let summary = summary.ok_or("nothing prepared")?;
-    assert_eq!(summary.written, 72 * 2);
-    assert_eq!(dataset.samples.len(), 72);
+    assert_eq!(summary.written, 48 * 2);
+    assert_eq!(dataset.samples.len(), 48);
     assert_eq!(dataset.classes.len(), 10);
     assert_eq!(dataset.variants(), vec!["jpeg:75", "jpeg:90"]);
     // A second open finds the cache complete.
@@ -164,15 +173,16 @@ fn jpeg_mnist_prepare_train_interrupt_resume_evaluate() -> Result<()> {
 
 #[test]
 fn mp3_spoken_words_train_interrupt_resume_evaluate() -> Result<()> {
-    let mut dataset = Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let mut dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
     assert_eq!(dataset.samples.len(), 160);
     assert_eq!(dataset.classes.len(), 10);
     let plan = SplitPlan::standard(&dataset)?;
     assert_eq!(plan.validation, vec!["validation"]);
     assert_eq!(dataset.select(&plan.test).len(), 20);
     assert_eq!(dataset.select(&plan.validation).len(), 20);
-    dataset.truncate_splits(&plan.train, 32);
-    assert_eq!(dataset.select(&plan.train).len(), 32);
+    dataset.truncate_splits(&plan.train, 24);
+    assert_eq!(dataset.select(&plan.train).len(), 24);
     train_interrupt_resume(&dataset, &plan, quick_options(5), "mp3")?;
     Ok(())
 }
@@ -210,10 +220,22 @@ fn corrupt_files_are_skipped_and_counted() -> Result<()> {
     let run_dir = dir.join("run");
     let report = train(&dataset, &plan, &Config::tiny(), &o, &run_dir, false)?;
     assert!(report.test.is_some());
-    let junk = report.skipped.keys().filter(|k| k.ends_with("-junk.jpg")).count();
+    let junk = report
+        .skipped
+        .keys()
+        .filter(|k| k.ends_with("-junk.jpg"))
+        .count();
     assert_eq!(junk, 3, "{:?}", report.skipped);
-    assert!(report.train_stats.files_skipped() >= 2, "{:?}", report.train_stats);
-    assert!(report.eval_stats.files_skipped() >= 1, "{:?}", report.eval_stats);
+    assert!(
+        report.train_stats.files_skipped() >= 2,
+        "{:?}",
+        report.train_stats
+    );
+    assert!(
+        report.eval_stats.files_skipped() >= 1,
+        "{:?}",
+        report.eval_stats
+    );
     let summary = report.files_summary();
     assert!(summary.contains("skipped"), "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
