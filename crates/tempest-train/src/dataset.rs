@@ -52,6 +52,9 @@ pub struct Dataset {
     pub samples: Vec<Sample>,
 }
 
+/// An item's label, split and `(variant, path)` list while rows are grouped.
+type ItemRows = (String, String, Vec<(String, PathBuf)>);
+
 /// Extensions of files used as they are, and the variant name they get.
 fn compressed_variant(path: &Path) -> Option<&'static str> {
     let ext = path.extension()?.to_string_lossy().to_ascii_lowercase();
@@ -70,7 +73,7 @@ impl Dataset {
     where
         I: IntoIterator<Item = (String, String, String, String, PathBuf)>,
     {
-        let mut by_id: BTreeMap<String, (String, String, Vec<(String, PathBuf)>)> = BTreeMap::new();
+        let mut by_id: BTreeMap<String, ItemRows> = BTreeMap::new();
         for (id, label, split, variant, path) in rows {
             by_id
                 .entry(id)
