@@ -6,9 +6,12 @@
 //!   dataset preparation.
 //! - [`tempest_tokenize`]: blocks to batched id tensors with masks and positions.
 //! - [`tempest_model`]: the TEMPEST model in candle, its losses, checkpoints and costs.
+//! - [`tempest_train`]: datasets, the training loop, evaluation, metrics and resumable
+//!   checkpoints.
 #![deny(missing_docs)]
 
 pub use cff_blocks;
 pub use cff_encode;
 pub use tempest_model;
 pub use tempest_tokenize;
+pub use tempest_train;

@@ -1,0 +1,216 @@
+//! Run checkpoints: a model checkpoint (`tempest_model::save`'s `config.json` +
+//! `model.safetensors`) plus `classes.json`, `tokenizer.json`, and for the resumable `last`
+//! checkpoint `optimizer.safetensors` and `state.json`.
+//!
+//! Every checkpoint is written to `<name>.tmp` and then swapped in by renames (`<name>` →
+//! `<name>.old`, `<name>.tmp` → `<name>`, `<name>.old` removed): a checkpoint under its final
+//! name is always complete, and a run killed between the two renames leaves the previous one
+//! as `<name>.old`, which [`resolve`] finds.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarMap;
+use cff_blocks::Format;
+use serde::{Deserialize, Serialize};
+use tempest_model::{Config, Tempest};
+use tempest_tokenize::{Crop, TokenizerConfig};
+
+use crate::{Error, Result};
+
+/// The class names' file (the format `tempest_model::Classifier` reads).
+pub const CLASSES_FILE: &str = "classes.json";
+/// The tokenizer settings' file.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The optimiser state's file.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The training state's file.
+pub const STATE_FILE: &str = "state.json";
+
+/// How files were tokenized for training, saved beside the weights so that evaluation and
+/// classification read files the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerSettings {
+    /// `mp3`, `ogg-opus` or `jpeg`.
+    pub format: String,
+    /// L.
+    pub max_block_bytes: usize,
+    /// N.
+    pub max_blocks: usize,
+    /// Keep the JPEG header as one block in front of the MCUs.
+    pub jpeg_header_block: bool,
+}
+
+impl TokenizerSettings {
+    /// The format's defaults (`TokenizerConfig::for_format`), capped at what the model has
+    /// positions for.
+    pub fn for_format(format: Format, model: &Config, jpeg_header_block: bool) -> Self {
+        let t = TokenizerConfig::for_format(format);
+        TokenizerSettings {
+            format: format.name().to_string(),
+            max_block_bytes: t.max_block_bytes.min(model.max_block_bytes),
+            max_blocks: t.max_blocks,
+            jpeg_header_block,
+        }
+    }
+
+    fn format(&self) -> Result<Format> {
+        match self.format.as_str() {
+            "mp3" => Ok(Format::Mp3),
+            "ogg-opus" | "opus" => Ok(Format::OggOpus),
+            "jpeg" => Ok(Format::Jpeg),
+            other => Err(Error::setting("tokenizer format", other.to_string())),
+        }
+    }
+
+    /// The tokenizer for training: a random contiguous crop where a file has more than N
+    /// blocks (seeded by the run's seed, the epoch and the item).
+    pub fn train_config(&self) -> Result<TokenizerConfig> {
+        Ok(self.base()?.with_crop(Crop::Random))
+    }
+
+    /// The tokenizer for evaluation and classification: the N blocks around the middle.
+    pub fn eval_config(&self) -> Result<TokenizerConfig> {
+        Ok(self.base()?.with_crop(Crop::Centre))
+    }
+
+    fn base(&self) -> Result<TokenizerConfig> {
+        Ok(TokenizerConfig::for_format(self.format()?)
+            .with_max_block_bytes(self.max_block_bytes)
+            .with_max_blocks(self.max_blocks)
+            .with_jpeg_header_block(self.jpeg_header_block))
+    }
+}
+
+/// Where a resumable run stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TrainState {
+    /// The epoch in progress (from 0).
+    pub epoch: usize,
+    /// Batches of that epoch's plan already trained on.
+    pub batch_in_epoch: usize,
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// Best selection accuracy so far and its epoch.
+    pub best: Option<(f64, usize)>,
+    /// Sums over the epoch in progress: loss, L_c, L_r (item-weighted), correct, items.
+    pub epoch_sums: [f64; 5],
+    /// Seconds trained before this process.
+    pub elapsed_s: f64,
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    fs::write(path, text).map_err(Error::io(path))
+}
+
+/// Reads a JSON file.
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(Error::io(path))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The checkpoint directory `dir`, or what a run killed mid-swap left as `dir.old`.
+pub fn resolve(dir: &Path) -> Option<PathBuf> {
+    if dir.join(tempest_model::WEIGHTS_FILE).exists() {
+        return Some(dir.to_path_buf());
+    }
+    let old = with_suffix(dir, ".old");
+    old.join(tempest_model::WEIGHTS_FILE)
+        .exists()
+        .then_some(old)
+}
+
+/// What a checkpoint holds besides the weights.
+#[allow(missing_debug_implementations)] // VarMap has no Debug
+pub struct CheckpointParts<'a> {
+    /// The model's configuration.
+    pub config: &'a Config,
+    /// Its variables.
+    pub varmap: &'a VarMap,
+    /// Class names.
+    pub classes: &'a [String],
+    /// Tokenizer settings.
+    pub tokenizer: &'a TokenizerSettings,
+    /// Optimiser and state, for a resumable checkpoint.
+    pub resume: Option<(&'a crate::optim::AdamW, &'a TrainState)>,
+}
+
+/// Writes a checkpoint atomically (see the module's documentation).
+pub fn save(dir: &Path, parts: &CheckpointParts<'_>) -> Result<()> {
+    let tmp = with_suffix(dir, ".tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
+    }
+    tempest_model::save(&tmp, parts.config, parts.varmap)?;
+    write_json(&tmp.join(CLASSES_FILE), &parts.classes)?;
+    write_json(&tmp.join(TOKENIZER_FILE), parts.tokenizer)?;
+    if let Some((opt, state)) = parts.resume {
+        opt.save(&tmp.join(OPTIMIZER_FILE))?;
+        write_json(&tmp.join(STATE_FILE), state)?;
+    }
+    let old = with_suffix(dir, ".old");
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(Error::io(&old))?;
+    }
+    if dir.exists() {
+        fs::rename(dir, &old).map_err(Error::io(dir))?;
+    }
+    fs::rename(&tmp, dir).map_err(Error::io(dir))?;
+    if old.exists() {
+        fs::remove_dir_all(&old).map_err(Error::io(&old))?;
+    }
+    Ok(())
+}
+
+/// A checkpoint loaded for evaluation or classification.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The model.
+    pub model: Tempest,
+    /// Class names.
+    pub classes: Vec<String>,
+    /// How it tokenized files.
+    pub tokenizer: TokenizerSettings,
+}
+
+/// Loads a checkpoint written by [`save`] (or a run directory: its `best`, else `last`).
+pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
+    let dir = [dir.to_path_buf(), dir.join("best"), dir.join("last")]
+        .iter()
+        .find_map(|d| resolve(d))
+        .ok_or_else(|| Error::dataset(dir, "no checkpoint (model.safetensors) here"))?;
+    let model = tempest_model::load(&dir, device, DType::F32)?;
+    let classes: Vec<String> = read_json(&dir.join(CLASSES_FILE))?;
+    let tokenizer: TokenizerSettings = read_json(&dir.join(TOKENIZER_FILE))?;
+    if classes.len() != model.config().num_classes {
+        return Err(Error::dataset(
+            &dir,
+            format!(
+                "{} class names for a model of {} classes",
+                classes.len(),
+                model.config().num_classes
+            ),
+        ));
+    }
+    Ok(Loaded {
+        model,
+        classes,
+        tokenizer,
+    })
+}

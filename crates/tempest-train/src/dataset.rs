@@ -1,0 +1,579 @@
+//! Datasets: items with a label, a split and one compressed file per variant.
+//!
+//! Three ways in:
+//! - [`Dataset::from_manifest`]: the output folder of `cff_encode::prepare` (its
+//!   `manifest.csv`, columns `id,label,split,variant,path,bytes,duration`);
+//! - [`Dataset::from_compressed`]: a raw layout whose files are already compressed (MP3, Ogg
+//!   Opus, JPEG), used as they are, one variant named after the codec;
+//! - [`Dataset::open_layout`]: a raw layout of WAV/PNG/IDX inputs, prepared into a cache folder
+//!   on first use (a rerun finds the outputs complete and skips them), or used as it is when
+//!   it already holds compressed files.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cff_encode::prepare::{prepare, Layout, PrepareConfig, Summary, Variant, MANIFEST_HEADER};
+
+use crate::{Error, Result};
+
+/// The manifest's file name inside a prepared folder.
+pub const MANIFEST_FILE: &str = "manifest.csv";
+
+/// One item: its class, its split and its files, one per variant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Unique within the dataset.
+    pub id: String,
+    /// Index into [`Dataset::classes`].
+    pub label: u32,
+    /// `train`, `validation`, `test`, an ESC-50 fold (`1`–`5`) or `all`.
+    pub split: String,
+    /// `(variant, file)`, in the order the variants were prepared (`mp3:20`, `mp3:26` …).
+    pub variants: Vec<(String, PathBuf)>,
+}
+
+impl Sample {
+    /// The file of variant `name`, if the item has it.
+    pub fn variant(&self, name: &str) -> Option<&Path> {
+        self.variants
+            .iter()
+            .find(|(v, _)| v == name)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
+/// A labelled dataset of compressed files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Class names, sorted; a sample's label indexes this list.
+    pub classes: Vec<String>,
+    /// The items, sorted by id.
+    pub samples: Vec<Sample>,
+}
+
+/// An item's label, split and `(variant, path)` list while rows are grouped.
+type ItemRows = (String, String, Vec<(String, PathBuf)>);
+
+/// Extensions of files used as they are, and the variant name they get.
+fn compressed_variant(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_string_lossy().to_ascii_lowercase();
+    match ext.as_str() {
+        "mp3" => Some("mp3"),
+        "opus" | "ogg" => Some("opus"),
+        "jpg" | "jpeg" => Some("jpeg"),
+        _ => None,
+    }
+}
+
+impl Dataset {
+    /// Builds a dataset from `(id, label name, split, variant, path)` rows; rows of one id are
+    /// one item. Class names are sorted and numbered from 0.
+    pub fn from_rows<I>(rows: I) -> Self
+    where
+        I: IntoIterator<Item = (String, String, String, String, PathBuf)>,
+    {
+        let mut by_id: BTreeMap<String, ItemRows> = BTreeMap::new();
+        for (id, label, split, variant, path) in rows {
+            by_id
+                .entry(id)
+                .or_insert_with(|| (label, split, Vec::new()))
+                .2
+                .push((variant, path));
+        }
+        let classes: Vec<String> = by_id
+            .values()
+            .map(|(l, _, _)| l.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let samples = by_id
+            .into_iter()
+            .map(|(id, (label, split, variants))| Sample {
+                id,
+                label: classes.binary_search(&label).unwrap_or(0) as u32,
+                split,
+                variants,
+            })
+            .collect();
+        Dataset { classes, samples }
+    }
+
+    /// Reads the `manifest.csv` of a prepared folder; paths are relative to `dir`.
+    pub fn from_manifest(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = fs::read_to_string(&path).map_err(Error::io(&path))?;
+        let records = parse_csv(&text).map_err(|what| Error::dataset(&path, what))?;
+        let mut records = records.into_iter();
+        let header = records.next().unwrap_or_default();
+        let want: Vec<&str> = MANIFEST_HEADER.split(',').collect();
+        if header.iter().map(String::as_str).ne(want.iter().copied()) {
+            return Err(Error::dataset(
+                &path,
+                format!(
+                    "header {:?}, expected {MANIFEST_HEADER:?}",
+                    header.join(",")
+                ),
+            ));
+        }
+        let mut rows = Vec::new();
+        for (n, r) in records.enumerate() {
+            if r.len() == 1 && r[0].is_empty() {
+                continue;
+            }
+            let [id, label, split, variant, file, ..] = r.as_slice() else {
+                return Err(Error::dataset(
+                    &path,
+                    format!("line {}: {} fields, expected 7", n + 2, r.len()),
+                ));
+            };
+            rows.push((
+                id.clone(),
+                label.clone(),
+                split.clone(),
+                variant.clone(),
+                dir.join(file),
+            ));
+        }
+        Ok(Dataset::from_rows(rows))
+    }
+
+    /// Scans a raw layout whose media files are already compressed (`.mp3`, `.opus`/`.ogg`,
+    /// `.jpg`/`.jpeg`), with the layout's split rules: split folders for `folder`,
+    /// `validation_list.txt`/`testing_list.txt` for `speechcommands`, the `fold` column of
+    /// `meta/esc50.csv` for `esc50` (its `.wav` names matched by stem). Each file is one
+    /// item whose single variant is named after its codec (`mp3`, `opus`, `jpeg`).
+    pub fn from_compressed(layout: Layout, dir: &Path) -> Result<Self> {
+        let rows = match layout {
+            Layout::Folder => scan_folder(dir)?,
+            Layout::SpeechCommands => scan_speech_commands(dir)?,
+            Layout::Esc50 => scan_esc50(dir)?,
+            _ => {
+                return Err(Error::setting(
+                    "layout",
+                    "only folder, speechcommands and esc50 layouts can hold compressed files",
+                ))
+            }
+        };
+        Ok(Dataset::from_rows(rows))
+    }
+
+    /// A raw layout: used as it is if it holds compressed files, else prepared into `cache`
+    /// in `variants` (skipping outputs already there) and read from its manifest. The
+    /// preparation's summary (failures included) is returned when one ran.
+    pub fn open_layout(
+        layout: Layout,
+        input: &Path,
+        cache: &Path,
+        variants: &[Variant],
+        progress: bool,
+    ) -> Result<(Self, Option<Summary>)> {
+        if layout != Layout::Mnist {
+            let direct = Dataset::from_compressed(layout, input)?;
+            if !direct.samples.is_empty() {
+                return Ok((direct, None));
+            }
+        }
+        let config =
+            PrepareConfig::new(layout, input, cache, variants.to_vec()).with_progress(progress);
+        let summary = prepare(&config)?;
+        Ok((Dataset::from_manifest(cache)?, Some(summary)))
+    }
+
+    /// The split names present, sorted.
+    pub fn splits(&self) -> Vec<String> {
+        self.samples
+            .iter()
+            .map(|s| s.split.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    /// Every variant name present, in first-seen order.
+    pub fn variants(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in &self.samples {
+            for (v, _) in &s.variants {
+                if seen.insert(v.as_str()) {
+                    out.push(v.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Indices of the samples whose split is one of `splits`.
+    pub fn select(&self, splits: &[String]) -> Vec<usize> {
+        (0..self.samples.len())
+            .filter(|&i| splits.contains(&self.samples[i].split))
+            .collect()
+    }
+
+    /// Keeps the first `n` samples of each split named in `splits` (for quick runs); the
+    /// order is the dataset's (sorted by id), so the subset is the same on every run.
+    pub fn truncate_splits(&mut self, splits: &[String], n: usize) {
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        self.samples.retain(|s| {
+            if !splits.contains(&s.split) {
+                return true;
+            }
+            let c = count.entry(s.split.clone()).or_default();
+            *c += 1;
+            *c <= n
+        });
+    }
+
+    /// Re-labels the samples for a model trained with `classes` (a checkpoint's names);
+    /// samples whose class the model does not know are dropped and counted.
+    pub fn relabel(&mut self, classes: &[String]) -> usize {
+        let before = self.samples.len();
+        let names = std::mem::take(&mut self.classes);
+        self.samples.retain_mut(|s| {
+            let name = names.get(s.label as usize);
+            match name.and_then(|n| classes.iter().position(|c| c == n)) {
+                Some(i) => {
+                    s.label = i as u32;
+                    true
+                }
+                None => false,
+            }
+        });
+        self.classes = classes.to_vec();
+        before - self.samples.len()
+    }
+}
+
+/// Which splits train, select the best checkpoint, and test.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SplitPlan {
+    /// Splits trained on.
+    pub train: Vec<String>,
+    /// Splits evaluated every epoch to keep the best checkpoint (may be empty).
+    pub validation: Vec<String>,
+    /// Splits of the final test.
+    pub test: Vec<String>,
+}
+
+impl SplitPlan {
+    /// The usual names: `train`/`training`; `validation`/`val`/`valid`; `test`/`testing`.
+    /// A dataset with only `all` (a folder without split folders) is an error: say the splits.
+    pub fn standard(dataset: &Dataset) -> Result<Self> {
+        let have = dataset.splits();
+        let pick = |names: &[&str]| -> Vec<String> {
+            have.iter()
+                .filter(|s| names.contains(&s.to_ascii_lowercase().as_str()))
+                .cloned()
+                .collect()
+        };
+        let plan = SplitPlan {
+            train: pick(&["train", "training"]),
+            validation: pick(&["validation", "val", "valid"]),
+            test: pick(&["test", "testing"]),
+        };
+        if plan.train.is_empty() || plan.test.is_empty() {
+            return Err(Error::setting(
+                "splits",
+                format!("the dataset has splits {have:?}: need train and test"),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// ESC-50 cross-validation: test on fold `fold` (1–5), train on the four others, no
+    /// validation split (the paper's protocol reports the held-out fold).
+    pub fn esc50_fold(fold: u32) -> Self {
+        SplitPlan {
+            train: (1..=5)
+                .filter(|&f| f != fold)
+                .map(|f| f.to_string())
+                .collect(),
+            validation: Vec::new(),
+            test: vec![fold.to_string()],
+        }
+    }
+}
+
+/// Parses CSV (RFC 4180: quoted fields may hold commas, quotes doubled, line breaks).
+pub fn parse_csv(text: &str) -> std::result::Result<Vec<Vec<String>>, String> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    let mut line = 1;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() => quoted = true,
+            ',' => record.push(std::mem::take(&mut field)),
+            '\r' => {}
+            '\n' => {
+                line += 1;
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            _ => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("line {line}: a quoted field is not closed"));
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+type Row = (String, String, String, String, PathBuf);
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir).map_err(Error::io(dir))? {
+        v.push(e.map_err(Error::io(dir))?.path());
+    }
+    v.sort();
+    Ok(v)
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn stem_of(p: &Path) -> String {
+    p.file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The compressed files of each class folder under `root`: `(class, file)`.
+fn class_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for class in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        let label = name_of(&class);
+        if label.starts_with('.') || label.starts_with('_') {
+            continue;
+        }
+        for file in sorted_entries(&class)? {
+            if file.is_file() && compressed_variant(&file).is_some() {
+                out.push((label.clone(), file));
+            }
+        }
+    }
+    Ok(out)
+}
+
+const SPLIT_DIRS: [&str; 7] = [
+    "train",
+    "training",
+    "val",
+    "valid",
+    "validation",
+    "test",
+    "testing",
+];
+
+fn scan_folder(dir: &Path) -> Result<Vec<Row>> {
+    let dirs: Vec<PathBuf> = sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect();
+    let split_layout = !dirs.is_empty()
+        && dirs
+            .iter()
+            .all(|d| SPLIT_DIRS.contains(&name_of(d).to_ascii_lowercase().as_str()));
+    let roots: Vec<(String, PathBuf)> = if split_layout {
+        dirs.into_iter().map(|d| (name_of(&d), d)).collect()
+    } else {
+        vec![("all".to_string(), dir.to_path_buf())]
+    };
+    let mut rows = Vec::new();
+    for (split, root) in roots {
+        for (label, file) in class_files(&root)? {
+            let variant = compressed_variant(&file).unwrap_or_default().to_string();
+            let id = if split_layout {
+                format!("{split}/{label}/{}", stem_of(&file))
+            } else {
+                format!("{label}/{}", stem_of(&file))
+            };
+            rows.push((id, label, split.clone(), variant, file));
+        }
+    }
+    Ok(rows)
+}
+
+/// The entries of a Speech Commands list (`word/file.wav`, one per line), by stem
+/// (`word/file`), so that lists naming `.wav` files match the compressed files.
+fn read_list(path: &Path) -> Result<HashSet<String>> {
+    if !path.exists() {
+        return Ok(HashSet::new());
+    }
+    let text = fs::read_to_string(path).map_err(Error::io(path))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let p = Path::new(l);
+            let parent = p.parent().map(|d| d.to_string_lossy().into_owned());
+            match parent.filter(|d| !d.is_empty()) {
+                Some(d) => format!("{d}/{}", stem_of(p)),
+                None => stem_of(p),
+            }
+        })
+        .collect())
+}
+
+/// Speech Commands v2: `validation_list.txt` and `testing_list.txt` name the validation and
+/// test files (`word/speaker_nohash_n.wav`); every other file of a word folder trains.
+/// Folders starting with `_` (`_background_noise_`) hold no items.
+fn scan_speech_commands(dir: &Path) -> Result<Vec<Row>> {
+    let validation = read_list(&dir.join("validation_list.txt"))?;
+    let testing = read_list(&dir.join("testing_list.txt"))?;
+    let mut rows = Vec::new();
+    for (label, file) in class_files(dir)? {
+        let id = format!("{label}/{}", stem_of(&file));
+        let split = if testing.contains(&id) {
+            "test"
+        } else if validation.contains(&id) {
+            "validation"
+        } else {
+            "train"
+        };
+        let variant = compressed_variant(&file).unwrap_or_default().to_string();
+        rows.push((id, label, split.to_string(), variant, file));
+    }
+    Ok(rows)
+}
+
+/// ESC-50: `meta/esc50.csv` gives each clip's fold and category; the clips are looked for
+/// under `audio/` with the CSV's stem and a compressed extension.
+fn scan_esc50(dir: &Path) -> Result<Vec<Row>> {
+    let csv_path = dir.join("meta").join("esc50.csv");
+    let text = fs::read_to_string(&csv_path).map_err(Error::io(&csv_path))?;
+    let records = parse_csv(&text).map_err(|w| Error::dataset(&csv_path, w))?;
+    let mut it = records.into_iter();
+    let header = it.next().unwrap_or_default();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| Error::dataset(&csv_path, format!("no column {name:?}")))
+    };
+    let (c_file, c_fold, c_cat) = (col("filename")?, col("fold")?, col("category")?);
+    let audio = dir.join("audio");
+    let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
+    if audio.is_dir() {
+        for f in sorted_entries(&audio)? {
+            if compressed_variant(&f).is_some() {
+                by_stem.entry(stem_of(&f)).or_insert(f);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (n, r) in it.enumerate() {
+        if r.len() == 1 && r[0].is_empty() {
+            continue;
+        }
+        let field = |c: usize| {
+            r.get(c)
+                .map(|s| s.trim().to_string())
+                .ok_or_else(|| Error::dataset(&csv_path, format!("line {}: too few fields", n + 2)))
+        };
+        let (file, fold, category) = (field(c_file)?, field(c_fold)?, field(c_cat)?);
+        if !matches!(fold.as_str(), "1" | "2" | "3" | "4" | "5") {
+            return Err(Error::dataset(
+                &csv_path,
+                format!("line {}: fold {fold:?} is not 1 to 5", n + 2),
+            ));
+        }
+        let stem = stem_of(Path::new(&file));
+        if let Some(path) = by_stem.get(&stem) {
+            let variant = compressed_variant(path).unwrap_or_default().to_string();
+            rows.push((
+                format!("{category}/{stem}"),
+                category,
+                fold,
+                variant,
+                path.clone(),
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+/// Parses `--variants`-style lists for layouts that need preparing.
+pub fn parse_variants(list: &str) -> Result<Vec<Variant>> {
+    Ok(cff_encode::prepare::parse_variants(list)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_commas_and_doubled_quotes() {
+        let r = parse_csv("a,b\n\"x,1\",\"say \"\"hi\"\"\"\r\nlast,\n").unwrap_or_default();
+        assert_eq!(
+            r,
+            vec![
+                vec!["a".to_string(), "b".into()],
+                vec!["x,1".into(), "say \"hi\"".into()],
+                vec!["last".into(), "".into()],
+            ]
+        );
+        assert!(parse_csv("\"open").is_err());
+    }
+
+    #[test]
+    fn rows_group_variants_and_number_sorted_classes() {
+        let row = |id: &str, l: &str, v: &str| {
+            (
+                id.to_string(),
+                l.to_string(),
+                "train".to_string(),
+                v.to_string(),
+                PathBuf::from(format!("{id}-{v}")),
+            )
+        };
+        let d = Dataset::from_rows([
+            row("b1", "zebra", "mp3:20"),
+            row("a1", "ant", "mp3:20"),
+            row("b1", "zebra", "mp3:32"),
+        ]);
+        assert_eq!(d.classes, vec!["ant", "zebra"]);
+        assert_eq!(d.samples.len(), 2);
+        assert_eq!(d.samples[1].label, 1);
+        assert_eq!(d.samples[1].variants.len(), 2);
+        assert_eq!(d.samples[1].variant("mp3:32"), Some(Path::new("b1-mp3:32")));
+        assert_eq!(d.variants(), vec!["mp3:20", "mp3:32"]);
+    }
+
+    #[test]
+    fn esc50_folds_train_on_four_and_test_on_one() {
+        for fold in 1..=5 {
+            let p = SplitPlan::esc50_fold(fold);
+            assert_eq!(p.train.len(), 4);
+            assert!(!p.train.contains(&fold.to_string()));
+            assert_eq!(p.test, vec![fold.to_string()]);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Training and evaluating TEMPEST from compressed files: datasets, the training loop,
+//! metrics, resumable checkpoints.
+//!
+//! - [`Dataset`]: labelled items with one compressed file per variant, read from a
+//!   `prepare` output ([`Dataset::from_manifest`]), from a raw layout holding compressed files
+//!   ([`Dataset::from_compressed`]), or prepared from WAV/PNG/IDX into a cache on first use
+//!   ([`Dataset::open_layout`]). [`SplitPlan`] says which splits train, select and test
+//!   (Speech Commands' official lists, ESC-50 folds).
+//! - [`train()`]: AdamW ([`optim::AdamW`], state saved with the weights), warm-up + cosine,
+//!   gradient-norm clipping, gradient accumulation, label smoothing and λ overrides, seeded
+//!   initialisation ([`init_seeded`]), one variant per item and epoch, evaluation every epoch,
+//!   best and resumable checkpoints written atomically, Ctrl-C saves, JSON-lines metrics.
+//! - [`evaluate`]: accuracy, top-5, per-class accuracy, confusion matrix and loss
+//!   ([`Metrics`]) on one named variant or averaged over several.
+//! - [`cross_validate_esc50`]: ESC-50's five folds, mean and standard deviation.
+#![deny(missing_docs)]
+
+pub mod checkpoint;
+pub mod dataset;
+mod error;
+mod init;
+pub mod metrics;
+pub mod optim;
+mod train;
+
+pub use checkpoint::{Loaded, TokenizerSettings, TrainState};
+pub use dataset::{Dataset, Sample, SplitPlan};
+pub use error::{Error, Result};
+pub use init::init_seeded;
+pub use metrics::{mean_std, Metrics, Tally};
+pub use train::{
+    detect_format, evaluate, install_ctrl_c_handler, train, EvalReport, EvalVariants, RunReport,
+    TrainOptions,
+};
+
+/// The result of ESC-50 cross-validation.
+#[derive(Debug, Clone)]
+pub struct CrossValidation {
+    /// Test accuracy of each fold, in fold order.
+    pub folds: Vec<(u32, f64)>,
+    /// Mean over the folds.
+    pub mean: f64,
+    /// Standard deviation over the folds.
+    pub std: f64,
+    /// Each fold's run.
+    pub runs: Vec<RunReport>,
+}
+
+/// ESC-50 five-fold cross-validation: for each fold `k` in `folds` (1–5), a run in
+/// `run_dir/fold-k` that trains on the four other folds and tests on fold `k`; then the mean
+/// and standard deviation of the test accuracies. An interrupted fold stops the whole
+/// cross-validation (rerun with `resume`: completed folds are resumed at their end, which
+/// only re-runs their final test).
+pub fn cross_validate_esc50(
+    dataset: &Dataset,
+    folds: &[u32],
+    config: &tempest_model::Config,
+    options: &TrainOptions,
+    run_dir: &std::path::Path,
+    resume: bool,
+) -> Result<CrossValidation> {
+    let mut out = CrossValidation {
+        folds: Vec::new(),
+        mean: 0.0,
+        std: 0.0,
+        runs: Vec::new(),
+    };
+    for &k in folds {
+        let plan = SplitPlan::esc50_fold(k);
+        let dir = run_dir.join(format!("fold-{k}"));
+        let resume_fold = resume && checkpoint::resolve(&dir.join("last")).is_some();
+        let run = train(dataset, &plan, config, options, &dir, resume_fold)?;
+        let interrupted = run.interrupted;
+        if let Some(t) = &run.test {
+            out.folds.push((k, t.accuracy));
+        }
+        out.runs.push(run);
+        if interrupted {
+            break;
+        }
+    }
+    let acc: Vec<f64> = out.folds.iter().map(|f| f.1).collect();
+    (out.mean, out.std) = mean_std(&acc);
+    Ok(out)
+}

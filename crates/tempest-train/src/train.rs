@@ -1,0 +1,754 @@
+//! The training loop and evaluation.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tempest_model::{Config, CosineSchedule, Tempest};
+use tempest_tokenize::{
+    choose_variants, BucketSampler, Entry, ItemShape, Loader, LoaderConfig, LoaderStats,
+    TokenizerConfig, VariantChoice,
+};
+
+use crate::checkpoint::{self, CheckpointParts, TokenizerSettings, TrainState};
+use crate::metrics::{Metrics, Tally};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::{init_seeded, Dataset, Error, Result, SplitPlan};
+
+/// Which variants an evaluation reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EvalVariants {
+    /// The first variant of the dataset (the first of `--variants`).
+    #[default]
+    First,
+    /// One named variant (`mp3:32`).
+    Named(String),
+    /// Each of these, and the mean of their accuracies.
+    Average(Vec<String>),
+    /// Every variant of the dataset, and the mean.
+    All,
+}
+
+impl EvalVariants {
+    /// Parses `first`, `all`, `mp3:32` or `mp3:20,mp3:32` (averaged).
+    pub fn parse(s: &str) -> Self {
+        match s.trim() {
+            "" | "first" => EvalVariants::First,
+            "all" => EvalVariants::All,
+            list if list.contains(',') => EvalVariants::Average(
+                list.split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+            ),
+            one => EvalVariants::Named(one.to_string()),
+        }
+    }
+
+    fn names(&self, dataset: &Dataset) -> Vec<String> {
+        let all = dataset.variants();
+        match self {
+            EvalVariants::First => all.into_iter().take(1).collect(),
+            EvalVariants::Named(n) => vec![n.clone()],
+            EvalVariants::Average(v) => v.clone(),
+            EvalVariants::All => all,
+        }
+    }
+}
+
+/// How to train.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TrainOptions {
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Items per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each optimiser step.
+    pub accumulate: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f64,
+    /// Linear warm-up, as a fraction of all optimiser steps.
+    pub warmup: f64,
+    /// AdamW's settings.
+    pub adamw: AdamWConfig,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+    /// Overrides the model configuration's label smoothing.
+    pub label_smoothing: Option<f64>,
+    /// Overrides the model configuration's λ (the weight of L_r).
+    pub reconstruction_weight: Option<f64>,
+    /// Seeds the initial weights, the order of batches, the variant of each item per epoch
+    /// and random crops. With dropout 0 a CPU run is repeatable (candle's dropout draws from
+    /// an unseeded generator).
+    pub seed: u64,
+    /// Variants trained on (empty: all); each epoch sees each item at one of them, drawn from
+    /// the seed, the epoch and the item.
+    pub train_variants: Vec<String>,
+    /// Variants evaluated.
+    pub eval_variants: EvalVariants,
+    /// Keep the JPEG header (its tables) as one block in front of the MCUs.
+    pub jpeg_header_block: bool,
+    /// Loader worker threads (0: tokenize on the training thread).
+    pub workers: usize,
+    /// Progress bars on standard error.
+    pub progress: bool,
+    /// Write the resumable checkpoint every this many optimiser steps as well as after each
+    /// epoch (0: after each epoch only).
+    pub checkpoint_every: usize,
+    /// Stop (saving first, as Ctrl-C does) after this many optimiser steps in total: for tests
+    /// of resuming, and for budgets.
+    pub stop_after_steps: Option<usize>,
+    /// Install a Ctrl-C handler that saves the resumable checkpoint and stops.
+    pub handle_ctrl_c: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 10,
+            batch_size: 64,
+            accumulate: 1,
+            lr: 1e-3,
+            min_lr_ratio: 0.01,
+            warmup: 0.05,
+            adamw: AdamWConfig::default(),
+            max_grad_norm: 1.0,
+            label_smoothing: None,
+            reconstruction_weight: None,
+            seed: 0,
+            train_variants: Vec::new(),
+            eval_variants: EvalVariants::First,
+            jpeg_header_block: false,
+            workers: 2,
+            progress: true,
+            checkpoint_every: 0,
+            stop_after_steps: None,
+            handle_ctrl_c: false,
+        }
+    }
+}
+
+/// One evaluation.
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// Metrics per variant evaluated.
+    pub variants: Vec<(String, Metrics)>,
+    /// Mean accuracy over the variants.
+    pub accuracy: f64,
+    /// Files read and skipped.
+    pub stats: LoaderStats,
+    /// Skipped files: path → reason.
+    pub skipped: BTreeMap<String, String>,
+    /// Items per second.
+    pub items_per_s: f64,
+}
+
+impl EvalReport {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "accuracy": self.accuracy,
+            "items_per_s": self.items_per_s,
+            "skipped": self.stats.files_skipped(),
+            "variants": self.variants.iter().map(|(v, m)| json!({"variant": v, "metrics": m})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Stopped early (Ctrl-C or `stop_after_steps`) after saving; `--resume` continues it.
+    pub interrupted: bool,
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Best selection accuracy and its epoch (validation, or test when there is none).
+    pub best: Option<(f64, usize)>,
+    /// The final test (absent when interrupted).
+    pub test: Option<EvalReport>,
+    /// Training files read and skipped, over all epochs of this process.
+    pub train_stats: LoaderStats,
+    /// Evaluation files read and skipped, over all evaluations of this process.
+    pub eval_stats: LoaderStats,
+    /// Every skipped file: path → reason.
+    pub skipped: BTreeMap<String, String>,
+    /// Training seconds, including those before a resume.
+    pub elapsed_s: f64,
+}
+
+impl RunReport {
+    /// Lines saying how many files were used and skipped, and why.
+    pub fn files_summary(&self) -> String {
+        let mut s = String::new();
+        let line = |name: &str, st: &LoaderStats| {
+            let reasons: Vec<String> = st.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            format!(
+                "{name}: {} file reads used, {} skipped{}\n",
+                st.files_used,
+                st.files_skipped(),
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", reasons.join(", "))
+                }
+            )
+        };
+        s.push_str(&line("training", &self.train_stats));
+        s.push_str(&line("evaluation", &self.eval_stats));
+        for (path, why) in self.skipped.iter().take(20) {
+            s.push_str(&format!("  skipped {path}: {why}\n"));
+        }
+        if self.skipped.len() > 20 {
+            s.push_str(&format!("  … and {} more\n", self.skipped.len() - 20));
+        }
+        s
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static HANDLER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Installs (once per process) a Ctrl-C handler that asks running trainings to save and stop.
+/// A second Ctrl-C while saving is not caught specially: the checkpoint swap is atomic.
+pub fn install_ctrl_c_handler() -> bool {
+    *HANDLER.get_or_init(|| ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).is_ok())
+}
+
+fn bar(progress: bool, len: u64, what: String) -> ProgressBar {
+    if !progress {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>14} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {prefix}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what);
+    pb
+}
+
+/// The format of a dataset: that of the first readable file among the `samples`.
+pub fn detect_format(dataset: &Dataset) -> Result<cff_blocks::Format> {
+    for s in &dataset.samples {
+        for (_, p) in &s.variants {
+            let Ok(mut f) = fs::File::open(p) else {
+                continue;
+            };
+            let mut head = [0u8; 16];
+            let mut n = 0;
+            use std::io::Read;
+            while n < head.len() {
+                match f.read(&mut head[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            if let Ok(fmt) = cff_blocks::detect(&head[..n]) {
+                return Ok(fmt);
+            }
+        }
+    }
+    Err(Error::setting("dataset", "no file of a known format"))
+}
+
+/// Evaluates `model` on the samples `indices` of `dataset`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &Tempest,
+    dataset: &Dataset,
+    indices: &[usize],
+    variants: &EvalVariants,
+    tokenizer: &TokenizerConfig,
+    batch_size: usize,
+    workers: usize,
+    progress: bool,
+) -> Result<EvalReport> {
+    let device = model_device(model)?;
+    let names = variants.names(dataset);
+    let classes = model.config().num_classes;
+    let start = Instant::now();
+    let mut out = EvalReport {
+        variants: Vec::new(),
+        accuracy: 0.0,
+        stats: LoaderStats::default(),
+        skipped: BTreeMap::new(),
+        items_per_s: 0.0,
+    };
+    let mut total_items = 0u64;
+    for name in &names {
+        let entries: Vec<Entry> = indices
+            .iter()
+            .filter_map(|&i| {
+                let s = dataset.samples.get(i)?;
+                Some(Entry {
+                    path: s.variant(name)?.to_path_buf(),
+                    label: s.label,
+                    item: i as u64,
+                })
+            })
+            .collect();
+        if entries.is_empty() {
+            return Err(Error::setting(
+                "eval variants",
+                format!("no item of the split has variant {name:?}"),
+            ));
+        }
+        let plan: Vec<Vec<usize>> = (0..entries.len())
+            .collect::<Vec<_>>()
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
+        let entries = Arc::new(entries);
+        let pb = bar(progress, entries.len() as u64, format!("eval {name}"));
+        let mut loader = Loader::new(
+            Arc::clone(&entries),
+            plan,
+            tokenizer.clone(),
+            &LoaderConfig::default().with_workers(workers),
+        );
+        let mut tally = Tally::new(classes);
+        for lb in loader.by_ref() {
+            for s in &lb.skipped {
+                if let Some(e) = entries.get(s.entry) {
+                    out.skipped
+                        .insert(e.path.display().to_string(), s.message.clone());
+                }
+            }
+            pb.inc((lb.entries.len() + lb.skipped.len()) as u64);
+            let Some(hb) = lb.batch else { continue };
+            let batch = hb.to_tensors(&device)?;
+            let logits = model
+                .forward(&batch, false)?
+                .logits
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (row, label) in logits.iter().zip(&hb.labels) {
+                tally.add(*label as usize, row);
+            }
+        }
+        pb.finish_and_clear();
+        merge_stats(&mut out.stats, loader.stats());
+        total_items += tally.items();
+        out.variants.push((name.clone(), tally.metrics()));
+    }
+    out.accuracy = out.variants.iter().map(|(_, m)| m.accuracy).sum::<f64>()
+        / out.variants.len().max(1) as f64;
+    out.items_per_s = total_items as f64 / start.elapsed().as_secs_f64().max(1e-9);
+    if total_items == 0 {
+        return Err(Error::Empty {
+            split: "evaluation".into(),
+            skipped: out.stats.files_skipped(),
+        });
+    }
+    Ok(out)
+}
+
+fn model_device(_model: &Tempest) -> Result<Device> {
+    Ok(Device::Cpu)
+}
+
+fn merge_stats(into: &mut LoaderStats, from: &LoaderStats) {
+    into.files_used += from.files_used;
+    into.input_bytes += from.input_bytes;
+    into.truncated_blocks += from.truncated_blocks;
+    for (r, n) in &from.skipped {
+        *into.skipped.entry(r).or_default() += n;
+    }
+}
+
+/// A training run in `run_dir`: trains on `plan.train`, evaluates every epoch on
+/// `plan.validation` (or `plan.test` when there is no validation split), keeps the best
+/// checkpoint in `run_dir/best` and a resumable one in `run_dir/last`, appends one JSON line
+/// per epoch to `run_dir/metrics.jsonl`, and ends with a test on `plan.test` of the best
+/// checkpoint (with a validation split) or of the last weights (without one: choosing an
+/// epoch on the test split would overstate the accuracy).
+///
+/// `resume`: continue from `run_dir/last` (same dataset, plan and options); on the CPU with
+/// dropout 0 the weights reached equal those of an uninterrupted run.
+pub fn train(
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    model_config: &Config,
+    options: &TrainOptions,
+    run_dir: &Path,
+    resume: bool,
+) -> Result<RunReport> {
+    let device = Device::Cpu;
+    let o = options;
+    if o.batch_size == 0 || o.accumulate == 0 {
+        return Err(Error::setting(
+            "batch",
+            "batch size and accumulation must be ≥ 1",
+        ));
+    }
+    fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    if o.handle_ctrl_c {
+        install_ctrl_c_handler();
+    }
+    STOP.store(false, Ordering::SeqCst);
+
+    let mut config = model_config.clone().with_num_classes(dataset.classes.len());
+    if let Some(ls) = o.label_smoothing {
+        config.label_smoothing = ls;
+    }
+    if let Some(l) = o.reconstruction_weight {
+        config.reconstruction_weight = l;
+    }
+    config
+        .validate()
+        .map_err(|w| Error::setting("model config", w))?;
+
+    let format = detect_format(dataset)?;
+    let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block);
+    let train_tok = tok.train_config()?;
+    let eval_tok = tok.eval_config()?;
+
+    // The training items and their variants.
+    let train_idx = dataset.select(&plan.train);
+    let wanted: Vec<String> = if o.train_variants.is_empty() {
+        dataset.variants()
+    } else {
+        o.train_variants.clone()
+    };
+    let per_item: Vec<Vec<(PathBuf, u64)>> = train_idx
+        .iter()
+        .map(|&i| {
+            dataset.samples[i]
+                .variants
+                .iter()
+                .filter(|(v, _)| wanted.contains(v))
+                .map(|(_, p)| (p.clone(), fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
+                .collect()
+        })
+        .collect();
+    let counts: Vec<usize> = per_item.iter().map(Vec::len).collect();
+    let items_per_epoch = counts.iter().filter(|&&c| c > 0).count();
+    if items_per_epoch == 0 {
+        return Err(Error::Empty {
+            split: plan.train.join("+"),
+            skipped: 0,
+        });
+    }
+    let batches_per_epoch = items_per_epoch.div_ceil(o.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(o.accumulate);
+    let total_steps = steps_per_epoch * o.epochs;
+    let schedule = CosineSchedule {
+        peak: o.lr,
+        min: o.lr * o.min_lr_ratio,
+        warmup: ((total_steps as f64 * o.warmup).round() as usize).max(1),
+        total: total_steps,
+    };
+    let sampler = BucketSampler::new(o.batch_size, o.seed);
+
+    // Model, optimiser, state.
+    let last_dir = run_dir.join("last");
+    let best_dir = run_dir.join("best");
+    let (model, varmap, mut opt, mut state) =
+        match checkpoint::resolve(&last_dir).filter(|_| resume) {
+            Some(dir) => {
+                let (model, varmap) = tempest_model::load_trainable(&dir, &device, DType::F32)?;
+                let mut opt = AdamW::new(&varmap, o.adamw)?;
+                opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
+                let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
+                if state.seed != o.seed {
+                    return Err(Error::setting(
+                        "seed",
+                        format!(
+                            "the run was started with seed {}, not {}",
+                            state.seed, o.seed
+                        ),
+                    ));
+                }
+                (model, varmap, opt, state)
+            }
+            None => {
+                if resume {
+                    return Err(Error::dataset(&last_dir, "nothing to resume"));
+                }
+                let _ = fs::remove_file(run_dir.join("metrics.jsonl"));
+                let (model, varmap) = init_seeded(&config, &device, DType::F32, o.seed)?;
+                let opt = AdamW::new(&varmap, o.adamw)?;
+                let state = TrainState {
+                    seed: o.seed,
+                    ..TrainState::default()
+                };
+                (model, varmap, opt, state)
+            }
+        };
+    let config = model.config().clone();
+    let classes = dataset.classes.clone();
+    let save_last = |opt: &AdamW, state: &TrainState| -> Result<()> {
+        checkpoint::save(
+            &last_dir,
+            &CheckpointParts {
+                config: &config,
+                varmap: &varmap,
+                classes: &classes,
+                tokenizer: &tok,
+                resume: Some((opt, state)),
+            },
+        )
+    };
+    let select_split = if plan.validation.is_empty() {
+        &plan.test
+    } else {
+        &plan.validation
+    };
+    let select_idx = dataset.select(select_split);
+
+    let mut report = RunReport {
+        interrupted: false,
+        epochs: state.epoch,
+        steps: state.step,
+        best: state.best,
+        test: None,
+        train_stats: LoaderStats::default(),
+        eval_stats: LoaderStats::default(),
+        skipped: BTreeMap::new(),
+        elapsed_s: state.elapsed_s,
+    };
+    let process_start = Instant::now();
+    let elapsed_before = state.elapsed_s;
+    let mut metrics_file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("metrics.jsonl"))
+        .map_err(Error::io(run_dir))?;
+
+    while state.epoch < o.epochs {
+        let epoch = state.epoch;
+        let chosen = choose_variants(&counts, VariantChoice::OnePerEpoch, o.seed, epoch as u64);
+        let mut entries = Vec::with_capacity(chosen.len());
+        let mut shapes = Vec::with_capacity(chosen.len());
+        for (item, v) in chosen {
+            let (path, bytes) = &per_item[item][v];
+            let sample = train_idx[item];
+            entries.push(Entry {
+                path: path.clone(),
+                label: dataset.samples[sample].label,
+                item: sample as u64,
+            });
+            // The file size stands in for the shape: bucketing needs no tokenizing pass.
+            shapes.push(ItemShape {
+                blocks: (*bytes).min(u32::MAX as u64) as u32,
+                max_block_len: 0,
+                bytes: *bytes,
+            });
+        }
+        let entries = Arc::new(entries);
+        let batches = sampler.batches(&shapes, epoch as u64);
+        let skip = state.batch_in_epoch.min(batches.len());
+        let remaining: Vec<Vec<usize>> = batches[skip..].to_vec();
+        let pb = bar(
+            o.progress,
+            batches.len() as u64,
+            format!("epoch {}/{}", epoch + 1, o.epochs),
+        );
+        pb.set_position(skip as u64);
+        let epoch_start = Instant::now();
+        let mut epoch_items_here = 0u64;
+        let mut loader = Loader::new(
+            Arc::clone(&entries),
+            remaining,
+            train_tok.clone(),
+            &LoaderConfig::default()
+                .with_workers(o.workers)
+                .with_seed(o.seed)
+                .with_epoch(epoch as u64),
+        );
+        let mut batch_pos = skip;
+        let mut stop = false;
+        for lb in loader.by_ref() {
+            batch_pos += 1;
+            for s in &lb.skipped {
+                if let Some(e) = entries.get(s.entry) {
+                    report
+                        .skipped
+                        .insert(e.path.display().to_string(), s.message.clone());
+                }
+            }
+            if let Some(hb) = lb.batch {
+                let batch = hb.to_tensors(&device)?;
+                let losses = model.loss(&batch, true)?;
+                let grads = losses.total.backward()?;
+                opt.accumulate(&grads)?;
+                let n = hb.batch as f64;
+                let scalar = |t: &candle_core::Tensor| -> Result<f64> {
+                    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+                };
+                state.epoch_sums[0] += scalar(&losses.total)? * n;
+                state.epoch_sums[1] += scalar(&losses.classification)? * n;
+                if let Some(r) = &losses.reconstruction {
+                    state.epoch_sums[2] += scalar(r)? * n;
+                }
+                state.epoch_sums[3] +=
+                    tempest_model::optim::correct(&losses.logits, &batch.labels)? as f64;
+                state.epoch_sums[4] += n;
+                epoch_items_here += hb.batch as u64;
+            }
+            let end_of_epoch = batch_pos == batches.len();
+            if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
+                let lr = schedule.lr(state.step);
+                let norm = opt.step(lr, o.max_grad_norm)?;
+                state.step += 1;
+                state.batch_in_epoch = batch_pos;
+                pb.set_prefix(format!(
+                    "loss {:.3} acc {:.3} lr {lr:.2e} |g| {norm:.2}",
+                    state.epoch_sums[0] / state.epoch_sums[4].max(1.0),
+                    state.epoch_sums[3] / state.epoch_sums[4].max(1.0)
+                ));
+                let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
+                if STOP.load(Ordering::SeqCst) || budget {
+                    stop = true;
+                    if !end_of_epoch {
+                        break;
+                    }
+                }
+                if o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0 && !end_of_epoch {
+                    state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
+                    save_last(&opt, &state)?;
+                }
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        merge_stats(&mut report.train_stats, loader.stats());
+        drop(loader);
+        report.steps = state.step;
+        if stop && state.batch_in_epoch < batches.len() {
+            state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
+            save_last(&opt, &state)?;
+            report.interrupted = true;
+            report.elapsed_s = state.elapsed_s;
+            return Ok(report);
+        }
+
+        // End of epoch: evaluate, log, keep the best, save the resumable state.
+        let train_secs = epoch_start.elapsed().as_secs_f64();
+        let eval = evaluate(
+            &model,
+            dataset,
+            &select_idx,
+            &o.eval_variants,
+            &eval_tok,
+            o.batch_size.max(64),
+            o.workers,
+            o.progress,
+        )?;
+        merge_stats(&mut report.eval_stats, &eval.stats);
+        report.skipped.extend(eval.skipped.clone());
+        let sums = state.epoch_sums;
+        let n = sums[4].max(1.0);
+        let line = json!({
+            "epoch": epoch + 1,
+            "step": state.step,
+            "lr": schedule.lr(state.step.saturating_sub(1)),
+            "train": {
+                "loss": sums[0] / n,
+                "classification": sums[1] / n,
+                "reconstruction": sums[2] / n,
+                "accuracy": sums[3] / n,
+                "items": sums[4],
+                "items_per_s": epoch_items_here as f64 / train_secs.max(1e-9),
+                "skipped": loader_skips(&report.train_stats),
+            },
+            "eval_split": select_split,
+            "eval": eval.to_json(),
+            "elapsed_s": elapsed_before + process_start.elapsed().as_secs_f64(),
+        });
+        writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
+        if o.progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} acc {:.4}; {} acc {:.4}",
+                epoch + 1,
+                o.epochs,
+                sums[0] / n,
+                sums[3] / n,
+                select_split.join("+"),
+                eval.accuracy
+            );
+        }
+        let better = state.best.is_none_or(|(b, _)| eval.accuracy > b);
+        if better || plan.validation.is_empty() {
+            if better {
+                state.best = Some((eval.accuracy, epoch + 1));
+            }
+            checkpoint::save(
+                &best_dir,
+                &CheckpointParts {
+                    config: &config,
+                    varmap: &varmap,
+                    classes: &classes,
+                    tokenizer: &tok,
+                    resume: None,
+                },
+            )?;
+        }
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        state.epoch_sums = [0.0; 5];
+        state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
+        save_last(&opt, &state)?;
+        report.epochs = state.epoch;
+        report.best = state.best;
+        if stop {
+            report.interrupted = state.epoch < o.epochs;
+            if report.interrupted {
+                report.elapsed_s = state.elapsed_s;
+                return Ok(report);
+            }
+        }
+    }
+    report.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
+
+    // The final test: the best checkpoint if a validation split chose it, else the last weights.
+    let test_idx = dataset.select(&plan.test);
+    let tested = if plan.validation.is_empty() {
+        evaluate(
+            &model,
+            dataset,
+            &test_idx,
+            &o.eval_variants,
+            &eval_tok,
+            o.batch_size.max(64),
+            o.workers,
+            o.progress,
+        )?
+    } else {
+        let best = checkpoint::load(&best_dir, &device)?;
+        evaluate(
+            &best.model,
+            dataset,
+            &test_idx,
+            &o.eval_variants,
+            &eval_tok,
+            o.batch_size.max(64),
+            o.workers,
+            o.progress,
+        )?
+    };
+    merge_stats(&mut report.eval_stats, &tested.stats);
+    report.skipped.extend(tested.skipped.clone());
+    let line =
+        json!({"test_split": plan.test, "test": tested.to_json(), "elapsed_s": report.elapsed_s});
+    writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
+    report.test = Some(tested);
+    Ok(report)
+}
+
+fn loader_skips(stats: &LoaderStats) -> serde_json::Value {
+    json!(stats.skipped)
+}

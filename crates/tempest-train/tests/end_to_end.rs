@@ -1,0 +1,243 @@
+//! End to end, in seconds: prepare (or read) compressed files, train a few steps, checkpoint,
+//! resume, evaluate; for JPEG (real MNIST digits, prepared by cff-encode) and MP3 (the
+//! embedded spoken words); and a dataset with corrupt files.
+
+use std::path::{Path, PathBuf};
+
+use cff_encode::image::read_idx;
+use cff_encode::prepare::{Layout, Variant};
+use tempest_model::Config;
+use tempest_train::{checkpoint, evaluate, train, Dataset, EvalVariants, SplitPlan, TrainOptions};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tempest-train-{name}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes an uncompressed IDX file (magic 0x0000_08_<rank>, big-endian dims, then bytes).
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) -> Result<()> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+/// A small MNIST layout: the first `n` digits of each of the embedded IDX sets.
+fn small_mnist(dir: &Path, n: usize) -> Result<()> {
+    for (set, count) in [("train", n), ("t10k", n / 2)] {
+        let images = read_idx(
+            &std::fs::read(repo().join(format!("data/mnist/{set}-images-idx3-ubyte.gz")))?,
+            1 << 30,
+        )?;
+        let labels = read_idx(
+            &std::fs::read(repo().join(format!("data/mnist/{set}-labels-idx1-ubyte.gz")))?,
+            1 << 30,
+        )?;
+        write_idx(
+            &dir.join(format!("{set}-images-idx3-ubyte")),
+            &[count as u32, 28, 28],
+            &images.data[..count * 784],
+        )?;
+        write_idx(
+            &dir.join(format!("{set}-labels-idx1-ubyte")),
+            &[count as u32],
+            &labels.data[..count],
+        )?;
+    }
+    Ok(())
+}
+
+fn quick_options(seed: u64) -> TrainOptions {
+    let mut o = TrainOptions::default();
+    o.epochs = 2;
+    o.batch_size = 8;
+    o.seed = seed;
+    o.workers = 1;
+    o.progress = false;
+    o.lr = 3e-3;
+    o
+}
+
+fn weights(dir: &Path) -> Result<Vec<u8>> {
+    Ok(std::fs::read(
+        dir.join("last").join(tempest_model::WEIGHTS_FILE),
+    )?)
+}
+
+/// Runs the same training uninterrupted and stopped mid-epoch then resumed: the weights must
+/// be bit-identical; then evaluates the checkpoint.
+fn train_interrupt_resume(
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    options: TrainOptions,
+    name: &str,
+) -> Result<()> {
+    let cfg = Config::tiny();
+    let whole = scratch(&format!("{name}-whole"))?;
+    let report = train(dataset, plan, &cfg, &options, &whole, false)?;
+    assert!(!report.interrupted);
+    assert_eq!(report.epochs, 2);
+    let test = report.test.as_ref().ok_or("no test")?;
+    assert!(test.variants[0].1.items > 0);
+    assert!(whole.join("best").join("model.safetensors").exists());
+    let lines = std::fs::read_to_string(whole.join("metrics.jsonl"))?;
+    assert_eq!(lines.lines().count(), 3, "two epochs and the test: {lines}");
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().ok_or("empty")?)?;
+    assert!(first["train"]["loss"].as_f64().is_some_and(f64::is_finite));
+    assert!(first["eval"]["variants"][0]["metrics"]["confusion"].is_array());
+
+    let steps = report.steps;
+    assert!(steps >= 4, "{steps} steps");
+    let parted = scratch(&format!("{name}-parted"))?;
+    let mut stop = options.clone();
+    stop.stop_after_steps = Some(steps / 2 - 1); // inside the first epoch
+    let r1 = train(dataset, plan, &cfg, &stop, &parted, false)?;
+    assert!(r1.interrupted && r1.test.is_none());
+    assert_eq!(r1.steps, steps / 2 - 1);
+    let state: tempest_train::TrainState =
+        checkpoint::read_json(&parted.join("last").join(checkpoint::STATE_FILE))?;
+    assert_eq!((state.epoch, state.step), (0, steps / 2 - 1));
+    let r2 = train(dataset, plan, &cfg, &options, &parted, true)?;
+    assert!(!r2.interrupted);
+    assert_eq!(r2.steps, steps);
+    assert_eq!(
+        weights(&whole)?,
+        weights(&parted)?,
+        "resumed weights differ"
+    );
+    let (a, b) = (
+        report.test.as_ref().ok_or("no test")?.accuracy,
+        r2.test.as_ref().ok_or("no test")?.accuracy,
+    );
+    assert_eq!(a, b);
+
+    // The saved checkpoint evaluates to the same accuracy as the run's own test.
+    let loaded = checkpoint::load(&whole.join("last"), &candle_core::Device::Cpu)?;
+    assert_eq!(loaded.classes, dataset.classes);
+    let eval = evaluate(
+        &loaded.model,
+        dataset,
+        &dataset.select(&plan.test),
+        &options.eval_variants,
+        &loaded.tokenizer.eval_config()?,
+        16,
+        0,
+        false,
+    )?;
+    if plan.validation.is_empty() {
+        assert_eq!(eval.accuracy, a);
+    }
+    let _ = std::fs::remove_dir_all(&whole);
+    let _ = std::fs::remove_dir_all(&parted);
+    Ok(())
+}
+
+#[test]
+fn jpeg_mnist_prepare_train_interrupt_resume_evaluate() -> Result<()> {
+    let raw = scratch("mnist-raw")?;
+    small_mnist(&raw, 32)?;
+    let cache = scratch("mnist-cache")?;
+    let variants = [Variant::Jpeg(75), Variant::Jpeg(90)];
+    let (dataset, summary) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
+    let summary = summary.ok_or("nothing prepared")?;
+    assert_eq!(summary.written, 48 * 2);
+    assert_eq!(dataset.samples.len(), 48);
+    assert_eq!(dataset.classes.len(), 10);
+    assert_eq!(dataset.variants(), vec!["jpeg:75", "jpeg:90"]);
+    // A second open finds the cache complete.
+    let (again, s2) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
+    assert_eq!(s2.ok_or("no summary")?.written, 0);
+    assert_eq!(again, dataset);
+    let plan = SplitPlan::standard(&dataset)?;
+    assert_eq!(plan.train, vec!["train"]);
+    let mut o = quick_options(11);
+    o.eval_variants = EvalVariants::All;
+    train_interrupt_resume(&dataset, &plan, o, "jpeg")?;
+    let _ = std::fs::remove_dir_all(&raw);
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok(())
+}
+
+#[test]
+fn mp3_spoken_words_train_interrupt_resume_evaluate() -> Result<()> {
+    let mut dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    assert_eq!(dataset.samples.len(), 160);
+    assert_eq!(dataset.classes.len(), 10);
+    let plan = SplitPlan::standard(&dataset)?;
+    assert_eq!(plan.validation, vec!["validation"]);
+    assert_eq!(dataset.select(&plan.test).len(), 20);
+    assert_eq!(dataset.select(&plan.validation).len(), 20);
+    dataset.truncate_splits(&plan.train, 24);
+    assert_eq!(dataset.select(&plan.train).len(), 24);
+    train_interrupt_resume(&dataset, &plan, quick_options(5), "mp3")?;
+    Ok(())
+}
+
+#[test]
+fn corrupt_files_are_skipped_and_counted() -> Result<()> {
+    let dir = scratch("corrupt")?;
+    let images = read_idx(
+        &std::fs::read(repo().join("data/mnist/train-images-idx3-ubyte.gz"))?,
+        1 << 30,
+    )?;
+    let labels = read_idx(
+        &std::fs::read(repo().join("data/mnist/train-labels-idx1-ubyte.gz"))?,
+        1 << 30,
+    )?;
+    for i in 0..24 {
+        let split = if i < 16 { "train" } else { "test" };
+        let class = dir.join(split).join(labels.data[i].to_string());
+        std::fs::create_dir_all(&class)?;
+        let jpeg = cff_encode::jpeg::encode_jpeg(
+            &images.image(i)?,
+            &cff_encode::jpeg::JpegOptions::with_quality(75),
+        )?;
+        std::fs::write(class.join(format!("{i}.jpg")), &jpeg)?;
+        if i % 8 == 0 {
+            // A truncated copy (cut inside the scan) and a file of garbage with a JPEG name.
+            std::fs::write(class.join(format!("{i}-cut.jpg")), &jpeg[..jpeg.len() / 2])?;
+            std::fs::write(class.join(format!("{i}-junk.jpg")), b"not a jpeg at all")?;
+        }
+    }
+    let dataset = Dataset::from_compressed(Layout::Folder, &dir)?;
+    let plan = SplitPlan::standard(&dataset)?;
+    let mut o = quick_options(1);
+    o.epochs = 1;
+    let run_dir = dir.join("run");
+    let report = train(&dataset, &plan, &Config::tiny(), &o, &run_dir, false)?;
+    assert!(report.test.is_some());
+    let junk = report
+        .skipped
+        .keys()
+        .filter(|k| k.ends_with("-junk.jpg"))
+        .count();
+    assert_eq!(junk, 3, "{:?}", report.skipped);
+    assert!(
+        report.train_stats.files_skipped() >= 2,
+        "{:?}",
+        report.train_stats
+    );
+    assert!(
+        report.eval_stats.files_skipped() >= 1,
+        "{:?}",
+        report.eval_stats
+    );
+    let summary = report.files_summary();
+    assert!(summary.contains("skipped"), "{summary}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
