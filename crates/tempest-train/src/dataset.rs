@@ -576,4 +576,71 @@ mod tests {
             assert_eq!(p.test, vec![fold.to_string()]);
         }
     }
+
+    #[test]
+    fn esc50_and_speech_commands_layouts_of_compressed_files() -> Result<()> {
+        let dir =
+            std::env::temp_dir().join(format!("tempest-train-layouts-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let w = |p: &Path, text: &[u8]| -> Result<()> {
+            if let Some(d) = p.parent() {
+                fs::create_dir_all(d).map_err(Error::io(d))?;
+            }
+            fs::write(p, text).map_err(Error::io(p))
+        };
+        // ESC-50: the CSV names .wav files; the audio folder holds their MP3s, one missing.
+        let esc = dir.join("esc");
+        w(
+            &esc.join("meta/esc50.csv"),
+            b"filename,fold,target,category,esc10,src_file,take\n1-1-A-0.wav,1,0,dog,True,1,A\n\
+2-2-A-1.wav,2,1,rooster,False,2,A\n5-3-A-0.wav,5,0,dog,True,3,A\n3-4-A-1.wav,3,1,rooster,False,4,A\n",
+        )?;
+        for f in ["1-1-A-0", "2-2-A-1", "5-3-A-0"] {
+            w(&esc.join(format!("audio/{f}.mp3")), b"x")?;
+        }
+        let d = Dataset::from_compressed(Layout::Esc50, &esc)?;
+        assert_eq!(d.classes, vec!["dog", "rooster"]);
+        assert_eq!(d.samples.len(), 3);
+        assert_eq!(d.splits(), vec!["1", "2", "5"]);
+        let plan = SplitPlan::esc50_fold(5);
+        assert_eq!(d.select(&plan.test).len(), 1);
+        assert_eq!(d.select(&plan.train).len(), 2);
+        w(
+            &esc.join("meta/esc50.csv"),
+            b"filename,fold,category\na.wav,6,dog\n",
+        )?;
+        assert!(Dataset::from_compressed(Layout::Esc50, &esc).is_err());
+        // Speech Commands: the lists name .wav files; _background_noise_ holds no items.
+        let sc = dir.join("sc");
+        for f in [
+            "yes/a_nohash_0.mp3",
+            "yes/b_nohash_0.mp3",
+            "no/c_nohash_0.mp3",
+            "no/d_nohash_0.mp3",
+            "_background_noise_/n.mp3",
+        ] {
+            w(&sc.join(f), b"x")?;
+        }
+        w(&sc.join("validation_list.txt"), b"yes/b_nohash_0.wav\n")?;
+        w(&sc.join("testing_list.txt"), b"no/d_nohash_0.wav\n")?;
+        let d = Dataset::from_compressed(Layout::SpeechCommands, &sc)?;
+        assert_eq!(d.classes, vec!["no", "yes"]);
+        let split = |id: &str| {
+            d.samples
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| s.split.clone())
+        };
+        assert_eq!(split("yes/a_nohash_0").as_deref(), Some("train"));
+        assert_eq!(split("yes/b_nohash_0").as_deref(), Some("validation"));
+        assert_eq!(split("no/d_nohash_0").as_deref(), Some("test"));
+        assert_eq!(d.samples.len(), 4);
+        let plan = SplitPlan::standard(&d)?;
+        assert_eq!(
+            (plan.train.len(), plan.validation.len(), plan.test.len()),
+            (1, 1, 1)
+        );
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
 }
