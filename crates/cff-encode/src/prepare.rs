@@ -332,7 +332,9 @@ fn media_source(p: &Path) -> Option<Source> {
     }
 }
 
-const SPLIT_DIRS: [&str; 7] = [
+/// Folder names that make a `folder` layout a split layout (`train/<class>/…`), compared
+/// case-insensitively.
+pub const SPLIT_DIRS: [&str; 7] = [
     "train",
     "training",
     "val",
@@ -342,15 +344,24 @@ const SPLIT_DIRS: [&str; 7] = [
     "testing",
 ];
 
+/// Whether `dirs`, the sub-folders of a `folder` layout, are split folders (all of them named
+/// as in [`SPLIT_DIRS`]) rather than class folders.
+pub fn is_split_layout(dirs: &[PathBuf]) -> bool {
+    !dirs.is_empty()
+        && dirs.iter().all(|d| {
+            let name = d
+                .file_name()
+                .map(|n| n.to_string_lossy().to_ascii_lowercase());
+            name.is_some_and(|n| SPLIT_DIRS.contains(&n.as_str()))
+        })
+}
+
 fn scan_folder(input: &Path) -> Result<Vec<Item>> {
     let dirs: Vec<PathBuf> = sorted_entries(input)?
         .into_iter()
         .filter(|p| p.is_dir())
         .collect();
-    let split_layout = !dirs.is_empty()
-        && dirs
-            .iter()
-            .all(|d| SPLIT_DIRS.contains(&file_name(d).to_ascii_lowercase().as_str()));
+    let split_layout = is_split_layout(&dirs);
     let mut items = Vec::new();
     let roots: Vec<(String, PathBuf)> = if split_layout {
         dirs.into_iter().map(|d| (file_name(&d), d)).collect()

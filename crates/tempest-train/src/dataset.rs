@@ -381,25 +381,12 @@ fn class_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
-const SPLIT_DIRS: [&str; 7] = [
-    "train",
-    "training",
-    "val",
-    "valid",
-    "validation",
-    "test",
-    "testing",
-];
-
 fn scan_folder(dir: &Path) -> Result<Vec<Row>> {
     let dirs: Vec<PathBuf> = sorted_entries(dir)?
         .into_iter()
         .filter(|p| p.is_dir())
         .collect();
-    let split_layout = !dirs.is_empty()
-        && dirs
-            .iter()
-            .all(|d| SPLIT_DIRS.contains(&name_of(d).to_ascii_lowercase().as_str()));
+    let split_layout = cff_encode::prepare::is_split_layout(&dirs);
     let roots: Vec<(String, PathBuf)> = if split_layout {
         dirs.into_iter().map(|d| (name_of(&d), d)).collect()
     } else {
