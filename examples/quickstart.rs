@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example quickstart [-- --epochs N --qualities 75,50,90 --seed S
-//!     --lr LR --batch B --header-block --out DIR]
+//!     --lr LR --batch B --header-block --validation N --config FILE --out DIR --resume]
 //! ```
 //!
 //! The digits (`data/mnist`) are encoded once into `target/quickstart/data` (JPEG at each
@@ -29,6 +29,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut out = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or("target".into()))
         .join("quickstart");
     let mut resume = false;
+    let mut validation = 0usize;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -49,24 +50,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--config" => cfg = serde_json::from_str(&std::fs::read_to_string(v()?)?)?,
             "--out" => out = v()?.into(),
             "--resume" => resume = true,
+            "--validation" => validation = v()?.parse()?,
             "--no-progress" => o.progress = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let start = Instant::now();
     let variants: Vec<Variant> = qualities.iter().map(|&q| Variant::Jpeg(q)).collect();
-    let (dataset, _) = Dataset::open_layout(
+    let (mut dataset, _) = Dataset::open_layout(
         Layout::Mnist,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
         &out.join("data"),
         &variants,
         o.progress,
     )?;
+    // Tuning without touching the test: N training digits become a validation split that
+    // picks the best epoch (the held-out digits are then tested once, with that checkpoint).
+    dataset.hold_out("train", "validation", validation);
     o.eval_variants = EvalVariants::Named(variants[0].to_string());
     let plan = SplitPlan::standard(&dataset)?;
     println!(
-        "MNIST as JPEG (q {qualities:?}): {} training digits, {} held out; preset tiny, {} epochs",
+        "MNIST as JPEG (q {qualities:?}): {} training digits, {} validation, {} held out; {} epochs",
         dataset.select(&plan.train).len(),
+        dataset.select(&plan.validation).len(),
         dataset.select(&plan.test).len(),
         o.epochs
     );
@@ -77,6 +83,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let test = report.test.ok_or("no test")?;
+    if let (false, Some((acc, epoch))) = (plan.validation.is_empty(), report.best) {
+        println!("best validation accuracy: {acc:.4} (epoch {epoch}, the checkpoint tested)");
+    }
     println!(
         "{} s in all ({:.0} s training); run in {}",
         start.elapsed().as_secs(),

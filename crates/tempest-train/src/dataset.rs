@@ -225,6 +225,23 @@ impl Dataset {
         });
     }
 
+    /// Moves `n` samples of split `from` into split `to`, spread evenly over `from` in the
+    /// dataset's order (so the same ones on every run), e.g. a validation split carved from
+    /// the training digits to tune on without touching the test. Returns how many moved
+    /// (fewer when `from` has fewer than `n`).
+    pub fn hold_out(&mut self, from: &str, to: &str, n: usize) -> usize {
+        let idx: Vec<usize> = (0..self.samples.len())
+            .filter(|&i| self.samples[i].split == from)
+            .collect();
+        let n = n.min(idx.len());
+        for k in 0..n {
+            // k·len/n for k < n picks n distinct, evenly spaced positions.
+            let i = idx[k * idx.len() / n];
+            self.samples[i].split = to.to_string();
+        }
+        n
+    }
+
     /// Re-labels the samples for a model trained with `classes` (a checkpoint's names);
     /// samples whose class the model does not know are dropped and counted.
     pub fn relabel(&mut self, classes: &[String]) -> usize {
@@ -552,6 +569,39 @@ mod tests {
         assert_eq!(d.samples[1].variants.len(), 2);
         assert_eq!(d.samples[1].variant("mp3:32"), Some(Path::new("b1-mp3:32")));
         assert_eq!(d.variants(), vec!["mp3:20", "mp3:32"]);
+    }
+
+    #[test]
+    fn hold_out_moves_an_even_spread_of_one_split() {
+        let rows = (0..10).map(|i| {
+            let split = if i < 8 { "train" } else { "test" };
+            (
+                format!("{i:02}"),
+                "x".to_string(),
+                split.to_string(),
+                "v".to_string(),
+                PathBuf::new(),
+            )
+        });
+        let mut d = Dataset::from_rows(rows);
+        assert_eq!(d.hold_out("train", "validation", 3), 3);
+        let moved: Vec<&str> = d
+            .samples
+            .iter()
+            .filter(|s| s.split == "validation")
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(moved, vec!["00", "02", "05"]);
+        assert_eq!(d.select(&["test".to_string()]).len(), 2);
+        assert_eq!(d.hold_out("train", "validation", 100), 5);
+        assert_eq!(d.select(&["train".to_string()]).len(), 0);
+        let plan = SplitPlan::standard(&{
+            let mut e = d.clone();
+            e.hold_out("validation", "train", 4);
+            e
+        })
+        .unwrap_or_default();
+        assert_eq!(plan.validation, vec!["validation".to_string()]);
     }
 
     #[test]

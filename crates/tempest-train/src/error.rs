@@ -50,6 +50,9 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
+    /// A plot could not be drawn or written (the file and the cause).
+    #[error("plot {0}")]
+    Plot(String),
     /// A split has no item that could be read.
     #[error("split {split}: no item could be read ({skipped} skipped)")]
     Empty {

@@ -12,6 +12,7 @@
 //!   best and resumable checkpoints written atomically, Ctrl-C saves, JSON-lines metrics.
 //! - [`evaluate`]: accuracy, top-5, per-class accuracy, confusion matrix and loss
 //!   ([`Metrics`]) on one named variant or averaged over several.
+//! - [`plots`]: `curves.png` and `confusion.png` in the run folder, after every epoch.
 //! - [`cross_validate_esc50`]: ESC-50's five folds, mean and standard deviation.
 #![deny(missing_docs)]
 
@@ -21,6 +22,7 @@ mod error;
 mod init;
 pub mod metrics;
 pub mod optim;
+pub mod plots;
 mod train;
 
 pub use checkpoint::{Loaded, TokenizerSettings, TrainState};

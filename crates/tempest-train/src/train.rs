@@ -670,6 +670,7 @@ pub fn train(
             "elapsed_s": elapsed_before + process_start.elapsed().as_secs_f64(),
         });
         writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
+        plot(run_dir, &classes);
         if o.progress {
             eprintln!(
                 "epoch {}/{}: train loss {:.4} acc {:.4}; {} acc {:.4}",
@@ -745,8 +746,17 @@ pub fn train(
     let line =
         json!({"test_split": plan.test, "test": tested.to_json(), "elapsed_s": report.elapsed_s});
     writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
+    plot(run_dir, &classes);
     report.test = Some(tested);
     Ok(report)
+}
+
+/// Redraws the run's plots; a plot that cannot be drawn is reported and the run goes on (the
+/// metrics themselves are already in `metrics.jsonl`).
+fn plot(run_dir: &Path, classes: &[String]) {
+    if let Err(e) = crate::plots::write_run_plots(run_dir, classes) {
+        eprintln!("warning: plots not written: {e}");
+    }
 }
 
 fn loader_skips(stats: &LoaderStats) -> serde_json::Value {
