@@ -505,21 +505,20 @@ pub struct FrameInfo {
 /// What every frame of a stream shares, fixed by its first frame, and what follows from it.
 ///
 /// The reader's hot path asks one question per frame: is the word where the last frame ended a
-/// header of this stream, and how long is its frame? Sync, version and layer must equal the
-/// first header's: one masked compare. The rest is two table lookups. Sampling frequency
-/// fixed, the length depends only on the bitrate index and the padding bit: a table indexed
-/// by bits 15..9 (bitrate index, sampling frequency index, padding) gives it, 0 for a bitrate
-/// index of 0 or 15 and for any other sampling frequency. Bits 7..0 must keep the stream's
-/// channel count and a valid emphasis: a second table indexed by them gives a mask, all ones
-/// or 0.
+/// header of this stream, and how long is its frame? Sync, version, layer and sampling
+/// frequency must equal the first header's: one masked compare. The rest is two lookups in
+/// small tables. With version and sampling frequency fixed, the length depends only on the
+/// bitrate index and the padding bit: a table indexed by them gives it, 0 for a bitrate index
+/// of 0 or 15. The channel mode must keep the stream's channel count and the emphasis must be
+/// valid: a table indexed by those four bits gives a mask, all ones or 0.
 #[derive(Clone, Copy)]
 struct Stream {
     /// The first header of the stream.
     key: u32,
-    /// Frame bytes by `(word >> 9) & 0x7F`: bitrate index, sampling frequency index, padding.
-    frame_bytes: [u16; 128],
-    /// `0xFFFF` by `word & 0xFF` where mode and emphasis are acceptable, else 0.
-    low_bits_ok: [u16; 256],
+    /// Frame bytes by [`Stream::length_index`]: bitrate index and padding bit.
+    frame_bytes: [u16; 32],
+    /// `0xFFFF` by [`Stream::mode_index`] where mode and emphasis are acceptable, else 0.
+    mode_ok: [u16; 16],
     /// Samples per frame (576 or 1152) and the sampling frequency.
     samples: u16,
     rate: u32,
@@ -530,39 +529,30 @@ struct Stream {
     main_data_begin_shift: u8,
 }
 
-/// Sync, version and layer: the bits of a header that [`Stream::frame_len`] compares as they
-/// are (the sampling frequency is checked by its table).
-const SYNC_VERSION_LAYER: u32 = 0xFFFE_0000;
-
 impl Stream {
     /// The stream whose first header is `key`, a valid Layer III header.
     fn new(key: u32) -> Stream {
         let header = FrameHeader(key);
-        let mut frame_bytes = [0u16; 128];
-        let rows = L3_FRAME_BYTES.get(header.version_row());
+        let mut frame_bytes = [0u16; 32];
+        let row = L3_FRAME_BYTES
+            .get(header.version_row())
+            .and_then(|row| row.get(header.rate_index()));
         for (i, slot) in frame_bytes.iter_mut().enumerate() {
-            // i = bitrate index (4 bits), sampling frequency index (2), padding (1).
-            let (bitrate, rate, pad) = (i >> 3, (i >> 1) & 3, (i & 1) as u16);
-            if rate != header.rate_index() {
-                continue;
-            }
-            let bytes = rows
-                .and_then(|row| row.get(rate))
-                .and_then(|row| row.get(bitrate))
-                .copied()
-                .unwrap_or(0);
+            let (bitrate, pad) = (i >> 1, (i & 1) as u16);
+            let bytes = row.and_then(|row| row.get(bitrate)).copied().unwrap_or(0);
             *slot = if bytes == 0 { 0 } else { bytes + pad };
         }
-        let mut low_bits_ok = [0u16; 256];
-        for (low, slot) in low_bits_ok.iter_mut().enumerate() {
-            if agrees(low as u32, key & 0xFF) && low & 3 != 2 {
+        let mut mode_ok = [0u16; 16];
+        for (i, slot) in mode_ok.iter_mut().enumerate() {
+            let (mode, emphasis) = ((i >> 2) as u32, (i & 3) as u32);
+            if agrees(mode << 6, key & 0xFF) && emphasis != 2 {
                 *slot = 0xFFFF;
             }
         }
         Stream {
             key,
             frame_bytes,
-            low_bits_ok,
+            mode_ok,
             samples: header.samples(),
             rate: header.sample_rate(),
             side_info_len: header.side_info_len() as u8,
@@ -574,17 +564,29 @@ impl Stream {
         }
     }
 
+    /// Bitrate index (bits 15..12) and padding bit (bit 9) of a header, side by side.
+    #[inline(always)]
+    fn length_index(word: u32) -> usize {
+        (((word >> 11) & 0x1E) | ((word >> 9) & 1)) as usize
+    }
+
+    /// Channel mode (bits 7..6) and emphasis (bits 1..0) of a header, side by side.
+    #[inline(always)]
+    fn mode_index(word: u32) -> usize {
+        (((word >> 4) & 0xC) | (word & 3)) as usize
+    }
+
     /// Length of the Layer III frame whose header is `word`, if `word` is a valid header of
     /// this stream: it [`agrees`] with the first header, and its bitrate index (not 0 or 15)
     /// and emphasis (not `10`) are valid. The same rules as [`FrameHeader::parse`], without
     /// building the header. 0 if it is not.
     #[inline(always)]
     fn frame_len(&self, word: u32) -> usize {
-        if (word ^ self.key) & SYNC_VERSION_LAYER != 0 {
+        if (word ^ self.key) & STREAM_MASK != 0 {
             return 0;
         }
-        let bytes = self.frame_bytes[((word >> 9) & 0x7F) as usize];
-        usize::from(bytes & self.low_bits_ok[(word & 0xFF) as usize])
+        let bytes = self.frame_bytes[Self::length_index(word) & 31];
+        usize::from(bytes & self.mode_ok[Self::mode_index(word) & 15])
     }
 
     /// The largest frame of the stream.
@@ -1491,7 +1493,10 @@ mod tests {
                     }
                     // A word without the sync is never a header of the stream.
                     assert_eq!(stream.frame_len(key & !(1 << 25)), 0);
-                    assert_eq!(stream.frame_len(key), usize::from(FrameHeader(key).frame_bytes()));
+                    assert_eq!(
+                        stream.frame_len(key),
+                        usize::from(FrameHeader(key).frame_bytes())
+                    );
                 }
             }
         }
