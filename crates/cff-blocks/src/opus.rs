@@ -1046,13 +1046,12 @@ impl<'a> State<'a> {
             return None;
         }
         let state = self.page.as_mut()?;
-        let mut pieces = state.pieces.clone();
-        let piece = pieces.next()?;
-        if !piece.complete || piece.data.len() as u64 > self.options.limits.max_block_bytes {
+        let (piece, seg, body_pos) = state.pieces.peek_complete()?;
+        if piece.data.len() as u64 > self.options.limits.max_block_bytes {
             return None;
         }
         let (toc, frames) = parse_packet(piece.data, self.link.single_stream).ok()?;
-        state.pieces = pieces;
+        state.pieces.skip_to(seg, body_pos);
         let page = &state.page;
         let offset = page.body_offset() + piece.start as u64;
         let info = PacketInfo {
@@ -1085,9 +1084,37 @@ impl<'a> State<'a> {
         frames: Frames,
     ) -> Block<'a> {
         let duration = u32::from(frames.count) * toc.frame_size;
+        let samples = i64::from(duration);
         let state = self.page.as_mut();
         let (start, end_limit) = state.as_ref().map_or((0, None), |s| (s.pos, s.end_limit));
-        let end = start.saturating_add(i64::from(duration));
+        let (base, pre_skip) = (self.link.base, self.link.pre_skip);
+        // Positions saturate at the ends of i64 (granule positions come from the file). Where
+        // nothing overflows and no end trimming applies, plain arithmetic gives the same.
+        let plain = match (
+            end_limit,
+            start.checked_add(samples),
+            base.checked_add(start),
+        ) {
+            (None, Some(end), Some(from_base)) => from_base
+                .checked_sub(pre_skip)
+                .and_then(|out_start| Some((end, out_start, out_start.checked_add(samples)?))),
+            _ => None,
+        };
+        let (end, played, out_start, output_end) = match plain {
+            Some((end, out_start, output_end)) => (end, duration, out_start, output_end),
+            None => {
+                let end = start.saturating_add(samples);
+                let played_end = end_limit.map_or(end, |limit| end.min(limit));
+                let played = played_end.saturating_sub(start).clamp(0, samples) as u32;
+                let out_start = base.saturating_add(start).saturating_sub(pre_skip);
+                (
+                    end,
+                    played,
+                    out_start,
+                    out_start.saturating_add(i64::from(played)),
+                )
+            }
+        };
         if let Some(s) = state {
             s.pos = end;
         }
@@ -1095,16 +1122,7 @@ impl<'a> State<'a> {
         if info.granule_position != -1 {
             self.link.resync = Some(info.granule_position);
         }
-        let played_end = end_limit.map_or(end, |limit| end.min(limit));
-        let played = played_end
-            .saturating_sub(start)
-            .clamp(0, i64::from(duration)) as u32;
-        let out_start = self
-            .link
-            .base
-            .saturating_add(start)
-            .saturating_sub(self.link.pre_skip);
-        self.output_end = out_start.saturating_add(i64::from(played));
+        self.output_end = output_end;
         info.toc = Some(toc);
         info.frames = Some(frames);
         info.duration = duration;
@@ -1663,6 +1681,25 @@ mod tests {
         assert!(err.is_none());
         assert_eq!(time(&blocks[2]), (0, 960));
         assert_eq!(time(&blocks[3]), (960, 40));
+    }
+
+    #[test]
+    fn positions_saturate_at_the_top_of_i64() {
+        // A hostile granule position at i64::MAX: the first page's three packets end exactly
+        // there; the next page's packets start there and can play nothing (positions saturate
+        // instead of wrapping). The hot path hands such packets to the saturating arithmetic.
+        let pkts = [audio(5, 1), audio(5, 2), audio(5, 3)];
+        let mut f = headers(SERIAL, 100);
+        f.extend(packets_page(0, i64::MAX, SERIAL, 2, &pkts));
+        f.extend(packets_page(FLAG_EOS, -1, SERIAL, 3, &pkts[..1]));
+        let (blocks, err, _) = read(&f, &Options::default());
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(blocks.len(), 6);
+        let first = i64::MAX - 3 * 960 - 100;
+        assert_eq!(time(&blocks[2]), (first, 960));
+        assert_eq!(time(&blocks[4]), (first + 2 * 960, 960));
+        assert_eq!(time(&blocks[5]), (i64::MAX - 100, 0));
+        assert_eq!(info(&blocks[5]).trimmed, 960);
     }
 
     #[test]
