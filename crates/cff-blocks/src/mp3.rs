@@ -14,9 +14,12 @@
 //!   is a header of the same version, layer, sample rate and channel count; or a frame that
 //!   ends exactly where the audio ends (end of data, or the first tag at the end). That frame
 //!   fixes the stream's parameters.
-//! - Then the common path: parse the header where the previous frame ended, check it agrees
-//!   with the stream, check the header after it agrees too, jump. Nothing is read inside a
-//!   frame but its header and the first bytes of its side information.
+//! - Then the common path: the header where the previous frame ended agrees with the stream,
+//!   and so does the header after it; jump. Nothing is read inside a frame but its header and
+//!   the first bytes of its side information. Once a frame is confirmed, the header that
+//!   confirmed it is kept: the next frame costs one header read where it ends and two lookups
+//!   in small tables built for the stream (frame length by bitrate index and padding; valid
+//!   channel mode and emphasis). Anything else goes through the general path below.
 //! - Where that fails the reader resynchronises: it scans for the next header that agrees with
 //!   the stream *and* is followed by one that agrees, so a false sync inside garbage is not
 //!   taken. The bytes skipped become one [`RegionKind::Garbage`] region; bytes after the last
