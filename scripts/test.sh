@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 cargo test --workspace --features "$features"
+# cff-blocks without its default `simd-crc`: the readers on the table CRC alone.
+cargo test -p cff-blocks --no-default-features
 # The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
 # a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.
 cargo build --manifest-path fuzz/Cargo.toml

@@ -151,6 +151,8 @@ impl<'a> Reader<'a> {
 impl<'a> Iterator for Reader<'a> {
     type Item = Result<Block<'a>>;
 
+    // Inline, so that a caller's loop sees each reader's hot path.
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Reader::Mp3(r) => r.next(),

@@ -14,9 +14,12 @@
 //!   is a header of the same version, layer, sample rate and channel count; or a frame that
 //!   ends exactly where the audio ends (end of data, or the first tag at the end). That frame
 //!   fixes the stream's parameters.
-//! - Then the common path: parse the header where the previous frame ended, check it agrees
-//!   with the stream, check the header after it agrees too, jump. Nothing is read inside a
-//!   frame but its header and the first bytes of its side information.
+//! - Then the common path: the header where the previous frame ended agrees with the stream,
+//!   and so does the header after it; jump. Nothing is read inside a frame but its header and
+//!   the first bytes of its side information. Once a frame is confirmed, the header that
+//!   confirmed it is kept: the next frame costs one header read where it ends and two lookups
+//!   in small tables built for the stream (frame length by bitrate index and padding; valid
+//!   channel mode and emphasis). Anything else goes through the general path below.
 //! - Where that fails the reader resynchronises: it scans for the next header that agrees with
 //!   the stream *and* is followed by one that agrees, so a false sync inside garbage is not
 //!   taken. The bytes skipped become one [`RegionKind::Garbage`] region; bytes after the last
@@ -502,20 +505,111 @@ pub struct FrameInfo {
     pub vbr: Option<VbrHeader>,
 }
 
-/// Length of the Layer III frame whose header is `word`, if `word` is a valid header of the
-/// stream whose first header was `key` (a valid Layer III header): it agrees with `key`, and
-/// its bitrate index (not 0 or 15) and emphasis (not `10`) are valid. The same rules as
-/// [`FrameHeader::parse`], without building the header.
-#[inline]
-fn stream_frame_len(word: u32, key: u32) -> Option<usize> {
-    if !agrees(word, key) || word & 3 == 2 {
-        return None;
+/// What every frame of a stream shares, fixed by its first frame, and what follows from it.
+///
+/// The reader's hot path asks one question per frame: is the word where the last frame ended a
+/// header of this stream, and how long is its frame? Sync, version, layer and sampling
+/// frequency must equal the first header's: one masked compare. The rest is two lookups in
+/// small tables. With version and sampling frequency fixed, the length depends only on the
+/// bitrate index and the padding bit: a table indexed by them gives it, 0 for a bitrate index
+/// of 0 or 15. The channel mode must keep the stream's channel count and the emphasis must be
+/// valid: a table indexed by those four bits gives a mask, all ones or 0.
+#[derive(Clone, Copy)]
+struct Stream {
+    /// The first header of the stream.
+    key: u32,
+    /// Frame bytes by [`Stream::length_index`]: bitrate index and padding bit.
+    frame_bytes: [u16; 32],
+    /// `0xFFFF` by [`Stream::mode_index`] where mode and emphasis are acceptable, else 0.
+    mode_ok: [u16; 16],
+    /// Samples per frame (576 or 1152) and the sampling frequency.
+    samples: u16,
+    rate: u32,
+    /// Side information bytes (fixed by version and channel count).
+    side_info_len: u8,
+    /// How far to shift the 16 bits that open the side information to get `main_data_begin`:
+    /// 7 for its 9 bits in MPEG-1, 8 for its 8 bits in MPEG-2/2.5.
+    main_data_begin_shift: u8,
+}
+
+impl Stream {
+    /// The stream whose first header is `key`, a valid Layer III header.
+    fn new(key: u32) -> Stream {
+        let header = FrameHeader(key);
+        let mut frame_bytes = [0u16; 32];
+        let row = L3_FRAME_BYTES
+            .get(header.version_row())
+            .and_then(|row| row.get(header.rate_index()));
+        for (i, slot) in frame_bytes.iter_mut().enumerate() {
+            let (bitrate, pad) = (i >> 1, (i & 1) as u16);
+            let bytes = row.and_then(|row| row.get(bitrate)).copied().unwrap_or(0);
+            *slot = if bytes == 0 { 0 } else { bytes + pad };
+        }
+        let mut mode_ok = [0u16; 16];
+        for (i, slot) in mode_ok.iter_mut().enumerate() {
+            let (mode, emphasis) = ((i >> 2) as u32, (i & 3) as u32);
+            if agrees(mode << 6, key & 0xFF) && emphasis != 2 {
+                *slot = 0xFFFF;
+            }
+        }
+        Stream {
+            key,
+            frame_bytes,
+            mode_ok,
+            samples: header.samples(),
+            rate: header.sample_rate(),
+            side_info_len: header.side_info_len() as u8,
+            main_data_begin_shift: if header.version() == Version::Mpeg1 {
+                7
+            } else {
+                8
+            },
+        }
     }
-    let row = L3_FRAME_BYTES.get(VERSION_ROW[((word >> 19) & 3) as usize])?;
-    let bytes = *row
-        .get(((word >> 10) & 3) as usize)?
-        .get(((word >> 12) & 15) as usize)?;
-    (bytes != 0).then(|| usize::from(bytes) + ((word >> 9) & 1) as usize)
+
+    /// Bitrate index (bits 15..12) and padding bit (bit 9) of a header, side by side.
+    #[inline(always)]
+    fn length_index(word: u32) -> usize {
+        (((word >> 11) & 0x1E) | ((word >> 9) & 1)) as usize
+    }
+
+    /// Channel mode (bits 7..6) and emphasis (bits 1..0) of a header, side by side.
+    #[inline(always)]
+    fn mode_index(word: u32) -> usize {
+        (((word >> 4) & 0xC) | (word & 3)) as usize
+    }
+
+    /// Length of the Layer III frame whose header is `word`, if `word` is a valid header of
+    /// this stream: it [`agrees`] with the first header, and its bitrate index (not 0 or 15)
+    /// and emphasis (not `10`) are valid. The same rules as [`FrameHeader::parse`], without
+    /// building the header. 0 if it is not.
+    #[inline(always)]
+    fn frame_len(&self, word: u32) -> usize {
+        if (word ^ self.key) & STREAM_MASK != 0 {
+            return 0;
+        }
+        let bytes = self.frame_bytes[Self::length_index(word) & 31];
+        usize::from(bytes & self.mode_ok[Self::mode_index(word) & 15])
+    }
+
+    /// The largest frame of the stream.
+    fn max_frame_bytes(&self) -> u16 {
+        self.frame_bytes.iter().copied().max().unwrap_or(0)
+    }
+
+    /// `main_data_begin`, which opens the side information after the header and the optional
+    /// CRC (ISO 11172-3 2.4.1.7: 9 bits; ISO 13818-3 2.4.1.7: 8 bits), of the frame `frame`
+    /// whose header is `word`. Every Layer III frame is longer than header, CRC and side
+    /// information (the shortest, 8 kbit/s at 24 kHz, has 24 bytes), so the bytes exist; a
+    /// shorter slice reads as zeros.
+    #[inline(always)]
+    fn main_data_begin(&self, frame: &[u8], word: u32) -> u16 {
+        // Bytes 4..8: the CRC and the first side information bytes, or the side information.
+        // protection_bit 1 (no CRC): the high half; 0: the low half.
+        let after_header = word_at(frame, 4).unwrap_or(0);
+        let opening = (after_header >> ((word >> 12) & 16)) as u16;
+        opening >> self.main_data_begin_shift
+    }
 }
 
 /// Sync, version, layer and sampling frequency: what every frame of a stream shares.
@@ -679,8 +773,16 @@ pub struct Mp3Reader<'a> {
     regions: Vec<Region>,
     /// Tags found at the end, reported once the frames are read.
     end_regions: Vec<Region>,
-    /// The first header of the stream, once it is found: every frame must agree with it.
-    stream: Option<u32>,
+    /// The stream's first header and what follows from it, once it is found: every frame must
+    /// agree with it.
+    stream: Option<Stream>,
+    /// The header word at `pos` and its frame's length, when the last frame yielded was
+    /// confirmed by it: a header of the stream, not yet itself confirmed. The hot path in
+    /// [`Mp3Reader::next`] starts there; a length of 0 sends it down the general path.
+    ahead: (u32, usize),
+    /// The hot path yields blocks while `index` is below this: `max_blocks`, or 0 where a frame
+    /// of the stream could exceed `max_block_bytes` (the general path then says so).
+    fast_blocks: u64,
     index: u64,
     next_sample: i64,
     /// An error found when the reader was opened, yielded first.
@@ -710,6 +812,8 @@ impl<'a> Mp3Reader<'a> {
             regions: Vec::new(),
             end_regions: Vec::new(),
             stream: None,
+            ahead: (0, 0),
+            fast_blocks: 0,
             index: 0,
             next_sample: 0,
             pending: None,
@@ -731,7 +835,7 @@ impl<'a> Mp3Reader<'a> {
     /// The first header of the stream, once the first frame has been found: every frame agrees
     /// with it in version, layer, sampling frequency and channel count.
     pub fn stream_header(&self) -> Option<FrameHeader> {
-        self.stream.map(FrameHeader)
+        self.stream.map(|s| FrameHeader(s.key))
     }
 
     /// ID3v2 tags (several may follow each other) and an APE tag at the start of the file.
@@ -827,18 +931,20 @@ impl<'a> Mp3Reader<'a> {
         Ok(())
     }
 
-    /// Length of the frame at `pos` if its header belongs to the stream `key`.
+    /// Length of the frame at `pos` if its header belongs to `stream`.
     #[inline]
-    fn stream_frame_at(&self, pos: usize, key: u32) -> Option<(u32, usize)> {
+    fn stream_frame_at(&self, pos: usize, stream: &Stream) -> Option<(u32, usize)> {
         let word = word_at(self.data, pos)?;
-        Some((word, stream_frame_len(word, key)?))
+        let len = stream.frame_len(word);
+        (len != 0).then_some((word, len))
     }
 
     /// Whether a frame of the stream `key` that ends at `end` is confirmed: it ends where the
     /// audio ends, or a header of the stream follows it.
     #[inline]
-    fn confirmed_end(&self, end: usize, key: u32) -> bool {
-        end == self.audio_end || (end < self.audio_end && self.stream_frame_at(end, key).is_some())
+    fn confirmed_end(&self, end: usize, stream: &Stream) -> bool {
+        end == self.audio_end
+            || (end < self.audio_end && self.stream_frame_at(end, stream).is_some())
     }
 
     /// Candidate sync positions in `from..to`: bytes 0xFF followed by three set bits.
@@ -855,10 +961,10 @@ impl<'a> Mp3Reader<'a> {
 
     /// The first frame of the stream `key` in `from..to` that is followed by another frame of
     /// the stream (or ends where the audio ends) and fits before the end of the audio.
-    fn find_confirmed(&self, from: usize, to: usize, key: u32) -> Option<(usize, u32)> {
+    fn find_confirmed(&self, from: usize, to: usize, stream: &Stream) -> Option<(usize, u32)> {
         self.syncs(from, to).find_map(|p| {
-            let (word, len) = self.stream_frame_at(p, key)?;
-            self.confirmed_end(p + len, key).then_some((p, word))
+            let (word, len) = self.stream_frame_at(p, stream)?;
+            self.confirmed_end(p + len, stream).then_some((p, word))
         })
     }
 
@@ -918,7 +1024,13 @@ impl<'a> Mp3Reader<'a> {
                         what: format!("{} {}", h.version(), h.layer().name()),
                     });
                 }
-                self.stream = Some(word);
+                let stream = Stream::new(word);
+                self.fast_blocks = if u64::from(stream.max_frame_bytes()) <= self.max_block_bytes {
+                    self.max_blocks
+                } else {
+                    0
+                };
+                self.stream = Some(stream);
                 Ok(Some((p, word)))
             }
         }
@@ -941,7 +1053,7 @@ impl<'a> Mp3Reader<'a> {
     /// Finds the next frame, its offset and header word: `Ok(None)` at the end of the audio.
     fn next_frame(&mut self) -> Result<Option<(usize, u32)>> {
         loop {
-            let Some(key) = self.stream else {
+            let Some(stream) = self.stream else {
                 // Also where no byte is left: a file without frames is malformed.
                 return self.find_first();
             };
@@ -952,14 +1064,14 @@ impl<'a> Mp3Reader<'a> {
             }
             // The common path: a header of the stream where the last frame ended, and another
             // where this one ends. Only header words are read.
-            if let Some((word, len)) = self.stream_frame_at(pos, key) {
+            if let Some((word, len)) = self.stream_frame_at(pos, &stream) {
                 let frame_end = pos + len;
-                if self.confirmed_end(frame_end, key) {
+                if self.confirmed_end(frame_end, &stream) {
                     return Ok(Some((pos, word)));
                 }
                 // No successor. If a confirmed frame starts inside this one, this one was cut
                 // short: its bytes are garbage.
-                if let Some((q, next)) = self.find_confirmed(pos + 1, frame_end, key) {
+                if let Some((q, next)) = self.find_confirmed(pos + 1, frame_end, &stream) {
                     self.push_region(pos, q - pos, RegionKind::Garbage)?;
                     return Ok(Some((q, next)));
                 }
@@ -984,7 +1096,7 @@ impl<'a> Mp3Reader<'a> {
                 }
             }
             // Resynchronise on a frame of the stream that another frame confirms.
-            match self.find_confirmed(pos + 1, end, key) {
+            match self.find_confirmed(pos + 1, end, &stream) {
                 Some((q, word)) => {
                     self.push_region(pos, q - pos, RegionKind::Garbage)?;
                     return Ok(Some((q, word)));
@@ -1028,17 +1140,9 @@ impl<'a> Mp3Reader<'a> {
                 needed: len as u64,
                 available: self.data.len().saturating_sub(pos) as u64,
             })?;
-        let si = header.side_info_offset();
-        // main_data_begin opens the side information (ISO 11172-3 2.4.1.7: 9 bits; ISO
-        // 13818-3 2.4.1.7: 8 bits). Every Layer III frame is longer than header, CRC and side
-        // information (the shortest, 8 kbit/s at 24 kHz, has 24 bytes), so both bytes exist.
-        let (b0, b1) = (
-            u16::from(frame.get(si).copied().unwrap_or(0)),
-            u16::from(frame.get(si + 1).copied().unwrap_or(0)),
-        );
-        let main_data_begin = match header.version() {
-            Version::Mpeg1 => (b0 << 1) | (b1 >> 7),
-            _ => b0,
+        let main_data_begin = match &self.stream {
+            Some(stream) => stream.main_data_begin(frame, word),
+            None => 0,
         };
         // Only the first frame of the stream may be a Xing/Info/VBRI frame.
         let vbr = if self.index == 0 {
@@ -1093,10 +1197,69 @@ impl fmt::Debug for Mp3Reader<'_> {
     }
 }
 
-impl<'a> Iterator for Mp3Reader<'a> {
-    type Item = Result<Block<'a>>;
+impl<'a> Mp3Reader<'a> {
+    /// The hot path, taken for every frame after the first while the stream runs without a
+    /// gap: the header at `pos` is `ahead`, already checked when it confirmed the last frame;
+    /// if the word where its frame ends is a header of the stream too (or the audio ends
+    /// there), the frame is confirmed and becomes a block. One header word read, one table
+    /// lookup. `None` (no successor, a limit reached) sends the caller down the general path,
+    /// which looks at `pos` again from scratch and gives the same answer it always did.
+    #[inline(always)]
+    fn next_confirmed(&mut self) -> Option<Block<'a>> {
+        let (word, len) = self.ahead;
+        if len == 0 {
+            return None;
+        }
+        let stream = self.stream.as_ref()?;
+        let pos = self.pos;
+        let end = pos + len;
+        let next = if end < self.audio_end {
+            let next = word_at(self.data, end)?;
+            let next_len = stream.frame_len(next);
+            if next_len == 0 {
+                return None;
+            }
+            (next, next_len)
+        } else if end == self.audio_end {
+            (0, 0)
+        } else {
+            return None;
+        };
+        if self.index >= self.fast_blocks {
+            return None;
+        }
+        let frame = self.data.get(pos..end)?;
+        let block = Block {
+            index: self.index,
+            offset: pos as u64,
+            bit: 0,
+            data: Cow::Borrowed(frame),
+            bits: None,
+            kind: BlockKind::Audio,
+            place: Place::Time {
+                start: self.next_sample,
+                duration: u32::from(stream.samples),
+                rate: stream.rate,
+            },
+            detail: Detail::Mp3(FrameInfo {
+                header: FrameHeader(word),
+                main_data_begin: stream.main_data_begin(frame, word),
+                side_info_len: stream.side_info_len,
+                vbr: None,
+            }),
+        };
+        self.next_sample += i64::from(stream.samples);
+        self.index += 1;
+        self.pos = end;
+        self.ahead = next;
+        Some(block)
+    }
 
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Everything but the hot path: the first frame, tags and garbage between frames, the end
+    /// of the stream, errors.
+    #[inline(never)]
+    fn next_general(&mut self) -> Option<Result<Block<'a>>> {
+        self.ahead = (0, 0);
         if self.done {
             return None;
         }
@@ -1114,10 +1277,30 @@ impl<'a> Iterator for Mp3Reader<'a> {
             }
             Err(e) => Err(e),
         };
-        if result.is_err() {
-            self.done = true;
+        match &result {
+            Err(_) => self.done = true,
+            // Arm the hot path if a header of the stream lies where this frame ends.
+            Ok(_) => {
+                if let Some(stream) = &self.stream {
+                    if self.pos < self.audio_end {
+                        self.ahead = self.stream_frame_at(self.pos, stream).unwrap_or((0, 0));
+                    }
+                }
+            }
         }
         Some(result)
+    }
+}
+
+impl<'a> Iterator for Mp3Reader<'a> {
+    type Item = Result<Block<'a>>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(block) = self.next_confirmed() {
+            return Some(Ok(block));
+        }
+        self.next_general()
     }
 }
 
@@ -1283,6 +1466,47 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_tables_follow_the_header_rules() {
+        // For every shape of stream (version, sampling frequency, mono or not), every header
+        // word with the sync bits set (bits 5..2 fixed: mode extension, copyright and original
+        // change nothing) gets from the hot path's tables exactly what FrameHeader::parse and
+        // agrees give: the Layer III frame length, or 0.
+        let mut keys = 0;
+        for version in [0b11u32, 0b10, 0b00] {
+            for rate in 0..3u32 {
+                for mode in [0b01u32, 0b11] {
+                    let key = 0xFFE0_0000
+                        | version << 19
+                        | 1 << 17
+                        | 1 << 16
+                        | 9 << 12
+                        | rate << 10
+                        | mode << 6;
+                    let stream = Stream::new(key);
+                    keys += 1;
+                    for bits in 0..1u32 << 17 {
+                        let word = 0xFFE0_0000 | (bits >> 2) << 6 | 0b1010 << 2 | (bits & 3);
+                        let expected = match FrameHeader::parse(word) {
+                            Ok(h) if h.layer() == Layer::III && agrees(word, key) => {
+                                usize::from(h.frame_bytes())
+                            }
+                            _ => 0,
+                        };
+                        assert_eq!(stream.frame_len(word), expected, "{key:#x} {word:#x}");
+                    }
+                    // A word without the sync is never a header of the stream.
+                    assert_eq!(stream.frame_len(key & !(1 << 25)), 0);
+                    assert_eq!(
+                        stream.frame_len(key),
+                        usize::from(FrameHeader(key).frame_bytes())
+                    );
+                }
+            }
+        }
+        assert_eq!(keys, 18);
+    }
+
+    #[test]
     fn padding_adds_one_byte() {
         let plain = FrameHeader::parse(MPEG1_128K).unwrap();
         let padded = FrameHeader::parse(MPEG1_128K | 1 << 9).unwrap();
@@ -1338,16 +1562,20 @@ mod tests {
         let word = MPEG1_128K & !(1 << 16);
         let mut f = frame(word);
         f[4..8].copy_from_slice(&[0xAB, 0xCD, 0b1000_0000, 0b1000_0000]);
-        let data = f.repeat(2);
+        let data = f.repeat(3);
         let (blocks, _, err) = read(&data);
         assert!(err.is_none());
-        let Detail::Mp3(info) = blocks[0].detail else {
-            unreachable!()
-        };
-        assert!(info.header.crc());
-        assert_eq!(info.header.side_info_offset(), 6);
-        assert_eq!(info.main_data_begin, 257);
-        assert_eq!(info.side_info_len, 32);
+        // The first frame comes from the general path, the others from the hot path.
+        assert_eq!(blocks.len(), 3);
+        for block in &blocks {
+            let Detail::Mp3(info) = block.detail else {
+                unreachable!()
+            };
+            assert!(info.header.crc());
+            assert_eq!(info.header.side_info_offset(), 6);
+            assert_eq!(info.main_data_begin, 257);
+            assert_eq!(info.side_info_len, 32);
+        }
     }
 
     #[test]
@@ -1718,6 +1946,29 @@ mod tests {
                     what: "max_blocks",
                     limit: 3,
                     found: 4,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        // A limit that every frame meets, though the stream's largest frame (160 kbit/s, 721
+        // bytes) would not: all frames are read.
+        let options = Options::default().with_limits(Limits::default().with_max_block_bytes(144));
+        let (blocks, _, err) = read_with(&data, &options);
+        assert!(err.is_none() && blocks.len() == 5, "{err:?}");
+        // A larger frame in the middle is refused there.
+        let mut mixed = frames(MPEG2_32K, 2);
+        mixed.extend(frames(MPEG2_32K | 0x1000, 1));
+        mixed.extend(frames(MPEG2_32K, 2));
+        let (blocks, _, err) = read_with(&mixed, &options);
+        assert_eq!(blocks.len(), 2);
+        assert!(
+            matches!(
+                err,
+                Some(Error::Limit {
+                    what: "max_block_bytes",
+                    offset: 288,
+                    found: 180,
                     ..
                 })
             ),

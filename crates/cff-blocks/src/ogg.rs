@@ -149,7 +149,7 @@ const fn shift_table() -> [u32; LANE_UNITS + 1] {
 
 /// Continues the Ogg CRC-32 over `data` from the register value `crc`. Start from 0.
 ///
-/// With the `simd-crc` feature, inputs of 128 bytes or more are folded with
+/// With the `simd-crc` feature (on by default), inputs of 128 bytes or more are folded with
 /// carry-less multiplication by the `crc-fast` crate (PCLMULQDQ on x86-64, PMULL on AArch64,
 /// chosen at run time; its own tables elsewhere). Shorter inputs, and every input without the
 /// feature, go through the slicing-by-16 tables of this module. Both give the same register.
@@ -476,6 +476,41 @@ pub struct Pieces<'a> {
     body: &'a [u8],
     seg: usize,
     body_pos: usize,
+}
+
+impl<'a> Pieces<'a> {
+    /// The next piece if it ends a packet (its last lacing value is below 255), without
+    /// advancing: the piece, and where the iterator continues after it (segment, body offset).
+    /// `None` at the end of the page and for a piece continued on the next page.
+    #[inline(always)]
+    pub(crate) fn peek_complete(&self) -> Option<(Piece<'a>, usize, usize)> {
+        let mut seg = self.seg;
+        let mut len = 0usize;
+        loop {
+            let lacing = *self.table.get(seg)?;
+            seg += 1;
+            len += usize::from(lacing);
+            if lacing < 255 {
+                break;
+            }
+        }
+        let start = self.body_pos;
+        let end = start + len;
+        let data = self.body.get(start..end)?;
+        let piece = Piece {
+            start,
+            data,
+            complete: true,
+        };
+        Some((piece, seg, end))
+    }
+
+    /// Continues after a piece that [`Pieces::peek_complete`] returned.
+    #[inline(always)]
+    pub(crate) fn skip_to(&mut self, seg: usize, body_pos: usize) {
+        self.seg = seg;
+        self.body_pos = body_pos;
+    }
 }
 
 impl<'a> Iterator for Pieces<'a> {

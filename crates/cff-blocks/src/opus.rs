@@ -90,9 +90,28 @@ pub struct Toc {
     pub code: u8,
 }
 
+/// Every TOC byte decoded, built at compile time: the readers' hot path looks a packet's TOC
+/// up instead of decoding it.
+static TOCS: [Toc; 256] = {
+    let mut t = [Toc::decode(0); 256];
+    let mut b = 1;
+    while b < 256 {
+        t[b] = Toc::decode(b as u8);
+        b += 1;
+    }
+    t
+};
+
 impl Toc {
     /// Decodes a TOC byte. Every byte value is a valid TOC.
+    #[inline]
     pub fn new(byte: u8) -> Toc {
+        TOCS[byte as usize]
+    }
+
+    /// RFC 6716 §3.1: the configuration number picks mode, bandwidth and frame size (Table 2),
+    /// then the stereo flag and the frame-count code.
+    const fn decode(byte: u8) -> Toc {
         let config = byte >> 3;
         // RFC 6716 Table 2: the configuration picks mode, bandwidth and frame size.
         let (mode, bandwidth, frame_size) = match config {
@@ -166,7 +185,36 @@ pub struct Frames {
 /// the packets of a multistream Ogg Opus stream (RFC 7845 §5.1.1) hold several Opus packets, all
 /// but the last in self-delimiting framing (RFC 6716 Appendix B), whose lengths are laid out
 /// differently. On failure, returns what the packet should have been, citing the requirement.
+#[inline(always)]
 pub fn parse_packet(
+    data: &[u8],
+    check_lengths: bool,
+) -> std::result::Result<(Toc, Frames), &'static str> {
+    // The common cases inline: one frame, or two of equal size, that pass R2 and R3. Anything
+    // else, errors included, is decided by the general parser.
+    if let Some((&byte, rest)) = data.split_first() {
+        let toc = Toc::new(byte);
+        let len = rest.len();
+        let count = match toc.code {
+            0 if !check_lengths || len <= MAX_FRAME_BYTES => 1,
+            1 if !check_lengths || (len % 2 == 0 && len / 2 <= MAX_FRAME_BYTES) => 2,
+            _ => 0,
+        };
+        if count != 0 {
+            let frames = Frames {
+                count,
+                vbr: false,
+                padding: 0,
+            };
+            return Ok((toc, frames));
+        }
+    }
+    parse_packet_general(data, check_lengths)
+}
+
+/// [`parse_packet`] for every packet.
+#[inline(never)]
+fn parse_packet_general(
     data: &[u8],
     check_lengths: bool,
 ) -> std::result::Result<(Toc, Frames), &'static str> {
@@ -967,39 +1015,7 @@ impl<'a> State<'a> {
             _ => {
                 let (toc, frames) = parse_packet(&data, self.link.single_stream)
                     .map_err(|expected| malformed(offset, expected, hex_prefix(&data, 4)))?;
-                let duration = u32::from(frames.count) * toc.frame_size;
-                let state = self.page.as_mut();
-                let (start, end_limit) = state.as_ref().map_or((0, None), |s| (s.pos, s.end_limit));
-                let end = start.saturating_add(i64::from(duration));
-                if let Some(s) = state {
-                    s.pos = end;
-                }
-                self.link.next_pos = Some(end);
-                if info.granule_position != -1 {
-                    self.link.resync = Some(info.granule_position);
-                }
-                let played_end = end_limit.map_or(end, |limit| end.min(limit));
-                let played = played_end
-                    .saturating_sub(start)
-                    .clamp(0, i64::from(duration)) as u32;
-                let out_start = self
-                    .link
-                    .base
-                    .saturating_add(start)
-                    .saturating_sub(self.link.pre_skip);
-                self.output_end = out_start.saturating_add(i64::from(played));
-                info.toc = Some(toc);
-                info.frames = Some(frames);
-                info.duration = duration;
-                info.trimmed = duration - played;
-                (
-                    BlockKind::Audio,
-                    Place::Time {
-                        start: out_start,
-                        duration: played,
-                        rate: SAMPLE_RATE,
-                    },
-                )
+                return Ok(self.audio_block(offset, data, info, toc, frames));
             }
         };
         let block = Block {
@@ -1014,6 +1030,119 @@ impl<'a> State<'a> {
         };
         self.index += 1;
         Ok(block)
+    }
+
+    /// The hot path, taken for every audio packet that lies whole inside the page being read:
+    /// no assembly, no header, no limit reached, a valid packet. It peeks at the next piece of
+    /// the page and builds the block the way [`State::complete_packet`] would; `None` (anything
+    /// else) leaves the reader as it was, for the general path.
+    #[inline(always)]
+    fn next_in_page(&mut self) -> Option<Block<'a>> {
+        if self.done
+            || self.pending.is_some()
+            || self.link.packets < 2
+            || self.index >= self.options.limits.max_blocks
+        {
+            return None;
+        }
+        let state = self.page.as_mut()?;
+        let (piece, seg, body_pos) = state.pieces.peek_complete()?;
+        if piece.data.len() as u64 > self.options.limits.max_block_bytes {
+            return None;
+        }
+        let (toc, frames) = parse_packet(piece.data, self.link.single_stream).ok()?;
+        state.pieces.skip_to(seg, body_pos);
+        let page = &state.page;
+        let offset = page.body_offset() + piece.start as u64;
+        let info = PacketInfo {
+            packet: PacketKind::Audio,
+            toc: None,
+            frames: None,
+            duration: 0,
+            trimmed: 0,
+            serial: page.serial(),
+            link: self.link.index,
+            page_sequence: page.sequence(),
+            granule_position: page.granule_position(),
+            spans_pages: false,
+            after_gap: std::mem::take(&mut self.link.gap),
+        };
+        self.link.packets += 1;
+        Some(self.audio_block(offset, Cow::Borrowed(piece.data), info, toc, frames))
+    }
+
+    /// The block of a valid audio packet, placed in time (RFC 7845 §4): it starts where the
+    /// last packet of the page ended, lasts what its TOC says, and is cut by end trimming.
+    /// `info` is filled in but for the audio facts.
+    #[inline(always)]
+    fn audio_block(
+        &mut self,
+        offset: u64,
+        data: Cow<'a, [u8]>,
+        mut info: PacketInfo,
+        toc: Toc,
+        frames: Frames,
+    ) -> Block<'a> {
+        let duration = u32::from(frames.count) * toc.frame_size;
+        let samples = i64::from(duration);
+        let state = self.page.as_mut();
+        let (start, end_limit) = state.as_ref().map_or((0, None), |s| (s.pos, s.end_limit));
+        let (base, pre_skip) = (self.link.base, self.link.pre_skip);
+        // Positions saturate at the ends of i64 (granule positions come from the file). Where
+        // nothing overflows and no end trimming applies, plain arithmetic gives the same.
+        let plain = match (
+            end_limit,
+            start.checked_add(samples),
+            base.checked_add(start),
+        ) {
+            (None, Some(end), Some(from_base)) => from_base
+                .checked_sub(pre_skip)
+                .and_then(|out_start| Some((end, out_start, out_start.checked_add(samples)?))),
+            _ => None,
+        };
+        let (end, played, out_start, output_end) = match plain {
+            Some((end, out_start, output_end)) => (end, duration, out_start, output_end),
+            None => {
+                let end = start.saturating_add(samples);
+                let played_end = end_limit.map_or(end, |limit| end.min(limit));
+                let played = played_end.saturating_sub(start).clamp(0, samples) as u32;
+                let out_start = base.saturating_add(start).saturating_sub(pre_skip);
+                (
+                    end,
+                    played,
+                    out_start,
+                    out_start.saturating_add(i64::from(played)),
+                )
+            }
+        };
+        if let Some(s) = state {
+            s.pos = end;
+        }
+        self.link.next_pos = Some(end);
+        if info.granule_position != -1 {
+            self.link.resync = Some(info.granule_position);
+        }
+        self.output_end = output_end;
+        info.toc = Some(toc);
+        info.frames = Some(frames);
+        info.duration = duration;
+        info.trimmed = duration - played;
+        let block = Block {
+            index: self.index,
+            offset,
+            bit: 0,
+            data,
+            bits: None,
+            kind: BlockKind::Audio,
+            place: Place::Time {
+                start: out_start,
+                duration: played,
+                rate: SAMPLE_RATE,
+            },
+            detail: Detail::Opus(info),
+        };
+        self.index += 1;
+        block
     }
 
     fn next_block(&mut self) -> Result<Option<Block<'a>>> {
@@ -1054,10 +1183,10 @@ impl<'a> State<'a> {
     }
 }
 
-impl<'a> Iterator for OpusReader<'a> {
-    type Item = Result<Block<'a>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> OpusReader<'a> {
+    /// Everything but the hot path: pages, headers, packets that span pages, the end, errors.
+    #[inline(never)]
+    fn next_general(&mut self) -> Option<Result<Block<'a>>> {
         let state = &mut *self.state;
         if state.done {
             return None;
@@ -1073,6 +1202,18 @@ impl<'a> Iterator for OpusReader<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+impl<'a> Iterator for OpusReader<'a> {
+    type Item = Result<Block<'a>>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(block) = self.state.next_in_page() {
+            return Some(Ok(block));
+        }
+        self.next_general()
     }
 }
 
@@ -1540,6 +1681,25 @@ mod tests {
         assert!(err.is_none());
         assert_eq!(time(&blocks[2]), (0, 960));
         assert_eq!(time(&blocks[3]), (960, 40));
+    }
+
+    #[test]
+    fn positions_saturate_at_the_top_of_i64() {
+        // A hostile granule position at i64::MAX: the first page's three packets end exactly
+        // there; the next page's packets start there and can play nothing (positions saturate
+        // instead of wrapping). The hot path hands such packets to the saturating arithmetic.
+        let pkts = [audio(5, 1), audio(5, 2), audio(5, 3)];
+        let mut f = headers(SERIAL, 100);
+        f.extend(packets_page(0, i64::MAX, SERIAL, 2, &pkts));
+        f.extend(packets_page(FLAG_EOS, -1, SERIAL, 3, &pkts[..1]));
+        let (blocks, err, _) = read(&f, &Options::default());
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(blocks.len(), 6);
+        let first = i64::MAX - 3 * 960 - 100;
+        assert_eq!(time(&blocks[2]), (first, 960));
+        assert_eq!(time(&blocks[4]), (first + 2 * 960, 960));
+        assert_eq!(time(&blocks[5]), (i64::MAX - 100, 0));
+        assert_eq!(info(&blocks[5]).trimmed, 960);
     }
 
     #[test]
