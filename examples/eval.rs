@@ -3,11 +3,12 @@
 //! ```text
 //! cargo run --release --example eval -- --checkpoint RUN_DIR|CKPT_DIR
 //!     (--data PREPARED_DIR | --layout L --input DIR) [--split test] [--fold K]
-//!     [--eval-variant mp3:32|all|first] [--batch B] [--workers W]
+//!     [--eval-variant mp3:32|all|first] [--batch B] [--workers W] [--confusion FILE.png]
 //! ```
 //!
 //! Prints per-variant accuracy (top-5 with more than 5 classes) and per-class accuracy; the
-//! last line is `test accuracy: 0.XXXX`.
+//! last line is `test accuracy: 0.XXXX`. `--confusion` draws the (first variant's) confusion
+//! matrix as a PNG.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut split = "test".to_string();
     let mut variants = EvalVariants::First;
     let (mut batch, mut workers) = (64usize, 2usize);
+    let mut confusion = None::<PathBuf>;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
@@ -37,6 +39,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--eval-variant" => variants = EvalVariants::parse(&v()?),
             "--batch" => batch = v()?.parse()?,
             "--workers" => workers = v()?.parse()?,
+            "--confusion" => confusion = Some(v()?.into()),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -87,6 +90,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     for (p, why) in report.skipped.iter().take(20) {
         println!("  skipped {p}: {why}");
+    }
+    if let (Some(path), Some((_, m))) = (&confusion, report.variants.first()) {
+        tempest_train::plots::plot_confusion(&m.confusion, &loaded.classes, path)?;
+        println!("confusion matrix drawn in {}", path.display());
     }
     println!("test accuracy: {:.4}", report.accuracy);
     Ok(())
