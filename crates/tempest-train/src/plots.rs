@@ -263,10 +263,18 @@ pub fn plot_confusion(confusion: &[Vec<u64>], classes: &[String], path: &Path) -
     write_png(path, &buf, w, h)
 }
 
-/// What a run's `metrics.jsonl` holds for plotting: the epochs (the last line wins where a
-/// resumed run repeated an epoch) and the confusion matrix of the test, or of the last
-/// evaluation when no test line exists yet.
-pub fn read_metrics(path: &Path) -> Result<(Vec<EpochPoint>, Option<Vec<Vec<u64>>>)> {
+/// What a run's `metrics.jsonl` holds for plotting.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunMetrics {
+    /// The epochs in order (the last line wins where a resumed run repeated an epoch).
+    pub epochs: Vec<EpochPoint>,
+    /// The confusion matrix of the test, or of the last evaluation when no test line exists
+    /// yet (its first variant's).
+    pub confusion: Option<Vec<Vec<u64>>>,
+}
+
+/// Reads a run's `metrics.jsonl` for plotting.
+pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
     let file = File::open(path).map_err(Error::io(path))?;
     let mut points: Vec<EpochPoint> = Vec::new();
     let mut eval_confusion = None;
@@ -310,7 +318,10 @@ pub fn read_metrics(path: &Path) -> Result<(Vec<EpochPoint>, Option<Vec<Vec<u64>
         eval_confusion = first_confusion(eval);
     }
     points.sort_by_key(|p| p.epoch);
-    Ok((points, test_confusion.or(eval_confusion)))
+    Ok(RunMetrics {
+        epochs: points,
+        confusion: test_confusion.or(eval_confusion),
+    })
 }
 
 fn first_confusion(eval: &Value) -> Option<Vec<Vec<u64>>> {
@@ -328,7 +339,10 @@ fn first_confusion(eval: &Value) -> Option<Vec<Vec<u64>>> {
 /// Writes `curves.png` and `confusion.png` into `run_dir` from its `metrics.jsonl`; returns
 /// the files written (none when the run has no epoch yet).
 pub fn write_run_plots(run_dir: &Path, classes: &[String]) -> Result<Vec<PathBuf>> {
-    let (points, confusion) = read_metrics(&run_dir.join("metrics.jsonl"))?;
+    let RunMetrics {
+        epochs: points,
+        confusion,
+    } = read_metrics(&run_dir.join("metrics.jsonl"))?;
     let mut written = Vec::new();
     if !points.is_empty() {
         let p = run_dir.join("curves.png");
@@ -451,7 +465,10 @@ mod tests {
         ];
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         fs::write(dir.join("metrics.jsonl"), &text).unwrap();
-        let (points, confusion) = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+        let RunMetrics {
+            epochs: points,
+            confusion,
+        } = read_metrics(&dir.join("metrics.jsonl")).unwrap();
         assert_eq!(points.len(), 2);
         assert_eq!(points[1].train_loss, 0.9);
         assert_eq!(points[1].eval_loss, Some(1.5));
@@ -460,7 +477,7 @@ mod tests {
         fs::write(dir.join("metrics.jsonl"), format!("{text}{test}\n")).unwrap();
         let written = write_run_plots(&dir, &["a".into(), "b".into()]).unwrap();
         assert_eq!(written.len(), 2);
-        let (_, confusion) = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+        let confusion = read_metrics(&dir.join("metrics.jsonl")).unwrap().confusion;
         assert_eq!(confusion, Some(vec![vec![9, 1], vec![0, 3]]));
         fs::write(dir.join("metrics.jsonl"), "{not json\n").unwrap();
         assert!(read_metrics(&dir.join("metrics.jsonl")).is_err());
