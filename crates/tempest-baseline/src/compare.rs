@@ -272,13 +272,15 @@ pub fn compare(dataset: &Dataset, plan: &SplitPlan, options: &CompareOptions) ->
         .map(|t| (t.num_blocks() * t.max_block_len() * t.max_block_len()) as f64)
         .sum::<f64>()
         / n;
-    let (what, baseline, prep) = match media {
-        Media::Audio => (
-            "codec frames/packets",
-            "AST (log-mel patches)",
-            "decode + log-mel",
-        ),
-        Media::Image => ("JPEG MCUs", "ViT (pixel patches)", "decode JPEG + pixels"),
+    let what = match format {
+        cff_blocks::Format::Mp3 => "MP3 frames",
+        cff_blocks::Format::OggOpus => "Opus packets",
+        cff_blocks::Format::Jpeg => "JPEG MCUs",
+        _ => "blocks",
+    };
+    let (baseline, prep) = match media {
+        Media::Audio => ("AST (log-mel patches)", "decode + log-mel"),
+        Media::Image => ("ViT (pixel patches)", "decode + pixels"),
     };
     let patch = match media {
         Media::Audio => options.features.audio_patch,

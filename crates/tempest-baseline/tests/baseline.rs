@@ -59,14 +59,16 @@ fn max_diff(bins: usize, frame_ms: f64, name: &str) -> Result<f32, Box<dyn std::
 }
 
 /// Reference: kaldi-native-fbank 1.23.0 (tests/fixtures/make_reference.py), with AST's options.
-/// Tolerance 2e-3 in natural-log energy (0.2 %): f32 arithmetic in a different FFT; the
-/// references are printed with 6 decimals.
+/// Tolerance 5e-4 in natural-log energy (0.05 %): f32 arithmetic and a different FFT; the
+/// largest differences measured were 1.3e-4 (80 bins) and 1.6e-4 (128 bins).
 #[test]
 fn fbank_matches_kaldi_native_fbank() -> TestResult {
     let d80 = max_diff(80, 25.0, "fbank_80_25ms.txt")?;
-    assert!(d80 < 2e-3, "80 bins, 25 ms: max |diff| {d80}");
+    eprintln!("max abs diff, 80 bins: {d80}");
+    assert!(d80 < 5e-4, "80 bins, 25 ms: max |diff| {d80}");
     let d128 = max_diff(128, 50.0, "fbank_128_50ms.txt")?;
-    assert!(d128 < 2e-3, "128 bins, 50 ms: max |diff| {d128}");
+    eprintln!("max abs diff, 128 bins: {d128}");
+    assert!(d128 < 5e-4, "128 bins, 50 ms: max |diff| {d128}");
     Ok(())
 }
 
@@ -227,5 +229,43 @@ fn corrupt_files_give_errors() -> TestResult {
     // The featurizer refuses a file of unknown format with the reader's error.
     let f = Featurizer::new(&FeatureConfig::default())?;
     assert!(f.features(b"RIFF....WAVE", Path::new("x.wav")).is_err());
+    Ok(())
+}
+
+/// Both models on 20 spoken words (the embedded set) for one epoch: two rows and the ratios;
+/// the token rates follow from the formats (MPEG-2 Layer III frames of 576 samples at 16 kHz)
+/// and AST's formula, not from the code under test.
+#[test]
+fn compare_runs_on_the_spoken_words() -> TestResult {
+    use tempest_baseline::{compare, CompareOptions, Media};
+    use tempest_train::{Dataset, SplitPlan};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
+    let mut dataset =
+        Dataset::from_compressed(cff_encode::prepare::Layout::SpeechCommands, &dir)?;
+    let plan = SplitPlan::standard(&dataset)?;
+    dataset.truncate_splits(&plan.train, 20);
+    let mut o = CompareOptions::default();
+    o.train.epochs = 1;
+    o.train.batch_size = 10;
+    o.train.progress = false;
+    let cmp = compare(&dataset, &plan, &o)?;
+    assert_eq!(cmp.media, Media::Audio);
+    assert_eq!((cmp.train_items, cmp.test_items), (20, 20));
+    let [t, b] = &cmp.rows;
+    assert!((t.tokens_per_unit - 16_000.0 / 576.0).abs() < 1e-3, "{}", t.tokens_per_unit);
+    // Each file: 30 frames of 576 samples decoded.
+    let secs = 30.0 * 576.0 / 16_000.0;
+    let patches = tempest_model::cost::ast_patches(secs);
+    assert_eq!(patches, 120);
+    assert!((b.tokens_per_unit - patches as f64 / secs).abs() < 1e-6, "{}", b.tokens_per_unit);
+    assert_eq!(b.attention, 121.0 * 121.0);
+    assert_eq!(t.attention, 31.0 * 31.0);
+    for r in &cmp.rows {
+        assert!((0.0..=1.0).contains(&r.accuracy) && r.train_items_per_s > 0.0);
+        assert!(r.prep_us > 0.0 && r.infer_items_per_s > 0.0 && r.params > 0 && r.flops > 0.0);
+    }
+    let table = cmp.table();
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(table.contains("| TEMPEST/baseline |") && table.contains("| 0.25x |"), "{table}");
     Ok(())
 }
