@@ -136,17 +136,26 @@ fn keep_common(a: &mut Prepared<TokenizedItem>, b: &mut Prepared<Features>) {
 
 /// Trains TEMPEST and the baseline on `plan.train` of `dataset` with the same budget and
 /// tests both on `plan.test`; measures each model's costs on the test items.
-pub fn compare(dataset: &Dataset, plan: &SplitPlan, options: &CompareOptions) -> Result<Comparison> {
+pub fn compare(
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    options: &CompareOptions,
+) -> Result<Comparison> {
     let device = Device::Cpu;
     let o = &options.train;
-    let mut config = options.tempest.clone().with_num_classes(dataset.classes.len());
+    let mut config = options
+        .tempest
+        .clone()
+        .with_num_classes(dataset.classes.len());
     if let Some(ls) = o.label_smoothing {
         config.label_smoothing = ls;
     }
     if let Some(l) = o.reconstruction_weight {
         config.reconstruction_weight = l;
     }
-    config.validate().map_err(|w| Error::setting("model config", w))?;
+    config
+        .validate()
+        .map_err(|w| Error::setting("model config", w))?;
     let format = detect_format(dataset)?;
     let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block).eval_config()?;
     let featurizer = Featurizer::new(&options.features)?;
@@ -161,9 +170,8 @@ pub fn compare(dataset: &Dataset, plan: &SplitPlan, options: &CompareOptions) ->
     let train_idx = dataset.select(&plan.train);
     let test_idx = dataset.select(&plan.test);
     let eval_only = [eval_variant.clone()];
-    let tokenize_one = |data: &[u8], path: &std::path::Path| {
-        tokenize(data, path, &tok, CropContext::default())
-    };
+    let tokenize_one =
+        |data: &[u8], path: &std::path::Path| tokenize(data, path, &tok, CropContext::default());
     let features_one = |data: &[u8], path: &std::path::Path| featurizer.features(data, path);
     let mut t_train = prepare_items(dataset, &train_idx, &options.train_variants, tokenize_one);
     let mut t_test = prepare_items(dataset, &test_idx, &eval_only, tokenize_one);
@@ -172,7 +180,12 @@ pub fn compare(dataset: &Dataset, plan: &SplitPlan, options: &CompareOptions) ->
     let t_prep = (t_train.seconds + t_test.seconds) / (t_train.files + t_test.files).max(1) as f64;
     let b_prep = (b_train.seconds + b_test.seconds) / (b_train.files + b_test.files).max(1) as f64;
     let mut failed = Vec::new();
-    for p in [&t_train.failed, &t_test.failed, &b_train.failed, &b_test.failed] {
+    for p in [
+        &t_train.failed,
+        &t_test.failed,
+        &b_train.failed,
+        &b_test.failed,
+    ] {
         failed.extend(p.iter().cloned());
     }
     keep_common(&mut t_train, &mut b_train);
@@ -246,7 +259,12 @@ pub fn compare(dataset: &Dataset, plan: &SplitPlan, options: &CompareOptions) ->
         Media::Audio => (
             tokens
                 .iter()
-                .map(|t| t.positions.iter().map(|p| f64::from(p.duration)).sum::<f64>())
+                .map(|t| {
+                    t.positions
+                        .iter()
+                        .map(|p| f64::from(p.duration))
+                        .sum::<f64>()
+                })
                 .sum::<f64>(),
             feats
                 .iter()
@@ -259,14 +277,22 @@ pub fn compare(dataset: &Dataset, plan: &SplitPlan, options: &CompareOptions) ->
         Media::Image => (n, m),
     };
     let square = |t: usize| ((t + 1) * (t + 1)) as f64;
-    let t_attention = tokens.iter().map(|t| square(t.num_blocks() * lt)).sum::<f64>() / n;
+    let t_attention = tokens
+        .iter()
+        .map(|t| square(t.num_blocks() * lt))
+        .sum::<f64>()
+        / n;
     let b_attention = feats.iter().map(|f| square(f.num_patches())).sum::<f64>() / m;
     let t_flops = tokens
         .iter()
         .map(|t| cost::flops(&config, t.num_blocks(), t.max_block_len()).inference())
         .sum::<f64>()
         / n;
-    let b_flops = feats.iter().map(|f| vit_config.flops(f.num_patches())).sum::<f64>() / m;
+    let b_flops = feats
+        .iter()
+        .map(|f| vit_config.flops(f.num_patches()))
+        .sum::<f64>()
+        / m;
     let block_attention = tokens
         .iter()
         .map(|t| (t.num_blocks() * t.max_block_len() * t.max_block_len()) as f64)

@@ -90,7 +90,9 @@ pub fn decode_mp3(data: &[u8], path: &Path, limits: &Limits) -> Result<Audio> {
                             path,
                             "mp3",
                             None,
-                            format!("the sample rate changes from {rate} to {r} Hz at frame {frames}"),
+                            format!(
+                                "the sample rate changes from {rate} to {r} Hz at frame {frames}"
+                            ),
                         ));
                     }
                     rate = r;
@@ -142,7 +144,9 @@ pub fn decode_jpeg(data: &[u8], path: &Path, limits: &Limits) -> Result<Image> {
             .set_max_width(limits.max_side)
             .set_max_height(limits.max_side);
         let mut dec = zune_jpeg::JpegDecoder::new_with_options(data, options);
-        let bad = |e: zune_jpeg::errors::DecodeErrors| Error::malformed(path, "jpeg", None, e.to_string());
+        let bad = |e: zune_jpeg::errors::DecodeErrors| {
+            Error::malformed(path, "jpeg", None, e.to_string())
+        };
         dec.decode_headers().map_err(bad)?;
         let pixels = dec.decode().map_err(bad)?;
         let (width, height) = dec.dimensions().unwrap_or((0, 0));
@@ -150,8 +154,7 @@ pub fn decode_jpeg(data: &[u8], path: &Path, limits: &Limits) -> Result<Image> {
             .get_output_colorspace()
             .map(|c| c.num_components())
             .unwrap_or(0);
-        if width == 0 || height == 0 || channels == 0 || pixels.len() != width * height * channels
-        {
+        if width == 0 || height == 0 || channels == 0 || pixels.len() != width * height * channels {
             return Err(Error::malformed(
                 path,
                 "jpeg",
@@ -194,9 +197,11 @@ pub fn decode_opus(data: &[u8], path: &Path, limits: &Limits) -> Result<Audio> {
                 }
             }
             cff_blocks::BlockKind::Audio => {
-                let n = dec.decode_float(&block.data, &mut buf, false).map_err(|e| {
-                    Error::malformed(path, "ogg-opus", Some(block.offset), e.to_string())
-                })?;
+                let n = dec
+                    .decode_float(&block.data, &mut buf, false)
+                    .map_err(|e| {
+                        Error::malformed(path, "ogg-opus", Some(block.offset), e.to_string())
+                    })?;
                 samples.extend_from_slice(&buf[..n.min(buf.len())]);
                 if samples.len() as f64 > limits.max_seconds * f64::from(RATE) {
                     return Err(Error::Limit {

@@ -125,8 +125,7 @@ impl Fbank {
         } else {
             nyquist + config.high_freq
         };
-        if !(0.0..nyquist).contains(&config.low_freq) || high <= config.low_freq || high > nyquist
-        {
+        if !(0.0..nyquist).contains(&config.low_freq) || high <= config.low_freq || high > nyquist {
             return Err(Error::setting(
                 "fbank",
                 format!(

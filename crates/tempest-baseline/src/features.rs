@@ -25,10 +25,7 @@ impl PatchSpec {
 
     /// Non-overlapping `size`×`size` patches (ViT's, for images).
     pub const fn square(size: usize) -> Self {
-        PatchSpec {
-            size,
-            stride: size,
-        }
+        PatchSpec { size, stride: size }
     }
 
     /// Patches along an axis of `len` cells: `⌊(len − size)/stride⌋ + 1` (0 when shorter

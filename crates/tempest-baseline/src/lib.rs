@@ -31,5 +31,5 @@ pub mod vit;
 pub use compare::{compare, CompareOptions, Comparison, Media, Row};
 pub use error::{Error, Result};
 pub use fbank::{Fbank, FbankConfig, Window};
-pub use features::{FeatureConfig, Featurizer, Features, PatchSpec, Source};
+pub use features::{FeatureConfig, Features, Featurizer, PatchSpec, Source};
 pub use vit::{PatchBatch, Vit, VitConfig, VitLearner};

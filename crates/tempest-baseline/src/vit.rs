@@ -147,7 +147,11 @@ impl Vit {
     pub fn forward(&self, batch: &PatchBatch, train: bool) -> candle_core::Result<Tensor> {
         let (b, _, _) = batch.patches.dims3()?;
         let d = self.config.encoder.dim;
-        let last = Tensor::full(self.config.max_positions as u32 - 1, (), batch.patches.device())?;
+        let last = Tensor::full(
+            self.config.max_positions as u32 - 1,
+            (),
+            batch.patches.device(),
+        )?;
         let pos = batch.positions.broadcast_minimum(&last)?;
         let x = self
             .patch_embed

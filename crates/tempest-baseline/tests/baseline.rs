@@ -92,7 +92,10 @@ fn one_second_gives_108_ast_patches() -> TestResult {
     assert_eq!(PatchSpec::AST.along(128), 12);
     assert_eq!(PatchSpec::AST.along(98), 9);
     assert_eq!(PatchSpec::AST.count(128, 98), 108);
-    assert_eq!(PatchSpec::AST.count(128, 98), tempest_model::cost::ast_patches(1.0));
+    assert_eq!(
+        PatchSpec::AST.count(128, 98),
+        tempest_model::cost::ast_patches(1.0)
+    );
     // AST's 10 s input of 1024 frames: 12 × 101 = 1212 patches (Gong et al. 2021).
     assert_eq!(PatchSpec::AST.count(128, 1024), 1212);
     assert_eq!(PatchSpec::square(7).count(28, 28), 16);
@@ -124,7 +127,8 @@ fn jpeg_digit_to_patches() -> TestResult {
     let data = std::fs::read(&path)?;
     let img = decode_jpeg(&data, &path, &Limits::default())?;
     assert_eq!((img.width, img.height, img.channels), (28, 28, 1));
-    let f = Featurizer::new(&FeatureConfig::default().with_image_patch(4))?.features(&data, &path)?;
+    let f =
+        Featurizer::new(&FeatureConfig::default().with_image_patch(4))?.features(&data, &path)?;
     assert_eq!(f.num_patches(), 49);
     assert!(f.data.iter().all(|v| (-1.0..=1.0).contains(v)));
     // Patch 8 (column-major over a 7×7 grid: row 1, column 1) starts at pixel (4, 4).
@@ -148,7 +152,10 @@ fn every_vit_variable_gets_a_gradient() -> TestResult {
         let cfg = VitConfig::matching(&tempest, 16, 49);
         let (vit, vars) = Vit::init(&cfg, &dev, DType::F32)?;
         assert_eq!(
-            vars.all_vars().iter().map(|v| v.elem_count()).sum::<usize>(),
+            vars.all_vars()
+                .iter()
+                .map(|v| v.elem_count())
+                .sum::<usize>(),
             cfg.params(),
             "parameter count"
         );
@@ -157,8 +164,10 @@ fn every_vit_variable_gets_a_gradient() -> TestResult {
             .map(|rel| {
                 let path = blocks_fixture(rel);
                 let data = std::fs::read(&path)?;
-                Ok(Featurizer::new(&FeatureConfig::default().with_image_patch(4))?
-                    .features(&data, &path)?)
+                Ok(
+                    Featurizer::new(&FeatureConfig::default().with_image_patch(4))?
+                        .features(&data, &path)?,
+                )
             })
             .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
         let refs: Vec<_> = feats.iter().collect();
@@ -171,7 +180,11 @@ fn every_vit_variable_gets_a_gradient() -> TestResult {
                 .get(var.as_tensor())
                 .ok_or("a variable without a gradient")?;
             let norm = g.sqr()?.sum_all()?.to_scalar::<f32>()?;
-            assert!(norm > 0.0 && norm.is_finite(), "{:?}: |g|² = {norm}", var.shape());
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{:?}: |g|² = {norm}",
+                var.shape()
+            );
         }
     }
     Ok(())
@@ -192,7 +205,10 @@ fn corrupt_files_give_errors() -> TestResult {
         let e = decode_mp3(&data[..cut.min(data.len())], &mp3, &limits)
             .err()
             .ok_or(format!("{cut} bytes of MP3 decoded"))?;
-        assert!(not_a_panic(&e) && e.to_string().contains("cbr32_16k_mono.mp3"), "{e}");
+        assert!(
+            not_a_panic(&e) && e.to_string().contains("cbr32_16k_mono.mp3"),
+            "{e}"
+        );
     }
     let mut noise = vec![0u8; 4096];
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -240,8 +256,7 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     use tempest_baseline::{compare, CompareOptions, Media};
     use tempest_train::{Dataset, SplitPlan};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
-    let mut dataset =
-        Dataset::from_compressed(cff_encode::prepare::Layout::SpeechCommands, &dir)?;
+    let mut dataset = Dataset::from_compressed(cff_encode::prepare::Layout::SpeechCommands, &dir)?;
     let plan = SplitPlan::standard(&dataset)?;
     dataset.truncate_splits(&plan.train, 20);
     let mut o = CompareOptions::default();
@@ -252,12 +267,20 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     assert_eq!(cmp.media, Media::Audio);
     assert_eq!((cmp.train_items, cmp.test_items), (20, 20));
     let [t, b] = &cmp.rows;
-    assert!((t.tokens_per_unit - 16_000.0 / 576.0).abs() < 1e-3, "{}", t.tokens_per_unit);
+    assert!(
+        (t.tokens_per_unit - 16_000.0 / 576.0).abs() < 1e-3,
+        "{}",
+        t.tokens_per_unit
+    );
     // Each file: 30 frames of 576 samples decoded.
     let secs = 30.0 * 576.0 / 16_000.0;
     let patches = tempest_model::cost::ast_patches(secs);
     assert_eq!(patches, 120);
-    assert!((b.tokens_per_unit - patches as f64 / secs).abs() < 1e-6, "{}", b.tokens_per_unit);
+    assert!(
+        (b.tokens_per_unit - patches as f64 / secs).abs() < 1e-6,
+        "{}",
+        b.tokens_per_unit
+    );
     assert_eq!(b.attention, 121.0 * 121.0);
     assert_eq!(t.attention, 31.0 * 31.0);
     for r in &cmp.rows {
@@ -266,6 +289,9 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     }
     let table = cmp.table();
     assert_eq!(table.lines().count(), 5, "{table}");
-    assert!(table.contains("| TEMPEST/baseline |") && table.contains("| 0.25x |"), "{table}");
+    assert!(
+        table.contains("| TEMPEST/baseline |") && table.contains("| 0.25x |"),
+        "{table}"
+    );
     Ok(())
 }

@@ -80,12 +80,9 @@ impl<T> Prepared<T> {
 
     /// The prepared files of variant `name`.
     pub fn of_variant<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a T> + 'a {
-        self.items.iter().filter_map(move |i| {
-            i.variants
-                .iter()
-                .find(|(v, _)| v == name)
-                .map(|(_, t)| t)
-        })
+        self.items
+            .iter()
+            .filter_map(move |i| i.variants.iter().find(|(v, _)| v == name).map(|(_, t)| t))
     }
 }
 
@@ -270,7 +267,9 @@ pub fn fit<L: Learner>(
                 opt.step(schedule.lr(report.steps), o.max_grad_norm)?;
                 report.steps += 1;
                 if o.stop_after_steps.is_some_and(|s| report.steps >= s) {
-                    report.epochs.push(epoch_log(epoch, loss_sum, correct, seen, &start));
+                    report
+                        .epochs
+                        .push(epoch_log(epoch, loss_sum, correct, seen, &start));
                     break 'epochs;
                 }
             }
@@ -293,17 +292,13 @@ pub fn fit<L: Learner>(
         }
         report.epochs.push(e);
     }
-    let (metrics_out, seconds) = evaluate_prepared(
-        learner,
-        test,
-        eval_variant,
-        classes,
-        o.batch_size.max(64),
-    )?;
+    let (metrics_out, seconds) =
+        evaluate_prepared(learner, test, eval_variant, classes, o.batch_size.max(64))?;
     report.test = metrics_out;
     report.test_seconds = seconds;
     if let Some(f) = log.as_mut() {
-        let line = json!({"test": {"variant": eval_variant, "seconds": seconds, "metrics": report.test}});
+        let line =
+            json!({"test": {"variant": eval_variant, "seconds": seconds, "metrics": report.test}});
         writeln!(f, "{line}").map_err(Error::io(metrics.unwrap_or(Path::new("."))))?;
     }
     Ok(report)
@@ -400,5 +395,96 @@ impl Learner for TempestLearner {
             .to_tensors(&self.device)
             .map_err(candle_core::Error::wrap)?;
         Ok(self.model.forward(&batch, false)?.logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarBuilder;
+
+    /// A linear classifier over 2-D points, to check the loop optimises anything it is given.
+    struct Linear2 {
+        w: Tensor,
+        b: Tensor,
+    }
+
+    impl Learner for Linear2 {
+        type Item = [f32; 2];
+
+        fn shape(&self, _: &[f32; 2]) -> ItemShape {
+            ItemShape::default()
+        }
+
+        fn loss(
+            &self,
+            items: &[&[f32; 2]],
+            labels: &[u32],
+            _train: bool,
+        ) -> candle_core::Result<(Tensor, Tensor)> {
+            let logits = self.logits(items)?;
+            let labels = Tensor::new(labels, &Device::Cpu)?;
+            let loss = tempest_model::cross_entropy(&logits, &labels, 0.0)?;
+            Ok((loss, logits))
+        }
+
+        fn logits(&self, items: &[&[f32; 2]]) -> candle_core::Result<Tensor> {
+            let x: Vec<f32> = items.iter().flat_map(|p| p.iter().copied()).collect();
+            let x = Tensor::from_vec(x, (items.len(), 2), &Device::Cpu)?;
+            x.matmul(&self.w.t()?)?.broadcast_add(&self.b)
+        }
+    }
+
+    fn points(n: usize, offset: usize) -> Prepared<[f32; 2]> {
+        // Class 1 above the line y = x, class 0 below, at distance ≥ 0.1.
+        let items = (0..n)
+            .map(|i| {
+                let t = ((i + offset) * 37 % 100) as f32 / 50.0 - 1.0;
+                let label = (i % 2) as u32;
+                let d = 0.1 + ((i * 13) % 10) as f32 / 10.0;
+                let p = if label == 1 { [t, t + d] } else { [t, t - d] };
+                PreparedItem {
+                    sample: i,
+                    label,
+                    variants: vec![("v".to_string(), p)],
+                }
+            })
+            .collect();
+        Prepared {
+            items,
+            failed: Vec::new(),
+            files: n,
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn fit_learns_a_separable_problem() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = Linear2 {
+            w: vb.get_with_hints((2, 2), "w", candle_nn::Init::Const(0.0))?,
+            b: vb.get_with_hints(2, "b", candle_nn::Init::Const(0.0))?,
+        };
+        let o = TrainOptions {
+            epochs: 30,
+            batch_size: 8,
+            lr: 0.1,
+            progress: false,
+            ..TrainOptions::default()
+        };
+        let (train, test) = (points(64, 0), points(40, 7));
+        let before = evaluate_prepared(&model, &test, "v", 2, 64)?.0;
+        let report = fit(&model, &varmap, &train, &test, "v", 2, &o, None)?;
+        assert!(
+            (before.accuracy - 0.5).abs() < 1e-9,
+            "zero weights: ties → class 0"
+        );
+        assert_eq!(report.epochs.len(), 30);
+        assert_eq!(report.steps, 30 * 8);
+        assert!(report.test.accuracy > 0.95, "{}", report.test.accuracy);
+        assert!(report.epochs[29].loss < report.epochs[0].loss);
+        assert_eq!(report.test.items, 40);
+        Ok(())
     }
 }
