@@ -295,3 +295,20 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     );
     Ok(())
 }
+
+/// libopus through the `opus` feature: the decoded length is the playback length opusinfo
+/// reports (2.723 s; `opusinfo speech_mono_24k_20ms.opus`) plus at most the last packet's
+/// end padding (the final granule position is not applied), pre-skip removed.
+#[cfg(feature = "opus")]
+#[test]
+fn opus_decodes_to_its_playback_length() -> TestResult {
+    let path = blocks_fixture("opus/speech_mono_24k_20ms.opus");
+    let data = std::fs::read(&path)?;
+    let audio = tempest_baseline::decode::decode_opus(&data, &path, &Limits::default())?;
+    assert_eq!(audio.rate, 16_000);
+    let secs = audio.duration_seconds();
+    assert!((2.723..2.723 + 0.021).contains(&secs), "{secs} s");
+    let truncated = tempest_baseline::decode::decode_opus(&data[..60], &path, &Limits::default());
+    assert!(truncated.is_err());
+    Ok(())
+}
