@@ -8,10 +8,13 @@
 //! - [`tempest_model`]: the TEMPEST model in candle, its losses, checkpoints and costs.
 //! - [`tempest_train`]: datasets, the training loop, evaluation, metrics and resumable
 //!   checkpoints.
+//! - [`tempest_baseline`]: the AST/ViT baseline (decoding, log-mel features, patches, a ViT)
+//!   and the side-by-side comparison with TEMPEST.
 #![deny(missing_docs)]
 
 pub use cff_blocks;
 pub use cff_encode;
+pub use tempest_baseline;
 pub use tempest_model;
 pub use tempest_tokenize;
 pub use tempest_train;

@@ -29,6 +29,25 @@ pub fn init_seeded(
     Ok((model, varmap))
 }
 
+/// A [`VarBuilder`] whose variables are drawn from `seed` (each from a stream of its own
+/// name, as in [`init_seeded`]), and the [`VarMap`] that holds them: seeded initialisation for
+/// models other than TEMPEST (the baseline of the `compare` example).
+pub fn seeded_var_builder(
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> (VarBuilder<'static>, VarMap) {
+    let varmap = VarMap::new();
+    let backend = SeededBackend {
+        varmap: varmap.clone(),
+        seed,
+    };
+    (
+        VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        varmap,
+    )
+}
+
 struct SeededBackend {
     varmap: VarMap,
     seed: u64,

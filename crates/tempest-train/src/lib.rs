@@ -14,11 +14,14 @@
 //!   ([`Metrics`]) on one named variant or averaged over several.
 //! - [`plots`]: `curves.png` and `confusion.png` in the run folder, after every epoch.
 //! - [`cross_validate_esc50`]: ESC-50's five folds, mean and standard deviation.
+//! - [`fit()`]: the same optimiser, schedule and metrics for any [`Learner`] on items prepared
+//!   once ([`prepare_items`]): two models on one split and budget (the `compare` example).
 #![deny(missing_docs)]
 
 pub mod checkpoint;
 pub mod dataset;
 mod error;
+pub mod fit;
 mod init;
 pub mod metrics;
 pub mod optim;
@@ -28,7 +31,8 @@ mod train;
 pub use checkpoint::{Loaded, TokenizerSettings, TrainState};
 pub use dataset::{Dataset, Sample, SplitPlan};
 pub use error::{Error, Result};
-pub use init::init_seeded;
+pub use fit::{fit, prepare_items, FitReport, Learner, Prepared, TempestLearner};
+pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, Metrics, Tally};
 pub use train::{
     detect_format, evaluate, install_ctrl_c_handler, train, EvalReport, EvalVariants, RunReport,

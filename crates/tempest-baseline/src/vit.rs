@@ -1,0 +1,265 @@
+//! The baseline model: a ViT with [CLS] over patches (AST for spectrograms, ViT for pixels),
+//! built from tempest-model's layers, with E_c's width and depth.
+//!
+//! ```text
+//! patches [B, P, size²·channels] ─► patch_embed (linear) + positions ─► [CLS] + P tokens
+//!   ─► encoder (pre-norm transformer, E_c's shape) ─► head on [CLS]
+//! ```
+//!
+//! The linear patch embedding is AST's strided convolution written as a matrix product over
+//! unfolded patches. AST also has a distillation token and ImageNet initialisation; this
+//! baseline is AST trained from scratch, the setting of the paper's 41.9 % on ESC-50.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::{Init, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use tempest_model::cost::{stack_flops, stack_params};
+use tempest_model::nn::{key_bias, Embedding, Linear, StackSpec, Transformer};
+use tempest_model::{cross_entropy, Config, StackConfig};
+use tempest_tokenize::ItemShape;
+
+use crate::features::Features;
+
+/// Standard deviation of learned embeddings at initialisation (as TEMPEST's).
+const EMBED_STD: f64 = 0.02;
+
+/// The ViT's hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    /// Values per patch (size²·channels).
+    pub patch_dim: usize,
+    /// Learned positions (larger indices share the last).
+    pub max_positions: usize,
+    /// The transformer.
+    pub encoder: StackConfig,
+    /// Output classes.
+    pub num_classes: usize,
+    /// Dropout on residual branches while training.
+    pub dropout: f32,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+    /// Label smoothing of the loss.
+    pub label_smoothing: f64,
+    /// Fused CPU kernels (as TEMPEST's `fused_kernels`).
+    pub fused_kernels: bool,
+}
+
+impl VitConfig {
+    /// A ViT with the width, depth, heads, MLP, dropout and label smoothing of `tempest`'s
+    /// context encoder E_c, for patches of `patch_dim` values and up to `max_positions`
+    /// patches.
+    pub fn matching(tempest: &Config, patch_dim: usize, max_positions: usize) -> Self {
+        VitConfig {
+            patch_dim,
+            max_positions: max_positions.max(1),
+            encoder: tempest.context_encoder,
+            num_classes: tempest.num_classes,
+            dropout: tempest.dropout,
+            layer_norm_eps: tempest.layer_norm_eps,
+            label_smoothing: tempest.label_smoothing,
+            fused_kernels: tempest.fused_kernels,
+        }
+    }
+
+    /// Parameters: patch embedding, positions, [CLS], encoder, head.
+    pub fn params(&self) -> usize {
+        let d = self.encoder.dim;
+        self.patch_dim * d
+            + d
+            + self.max_positions * d
+            + d
+            + stack_params(&self.encoder)
+            + d * self.num_classes
+            + self.num_classes
+    }
+
+    /// Forward FLOPs of one item of `patches` patches (matrix products, 2 per multiply-add,
+    /// as `tempest_model::cost`).
+    pub fn flops(&self, patches: usize) -> f64 {
+        let d = self.encoder.dim as f64;
+        2.0 * patches as f64 * self.patch_dim as f64 * d
+            + stack_flops(&self.encoder, 1, patches + 1)
+            + 2.0 * d * self.num_classes as f64
+    }
+}
+
+/// The ViT. Tensor names: `patch_embed.{weight,bias}`, `positions.weight`, `cls`,
+/// `encoder.layers.{i}.*`, `encoder.norm`, `head.{weight,bias}`.
+#[derive(Debug, Clone)]
+pub struct Vit {
+    config: VitConfig,
+    patch_embed: Linear,
+    positions: Embedding,
+    cls: Tensor,
+    encoder: Transformer,
+    head: Linear,
+    dtype: DType,
+}
+
+impl Vit {
+    /// Builds the model, creating or loading its variables through `vb`.
+    pub fn new(config: &VitConfig, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+        let d = config.encoder.dim;
+        let spec = StackSpec {
+            dim: d,
+            layers: config.encoder.layers,
+            heads: config.encoder.heads,
+            mlp_dim: config.encoder.mlp_dim,
+            dropout: config.dropout,
+            eps: config.layer_norm_eps,
+            fused: config.fused_kernels,
+        };
+        Ok(Vit {
+            patch_embed: Linear::new(config.patch_dim, d, true, None, vb.pp("patch_embed"))?,
+            positions: Embedding::new(config.max_positions, d, EMBED_STD, vb.pp("positions"))?,
+            cls: vb.get_with_hints(
+                (1, d),
+                "cls",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
+            )?,
+            encoder: Transformer::new(&spec, vb.pp("encoder"))?,
+            head: Linear::new(d, config.num_classes, true, Some(EMBED_STD), vb.pp("head"))?,
+            config: config.clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// A fresh model and the [`VarMap`] of its variables.
+    pub fn init(
+        config: &VitConfig,
+        device: &Device,
+        dtype: DType,
+    ) -> candle_core::Result<(Self, VarMap)> {
+        let varmap = VarMap::new();
+        let model = Vit::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        Ok((model, varmap))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VitConfig {
+        &self.config
+    }
+
+    /// `batch` → class logits `[B, classes]`.
+    pub fn forward(&self, batch: &PatchBatch, train: bool) -> candle_core::Result<Tensor> {
+        let (b, _, _) = batch.patches.dims3()?;
+        let d = self.config.encoder.dim;
+        let last = Tensor::full(
+            self.config.max_positions as u32 - 1,
+            (),
+            batch.patches.device(),
+        )?;
+        let pos = batch.positions.broadcast_minimum(&last)?;
+        let x = self
+            .patch_embed
+            .forward(&batch.patches.to_dtype(self.dtype)?)?
+            .broadcast_add(&self.positions.forward(&pos)?)?;
+        let cls = self.cls.unsqueeze(0)?.broadcast_as((b, 1, d))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?;
+        let mask = Tensor::cat(
+            &[
+                &Tensor::ones((b, 1), self.dtype, x.device())?,
+                &batch.mask.to_dtype(self.dtype)?,
+            ],
+            1,
+        )?;
+        let y = self
+            .encoder
+            .forward(&x, Some(&key_bias(&mask, self.dtype)?), train)?;
+        self.head.forward(&y.i((.., 0))?)
+    }
+
+    /// Mean cross-entropy (label-smoothed as configured) and the logits.
+    pub fn loss(
+        &self,
+        batch: &PatchBatch,
+        labels: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let logits = self.forward(batch, train)?;
+        let loss = cross_entropy(&logits, labels, self.config.label_smoothing)?;
+        Ok((loss, logits))
+    }
+}
+
+/// Patches of several items, padded to the largest.
+#[derive(Debug, Clone)]
+pub struct PatchBatch {
+    /// `[B, P, patch_dim]` f32.
+    pub patches: Tensor,
+    /// `[B, P]` u32 position index of each patch.
+    pub positions: Tensor,
+    /// `[B, P]` u8, 1 at a real patch.
+    pub mask: Tensor,
+}
+
+impl PatchBatch {
+    /// Unfolds and pads the patches of `items` (all with the same patch size and channels).
+    pub fn collate(items: &[&Features], device: &Device) -> candle_core::Result<Self> {
+        let b = items.len();
+        let p = items.iter().map(|f| f.num_patches()).max().unwrap_or(0);
+        let dim = items.first().map(|f| f.patch_dim()).unwrap_or(0);
+        let mut patches = vec![0f32; b * p * dim];
+        let mut positions = vec![0u32; b * p];
+        let mut mask = vec![0u8; b * p];
+        for (i, f) in items.iter().enumerate() {
+            if f.patch_dim() != dim {
+                candle_core::bail!(
+                    "patches of {} values in a batch of {dim}-value patches",
+                    f.patch_dim()
+                );
+            }
+            for k in 0..f.num_patches() {
+                let row = i * p + k;
+                positions[row] = f.write_patch(k, &mut patches[row * dim..(row + 1) * dim]) as u32;
+                mask[row] = 1;
+            }
+        }
+        Ok(PatchBatch {
+            patches: Tensor::from_vec(patches, (b, p, dim), device)?,
+            positions: Tensor::from_vec(positions, (b, p), device)?,
+            mask: Tensor::from_vec(mask, (b, p), device)?,
+        })
+    }
+}
+
+/// The ViT as a [`tempest_train::Learner`] over [`Features`].
+#[derive(Debug, Clone)]
+pub struct VitLearner {
+    /// The model.
+    pub model: Vit,
+    /// Where its tensors live.
+    pub device: Device,
+}
+
+impl tempest_train::Learner for VitLearner {
+    type Item = Features;
+
+    fn shape(&self, item: &Features) -> ItemShape {
+        let p = item.num_patches();
+        ItemShape {
+            blocks: p as u32,
+            max_block_len: item.patch_dim() as u32,
+            bytes: (p * item.patch_dim()) as u64,
+        }
+    }
+
+    fn loss(
+        &self,
+        items: &[&Features],
+        labels: &[u32],
+        train: bool,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let batch = PatchBatch::collate(items, &self.device)?;
+        let labels = Tensor::new(labels, &self.device)?;
+        self.model.loss(&batch, &labels, train)
+    }
+
+    fn logits(&self, items: &[&Features]) -> candle_core::Result<Tensor> {
+        self.model
+            .forward(&PatchBatch::collate(items, &self.device)?, false)
+    }
+}
