@@ -94,58 +94,61 @@ pub fn plot_curves(points: &[EpochPoint], path: &Path) -> Result<()> {
             .filter(|v| v.is_finite());
         let max_loss = losses.fold(0.0f64, f64::max).max(1e-3) * 1.05;
 
-        let mut chart = ChartBuilder::on(&left)
-            .caption("loss", (FAMILY, 20))
-            .margin(12)
-            .x_label_area_size(32)
-            .y_label_area_size(48)
-            .build_cartesian_2d(1f64..last as f64, 0f64..max_loss)
-            .map_err(plot_err(path))?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .label_style((FAMILY, 13))
-            .draw()
-            .map_err(plot_err(path))?;
-        let train: Vec<(f64, f64)> = points
-            .iter()
-            .map(|p| (p.epoch as f64, p.train_loss))
-            .collect();
-        draw_series(&mut chart, &train, TRAIN, "training", path)?;
-        let eval: Vec<(f64, f64)> = points
-            .iter()
-            .filter_map(|p| p.eval_loss.map(|l| (p.epoch as f64, l)))
-            .collect();
-        draw_series(&mut chart, &eval, EVAL, "evaluation", path)?;
-        legend(&mut chart, path)?;
-
-        let mut chart = ChartBuilder::on(&right)
-            .caption("accuracy", (FAMILY, 20))
-            .margin(12)
-            .x_label_area_size(32)
-            .y_label_area_size(48)
-            .build_cartesian_2d(1f64..last as f64, 0f64..1f64)
-            .map_err(plot_err(path))?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .label_style((FAMILY, 13))
-            .draw()
-            .map_err(plot_err(path))?;
-        let train: Vec<(f64, f64)> = points
-            .iter()
-            .map(|p| (p.epoch as f64, p.train_accuracy))
-            .collect();
-        draw_series(&mut chart, &train, TRAIN, "training", path)?;
-        let eval: Vec<(f64, f64)> = points
-            .iter()
-            .map(|p| (p.epoch as f64, p.eval_accuracy))
-            .collect();
-        draw_series(&mut chart, &eval, EVAL, "evaluation", path)?;
-        legend(&mut chart, path)?;
+        let series = |f: fn(&EpochPoint) -> Option<f64>| -> Vec<(f64, f64)> {
+            points
+                .iter()
+                .filter_map(|p| f(p).map(|v| (p.epoch as f64, v)))
+                .collect()
+        };
+        panel(
+            &left,
+            "loss",
+            max_loss,
+            last,
+            &series(|p| Some(p.train_loss)),
+            &series(|p| p.eval_loss),
+            path,
+        )?;
+        panel(
+            &right,
+            "accuracy",
+            1.0,
+            last,
+            &series(|p| Some(p.train_accuracy)),
+            &series(|p| Some(p.eval_accuracy)),
+            path,
+        )?;
         root.present().map_err(plot_err(path))?;
     }
     write_png(path, &buf, w, h)
+}
+
+/// One panel: epochs 1..=`last` against 0..`y_max`, training and evaluation series, a legend.
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    y_max: f64,
+    last: usize,
+    train: &[(f64, f64)],
+    eval: &[(f64, f64)],
+    path: &Path,
+) -> Result<()> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FAMILY, 20))
+        .margin(12)
+        .x_label_area_size(32)
+        .y_label_area_size(48)
+        .build_cartesian_2d(1f64..last as f64, 0f64..y_max)
+        .map_err(plot_err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .label_style((FAMILY, 13))
+        .draw()
+        .map_err(plot_err(path))?;
+    draw_series(&mut chart, train, TRAIN, "training", path)?;
+    draw_series(&mut chart, eval, EVAL, "evaluation", path)?;
+    legend(&mut chart, path)
 }
 
 type Chart<'a, 'b> = ChartContext<
