@@ -143,19 +143,7 @@ pub fn compare(
 ) -> Result<Comparison> {
     let device = Device::Cpu;
     let o = &options.train;
-    let mut config = options
-        .tempest
-        .clone()
-        .with_num_classes(dataset.classes.len());
-    if let Some(ls) = o.label_smoothing {
-        config.label_smoothing = ls;
-    }
-    if let Some(l) = o.reconstruction_weight {
-        config.reconstruction_weight = l;
-    }
-    config
-        .validate()
-        .map_err(|w| Error::setting("model config", w))?;
+    let config = o.model_config(&options.tempest, dataset.classes.len())?;
     let format = detect_format(dataset)?;
     let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block).eval_config()?;
     let featurizer = Featurizer::new(&options.features)?;

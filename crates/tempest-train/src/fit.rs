@@ -19,7 +19,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
-use tempest_model::{CosineSchedule, Tempest};
+use tempest_model::Tempest;
 use tempest_tokenize::{
     choose_variants, collate, BucketSampler, ItemShape, TokenizedItem, VariantChoice, PAD_ID,
 };
@@ -228,14 +228,7 @@ pub fn fit<L: Learner>(
         None => None,
     };
     let counts: Vec<usize> = train.items.iter().map(|i| i.variants.len()).collect();
-    let batches_per_epoch = train.items.len().div_ceil(o.batch_size);
-    let total_steps = batches_per_epoch.div_ceil(o.accumulate) * o.epochs;
-    let schedule = CosineSchedule {
-        peak: o.lr,
-        min: o.lr * o.min_lr_ratio,
-        warmup: ((total_steps as f64 * o.warmup).round() as usize).max(1),
-        total: total_steps,
-    };
+    let schedule = o.schedule(train.items.len());
     let sampler = BucketSampler::new(o.batch_size, o.seed);
     let mut opt = AdamW::new(varmap, o.adamw)?;
     let mut report = FitReport {

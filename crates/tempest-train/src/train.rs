@@ -113,6 +113,37 @@ pub struct TrainOptions {
     pub handle_ctrl_c: bool,
 }
 
+impl TrainOptions {
+    /// The model configuration a run trains: `base` with `classes` outputs and these options'
+    /// label smoothing and λ overrides, validated.
+    pub fn model_config(&self, base: &Config, classes: usize) -> Result<Config> {
+        let mut config = base.clone().with_num_classes(classes);
+        if let Some(ls) = self.label_smoothing {
+            config.label_smoothing = ls;
+        }
+        if let Some(l) = self.reconstruction_weight {
+            config.reconstruction_weight = l;
+        }
+        config
+            .validate()
+            .map_err(|w| Error::setting("model config", w))?;
+        Ok(config)
+    }
+
+    /// Warm-up then cosine decay over the optimiser steps of `epochs` epochs of
+    /// `items_per_epoch` items (batches of `batch_size`, `accumulate` batches a step).
+    pub fn schedule(&self, items_per_epoch: usize) -> CosineSchedule {
+        let batches_per_epoch = items_per_epoch.div_ceil(self.batch_size.max(1));
+        let total = batches_per_epoch.div_ceil(self.accumulate.max(1)) * self.epochs;
+        CosineSchedule {
+            peak: self.lr,
+            min: self.lr * self.min_lr_ratio,
+            warmup: ((total as f64 * self.warmup).round() as usize).max(1),
+            total,
+        }
+    }
+}
+
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
@@ -400,16 +431,7 @@ pub fn train(
     }
     STOP.store(false, Ordering::SeqCst);
 
-    let mut config = model_config.clone().with_num_classes(dataset.classes.len());
-    if let Some(ls) = o.label_smoothing {
-        config.label_smoothing = ls;
-    }
-    if let Some(l) = o.reconstruction_weight {
-        config.reconstruction_weight = l;
-    }
-    config
-        .validate()
-        .map_err(|w| Error::setting("model config", w))?;
+    let config = o.model_config(model_config, dataset.classes.len())?;
 
     let format = detect_format(dataset)?;
     let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block);
@@ -442,15 +464,7 @@ pub fn train(
             skipped: 0,
         });
     }
-    let batches_per_epoch = items_per_epoch.div_ceil(o.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(o.accumulate);
-    let total_steps = steps_per_epoch * o.epochs;
-    let schedule = CosineSchedule {
-        peak: o.lr,
-        min: o.lr * o.min_lr_ratio,
-        warmup: ((total_steps as f64 * o.warmup).round() as usize).max(1),
-        total: total_steps,
-    };
+    let schedule = o.schedule(items_per_epoch);
     let sampler = BucketSampler::new(o.batch_size, o.seed);
 
     // Model, optimiser, state.
