@@ -116,7 +116,7 @@ impl DropoutRng {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        if !(p < 1.0) {
+        if p.is_nan() || p >= 1.0 {
             candle_core::bail!("dropout probability {p} is not below 1");
         }
         apply(x, Mask::new(self.next_seed(), p))

@@ -37,7 +37,9 @@ const GELU_C: f64 = 0.044_715;
 /// that the compiler vectorises (libm's `expf` is a scalar call per element, and the softmax
 /// and GELU take hundreds of millions of them per training step); f64 keeps `exp`, so the f64
 /// path stays exact for the gradient checks.
-pub(crate) trait Elem: WithDType + Float {
+pub(crate) trait Elem:
+    WithDType + Float + std::ops::AddAssign + std::ops::MulAssign
+{
     /// eˣ; 0 for x below about −87 in f32 (where `expf` returns 0 or a subnormal).
     fn exp_fast(self) -> Self;
 }
@@ -195,6 +197,9 @@ struct FusedLayer {
     bias: Option<Tensor>,
     /// Dropout masks of the attention and MLP branches (training only).
     drop: Option<(Mask, Mask)>,
+    /// Whether a backward pass can follow (an input is in an autograd graph): only then are
+    /// the activations kept.
+    keep: bool,
     saved: Mutex<Option<Saved>>,
 }
 
@@ -320,6 +325,42 @@ fn gelu_grad<T: Elem>(x: T) -> T {
     s + x * s * (T::one() - s) * k * (T::one() + three * c * x * x)
 }
 
+/// Partial sums per lane: a single running sum is a chain of dependent adds that the compiler
+/// may not reorder (and so cannot vectorise); eight of them can.
+const LANES: usize = 8;
+
+/// Σ v, eight lanes at a time.
+#[inline]
+fn sum_lanes<T: Elem>(v: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder().iter().fold(T::zero(), |a, &b| a + b);
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a + b)
+}
+
+/// Σ a⊙b, eight lanes at a time.
+#[inline]
+fn dot_lanes<T: Elem>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for (x, y) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().fold(tail, |a, &b| a + b)
+}
+
 /// Softmax over rows of `s [c·H·T, T]` plus the key bias of each row's sequence (`rows_per_seq`
 /// rows share a bias row), written to `p`.
 fn softmax_rows<T: Elem>(s: &[T], p: &mut [T], t: usize, rows_per_seq: usize, bias: Option<&[T]>) {
@@ -335,9 +376,9 @@ fn softmax_rows<T: Elem>(s: &[T], p: &mut [T], t: usize, rows_per_seq: usize, bi
         }
         let max = out.iter().fold(T::neg_infinity(), |m, &v| Float::max(m, v));
         out.iter_mut().for_each(|v| *v = (*v - max).exp_fast());
-        let sum = out.iter().fold(T::zero(), |a, &v| a + v);
+        let sum = sum_lanes(out);
         let inv = T::one() / sum;
-        out.iter_mut().for_each(|v| *v = *v * inv);
+        out.iter_mut().for_each(|v| *v *= inv);
     }
 }
 
@@ -411,14 +452,16 @@ pub(crate) fn forward(
         None
     };
     let w = pack(layer)?;
+    let x = x.contiguous()?;
     let op = FusedLayer {
+        keep: x.track_op() || w.track_op(),
         dims,
         eps: layer.norm1.eps,
         bias,
         drop,
         saved: Mutex::new(None),
     };
-    Ok(Some(x.contiguous()?.apply_op2(&w, op)?))
+    Ok(Some(x.apply_op2(&w, op)?))
 }
 
 impl FusedLayer {
@@ -613,8 +656,10 @@ impl FusedLayer {
             f,
             g,
         };
-        if let Ok(mut s) = self.saved.lock() {
-            *s = Some(saved);
+        if self.keep {
+            if let Ok(mut s) = self.saved.lock() {
+                *s = Some(saved);
+            }
         }
         Ok(y)
     }
@@ -794,7 +839,7 @@ impl FusedLayer {
                         let (ps, dps) = (p_v.slice::<T>()?, dp_v.slice::<T>()?);
                         let mut ds = vec![T::zero(); ps.len()];
                         for ((ds, p), dp) in ds.chunks_mut(t).zip(ps.chunks(t)).zip(dps.chunks(t)) {
-                            let dot = p.iter().zip(dp).fold(T::zero(), |a, (&p, &g)| a + p * g);
+                            let dot = dot_lanes(p, dp);
                             for ((ds, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
                                 *ds = p * (g - dot);
                             }
