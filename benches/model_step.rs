@@ -124,15 +124,18 @@ fn summary() {
     println!("\nsummary (median of 5 runs; FLOPs are matrix products per tempest_model::cost)");
     println!("matmul f32 {MATMUL}³: {:.1} GFLOP/s", mm_rate / 1e9);
     let batch = batch();
+    // (preset, fused kernels, fused layers, mixer)
     let variants = [
-        ("tiny", true, MixerKind::Linear),
-        ("small", true, MixerKind::Linear),
-        ("small", true, MixerKind::Attention),
-        ("small", false, MixerKind::Linear),
+        ("tiny", true, true, MixerKind::Linear),
+        ("small", true, true, MixerKind::Linear),
+        ("small", true, true, MixerKind::Attention),
+        ("small", true, false, MixerKind::Linear),
+        ("small", false, false, MixerKind::Linear),
     ];
-    for (name, fused, mixer) in variants {
+    for (name, fused, fused_layers, mixer) in variants {
         let mut cfg = Config::preset(name).expect("preset").with_mixer(mixer);
         cfg.fused_kernels = fused;
+        cfg.fused_layers = fused_layers;
         let (m, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32).expect("model");
         let mut name = name.to_string();
         if mixer == MixerKind::Attention {
@@ -140,6 +143,8 @@ fn summary() {
         }
         if !fused {
             name.push_str(" (tensor-op GELU/softmax/layer norm)");
+        } else if !fused_layers {
+            name.push_str(" (fused kernels, layers of tensor ops)");
         }
         let flops = cost::flops(m.config(), N, L);
         let mut trainer =

@@ -92,6 +92,9 @@ pub struct Config {
     /// Use the fused CPU kernels for GELU, softmax and layer norm (the same functions with
     /// one-pass forward and backward; see `kernels`). Other devices use tensor ops anyway.
     pub fused_kernels: bool,
+    /// Run each transformer layer as one op with a hand-written backward on the CPU
+    /// (`fused_layer`; needs `fused_kernels` too). Other devices use tensor ops anyway.
+    pub fused_layers: bool,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Config {
             dropout: 0.0,
             layer_norm_eps: 1e-5,
             fused_kernels: true,
+            fused_layers: true,
         }
     }
 

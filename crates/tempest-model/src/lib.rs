@@ -35,7 +35,9 @@ mod checkpoint;
 mod classifier;
 mod config;
 pub mod cost;
+mod dropout;
 mod error;
+mod fused_layer;
 pub mod kernels;
 mod model;
 pub mod nn;
@@ -44,6 +46,7 @@ pub mod optim;
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
 pub use classifier::{Classifier, Prediction};
 pub use config::{BlockPositionKind, Config, MixerKind, StackConfig};
+pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};
 pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,

@@ -5,6 +5,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use tempest_tokenize::Batch;
 
 use crate::config::{BlockPositionKind, Config, MixerKind, StackConfig};
+use crate::dropout::DropoutRng;
 use crate::nn::{key_bias, Attention, Embedding, LayerNorm, Linear, Mlp, StackSpec, Transformer};
 
 /// Sinusoidal features of a block's start time: this many frequencies (sine and cosine each).
@@ -15,7 +16,7 @@ const TIME_PERIODS: (f64, f64) = (0.01, 100.0);
 /// Standard deviation of learned embeddings at initialisation.
 const EMBED_STD: f64 = 0.02;
 
-fn spec(cfg: &Config, s: &StackConfig) -> StackSpec {
+fn spec(cfg: &Config, s: &StackConfig, rng: &DropoutRng) -> StackSpec {
     StackSpec {
         dim: s.dim,
         layers: s.layers,
@@ -24,6 +25,8 @@ fn spec(cfg: &Config, s: &StackConfig) -> StackSpec {
         dropout: cfg.dropout,
         eps: cfg.layer_norm_eps,
         fused: cfg.fused_kernels,
+        fused_layer: cfg.fused_kernels && cfg.fused_layers,
+        rng: rng.clone(),
     }
 }
 
@@ -127,7 +130,7 @@ pub struct BlockDecoder {
 }
 
 impl BlockDecoder {
-    fn new(cfg: &Config, vb: VarBuilder<'_>) -> Result<Self> {
+    fn new(cfg: &Config, rng: &DropoutRng, vb: VarBuilder<'_>) -> Result<Self> {
         let d = cfg.block_decoder.dim;
         Ok(BlockDecoder {
             input: Linear::new(cfg.context_encoder.dim, d, true, None, vb.pp("input"))?,
@@ -139,7 +142,7 @@ impl BlockDecoder {
                     stdev: EMBED_STD,
                 },
             )?,
-            stack: Transformer::new(&spec(cfg, &cfg.block_decoder), vb.clone())?,
+            stack: Transformer::new(&spec(cfg, &cfg.block_decoder, rng), vb.clone())?,
             output: Linear::new(d, 256, true, None, vb.pp("output"))?,
         })
     }
@@ -209,6 +212,8 @@ pub struct Tempest {
     context_encoder: Transformer,
     head: Linear,
     dtype: DType,
+    /// The seeds of every layer's dropout masks.
+    dropout_rng: DropoutRng,
 }
 
 impl Tempest {
@@ -218,6 +223,7 @@ impl Tempest {
         let (dt, dc) = (config.block_encoder.dim, config.context_encoder.dim);
         let ve = vb.pp("embed");
         let vc = vb.pp("context_encoder");
+        let rng = DropoutRng::new();
         let time = match config.block_position {
             BlockPositionKind::IndexAndTime => Some(Linear::new(
                 2 * TIME_FREQUENCIES,
@@ -239,7 +245,7 @@ impl Tempest {
                 },
             )?,
             block_encoder: Transformer::new(
-                &spec(config, &config.block_encoder),
+                &spec(config, &config.block_encoder, &rng),
                 vb.pp("block_encoder"),
             )?,
             mixer: Mixer::new(config, vb.pp("mixer"))?,
@@ -254,7 +260,7 @@ impl Tempest {
                 None
             },
             block_decoder: if config.has_block_decoder() {
-                Some(BlockDecoder::new(config, vb.pp("block_decoder"))?)
+                Some(BlockDecoder::new(config, &rng, vb.pp("block_decoder"))?)
             } else {
                 None
             },
@@ -280,10 +286,14 @@ impl Tempest {
                 None
             },
             time,
-            context_encoder: Transformer::new(&spec(config, &config.context_encoder), vc.clone())?,
+            context_encoder: Transformer::new(
+                &spec(config, &config.context_encoder, &rng),
+                vc.clone(),
+            )?,
             head: Linear::new(dc, config.num_classes, true, Some(EMBED_STD), vb.pp("head"))?,
             config: config.clone(),
             dtype: vb.dtype(),
+            dropout_rng: rng,
         })
     }
 
@@ -304,6 +314,18 @@ impl Tempest {
     /// The dtype of the weights.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Restarts the dropout masks' seeds from `seed`: the masks of the passes that follow depend
+    /// only on it (see [`DropoutRng`]). [`crate::Trainer`] does this before every step with a
+    /// seed derived from its run's seed and the step ([`crate::dropout_seed`]).
+    pub fn seed_dropout(&self, seed: u64) {
+        self.dropout_rng.reseed(seed);
+    }
+
+    /// The generator of the dropout masks' seeds (shared by every layer and by clones).
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
     }
 
     /// The block decoder, when λ > 0.

@@ -9,6 +9,7 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use crate::dropout::DropoutRng;
 use crate::kernels;
 
 /// Additive attention bias for masked keys. Large and finite rather than −∞: a block whose bytes
@@ -19,8 +20,8 @@ pub const MASK_BIAS: f64 = -1e9;
 /// A dense layer `y = x·Wᵀ + b`. Weights `[out, in]` named `weight`, bias `[out]` named `bias`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
 }
 
 impl Linear {
@@ -74,9 +75,9 @@ impl Linear {
 /// Parameters `weight` (init 1) and `bias` (init 0).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
     fused: bool,
 }
 
@@ -126,11 +127,11 @@ pub fn key_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 /// Multi-head attention. Projections `q`, `k`, `v`, `o` (all `d → d`, with bias).
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
+    pub(crate) q: Linear,
+    pub(crate) k: Linear,
+    pub(crate) v: Linear,
+    pub(crate) o: Linear,
+    pub(crate) heads: usize,
     head_dim: usize,
     fused: bool,
 }
@@ -222,8 +223,8 @@ impl Attention {
 /// Position-wise MLP `fc2(gelu(fc1(x)))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    pub(crate) fc1: Linear,
+    pub(crate) fc2: Linear,
     fused: bool,
 }
 
@@ -259,15 +260,18 @@ impl Mlp {
 /// One pre-norm transformer layer: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
 #[derive(Debug, Clone)]
 pub struct TransformerLayer {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    mlp: Mlp,
+    pub(crate) norm1: LayerNorm,
+    pub(crate) attn: Attention,
+    pub(crate) norm2: LayerNorm,
+    pub(crate) mlp: Mlp,
     dropout: f32,
+    /// Seeds of the dropout masks, shared by the model's layers.
+    pub(crate) rng: DropoutRng,
+    fused_layer: bool,
 }
 
 /// The shape of a transformer stack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StackSpec {
     /// Width.
     pub dim: usize,
@@ -283,6 +287,10 @@ pub struct StackSpec {
     pub eps: f64,
     /// Use the fused CPU kernels ([`kernels`]).
     pub fused: bool,
+    /// Run each layer as one op on the CPU ([`crate::fused_layer`]).
+    pub fused_layer: bool,
+    /// Where the layers' dropout masks come from.
+    pub rng: DropoutRng,
 }
 
 impl TransformerLayer {
@@ -305,16 +313,24 @@ impl TransformerLayer {
                 vb.pp("mlp"),
             )?,
             dropout: spec.dropout,
+            rng: spec.rng.clone(),
+            fused_layer: spec.fused_layer,
         })
     }
 
     /// `[B, T, d] -> [B, T, d]`; `bias: [B, 1, 1, T]`.
     pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let p = if train { self.dropout } else { 0.0 };
+        if self.fused_layer {
+            if let Some(y) = crate::fused_layer::forward(self, x, bias, p)? {
+                return Ok(y);
+            }
+        }
         let h = self.norm1.forward(x)?;
-        let a = dropout(&self.attn.forward(&h, &h, bias)?, self.dropout, train)?;
+        let a = self.rng.dropout(&self.attn.forward(&h, &h, bias)?, p)?;
         let x = (x + a)?;
         let h = self.norm2.forward(&x)?;
-        let m = dropout(&self.mlp.forward(&h)?, self.dropout, train)?;
+        let m = self.rng.dropout(&self.mlp.forward(&h)?, p)?;
         x + m
     }
 }
@@ -348,7 +364,8 @@ impl Transformer {
     }
 }
 
-/// Inverted dropout, only when training and `p > 0`.
+/// Inverted dropout, only when training and `p > 0`, from candle's generator (which cannot be
+/// seeded on the CPU); the layers use their seeded [`DropoutRng`] instead.
 pub fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
     if train && p > 0.0 {
         candle_nn::ops::dropout(x, p)

@@ -94,10 +94,13 @@ pub struct TrainConfig {
     pub beta1: f64,
     /// AdamW β₂.
     pub beta2: f64,
+    /// The run's seed: step k's dropout masks are drawn from `dropout_seed(seed, &[k])`.
+    pub seed: u64,
 }
 
 impl TrainConfig {
-    /// AdamW (β = 0.9, 0.999), weight decay 0.01, clipping at 1.0, warm-up 5 % of `total`.
+    /// AdamW (β = 0.9, 0.999), weight decay 0.01, clipping at 1.0, warm-up 5 % of `total`,
+    /// seed 0.
     pub fn new(peak_lr: f64, total: usize) -> Self {
         TrainConfig {
             schedule: CosineSchedule::new(peak_lr, (total / 20).max(1), total),
@@ -105,6 +108,7 @@ impl TrainConfig {
             max_grad_norm: 1.0,
             beta1: 0.9,
             beta2: 0.999,
+            seed: 0,
         }
     }
 }
@@ -168,6 +172,7 @@ impl Trainer {
     /// One optimisation step on `batch`: forward with dropout, backward, clip, update.
     /// A step whose gradient norm is not finite updates nothing.
     pub fn step(&mut self, model: &Tempest, batch: &Batch) -> Result<StepStats> {
+        model.seed_dropout(crate::dropout_seed(self.config.seed, &[self.step as u64]));
         let losses = model.loss(batch, true)?;
         let mut grads = losses.total.backward()?;
         let norm = if self.config.max_grad_norm > 0.0 {

@@ -355,3 +355,87 @@ fn blocks_longer_than_the_model_allows_are_an_error() -> Result<()> {
     assert!(model.forward(&b, false).is_err());
     Ok(())
 }
+
+#[test]
+fn fused_layers_match_tensor_op_layers_with_dropout() -> Result<()> {
+    let mut cfg = Config::tiny().with_reconstruction_weight(0.2);
+    cfg.dropout = 0.2;
+    let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
+    let mut layers_off = cfg.clone();
+    layers_off.fused_layers = false;
+    let other = Tempest::new(
+        &layers_off,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
+    )?;
+    let b = batch(&items(5, 4, 5, 16), &[1, 2, 3, 4])?;
+    model.seed_dropout(9);
+    other.seed_dropout(9);
+    let (a, p) = (model.loss(&b, true)?, other.loss(&b, true)?);
+    assert!(max_abs_diff(&a.logits, &p.logits)? < 1e-12);
+    // Dropout is on: another seed gives other logits.
+    model.seed_dropout(10);
+    let c = model.loss(&b, true)?;
+    assert!(max_abs_diff(&a.logits, &c.logits)? > 1e-6);
+    let (ga, gp) = (a.total.backward()?, p.total.backward()?);
+    for (name, var) in vars(&varmap) {
+        let (Some(x), Some(y)) = (ga.get(var.as_tensor()), gp.get(var.as_tensor())) else {
+            panic!("{name}: missing gradient")
+        };
+        let scale = y
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?
+            .max(1e-12);
+        let d = max_abs_diff(x, y)? / scale;
+        // attn.k.bias has a true gradient of 0 (softmax ignores a shift shared by all keys).
+        let tol = if name.ends_with("attn.k.bias") {
+            1e-3
+        } else {
+            1e-9
+        };
+        assert!(d < tol, "{name}: gradients differ by {d} (relative)");
+    }
+    Ok(())
+}
+
+#[test]
+fn training_with_dropout_repeats_for_a_seed() -> Result<()> {
+    use tempest_model::{TrainConfig, Trainer};
+    let mut cfg = Config::tiny();
+    cfg.dropout = 0.1;
+    let b = batch(&items(4, 6, 4, 10), &[0, 1, 2, 3, 4, 5])?;
+    let (first, first_vars) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+    let initial: Vec<(String, Tensor)> = vars(&first_vars)
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().copy()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(n, t)| t.map(|t| (n, t)))
+        .collect::<Result<_>>()?;
+    // Three training runs from the same weights: seeds 5, 5 and 6.
+    let run = |seed: u64| -> Result<(Vec<f64>, Vec<Vec<f32>>)> {
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+        let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
+        for (name, t) in &initial {
+            all[name].set(t)?;
+        }
+        let mut tc = TrainConfig::new(1e-3, 10);
+        tc.seed = seed;
+        let mut trainer = Trainer::new(&varmap, tc)?;
+        let losses = (0..3)
+            .map(|_| trainer.step(&model, &b).map(|s| s.loss))
+            .collect::<Result<Vec<_>>>()?;
+        let weights = vars(&varmap)
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+            .collect::<Result<Vec<_>>>()?;
+        Ok((losses, weights))
+    };
+    let (a, b2, c) = (run(5)?, run(5)?, run(6)?);
+    assert_eq!(a.0, b2.0, "losses of two runs with seed 5");
+    assert_eq!(a.1, b2.1, "weights after two runs with seed 5");
+    assert_ne!(a.0, c.0, "seed 6 draws other dropout masks");
+    drop(first);
+    Ok(())
+}

@@ -89,8 +89,8 @@ pub struct TrainOptions {
     /// Overrides the model configuration's λ (the weight of L_r).
     pub reconstruction_weight: Option<f64>,
     /// Seeds the initial weights, the order of batches, the variant of each item per epoch
-    /// and random crops. With dropout 0 a CPU run is repeatable (candle's dropout draws from
-    /// an unseeded generator).
+    /// and random crops, and the dropout masks (from the seed, the epoch and the batch), so a
+    /// CPU run is repeatable.
     pub seed: u64,
     /// Variants trained on (empty: all); each epoch sees each item at one of them, drawn from
     /// the seed, the epoch and the item.
@@ -596,6 +596,12 @@ pub fn train(
             }
             if let Some(hb) = lb.batch {
                 let batch = hb.to_tensors(&device)?;
+                // Dropout masks from the run's seed and the batch's place: a resumed or
+                // repeated run draws the same ones.
+                model.seed_dropout(tempest_model::dropout_seed(
+                    o.seed,
+                    &[epoch as u64, batch_pos as u64],
+                ));
                 let losses = model.loss(&batch, true)?;
                 let grads = losses.total.backward()?;
                 opt.accumulate(&grads)?;
