@@ -15,7 +15,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use tempest_model::cost::{stack_flops, stack_params};
 use tempest_model::nn::{key_bias, Embedding, Linear, StackSpec, Transformer};
-use tempest_model::{cross_entropy, Config, StackConfig};
+use tempest_model::{cross_entropy, Config, DropoutRng, StackConfig};
 use tempest_tokenize::ItemShape;
 
 use crate::features::Features;
@@ -94,12 +94,21 @@ pub struct Vit {
     encoder: Transformer,
     head: Linear,
     dtype: DType,
+    /// The seeds of the encoder's dropout masks (shared by its layers).
+    rng: DropoutRng,
 }
 
 impl Vit {
+    /// Seeds the dropout masks of the next training pass (a repeatable run reseeds before
+    /// every batch).
+    pub fn seed_dropout(&self, seed: u64) {
+        self.rng.reseed(seed);
+    }
+
     /// Builds the model, creating or loading its variables through `vb`.
     pub fn new(config: &VitConfig, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let d = config.encoder.dim;
+        let rng = DropoutRng::new();
         let spec = StackSpec {
             dim: d,
             layers: config.encoder.layers,
@@ -108,6 +117,8 @@ impl Vit {
             dropout: config.dropout,
             eps: config.layer_norm_eps,
             fused: config.fused_kernels,
+            fused_layer: config.fused_kernels,
+            rng: rng.clone(),
         };
         Ok(Vit {
             patch_embed: Linear::new(config.patch_dim, d, true, None, vb.pp("patch_embed"))?,
@@ -123,6 +134,7 @@ impl Vit {
             encoder: Transformer::new(&spec, vb.pp("encoder"))?,
             head: Linear::new(d, config.num_classes, true, Some(EMBED_STD), vb.pp("head"))?,
             config: config.clone(),
+            rng,
             dtype: vb.dtype(),
         })
     }
@@ -261,5 +273,9 @@ impl tempest_train::Learner for VitLearner {
     fn logits(&self, items: &[&Features]) -> candle_core::Result<Tensor> {
         self.model
             .forward(&PatchBatch::collate(items, &self.device)?, false)
+    }
+
+    fn seed_dropout(&self, seed: u64) {
+        self.model.seed_dropout(seed);
     }
 }

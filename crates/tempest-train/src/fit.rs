@@ -46,6 +46,9 @@ pub trait Learner {
 
     /// Inference logits `[B, classes]`.
     fn logits(&self, items: &[&Self::Item]) -> candle_core::Result<Tensor>;
+
+    /// Seeds the dropout masks of the next training pass (models without dropout ignore it).
+    fn seed_dropout(&self, _seed: u64) {}
 }
 
 /// One item of a split with its prepared variants.
@@ -250,6 +253,11 @@ pub fn fit<L: Learner>(
         for (b, batch) in batches.iter().enumerate() {
             let items: Vec<&L::Item> = batch.iter().map(|&i| picked[i].0).collect();
             let labels: Vec<u32> = batch.iter().map(|&i| picked[i].1).collect();
+            // Dropout masks from the run's seed and the batch's place, as `train()` does.
+            learner.seed_dropout(tempest_model::dropout_seed(
+                o.seed,
+                &[epoch as u64, b as u64],
+            ));
             let (loss, logits) = learner.loss(&items, &labels, true)?;
             opt.accumulate(&loss.backward()?)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * items.len() as f64;
@@ -388,6 +396,10 @@ impl Learner for TempestLearner {
             .to_tensors(&self.device)
             .map_err(candle_core::Error::wrap)?;
         Ok(self.model.forward(&batch, false)?.logits)
+    }
+
+    fn seed_dropout(&self, seed: u64) {
+        self.model.seed_dropout(seed);
     }
 }
 
