@@ -87,7 +87,6 @@ pub fn plot_curves(points: &[EpochPoint], path: &Path) -> Result<()> {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err(path))?;
         let (left, right) = root.split_horizontally(w / 2);
-        let last = points.iter().map(|p| p.epoch).max().unwrap_or(1).max(2);
         let losses = points
             .iter()
             .flat_map(|p| std::iter::once(p.train_loss).chain(p.eval_loss))
@@ -104,18 +103,18 @@ pub fn plot_curves(points: &[EpochPoint], path: &Path) -> Result<()> {
             &left,
             "loss",
             max_loss,
-            last,
             &series(|p| Some(p.train_loss)),
             &series(|p| p.eval_loss),
+            SeriesLabelPosition::UpperRight,
             path,
         )?;
         panel(
             &right,
             "accuracy",
             1.0,
-            last,
             &series(|p| Some(p.train_accuracy)),
             &series(|p| Some(p.eval_accuracy)),
+            SeriesLabelPosition::LowerRight,
             path,
         )?;
         root.present().map_err(plot_err(path))?;
@@ -123,22 +122,25 @@ pub fn plot_curves(points: &[EpochPoint], path: &Path) -> Result<()> {
     write_png(path, &buf, w, h)
 }
 
-/// One panel: epochs 1..=`last` against 0..`y_max`, training and evaluation series, a legend.
+/// One panel (the legend in a corner the curves rarely reach: loss falls, accuracy rises):
+/// epochs 1..=`last` against 0..`y_max`, training and evaluation series, a legend.
 fn panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     caption: &str,
     y_max: f64,
-    last: usize,
     train: &[(f64, f64)],
     eval: &[(f64, f64)],
+    legend_at: SeriesLabelPosition,
     path: &Path,
 ) -> Result<()> {
+    // At least two epochs wide, so that a single point is not a zero-width range.
+    let last = train.iter().chain(eval).map(|p| p.0).fold(2.0, f64::max);
     let mut chart = ChartBuilder::on(area)
         .caption(caption, (FAMILY, 20))
         .margin(12)
         .x_label_area_size(32)
         .y_label_area_size(48)
-        .build_cartesian_2d(1f64..last as f64, 0f64..y_max)
+        .build_cartesian_2d(1f64..last, 0f64..y_max)
         .map_err(plot_err(path))?;
     chart
         .configure_mesh()
@@ -148,7 +150,7 @@ fn panel(
         .map_err(plot_err(path))?;
     draw_series(&mut chart, train, TRAIN, "training", path)?;
     draw_series(&mut chart, eval, EVAL, "evaluation", path)?;
-    legend(&mut chart, path)
+    legend(&mut chart, legend_at, path)
 }
 
 type Chart<'a, 'b> = ChartContext<
@@ -181,9 +183,14 @@ fn draw_series(
     Ok(())
 }
 
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, path: &Path) -> Result<()> {
+fn legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    at: SeriesLabelPosition,
+    path: &Path,
+) -> Result<()> {
     chart
         .configure_series_labels()
+        .position(at)
         .label_font((FAMILY, 13))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
