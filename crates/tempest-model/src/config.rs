@@ -92,6 +92,10 @@ pub struct Config {
     /// Use the fused CPU kernels for GELU, softmax and layer norm (the same functions with
     /// one-pass forward and backward; see `kernels`). Other devices use tensor ops anyway.
     pub fused_kernels: bool,
+    /// On a CUDA device, use our CUDA kernels ([`crate::cuda`]: byte embedding, attention,
+    /// layer norm, the linear mixer's reduction) where they apply; off, candle's stock ops run
+    /// (for comparison). Needs the crate's feature `cuda`; ignored on the CPU.
+    pub cuda_kernels: bool,
 }
 
 impl Default for Config {
@@ -122,6 +126,7 @@ impl Config {
             dropout: 0.0,
             layer_norm_eps: 1e-5,
             fused_kernels: true,
+            cuda_kernels: true,
         }
     }
 
@@ -187,6 +192,16 @@ impl Config {
     pub fn with_mixer(mut self, kind: MixerKind) -> Self {
         self.mixer = kind;
         self
+    }
+
+    /// Whether the model uses its own kernels on `device`: [`Config::cuda_kernels`] on a CUDA
+    /// device, [`Config::fused_kernels`] elsewhere.
+    pub fn own_kernels(&self, device: &candle_core::Device) -> bool {
+        if device.is_cuda() {
+            self.cuda_kernels
+        } else {
+            self.fused_kernels
+        }
     }
 
     /// Whether the model has a block decoder (λ > 0).

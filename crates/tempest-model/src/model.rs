@@ -15,7 +15,7 @@ const TIME_PERIODS: (f64, f64) = (0.01, 100.0);
 /// Standard deviation of learned embeddings at initialisation.
 const EMBED_STD: f64 = 0.02;
 
-fn spec(cfg: &Config, s: &StackConfig) -> StackSpec {
+fn spec(cfg: &Config, s: &StackConfig, device: &Device) -> StackSpec {
     StackSpec {
         dim: s.dim,
         layers: s.layers,
@@ -23,7 +23,7 @@ fn spec(cfg: &Config, s: &StackConfig) -> StackSpec {
         mlp_dim: s.mlp_dim,
         dropout: cfg.dropout,
         eps: cfg.layer_norm_eps,
-        fused: cfg.fused_kernels,
+        fused: cfg.own_kernels(device),
     }
 }
 
@@ -41,6 +41,8 @@ enum Mix {
 #[derive(Debug, Clone)]
 pub struct Mixer {
     mix: Mix,
+    /// Our kernels on this device (`Config::own_kernels`).
+    own_kernels: bool,
     norm: LayerNorm,
     mlp: Mlp,
 }
@@ -72,20 +74,26 @@ impl Mixer {
                     dt,
                     cfg.block_encoder.heads,
                     1.0 / (dt as f64).sqrt(),
-                    cfg.fused_kernels,
+                    cfg.own_kernels(vb.device()),
                     vb.pp("attn"),
                 )?,
             ),
         };
         Ok(Mixer {
             mix,
-            norm: LayerNorm::new(dt, cfg.layer_norm_eps, cfg.fused_kernels, vb.pp("norm"))?,
+            own_kernels: cfg.own_kernels(vb.device()),
+            norm: LayerNorm::new(
+                dt,
+                cfg.layer_norm_eps,
+                cfg.own_kernels(vb.device()),
+                vb.pp("norm"),
+            )?,
             mlp: Mlp::new(
                 dt,
                 cfg.mixer_mlp_dim,
                 cfg.context_encoder.dim,
                 None,
-                cfg.fused_kernels,
+                cfg.own_kernels(vb.device()),
                 vb.pp("mlp"),
             )?,
         })
@@ -94,15 +102,23 @@ impl Mixer {
     /// `h [BN, L, d_t]`, `mask [BN, L]` in the model's dtype, `bias [BN, 1, 1, L]` → `[BN, L', d_c]`.
     fn forward(&self, h: &Tensor, mask: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (bn, l, dt) = h.dims3()?;
-        let pooled = match &self.mix {
-            Mix::Linear(w) => {
+        // Our CUDA kernel for the linear mixer where it runs (crate::cuda), else tensor ops.
+        let fused = match &self.mix {
+            Mix::Linear(w) if self.own_kernels => {
+                crate::cuda::hook_masked_mix(h, mask, &w.narrow(1, 0, l)?.contiguous()?)?
+            }
+            _ => None,
+        };
+        let pooled = match (&self.mix, fused) {
+            (_, Some(y)) => y,
+            (Mix::Linear(w), None) => {
                 // Σ_i w_ji·m_i·h_i / max(1, Σ_i m_i): padded bytes get weight exactly 0.
                 let w = w.narrow(1, 0, l)?.unsqueeze(0)?; // [1, L', L]
                 let count = mask.sum_keepdim(1)?.maximum(1.0)?; // [BN, 1]
                 let weights = w.broadcast_mul(&mask.broadcast_div(&count)?.unsqueeze(1)?)?; // [BN, L', L]
                 weights.matmul(h)?
             }
-            Mix::Attention(queries, attn) => {
+            (Mix::Attention(queries, attn), None) => {
                 let q = attn.q().forward(queries)?; // [L', d_t], projected once
                 let q = q
                     .unsqueeze(0)?
@@ -139,7 +155,7 @@ impl BlockDecoder {
                     stdev: EMBED_STD,
                 },
             )?,
-            stack: Transformer::new(&spec(cfg, &cfg.block_decoder), vb.clone())?,
+            stack: Transformer::new(&spec(cfg, &cfg.block_decoder, vb.device()), vb.clone())?,
             output: Linear::new(d, 256, true, None, vb.pp("output"))?,
         })
     }
@@ -239,7 +255,7 @@ impl Tempest {
                 },
             )?,
             block_encoder: Transformer::new(
-                &spec(config, &config.block_encoder),
+                &spec(config, &config.block_encoder, vb.device()),
                 vb.pp("block_encoder"),
             )?,
             mixer: Mixer::new(config, vb.pp("mixer"))?,
@@ -280,7 +296,10 @@ impl Tempest {
                 None
             },
             time,
-            context_encoder: Transformer::new(&spec(config, &config.context_encoder), vc.clone())?,
+            context_encoder: Transformer::new(
+                &spec(config, &config.context_encoder, vb.device()),
+                vc.clone(),
+            )?,
             head: Linear::new(dc, config.num_classes, true, Some(EMBED_STD), vb.pp("head"))?,
             config: config.clone(),
             dtype: vb.dtype(),
@@ -329,10 +348,19 @@ impl Tempest {
             );
         }
         let bn = b * n;
-        let x = self
-            .bytes
-            .forward(&ids.reshape((bn, l))?)?
-            .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?;
+        let fused = if self.config.own_kernels(ids.device()) {
+            let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
+            crate::cuda::hook_embed_bytes(&ids, &m, self.bytes.weight(), &self.byte_positions)?
+        } else {
+            None
+        };
+        let x = match fused {
+            Some(x) => x,
+            None => self
+                .bytes
+                .forward(&ids.reshape((bn, l))?)?
+                .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?,
+        };
         let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
         let bias = key_bias(&mask, self.dtype)?;
         let h = self.block_encoder.forward(&x, Some(&bias), train)?;
