@@ -43,11 +43,11 @@ if [ -n "$TEMPEST_NVCC" ]; then
     # an error (CUDA_ERROR_STUB_LIBRARY = 34 for the driver), so a program starts, and asking
     # for a device fails cleanly. The sonames are the real libraries' (CUDA 13), so a binary
     # linked here runs against the real ones where they exist.
-    _cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | tail -n1)"
+    _cudarc="$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.* 2>/dev/null | tail -n1 || true)"
     _stub() { # name soname sys-file prefix error
         local name="$1" soname="$2" sys="$3" prefix="$4" err="$5"
         local real
-        real="$(ldconfig -p 2>/dev/null | awk -v n="lib$name.so" 'index($1, n) == 1 && substr($1, length(n) + 1, 1) ~ /^(\.|)$/ { print $NF; exit }')"
+        real="$(ldconfig -p 2>/dev/null | awk -v n="lib$name.so" 'index($1, n) == 1 && substr($1, length(n) + 1, 1) ~ /^(\.|)$/ { print $NF; exit }' || true)"
         if [ -n "$real" ]; then
             # The real library: give the linker its unversioned name if the system has none.
             [ -e "$_stubs/lib$name.so" ] || [ -e "$(dirname "$real")/lib$name.so" ] || ln -sf "$real" "$_stubs/lib$name.so"

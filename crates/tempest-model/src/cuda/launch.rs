@@ -22,8 +22,22 @@ const ATTN_THREADS: u32 = 64;
 /// a few per multiprocessor.
 const REDUCE_BLOCKS: usize = 528;
 
+/// The PTX to load: the file `$TEMPEST_PTX` if set (`scripts/gpu-check.sh` compiles the
+/// kernels there with the GPU machine's own nvcc), else the PTX embedded at build time.
+fn ptx() -> Result<&'static str> {
+    static TEXT: std::sync::OnceLock<std::result::Result<String, String>> =
+        std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(|| match std::env::var_os("TEMPEST_PTX") {
+        Some(path) => std::fs::read_to_string(&path)
+            .map_err(|e| format!("TEMPEST_PTX={}: {e}", path.to_string_lossy())),
+        None => Ok(PTX.to_string()),
+    });
+    text.as_deref()
+        .map_err(|e| candle_core::Error::msg(e.clone()))
+}
+
 fn func(dev: &CudaDevice, name: &str) -> Result<candle_core::cuda_backend::CudaFunc> {
-    dev.get_or_load_custom_func(name, MODULE, PTX)
+    dev.get_or_load_custom_func(name, MODULE, ptx()?)
 }
 
 fn config(grid: (u32, u32, u32), block: u32, shared: u32) -> LaunchConfig {
