@@ -4,11 +4,13 @@
 #![allow(unsafe_code)]
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, LaunchArgs,
+    LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, DType, Layout, Result, Storage, Tensor};
 use half::bf16;
+use std::sync::Arc;
 
 use super::reference::{AttnDims, EmbedDims, MixDims};
 
@@ -36,8 +38,25 @@ fn ptx() -> Result<&'static str> {
         .map_err(|e| candle_core::Error::msg(e.clone()))
 }
 
-fn func(dev: &CudaDevice, name: &str) -> Result<candle_core::cuda_backend::CudaFunc> {
-    dev.get_or_load_custom_func(name, MODULE, ptx()?)
+/// A loaded kernel and the device's stream to launch it on.
+struct Loaded {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Loaded {
+    fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
+    }
+}
+
+fn func(dev: &CudaDevice, name: &str) -> Result<Loaded> {
+    Ok(Loaded {
+        func: dev
+            .get_or_load_custom_func(name, MODULE, ptx()?)?
+            .into_cuda_function(),
+        stream: dev.cuda_stream(),
+    })
 }
 
 fn config(grid: (u32, u32, u32), block: u32, shared: u32) -> LaunchConfig {
@@ -387,7 +406,7 @@ pub(super) fn attn_bwd(
                         // SAFETY: as `tempest_attn_bwd_q_*` declares (see attn_fwd).
                         unsafe { l.launch(config(grid, ATTN_THREADS, 0)) }.w()?;
                     }
-                    let (_, rest) = grads.split_at_mut(nq);
+                    let (_, mut rest) = grads.split_at_mut(nq);
                     let (mut dk, mut dvv) = rest.split_at_mut(nk);
                     let f = func(
                         dev,
