@@ -128,13 +128,16 @@ impl KernelCheck {
     }
 }
 
+/// A function of an op's inputs, on any device.
+type OpFn<'a> = Box<dyn Fn(&[Tensor]) -> Result<Tensor> + 'a>;
+
 /// An op under test: float inputs (the ones that get gradients first, `grads` of them), and
 /// a function of them on any device.
 struct Case<'a> {
     name: String,
     inputs: Vec<Tensor>,
     grads: usize,
-    op: Box<dyn Fn(&[Tensor]) -> Result<Tensor> + 'a>,
+    op: OpFn<'a>,
 }
 
 /// Output and gradients of `(op(inputs)·w).sum()` on `dev` in `dtype`; inputs are CPU f32.
