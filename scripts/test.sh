@@ -16,6 +16,21 @@ cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 cargo test --workspace --features "$features"
 # cff-blocks without its default `simd-crc`: the readers on the table CRC alone.
 cargo test -p cff-blocks --no-default-features
+# The CUDA path (feature `cuda`: our kernels in tempest-model, candle's CUDA backend) where an
+# nvcc is found (scripts/cuda-env.sh; `.ci/run` installs the CUDA 13.0 toolkit wheels). No GPU
+# is needed: the kernels compile to PTX, test binaries link against stub CUDA libraries, and
+# the CUDA tests print why they skip. Same target directory: the dependencies without CUDA
+# features are shared with the builds above; candle and cudarc build once more with them.
+. scripts/cuda-env.sh
+if [ -n "$TEMPEST_NVCC" ]; then
+    echo "CUDA build with $TEMPEST_NVCC (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
+    cargo clippy -p tempest-model --all-targets --features cuda -- -D warnings
+    cargo clippy -p tempest --example gpu_check --features cuda -- -D warnings
+    cargo test -p tempest-model --features cuda --test cuda
+    cargo test -p tempest-model --features cuda --lib cuda::
+else
+    echo "skipped: the CUDA build and tests (no nvcc found; see scripts/cuda-env.sh)"
+fi
 # The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
 # a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.
 cargo build --manifest-path fuzz/Cargo.toml

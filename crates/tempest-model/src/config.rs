@@ -95,6 +95,10 @@ pub struct Config {
     /// Run each transformer layer as one op with a hand-written backward on the CPU
     /// (`fused_layer`; needs `fused_kernels` too). Other devices use tensor ops anyway.
     pub fused_layers: bool,
+    /// On a CUDA device, use our CUDA kernels ([`crate::cuda`]: byte embedding, attention,
+    /// layer norm, the linear mixer's reduction) where they apply; off, candle's stock ops run
+    /// (for comparison). Needs the crate's feature `cuda`; ignored on the CPU.
+    pub cuda_kernels: bool,
 }
 
 impl Default for Config {
@@ -126,6 +130,7 @@ impl Config {
             layer_norm_eps: 1e-5,
             fused_kernels: true,
             fused_layers: true,
+            cuda_kernels: true,
         }
     }
 
@@ -191,6 +196,16 @@ impl Config {
     pub fn with_mixer(mut self, kind: MixerKind) -> Self {
         self.mixer = kind;
         self
+    }
+
+    /// Whether the model uses its own kernels on `device`: [`Config::cuda_kernels`] on a CUDA
+    /// device, [`Config::fused_kernels`] elsewhere.
+    pub fn own_kernels(&self, device: &candle_core::Device) -> bool {
+        if device.is_cuda() {
+            self.cuda_kernels
+        } else {
+            self.fused_kernels
+        }
     }
 
     /// Whether the model has a block decoder (λ > 0).

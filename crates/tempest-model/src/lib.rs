@@ -30,11 +30,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
+// Unsafe code is allowed only in `cuda::launch` (feature `cuda`: device allocations and
+// kernel launches); everywhere else, and in every build without the feature, it is forbidden.
+#![cfg_attr(not(feature = "cuda"), forbid(unsafe_code))]
 
 mod checkpoint;
 mod classifier;
 mod config;
 pub mod cost;
+pub mod cuda;
 mod dropout;
 mod error;
 mod fused_layer;

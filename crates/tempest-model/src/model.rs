@@ -16,7 +16,7 @@ const TIME_PERIODS: (f64, f64) = (0.01, 100.0);
 /// Standard deviation of learned embeddings at initialisation.
 const EMBED_STD: f64 = 0.02;
 
-fn spec(cfg: &Config, s: &StackConfig, rng: &DropoutRng) -> StackSpec {
+fn spec(cfg: &Config, s: &StackConfig, rng: &DropoutRng, device: &Device) -> StackSpec {
     StackSpec {
         dim: s.dim,
         layers: s.layers,
@@ -24,7 +24,7 @@ fn spec(cfg: &Config, s: &StackConfig, rng: &DropoutRng) -> StackSpec {
         mlp_dim: s.mlp_dim,
         dropout: cfg.dropout,
         eps: cfg.layer_norm_eps,
-        fused: cfg.fused_kernels,
+        fused: cfg.own_kernels(device),
         fused_layer: cfg.fused_kernels && cfg.fused_layers,
         rng: rng.clone(),
     }
@@ -44,6 +44,8 @@ enum Mix {
 #[derive(Debug, Clone)]
 pub struct Mixer {
     mix: Mix,
+    /// Our kernels on this device (`Config::own_kernels`).
+    own_kernels: bool,
     norm: LayerNorm,
     mlp: Mlp,
 }
@@ -75,20 +77,26 @@ impl Mixer {
                     dt,
                     cfg.block_encoder.heads,
                     1.0 / (dt as f64).sqrt(),
-                    cfg.fused_kernels,
+                    cfg.own_kernels(vb.device()),
                     vb.pp("attn"),
                 )?,
             ),
         };
         Ok(Mixer {
             mix,
-            norm: LayerNorm::new(dt, cfg.layer_norm_eps, cfg.fused_kernels, vb.pp("norm"))?,
+            own_kernels: cfg.own_kernels(vb.device()),
+            norm: LayerNorm::new(
+                dt,
+                cfg.layer_norm_eps,
+                cfg.own_kernels(vb.device()),
+                vb.pp("norm"),
+            )?,
             mlp: Mlp::new(
                 dt,
                 cfg.mixer_mlp_dim,
                 cfg.context_encoder.dim,
                 None,
-                cfg.fused_kernels,
+                cfg.own_kernels(vb.device()),
                 vb.pp("mlp"),
             )?,
         })
@@ -97,15 +105,23 @@ impl Mixer {
     /// `h [BN, L, d_t]`, `mask [BN, L]` in the model's dtype, `bias [BN, 1, 1, L]` → `[BN, L', d_c]`.
     fn forward(&self, h: &Tensor, mask: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (bn, l, dt) = h.dims3()?;
-        let pooled = match &self.mix {
-            Mix::Linear(w) => {
+        // Our CUDA kernel for the linear mixer where it runs (crate::cuda), else tensor ops.
+        let fused = match &self.mix {
+            Mix::Linear(w) if self.own_kernels => {
+                crate::cuda::hook_masked_mix(h, mask, &w.narrow(1, 0, l)?.contiguous()?)?
+            }
+            _ => None,
+        };
+        let pooled = match (&self.mix, fused) {
+            (_, Some(y)) => y,
+            (Mix::Linear(w), None) => {
                 // Σ_i w_ji·m_i·h_i / max(1, Σ_i m_i): padded bytes get weight exactly 0.
                 let w = w.narrow(1, 0, l)?.unsqueeze(0)?; // [1, L', L]
                 let count = mask.sum_keepdim(1)?.maximum(1.0)?; // [BN, 1]
                 let weights = w.broadcast_mul(&mask.broadcast_div(&count)?.unsqueeze(1)?)?; // [BN, L', L]
                 weights.matmul(h)?
             }
-            Mix::Attention(queries, attn) => {
+            (Mix::Attention(queries, attn), None) => {
                 let q = attn.q().forward(queries)?; // [L', d_t], projected once
                 let q = q
                     .unsqueeze(0)?
@@ -142,7 +158,7 @@ impl BlockDecoder {
                     stdev: EMBED_STD,
                 },
             )?,
-            stack: Transformer::new(&spec(cfg, &cfg.block_decoder, rng), vb.clone())?,
+            stack: Transformer::new(&spec(cfg, &cfg.block_decoder, rng, vb.device()), vb.clone())?,
             output: Linear::new(d, 256, true, None, vb.pp("output"))?,
         })
     }
@@ -245,7 +261,7 @@ impl Tempest {
                 },
             )?,
             block_encoder: Transformer::new(
-                &spec(config, &config.block_encoder, &rng),
+                &spec(config, &config.block_encoder, &rng, vb.device()),
                 vb.pp("block_encoder"),
             )?,
             mixer: Mixer::new(config, vb.pp("mixer"))?,
@@ -287,7 +303,7 @@ impl Tempest {
             },
             time,
             context_encoder: Transformer::new(
-                &spec(config, &config.context_encoder, &rng),
+                &spec(config, &config.context_encoder, &rng, vb.device()),
                 vc.clone(),
             )?,
             head: Linear::new(dc, config.num_classes, true, Some(EMBED_STD), vb.pp("head"))?,
@@ -351,10 +367,19 @@ impl Tempest {
             );
         }
         let bn = b * n;
-        let x = self
-            .bytes
-            .forward(&ids.reshape((bn, l))?)?
-            .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?;
+        let fused = if self.config.own_kernels(ids.device()) {
+            let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
+            crate::cuda::hook_embed_bytes(&ids, &m, self.bytes.weight(), &self.byte_positions)?
+        } else {
+            None
+        };
+        let x = match fused {
+            Some(x) => x,
+            None => self
+                .bytes
+                .forward(&ids.reshape((bn, l))?)?
+                .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?,
+        };
         let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
         let bias = key_bias(&mask, self.dtype)?;
         let h = self.block_encoder.forward(&x, Some(&bias), train)?;

@@ -95,6 +95,9 @@ impl LayerNorm {
     /// `[.., d] -> [.., d]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.fused {
+            if let Some(y) = crate::cuda::hook_layer_norm(x, &self.weight, &self.bias, self.eps)? {
+                return Ok(y);
+            }
             if let Some(y) = kernels::layer_norm(x, &self.weight, &self.bias, self.eps)? {
                 return Ok(y);
             }
@@ -195,7 +198,11 @@ impl Attention {
                 }
                 None => None,
             };
-            if let Some(y) = kernels::attention(&q, &k, &v, bias2.as_ref())? {
+            let cuda = crate::cuda::hook_attention(&q, &k, &v, bias2.as_ref())?;
+            if let Some(y) = cuda.map_or_else(
+                || kernels::attention(&q, &k, &v, bias2.as_ref()),
+                |y| Ok(Some(y)),
+            )? {
                 let y = y.transpose(1, 2)?.reshape((b, tq, d))?;
                 return self.o.forward(&y);
             }

@@ -1,0 +1,73 @@
+//! The CUDA path on a real device: every kernel against its CPU reference (fresh random inputs,
+//! poisoned outputs), and the model with our kernels against candle's stock ops. Each test
+//! prints why it skips where there is no CUDA device (a build without feature `cuda`, or a
+//! machine without a GPU, where `scripts/cuda-env.sh` links a stub driver).
+
+use candle_core::Device;
+use tempest_model::cuda::check;
+use tempest_model::Config;
+
+fn device(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let why = e.to_string();
+            println!(
+                "skipped {test}: no CUDA device ({})",
+                why.lines().next().unwrap_or_default()
+            );
+            None
+        }
+    }
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7)
+}
+
+#[test]
+fn kernels_match_their_cpu_references() -> candle_core::Result<()> {
+    let Some(dev) = device("kernels_match_their_cpu_references") else {
+        return Ok(());
+    };
+    let seed = seed();
+    let checks = check::check_kernels(&dev, seed, false)?;
+    assert!(checks.len() >= 24);
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passed()).collect();
+    assert!(failed.is_empty(), "seed {seed}: {failed:#?}");
+    Ok(())
+}
+
+#[test]
+fn model_with_our_kernels_matches_stock_ops() -> candle_core::Result<()> {
+    let Some(dev) = device("model_with_our_kernels_matches_stock_ops") else {
+        return Ok(());
+    };
+    let mut rng = check::Rng::new(seed());
+    let batch = check::random_batch(&mut rng, 3, 5, 33, 10)?;
+    for name in ["tiny", "paper"] {
+        let cfg = Config::preset(name).unwrap_or_default();
+        let (logits, loss, grads) = check::compare_model(&dev, &cfg, &batch)?;
+        assert!(
+            logits < 1e-4 && loss < 1e-5 && grads < 1e-4,
+            "{name}: {logits} {loss} {grads}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_kernels_default_on_and_old_configs_load() {
+    assert!(Config::default().cuda_kernels);
+    let old: Config = serde_json::from_str(r#"{"num_classes": 3}"#).unwrap_or_default();
+    assert!(old.cuda_kernels);
+    let off: Config = serde_json::from_str(r#"{"cuda_kernels": false}"#).unwrap_or_default();
+    assert!(!off.cuda_kernels);
+    assert!(
+        off.own_kernels(&Device::Cpu),
+        "the CPU follows fused_kernels"
+    );
+}

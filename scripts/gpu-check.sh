@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU check of issue #8, in one call on a CUDA machine (about 3 to 5 minutes on an H200):
+# every CUDA kernel against its CPU reference on fresh random inputs with poisoned outputs
+# (f32 within 1e-5 relative, bf16 within 1e-2), the model with our kernels against candle's
+# stock ops, and a training step of the `paper` preset timed both ways; the tables print last.
+#
+#   scripts/gpu-check.sh prepare   # on a machine without a GPU: build the check with the
+#                                  # CUDA 13.0 nvcc (scripts/cuda-env.sh) into .gpu-check/
+#   scripts/gpu-check.sh [ARGS]    # on the GPU machine; ARGS go to the example
+#                                  # (--seed N, --batch B, --steps S)
+#
+# On the GPU machine: with cargo there, it builds the example with that machine's nvcc and
+# runs it. Without cargo (the device machines of this project have none, and nothing can be
+# fetched there), it runs the binary that `prepare` packed into .gpu-check/ (carry that folder
+# along), after compiling kernels/tempest.cu with the machine's own nvcc into the PTX it loads
+# (TEMPEST_PTX), and after finding the CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC,
+# the runtime) among the machine's Python wheels and toolkit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$(pwd)"
+pack="$root/.gpu-check"
+
+if [ "${1:-}" = "prepare" ]; then
+    . scripts/cuda-env.sh
+    if [ -z "$TEMPEST_NVCC" ]; then
+        echo "gpu-check prepare: no nvcc (see scripts/cuda-env.sh)" >&2
+        exit 1
+    fi
+    export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+    # The dev profile by default: scripts/test.sh has built candle's CUDA kernels for it already
+    # (a release build compiles them again, about half an hour on 2 cores), and the workspace
+    # optimises candle, gemm and tempest-model at opt-level 3 in dev too. `prepare --release`
+    # for a release build.
+    profile=debug
+    if [ "${2:-}" = "--release" ]; then profile=release; fi
+    cargo build ${2:-} --features cuda --example gpu_check
+    mkdir -p "$pack"
+    rm -f "$pack/gpu_check.gz"
+    cp "target/$profile/examples/gpu_check" "$pack/gpu_check"
+    strip "$pack/gpu_check" 2>/dev/null || true
+    gzip -9 "$pack/gpu_check"
+    { "$TEMPEST_NVCC" --version | tail -n1; echo "profile $profile"; git rev-parse HEAD; } >"$pack/BUILD"
+    ls -la "$pack"
+    exit 0
+fi
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader || true
+start=$(date +%s)
+if command -v cargo >/dev/null 2>&1; then
+    . scripts/cuda-env.sh
+    [ -n "$TEMPEST_NVCC" ] || { echo "no nvcc on this machine" >&2; exit 1; }
+    "$TEMPEST_NVCC" --version | tail -n1
+    cargo build --release --features cuda --example gpu_check
+    bin="$root/target/release/examples/gpu_check"
+else
+    [ -f "$pack/gpu_check.gz" ] || { echo "no cargo here and no $pack/gpu_check.gz: run 'scripts/gpu-check.sh prepare' where cargo is, and carry .gpu-check" >&2; exit 1; }
+    echo "no cargo here: running the packed build ($(tr '\n' ' ' <"$pack/BUILD"))"
+    bin=/tmp/gpu_check
+    gunzip -c "$pack/gpu_check.gz" >"$bin"
+    chmod +x "$bin"
+    nvcc="$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)"
+    if [ -n "$nvcc" ]; then
+        "$nvcc" --version | tail -n1
+        cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d '.')"
+        cap=$(( ${cap:-90} > 90 ? 90 : ${cap:-90} ))
+        "$nvcc" --ptx -arch="compute_$cap" -O3 -std=c++17 -o /tmp/tempest.ptx crates/tempest-model/kernels/tempest.cu
+        export TEMPEST_PTX=/tmp/tempest.ptx
+        echo "kernels compiled here for compute_$cap: $TEMPEST_PTX"
+    else
+        echo "no nvcc here: using the PTX built into the binary"
+    fi
+    # The libraries the binary needs, from the toolkit and the Python wheels (torch's).
+    libs=/tmp/gpu-check-libs
+    mkdir -p "$libs"
+    dirs="$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/*/lib 2>/dev/null || true)"
+    for py in python3 /opt/torch/.venv/bin/python3; do
+        d="$("$py" -c 'import nvidia, os; print(" ".join(os.path.join(p, s, "lib") for p in nvidia.__path__ for s in os.listdir(p)))' 2>/dev/null || true)"
+        dirs="$dirs $d"
+    done
+    for d in $dirs; do [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+    export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+    # A soname the binary wants but no directory has under that name: link the nearest version.
+    for want in $(ldd "$bin" | awk '/not found/ { print $1 }'); do
+        stem="${want%%.so*}"
+        found="$(for d in $dirs /usr/lib/x86_64-linux-gnu; do ls "$d/$stem".so.* 2>/dev/null; done | head -n1)"
+        if [ -n "$found" ]; then ln -sf "$found" "$libs/$want"; echo "linked $want -> $found"; else echo "missing $want" >&2; fi
+    done
+fi
+echo "== ready after $(( $(date +%s) - start )) s; running the check"
+set +e
+timeout 420 "$bin" "$@"
+rc=$?
+set -e
+echo "== gpu_check exit status $rc after $(( $(date +%s) - start )) s"
+exit $rc
