@@ -107,7 +107,7 @@ impl Mixer {
         let (bn, l, dt) = h.dims3()?;
         // Our CUDA kernel for the linear mixer where it runs (crate::cuda), else tensor ops.
         let fused = match &self.mix {
-            Mix::Linear(w) if self.own_kernels => {
+            Mix::Linear(w) if self.own_kernels && crate::cuda::available(h.device()) => {
                 crate::cuda::hook_masked_mix(h, mask, &w.narrow(1, 0, l)?.contiguous()?)?
             }
             _ => None,
