@@ -5,7 +5,7 @@
 # start; there `Device::new_cuda(0)` returns an error and the CUDA tests skip.
 #
 # nvcc is taken from, in order: $NVCC; `nvcc` on PATH; /usr/local/cuda/bin; the CUDA 13.0
-# toolkit wheels in $TEMPEST_CUDA_VENV (default /opt/cuda13, made by .ci/run:
+# toolkit wheels in $TEMPEST_CUDA_VENV (default /opt/cuda13, made by scripts/install-cuda-toolkit.sh:
 # `python3 -m venv /opt/cuda13 && /opt/cuda13/bin/pip install
 # "cuda-toolkit[nvcc,cudart,nvrtc,cccl,crt,nvvm]==13.0.2"`).
 # Sets TEMPEST_NVCC to its path, or leaves it empty when there is none (the caller skips).
