@@ -217,16 +217,9 @@ fn view(t: &Tensor) -> View<'_> {
 impl View<'_> {
     fn slice<T: WithDType>(&self) -> Result<&[T]> {
         match &*self.storage {
-            Storage::Cpu(s) => cpu_slice(s, self.layout),
+            Storage::Cpu(s) => crate::kernels::contiguous(s, self.layout),
             _ => candle_core::bail!("fused layer: tensor is not on the CPU"),
         }
-    }
-}
-
-fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("fused layer: input is not contiguous"),
     }
 }
 
@@ -953,12 +946,14 @@ impl CustomOp2 for FusedLayer {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match s1.dtype() {
-            DType::F32 => {
-                CpuStorage::F32(self.forward_t::<f32>(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?)?)
-            }
-            DType::F64 => {
-                CpuStorage::F64(self.forward_t::<f64>(cpu_slice(s1, l1)?, cpu_slice(s2, l2)?)?)
-            }
+            DType::F32 => CpuStorage::F32(self.forward_t::<f32>(
+                crate::kernels::contiguous(s1, l1)?,
+                crate::kernels::contiguous(s2, l2)?,
+            )?),
+            DType::F64 => CpuStorage::F64(self.forward_t::<f64>(
+                crate::kernels::contiguous(s1, l1)?,
+                crate::kernels::contiguous(s2, l2)?,
+            )?),
             dt => candle_core::bail!("fused layer: unsupported dtype {dt:?}"),
         };
         Ok((out, l1.shape().clone()))
