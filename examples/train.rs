@@ -5,7 +5,8 @@
 //!     [--variants mp3:20,mp3:26,mp3:32] [--eval-variant mp3:32|all|first]
 //!     [--preset tiny|small|paper | --config FILE] [--epochs N] [--batch B] [--accumulate K]
 //!     [--lr LR] [--label-smoothing X] [--lambda X] [--max-train-items N] [--folds 1,2,3,4,5]
-//!     [--workers W] [--out RUN_DIR] [--resume] [--seed S] [--no-progress]
+//!     [--workers W] [--out RUN_DIR] [--resume] [--seed S] [--header-block] [--bit-stride 8|4|2|1]
+//!     [--no-progress]
 //! ```
 //!
 //! `--layout` (`folder`, `esc50`, `speechcommands`, `mnist`) reads a raw layout: compressed
@@ -61,6 +62,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--out" => out = v()?.into(),
             "--resume" => resume = true,
             "--seed" => o.seed = v()?.parse()?,
+            "--header-block" => o.jpeg_header_block = true,
+            "--bit-stride" => o.bit_stride = v()?.parse()?,
             "--no-progress" => o.progress = false,
             other => return Err(format!("unknown argument {other}").into()),
         }

@@ -74,6 +74,13 @@ pub struct TokenizerConfig {
     /// JPEG: keep the file's header (SOI up to the first scan's data: the tables) as one
     /// extra block in front of the MCUs.
     pub jpeg_header_block: bool,
+    /// What one id of a block stands for: 8 (the default) gives one id per byte, as in the
+    /// paper; 4, 2 or 1 give one id per that many bits, each id being the 8 bits that start
+    /// there (bits past the block's end read as 0). Entropy-coded blocks (JPEG MCUs) have codes
+    /// that straddle byte boundaries: with a stride below 8 every code of up to `9 − stride`
+    /// bits is seen whole by some id, at `8 / stride` times the ids. L (`max_block_bytes`)
+    /// then counts ids, not bytes. See [`bit_windows`](crate::bit_windows).
+    pub bit_stride: u8,
     /// Options of the block readers (limits, CRC checks).
     pub reader: cff_blocks::Options,
 }
@@ -87,6 +94,7 @@ impl Default for TokenizerConfig {
             pad_id: PAD_ID,
             kinds: KindFilter::default(),
             jpeg_header_block: false,
+            bit_stride: 8,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -148,6 +156,12 @@ impl TokenizerConfig {
         self
     }
 
+    /// Sets what one id stands for (see [`TokenizerConfig::bit_stride`]): 8, 4, 2 or 1 bits.
+    pub fn with_bit_stride(mut self, stride: u8) -> Self {
+        self.bit_stride = stride;
+        self
+    }
+
     /// Sets the block readers' options.
     pub fn with_reader_options(mut self, options: cff_blocks::Options) -> Self {
         self.reader = options;
@@ -160,6 +174,12 @@ impl TokenizerConfig {
             return Err(crate::Error::Config(format!(
                 "max_block_bytes ({}) and max_blocks ({}) must be at least 1",
                 self.max_block_bytes, self.max_blocks
+            )));
+        }
+        if !matches!(self.bit_stride, 1 | 2 | 4 | 8) {
+            return Err(crate::Error::Config(format!(
+                "bit_stride {} is not one of 1, 2, 4, 8",
+                self.bit_stride
             )));
         }
         if self.pad_id < 256 {

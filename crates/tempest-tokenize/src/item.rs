@@ -206,17 +206,75 @@ pub fn tokenize(
     let chosen = crop_indices(kept.len(), keep, config.crop, ctx);
 
     let l = config.max_block_bytes;
+    let stride = config.bit_stride;
     let mut item = TokenizedItem::new(format, data.len() as u64);
     item.source_blocks = source_blocks;
+    let mut windows = Vec::new();
+    let mut push = |item: &mut TokenizedItem, bytes: &[u8], bits: Option<u64>, at| {
+        if stride == 8 {
+            item.push_block(bytes, at, l);
+        } else {
+            let bits = bits.unwrap_or(bytes.len() as u64 * 8);
+            bit_windows(bytes, bits, stride, &mut windows);
+            item.push_block(&windows, at, l);
+        }
+    };
     if let Some(h) = header {
-        item.push_block(h, BlockPosition::of(0, &Place::None), l);
+        push(&mut item, h, None, BlockPosition::of(0, &Place::None));
     }
     for i in chosen {
         let b = &kept[i];
         let index = (i + header_blocks) as u32;
-        item.push_block(&b.data, BlockPosition::of(index, &b.place), l);
+        push(
+            &mut item,
+            &b.data,
+            b.bits,
+            BlockPosition::of(index, &b.place),
+        );
     }
     Ok(item)
+}
+
+/// Replaces `out` with the ids of a block read `stride` bits at a time: id `j` is the 8 bits
+/// that start at bit `j·stride` of `bytes` (bit 0 = the most significant bit of the first
+/// byte), with bits at or past `bits` (the block's length in bits, at most `8·bytes.len()`)
+/// read as 0. There are `ceil(bits / stride)` ids. With `stride` 8 and `bits = 8·len` the ids
+/// are the bytes themselves.
+///
+/// ```
+/// let mut ids = Vec::new();
+/// // 1010_1100 0101_0000, 12 bits long, read 4 bits at a time.
+/// tempest_tokenize::bit_windows(&[0b1010_1100, 0b0101_1111], 12, 4, &mut ids);
+/// assert_eq!(ids, vec![0b1010_1100, 0b1100_0101, 0b0101_0000]);
+/// ```
+///
+/// # Panics
+/// If `stride` is 0 or above 8.
+pub fn bit_windows(bytes: &[u8], bits: u64, stride: u8, out: &mut Vec<u8>) {
+    assert!(
+        (1..=8).contains(&stride),
+        "bit stride {stride} not in 1..=8"
+    );
+    out.clear();
+    let bits = bits.min(bytes.len() as u64 * 8);
+    let byte = |i: u64| -> u32 {
+        let b = bytes.get(i as usize).copied().unwrap_or(0) as u32;
+        // Keep only the bits before `bits`.
+        let valid = bits.saturating_sub(i * 8).min(8) as u32;
+        if valid == 0 {
+            0
+        } else {
+            b & (0xFF00u32 >> valid) & 0xFF
+        }
+    };
+    let stride = u64::from(stride);
+    let mut p = 0;
+    while p < bits {
+        let i = p / 8;
+        let pair = (byte(i) << 8) | byte(i + 1);
+        out.push((pair >> (8 - (p % 8))) as u8);
+        p += stride;
+    }
 }
 
 /// The JPEG header (tables) as one block, where the reader exposes it.

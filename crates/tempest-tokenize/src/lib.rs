@@ -39,6 +39,8 @@ mod sampler;
 pub use batch::{collate, Batch, HostBatch};
 pub use config::{Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
 pub use error::{Error, Result};
-pub use item::{crop_indices, tokenize, tokenize_file, BlockPosition, CropContext, TokenizedItem};
+pub use item::{
+    bit_windows, crop_indices, tokenize, tokenize_file, BlockPosition, CropContext, TokenizedItem,
+};
 pub use loader::{Entry, LoadedBatch, Loader, LoaderConfig, LoaderStats, Skipped};
 pub use sampler::{choose_variants, padding_ratio, shard, BucketSampler, ItemShape, VariantChoice};

@@ -91,3 +91,57 @@ fn jpeg_header_block_comes_first_and_counts_against_n() {
     assert_eq!(cropped.block(0), &header[..]);
     assert_eq!(cropped.source_blocks, 17);
 }
+
+#[test]
+fn bit_strides_read_each_mcu_at_its_bit_length() {
+    // Every id is checked against the MCU's bits read one by one from the JPEG reader's block.
+    let path = fixture("jpeg/gray28_q75.jpg");
+    let data = std::fs::read(&path).unwrap();
+    let blocks: Vec<_> = Reader::new(&data, &Options::default())
+        .unwrap()
+        .map(|b| b.unwrap())
+        .filter(|b| b.kind == cff_blocks::BlockKind::Mcu)
+        .collect();
+    assert_eq!(blocks.len(), 16);
+    let bytes = tokenize(
+        &data,
+        &path,
+        &TokenizerConfig::for_format(Format::Jpeg),
+        CropContext::default(),
+    )
+    .unwrap();
+    for stride in [1u8, 2, 4, 8] {
+        let config = TokenizerConfig::for_format(Format::Jpeg)
+            .with_bit_stride(stride)
+            .with_max_block_bytes(4096);
+        config.validate().unwrap();
+        let item = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+        assert_eq!(item.num_blocks(), 16);
+        for (i, b) in blocks.iter().enumerate() {
+            let nbits = b.bits.unwrap() as usize;
+            let bit = |k: usize| -> u8 {
+                if k < nbits {
+                    (b.data[k / 8] >> (7 - k % 8)) & 1
+                } else {
+                    0
+                }
+            };
+            let ids = item.block(i);
+            assert_eq!(
+                ids.len(),
+                nbits.div_ceil(stride as usize),
+                "MCU {i} stride {stride}"
+            );
+            for (j, &id) in ids.iter().enumerate() {
+                let want = (0..8).fold(0u8, |v, k| (v << 1) | bit(j * stride as usize + k));
+                assert_eq!(id, want, "MCU {i} stride {stride} id {j}");
+            }
+            if stride == 8 {
+                // Byte ids equal the block's bytes up to its last, partly used byte.
+                assert_eq!(&ids[..ids.len() - 1], &bytes.block(i)[..ids.len() - 1]);
+            }
+        }
+    }
+    let bad = TokenizerConfig::for_format(Format::Jpeg).with_bit_stride(3);
+    assert!(bad.validate().is_err());
+}

@@ -40,6 +40,14 @@ pub struct TokenizerSettings {
     pub max_blocks: usize,
     /// Keep the JPEG header as one block in front of the MCUs.
     pub jpeg_header_block: bool,
+    /// Bits per id (`TokenizerConfig::bit_stride`): 8 = one id per byte. Checkpoints written
+    /// before this setting existed read as 8.
+    #[serde(default = "byte_stride")]
+    pub bit_stride: u8,
+}
+
+fn byte_stride() -> u8 {
+    8
 }
 
 impl TokenizerSettings {
@@ -52,7 +60,18 @@ impl TokenizerSettings {
             max_block_bytes: t.max_block_bytes.min(model.max_block_bytes),
             max_blocks: t.max_blocks,
             jpeg_header_block,
+            bit_stride: 8,
         }
+    }
+
+    /// Reads blocks `stride` bits per id (8, 4, 2 or 1): L grows by `8 / stride` so that the
+    /// same blocks fit, capped at what the model has positions for.
+    pub fn with_bit_stride(mut self, stride: u8, model: &Config) -> Self {
+        let bytes = self.max_block_bytes * usize::from(self.bit_stride) / 8;
+        let ids = bytes * 8 / usize::from(stride.max(1));
+        self.max_block_bytes = ids.min(model.max_block_bytes);
+        self.bit_stride = stride;
+        self
     }
 
     fn format(&self) -> Result<Format> {
@@ -76,10 +95,15 @@ impl TokenizerSettings {
     }
 
     fn base(&self) -> Result<TokenizerConfig> {
-        Ok(TokenizerConfig::for_format(self.format()?)
+        let config = TokenizerConfig::for_format(self.format()?)
             .with_max_block_bytes(self.max_block_bytes)
             .with_max_blocks(self.max_blocks)
-            .with_jpeg_header_block(self.jpeg_header_block))
+            .with_jpeg_header_block(self.jpeg_header_block)
+            .with_bit_stride(self.bit_stride);
+        config
+            .validate()
+            .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
+        Ok(config)
     }
 }
 
@@ -213,4 +237,39 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
         classes,
         tokenizer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bit_stride_scales_l_and_reads_back_from_json() {
+        let model = Config::tiny();
+        let bytes = TokenizerSettings::for_format(Format::Jpeg, &model, false);
+        assert_eq!(bytes.bit_stride, 8);
+        let nibbles = bytes.clone().with_bit_stride(4, &model);
+        assert_eq!(nibbles.max_block_bytes, bytes.max_block_bytes * 2);
+        assert_eq!(nibbles.train_config().unwrap().bit_stride, 4);
+        // Capped at the model's positions, and back to bytes from there.
+        let bits = nibbles.clone().with_bit_stride(1, &model);
+        assert_eq!(
+            bits.max_block_bytes,
+            (bytes.max_block_bytes * 8).min(model.max_block_bytes)
+        );
+        let json = serde_json::to_string(&nibbles).unwrap();
+        let back: TokenizerSettings = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, nibbles);
+        // A tokenizer.json written before the setting existed reads as bytes.
+        let old = r#"{"format":"jpeg","max_block_bytes":160,"max_blocks":1024,"jpeg_header_block":false}"#;
+        let old: TokenizerSettings = serde_json::from_str(old).unwrap();
+        assert_eq!(old.eval_config().unwrap().bit_stride, 8);
+        // A stride the tokenizer cannot read is refused by name.
+        let bad = TokenizerSettings {
+            bit_stride: 3,
+            ..old
+        };
+        let err = bad.train_config().unwrap_err().to_string();
+        assert!(err.contains("bit_stride 3"), "{err}");
+    }
 }

@@ -99,6 +99,9 @@ pub struct TrainOptions {
     pub eval_variants: EvalVariants,
     /// Keep the JPEG header (its tables) as one block in front of the MCUs.
     pub jpeg_header_block: bool,
+    /// Bits per id (`TokenizerConfig::bit_stride`): 8 (one id per byte, the default), 4, 2
+    /// or 1; saved with the checkpoint so that evaluation and classification read the same.
+    pub bit_stride: u8,
     /// Loader worker threads (0: tokenize on the training thread).
     pub workers: usize,
     /// Progress bars on standard error.
@@ -161,6 +164,7 @@ impl Default for TrainOptions {
             train_variants: Vec::new(),
             eval_variants: EvalVariants::First,
             jpeg_header_block: false,
+            bit_stride: 8,
             workers: 2,
             progress: true,
             checkpoint_every: 0,
@@ -434,7 +438,8 @@ pub fn train(
     let config = o.model_config(model_config, dataset.classes.len())?;
 
     let format = detect_format(dataset)?;
-    let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block);
+    let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block)
+        .with_bit_stride(o.bit_stride, &config);
     let train_tok = tok.train_config()?;
     let eval_tok = tok.eval_config()?;
 
