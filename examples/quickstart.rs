@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example quickstart [-- --epochs N --qualities 75,50,90 --seed S
-//!     --lr LR --batch B --header-block --bit-stride S --validation N --config FILE --out DIR --resume]
+//!     --lr LR --batch B --header-block --bit-stride S --bucket K --validation N --config FILE --out DIR --resume]
 //! ```
 //!
 //! The digits (`data/mnist`) are encoded once into `target/quickstart/data` (JPEG at each
@@ -48,6 +48,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--header-block" => o.jpeg_header_block = true,
             "--bit-stride" => o.bit_stride = v()?.parse()?,
+            "--bucket" => o.bucket_batches = v()?.parse()?,
             "--config" => cfg = serde_json::from_str(&std::fs::read_to_string(v()?)?)?,
             "--out" => out = v()?.into(),
             "--resume" => resume = true,

@@ -6,7 +6,7 @@
 //!     [--preset tiny|small|paper | --config FILE] [--epochs N] [--batch B] [--accumulate K]
 //!     [--lr LR] [--label-smoothing X] [--lambda X] [--max-train-items N] [--folds 1,2,3,4,5]
 //!     [--workers W] [--out RUN_DIR] [--resume] [--seed S] [--header-block] [--bit-stride 8|4|2|1]
-//!     [--no-progress]
+//!     [--bucket K] [--no-progress]
 //! ```
 //!
 //! `--layout` (`folder`, `esc50`, `speechcommands`, `mnist`) reads a raw layout: compressed
@@ -64,6 +64,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--seed" => o.seed = v()?.parse()?,
             "--header-block" => o.jpeg_header_block = true,
             "--bit-stride" => o.bit_stride = v()?.parse()?,
+            "--bucket" => o.bucket_batches = v()?.parse()?,
             "--no-progress" => o.progress = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
