@@ -2,9 +2,12 @@
 //! and reports its accuracy on the 2,004 held-out digits it never saw. Nothing is downloaded.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --epochs N --qualities 75,50,90 --seed S
-//!     --lr LR --batch B --header-block --bit-stride S --bucket K --validation N --config FILE --out DIR --resume]
+//! cargo run --release --example quickstart [-- --qualities 75,50,90 --validation N
+//!     --config FILE --out DIR --resume TRAINING FLAGS]
 //! ```
+//!
+//! The training flags are `tempest_train::TrainOptions::FLAGS`, as for the `train` example:
+//! `--epochs N --batch B --lr LR --seed S --header-block --bit-stride 8|4|2|1 --bucket K ...`.
 //!
 //! The digits (`data/mnist`) are encoded once into `target/quickstart/data` (JPEG at each
 //! quality; the first is the one tested, the others augment training); the run goes to
@@ -33,27 +36,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if o.apply_flag(&a, || args.next())? {
+            continue;
+        }
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--epochs" => o.epochs = v()?.parse()?,
-            "--seed" => o.seed = v()?.parse()?,
-            "--lr" => o.lr = v()?.parse()?,
-            "--batch" => o.batch_size = v()?.parse()?,
-            "--workers" => o.workers = v()?.parse()?,
             "--qualities" => {
                 qualities = v()?
                     .split(',')
                     .map(|q| q.trim().parse::<u8>())
                     .collect::<Result<_, _>>()?
             }
-            "--header-block" => o.jpeg_header_block = true,
-            "--bit-stride" => o.bit_stride = v()?.parse()?,
-            "--bucket" => o.bucket_batches = v()?.parse()?,
             "--config" => cfg = serde_json::from_str(&std::fs::read_to_string(v()?)?)?,
             "--out" => out = v()?.into(),
             "--resume" => resume = true,
             "--validation" => validation = v()?.parse()?,
-            "--no-progress" => o.progress = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }

@@ -3,10 +3,15 @@
 //! ```text
 //! cargo run --release --example train -- (--data PREPARED_DIR | --layout L --input DIR)
 //!     [--variants mp3:20,mp3:26,mp3:32] [--eval-variant mp3:32|all|first]
-//!     [--preset tiny|small|paper | --config FILE] [--epochs N] [--batch B] [--accumulate K]
-//!     [--lr LR] [--label-smoothing X] [--lambda X] [--max-train-items N] [--folds 1,2,3,4,5]
-//!     [--workers W] [--out RUN_DIR] [--resume] [--seed S] [--header-block] [--bit-stride 8|4|2|1]
-//!     [--bucket K] [--no-progress]
+//!     [--preset tiny|small|paper | --config FILE] [--max-train-items N] [--folds 1,2,3,4,5]
+//!     [--out RUN_DIR] [--resume] [TRAINING FLAGS]
+//! ```
+//!
+//! The training flags (`TrainOptions::FLAGS`, shared with `quickstart`):
+//!
+//! ```text
+//! [--epochs N] [--batch B] [--accumulate K] [--lr LR] [--label-smoothing X] [--lambda X]
+//! [--seed S] [--workers W] [--header-block] [--bit-stride 8|4|2|1] [--bucket K] [--no-progress]
 //! ```
 //!
 //! `--layout` (`folder`, `esc50`, `speechcommands`, `mnist`) reads a raw layout: compressed
@@ -33,6 +38,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut folds = vec![1u32, 2, 3, 4, 5];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if o.apply_flag(&a, || args.next())? {
+            continue;
+        }
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--data" => data = Some(v()?.into()),
@@ -45,12 +53,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 cfg = Config::preset(&name).ok_or(format!("no preset {name}"))?
             }
             "--config" => cfg = serde_json::from_str(&std::fs::read_to_string(v()?)?)?,
-            "--epochs" => o.epochs = v()?.parse()?,
-            "--batch" => o.batch_size = v()?.parse()?,
-            "--accumulate" => o.accumulate = v()?.parse()?,
-            "--lr" => o.lr = v()?.parse()?,
-            "--label-smoothing" => o.label_smoothing = Some(v()?.parse()?),
-            "--lambda" => o.reconstruction_weight = Some(v()?.parse()?),
             "--max-train-items" => max_train = Some(v()?.parse()?),
             "--folds" => {
                 folds = v()?
@@ -58,14 +60,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     .map(|f| f.trim().parse())
                     .collect::<Result<_, _>>()?
             }
-            "--workers" => o.workers = v()?.parse()?,
             "--out" => out = v()?.into(),
             "--resume" => resume = true,
-            "--seed" => o.seed = v()?.parse()?,
-            "--header-block" => o.jpeg_header_block = true,
-            "--bit-stride" => o.bit_stride = v()?.parse()?,
-            "--bucket" => o.bucket_batches = v()?.parse()?,
-            "--no-progress" => o.progress = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }

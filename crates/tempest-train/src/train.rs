@@ -125,6 +125,55 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// The command-line flags [`TrainOptions::apply_flag`] understands, for usage texts.
+    pub const FLAGS: &'static str = "[--epochs N] [--batch B] [--accumulate K] [--lr LR] \
+[--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--header-block] \
+[--bit-stride 8|4|2|1] [--bucket K] [--no-progress]";
+
+    /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
+    /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
+    /// (the caller's own flag), an error naming the flag when its value is missing or wrong.
+    ///
+    /// ```
+    /// let mut o = tempest_train::TrainOptions::default();
+    /// assert!(o.apply_flag("--epochs", || Some("3".into()))?);
+    /// assert!(o.apply_flag("--no-progress", || None)?);
+    /// assert!(!o.apply_flag("--out", || Some("runs".into()))?);
+    /// assert!(o.apply_flag("--lr", || Some("fast".into())).is_err());
+    /// assert_eq!((o.epochs, o.progress), (3, false));
+    /// # Ok::<(), tempest_train::Error>(())
+    /// ```
+    pub fn apply_flag(
+        &mut self,
+        flag: &str,
+        value: impl FnOnce() -> Option<String>,
+    ) -> Result<bool> {
+        fn parse<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            let v = value.ok_or_else(|| Error::setting("flag", format!("{flag} needs a value")))?;
+            v.parse()
+                .map_err(|e| Error::setting("flag", format!("{flag} {v}: {e}")))
+        }
+        match flag {
+            "--epochs" => self.epochs = parse(flag, value())?,
+            "--batch" => self.batch_size = parse(flag, value())?,
+            "--accumulate" => self.accumulate = parse(flag, value())?,
+            "--lr" => self.lr = parse(flag, value())?,
+            "--label-smoothing" => self.label_smoothing = Some(parse(flag, value())?),
+            "--lambda" => self.reconstruction_weight = Some(parse(flag, value())?),
+            "--seed" => self.seed = parse(flag, value())?,
+            "--workers" => self.workers = parse(flag, value())?,
+            "--header-block" => self.jpeg_header_block = true,
+            "--bit-stride" => self.bit_stride = parse(flag, value())?,
+            "--bucket" => self.bucket_batches = parse(flag, value())?,
+            "--no-progress" => self.progress = false,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// The model configuration a run trains: `base` with `classes` outputs and these options'
     /// label smoothing and λ overrides, validated.
     pub fn model_config(&self, base: &Config, classes: usize) -> Result<Config> {
