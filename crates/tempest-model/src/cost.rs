@@ -156,6 +156,28 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
     }
 }
 
+/// FLOPs of one item whose blocks have the real lengths `block_lens` (bytes): only real bytes
+/// count as work, as the fused layers compute them; what a batch spends on padding its blocks
+/// to its longest block is not counted. D_t is counted at the real lengths too.
+pub fn flops_ragged(cfg: &Config, block_lens: &[usize]) -> Flops {
+    let context = flops(cfg, block_lens.len(), 1).context_encoder;
+    block_lens.iter().fold(
+        Flops {
+            block_encoder: 0.0,
+            mixer: 0.0,
+            block_decoder: 0.0,
+            context_encoder: context,
+        },
+        |mut f, &l| {
+            let b = flops(cfg, 1, l);
+            f.block_encoder += b.block_encoder;
+            f.mixer += b.mixer;
+            f.block_decoder += b.block_decoder;
+            f
+        },
+    )
+}
+
 /// Tokens of an AST (Gong et al. 2021) over `seconds` of audio: a 128-bin log-mel spectrogram
 /// with a 10 ms hop (25 ms window), cut into 16×16 patches with stride 10 in both axes:
 /// ⌊(128 − 16)/10⌋ + 1 = 12 frequency patches times ⌊(frames − 16)/10⌋ + 1 time patches.
@@ -284,5 +306,26 @@ mod tests {
         assert_eq!(a.block_decoder, 0.0);
         let d = flops(&c.clone().with_reconstruction_weight(0.1), 16, 32);
         assert!(d.block_decoder > 0.0 && d.inference() == a.inference());
+    }
+
+    #[test]
+    fn ragged_flops_count_real_bytes_only() {
+        let c = Config::small().with_reconstruction_weight(0.1);
+        let (even, same) = (flops(&c, 16, 40), flops_ragged(&c, &[40; 16]));
+        for (a, b) in [
+            (even.block_encoder, same.block_encoder),
+            (even.mixer, same.mixer),
+            (even.block_decoder, same.block_decoder),
+            (even.context_encoder, same.context_encoder),
+        ] {
+            assert!((a / b - 1.0).abs() < 1e-12, "{a} vs {b}");
+        }
+        // One block of 40 bytes and fifteen of 2: E_t costs far less than 16 blocks of 40,
+        // E_c the same.
+        let mut lens = [2; 16];
+        lens[3] = 40;
+        let r = flops_ragged(&c, &lens);
+        assert!(r.block_encoder < 0.2 * even.block_encoder);
+        assert_eq!(r.context_encoder, even.context_encoder);
     }
 }

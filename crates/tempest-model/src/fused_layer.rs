@@ -12,12 +12,21 @@
 //! products run in parallel over sequences (each is below gemm's threading threshold and would
 //! otherwise run on one thread).
 //!
+//! Padding costs nothing: only real rows (those whose key bias is above `MASK_BIAS / 2`) are
+//! gathered into a compact matrix for the per-token work, and each sequence's attention runs
+//! over its real positions only (see [`Plan`]). A padding row's output is its input, passed
+//! through unchanged, and so is its gradient (the weights get none from it): the tensor-op
+//! layer computes something else there, but nothing reads it, since padded keys are masked and
+//! the mixer and the context encoder ignore padded positions. A sequence of padding only is
+//! the identity.
+//!
 //! The weights keep their documented names: [`forward`] concatenates the flattened variables at
 //! call time, and candle's backward of `cat` hands each variable its slice of the gradient.
 //! Dropout draws the same masks as the tensor-op path ([`crate::dropout`]), so the two paths
 //! agree for any seed; `tests` compare them, forward and backward.
 
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -27,7 +36,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use crate::dropout::Mask;
-use crate::nn::TransformerLayer;
+use crate::nn::{TransformerLayer, MASK_BIAS};
 
 /// √(2/π) and the cubic coefficient of GELU's tanh approximation (as in [`crate::kernels`]).
 const GELU_K: f64 = 2.0 * 0.797_884_560_802_865_4;
@@ -141,13 +150,6 @@ impl Dims {
             total: take(0),
         }
     }
-    /// Sequences per attention task: the scores of a task fit `TASK_SCORES`, and there are
-    /// enough tasks to keep every thread busy.
-    fn seqs_per_task(&self) -> usize {
-        let by_size = TASK_SCORES / (self.h * self.t * self.t).max(1);
-        let by_threads = self.b / (4 * rayon::current_num_threads()).max(1);
-        by_size.min(by_threads).max(1)
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,24 +169,179 @@ struct Offsets {
     total: usize,
 }
 
-/// What the backward pass needs, kept from the forward pass.
+/// Which rows of a layer's input are real, and how the attention is cut into tasks.
+///
+/// A row is real when its key bias is above `MASK_BIAS / 2` (or when there is no bias): the
+/// per-token work (layer norms, projections, MLP) runs on the real rows gathered into a compact
+/// matrix, and each sequence's attention runs over its real positions only. Compact rows come
+/// sequence after sequence, longest sequence first, so that a task of consecutive sequences is
+/// padded only to its own longest member.
+#[derive(Debug)]
+struct Plan {
+    /// Compact row → row of `x [B·T, d]`; a sequence's real positions in ascending order.
+    row_of: Vec<usize>,
+    /// `row_of` is the identity (no padding): nothing to gather or scatter.
+    identity: bool,
+    /// Per sequence of the batch: its first compact row and its number of real positions.
+    seq_rows: Vec<(usize, usize)>,
+    tasks: Vec<Task>,
+}
+
+/// Consecutive sequences whose attention runs together as `[c, H, tt, d_h]` products.
+#[derive(Debug)]
+struct Task {
+    /// The task's compact rows are `row0..row0 + rows`.
+    row0: usize,
+    rows: usize,
+    /// Real positions of each of its sequences, in order (rows follow one another from row0).
+    lens: Vec<usize>,
+    /// Positions per sequence in the task's products: its longest sequence.
+    tt: usize,
+    /// Whether a key must be masked (a key bias, or sequences shorter than `tt`).
+    masked: bool,
+}
+
+impl Plan {
+    /// The plan for `b` sequences of `t` positions with `h` heads, from the key bias `[B·T]`.
+    fn new<T: WithDType>(bias: Option<&[T]>, b: usize, t: usize, h: usize) -> Plan {
+        let real = |i: usize| bias.is_none_or(|bs| bs[i].to_f64() > MASK_BIAS / 2.0);
+        let lens: Vec<usize> = (0..b)
+            .map(|s| (0..t).filter(|&j| real(s * t + j)).count())
+            .collect();
+        let mut order: Vec<usize> = (0..b).filter(|&s| lens[s] > 0).collect();
+        // Stable: without padding the order (and so every product) is the batch's own.
+        order.sort_by_key(|&s| std::cmp::Reverse(lens[s]));
+        let mut row_of = Vec::with_capacity(lens.iter().sum());
+        let mut seq_rows = vec![(0, 0); b];
+        for &s in &order {
+            seq_rows[s] = (row_of.len(), lens[s]);
+            row_of.extend((0..t).filter(|&j| real(s * t + j)).map(|j| s * t + j));
+        }
+        let identity = row_of.len() == b * t && row_of.iter().enumerate().all(|(i, &r)| i == r);
+        // Tasks: at most TASK_SCORES scores, and at least 4 tasks per thread where there are
+        // enough sequences.
+        let max_seqs = (order.len() / (4 * rayon::current_num_threads()).max(1)).max(1);
+        let mut tasks = Vec::new();
+        let mut at = 0;
+        let mut row0 = 0;
+        while at < order.len() {
+            let tt = lens[order[at]];
+            let by_size = (TASK_SCORES / (h * tt * tt).max(1)).max(1);
+            let c = by_size.min(max_seqs).min(order.len() - at);
+            let task_lens: Vec<usize> = order[at..at + c].iter().map(|&s| lens[s]).collect();
+            let rows = task_lens.iter().sum();
+            tasks.push(Task {
+                row0,
+                rows,
+                masked: bias.is_some() || task_lens.iter().any(|&n| n < tt),
+                lens: task_lens,
+                tt,
+            });
+            at += c;
+            row0 += rows;
+        }
+        Plan {
+            row_of,
+            identity,
+            seq_rows,
+            tasks,
+        }
+    }
+
+    /// Real rows.
+    fn rows(&self) -> usize {
+        self.row_of.len()
+    }
+
+    /// The real rows of `src [B·T, width]`, compact (borrowed when there is no padding).
+    fn gather<'a, T: WithDType>(&self, src: &'a [T], width: usize) -> Cow<'a, [T]> {
+        if self.identity {
+            return Cow::Borrowed(src);
+        }
+        let mut out = vec![T::zero(); self.rows() * width];
+        let per = rows_per_task(width);
+        out.par_chunks_mut(per * width)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (i, row) in out.chunks_mut(width).enumerate() {
+                    let r = self.row_of[c * per + i];
+                    row.copy_from_slice(&src[r * width..][..width]);
+                }
+            });
+        Cow::Owned(out)
+    }
+
+    /// `base [B·T, width]` with its real rows replaced by the compact rows of `rows`.
+    fn scatter<T: WithDType>(&self, rows: Vec<T>, base: &[T], t: usize, width: usize) -> Vec<T> {
+        if self.identity {
+            return rows;
+        }
+        let mut out = base.to_vec();
+        out.par_chunks_mut(t * width)
+            .enumerate()
+            .for_each(|(s, out)| {
+                let (r0, n) = self.seq_rows[s];
+                for r in r0..r0 + n {
+                    let at = (self.row_of[r] - s * t) * width;
+                    out[at..at + width].copy_from_slice(&rows[r * width..][..width]);
+                }
+            });
+        out
+    }
+
+    /// The task's key bias `[c, tt]`: the layer's bias at real positions, `MASK_BIAS` where a
+    /// sequence is shorter than `tt`.
+    fn task_bias<T: WithDType>(&self, task: &Task, bias: Option<&[T]>) -> Option<Vec<T>> {
+        if !task.masked {
+            return None;
+        }
+        let mut out = vec![T::from_f64(MASK_BIAS); task.lens.len() * task.tt];
+        let mut r = task.row0;
+        for (si, &n) in task.lens.iter().enumerate() {
+            for j in 0..n {
+                out[si * task.tt + j] = bias.map_or(T::zero(), |bs| bs[self.row_of[r + j]]);
+            }
+            r += n;
+        }
+        Some(out)
+    }
+}
+
+/// Splits `buf` into consecutive pieces of `rows · width` elements, one per task.
+fn split_tasks<'a, T>(mut buf: &'a mut [T], tasks: &[Task], width: usize) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (head, rest) = buf.split_at_mut(task.rows * width);
+        out.push(head);
+        buf = rest;
+    }
+    out
+}
+
+/// What the backward pass needs, kept from the forward pass (compact rows: see [`Plan`]).
 #[derive(Debug, Clone)]
 struct Saved {
-    /// `[R, d]` the first layer norm's output.
+    plan: Arc<Plan>,
+    /// `None` when no row is real (the layer is the identity).
+    acts: Option<Activations>,
+}
+
+/// The activations of the real rows `[R', ·]`.
+#[derive(Debug, Clone)]
+struct Activations {
+    /// `[R', d]` the first layer norm's output.
     h1: Tensor,
     /// Per row: mean and 1/σ of the first and second layer norms' inputs.
     stats1: Vec<(f64, f64)>,
     stats2: Vec<(f64, f64)>,
-    /// `[B, H, T, d_h]` scaled queries, keys and values.
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    /// `[R, d]` the heads' outputs (before the output projection).
+    /// Per attention task: `[c, H, tt, d_h]` scaled queries, keys and values.
+    qkv: Vec<(Tensor, Tensor, Tensor)>,
+    /// `[R', d]` the heads' outputs (before the output projection).
     o: Tensor,
-    /// `[R, d]` the residual stream after attention, and its layer norm.
+    /// `[R', d]` the residual stream after attention, and its layer norm.
     x2: Tensor,
     h2: Tensor,
-    /// `[R, m]` fc1's product (without its bias) and the GELU of it plus the bias.
+    /// `[R', m]` fc1's product (without its bias) and the GELU of it plus the bias.
     f: Tensor,
     g: Tensor,
 }
@@ -465,9 +622,9 @@ impl FusedLayer {
 
     fn forward_t<T: Elem>(&self, xs: &[T], ws: &[T]) -> Result<Vec<T>> {
         let Dims { b, t, d, h, m } = self.dims;
-        let (r, dh) = (self.dims.rows(), self.dims.dh());
+        let dh = self.dims.dh();
         let o = self.dims.offsets();
-        if xs.len() != r * d || ws.len() != o.total || h == 0 || d % h != 0 {
+        if xs.len() != self.dims.rows() * d || ws.len() != o.total || h == 0 || d % h != 0 {
             candle_core::bail!(
                 "fused layer: {} inputs, {} weights for {:?}",
                 xs.len(),
@@ -475,6 +632,19 @@ impl FusedLayer {
                 self.dims
             );
         }
+        let bias_v = self.bias.as_ref().map(view);
+        let bias_s = bias_v.as_ref().map(|v| v.slice::<T>()).transpose()?;
+        let plan = Arc::new(Plan::new(bias_s, b, t, h));
+        let r = plan.rows();
+        if r == 0 {
+            // Only padding: the layer passes its input through.
+            self.save(Saved { plan, acts: None });
+            return Ok(xs.to_vec());
+        }
+        let xs_full = xs;
+        let xs = plan.gather(xs_full, d);
+        let xs: &[T] = &xs;
+        let row_of = &plan.row_of;
         let w = Self::input(ws, o.total)?;
         let mat = |at: usize, rows: usize, cols: usize| {
             w.narrow(0, at, rows * cols)?.reshape((rows, cols))
@@ -497,67 +667,38 @@ impl FusedLayer {
             .collect();
         let h1 = tensor(h1, (r, d))?;
 
-        // q, k, v: one product, then the bias, the split into heads and q's scale in one pass.
+        // q, k, v: one product; then per attention task the bias, the split into heads and
+        // q's scale in one pass, the attention, and the heads merged into the task's rows of
+        // `o [R', d]`.
         let qkv = h1.matmul(&mat(o.wqkv, 3 * d, d)?.t()?)?;
         let scale = 1.0 / (dh as f64).sqrt();
-        let (mut q, mut k, mut v) = (
-            vec![T::zero(); r * d],
-            vec![T::zero(); r * d],
-            vec![T::zero(); r * d],
-        );
-        {
+        let mut oh = vec![T::zero(); r * d];
+        let qkv_saved = {
             let qkv_v = view(&qkv);
             let qkv_s = qkv_v.slice::<T>()?;
             let bqkv = &ws[o.bqkv..][..3 * d];
             let sc = T::from_f64(scale);
-            q.par_chunks_mut(t * d)
-                .zip(k.par_chunks_mut(t * d))
-                .zip(v.par_chunks_mut(t * d))
-                .zip(qkv_s.par_chunks(t * 3 * d))
-                .for_each(|(((q, k), v), src)| {
-                    for (ti, row) in src.chunks(3 * d).enumerate() {
-                        for hi in 0..h {
-                            let dst = (hi * t + ti) * dh;
-                            for j in 0..dh {
-                                let c = hi * dh + j;
-                                q[dst + j] = (row[c] + bqkv[c]) * sc;
-                                k[dst + j] = row[d + c] + bqkv[d + c];
-                                v[dst + j] = row[2 * d + c] + bqkv[2 * d + c];
-                            }
-                        }
-                    }
-                });
-        }
-        drop(qkv);
-        let (q, k, v) = (
-            tensor(q, (b, h, t, dh))?,
-            tensor(k, (b, h, t, dh))?,
-            tensor(v, (b, h, t, dh))?,
-        );
-
-        // Attention, a few sequences per task; each task writes its rows of `o [R, d]`.
-        let spt = self.dims.seqs_per_task();
-        let mut oh = vec![T::zero(); r * d];
-        {
-            let bias_v = self.bias.as_ref().map(view);
-            let bias_s = bias_v.as_ref().map(|v| v.slice::<T>()).transpose()?;
-            oh.par_chunks_mut(spt * t * d).enumerate().try_for_each(
-                |(task, out)| -> Result<()> {
-                    let (s0, c) = (task * spt, out.len() / (t * d));
-                    let (qc, kc, vc) = (
-                        q.narrow(0, s0, c)?,
-                        k.narrow(0, s0, c)?,
-                        v.narrow(0, s0, c)?,
-                    );
-                    let p =
-                        self.probs::<T>(&qc, &kc, bias_s.map(|bs| &bs[s0 * t..(s0 + c) * t]))?;
-                    let y = p.matmul(&vc)?;
+            plan.tasks
+                .par_iter()
+                .zip(split_tasks(&mut oh, &plan.tasks, d))
+                .map(|(task, out)| -> Result<(Tensor, Tensor, Tensor)> {
+                    let src = &qkv_s[task.row0 * 3 * d..][..task.rows * 3 * d];
+                    let heads = |part: usize, mul: T| {
+                        let add = &bqkv[part * d..][..d];
+                        let v = split_heads(src, 3 * d, part * d, Some(add), mul, task, h, dh);
+                        tensor(v, (task.lens.len(), h, task.tt, dh))
+                    };
+                    let (q, k, v) = (heads(0, sc)?, heads(1, T::one())?, heads(2, T::one())?);
+                    let tb = plan.task_bias(task, bias_s);
+                    let p = self.probs::<T>(&q, &k, tb.as_deref())?;
+                    let y = p.matmul(&v)?;
                     let y_v = view(&y);
-                    merge_heads(y_v.slice::<T>()?, out, c, t, h, dh, 0, d, T::one());
-                    Ok(())
-                },
-            )?;
-        }
+                    merge_heads(y_v.slice::<T>()?, out, task, h, dh, 0, d, T::one());
+                    Ok((q, k, v))
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        drop(qkv);
         let oh = tensor(oh, (r, d))?;
 
         // Output projection, then bias, dropout, residual and norm2 in one pass per row.
@@ -578,7 +719,9 @@ impl FusedLayer {
                         let i = base + j;
                         let av = WithDType::to_f64(a_s[i]) + WithDType::to_f64(bo[j % d]);
                         let av = match mask {
-                            Some(mk) => av * mk.factor(i),
+                            // The mask of the element's place in the full layout, as the
+                            // tensor-op path draws it.
+                            Some(mk) => av * mk.factor(row_of[i / d] * d + i % d),
                             None => av,
                         };
                         *x2j = T::from_f64(WithDType::to_f64(xs[i]) + av);
@@ -629,57 +772,77 @@ impl FusedLayer {
                         let i = base + j;
                         let zv = WithDType::to_f64(z_s[i]) + WithDType::to_f64(b2[j % d]);
                         let zv = match mask {
-                            Some(mk) => zv * mk.factor(i),
+                            Some(mk) => zv * mk.factor(row_of[i / d] * d + i % d),
                             None => zv,
                         };
                         *y = T::from_f64(WithDType::to_f64(*x2) + zv);
                     }
                 });
         }
-        let saved = Saved {
+        let y = plan.scatter(y, xs_full, t, d);
+        let acts = Activations {
             h1,
             stats1,
             stats2,
-            q,
-            k,
-            v,
+            qkv: qkv_saved,
             o: oh,
             x2: tensor(x2, (r, d))?,
             h2,
             f,
             g,
         };
+        self.save(Saved {
+            plan,
+            acts: Some(acts),
+        });
+        Ok(y)
+    }
+
+    /// Keeps what the backward pass needs, when one can follow.
+    fn save(&self, saved: Saved) {
         if self.keep {
             if let Ok(mut s) = self.saved.lock() {
                 *s = Some(saved);
             }
         }
-        Ok(y)
     }
 
-    /// Softmax of `q·kᵀ` plus the key bias, `[c, H, T, T]`.
+    /// Softmax of `q·kᵀ` plus the key bias `[c, tt]`, `[c, H, tt, tt]`.
     fn probs<T: Elem>(&self, q: &Tensor, k: &Tensor, bias: Option<&[T]>) -> Result<Tensor> {
+        let (c, h, tt, _) = q.dims4()?;
         let s = q.matmul(&k.t()?)?;
         let s_v = view(&s);
         let s_s = s_v.slice::<T>()?;
         let mut p = Vec::with_capacity(s_s.len());
         p.resize(s_s.len(), T::zero());
-        let t = self.dims.t;
-        softmax_rows(s_s, &mut p, t, self.dims.h * t, bias);
-        tensor(p, q.dims4().map(|(c, h, t, _)| (c, h, t, t))?)
+        softmax_rows(s_s, &mut p, tt, h * tt, bias);
+        tensor(p, (c, h, tt, tt))
     }
 
     /// The gradients of `x` and of the packed weights `w` for the output's gradient `dy`.
     fn backward_t<T: Elem>(
         &self,
-        s: &Saved,
+        saved: &Saved,
         x: &Tensor,
         w: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let Dims { b, t, d, h, m } = self.dims;
-        let (r, dh) = (self.dims.rows(), self.dims.dh());
+        let dh = self.dims.dh();
         let o = self.dims.offsets();
+        let plan = &saved.plan;
+        let row_of = &plan.row_of;
+        let r = plan.rows();
+        let dy_v = view(dy);
+        let dys_full = dy_v.slice::<T>()?;
+        let Some(s) = &saved.acts else {
+            // The identity: dx = dy, no weight gradient.
+            let zeros = vec![T::zero(); o.total];
+            return Ok((
+                tensor(dys_full.to_vec(), (b, t, d))?,
+                tensor(zeros, o.total)?,
+            ));
+        };
         let rows = rows_per_task(d);
         let w_v = view(w);
         let ws = w_v.slice::<T>()?;
@@ -693,15 +856,17 @@ impl FusedLayer {
         let to_f64 = |t: &Tensor| -> Result<Vec<f64>> {
             t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
         };
-        let dy_v = view(dy);
-        let dys = dy_v.slice::<T>()?;
+        let dys = plan.gather(dys_full, d);
+        let dys: &[T] = &dys;
 
         // y = x2 + drop2(z + b2): dz = drop2(dy), db2 = Σ dz.
         let dz: Vec<T> = match self.drop.map(|m| m.1) {
             Some(mk) => dys
                 .par_iter()
                 .enumerate()
-                .map(|(i, &g)| T::from_f64(WithDType::to_f64(g) * mk.factor(i)))
+                .map(|(i, &g)| {
+                    T::from_f64(WithDType::to_f64(g) * mk.factor(row_of[i / d] * d + i % d))
+                })
                 .collect(),
             None => dys.to_vec(),
         };
@@ -766,10 +931,11 @@ impl FusedLayer {
                             &mut dw,
                             &mut db,
                         );
+                        let full = row_of[row] * d;
                         for j in 0..d {
                             dx2[j] = T::from_f64(acc[j]);
                             da[j] = T::from_f64(match mask {
-                                Some(mk) => acc[j] * mk.factor(at + j),
+                                Some(mk) => acc[j] * mk.factor(full + j),
                                 None => acc[j],
                             });
                         }
@@ -791,9 +957,8 @@ impl FusedLayer {
         let doh = da.matmul(&mat(o.wo, d, d)?)?;
         drop(da);
 
-        // Attention, recomputing the probabilities a few sequences at a time; each task writes
-        // its rows of dqkv [R, 3d].
-        let spt = self.dims.seqs_per_task();
+        // Attention, recomputing the probabilities task by task; each task writes its rows of
+        // dqkv [R', 3d].
         let scale = 1.0 / (dh as f64).sqrt();
         let mut dqkv = vec![T::zero(); r * 3 * d];
         {
@@ -801,53 +966,44 @@ impl FusedLayer {
             let bias_s = bias_v.as_ref().map(|v| v.slice::<T>()).transpose()?;
             let doh_v = view(&doh);
             let doh_s = doh_v.slice::<T>()?;
-            dqkv.par_chunks_mut(spt * t * 3 * d)
-                .enumerate()
-                .try_for_each(|(task, out)| -> Result<()> {
-                    let (s0, c) = (task * spt, out.len() / (t * 3 * d));
-                    let (qc, kc, vc) = (
-                        s.q.narrow(0, s0, c)?,
-                        s.k.narrow(0, s0, c)?,
-                        s.v.narrow(0, s0, c)?,
-                    );
-                    let p =
-                        self.probs::<T>(&qc, &kc, bias_s.map(|bs| &bs[s0 * t..(s0 + c) * t]))?;
-                    // dO in heads: [c, H, T, d_h].
-                    let rows_c = &doh_s[s0 * t * d..(s0 + c) * t * d];
-                    let mut dyh = vec![T::zero(); c * t * d];
-                    for si in 0..c {
-                        for ti in 0..t {
-                            for hi in 0..h {
-                                let src = &rows_c[(si * t + ti) * d + hi * dh..][..dh];
-                                dyh[((si * h + hi) * t + ti) * dh..][..dh].copy_from_slice(src);
-                            }
-                        }
-                    }
-                    let dyh = tensor(dyh, (c, h, t, dh))?;
+            plan.tasks
+                .par_iter()
+                .zip(s.qkv.par_iter())
+                .zip(split_tasks(&mut dqkv, &plan.tasks, 3 * d))
+                .try_for_each(|((task, (qc, kc, vc)), out)| -> Result<()> {
+                    let tb = plan.task_bias(task, bias_s);
+                    let p = self.probs::<T>(qc, kc, tb.as_deref())?;
+                    // dO in heads: [c, H, tt, d_h], zero beyond each sequence's length.
+                    let src = &doh_s[task.row0 * d..][..task.rows * d];
+                    let dyh = split_heads(src, d, 0, None, T::one(), task, h, dh);
+                    let dyh = tensor(dyh, (task.lens.len(), h, task.tt, dh))?;
                     let dv = p.t()?.matmul(&dyh)?;
                     let dp = dyh.matmul(&vc.t()?)?;
                     // dS = P ⊙ (dP − Σ dP⊙P) per row.
                     let ds = {
                         let (p_v, dp_v) = (view(&p), view(&dp));
                         let (ps, dps) = (p_v.slice::<T>()?, dp_v.slice::<T>()?);
+                        let tt = task.tt;
                         let mut ds = vec![T::zero(); ps.len()];
-                        for ((ds, p), dp) in ds.chunks_mut(t).zip(ps.chunks(t)).zip(dps.chunks(t)) {
+                        for ((ds, p), dp) in
+                            ds.chunks_mut(tt).zip(ps.chunks(tt)).zip(dps.chunks(tt))
+                        {
                             let dot = dot_lanes(p, dp);
                             for ((ds, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
                                 *ds = p * (g - dot);
                             }
                         }
-                        tensor(ds, (c, h, t, t))?
+                        tensor(ds, p.shape())?
                     };
-                    let dq = ds.matmul(&kc)?;
-                    let dk = ds.t()?.matmul(&qc)?;
+                    let dq = ds.matmul(kc)?;
+                    let dk = ds.t()?.matmul(qc)?;
                     let sc = T::from_f64(scale);
                     for (part, (src, mul)) in [(&dq, sc), (&dk, T::one()), (&dv, T::one())]
                         .into_iter()
                         .enumerate()
                     {
                         let sv = view(src);
-                        merge_heads(sv.slice::<T>()?, out, c, t, h, dh, part * d, 3 * d, mul);
+                        merge_heads(sv.slice::<T>()?, out, task, h, dh, part * d, 3 * d, mul);
                     }
                     Ok(())
                 })?;
@@ -861,9 +1017,11 @@ impl FusedLayer {
 
         // h1 = norm1(x): dx = dx2 + norm1'ᵀ dh1.
         let mut dx = vec![T::zero(); r * d];
+        let x_v = view(x);
+        let xs = plan.gather(x_v.slice::<T>()?, d);
         let (dln1_w, dln1_b) = {
-            let (dh1_v, x_v) = (view(&dh1), view(x));
-            let (dh1_s, x_s) = (dh1_v.slice::<T>()?, x_v.slice::<T>()?);
+            let dh1_v = view(&dh1);
+            let dh1_s = dh1_v.slice::<T>()?;
             let w1n = &ws[o.ln1_w..][..d];
             let n = rows * d;
             dx.par_chunks_mut(n)
@@ -879,7 +1037,7 @@ impl FusedLayer {
                             .zip(dx2)
                             .for_each(|(a, g)| *a = WithDType::to_f64(*g));
                         norm_row_grad(
-                            &x_s[at..at + d],
+                            &xs[at..at + d],
                             s.stats1[row],
                             w1n,
                             &dh1_s[at..at + d],
@@ -902,37 +1060,78 @@ impl FusedLayer {
         put(&mut grad, o.ln1_w, &dln1_w);
         put(&mut grad, o.ln1_b, &dln1_b);
         let grad: Vec<T> = grad.into_iter().map(T::from_f64).collect();
+        // Padding rows pass their input through: their gradient passes through too.
+        let dx = plan.scatter(dx, dys_full, t, d);
         Ok((tensor(dx, (b, t, d))?, tensor(grad, o.total)?))
     }
 }
 
-/// Writes heads `src [c, H, T, d_h]` (times `mul`) into columns `col0..col0 + d` of the rows
-/// `dst [c·T, width]`.
+/// Reads columns `col0..col0 + d` of a task's compact rows `src [rows, width]`, plus `add`,
+/// times `mul`, into heads `[c, H, tt, d_h]`; positions beyond a sequence's length are 0.
+#[allow(clippy::too_many_arguments)]
+fn split_heads<T: WithDType>(
+    src: &[T],
+    width: usize,
+    col0: usize,
+    add: Option<&[T]>,
+    mul: T,
+    task: &Task,
+    h: usize,
+    dh: usize,
+) -> Vec<T> {
+    let tt = task.tt;
+    let mut out = vec![T::zero(); task.lens.len() * h * tt * dh];
+    let mut row = 0;
+    for (si, &n) in task.lens.iter().enumerate() {
+        for ti in 0..n {
+            let s = &src[(row + ti) * width + col0..][..h * dh];
+            for hi in 0..h {
+                let dst = &mut out[((si * h + hi) * tt + ti) * dh..][..dh];
+                let s = &s[hi * dh..][..dh];
+                match add {
+                    Some(a) => {
+                        let a = &a[hi * dh..][..dh];
+                        for ((o, &v), &a) in dst.iter_mut().zip(s).zip(a) {
+                            *o = (v + a) * mul;
+                        }
+                    }
+                    None => dst.iter_mut().zip(s).for_each(|(o, &v)| *o = v * mul),
+                }
+            }
+        }
+        row += n;
+    }
+    out
+}
+
+/// Writes heads `src [c, H, tt, d_h]` (times `mul`) into columns `col0..col0 + d` of a task's
+/// compact rows `dst [rows, width]`: each sequence's real positions only.
 #[allow(clippy::too_many_arguments)]
 fn merge_heads<T: WithDType>(
     src: &[T],
     dst: &mut [T],
-    c: usize,
-    t: usize,
+    task: &Task,
     h: usize,
     dh: usize,
     col0: usize,
     width: usize,
     mul: T,
 ) {
-    for si in 0..c {
+    let tt = task.tt;
+    let mut row = 0;
+    for (si, &n) in task.lens.iter().enumerate() {
         for hi in 0..h {
-            for ti in 0..t {
-                let s = &src[((si * h + hi) * t + ti) * dh..][..dh];
-                let at = (si * t + ti) * width + col0 + hi * dh;
+            for ti in 0..n {
+                let s = &src[((si * h + hi) * tt + ti) * dh..][..dh];
+                let at = (row + ti) * width + col0 + hi * dh;
                 for (d, &v) in dst[at..at + dh].iter_mut().zip(s) {
                     *d = v * mul;
                 }
             }
         }
+        row += n;
     }
 }
-
 impl CustomOp2 for FusedLayer {
     fn name(&self) -> &'static str {
         "tempest-fused-layer"
@@ -1023,6 +1222,36 @@ mod tests {
         train: bool,
         tol: f64,
     ) -> Result<()> {
+        compare_with(
+            (b, t, d, h),
+            dtype,
+            masked.then_some(Keys::Random),
+            train,
+            tol,
+        )
+    }
+
+    /// Which keys are real in [`compare_with`].
+    enum Keys<'a> {
+        /// Random keys masked; position 0 always real; the last sequence all padding.
+        Random,
+        /// Sequence `i` is real on its first `lens[i]` positions (right padding, as batches
+        /// are built).
+        Prefix(&'a [usize]),
+    }
+
+    /// As [`compare`], with the keys given. Only real positions are compared, and only they
+    /// carry a loss (the fused layer passes padding rows through, the tensor-op layer computes
+    /// them): the fused layer's padding rows must equal its input exactly, with the gradient
+    /// of `x` passed through.
+    fn compare_with(
+        (b, t, d, h): (usize, usize, usize, usize),
+        dtype: DType,
+        keys: Option<Keys<'_>>,
+        train: bool,
+        tol: f64,
+    ) -> Result<()> {
+        let masked = keys.is_some();
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, dtype, &dev);
@@ -1036,19 +1265,32 @@ mod tests {
             var.set(&(r + 0.1)?)?;
         }
         let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, d), &dev)?.to_dtype(dtype)?)?;
-        let w = Tensor::randn(0f32, 1.0, (b, t, d), &dev)?.to_dtype(dtype)?;
-        // Random keys masked; position 0 always real; the last sequence all padding.
-        let mut m = Tensor::rand(0f32, 1.0, (b, t), &dev)?
-            .ge(0.3)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        for (i, row) in m.iter_mut().enumerate() {
-            row[0] = 1.0;
-            if i == b - 1 {
-                row.iter_mut().for_each(|v| *v = 0.0);
+        let m: Vec<Vec<f32>> = match keys {
+            None => vec![vec![1.0; t]; b],
+            Some(Keys::Random) => {
+                let mut m = Tensor::rand(0f32, 1.0, (b, t), &dev)?
+                    .ge(0.3)?
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?;
+                for (i, row) in m.iter_mut().enumerate() {
+                    row[0] = 1.0;
+                    if i == b - 1 {
+                        row.iter_mut().for_each(|v| *v = 0.0);
+                    }
+                }
+                m
             }
-        }
+            Some(Keys::Prefix(lens)) => lens
+                .iter()
+                .map(|&n| (0..t).map(|j| if j < n { 1.0 } else { 0.0 }).collect())
+                .collect(),
+        };
         let mask = Tensor::new(m, &dev)?;
+        // [B, T, 1] in the model's dtype: 1 on real rows.
+        let rows = mask.unsqueeze(2)?.to_dtype(dtype)?;
+        let w = Tensor::randn(0f32, 1.0, (b, t, d), &dev)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&rows)?;
         let bias = if masked {
             Some(key_bias(&mask, dtype)?)
         } else {
@@ -1058,11 +1300,18 @@ mod tests {
         rb.reseed(11);
         let yf = fused.forward(x.as_tensor(), bias.as_ref(), train)?;
         let yp = plain.forward(x.as_tensor(), bias.as_ref(), train)?;
-        let scale = max_abs(&yp)?;
-        let diff = max_abs(&(&yf - &yp)?)? / scale;
+        let scale = max_abs(&yp.broadcast_mul(&rows)?)?;
+        let diff = max_abs(&(&yf - &yp)?.broadcast_mul(&rows)?)? / scale;
         assert!(
             diff < tol,
             "{dtype:?} masked={masked} train={train}: output differs by {diff}"
+        );
+        let padding = rows.affine(-1.0, 1.0)?;
+        let passed = (&yf - x.as_tensor())?.broadcast_mul(&padding)?;
+        assert_eq!(
+            max_abs(&passed)?,
+            0.0,
+            "padding rows are not passed through"
         );
         let gf = (&yf * &w)?.sum_all()?.backward()?;
         let gp = (&yp * &w)?.sum_all()?.backward()?;
@@ -1137,6 +1386,83 @@ mod tests {
             compare((12, 50, 32, 4), DType::F32, masked, train, 2e-5)?;
         }
         Ok(())
+    }
+
+    #[test]
+    fn ragged_sequences_match_tensor_ops_on_their_real_positions() -> Result<()> {
+        // Lengths like a batch of JPEG MCUs: many short blocks, a few long ones, an empty
+        // (padded) block and a full one; f64 (exact) and f32 on the parallel path, with and
+        // without dropout.
+        let lens = [3, 1, 24, 0, 2, 40, 17, 1, 3, 9, 33, 2];
+        for train in [false, true] {
+            compare_with(
+                (12, 40, 8, 2),
+                DType::F64,
+                Some(Keys::Prefix(&lens)),
+                train,
+                1e-10,
+            )?;
+        }
+        let lens: Vec<usize> = (0..48).map(|i| [1, 2, 3, 15, 42, 0, 7][i % 7]).collect();
+        for train in [false, true] {
+            compare_with(
+                (48, 42, 32, 4),
+                DType::F32,
+                Some(Keys::Prefix(&lens)),
+                train,
+                2e-5,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn only_padding_is_the_identity() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let rng = DropoutRng::new();
+        let layer = TransformerLayer::new(
+            &spec(8, 2, true, &rng),
+            VarBuilder::from_varmap(&varmap, DType::F64, &dev),
+        )?;
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (3, 5, 8), &dev)?)?;
+        let bias = key_bias(&Tensor::zeros((3, 5), DType::F64, &dev)?, DType::F64)?;
+        let y = layer.forward(x.as_tensor(), Some(&bias), true)?;
+        assert_eq!(max_abs(&(&y - x.as_tensor())?)?, 0.0);
+        let w = Tensor::randn(0f64, 1.0, (3, 5, 8), &dev)?;
+        let grads = (&y * &w)?.sum_all()?.backward()?;
+        let dx = grads.get(x.as_tensor()).expect("gradient of x");
+        assert_eq!(max_abs(&(dx - &w)?)?, 0.0);
+        for var in varmap.all_vars() {
+            let g = grads.get(var.as_tensor()).expect("gradient of a weight");
+            assert_eq!(max_abs(g)?, 0.0);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn plan_compacts_real_rows_longest_sequence_first() {
+        let m = MASK_BIAS;
+        // 3 sequences of 4: lengths 2 (with a hole), 0, 4.
+        let bias = [0.0, m, 0.0, m, m, m, m, m, 0.0, 0.0, 0.0, 0.0];
+        let plan = Plan::new(Some(&bias[..]), 3, 4, 2);
+        assert_eq!(plan.row_of, vec![8, 9, 10, 11, 0, 2]);
+        assert!(!plan.identity);
+        assert_eq!(plan.seq_rows, vec![(4, 2), (0, 0), (0, 4)]);
+        let lens: Vec<Vec<usize>> = plan.tasks.iter().map(|t| t.lens.clone()).collect();
+        assert_eq!(lens.concat(), vec![4, 2]);
+        assert!(plan.tasks.iter().all(|t| t.masked));
+        let x: Vec<f64> = (0..12).map(f64::from).collect();
+        let g = plan.gather(&x, 1);
+        assert_eq!(&*g, &[8.0, 9.0, 10.0, 11.0, 0.0, 2.0]);
+        let y = plan.scatter(g.iter().map(|v| -v).collect(), &x, 4, 1);
+        let want = [
+            -0.0, 1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0, -8.0, -9.0, -10.0, -11.0,
+        ];
+        assert_eq!(y, want);
+        let none = Plan::new::<f64>(None, 3, 4, 2);
+        assert!(none.identity);
+        assert!(none.tasks.iter().all(|t| !t.masked && t.tt == 4));
     }
 
     #[test]

@@ -34,6 +34,7 @@
 // kernel launches); everywhere else, and in every build without the feature, it is forbidden.
 #![cfg_attr(not(feature = "cuda"), forbid(unsafe_code))]
 
+mod block_ops;
 mod checkpoint;
 mod classifier;
 mod config;

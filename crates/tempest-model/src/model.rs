@@ -110,6 +110,8 @@ impl Mixer {
             Mix::Linear(w) if self.own_kernels && crate::cuda::available(h.device()) => {
                 crate::cuda::hook_masked_mix(h, mask, &w.narrow(1, 0, l)?.contiguous()?)?
             }
+            // One node on the CPU (crate::block_ops).
+            Mix::Linear(w) if self.own_kernels => crate::block_ops::masked_mix(h, mask, w)?,
             _ => None,
         };
         let pooled = match (&self.mix, fused) {
@@ -369,7 +371,18 @@ impl Tempest {
         let bn = b * n;
         let fused = if self.config.own_kernels(ids.device()) {
             let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
-            crate::cuda::hook_embed_bytes(&ids, &m, self.bytes.weight(), &self.byte_positions)?
+            match crate::cuda::hook_embed_bytes(
+                &ids,
+                &m,
+                self.bytes.weight(),
+                &self.byte_positions,
+            )? {
+                Some(x) => Some(x),
+                // One node on the CPU (crate::block_ops).
+                None => {
+                    crate::block_ops::embed_bytes(&ids, self.bytes.weight(), &self.byte_positions)?
+                }
+            }
         } else {
             None
         };

@@ -325,7 +325,9 @@ impl TransformerLayer {
         })
     }
 
-    /// `[B, T, d] -> [B, T, d]`; `bias: [B, 1, 1, T]`.
+    /// `[B, T, d] -> [B, T, d]`; `bias: [B, 1, 1, T]`. The fused layer (CPU, f32/f64) skips
+    /// masked positions and returns their input unchanged there; the tensor-op layer computes
+    /// them. Real positions agree.
     pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let p = if train { self.dropout } else { 0.0 };
         if self.fused_layer {
