@@ -82,8 +82,7 @@ const FRAME_SIZES: [u16; 32] = [
     // SILK-only: NB, MB, WB, each 10, 20, 40, 60 ms.
     480, 960, 1920, 2880, 480, 960, 1920, 2880, 480, 960, 1920, 2880,
     // Hybrid: SWB, FB, each 10, 20 ms.
-    480, 960, 480, 960,
-    // CELT-only: NB, WB, SWB, FB, each 2.5, 5, 10, 20 ms.
+    480, 960, 480, 960, // CELT-only: NB, WB, SWB, FB, each 2.5, 5, 10, 20 ms.
     120, 240, 480, 960, 120, 240, 480, 960, 120, 240, 480, 960, 120, 240, 480, 960,
 ];
 
@@ -213,6 +212,26 @@ pub fn parse_packet(
         }
     }
     parse_packet_general(data, check_lengths)
+}
+
+impl Frames {
+    /// `count` frames of equal size, no padding (codes 0 and 1).
+    #[inline(always)]
+    const fn one(count: u8) -> Frames {
+        Frames {
+            count,
+            vbr: false,
+            padding: 0,
+        }
+    }
+}
+
+/// The frame layout of a valid packet by [`parse_packet_general`], `None` for an invalid one.
+#[inline(never)]
+fn frames_general(data: &[u8], check_lengths: bool) -> Option<Frames> {
+    parse_packet_general(data, check_lengths)
+        .ok()
+        .map(|(_, frames)| frames)
 }
 
 /// [`parse_packet`] for every packet.
@@ -1127,7 +1146,18 @@ impl<'a> State<'a> {
         }
         let state = self.page.as_mut()?;
         let (piece, seg, body_pos) = state.pieces.peek_complete()?;
-        let (toc, frames) = parse_packet(piece.data, self.link.single_stream).ok()?;
+        // parse_packet's common cases, written out so that the frame layout stays in registers
+        // (through parse_packet's result in memory, written field by field and read whole,
+        // it stalled store forwarding); the rest through the general parser.
+        let (&byte, rest) = piece.data.split_first()?;
+        let toc = Toc::new(byte);
+        let single = self.link.single_stream;
+        let len = rest.len();
+        let frames = match toc.code() {
+            0 if !single || len <= MAX_FRAME_BYTES => Frames::one(1),
+            1 if !single || (len % 2 == 0 && len / 2 <= MAX_FRAME_BYTES) => Frames::one(2),
+            _ => frames_general(piece.data, single)?,
+        };
         state.pieces.skip_to(seg, body_pos);
         self.fast_left -= 1;
         let duration = u32::from(frames.count) * toc.frame_size();
