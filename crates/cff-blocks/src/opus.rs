@@ -624,7 +624,7 @@ pub enum PacketKind {
 }
 
 /// Facts about one packet of an Ogg Opus stream: the [`Detail::Opus`] payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PacketInfo {
     /// Header or audio.
@@ -759,6 +759,9 @@ struct State<'a> {
     /// While the hot path runs: the link's base less its pre-skip, which turns a
     /// granule-domain position into an output sample position.
     out_base: i64,
+    /// While the hot path runs: what its blocks' [`PacketInfo`] share (the page's facts), for
+    /// it to fill in the packet's own.
+    fast_info: PacketInfo,
 }
 
 /// The most samples the packets completed on one page can hold: at most 255 of them (one per
@@ -831,6 +834,19 @@ impl<'a> OpusReader<'a> {
             fast_left: 0,
             fast_granted: 0,
             out_base: 0,
+            fast_info: PacketInfo {
+                packet: PacketKind::Audio,
+                toc: None,
+                frames: None,
+                duration: 0,
+                trimmed: 0,
+                serial: 0,
+                link: 0,
+                page_sequence: 0,
+                granule_position: 0,
+                spans_pages: false,
+                after_gap: false,
+            },
         };
         state.load_page(first)?;
         Ok(OpusReader {
@@ -1109,6 +1125,20 @@ impl<'a> State<'a> {
             return;
         }
         self.out_base = link.base - link.pre_skip;
+        let page = &state.page;
+        self.fast_info = PacketInfo {
+            packet: PacketKind::Audio,
+            toc: None,
+            frames: None,
+            duration: 0,
+            trimmed: 0,
+            serial: page.serial(),
+            link: link.index,
+            page_sequence: page.sequence(),
+            granule_position: page.granule_position(),
+            spans_pages: false,
+            after_gap: false,
+        };
         self.fast_left = self.options.limits.max_blocks.saturating_sub(self.index);
         self.fast_granted = self.fast_left;
     }
@@ -1179,17 +1209,10 @@ impl<'a> State<'a> {
                 rate: SAMPLE_RATE,
             },
             detail: Detail::Opus(PacketInfo {
-                packet: PacketKind::Audio,
                 toc: Some(toc),
                 frames: Some(frames),
                 duration,
-                trimmed: 0,
-                serial: page.serial(),
-                link: self.link.index,
-                page_sequence: page.sequence(),
-                granule_position: page.granule_position(),
-                spans_pages: false,
-                after_gap: false,
+                ..self.fast_info
             }),
         })
     }
