@@ -1332,7 +1332,7 @@ impl<'a> State<'a> {
 impl<'a> OpusReader<'a> {
     /// Everything but the hot path: pages, headers, packets that span pages, the end, errors.
     #[inline(never)]
-    fn next_general(&mut self) -> Option<Result<Block<'a>>> {
+    pub(crate) fn next_general(&mut self) -> Option<Result<Block<'a>>> {
         let state = &mut *self.state;
         if state.done {
             return None;
@@ -1351,6 +1351,15 @@ impl<'a> OpusReader<'a> {
         };
         state.refresh_fast();
         item
+    }
+}
+
+impl<'a> OpusReader<'a> {
+    /// The hot path alone: the next block if it is an audio packet inside the current page
+    /// that the hot path may yield.
+    #[inline(always)]
+    pub(crate) fn next_in_page(&mut self) -> Option<Block<'a>> {
+        self.state.next_in_page()
     }
 }
 
