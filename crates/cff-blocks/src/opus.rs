@@ -749,13 +749,13 @@ struct State<'a> {
     output_end: i64,
     index: u64,
     done: bool,
-    /// Blocks the hot path ([`State::next_in_page`]) may still yield before it hands back to
-    /// the general path; 0 when it may not run. Set by [`State::refresh_fast`] after each call
-    /// of the general path, and only for a page on which the hot path's simplifications hold.
-    fast_left: u64,
-    /// `fast_left` as [`State::refresh_fast`] set it: the difference is the number of blocks
-    /// the hot path yielded, whose bookkeeping [`State::sync_fast`] does.
-    fast_granted: u64,
+    /// The hot path ([`State::next_in_page`]) runs while `index` is below this; 0 when it
+    /// may not run. Set by [`State::refresh_fast`] after each call of the general path, and
+    /// only for a page on which the hot path's simplifications hold.
+    fast_end: u64,
+    /// `index` when [`State::refresh_fast`] let the hot path run: the blocks since are the hot
+    /// path's, whose bookkeeping [`State::sync_fast`] does.
+    fast_start: u64,
     /// While the hot path runs: the link's base less its pre-skip, which turns a
     /// granule-domain position into an output sample position.
     out_base: i64,
@@ -831,8 +831,8 @@ impl<'a> OpusReader<'a> {
             output_end: 0,
             index: 0,
             done: false,
-            fast_left: 0,
-            fast_granted: 0,
+            fast_end: 0,
+            fast_start: 0,
             out_base: 0,
             fast_info: PacketInfo {
                 packet: PacketKind::Audio,
@@ -1097,8 +1097,8 @@ impl<'a> State<'a> {
     /// [`State::audio_block`]'s saturating arithmetic would. Called after every call of the
     /// general path.
     fn refresh_fast(&mut self) {
-        self.fast_left = 0;
-        self.fast_granted = 0;
+        self.fast_end = 0;
+        self.fast_start = self.index;
         let link = &self.link;
         if self.done
             || self.pending.is_some()
@@ -1139,16 +1139,15 @@ impl<'a> State<'a> {
             spans_pages: false,
             after_gap: false,
         };
-        self.fast_left = self.options.limits.max_blocks.saturating_sub(self.index);
-        self.fast_granted = self.fast_left;
+        self.fast_end = self.options.limits.max_blocks;
     }
 
     /// The bookkeeping of the blocks the hot path yielded since [`State::refresh_fast`], done
     /// once before the general path runs: what [`State::audio_block`] does per packet.
     fn sync_fast(&mut self) {
-        let yielded = self.fast_granted - self.fast_left;
-        self.fast_left = 0;
-        self.fast_granted = 0;
+        let yielded = self.index - self.fast_start;
+        self.fast_end = 0;
+        self.fast_start = self.index;
         if yielded == 0 {
             return;
         }
@@ -1171,7 +1170,7 @@ impl<'a> State<'a> {
     /// general path.
     #[inline(always)]
     fn next_in_page(&mut self) -> Option<Block<'a>> {
-        if self.fast_left == 0 {
+        if self.index >= self.fast_end {
             return None;
         }
         let state = self.page.as_mut()?;
@@ -1189,7 +1188,6 @@ impl<'a> State<'a> {
             _ => frames_general(piece.data, single)?,
         };
         state.pieces.skip_to(seg, body_pos);
-        self.fast_left -= 1;
         let duration = u32::from(frames.count) * toc.frame_size();
         let start = state.pos;
         state.pos = start + i64::from(duration);
