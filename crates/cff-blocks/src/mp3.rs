@@ -1205,7 +1205,7 @@ impl<'a> Mp3Reader<'a> {
     /// lookup. `None` (no successor, a limit reached) sends the caller down the general path,
     /// which looks at `pos` again from scratch and gives the same answer it always did.
     #[inline(always)]
-    fn next_confirmed(&mut self) -> Option<Block<'a>> {
+    pub(crate) fn next_confirmed(&mut self) -> Option<Block<'a>> {
         let (word, len) = self.ahead;
         if len == 0 {
             return None;
@@ -1258,7 +1258,7 @@ impl<'a> Mp3Reader<'a> {
     /// Everything but the hot path: the first frame, tags and garbage between frames, the end
     /// of the stream, errors.
     #[inline(never)]
-    fn next_general(&mut self) -> Option<Result<Block<'a>>> {
+    pub(crate) fn next_general(&mut self) -> Option<Result<Block<'a>>> {
         self.ahead = (0, 0);
         if self.done {
             return None;

@@ -71,98 +71,100 @@ impl Bandwidth {
 }
 
 /// The table-of-contents byte that starts every Opus packet (RFC 6716 §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Toc {
-    /// The byte itself.
-    pub byte: u8,
-    /// Configuration number, 0–31 (the top five bits).
-    pub config: u8,
-    /// Coding mode.
-    pub mode: Mode,
-    /// Audio bandwidth.
-    pub bandwidth: Bandwidth,
-    /// Samples per frame at 48 kHz (120 = 2.5 ms … 2880 = 60 ms).
-    pub frame_size: u32,
-    /// The stereo flag `s`.
-    pub stereo: bool,
-    /// Frame-count code `c`, 0–3 (RFC 6716 §3.2): one frame, two equal frames, two frames of
-    /// different sizes, or an arbitrary number of frames.
-    pub code: u8,
-}
+///
+/// Kept as the byte itself (one byte in a block's [`PacketInfo`]); the methods decode its
+/// fields (RFC 6716 §3.1, Table 2). Every byte value is a valid TOC.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Toc(u8);
 
-/// Every TOC byte decoded, built at compile time: the readers' hot path looks a packet's TOC
-/// up instead of decoding it.
-static TOCS: [Toc; 256] = {
-    let mut t = [Toc::decode(0); 256];
-    let mut b = 1;
-    while b < 256 {
-        t[b] = Toc::decode(b as u8);
-        b += 1;
-    }
-    t
-};
+/// Samples per frame at 48 kHz by configuration number (RFC 6716 Table 2).
+const FRAME_SIZES: [u16; 32] = [
+    // SILK-only: NB, MB, WB, each 10, 20, 40, 60 ms.
+    480, 960, 1920, 2880, 480, 960, 1920, 2880, 480, 960, 1920, 2880,
+    // Hybrid: SWB, FB, each 10, 20 ms.
+    480, 960, 480, 960, // CELT-only: NB, WB, SWB, FB, each 2.5, 5, 10, 20 ms.
+    120, 240, 480, 960, 120, 240, 480, 960, 120, 240, 480, 960, 120, 240, 480, 960,
+];
 
 impl Toc {
-    /// Decodes a TOC byte. Every byte value is a valid TOC.
+    /// The TOC byte `byte`.
     #[inline]
-    pub fn new(byte: u8) -> Toc {
-        TOCS[byte as usize]
+    pub const fn new(byte: u8) -> Toc {
+        Toc(byte)
     }
 
-    /// RFC 6716 §3.1: the configuration number picks mode, bandwidth and frame size (Table 2),
-    /// then the stereo flag and the frame-count code.
-    const fn decode(byte: u8) -> Toc {
-        let config = byte >> 3;
-        // RFC 6716 Table 2: the configuration picks mode, bandwidth and frame size.
-        let (mode, bandwidth, frame_size) = match config {
-            0..=11 => {
-                let bandwidth = match config / 4 {
-                    0 => Bandwidth::Narrowband,
-                    1 => Bandwidth::Mediumband,
-                    _ => Bandwidth::Wideband,
-                };
-                let frame_size = match config % 4 {
-                    0 => 480,
-                    1 => 960,
-                    2 => 1920,
-                    _ => 2880,
-                };
-                (Mode::Silk, bandwidth, frame_size)
-            }
-            12..=15 => {
-                let bandwidth = if config < 14 {
-                    Bandwidth::SuperWideband
-                } else {
-                    Bandwidth::Fullband
-                };
-                let frame_size = if config % 2 == 0 { 480 } else { 960 };
-                (Mode::Hybrid, bandwidth, frame_size)
-            }
-            _ => {
-                let bandwidth = match (config - 16) / 4 {
-                    0 => Bandwidth::Narrowband,
-                    1 => Bandwidth::Wideband,
-                    2 => Bandwidth::SuperWideband,
-                    _ => Bandwidth::Fullband,
-                };
-                let frame_size = match config % 4 {
-                    0 => 120,
-                    1 => 240,
-                    2 => 480,
-                    _ => 960,
-                };
-                (Mode::Celt, bandwidth, frame_size)
-            }
-        };
-        Toc {
-            byte,
-            config,
-            mode,
-            bandwidth,
-            frame_size,
-            stereo: byte & 0x04 != 0,
-            code: byte & 0x03,
+    /// The byte itself.
+    #[inline]
+    pub const fn byte(self) -> u8 {
+        self.0
+    }
+
+    /// Configuration number, 0–31 (the top five bits).
+    #[inline]
+    pub const fn config(self) -> u8 {
+        self.0 >> 3
+    }
+
+    /// Coding mode (RFC 6716 Table 2: configurations 0–11 SILK, 12–15 hybrid, 16–31 CELT).
+    pub const fn mode(self) -> Mode {
+        match self.config() {
+            0..=11 => Mode::Silk,
+            12..=15 => Mode::Hybrid,
+            _ => Mode::Celt,
         }
+    }
+
+    /// Audio bandwidth (RFC 6716 Table 2).
+    pub const fn bandwidth(self) -> Bandwidth {
+        let config = self.config();
+        match config {
+            0..=11 => match config / 4 {
+                0 => Bandwidth::Narrowband,
+                1 => Bandwidth::Mediumband,
+                _ => Bandwidth::Wideband,
+            },
+            12 | 13 => Bandwidth::SuperWideband,
+            14 | 15 => Bandwidth::Fullband,
+            _ => match (config - 16) / 4 {
+                0 => Bandwidth::Narrowband,
+                1 => Bandwidth::Wideband,
+                2 => Bandwidth::SuperWideband,
+                _ => Bandwidth::Fullband,
+            },
+        }
+    }
+
+    /// Samples per frame at 48 kHz (120 = 2.5 ms … 2880 = 60 ms).
+    #[inline]
+    pub const fn frame_size(self) -> u32 {
+        FRAME_SIZES[self.config() as usize] as u32
+    }
+
+    /// The stereo flag `s`.
+    #[inline]
+    pub const fn stereo(self) -> bool {
+        self.0 & 0x04 != 0
+    }
+
+    /// Frame-count code `c`, 0–3 (RFC 6716 §3.2): one frame, two equal frames, two frames of
+    /// different sizes, or an arbitrary number of frames.
+    #[inline]
+    pub const fn code(self) -> u8 {
+        self.0 & 0x03
+    }
+}
+
+impl std::fmt::Debug for Toc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Toc")
+            .field("byte", &self.byte())
+            .field("config", &self.config())
+            .field("mode", &self.mode())
+            .field("bandwidth", &self.bandwidth())
+            .field("frame_size", &self.frame_size())
+            .field("stereo", &self.stereo())
+            .field("code", &self.code())
+            .finish()
     }
 }
 
@@ -195,7 +197,7 @@ pub fn parse_packet(
     if let Some((&byte, rest)) = data.split_first() {
         let toc = Toc::new(byte);
         let len = rest.len();
-        let count = match toc.code {
+        let count = match toc.code() {
             0 if !check_lengths || len <= MAX_FRAME_BYTES => 1,
             1 if !check_lengths || (len % 2 == 0 && len / 2 <= MAX_FRAME_BYTES) => 2,
             _ => 0,
@@ -212,6 +214,26 @@ pub fn parse_packet(
     parse_packet_general(data, check_lengths)
 }
 
+impl Frames {
+    /// `count` frames of equal size, no padding (codes 0 and 1).
+    #[inline(always)]
+    const fn one(count: u8) -> Frames {
+        Frames {
+            count,
+            vbr: false,
+            padding: 0,
+        }
+    }
+}
+
+/// The frame layout of a valid packet by [`parse_packet_general`], `None` for an invalid one.
+#[inline(never)]
+fn frames_general(data: &[u8], check_lengths: bool) -> Option<Frames> {
+    parse_packet_general(data, check_lengths)
+        .ok()
+        .map(|(_, frames)| frames)
+}
+
 /// [`parse_packet`] for every packet.
 #[inline(never)]
 fn parse_packet_general(
@@ -223,7 +245,7 @@ fn parse_packet_general(
         .ok_or("an Opus packet of at least one byte (RFC 6716 §3.4 R1)")?;
     let toc = Toc::new(toc_byte);
     const TOO_BIG: &str = "frames of at most 1275 bytes (RFC 6716 §3.4 R2)";
-    let frames = match toc.code {
+    let frames = match toc.code() {
         0 => {
             if check_lengths && rest.len() > MAX_FRAME_BYTES {
                 return Err(TOO_BIG);
@@ -277,7 +299,7 @@ fn parse_packet_general(
             if count == 0 {
                 return Err("a code 3 packet with at least one frame (RFC 6716 §3.4 R5)");
             }
-            if u32::from(count) * toc.frame_size > MAX_PACKET_SAMPLES {
+            if u32::from(count) * toc.frame_size() > MAX_PACKET_SAMPLES {
                 return Err("a code 3 packet of at most 120 ms (RFC 6716 §3.4 R5)");
             }
             const PADDING: &str = "code 3 padding that fits in the packet (RFC 6716 §3.4 R6, R7)";
@@ -345,12 +367,12 @@ fn frame_length(data: &[u8]) -> Option<(usize, usize)> {
 /// it has none (empty, code 3 without its count byte or with zero frames, over 120 ms).
 fn packet_samples(b0: Option<u8>, b1: Option<u8>) -> Option<u32> {
     let toc = Toc::new(b0?);
-    let frames = match toc.code {
+    let frames = match toc.code() {
         0 => 1,
         1 | 2 => 2,
         _ => u32::from(b1? & 0x3F),
     };
-    let samples = frames * toc.frame_size;
+    let samples = frames * toc.frame_size();
     (frames > 0 && samples <= MAX_PACKET_SAMPLES).then_some(samples)
 }
 
@@ -602,7 +624,7 @@ pub enum PacketKind {
 }
 
 /// Facts about one packet of an Ogg Opus stream: the [`Detail::Opus`] payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PacketInfo {
     /// Header or audio.
@@ -727,7 +749,27 @@ struct State<'a> {
     output_end: i64,
     index: u64,
     done: bool,
+    /// The hot path ([`State::next_in_page`]) runs while `index` is below this; 0 when it
+    /// may not run. Set by [`State::refresh_fast`] after each call of the general path, and
+    /// only for a page on which the hot path's simplifications hold.
+    fast_end: u64,
+    /// `index` when [`State::refresh_fast`] let the hot path run: the blocks since are the hot
+    /// path's, whose bookkeeping [`State::sync_fast`] does.
+    fast_start: u64,
+    /// While the hot path runs: the link's base less its pre-skip, which turns a
+    /// granule-domain position into an output sample position.
+    out_base: i64,
+    /// While the hot path runs: what its blocks' [`PacketInfo`] share (the page's facts), for
+    /// it to fill in the packet's own.
+    fast_info: PacketInfo,
 }
+
+/// The most samples the packets completed on one page can hold: at most 255 of them (one per
+/// lacing value), each of at most 120 ms (RFC 6716 §3.4 R5).
+const PAGE_MAX_SAMPLES: i64 = 255 * MAX_PACKET_SAMPLES as i64;
+
+/// The most bytes of a packet's piece on one page: 255 lacing values of 255 (RFC 3533 §6).
+const PAGE_MAX_BODY: u64 = 255 * 255;
 
 impl<'a> OpusReader<'a> {
     /// Opens a reader over a whole file held in memory: finds the Opus stream and parses its
@@ -789,6 +831,22 @@ impl<'a> OpusReader<'a> {
             output_end: 0,
             index: 0,
             done: false,
+            fast_end: 0,
+            fast_start: 0,
+            out_base: 0,
+            fast_info: PacketInfo {
+                packet: PacketKind::Audio,
+                toc: None,
+                frames: None,
+                duration: 0,
+                trimmed: 0,
+                serial: 0,
+                link: 0,
+                page_sequence: 0,
+                granule_position: 0,
+                spans_pages: false,
+                after_gap: false,
+            },
         };
         state.load_page(first)?;
         Ok(OpusReader {
@@ -1032,43 +1090,129 @@ impl<'a> State<'a> {
         Ok(block)
     }
 
-    /// The hot path, taken for every audio packet that lies whole inside the page being read:
-    /// no assembly, no header, no limit reached, a valid packet. It peeks at the next piece of
-    /// the page and builds the block the way [`State::complete_packet`] would; `None` (anything
-    /// else) leaves the reader as it was, for the general path.
-    #[inline(always)]
-    fn next_in_page(&mut self) -> Option<Block<'a>> {
+    /// Lets the hot path run on the current page when its simplifications hold there: no
+    /// packet is being assembled, the headers are behind, no gap is to be reported, no packet
+    /// inside a page can reach the block-size limit, no end trimming applies, and no position
+    /// of a packet completed on this page can overflow, so that plain arithmetic gives what
+    /// [`State::audio_block`]'s saturating arithmetic would. Called after every call of the
+    /// general path.
+    fn refresh_fast(&mut self) {
+        self.fast_end = 0;
+        self.fast_start = self.index;
+        let link = &self.link;
         if self.done
             || self.pending.is_some()
-            || self.link.packets < 2
-            || self.index >= self.options.limits.max_blocks
+            || link.packets < 2
+            || link.gap
+            || self.options.limits.max_block_bytes < PAGE_MAX_BODY
         {
-            return None;
+            return;
         }
-        let state = self.page.as_mut()?;
-        let (piece, seg, body_pos) = state.pieces.peek_complete()?;
-        if piece.data.len() as u64 > self.options.limits.max_block_bytes {
-            return None;
+        let Some(state) = &self.page else { return };
+        if state.end_limit.is_some() {
+            return;
         }
-        let (toc, frames) = parse_packet(piece.data, self.link.single_stream).ok()?;
-        state.pieces.skip_to(seg, body_pos);
+        // Every packet completed on this page starts and ends in [pos, pos + PAGE_MAX_SAMPLES].
+        // audio_block's plain path needs the end, base + start, base + start - pre_skip and
+        // that plus the duration to fit: check them at the extremes of that range.
+        let pos = state.pos;
+        let fits = pos.checked_add(PAGE_MAX_SAMPLES).is_some()
+            && link.base.checked_add(pos).is_some_and(|from_base| {
+                from_base.checked_sub(link.pre_skip).is_some()
+                    && from_base.checked_add(PAGE_MAX_SAMPLES).is_some()
+            });
+        if !fits {
+            return;
+        }
+        self.out_base = link.base - link.pre_skip;
         let page = &state.page;
-        let offset = page.body_offset() + piece.start as u64;
-        let info = PacketInfo {
+        self.fast_info = PacketInfo {
             packet: PacketKind::Audio,
             toc: None,
             frames: None,
             duration: 0,
             trimmed: 0,
             serial: page.serial(),
-            link: self.link.index,
+            link: link.index,
             page_sequence: page.sequence(),
             granule_position: page.granule_position(),
             spans_pages: false,
-            after_gap: std::mem::take(&mut self.link.gap),
+            after_gap: false,
         };
-        self.link.packets += 1;
-        Some(self.audio_block(offset, Cow::Borrowed(piece.data), info, toc, frames))
+        self.fast_end = self.options.limits.max_blocks;
+    }
+
+    /// The bookkeeping of the blocks the hot path yielded since [`State::refresh_fast`], done
+    /// once before the general path runs: what [`State::audio_block`] does per packet.
+    fn sync_fast(&mut self) {
+        let yielded = self.index - self.fast_start;
+        self.fast_end = 0;
+        self.fast_start = self.index;
+        if yielded == 0 {
+            return;
+        }
+        self.link.packets += yielded;
+        if let Some(state) = &self.page {
+            self.link.next_pos = Some(state.pos);
+            let granule = state.page.granule_position();
+            if granule != -1 {
+                self.link.resync = Some(granule);
+            }
+            self.output_end = self.out_base + state.pos;
+        }
+    }
+
+    /// The hot path, taken for every audio packet that lies whole inside the page being read
+    /// while [`State::refresh_fast`] allows it: a valid packet on a page where no limit, gap or
+    /// end trimming applies. It peeks at the next piece of the page and builds the block that
+    /// [`State::complete_packet`] would, leaving the per-page bookkeeping to
+    /// [`State::sync_fast`]; `None` (anything else) leaves the reader as it was, for the
+    /// general path.
+    #[inline(always)]
+    fn next_in_page(&mut self) -> Option<Block<'a>> {
+        if self.index >= self.fast_end {
+            return None;
+        }
+        let state = self.page.as_mut()?;
+        let (piece, seg, body_pos) = state.pieces.peek_complete()?;
+        // parse_packet's common cases, written out so that the frame layout stays in registers
+        // (through parse_packet's result in memory, written field by field and read whole,
+        // it stalled store forwarding); the rest through the general parser.
+        let (&byte, rest) = piece.data.split_first()?;
+        let toc = Toc::new(byte);
+        let single = self.link.single_stream;
+        let len = rest.len();
+        let frames = match toc.code() {
+            0 if !single || len <= MAX_FRAME_BYTES => Frames::one(1),
+            1 if !single || (len % 2 == 0 && len / 2 <= MAX_FRAME_BYTES) => Frames::one(2),
+            _ => frames_general(piece.data, single)?,
+        };
+        state.pieces.skip_to(seg, body_pos);
+        let duration = u32::from(frames.count) * toc.frame_size();
+        let start = state.pos;
+        state.pos = start + i64::from(duration);
+        let page = &state.page;
+        let index = self.index;
+        self.index += 1;
+        Some(Block {
+            index,
+            offset: page.body_offset() + piece.start as u64,
+            bit: 0,
+            data: Cow::Borrowed(piece.data),
+            bits: None,
+            kind: BlockKind::Audio,
+            place: Place::Time {
+                start: self.out_base + start,
+                duration,
+                rate: SAMPLE_RATE,
+            },
+            detail: Detail::Opus(PacketInfo {
+                toc: Some(toc),
+                frames: Some(frames),
+                duration,
+                ..self.fast_info
+            }),
+        })
     }
 
     /// The block of a valid audio packet, placed in time (RFC 7845 §4): it starts where the
@@ -1083,7 +1227,7 @@ impl<'a> State<'a> {
         toc: Toc,
         frames: Frames,
     ) -> Block<'a> {
-        let duration = u32::from(frames.count) * toc.frame_size;
+        let duration = u32::from(frames.count) * toc.frame_size();
         let samples = i64::from(duration);
         let state = self.page.as_mut();
         let (start, end_limit) = state.as_ref().map_or((0, None), |s| (s.pos, s.end_limit));
@@ -1186,12 +1330,13 @@ impl<'a> State<'a> {
 impl<'a> OpusReader<'a> {
     /// Everything but the hot path: pages, headers, packets that span pages, the end, errors.
     #[inline(never)]
-    fn next_general(&mut self) -> Option<Result<Block<'a>>> {
+    pub(crate) fn next_general(&mut self) -> Option<Result<Block<'a>>> {
         let state = &mut *self.state;
         if state.done {
             return None;
         }
-        match state.next_block() {
+        state.sync_fast();
+        let item = match state.next_block() {
             Ok(Some(block)) => Some(Ok(block)),
             Ok(None) => {
                 state.done = true;
@@ -1201,7 +1346,18 @@ impl<'a> OpusReader<'a> {
                 state.done = true;
                 Some(Err(e))
             }
-        }
+        };
+        state.refresh_fast();
+        item
+    }
+}
+
+impl<'a> OpusReader<'a> {
+    /// The hot path alone: the next block if it is an audio packet inside the current page
+    /// that the hot path may yield.
+    #[inline(always)]
+    pub(crate) fn next_in_page(&mut self) -> Option<Block<'a>> {
+        self.state.next_in_page()
     }
 }
 
@@ -1380,12 +1536,12 @@ mod tests {
         ];
         for (config, mode, bandwidth, frame_size) in cases {
             let toc = Toc::new(config << 3 | 0x04 | 2);
-            assert_eq!(toc.config, config);
-            assert_eq!(toc.mode, mode, "config {config}");
-            assert_eq!(toc.bandwidth, bandwidth, "config {config}");
-            assert_eq!(toc.frame_size, frame_size, "config {config}");
-            assert!(toc.stereo);
-            assert_eq!(toc.code, 2);
+            assert_eq!(toc.config(), config);
+            assert_eq!(toc.mode(), mode, "config {config}");
+            assert_eq!(toc.bandwidth(), bandwidth, "config {config}");
+            assert_eq!(toc.frame_size(), frame_size, "config {config}");
+            assert!(toc.stereo());
+            assert_eq!(toc.code(), 2);
         }
         assert_eq!(Bandwidth::Fullband.hz(), 20_000);
     }
@@ -1395,7 +1551,7 @@ mod tests {
         let t = TOC_20MS;
         // Code 0: one frame.
         let (toc, f) = parse_packet(&[t, 1, 2, 3], true).unwrap();
-        assert_eq!((toc.code, f.count), (0, 1));
+        assert_eq!((toc.code(), f.count), (0, 1));
         // A TOC alone is a valid packet: one zero-length frame (PLC, RFC 7845 §4.1).
         assert_eq!(parse_packet(&[t], true).unwrap().1.count, 1);
         // Code 1: two frames of equal size, so an even payload (RFC 6716 §3.4 R3).
@@ -1510,7 +1666,7 @@ mod tests {
         assert_eq!(info(&audio[3]).trimmed, 460);
         assert!(audio.iter().all(|b| !info(b).after_gap));
         let toc = info(&audio[0]).toc.unwrap();
-        assert_eq!((toc.mode, toc.frame_size), (Mode::Celt, 960));
+        assert_eq!((toc.mode(), toc.frame_size()), (Mode::Celt, 960));
     }
 
     #[test]

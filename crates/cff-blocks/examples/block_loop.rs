@@ -1,0 +1,134 @@
+//! Times the plain block loop of `cff_blocks::Reader` on whole files held in memory, and prints
+//! one table row per file, setting and loop: nanoseconds per block and MB/s of input, from the
+//! fastest of 60 batches of 20 reads (less sensitive to other load on the machine than a mean).
+//!
+//! ```text
+//! cargo run --release -p cff-blocks --example block_loop -- benches/data/*.mp3 benches/data/*.opus
+//! cargo run --release -p cff-blocks --example block_loop -- --reps 100 FILE
+//! ```
+//!
+//! Two loops: `expect`, the one `benches/block_parsing.rs` times (`for block in reader`, an
+//! `expect` on each item, lengths and kinds summed), and `stop at error`, the same with a `break`
+//! on the first error, the shape of a caller that hands errors on. How fast such a loop runs
+//! depends on how the compiler lays it out around the inlined hot paths (whether a block's
+//! unused fields are ever written to memory): the same loop has measured 2–3× apart between
+//! binaries. `--reps N` reads each file N times with the default options and prints only the
+//! totals: a fixed amount of work for an instruction count, e.g.
+//! `valgrind --tool=cachegrind --cache-sim=no target/release/examples/block_loop --reps 100 FILE`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use cff_blocks::{BlockKind, Format, Options, Reader};
+
+/// What the bench's loop counts: blocks and their bytes, and those of the media kinds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
+    media: usize,
+    media_bytes: usize,
+    blocks: usize,
+    bytes: usize,
+}
+
+/// The loop of `benches/block_parsing.rs`, as it is there (its own function there too).
+#[inline(never)]
+fn read(data: &[u8], options: &Options) -> Count {
+    let mut count = Count::default();
+    let reader = Reader::new(data, options).expect("cff-blocks: open");
+    for block in reader {
+        let block = block.expect("cff-blocks: read");
+        count.blocks += 1;
+        count.bytes += block.data.len();
+        if matches!(block.kind, BlockKind::Audio | BlockKind::Mcu) {
+            count.media += 1;
+            count.media_bytes += block.data.len();
+        }
+    }
+    count
+}
+
+/// The same counts from a loop that stops at the first error instead of panicking, the shape
+/// of a caller that hands errors on (`?`).
+#[inline(never)]
+fn read_until_error(data: &[u8], options: &Options) -> Count {
+    let mut count = Count::default();
+    let Ok(reader) = Reader::new(data, options) else {
+        return count;
+    };
+    for block in reader {
+        let Ok(block) = block else { break };
+        count.blocks += 1;
+        count.bytes += block.data.len();
+        if matches!(block.kind, BlockKind::Audio | BlockKind::Mcu) {
+            count.media += 1;
+            count.media_bytes += block.data.len();
+        }
+    }
+    count
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let reps = match args.iter().position(|a| a == "--reps") {
+        Some(i) if i + 1 < args.len() => {
+            let n = args[i + 1].parse::<u32>().unwrap_or(1);
+            args.drain(i..i + 2);
+            Some(n)
+        }
+        _ => None,
+    };
+    if args.is_empty() {
+        eprintln!("usage: block_loop [--reps N] FILE...");
+        std::process::exit(2);
+    }
+    if reps.is_none() {
+        println!("| file | setting | loop | blocks | ns per block | MB/s |");
+        println!("|---|---|---|---:|---:|---:|");
+    }
+    for path in &args {
+        let data = match std::fs::read(path) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("{path}: {e}");
+                continue;
+            }
+        };
+        if let Some(n) = reps {
+            let mut total = (0, 0);
+            for _ in 0..n {
+                let c = read(black_box(&data), &Options::default());
+                total = (total.0 + c.blocks, total.1 + c.bytes);
+            }
+            println!("{path}: {} blocks, {} bytes in {n} reads", total.0, total.1);
+            continue;
+        }
+        let mut settings = vec![("default", Options::default())];
+        if cff_blocks::detect(&data).ok() == Some(Format::OggOpus) {
+            settings.push(("no CRC", Options::default().with_verify_crc(false)));
+        }
+        for (name, options) in settings {
+            let blocks = read(&data, &options).blocks;
+            // The fastest of 60 batches of 20 reads, for each loop.
+            let (mut expect, mut stop) = (f64::MAX, f64::MAX);
+            for _ in 0..60 {
+                let start = Instant::now();
+                for _ in 0..20 {
+                    black_box(read(black_box(&data), &options));
+                }
+                expect = expect.min(start.elapsed().as_secs_f64() / 20.0);
+                let start = Instant::now();
+                for _ in 0..20 {
+                    black_box(read_until_error(black_box(&data), &options));
+                }
+                stop = stop.min(start.elapsed().as_secs_f64() / 20.0);
+            }
+            for (shape, best) in [("expect", expect), ("stop at error", stop)] {
+                println!(
+                    "| {path} | {name} | {shape} | {blocks} | {:.1} | {:.0} |",
+                    best * 1e9 / blocks.max(1) as f64,
+                    data.len() as f64 / best / 1e6
+                );
+            }
+        }
+    }
+}
