@@ -7,8 +7,9 @@
 //! forward pass runs the matrix products through candle's matmul (gemm) and everything between
 //! them in a few fused passes over raw slices, keeps the activations the backward pass needs in
 //! the op (which lives in the graph until the graph is dropped), and the backward pass is
-//! written by hand. The attention scores are never stored: they are recomputed a few sequences
-//! at a time in the backward pass, as in [`crate::kernels::attention`], and those small
+//! written by hand. The attention probabilities are kept for the backward pass when a layer's
+//! fit `PROBS_BUDGET`, and otherwise recomputed a few sequences at a time there, as in
+//! [`crate::kernels::attention`]; those small
 //! products run in parallel over sequences (each is below gemm's threading threshold and would
 //! otherwise run on one thread).
 //!
@@ -102,6 +103,18 @@ const TASK_ELEMS: usize = 1 << 14;
 /// Attention scores a parallel task computes at once (256 KB in f32: the task's temporaries
 /// stay in the cache and in the allocator's heap).
 const TASK_SCORES: usize = 1 << 16;
+
+/// Bytes of attention probabilities a layer keeps from its forward pass for its backward pass
+/// (all of its tasks' or none): `small` on the MP3 bench batch (8 items of 28 blocks of 144
+/// bytes) needs 74 MB per E_t layer, 600 MB at 64 items, where recomputing is the better deal.
+const PROBS_BUDGET: usize = 128 << 20;
+
+static PROBS_BUDGET_NOW: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(PROBS_BUDGET);
+
+fn probs_budget() -> usize {
+    PROBS_BUDGET_NOW.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The layer's shape.
 #[derive(Debug, Clone, Copy)]
@@ -326,6 +339,9 @@ struct Saved {
     acts: Option<Activations>,
 }
 
+/// An attention task's q, k, v and (when kept) probabilities.
+type TaskActs = (Tensor, Tensor, Tensor, Option<Tensor>);
+
 /// The activations of the real rows `[R', ·]`.
 #[derive(Debug, Clone)]
 struct Activations {
@@ -334,8 +350,9 @@ struct Activations {
     /// Per row: mean and 1/σ of the first and second layer norms' inputs.
     stats1: Vec<(f64, f64)>,
     stats2: Vec<(f64, f64)>,
-    /// Per attention task: `[c, H, tt, d_h]` scaled queries, keys and values.
-    qkv: Vec<(Tensor, Tensor, Tensor)>,
+    /// Per attention task: `[c, H, tt, d_h]` scaled queries, keys and values, and the
+    /// probabilities `[c, H, tt, tt]` when the layer's fit [`probs_budget`].
+    qkv: Vec<TaskActs>,
     /// `[R', d]` the heads' outputs (before the output projection).
     o: Tensor,
     /// `[R', d]` the residual stream after attention, and its layer norm.
@@ -673,6 +690,14 @@ impl FusedLayer {
         let qkv = h1.matmul(&mat(o.wqkv, 3 * d, d)?.t()?)?;
         let scale = 1.0 / (dh as f64).sqrt();
         let mut oh = vec![T::zero(); r * d];
+        // Keep the probabilities for the backward pass (one product and one softmax fewer per
+        // task there) when all of the layer's fit the budget.
+        let scores: usize = plan
+            .tasks
+            .iter()
+            .map(|task| task.lens.len() * h * task.tt * task.tt)
+            .sum();
+        let keep_probs = self.keep && scores * std::mem::size_of::<T>() <= probs_budget();
         let qkv_saved = {
             let qkv_v = view(&qkv);
             let qkv_s = qkv_v.slice::<T>()?;
@@ -681,7 +706,7 @@ impl FusedLayer {
             plan.tasks
                 .par_iter()
                 .zip(split_tasks(&mut oh, &plan.tasks, d))
-                .map(|(task, out)| -> Result<(Tensor, Tensor, Tensor)> {
+                .map(|(task, out)| -> Result<TaskActs> {
                     let src = &qkv_s[task.row0 * 3 * d..][..task.rows * 3 * d];
                     let heads = |part: usize, mul: T| {
                         let add = &bqkv[part * d..][..d];
@@ -694,7 +719,7 @@ impl FusedLayer {
                     let y = p.matmul(&v)?;
                     let y_v = view(&y);
                     merge_heads(y_v.slice::<T>()?, out, task, h, dh, 0, d, T::one());
-                    Ok((q, k, v))
+                    Ok((q, k, v, keep_probs.then_some(p)))
                 })
                 .collect::<Result<Vec<_>>>()?
         };
@@ -970,9 +995,11 @@ impl FusedLayer {
                 .par_iter()
                 .zip(s.qkv.par_iter())
                 .zip(split_tasks(&mut dqkv, &plan.tasks, 3 * d))
-                .try_for_each(|((task, (qc, kc, vc)), out)| -> Result<()> {
-                    let tb = plan.task_bias(task, bias_s);
-                    let p = self.probs::<T>(qc, kc, tb.as_deref())?;
+                .try_for_each(|((task, (qc, kc, vc, kept)), out)| -> Result<()> {
+                    let p = match kept {
+                        Some(p) => p.clone(),
+                        None => self.probs::<T>(qc, kc, plan.task_bias(task, bias_s).as_deref())?,
+                    };
                     // dO in heads: [c, H, tt, d_h], zero beyond each sequence's length.
                     let src = &doh_s[task.row0 * d..][..task.rows * d];
                     let dyh = split_heads(src, d, 0, None, T::one(), task, h, dh);
@@ -1386,6 +1413,24 @@ mod tests {
             compare((12, 50, 32, 4), DType::F32, masked, train, 2e-5)?;
         }
         Ok(())
+    }
+
+    #[test]
+    fn recomputed_probabilities_give_the_same_gradients() -> Result<()> {
+        // Without a budget every task recomputes its probabilities in the backward pass. Other
+        // tests running meanwhile may take either path: both must pass them.
+        PROBS_BUDGET_NOW.store(0, std::sync::atomic::Ordering::Relaxed);
+        let lens = [3, 1, 24, 0, 2, 40, 17, 1, 3, 9, 33, 2];
+        let r = compare_with(
+            (12, 40, 8, 2),
+            DType::F64,
+            Some(Keys::Prefix(&lens)),
+            true,
+            1e-10,
+        )
+        .and_then(|()| compare((12, 50, 32, 4), DType::F32, true, true, 2e-5));
+        PROBS_BUDGET_NOW.store(PROBS_BUDGET, std::sync::atomic::Ordering::Relaxed);
+        r
     }
 
     #[test]
