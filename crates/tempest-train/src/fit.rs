@@ -232,7 +232,7 @@ pub fn fit<L: Learner>(
     };
     let counts: Vec<usize> = train.items.iter().map(|i| i.variants.len()).collect();
     let schedule = o.schedule(train.items.len());
-    let sampler = BucketSampler::new(o.batch_size, o.seed);
+    let sampler = BucketSampler::new(o.batch_size, o.seed).with_bucket_batches(o.bucket_batches);
     let mut opt = AdamW::new(varmap, o.adamw)?;
     let mut report = FitReport {
         epochs: Vec::new(),
