@@ -207,6 +207,10 @@ pub fn tokenize(
 
     let l = config.max_block_bytes;
     let stride = config.bit_stride;
+    if !(1..=8).contains(&stride) {
+        // `bit_windows` would panic: a setting is not a reason to.
+        return Err(Error::Config(format!("bit_stride {stride} not in 1..=8")));
+    }
     let mut item = TokenizedItem::new(format, data.len() as u64);
     item.source_blocks = source_blocks;
     let mut windows = Vec::new();
@@ -261,11 +265,7 @@ pub fn bit_windows(bytes: &[u8], bits: u64, stride: u8, out: &mut Vec<u8>) {
         let b = bytes.get(i as usize).copied().unwrap_or(0) as u32;
         // Keep only the bits before `bits`.
         let valid = bits.saturating_sub(i * 8).min(8) as u32;
-        if valid == 0 {
-            0
-        } else {
-            b & (0xFF00u32 >> valid) & 0xFF
-        }
+        b & (0xFF00u32 >> valid) & 0xFF
     };
     let stride = u64::from(stride);
     let mut p = 0;

@@ -144,4 +144,7 @@ fn bit_strides_read_each_mcu_at_its_bit_length() {
     }
     let bad = TokenizerConfig::for_format(Format::Jpeg).with_bit_stride(3);
     assert!(bad.validate().is_err());
+    // A stride the windows cannot be read at is an error from `tokenize`, not a panic.
+    let zero = TokenizerConfig::for_format(Format::Jpeg).with_bit_stride(0);
+    assert!(tokenize(&data, &path, &zero, CropContext::default()).is_err());
 }
