@@ -33,6 +33,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .join("quickstart");
     let mut resume = false;
     let mut validation = 0usize;
+    let mut shifts = 0u8;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -51,11 +52,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--out" => out = v()?.into(),
             "--resume" => resume = true,
             "--validation" => validation = v()?.parse()?,
+            "--shifts" => shifts = v()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let start = Instant::now();
-    let variants: Vec<Variant> = qualities.iter().map(|&q| Variant::Jpeg(q)).collect();
+    let mut variants: Vec<Variant> = qualities.iter().map(|&q| Variant::Jpeg(q)).collect();
+    // Training also sees each digit moved by up to `shifts` pixels (the first quality).
+    variants.extend(Variant::jpeg_shifts(qualities[0], shifts));
     let (mut dataset, _) = Dataset::open_layout(
         Layout::Mnist,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),

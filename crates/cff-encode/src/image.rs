@@ -166,6 +166,35 @@ impl Idx {
     }
 }
 
+impl Image {
+    /// The image moved `dx` pixels right and `dy` down (negative: left, up), same size: the
+    /// pixels moved out are dropped, the uncovered rows and columns repeat the nearest edge
+    /// pixel of the original (MNIST's black border stays black). Pixels missing from a
+    /// hand-built `Image` whose buffer is short read as 0.
+    pub fn shifted(&self, dx: i32, dy: i32) -> Image {
+        let (w, h) = (self.width as i64, self.height as i64);
+        let c = self.kind.channels();
+        let mut pixels = Vec::with_capacity(self.pixels.len());
+        for y in 0..h {
+            let sy = (y - i64::from(dy)).clamp(0, h - 1);
+            for x in 0..w {
+                let sx = (x - i64::from(dx)).clamp(0, w - 1);
+                let at = (sy * w + sx) as usize * c;
+                match self.pixels.get(at..at + c) {
+                    Some(p) => pixels.extend_from_slice(p),
+                    None => pixels.resize(pixels.len() + c, 0),
+                }
+            }
+        }
+        Image {
+            width: self.width,
+            height: self.height,
+            kind: self.kind,
+            pixels,
+        }
+    }
+}
+
 /// Reads an IDX array of unsigned bytes, gzip-compressed (`1f 8b`) or not. At most
 /// `max_bytes` of values are accepted, whatever the header claims.
 pub fn read_idx(data: &[u8], max_bytes: u64) -> Result<Idx> {
@@ -264,6 +293,28 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &bytes).unwrap();
         assert_eq!(read_idx(&gz.finish().unwrap(), 1 << 20).unwrap(), idx);
+    }
+
+    #[test]
+    fn shifted_moves_pixels_and_repeats_edges() {
+        // 3×2 gray: rows [1 2 3] [4 5 6].
+        let img = Image::new(3, 2, PixelKind::Gray, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(img.shifted(0, 0), img);
+        assert_eq!(img.shifted(1, 0).pixels, [1, 1, 2, 4, 4, 5]);
+        assert_eq!(img.shifted(-1, 0).pixels, [2, 3, 3, 5, 6, 6]);
+        assert_eq!(img.shifted(0, 1).pixels, [1, 2, 3, 1, 2, 3]);
+        assert_eq!(img.shifted(-2, -1).pixels, [6, 6, 6, 6, 6, 6]);
+        // RGB moves whole pixels.
+        let rgb = Image::new(2, 1, PixelKind::Rgb, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        assert_eq!(rgb.shifted(1, 0).pixels, [1, 2, 3, 1, 2, 3]);
+        // A hand-built image with a short buffer reads missing pixels as 0, no panic.
+        let short = Image {
+            width: 2,
+            height: 2,
+            kind: PixelKind::Gray,
+            pixels: vec![7],
+        };
+        assert_eq!(short.shifted(0, 0).pixels, [7, 0, 0, 0]);
     }
 
     #[test]

@@ -78,7 +78,22 @@ pub enum Variant {
     Opus(u32),
     /// Baseline JPEG at this quality (1 to 100), 4:2:0 for colour.
     Jpeg(u8),
+    /// Baseline JPEG at this quality of the image moved by `dx` pixels right and `dy` down
+    /// (negative: left, up), the uncovered edge filled by repeating the nearest edge pixel:
+    /// an augmentation that changes every MCU's bytes while the label stays. Spelled
+    /// `jpeg:75@1/-1`; see [`Variant::jpeg_shifts`].
+    JpegShifted {
+        /// 1 to 100.
+        quality: u8,
+        /// Pixels to the right (−8 to 8).
+        dx: i8,
+        /// Pixels down (−8 to 8).
+        dy: i8,
+    },
 }
+
+/// The largest shift of [`Variant::JpegShifted`] in either direction: one MCU of grayscale.
+pub const MAX_SHIFT: i8 = 8;
 
 impl Variant {
     /// Whether the variant encodes audio (else images).
@@ -86,12 +101,30 @@ impl Variant {
         matches!(self, Variant::Mp3(_) | Variant::Opus(_))
     }
 
-    /// The folder the variant's files go to: `mp3-20`, `opus-24`, `jpeg-75`.
+    /// The JPEG variants at `quality` shifted by every (dx, dy) with |dx|, |dy| ≤ `max` other
+    /// than (0, 0), row by row: the 8 neighbours for `max` = 1, 24 for 2. Add
+    /// `Variant::Jpeg(quality)` for the unshifted image.
+    pub fn jpeg_shifts(quality: u8, max: u8) -> Vec<Variant> {
+        let m = max.min(MAX_SHIFT as u8) as i8;
+        let mut out = Vec::new();
+        for dy in -m..=m {
+            for dx in -m..=m {
+                if (dx, dy) != (0, 0) {
+                    out.push(Variant::JpegShifted { quality, dx, dy });
+                }
+            }
+        }
+        out
+    }
+
+    /// The folder the variant's files go to: `mp3-20`, `opus-24`, `jpeg-75`,
+    /// `jpeg-75-shift1_-1`.
     pub fn dir_name(self) -> String {
         match self {
             Variant::Mp3(k) => format!("mp3-{k}"),
             Variant::Opus(k) => format!("opus-{k}"),
             Variant::Jpeg(q) => format!("jpeg-{q}"),
+            Variant::JpegShifted { quality, dx, dy } => format!("jpeg-{quality}-shift{dx}_{dy}"),
         }
     }
 
@@ -100,7 +133,7 @@ impl Variant {
         match self {
             Variant::Mp3(_) => "mp3",
             Variant::Opus(_) => "opus",
-            Variant::Jpeg(_) => "jpg",
+            Variant::Jpeg(_) | Variant::JpegShifted { .. } => "jpg",
         }
     }
 
@@ -109,18 +142,19 @@ impl Variant {
         match self {
             Variant::Mp3(_) => cfg!(feature = "mp3"),
             Variant::Opus(_) => cfg!(feature = "opus"),
-            Variant::Jpeg(_) => true,
+            Variant::Jpeg(_) | Variant::JpegShifted { .. } => true,
         }
     }
 }
 
 impl fmt::Display for Variant {
-    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`.
+    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`, `jpeg:75@1/-1`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Variant::Mp3(k) => write!(f, "mp3:{k}"),
             Variant::Opus(k) => write!(f, "opus:{k}"),
             Variant::Jpeg(q) => write!(f, "jpeg:{q}"),
+            Variant::JpegShifted { quality, dx, dy } => write!(f, "jpeg:{quality}@{dx}/{dy}"),
         }
     }
 }
@@ -133,10 +167,32 @@ impl FromStr for Variant {
         let (codec, value) = s
             .split_once(':')
             .ok_or_else(|| bad("expected CODEC:VALUE, e.g. mp3:20"))?;
+        let (value, shift) = match value.split_once('@') {
+            Some((v, shift)) => (v, Some(shift)),
+            None => (value, None),
+        };
         let n: u32 = value
             .trim()
             .parse()
             .map_err(|_| bad("the value is not a number"))?;
+        if let Some(shift) = shift {
+            let parse = |t: &str| t.trim().parse::<i8>().ok().filter(|d| d.abs() <= MAX_SHIFT);
+            let (dx, dy) = shift
+                .split_once('/')
+                .and_then(|(x, y)| Some((parse(x)?, parse(y)?)))
+                .ok_or_else(|| {
+                    bad("expected a shift DX/DY of −8 to 8 pixels, e.g. jpeg:75@1/-1")
+                })?;
+            return match codec.trim() {
+                "jpeg" | "jpg" if (1..=100).contains(&n) => Ok(Variant::JpegShifted {
+                    quality: n as u8,
+                    dx,
+                    dy,
+                }),
+                "jpeg" | "jpg" => Err(bad("the value is out of range")),
+                _ => Err(bad("only jpeg variants take a shift")),
+            };
+        }
         match codec.trim() {
             "mp3" if (8..=320).contains(&n) => Ok(Variant::Mp3(n)),
             "opus" if (1..=512).contains(&n) => Ok(Variant::Opus(n)),
@@ -877,6 +933,10 @@ fn encode(media: &Media, variant: Variant) -> Result<Vec<u8>> {
             crate::opus::encode_opus(a, &crate::opus::OpusOptions::kbps(k))
         }
         (Media::Image(i), Variant::Jpeg(q)) => encode_jpeg(i, &JpegOptions::with_quality(q)),
+        (Media::Image(i), Variant::JpegShifted { quality, dx, dy }) => encode_jpeg(
+            &i.shifted(i32::from(dx), i32::from(dy)),
+            &JpegOptions::with_quality(quality),
+        ),
         (_, v) => Err(Error::Unsupported {
             format: "variant",
             what: format!("{v} for this item"),
@@ -955,9 +1015,48 @@ mod tests {
             "jpeg:101",
             "flac:5",
             "mp3:20,mp3:20",
+            "jpeg:75@1",
+            "jpeg:75@9/0",
+            "jpeg:75@0/-9",
+            "jpeg:101@1/1",
+            "mp3:20@1/1",
+            "jpeg:75@1/1,jpeg:75@1/1",
         ] {
             assert!(parse_variants(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shifted_variants_parse_print_and_list() {
+        let v = parse_variants("jpeg:75,jpeg:75@1/-1,jpg:50@-8/8").unwrap();
+        assert_eq!(
+            v[1..],
+            [
+                Variant::JpegShifted {
+                    quality: 75,
+                    dx: 1,
+                    dy: -1
+                },
+                Variant::JpegShifted {
+                    quality: 50,
+                    dx: -8,
+                    dy: 8
+                }
+            ]
+        );
+        assert_eq!(v[1].to_string(), "jpeg:75@1/-1");
+        assert_eq!(v[1].to_string().parse::<Variant>().unwrap(), v[1]);
+        assert_eq!(v[1].dir_name(), "jpeg-75-shift1_-1");
+        assert_eq!(v[1].extension(), "jpg");
+        assert!(!v[1].is_audio());
+        let shifts = Variant::jpeg_shifts(75, 1);
+        assert_eq!(shifts.len(), 8);
+        assert!(!shifts.contains(&Variant::Jpeg(75)));
+        let names: HashSet<String> = shifts.iter().map(|v| v.dir_name()).collect();
+        assert_eq!(names.len(), 8);
+        assert_eq!(Variant::jpeg_shifts(75, 2).len(), 24);
+        assert!(Variant::jpeg_shifts(75, 0).is_empty());
+        assert_eq!(Variant::jpeg_shifts(75, 200).len(), 17 * 17 - 1);
     }
 
     #[test]

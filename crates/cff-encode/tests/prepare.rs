@@ -441,3 +441,61 @@ fn audio_variants_need_their_features() {
         Err(cff_encode::Error::Unsupported { .. })
     ));
 }
+
+#[test]
+fn shifted_jpeg_variants_decode_to_the_moved_image() {
+    let tmp = TempDir::new("mnist-shift");
+    let input = tmp.0.join("in");
+    let output = tmp.0.join("out");
+    // A smooth bright square on black, away from the edges.
+    let pixels: Vec<u8> = (0..28 * 28)
+        .map(|i| {
+            let (x, y) = (i % 28, i / 28);
+            if (9..19).contains(&x) && (7..17).contains(&y) {
+                220
+            } else {
+                0
+            }
+        })
+        .collect();
+    write(
+        &input.join("train-images-idx3-ubyte"),
+        &idx(&[1, 28, 28], &pixels),
+    );
+    write(&input.join("train-labels-idx1-ubyte"), &idx(&[1], &[3]));
+    let config = PrepareConfig::new(
+        Layout::Mnist,
+        &input,
+        &output,
+        parse_variants("jpeg:95,jpeg:95@3/-2").unwrap(),
+    )
+    .with_progress(false)
+    .with_threads(Some(1));
+    let s = prepare(&config).unwrap();
+    assert_eq!((s.items, s.written, s.failures.len()), (1, 2, 0));
+    let table = rows(&manifest(&output));
+    assert_eq!(table[1][3], "jpeg:95@3/-2");
+    assert_eq!(table[1][4], "jpeg-95-shift3_-2/train/3/train-00000.jpg");
+    let decode = |path: &str| {
+        let data = fs::read(output.join(path)).unwrap();
+        jpeg_decoder::Decoder::new(&data[..]).decode().unwrap()
+    };
+    let (plain, moved) = (decode(&table[0][4]), decode(&table[1][4]));
+    // Decoded by an independent decoder, the shifted file is the plain one moved 3 right and
+    // 2 up, and it is not the plain one.
+    let mut worst = 0i32;
+    let mut differ = 0;
+    for y in 0..28i32 {
+        for x in 0..28i32 {
+            let (sx, sy) = ((x - 3).clamp(0, 27), (y + 2).clamp(0, 27));
+            let want = i32::from(pixels[(sy * 28 + sx) as usize]);
+            let got = i32::from(moved[(y * 28 + x) as usize]);
+            worst = worst.max((want - got).abs());
+            differ += usize::from(
+                moved[(y * 28 + x) as usize].abs_diff(plain[(y * 28 + x) as usize]) > 60,
+            );
+        }
+    }
+    assert!(worst <= 40, "largest error {worst}");
+    assert!(differ >= 40, "only {differ} pixels moved");
+}
