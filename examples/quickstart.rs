@@ -34,6 +34,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut resume = false;
     let mut validation = 0usize;
     let mut shifts = 0u8;
+    let mut scale = 1u8;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,13 +54,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--resume" => resume = true,
             "--validation" => validation = v()?.parse()?,
             "--shifts" => shifts = v()?.parse()?,
+            "--scale" => scale = v()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let start = Instant::now();
-    let mut variants: Vec<Variant> = qualities.iter().map(|&q| Variant::Jpeg(q)).collect();
+    let mut variants: Vec<Variant> = qualities
+        .iter()
+        .map(|&q| Variant::jpeg(q, scale, 0, 0))
+        .collect::<Result<_, _>>()?;
     // Training also sees each digit moved by up to `shifts` pixels (the first quality).
-    variants.extend(Variant::jpeg_shifts(qualities[0], shifts));
+    variants.extend(Variant::jpeg_shifts(qualities[0], scale, shifts));
     let (mut dataset, _) = Dataset::open_layout(
         Layout::Mnist,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),

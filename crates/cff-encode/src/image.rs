@@ -193,6 +193,52 @@ impl Image {
             pixels,
         }
     }
+
+    /// The image enlarged `factor` times in both directions by bilinear interpolation (pixel
+    /// centres aligned, edges repeated), rounded to the nearest value; `factor` 0 or 1 gives
+    /// a copy. Pixels missing from a hand-built `Image` whose buffer is short read as 0.
+    pub fn scaled(&self, factor: u32) -> Image {
+        if factor <= 1 {
+            return self.clone();
+        }
+        let c = self.kind.channels();
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (nw, nh) = (w * factor as usize, h * factor as usize);
+        // For output index i along an axis of n source samples: the two source samples and the
+        // weight of the second.
+        let taps = |n: usize, out: usize| -> Vec<(usize, usize, f32)> {
+            (0..out)
+                .map(|i| {
+                    let x = (i as f32 + 0.5) / factor as f32 - 0.5;
+                    let x0 = x.floor();
+                    let f = x - x0;
+                    let clamp = |v: f32| (v.max(0.0) as usize).min(n.saturating_sub(1));
+                    (clamp(x0), clamp(x0 + 1.0), f)
+                })
+                .collect()
+        };
+        let (tx, ty) = (taps(w, nw), taps(h, nh));
+        let at = |x: usize, y: usize, k: usize| -> f32 {
+            f32::from(self.pixels.get((y * w + x) * c + k).copied().unwrap_or(0))
+        };
+        let mut pixels = Vec::with_capacity(nw * nh * c);
+        for &(y0, y1, fy) in &ty {
+            for &(x0, x1, fx) in &tx {
+                for k in 0..c {
+                    let top = at(x0, y0, k) * (1.0 - fx) + at(x1, y0, k) * fx;
+                    let bottom = at(x0, y1, k) * (1.0 - fx) + at(x1, y1, k) * fx;
+                    let v = top * (1.0 - fy) + bottom * fy;
+                    pixels.push((v + 0.5).clamp(0.0, 255.0) as u8);
+                }
+            }
+        }
+        Image {
+            width: nw as u32,
+            height: nh as u32,
+            kind: self.kind,
+            pixels,
+        }
+    }
 }
 
 /// Reads an IDX array of unsigned bytes, gzip-compressed (`1f 8b`) or not. At most
@@ -315,6 +361,32 @@ mod tests {
             pixels: vec![7],
         };
         assert_eq!(short.shifted(0, 0).pixels, [7, 0, 0, 0]);
+        assert_eq!(short.scaled(2).pixels.len(), 16);
+    }
+
+    #[test]
+    fn scaled_interpolates_between_pixel_centres() {
+        // 2×1 gray [0, 200] enlarged 2×: centres at 0.25 and 0.75 of each source pixel.
+        let img = Image::new(2, 1, PixelKind::Gray, vec![0, 200]).unwrap();
+        let s = img.scaled(2);
+        assert_eq!((s.width, s.height), (4, 2));
+        // x = -0.25 → clamped to 0; 0.25 → 50; 0.75 → 150; 1.25 → clamped to 200.
+        assert_eq!(s.pixels, [0, 50, 150, 200, 0, 50, 150, 200]);
+        // A flat image stays flat, RGB channels stay apart, factor 1 copies.
+        let rgb = Image::new(1, 1, PixelKind::Rgb, vec![10, 20, 30]).unwrap();
+        assert_eq!(rgb.scaled(3).pixels, [10, 20, 30].repeat(9));
+        assert_eq!(img.scaled(1), img);
+        // Every 3×3 block of a 3× enlargement has its source pixel at its centre.
+        let src = Image::new(3, 2, PixelKind::Gray, vec![9, 80, 3, 200, 17, 255]).unwrap();
+        let big = src.scaled(3);
+        for y in 0..2 {
+            for x in 0..3 {
+                assert_eq!(
+                    big.pixels[(3 * y + 1) * 9 + 3 * x + 1],
+                    src.pixels[y * 3 + x]
+                );
+            }
+        }
     }
 
     #[test]

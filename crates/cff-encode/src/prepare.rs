@@ -78,22 +78,30 @@ pub enum Variant {
     Opus(u32),
     /// Baseline JPEG at this quality (1 to 100), 4:2:0 for colour.
     Jpeg(u8),
-    /// Baseline JPEG at this quality of the image moved by `dx` pixels right and `dy` down
-    /// (negative: left, up), the uncovered edge filled by repeating the nearest edge pixel:
-    /// an augmentation that changes every MCU's bytes while the label stays. Spelled
-    /// `jpeg:75@1/-1`; see [`Variant::jpeg_shifts`].
-    JpegShifted {
+    /// Baseline JPEG at this quality of the image first moved by `dx` pixels right and `dy`
+    /// down (negative: left, up; the uncovered edge repeats the nearest edge pixel), then
+    /// enlarged `scale` times (bilinear). Spelled `jpeg:75x2@1/-1` (`x1` and `@0/0` may be
+    /// left out). Moving is an augmentation that changes every MCU's bytes while the label
+    /// stays; enlarging makes each 8×8 MCU cover fewer source pixels, so more, simpler MCUs
+    /// describe the image (a 28×28 digit has 16 MCUs, 49 at `x2`). Build it with
+    /// [`Variant::jpeg`], which gives `Jpeg(quality)` for no move and scale 1.
+    JpegAt {
         /// 1 to 100.
         quality: u8,
-        /// Pixels to the right (−8 to 8).
+        /// 1 to [`MAX_SCALE`].
+        scale: u8,
+        /// Source pixels to the right (−[`MAX_SHIFT`] to [`MAX_SHIFT`]).
         dx: i8,
-        /// Pixels down (−8 to 8).
+        /// Source pixels down.
         dy: i8,
     },
 }
 
-/// The largest shift of [`Variant::JpegShifted`] in either direction: one MCU of grayscale.
+/// The largest move of [`Variant::JpegAt`] in either direction, in source pixels.
 pub const MAX_SHIFT: i8 = 8;
+
+/// The largest enlargement of [`Variant::JpegAt`].
+pub const MAX_SCALE: u8 = 8;
 
 impl Variant {
     /// Whether the variant encodes audio (else images).
@@ -101,16 +109,54 @@ impl Variant {
         matches!(self, Variant::Mp3(_) | Variant::Opus(_))
     }
 
-    /// The JPEG variants at `quality` shifted by every (dx, dy) with |dx|, |dy| ≤ `max` other
-    /// than (0, 0), row by row: the 8 neighbours for `max` = 1, 24 for 2. Add
-    /// `Variant::Jpeg(quality)` for the unshifted image.
-    pub fn jpeg_shifts(quality: u8, max: u8) -> Vec<Variant> {
+    /// A JPEG variant: `Jpeg(quality)` when `scale` is 1 and there is no move, else
+    /// [`Variant::JpegAt`]. Values out of range are an error.
+    pub fn jpeg(quality: u8, scale: u8, dx: i8, dy: i8) -> Result<Variant> {
+        if !(1..=100).contains(&quality) {
+            return Err(Error::setting(
+                "jpeg quality",
+                format!("{quality} (1 to 100)"),
+            ));
+        }
+        if !(1..=MAX_SCALE).contains(&scale) {
+            return Err(Error::setting(
+                "jpeg scale",
+                format!("{scale} (1 to {MAX_SCALE})"),
+            ));
+        }
+        if dx.abs() > MAX_SHIFT || dy.abs() > MAX_SHIFT {
+            return Err(Error::setting(
+                "jpeg shift",
+                format!("{dx}/{dy} (−{MAX_SHIFT} to {MAX_SHIFT} pixels)"),
+            ));
+        }
+        Ok(if (scale, dx, dy) == (1, 0, 0) {
+            Variant::Jpeg(quality)
+        } else {
+            Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+            }
+        })
+    }
+
+    /// The JPEG variants at `quality` and `scale` moved by every (dx, dy) with |dx|, |dy| ≤
+    /// `max` other than (0, 0), row by row: the 8 neighbours for `max` = 1, 24 for 2. The
+    /// unmoved image is `Variant::jpeg(quality, scale, 0, 0)`.
+    pub fn jpeg_shifts(quality: u8, scale: u8, max: u8) -> Vec<Variant> {
         let m = max.min(MAX_SHIFT as u8) as i8;
         let mut out = Vec::new();
         for dy in -m..=m {
             for dx in -m..=m {
                 if (dx, dy) != (0, 0) {
-                    out.push(Variant::JpegShifted { quality, dx, dy });
+                    out.push(Variant::JpegAt {
+                        quality,
+                        scale,
+                        dx,
+                        dy,
+                    });
                 }
             }
         }
@@ -118,13 +164,27 @@ impl Variant {
     }
 
     /// The folder the variant's files go to: `mp3-20`, `opus-24`, `jpeg-75`,
-    /// `jpeg-75-shift1_-1`.
+    /// `jpeg-75-x2-shift1_-1`.
     pub fn dir_name(self) -> String {
         match self {
             Variant::Mp3(k) => format!("mp3-{k}"),
             Variant::Opus(k) => format!("opus-{k}"),
             Variant::Jpeg(q) => format!("jpeg-{q}"),
-            Variant::JpegShifted { quality, dx, dy } => format!("jpeg-{quality}-shift{dx}_{dy}"),
+            Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+            } => {
+                let mut name = format!("jpeg-{quality}");
+                if scale != 1 {
+                    name += &format!("-x{scale}");
+                }
+                if (dx, dy) != (0, 0) {
+                    name += &format!("-shift{dx}_{dy}");
+                }
+                name
+            }
         }
     }
 
@@ -133,7 +193,7 @@ impl Variant {
         match self {
             Variant::Mp3(_) => "mp3",
             Variant::Opus(_) => "opus",
-            Variant::Jpeg(_) | Variant::JpegShifted { .. } => "jpg",
+            Variant::Jpeg(_) | Variant::JpegAt { .. } => "jpg",
         }
     }
 
@@ -142,19 +202,33 @@ impl Variant {
         match self {
             Variant::Mp3(_) => cfg!(feature = "mp3"),
             Variant::Opus(_) => cfg!(feature = "opus"),
-            Variant::Jpeg(_) | Variant::JpegShifted { .. } => true,
+            Variant::Jpeg(_) | Variant::JpegAt { .. } => true,
         }
     }
 }
 
 impl fmt::Display for Variant {
-    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`, `jpeg:75@1/-1`.
+    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`, `jpeg:75x2@1/-1`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Variant::Mp3(k) => write!(f, "mp3:{k}"),
             Variant::Opus(k) => write!(f, "opus:{k}"),
             Variant::Jpeg(q) => write!(f, "jpeg:{q}"),
-            Variant::JpegShifted { quality, dx, dy } => write!(f, "jpeg:{quality}@{dx}/{dy}"),
+            Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+            } => {
+                write!(f, "jpeg:{quality}")?;
+                if *scale != 1 {
+                    write!(f, "x{scale}")?;
+                }
+                if (*dx, *dy) != (0, 0) {
+                    write!(f, "@{dx}/{dy}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -171,27 +245,35 @@ impl FromStr for Variant {
             Some((v, shift)) => (v, Some(shift)),
             None => (value, None),
         };
+        let (value, scale) = match value.split_once('x') {
+            Some((v, scale)) => (v, Some(scale)),
+            None => (value, None),
+        };
         let n: u32 = value
             .trim()
             .parse()
             .map_err(|_| bad("the value is not a number"))?;
-        if let Some(shift) = shift {
-            let parse = |t: &str| t.trim().parse::<i8>().ok().filter(|d| d.abs() <= MAX_SHIFT);
-            let (dx, dy) = shift
-                .split_once('/')
-                .and_then(|(x, y)| Some((parse(x)?, parse(y)?)))
-                .ok_or_else(|| {
-                    bad("expected a shift DX/DY of −8 to 8 pixels, e.g. jpeg:75@1/-1")
-                })?;
-            return match codec.trim() {
-                "jpeg" | "jpg" if (1..=100).contains(&n) => Ok(Variant::JpegShifted {
-                    quality: n as u8,
-                    dx,
-                    dy,
-                }),
-                "jpeg" | "jpg" => Err(bad("the value is out of range")),
-                _ => Err(bad("only jpeg variants take a shift")),
+        if shift.is_some() || scale.is_some() {
+            let is_jpeg = matches!(codec.trim(), "jpeg" | "jpg");
+            if !is_jpeg {
+                return Err(bad("only jpeg variants take a scale or a shift"));
+            }
+            let scale = match scale {
+                Some(t) => t
+                    .trim()
+                    .parse::<u8>()
+                    .map_err(|_| bad("the scale after x is not a number"))?,
+                None => 1,
             };
+            let (dx, dy) = match shift {
+                Some(t) => t
+                    .split_once('/')
+                    .and_then(|(x, y)| Some((x.trim().parse().ok()?, y.trim().parse().ok()?)))
+                    .ok_or_else(|| bad("expected a shift DX/DY in pixels, e.g. jpeg:75@1/-1"))?,
+                None => (0, 0),
+            };
+            let quality = u8::try_from(n).map_err(|_| bad("the value is out of range"))?;
+            return Variant::jpeg(quality, scale, dx, dy).map_err(|e| bad(&e.to_string()));
         }
         match codec.trim() {
             "mp3" if (8..=320).contains(&n) => Ok(Variant::Mp3(n)),
@@ -872,7 +954,7 @@ fn encode_item(
                     media = Some(load_media(config, item)?);
                 }
                 let Some(m) = &media else { continue };
-                let encoded = encode(m, variant)?;
+                let encoded = encode(m, variant, &config.limits)?;
                 write_atomically(&path, &encoded)?;
                 result.written += 1;
                 encoded.len() as u64
@@ -922,7 +1004,7 @@ fn load_media(config: &PrepareConfig, item: &Item) -> Result<Media> {
     })
 }
 
-fn encode(media: &Media, variant: Variant) -> Result<Vec<u8>> {
+fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result<Vec<u8>> {
     match (media, variant) {
         #[cfg(feature = "mp3")]
         (Media::Audio(a), Variant::Mp3(k)) => {
@@ -933,10 +1015,30 @@ fn encode(media: &Media, variant: Variant) -> Result<Vec<u8>> {
             crate::opus::encode_opus(a, &crate::opus::OpusOptions::kbps(k))
         }
         (Media::Image(i), Variant::Jpeg(q)) => encode_jpeg(i, &JpegOptions::with_quality(q)),
-        (Media::Image(i), Variant::JpegShifted { quality, dx, dy }) => encode_jpeg(
-            &i.shifted(i32::from(dx), i32::from(dy)),
-            &JpegOptions::with_quality(quality),
-        ),
+        (
+            Media::Image(i),
+            Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+            },
+        ) => {
+            let (w, h) = (u64::from(i.width), u64::from(i.height));
+            let pixels = w * h * u64::from(scale) * u64::from(scale);
+            if pixels > limits.max_pixels {
+                return Err(Error::Limit {
+                    what: "pixels per image",
+                    limit: limits.max_pixels,
+                    found: pixels,
+                });
+            }
+            encode_jpeg(
+                &i.shifted(i32::from(dx), i32::from(dy))
+                    .scaled(u32::from(scale)),
+                &JpegOptions::with_quality(quality),
+            )
+        }
         (_, v) => Err(Error::Unsupported {
             format: "variant",
             what: format!("{v} for this item"),
@@ -1019,44 +1121,69 @@ mod tests {
             "jpeg:75@9/0",
             "jpeg:75@0/-9",
             "jpeg:101@1/1",
+            "jpeg:300x2",
+            "jpeg:75x0",
+            "jpeg:75x9",
+            "jpeg:75xx",
             "mp3:20@1/1",
+            "mp3:20x2",
             "jpeg:75@1/1,jpeg:75@1/1",
+            "jpeg:75,jpeg:75x1",
         ] {
             assert!(parse_variants(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
-    fn shifted_variants_parse_print_and_list() {
-        let v = parse_variants("jpeg:75,jpeg:75@1/-1,jpg:50@-8/8").unwrap();
+    fn scaled_and_shifted_variants_parse_print_and_list() {
+        let v =
+            parse_variants("jpeg:75,jpeg:75@1/-1,jpg:50x2@-8/8,jpeg:90x3,jpeg:60x1@0/0").unwrap();
+        let at = |quality, scale, dx, dy| Variant::JpegAt {
+            quality,
+            scale,
+            dx,
+            dy,
+        };
         assert_eq!(
-            v[1..],
+            v,
             [
-                Variant::JpegShifted {
-                    quality: 75,
-                    dx: 1,
-                    dy: -1
-                },
-                Variant::JpegShifted {
-                    quality: 50,
-                    dx: -8,
-                    dy: 8
-                }
+                Variant::Jpeg(75),
+                at(75, 1, 1, -1),
+                at(50, 2, -8, 8),
+                at(90, 3, 0, 0),
+                Variant::Jpeg(60)
             ]
         );
-        assert_eq!(v[1].to_string(), "jpeg:75@1/-1");
-        assert_eq!(v[1].to_string().parse::<Variant>().unwrap(), v[1]);
+        let names: Vec<String> = v.iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "jpeg:75",
+                "jpeg:75@1/-1",
+                "jpeg:50x2@-8/8",
+                "jpeg:90x3",
+                "jpeg:60"
+            ]
+        );
+        for v in &v {
+            assert_eq!(v.to_string().parse::<Variant>().unwrap(), *v);
+            assert_eq!(v.extension(), "jpg");
+            assert!(!v.is_audio());
+        }
         assert_eq!(v[1].dir_name(), "jpeg-75-shift1_-1");
-        assert_eq!(v[1].extension(), "jpg");
-        assert!(!v[1].is_audio());
-        let shifts = Variant::jpeg_shifts(75, 1);
+        assert_eq!(v[2].dir_name(), "jpeg-50-x2-shift-8_8");
+        assert_eq!(v[3].dir_name(), "jpeg-90-x3");
+        let shifts = Variant::jpeg_shifts(75, 2, 1);
         assert_eq!(shifts.len(), 8);
-        assert!(!shifts.contains(&Variant::Jpeg(75)));
+        assert!(!shifts.contains(&Variant::jpeg(75, 2, 0, 0).unwrap()));
         let names: HashSet<String> = shifts.iter().map(|v| v.dir_name()).collect();
         assert_eq!(names.len(), 8);
-        assert_eq!(Variant::jpeg_shifts(75, 2).len(), 24);
-        assert!(Variant::jpeg_shifts(75, 0).is_empty());
-        assert_eq!(Variant::jpeg_shifts(75, 200).len(), 17 * 17 - 1);
+        assert_eq!(Variant::jpeg_shifts(75, 1, 2).len(), 24);
+        assert!(Variant::jpeg_shifts(75, 1, 0).is_empty());
+        assert_eq!(Variant::jpeg_shifts(75, 1, 200).len(), 17 * 17 - 1);
+        assert!(Variant::jpeg(0, 1, 0, 0).is_err());
+        assert!(Variant::jpeg(75, 9, 0, 0).is_err());
+        assert!(Variant::jpeg(75, 1, -9, 0).is_err());
     }
 
     #[test]
