@@ -1368,12 +1368,20 @@ impl<'a> State<'a> {
     }
 
     fn next_block(&mut self) -> Result<Option<Block<'a>>> {
+        self.next_block_or_page(false).map(|step| step.flatten())
+    }
+
+    /// [`State::next_block`], which with `stop_at_page` also returns `Some(None)` right after
+    /// loading a page of the stream being read, before its first packet: for
+    /// [`OpusReader::for_each_block`], whose page loop can then take that packet too.
+    #[inline(always)]
+    fn next_block_or_page(&mut self, stop_at_page: bool) -> Result<Option<Option<Block<'a>>>> {
         loop {
             if let Some(state) = self.page.as_mut() {
                 let page = state.page;
                 match state.pieces.next() {
                     Some(piece) if piece.complete => {
-                        return self.complete_packet(page, piece).map(Some)
+                        return self.complete_packet(page, piece).map(|b| Some(Some(b)))
                     }
                     Some(piece) => self.continue_packet(&page, piece)?,
                     None => self.page = None,
@@ -1381,10 +1389,15 @@ impl<'a> State<'a> {
                 continue;
             }
             match self.walker.next() {
-                Some(Ok(Chunk::Page(page))) => self.on_page(page)?,
+                Some(Ok(Chunk::Page(page))) => {
+                    self.on_page(page)?;
+                    if stop_at_page && self.page.is_some() {
+                        return Ok(Some(None));
+                    }
+                }
                 Some(Ok(Chunk::Skipped(region))) => push_region(&mut self.regions, region),
                 Some(Err(e)) => return Err(e),
-                None => return self.finish(),
+                None => return self.finish().map(|b| b.map(Some)),
             }
         }
     }
@@ -1416,6 +1429,33 @@ impl<'a> OpusReader<'a> {
         state.sync_fast();
         let item = match state.next_block() {
             Ok(Some(block)) => Some(Ok(block)),
+            Ok(None) => {
+                state.done = true;
+                None
+            }
+            Err(e) => {
+                state.done = true;
+                Some(Err(e))
+            }
+        };
+        state.refresh_fast();
+        item
+    }
+}
+
+impl<'a> OpusReader<'a> {
+    /// [`OpusReader::next_general`] for [`OpusReader::for_each_block`]: also returns, with
+    /// `Some(Ok(None))`, right after loading a page of the stream, so that the page loop can
+    /// take its first packet where the hot path may run.
+    #[inline(never)]
+    fn next_general_or_page(&mut self) -> Option<Result<Option<Block<'a>>>> {
+        let state = &mut *self.state;
+        if state.done {
+            return None;
+        }
+        state.sync_fast();
+        let item = match state.next_block_or_page(true) {
+            Ok(Some(step)) => Some(Ok(step)),
             Ok(None) => {
                 state.done = true;
                 None
@@ -1577,8 +1617,9 @@ impl<'a> OpusReader<'a> {
     {
         loop {
             self.state.for_each_in_page(&mut f);
-            match self.next_general() {
-                Some(Ok(block)) => f(BlockRecord::of_block(&block)),
+            match self.next_general_or_page() {
+                Some(Ok(Some(block))) => f(BlockRecord::of_block(&block)),
+                Some(Ok(None)) => {}
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),
             }
