@@ -1368,14 +1368,17 @@ impl<'a> State<'a> {
     }
 
     fn next_block(&mut self) -> Result<Option<Block<'a>>> {
-        self.next_block_or_page(false).map(|step| step.flatten())
+        self.next_block_or_page::<false>()
+            .map(|step| step.flatten())
     }
 
-    /// [`State::next_block`], which with `stop_at_page` also returns `Some(None)` right after
+    /// [`State::next_block`], which with `STOP_AT_PAGE` also returns `Some(None)` right after
     /// loading a page of the stream being read, before its first packet: for
     /// [`OpusReader::for_each_block`], whose page loop can then take that packet too.
     #[inline(always)]
-    fn next_block_or_page(&mut self, stop_at_page: bool) -> Result<Option<Option<Block<'a>>>> {
+    fn next_block_or_page<const STOP_AT_PAGE: bool>(
+        &mut self,
+    ) -> Result<Option<Option<Block<'a>>>> {
         loop {
             if let Some(state) = self.page.as_mut() {
                 let page = state.page;
@@ -1391,7 +1394,7 @@ impl<'a> State<'a> {
             match self.walker.next() {
                 Some(Ok(Chunk::Page(page))) => {
                     self.on_page(page)?;
-                    if stop_at_page && self.page.is_some() {
+                    if STOP_AT_PAGE && self.page.is_some() {
                         return Ok(Some(None));
                     }
                 }
@@ -1454,7 +1457,7 @@ impl<'a> OpusReader<'a> {
             return None;
         }
         state.sync_fast();
-        let item = match state.next_block_or_page(true) {
+        let item = match state.next_block_or_page::<true>() {
             Ok(Some(step)) => Some(Ok(step)),
             Ok(None) => {
                 state.done = true;
