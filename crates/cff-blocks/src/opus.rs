@@ -15,6 +15,10 @@
 //! page (EOS), a granule position smaller than the samples of its packets trims the end
 //! (RFC 7845 §4.4): the blocks' durations are cut so that no block plays past it.
 //!
+//! To scan whole files, [`OpusReader::for_each_block`] gives the same blocks as compact
+//! [`BlockRecord`]s (index, offset, bytes, kind, time, duration, TOC) through one loop per page,
+//! faster than the iterator (`docs/benchmarks.md` has the numbers).
+//!
 //! See `docs/formats.md` for every rule with its clause.
 
 use std::borrow::Cow;
