@@ -1938,9 +1938,10 @@ mod tests {
         };
         // Code 3, CBR, 3 frames of 20 ms, no padding (RFC 6716 §3.2.5).
         let code3 = vec![TOC_20MS | 3, 3, 7, 7, 7];
-        // Packets after the page's first (which the general path takes) go through the page
-        // loop: valid ones of every kind it handles itself or hands to the general parser, then
-        // each invalid kind, which must end the scan with the iterator's error.
+        // The packets of the first audio page go through the page loop (the iterator takes the
+        // first through its general path): valid ones of every kind the loop handles itself or
+        // hands to the general parser, then each invalid kind, which must end the scan with the
+        // iterator's error.
         let valid = [
             ("code 1", code1(9, 3), 1920),
             ("code 3", code3, 2880),
