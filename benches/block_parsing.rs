@@ -4,7 +4,9 @@
 //! `Throughput::Bytes` of the input, so criterion reports MB/s:
 //!
 //! - `cff-blocks`: `cff_blocks::Reader` over the whole input, every block visited (for Ogg
-//!   also `cff-blocks-no-crc`, page CRC verification off);
+//!   also `cff-blocks-no-crc`, page CRC verification off); for Ogg also
+//!   `cff-blocks-for_each_block` (and `-no-crc`): `OpusReader::for_each_block`, the API for
+//!   scanning whole files, which gives a compact record per block instead of a `Block`;
 //! - the alternatives for the format: minimp3 full decode and symphonia's MP3 `next_packet`
 //!   loop; the `ogg` crate's `PacketReader` (CRC on and off) and symphonia's Ogg
 //!   `next_packet` loop; jpeg-decoder and zune-jpeg full decodes;
@@ -22,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cff_blocks::opus::OpusReader;
 use cff_blocks::{BlockKind, Options, Reader};
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use symphonia::core::formats::{FormatOptions, FormatReader};
@@ -85,6 +88,24 @@ fn cff_blocks(data: &[u8], options: &Options) -> CffCount {
             count.media_bytes += block.data.len();
         }
     }
+    count
+}
+
+/// The same counts through `OpusReader::for_each_block`, the API a user would call to scan
+/// whole Ogg Opus files: one loop per page, a compact record per block instead of a `Block`.
+fn cff_opus_for_each(data: &[u8], options: &Options) -> CffCount {
+    let mut count = CffCount::default();
+    let mut reader = OpusReader::new(data, options).expect("cff-blocks: open");
+    reader
+        .for_each_block(|block| {
+            count.blocks += 1;
+            count.bytes += block.data.len();
+            if matches!(block.kind, BlockKind::Audio | BlockKind::Mcu) {
+                count.media += 1;
+                count.media_bytes += block.data.len();
+            }
+        })
+        .expect("cff-blocks: read");
     count
 }
 
@@ -314,6 +335,14 @@ fn bench_opus(c: &mut Criterion) {
             audio_packets,
             Some(audio_bytes),
         );
+        for options in [&crc_on, &crc_off] {
+            check_cff(
+                name,
+                cff_opus_for_each(&data, options),
+                audio_packets,
+                Some(audio_bytes),
+            );
+        }
         for verify in [true, false] {
             let (packets, bytes) = ogg_packets(&data, verify);
             assert_eq!(
@@ -338,6 +367,12 @@ fn bench_opus(c: &mut Criterion) {
         });
         group.bench_function("cff-blocks-no-crc", |b| {
             b.iter(|| cff_blocks(black_box(&data), &crc_off).bytes)
+        });
+        group.bench_function("cff-blocks-for_each_block", |b| {
+            b.iter(|| cff_opus_for_each(black_box(&data), &crc_on).bytes)
+        });
+        group.bench_function("cff-blocks-for_each_block-no-crc", |b| {
+            b.iter(|| cff_opus_for_each(black_box(&data), &crc_off).bytes)
         });
         group.bench_function("ogg-PacketReader", |b| {
             b.iter(|| ogg_packets(black_box(&data), true))

@@ -21,6 +21,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
+use cff_blocks::opus::OpusReader;
 use cff_blocks::{BlockKind, Format, Options, Reader};
 
 /// What the bench's loop counts: blocks and their bytes, and those of the media kinds.
@@ -69,6 +70,28 @@ fn read_until_error(data: &[u8], options: &Options) -> Count {
     count
 }
 
+/// The same counts through `OpusReader::for_each_block`, the API for scanning whole Ogg Opus
+/// files (no `Block` built per packet).
+#[inline(never)]
+fn for_each_opus(data: &[u8], options: &Options) -> Count {
+    let mut count = Count::default();
+    let mut reader = OpusReader::new(data, options).expect("cff-blocks: open");
+    reader
+        .for_each_block(|block| {
+            count.blocks += 1;
+            count.bytes += block.data.len();
+            if matches!(block.kind, BlockKind::Audio | BlockKind::Mcu) {
+                count.media += 1;
+                count.media_bytes += block.data.len();
+            }
+        })
+        .expect("cff-blocks: read");
+    count
+}
+
+/// One of the loops above.
+type Loop = fn(&[u8], &Options) -> Count;
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let reps = match args.iter().position(|a| a == "--reps") {
@@ -79,8 +102,15 @@ fn main() {
         }
         _ => None,
     };
+    let for_each = match args.iter().position(|a| a == "--for-each") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     if args.is_empty() {
-        eprintln!("usage: block_loop [--reps N] FILE...");
+        eprintln!("usage: block_loop [--reps N [--for-each]] FILE...");
         std::process::exit(2);
     }
     if reps.is_none() {
@@ -95,20 +125,30 @@ fn main() {
                 continue;
             }
         };
+        let ogg = cff_blocks::detect(&data).ok() == Some(Format::OggOpus);
         if let Some(n) = reps {
+            let (name, run): (&str, Loop) = if for_each && ogg {
+                ("for_each_block", for_each_opus)
+            } else {
+                ("expect", read)
+            };
             let mut total = (0, 0);
             for _ in 0..n {
-                let c = read(black_box(&data), &Options::default());
+                let c = run(black_box(&data), &Options::default());
                 total = (total.0 + c.blocks, total.1 + c.bytes);
             }
-            println!("{path}: {} blocks, {} bytes in {n} reads", total.0, total.1);
+            println!(
+                "{path}: {} blocks, {} bytes in {n} reads ({name} loop)",
+                total.0, total.1
+            );
             continue;
         }
         let mut settings = vec![("default", Options::default())];
-        if cff_blocks::detect(&data).ok() == Some(Format::OggOpus) {
+        let mut loops: Vec<(&str, Loop)> =
+            vec![("expect", read), ("stop at error", read_until_error)];
+        if ogg {
             settings.push(("no CRC", Options::default().with_verify_crc(false)));
-        }
-        if cff_blocks::detect(&data).ok() == Some(Format::OggOpus) {
+            loops.push(("for_each_block", for_each_opus));
             // What the CRC alone costs: the Ogg CRC-32 over the whole file (page headers and
             // bodies, about what the reader checks), timed the same way.
             let mut best = f64::MAX;
@@ -127,21 +167,25 @@ fn main() {
         }
         for (name, options) in settings {
             let blocks = read(&data, &options).blocks;
-            // The fastest of 60 batches of 20 reads, for each loop.
-            let (mut expect, mut stop) = (f64::MAX, f64::MAX);
-            for _ in 0..60 {
-                let start = Instant::now();
-                for _ in 0..20 {
-                    black_box(read(black_box(&data), &options));
-                }
-                expect = expect.min(start.elapsed().as_secs_f64() / 20.0);
-                let start = Instant::now();
-                for _ in 0..20 {
-                    black_box(read_until_error(black_box(&data), &options));
-                }
-                stop = stop.min(start.elapsed().as_secs_f64() / 20.0);
+            for (_, run) in &loops {
+                assert_eq!(
+                    run(&data, &options).blocks,
+                    blocks,
+                    "{path}: loops disagree"
+                );
             }
-            for (shape, best) in [("expect", expect), ("stop at error", stop)] {
+            // The fastest of 60 batches of 20 reads, for each loop, the loops taking turns.
+            let mut best = vec![f64::MAX; loops.len()];
+            for _ in 0..60 {
+                for ((_, run), best) in loops.iter().zip(&mut best) {
+                    let start = Instant::now();
+                    for _ in 0..20 {
+                        black_box(run(black_box(&data), &options));
+                    }
+                    *best = best.min(start.elapsed().as_secs_f64() / 20.0);
+                }
+            }
+            for ((shape, _), best) in loops.iter().zip(best) {
                 println!(
                     "| {path} | {name} | {shape} | {blocks} | {:.1} | {:.0} |",
                     best * 1e9 / blocks.max(1) as f64,

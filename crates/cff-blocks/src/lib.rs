@@ -26,7 +26,8 @@
 //! Readers are iterators of `Result<Block>`. After an error they yield nothing more; the
 //! blocks already yielded stand (a partial result). Input that is not part of any block (tags,
 //! garbage skipped while resynchronising, other Ogg streams) is reported by
-//! [`Reader::regions`].
+//! [`Reader::regions`]. For scanning whole Ogg Opus files,
+//! [`opus::OpusReader::for_each_block`] visits the same blocks as compact records, faster.
 #![deny(missing_docs)]
 
 mod block;

@@ -523,6 +523,14 @@ impl<'a> Pieces<'a> {
         self.seg = seg;
         self.body_pos = body_pos;
     }
+
+    /// The page's segment table and body, and where the iterator is in them (segment, body
+    /// offset): for a loop that walks the lacing values itself and continues with
+    /// [`Pieces::skip_to`].
+    #[inline(always)]
+    pub(crate) fn parts(&self) -> (&'a [u8], &'a [u8], usize, usize) {
+        (self.table, self.body, self.seg, self.body_pos)
+    }
 }
 
 impl<'a> Iterator for Pieces<'a> {
