@@ -463,6 +463,33 @@ fn mm<T: Elem>(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Resu
     T::cpu_storage_data(a.matmul(b, (batch, m, n, k), la, lb)?)
 }
 
+/// Elements of a product [`mm_rows`] computes at once (1 MB in f32): outputs this small are
+/// recycled by the allocator's heap, where whole products of `[R', ·]` would be fresh pages.
+/// Tests cut their small products into several parts too.
+const MM_CHUNK: usize = if cfg!(test) { 1 << 10 } else { 1 << 18 };
+
+/// `a · b` for the rows `a [rows, k]` at offset `a_at` of `a` and `b [k, n]` seen through
+/// `lb`, into a buffer of the scratch pool, a few rows at a time (each part by [`mm`]).
+fn mm_rows<T: Elem>(
+    a: &CpuStorage,
+    a_at: usize,
+    (rows, k): (usize, usize),
+    b: &CpuStorage,
+    lb: &Layout,
+) -> Result<Vec<T>> {
+    let n = lb.dims().get(1).copied().unwrap_or(0);
+    let mut out = T::pool().take(rows * n);
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let step = (MM_CHUNK / n).max(1);
+    for (c, dst) in out.chunks_mut(step * n).enumerate() {
+        let part = mm::<T>(a, &mat_at(dst.len() / n, k, a_at + c * step * k), b, lb)?;
+        dst.copy_from_slice(&part);
+    }
+    Ok(out)
+}
+
 /// A product's elements in f64 (the weight gradient is put together in f64).
 fn to_f64s<T: WithDType>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.to_f64()).collect()
@@ -796,7 +823,7 @@ impl FusedLayer {
         // q, k, v: one product; then per attention task the bias, the split into heads and
         // q's scale in one pass, the attention, and the heads merged into the task's rows of
         // `o [R', d]`.
-        let qkv = mm::<T>(&h1, &mat_at(r, d, 0), wst, &wt(o.wqkv, 3 * d, d))?;
+        let qkv = mm_rows::<T>(&h1, 0, (r, d), wst, &wt(o.wqkv, 3 * d, d))?;
         let scale = 1.0 / (dh as f64).sqrt();
         let mut oh = pool.take(r * d);
         // Keep the probabilities for the backward pass (one product and one softmax fewer per
@@ -848,11 +875,11 @@ impl FusedLayer {
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        drop(qkv);
+        pool.give(qkv);
         let oh = store(oh);
 
         // Output projection, then bias, dropout, residual and norm2 in one pass per row.
-        let a = mm::<T>(&oh, &mat_at(r, d, 0), wst, &wt(o.wo, d, d))?;
+        let a = mm_rows::<T>(&oh, 0, (r, d), wst, &wt(o.wo, d, d))?;
         let mut x2 = pool.take(r * d);
         let mut h2 = pool.take(r * d);
         let stats2: Vec<(f64, f64)> = {
@@ -883,11 +910,11 @@ impl FusedLayer {
                 })
                 .collect()
         };
-        drop(a);
+        pool.give(a);
         let h2 = store(h2);
 
         // MLP: fc1, bias + GELU in one pass, fc2, then bias, dropout and residual in one pass.
-        let f = mm::<T>(&h2, &mat_at(r, d, 0), wst, &wt(o.w1, m, d))?;
+        let f = mm_rows::<T>(&h2, 0, (r, d), wst, &wt(o.w1, m, d))?;
         let mut g = pool.take(r * m);
         {
             let b1 = &ws[o.b1..][..m];
@@ -902,7 +929,7 @@ impl FusedLayer {
                 });
         }
         let g = store(g);
-        let z = mm::<T>(&g, &mat_at(r, m, 0), wst, &wt(o.w2, d, m))?;
+        let z = mm_rows::<T>(&g, 0, (r, m), wst, &wt(o.w2, d, m))?;
         let mut y = pool.take(r * d);
         {
             let b2 = &ws[o.b2..][..d];
@@ -923,7 +950,7 @@ impl FusedLayer {
                     }
                 });
         }
-        drop(z);
+        pool.give(z);
         let y = plan.scatter(y, xs_full, t, d);
         if let Some(v) = gathered {
             pool.give(v);
@@ -1020,7 +1047,7 @@ impl FusedLayer {
         );
         let dw2 = mm::<T>(dz_st, &mat_t_at(r, d, dz_at), &s.g, &mat_at(r, m, 0))?;
         put(&mut grad, o.w2, &to_f64s(&dw2));
-        let dg = mm::<T>(dz_st, &mat_at(r, d, dz_at), wst, &mat_at(d, m, w0 + o.w2))?;
+        let dg = mm_rows::<T>(dz_st, dz_at, (r, d), wst, &mat_at(d, m, w0 + o.w2))?;
         if let Some(s) = masked {
             crate::scratch::recycle(s);
         }
@@ -1041,12 +1068,12 @@ impl FusedLayer {
                     }
                 });
         }
-        drop(dg);
+        pool.give(dg);
         put(&mut grad, o.b1, &col_sums(&df, m));
         let df = store(df);
         let dw1 = mm::<T>(&df, &mat_t_at(r, m, 0), &s.h2, &mat_at(r, d, 0))?;
         put(&mut grad, o.w1, &to_f64s(&dw1));
-        let dh2 = mm::<T>(&df, &mat_at(r, m, 0), wst, &mat_at(m, d, w0 + o.w1))?;
+        let dh2 = mm_rows::<T>(&df, 0, (r, m), wst, &mat_at(m, d, w0 + o.w1))?;
         crate::scratch::recycle(df);
 
         // h2 = norm2(x2); x2 = x + drop1(a + bo): dx2 = dy + norm2'ᵀ dh2, da = drop1(dx2).
@@ -1096,7 +1123,7 @@ impl FusedLayer {
                     (add_into(a.0, b.0), add_into(a.1, b.1))
                 })
         };
-        drop(dh2);
+        pool.give(dh2);
         if let Some(g) = gathered {
             crate::scratch::recycle(g);
         }
@@ -1106,7 +1133,7 @@ impl FusedLayer {
         let da = store(da);
         let dwo = mm::<T>(&da, &mat_t_at(r, d, 0), &s.o, &mat_at(r, d, 0))?;
         put(&mut grad, o.wo, &to_f64s(&dwo));
-        let doh = mm::<T>(&da, &mat_at(r, d, 0), wst, &mat_at(d, d, w0 + o.wo))?;
+        let doh = mm_rows::<T>(&da, 0, (r, d), wst, &mat_at(d, d, w0 + o.wo))?;
         crate::scratch::recycle(da);
 
         // Attention, with the kept probabilities or recomputing them task by task; each task
@@ -1170,17 +1197,12 @@ impl FusedLayer {
                     Ok(())
                 })?;
         }
-        drop(doh);
+        pool.give(doh);
         put(&mut grad, o.bqkv, &col_sums(&dqkv, 3 * d));
         let dqkv = store(dqkv);
         let dwqkv = mm::<T>(&dqkv, &mat_t_at(r, 3 * d, 0), &s.h1, &mat_at(r, d, 0))?;
         put(&mut grad, o.wqkv, &to_f64s(&dwqkv));
-        let dh1 = mm::<T>(
-            &dqkv,
-            &mat_at(r, 3 * d, 0),
-            wst,
-            &mat_at(3 * d, d, w0 + o.wqkv),
-        )?;
+        let dh1 = mm_rows::<T>(&dqkv, 0, (r, 3 * d), wst, &mat_at(3 * d, d, w0 + o.wqkv))?;
         crate::scratch::recycle(dqkv);
 
         // h1 = norm1(x): dx = dx2 + norm1'ᵀ dh1.
@@ -1226,6 +1248,7 @@ impl FusedLayer {
                 })
         };
         pool.give(dx2);
+        pool.give(dh1);
         if let Some(v) = xs_gathered {
             pool.give(v);
         }
