@@ -472,11 +472,12 @@ mod tests {
         assert_eq!(none.lr(0), 0.01);
     }
 
+    /// The gradients of a test loss at the given variables and step.
+    type LossFn = Box<dyn Fn(&[Var], usize) -> Result<GradStore>>;
+
     /// Variables (a matrix, a vector) and a loss whose gradients differ per element and per
     /// step: `Σ c⊙θ² + Σ d⊙θ`.
-    fn adam_problem(
-        dtype: DType,
-    ) -> Result<(Vec<Var>, impl Fn(&[Var], usize) -> Result<GradStore>)> {
+    fn adam_problem(dtype: DType) -> Result<(Vec<Var>, LossFn)> {
         let dev = Device::Cpu;
         let a = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 5), &dev)?.to_dtype(dtype)?)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 11, &dev)?.to_dtype(dtype)?)?;
@@ -488,7 +489,7 @@ mod tests {
             let lb = ((vars[1].as_tensor().sqr()? * &cb)? - (vars[1].as_tensor() * k)?)?;
             (la.sum_all()? + lb.sum_all()?)?.backward()
         };
-        Ok((vec![a, b], loss))
+        Ok((vec![a, b], Box::new(loss)))
     }
 
     fn copy_vars(vars: &[Var]) -> Result<Vec<Var>> {
