@@ -26,7 +26,6 @@
 //! Dropout draws the same masks as the tensor-op path ([`crate::dropout`]), so the two paths
 //! agree for any seed; `tests` compare them, forward and backward.
 
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
@@ -48,7 +47,7 @@ const GELU_C: f64 = 0.044_715;
 /// and GELU take hundreds of millions of them per training step); f64 keeps `exp`, so the f64
 /// path stays exact for the gradient checks.
 pub(crate) trait Elem:
-    WithDType + Float + std::ops::AddAssign + std::ops::MulAssign
+    WithDType + Float + std::ops::AddAssign + std::ops::MulAssign + crate::scratch::Pooled
 {
     /// eˣ; 0 for x below about −87 in f32 (where `expf` returns 0 or a subnormal).
     fn exp_fast(self) -> Self;
@@ -266,12 +265,13 @@ impl Plan {
         self.row_of.len()
     }
 
-    /// The real rows of `src [B·T, width]`, compact (borrowed when there is no padding).
-    fn gather<'a, T: WithDType>(&self, src: &'a [T], width: usize) -> Cow<'a, [T]> {
+    /// The real rows of `src [B·T, width]`, compact, in a buffer of the scratch pool; `None`
+    /// when there is no padding (`src` itself is compact).
+    fn gather<T: Elem>(&self, src: &[T], width: usize) -> Option<Vec<T>> {
         if self.identity {
-            return Cow::Borrowed(src);
+            return None;
         }
-        let mut out = vec![T::zero(); self.rows() * width];
+        let mut out = T::pool().take(self.rows() * width);
         let per = rows_per_task(width);
         out.par_chunks_mut(per * width)
             .enumerate()
@@ -281,15 +281,15 @@ impl Plan {
                     row.copy_from_slice(&src[r * width..][..width]);
                 }
             });
-        Cow::Owned(out)
+        Some(out)
     }
 
     /// `base [B·T, width]` with its real rows replaced by the compact rows of `rows`.
-    fn scatter<T: WithDType>(&self, rows: Vec<T>, base: &[T], t: usize, width: usize) -> Vec<T> {
+    fn scatter<T: Elem>(&self, rows: Vec<T>, base: &[T], t: usize, width: usize) -> Vec<T> {
         if self.identity {
             return rows;
         }
-        let mut out = base.to_vec();
+        let mut out = T::pool().copy_of(base);
         out.par_chunks_mut(t * width)
             .enumerate()
             .for_each(|(s, out)| {
@@ -299,6 +299,7 @@ impl Plan {
                     out[at..at + width].copy_from_slice(&rows[r * width..][..width]);
                 }
             });
+        T::pool().give(rows);
         out
     }
 
@@ -332,35 +333,166 @@ fn split_tasks<'a, T>(mut buf: &'a mut [T], tasks: &[Task], width: usize) -> Vec
 }
 
 /// What the backward pass needs, kept from the forward pass (compact rows: see [`Plan`]).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Saved {
     plan: Arc<Plan>,
     /// `None` when no row is real (the layer is the identity).
     acts: Option<Activations>,
 }
 
-/// An attention task's q, k, v and (when kept) probabilities.
-type TaskActs = (Tensor, Tensor, Tensor, Option<Tensor>);
+/// An attention task's `[c, H, tt, d_h]` scaled queries, keys and values, and the
+/// probabilities `[c, H, tt, tt]` when the layer's fit [`probs_budget`].
+#[derive(Debug)]
+struct TaskActs {
+    q: CpuStorage,
+    k: CpuStorage,
+    v: CpuStorage,
+    p: Option<CpuStorage>,
+}
 
-/// The activations of the real rows `[R', ·]`.
-#[derive(Debug, Clone)]
+/// The activations of the real rows `[R', ·]`, in buffers of the scratch pool
+/// ([`crate::scratch`]) that go back to it when the op is dropped with its graph.
+#[derive(Debug)]
 struct Activations {
     /// `[R', d]` the first layer norm's output.
-    h1: Tensor,
+    h1: CpuStorage,
     /// Per row: mean and 1/σ of the first and second layer norms' inputs.
     stats1: Vec<(f64, f64)>,
     stats2: Vec<(f64, f64)>,
-    /// Per attention task: `[c, H, tt, d_h]` scaled queries, keys and values, and the
-    /// probabilities `[c, H, tt, tt]` when the layer's fit [`probs_budget`].
+    /// Per attention task.
     qkv: Vec<TaskActs>,
     /// `[R', d]` the heads' outputs (before the output projection).
-    o: Tensor,
+    o: CpuStorage,
     /// `[R', d]` the residual stream after attention, and its layer norm.
-    x2: Tensor,
-    h2: Tensor,
+    x2: CpuStorage,
+    h2: CpuStorage,
     /// `[R', m]` fc1's product (without its bias) and the GELU of it plus the bias.
-    f: Tensor,
-    g: Tensor,
+    f: CpuStorage,
+    g: CpuStorage,
+}
+
+fn empty() -> CpuStorage {
+    CpuStorage::F32(Vec::new())
+}
+
+impl Drop for Activations {
+    fn drop(&mut self) {
+        for s in [
+            &mut self.h1,
+            &mut self.o,
+            &mut self.x2,
+            &mut self.h2,
+            &mut self.f,
+            &mut self.g,
+        ] {
+            crate::scratch::recycle(std::mem::replace(s, empty()));
+        }
+        for t in self.qkv.drain(..) {
+            for s in [t.q, t.k, t.v] {
+                crate::scratch::recycle(s);
+            }
+            if let Some(p) = t.p {
+                crate::scratch::recycle(p);
+            }
+        }
+    }
+}
+
+/// A buffer as a storage (no copy).
+fn store<T: Elem>(v: Vec<T>) -> CpuStorage {
+    T::to_cpu_storage_owned(v)
+}
+
+/// A storage's elements.
+fn elems<T: Elem>(s: &CpuStorage) -> Result<&[T]> {
+    T::cpu_storage_as_slice(s)
+}
+
+/// `[rows, cols]` row-major at `offset`.
+fn mat_at(rows: usize, cols: usize, offset: usize) -> Layout {
+    Layout::new(Shape::from((rows, cols)), vec![cols, 1], offset)
+}
+
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]` at `offset`.
+fn mat_t_at(rows: usize, cols: usize, offset: usize) -> Layout {
+    Layout::new(Shape::from((cols, rows)), vec![1, cols], offset)
+}
+
+/// `[c, H, a, b]` contiguous.
+fn heads(c: usize, h: usize, a: usize, b: usize) -> Layout {
+    Layout::contiguous((c, h, a, b))
+}
+
+/// The transpose `[c, H, b, a]` of a contiguous `[c, H, a, b]`.
+fn heads_t(c: usize, h: usize, a: usize, b: usize) -> Layout {
+    Layout::new(Shape::from((c, h, b, a)), vec![h * a * b, a * b, 1, b], 0)
+}
+
+/// The index one past the last element a layout reads.
+fn extent(l: &Layout) -> usize {
+    if l.dims().contains(&0) {
+        return l.start_offset();
+    }
+    l.start_offset()
+        + l.dims()
+            .iter()
+            .zip(l.stride())
+            .map(|(&n, &s)| (n - 1) * s)
+            .sum::<usize>()
+        + 1
+}
+
+/// `a · b` by candle's CPU matmul (gemm) on storages seen through layouts, without tensors or
+/// copies: `a [.., m, k]`, `b [.., k, n]` with the same leading dimensions → `[.., m, n]`
+/// row-major. Layouts must be contiguous batches of matrices with unit row or column stride.
+fn mm<T: Elem>(a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> Result<Vec<T>> {
+    let (ad, bd) = (la.dims(), lb.dims());
+    let r = ad.len();
+    if r < 2 || bd.len() != r || ad[..r - 2] != bd[..r - 2] || ad[r - 1] != bd[r - 2] {
+        candle_core::bail!("fused layer: matmul of {ad:?} and {bd:?}");
+    }
+    // candle's matmul trusts the layouts: check that they stay inside the storages.
+    if extent(la) > elems::<T>(a)?.len() || extent(lb) > elems::<T>(b)?.len() {
+        candle_core::bail!("fused layer: matmul layout outside its storage");
+    }
+    let (m, k, n) = (ad[r - 2], ad[r - 1], bd[r - 1]);
+    let batch: usize = ad[..r - 2].iter().product();
+    if batch * m * n * k == 0 {
+        return Ok(vec![T::zero(); batch * m * n]);
+    }
+    T::cpu_storage_data(a.matmul(b, (batch, m, n, k), la, lb)?)
+}
+
+/// Elements of a product [`mm_rows`] computes at once (1 MB in f32): outputs this small are
+/// recycled by the allocator's heap, where whole products of `[R', ·]` would be fresh pages.
+/// Tests cut their small products into several parts too.
+const MM_CHUNK: usize = if cfg!(test) { 1 << 10 } else { 1 << 18 };
+
+/// `a · b` for the rows `a [rows, k]` at offset `a_at` of `a` and `b [k, n]` seen through
+/// `lb`, into a buffer of the scratch pool, a few rows at a time (each part by [`mm`]).
+fn mm_rows<T: Elem>(
+    a: &CpuStorage,
+    a_at: usize,
+    (rows, k): (usize, usize),
+    b: &CpuStorage,
+    lb: &Layout,
+) -> Result<Vec<T>> {
+    let n = lb.dims().get(1).copied().unwrap_or(0);
+    let mut out = T::pool().take(rows * n);
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let step = (MM_CHUNK / n).max(1);
+    for (c, dst) in out.chunks_mut(step * n).enumerate() {
+        let part = mm::<T>(a, &mat_at(dst.len() / n, k, a_at + c * step * k), b, lb)?;
+        dst.copy_from_slice(&part);
+    }
+    Ok(out)
+}
+
+/// A product's elements in f64 (the weight gradient is put together in f64).
+fn to_f64s<T: WithDType>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
 }
 
 /// The layer as an op: inputs `x [B, T, d]` and the packed weights `[P]`.
@@ -389,6 +521,13 @@ fn view(t: &Tensor) -> View<'_> {
 }
 
 impl View<'_> {
+    fn cpu(&self) -> Result<&CpuStorage> {
+        match &*self.storage {
+            Storage::Cpu(s) => Ok(s),
+            _ => candle_core::bail!("fused layer: tensor is not on the CPU"),
+        }
+    }
+
     fn slice<T: WithDType>(&self) -> Result<&[T]> {
         match &*self.storage {
             Storage::Cpu(s) => crate::kernels::contiguous(s, self.layout),
@@ -632,15 +771,13 @@ pub(crate) fn forward(
 }
 
 impl FusedLayer {
-    /// Copies `v` (one of the op's storages) into a tensor of `shape`.
-    fn input<T: WithDType>(v: &[T], shape: impl Into<Shape>) -> Result<Tensor> {
-        Tensor::from_slice(v, shape, &candle_core::Device::Cpu)
-    }
-
-    fn forward_t<T: Elem>(&self, xs: &[T], ws: &[T]) -> Result<Vec<T>> {
+    /// The forward pass: `xs [B·T, d]` and the packed weights `wst` (seen through `wl`).
+    fn forward_t<T: Elem>(&self, xs: &[T], wst: &CpuStorage, wl: &Layout) -> Result<Vec<T>> {
         let Dims { b, t, d, h, m } = self.dims;
         let dh = self.dims.dh();
         let o = self.dims.offsets();
+        let ws = crate::kernels::contiguous::<T>(wst, wl)?;
+        let w0 = wl.start_offset();
         if xs.len() != self.dims.rows() * d || ws.len() != o.total || h == 0 || d % h != 0 {
             candle_core::bail!(
                 "fused layer: {} inputs, {} weights for {:?}",
@@ -649,6 +786,7 @@ impl FusedLayer {
                 self.dims
             );
         }
+        let pool = T::pool();
         let bias_v = self.bias.as_ref().map(view);
         let bias_s = bias_v.as_ref().map(|v| v.slice::<T>()).transpose()?;
         let plan = Arc::new(Plan::new(bias_s, b, t, h));
@@ -656,20 +794,18 @@ impl FusedLayer {
         if r == 0 {
             // Only padding: the layer passes its input through.
             self.save(Saved { plan, acts: None });
-            return Ok(xs.to_vec());
+            return Ok(pool.copy_of(xs));
         }
         let xs_full = xs;
-        let xs = plan.gather(xs_full, d);
-        let xs: &[T] = &xs;
+        let gathered = plan.gather(xs_full, d);
+        let xs: &[T] = gathered.as_deref().unwrap_or(xs_full);
         let row_of = &plan.row_of;
-        let w = Self::input(ws, o.total)?;
-        let mat = |at: usize, rows: usize, cols: usize| {
-            w.narrow(0, at, rows * cols)?.reshape((rows, cols))
-        };
+        // `x·Wᵀ` for the weight `W [rows, cols]` at `at` of the packed vector.
+        let wt = |at: usize, rows: usize, cols: usize| mat_t_at(rows, cols, w0 + at);
         let rows = rows_per_task(d);
 
         // norm1
-        let mut h1 = vec![T::zero(); r * d];
+        let mut h1 = pool.take(r * d);
         let stats1: Vec<(f64, f64)> = h1
             .par_chunks_mut(rows * d)
             .zip(xs.par_chunks(rows * d))
@@ -682,14 +818,14 @@ impl FusedLayer {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let h1 = tensor(h1, (r, d))?;
+        let h1 = store(h1);
 
         // q, k, v: one product; then per attention task the bias, the split into heads and
         // q's scale in one pass, the attention, and the heads merged into the task's rows of
         // `o [R', d]`.
-        let qkv = h1.matmul(&mat(o.wqkv, 3 * d, d)?.t()?)?;
+        let qkv = mm_rows::<T>(&h1, 0, (r, d), wst, &wt(o.wqkv, 3 * d, d))?;
         let scale = 1.0 / (dh as f64).sqrt();
-        let mut oh = vec![T::zero(); r * d];
+        let mut oh = pool.take(r * d);
         // Keep the probabilities for the backward pass (one product and one softmax fewer per
         // task there) when all of the layer's fit the budget.
         let scores: usize = plan
@@ -699,40 +835,54 @@ impl FusedLayer {
             .sum();
         let keep_probs = self.keep && scores * std::mem::size_of::<T>() <= probs_budget();
         let qkv_saved = {
-            let qkv_v = view(&qkv);
-            let qkv_s = qkv_v.slice::<T>()?;
             let bqkv = &ws[o.bqkv..][..3 * d];
             let sc = T::from_f64(scale);
             plan.tasks
                 .par_iter()
                 .zip(split_tasks(&mut oh, &plan.tasks, d))
                 .map(|(task, out)| -> Result<TaskActs> {
-                    let src = &qkv_s[task.row0 * 3 * d..][..task.rows * 3 * d];
-                    let heads = |part: usize, mul: T| {
+                    let (c, tt) = (task.lens.len(), task.tt);
+                    let src = &qkv[task.row0 * 3 * d..][..task.rows * 3 * d];
+                    let heads_of = |part: usize, mul: T| {
                         let add = &bqkv[part * d..][..d];
-                        let v = split_heads(src, 3 * d, part * d, Some(add), mul, task, h, dh);
-                        tensor(v, (task.lens.len(), h, task.tt, dh))
+                        store(split_heads(
+                            src,
+                            3 * d,
+                            part * d,
+                            Some(add),
+                            mul,
+                            task,
+                            h,
+                            dh,
+                        ))
                     };
-                    let (q, k, v) = (heads(0, sc)?, heads(1, T::one())?, heads(2, T::one())?);
+                    let (q, k, v) = (
+                        heads_of(0, sc),
+                        heads_of(1, T::one()),
+                        heads_of(2, T::one()),
+                    );
                     let tb = plan.task_bias(task, bias_s);
-                    let p = self.probs::<T>(&q, &k, tb.as_deref())?;
-                    let y = p.matmul(&v)?;
-                    let y_v = view(&y);
-                    merge_heads(y_v.slice::<T>()?, out, task, h, dh, 0, d, T::one());
-                    Ok((q, k, v, keep_probs.then_some(p)))
+                    let p = probs::<T>(&q, &k, (c, h, tt, dh), tb.as_deref())?;
+                    let y = mm::<T>(&p, &heads(c, h, tt, tt), &v, &heads(c, h, tt, dh))?;
+                    merge_heads(&y, out, task, h, dh, 0, d, T::one());
+                    let p = if keep_probs {
+                        Some(p)
+                    } else {
+                        crate::scratch::recycle(p);
+                        None
+                    };
+                    Ok(TaskActs { q, k, v, p })
                 })
                 .collect::<Result<Vec<_>>>()?
         };
-        drop(qkv);
-        let oh = tensor(oh, (r, d))?;
+        pool.give(qkv);
+        let oh = store(oh);
 
         // Output projection, then bias, dropout, residual and norm2 in one pass per row.
-        let a = oh.matmul(&mat(o.wo, d, d)?.t()?)?;
-        let mut x2 = vec![T::zero(); r * d];
-        let mut h2 = vec![T::zero(); r * d];
+        let a = mm_rows::<T>(&oh, 0, (r, d), wst, &wt(o.wo, d, d))?;
+        let mut x2 = pool.take(r * d);
+        let mut h2 = pool.take(r * d);
         let stats2: Vec<(f64, f64)> = {
-            let a_v = view(&a);
-            let a_s = a_v.slice::<T>()?;
             let bo = &ws[o.bo..][..d];
             let mask = self.drop.map(|m| m.0);
             x2.par_chunks_mut(rows * d)
@@ -742,7 +892,7 @@ impl FusedLayer {
                     let base = c * rows * d;
                     for (j, x2j) in x2.iter_mut().enumerate() {
                         let i = base + j;
-                        let av = WithDType::to_f64(a_s[i]) + WithDType::to_f64(bo[j % d]);
+                        let av = WithDType::to_f64(a[i]) + WithDType::to_f64(bo[j % d]);
                         let av = match mask {
                             // The mask of the element's place in the full layout, as the
                             // tensor-op path draws it.
@@ -760,18 +910,16 @@ impl FusedLayer {
                 })
                 .collect()
         };
-        drop(a);
-        let h2 = tensor(h2, (r, d))?;
+        pool.give(a);
+        let h2 = store(h2);
 
         // MLP: fc1, bias + GELU in one pass, fc2, then bias, dropout and residual in one pass.
-        let f = h2.matmul(&mat(o.w1, m, d)?.t()?)?;
-        let mut g = vec![T::zero(); r * m];
+        let f = mm_rows::<T>(&h2, 0, (r, d), wst, &wt(o.w1, m, d))?;
+        let mut g = pool.take(r * m);
         {
-            let f_v = view(&f);
-            let f_s = f_v.slice::<T>()?;
             let b1 = &ws[o.b1..][..m];
             g.par_chunks_mut(rows_per_task(m) * m)
-                .zip(f_s.par_chunks(rows_per_task(m) * m))
+                .zip(f.par_chunks(rows_per_task(m) * m))
                 .for_each(|(g, f)| {
                     for (g, f) in g.chunks_mut(m).zip(f.chunks(m)) {
                         for ((g, &f), &b) in g.iter_mut().zip(f).zip(b1) {
@@ -780,12 +928,10 @@ impl FusedLayer {
                     }
                 });
         }
-        let g = tensor(g, (r, m))?;
-        let z = g.matmul(&mat(o.w2, d, m)?.t()?)?;
-        let mut y = vec![T::zero(); r * d];
+        let g = store(g);
+        let z = mm_rows::<T>(&g, 0, (r, m), wst, &wt(o.w2, d, m))?;
+        let mut y = pool.take(r * d);
         {
-            let z_v = view(&z);
-            let z_s = z_v.slice::<T>()?;
             let b2 = &ws[o.b2..][..d];
             let mask = self.drop.map(|m| m.1);
             y.par_chunks_mut(rows * d)
@@ -795,7 +941,7 @@ impl FusedLayer {
                     let base = c * rows * d;
                     for (j, (y, x2)) in y.iter_mut().zip(x2).enumerate() {
                         let i = base + j;
-                        let zv = WithDType::to_f64(z_s[i]) + WithDType::to_f64(b2[j % d]);
+                        let zv = WithDType::to_f64(z[i]) + WithDType::to_f64(b2[j % d]);
                         let zv = match mask {
                             Some(mk) => zv * mk.factor(row_of[i / d] * d + i % d),
                             None => zv,
@@ -804,16 +950,20 @@ impl FusedLayer {
                     }
                 });
         }
+        pool.give(z);
         let y = plan.scatter(y, xs_full, t, d);
+        if let Some(v) = gathered {
+            pool.give(v);
+        }
         let acts = Activations {
             h1,
             stats1,
             stats2,
             qkv: qkv_saved,
             o: oh,
-            x2: tensor(x2, (r, d))?,
+            x2: store(x2),
             h2,
-            f,
+            f: store(f),
             g,
         };
         self.save(Saved {
@@ -823,25 +973,14 @@ impl FusedLayer {
         Ok(y)
     }
 
-    /// Keeps what the backward pass needs, when one can follow.
+    /// Keeps what the backward pass needs, when one can follow (otherwise the activations'
+    /// buffers go back to the pool here).
     fn save(&self, saved: Saved) {
         if self.keep {
             if let Ok(mut s) = self.saved.lock() {
                 *s = Some(saved);
             }
         }
-    }
-
-    /// Softmax of `q·kᵀ` plus the key bias `[c, tt]`, `[c, H, tt, tt]`.
-    fn probs<T: Elem>(&self, q: &Tensor, k: &Tensor, bias: Option<&[T]>) -> Result<Tensor> {
-        let (c, h, tt, _) = q.dims4()?;
-        let s = q.matmul(&k.t()?)?;
-        let s_v = view(&s);
-        let s_s = s_v.slice::<T>()?;
-        let mut p = Vec::with_capacity(s_s.len());
-        p.resize(s_s.len(), T::zero());
-        softmax_rows(s_s, &mut p, tt, h * tt, bias);
-        tensor(p, (c, h, tt, tt))
     }
 
     /// The gradients of `x` and of the packed weights `w` for the output's gradient `dy`.
@@ -855,6 +994,7 @@ impl FusedLayer {
         let Dims { b, t, d, h, m } = self.dims;
         let dh = self.dims.dh();
         let o = self.dims.offsets();
+        let pool = T::pool();
         let plan = &saved.plan;
         let row_of = &plan.row_of;
         let r = plan.rows();
@@ -864,52 +1004,62 @@ impl FusedLayer {
             // The identity: dx = dy, no weight gradient.
             let zeros = vec![T::zero(); o.total];
             return Ok((
-                tensor(dys_full.to_vec(), (b, t, d))?,
+                tensor(pool.copy_of(dys_full), (b, t, d))?,
                 tensor(zeros, o.total)?,
             ));
         };
         let rows = rows_per_task(d);
         let w_v = view(w);
         let ws = w_v.slice::<T>()?;
-        let mat = |at: usize, rows: usize, cols: usize| {
-            w.narrow(0, at, rows * cols)?.reshape((rows, cols))
-        };
+        let (wst, w0) = (w_v.cpu()?, w_v.layout.start_offset());
         let mut grad = vec![0.0f64; o.total];
         let put = |grad: &mut Vec<f64>, at: usize, vals: &[f64]| {
             grad[at..at + vals.len()].copy_from_slice(vals)
         };
-        let to_f64 = |t: &Tensor| -> Result<Vec<f64>> {
-            t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
+        // The output's gradient at the real rows, as a storage and an offset into it.
+        let dy_st = dy_v.cpu()?;
+        let gathered = plan.gather(dys_full, d).map(store);
+        let (dys_st, dys_at) = match &gathered {
+            Some(g) => (g, 0),
+            None => (dy_st, dy_v.layout.start_offset()),
         };
-        let dys = plan.gather(dys_full, d);
-        let dys: &[T] = &dys;
+        let dys = &elems::<T>(dys_st)?[dys_at..][..r * d];
 
         // y = x2 + drop2(z + b2): dz = drop2(dy), db2 = Σ dz.
-        let dz: Vec<T> = match self.drop.map(|m| m.1) {
-            Some(mk) => dys
-                .par_iter()
+        let masked = self.drop.map(|m| m.1).map(|mk| {
+            let mut dz = pool.take(r * d);
+            dz.par_iter_mut()
+                .zip(dys.par_iter())
                 .enumerate()
-                .map(|(i, &g)| {
-                    T::from_f64(WithDType::to_f64(g) * mk.factor(row_of[i / d] * d + i % d))
-                })
-                .collect(),
-            None => dys.to_vec(),
+                .for_each(|(i, (o, &g))| {
+                    *o = T::from_f64(WithDType::to_f64(g) * mk.factor(row_of[i / d] * d + i % d))
+                });
+            store(dz)
+        });
+        let (dz_st, dz_at) = match &masked {
+            Some(s) => (s, 0),
+            None => (dys_st, dys_at),
         };
-        put(&mut grad, o.b2, &col_sums(&dz, d));
-        let dz = tensor(dz, (r, d))?;
-        put(&mut grad, o.w2, &to_f64(&dz.t()?.matmul(&s.g)?)?);
-        let dg = dz.matmul(&mat(o.w2, d, m)?)?;
-        drop(dz);
+        put(
+            &mut grad,
+            o.b2,
+            &col_sums(&elems::<T>(dz_st)?[dz_at..][..r * d], d),
+        );
+        let dw2 = mm::<T>(dz_st, &mat_t_at(r, d, dz_at), &s.g, &mat_at(r, m, 0))?;
+        put(&mut grad, o.w2, &to_f64s(&dw2));
+        let dg = mm_rows::<T>(dz_st, dz_at, (r, d), wst, &mat_at(d, m, w0 + o.w2))?;
+        if let Some(s) = masked {
+            crate::scratch::recycle(s);
+        }
 
         // g = gelu(f + b1): df = dg ⊙ gelu'(f + b1), db1 = Σ df.
-        let mut df = vec![T::zero(); r * m];
+        let mut df = pool.take(r * m);
         {
-            let (dg_v, f_v) = (view(&dg), view(&s.f));
-            let (dg_s, f_s) = (dg_v.slice::<T>()?, f_v.slice::<T>()?);
+            let f_s = elems::<T>(&s.f)?;
             let b1 = &ws[o.b1..][..m];
             let n = rows_per_task(m) * m;
             df.par_chunks_mut(n)
-                .zip(dg_s.par_chunks(n).zip(f_s.par_chunks(n)))
+                .zip(dg.par_chunks(n).zip(f_s.par_chunks(n)))
                 .for_each(|(df, (dg, f))| {
                     for (df, (dg, f)) in df.chunks_mut(m).zip(dg.chunks(m).zip(f.chunks(m))) {
                         for j in 0..m {
@@ -918,19 +1068,19 @@ impl FusedLayer {
                     }
                 });
         }
-        drop(dg);
+        pool.give(dg);
         put(&mut grad, o.b1, &col_sums(&df, m));
-        let df = tensor(df, (r, m))?;
-        put(&mut grad, o.w1, &to_f64(&df.t()?.matmul(&s.h2)?)?);
-        let dh2 = df.matmul(&mat(o.w1, m, d)?)?;
-        drop(df);
+        let df = store(df);
+        let dw1 = mm::<T>(&df, &mat_t_at(r, m, 0), &s.h2, &mat_at(r, d, 0))?;
+        put(&mut grad, o.w1, &to_f64s(&dw1));
+        let dh2 = mm_rows::<T>(&df, 0, (r, m), wst, &mat_at(m, d, w0 + o.w1))?;
+        crate::scratch::recycle(df);
 
         // h2 = norm2(x2); x2 = x + drop1(a + bo): dx2 = dy + norm2'ᵀ dh2, da = drop1(dx2).
-        let mut dx2 = vec![T::zero(); r * d];
-        let mut da = vec![T::zero(); r * d];
+        let mut dx2 = pool.take(r * d);
+        let mut da = pool.take(r * d);
         let (dln2_w, dln2_b) = {
-            let (dh2_v, x2_v) = (view(&dh2), view(&s.x2));
-            let (dh2_s, x2_s) = (dh2_v.slice::<T>()?, x2_v.slice::<T>()?);
+            let x2_s = elems::<T>(&s.x2)?;
             let w2n = &ws[o.ln2_w..][..d];
             let mask = self.drop.map(|m| m.0);
             let n = rows * d;
@@ -951,7 +1101,7 @@ impl FusedLayer {
                             &x2_s[at..at + d],
                             s.stats2[row],
                             w2n,
-                            &dh2_s[at..at + d],
+                            &dh2[at..at + d],
                             &mut acc,
                             &mut dw,
                             &mut db,
@@ -973,82 +1123,95 @@ impl FusedLayer {
                     (add_into(a.0, b.0), add_into(a.1, b.1))
                 })
         };
-        drop(dh2);
+        pool.give(dh2);
+        if let Some(g) = gathered {
+            crate::scratch::recycle(g);
+        }
         put(&mut grad, o.ln2_w, &dln2_w);
         put(&mut grad, o.ln2_b, &dln2_b);
         put(&mut grad, o.bo, &col_sums(&da, d));
-        let da = tensor(da, (r, d))?;
-        put(&mut grad, o.wo, &to_f64(&da.t()?.matmul(&s.o)?)?);
-        let doh = da.matmul(&mat(o.wo, d, d)?)?;
-        drop(da);
+        let da = store(da);
+        let dwo = mm::<T>(&da, &mat_t_at(r, d, 0), &s.o, &mat_at(r, d, 0))?;
+        put(&mut grad, o.wo, &to_f64s(&dwo));
+        let doh = mm_rows::<T>(&da, 0, (r, d), wst, &mat_at(d, d, w0 + o.wo))?;
+        crate::scratch::recycle(da);
 
-        // Attention, recomputing the probabilities task by task; each task writes its rows of
-        // dqkv [R', 3d].
+        // Attention, with the kept probabilities or recomputing them task by task; each task
+        // writes its rows of dqkv [R', 3d].
         let scale = 1.0 / (dh as f64).sqrt();
-        let mut dqkv = vec![T::zero(); r * 3 * d];
+        let mut dqkv = pool.take(r * 3 * d);
         {
             let bias_v = self.bias.as_ref().map(view);
             let bias_s = bias_v.as_ref().map(|v| v.slice::<T>()).transpose()?;
-            let doh_v = view(&doh);
-            let doh_s = doh_v.slice::<T>()?;
             plan.tasks
                 .par_iter()
                 .zip(s.qkv.par_iter())
                 .zip(split_tasks(&mut dqkv, &plan.tasks, 3 * d))
-                .try_for_each(|((task, (qc, kc, vc, kept)), out)| -> Result<()> {
-                    let p = match kept {
-                        Some(p) => p.clone(),
-                        None => self.probs::<T>(qc, kc, plan.task_bias(task, bias_s).as_deref())?,
+                .try_for_each(|((task, acts), out)| -> Result<()> {
+                    let (c, tt) = (task.lens.len(), task.tt);
+                    let fresh = match &acts.p {
+                        Some(_) => None,
+                        None => Some(probs::<T>(
+                            &acts.q,
+                            &acts.k,
+                            (c, h, tt, dh),
+                            plan.task_bias(task, bias_s).as_deref(),
+                        )?),
+                    };
+                    let Some(p) = acts.p.as_ref().or(fresh.as_ref()) else {
+                        candle_core::bail!("fused layer: no attention probabilities")
                     };
                     // dO in heads: [c, H, tt, d_h], zero beyond each sequence's length.
-                    let src = &doh_s[task.row0 * d..][..task.rows * d];
-                    let dyh = split_heads(src, d, 0, None, T::one(), task, h, dh);
-                    let dyh = tensor(dyh, (task.lens.len(), h, task.tt, dh))?;
-                    let dv = p.t()?.matmul(&dyh)?;
-                    let dp = dyh.matmul(&vc.t()?)?;
+                    let src = &doh[task.row0 * d..][..task.rows * d];
+                    let dyh = store(split_heads(src, d, 0, None, T::one(), task, h, dh));
+                    let dv = mm::<T>(p, &heads_t(c, h, tt, tt), &dyh, &heads(c, h, tt, dh))?;
+                    let dp = mm::<T>(&dyh, &heads(c, h, tt, dh), &acts.v, &heads_t(c, h, tt, dh))?;
+                    crate::scratch::recycle(dyh);
                     // dS = P ⊙ (dP − Σ dP⊙P) per row.
                     let ds = {
-                        let (p_v, dp_v) = (view(&p), view(&dp));
-                        let (ps, dps) = (p_v.slice::<T>()?, dp_v.slice::<T>()?);
-                        let tt = task.tt;
-                        let mut ds = vec![T::zero(); ps.len()];
-                        for ((ds, p), dp) in
-                            ds.chunks_mut(tt).zip(ps.chunks(tt)).zip(dps.chunks(tt))
+                        let ps = elems::<T>(p)?;
+                        let mut ds = T::pool().take(ps.len());
+                        for ((ds, p), dp) in ds.chunks_mut(tt).zip(ps.chunks(tt)).zip(dp.chunks(tt))
                         {
                             let dot = dot_lanes(p, dp);
                             for ((ds, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
                                 *ds = p * (g - dot);
                             }
                         }
-                        tensor(ds, p.shape())?
+                        store(ds)
                     };
-                    let dq = ds.matmul(kc)?;
-                    let dk = ds.t()?.matmul(qc)?;
+                    drop(dp);
+                    if let Some(p) = fresh {
+                        crate::scratch::recycle(p);
+                    }
+                    let dq = mm::<T>(&ds, &heads(c, h, tt, tt), &acts.k, &heads(c, h, tt, dh))?;
+                    let dk = mm::<T>(&ds, &heads_t(c, h, tt, tt), &acts.q, &heads(c, h, tt, dh))?;
+                    crate::scratch::recycle(ds);
                     let sc = T::from_f64(scale);
                     for (part, (src, mul)) in [(&dq, sc), (&dk, T::one()), (&dv, T::one())]
                         .into_iter()
                         .enumerate()
                     {
-                        let sv = view(src);
-                        merge_heads(sv.slice::<T>()?, out, task, h, dh, part * d, 3 * d, mul);
+                        merge_heads(src, out, task, h, dh, part * d, 3 * d, mul);
                     }
                     Ok(())
                 })?;
         }
-        drop(doh);
+        pool.give(doh);
         put(&mut grad, o.bqkv, &col_sums(&dqkv, 3 * d));
-        let dqkv = tensor(dqkv, (r, 3 * d))?;
-        put(&mut grad, o.wqkv, &to_f64(&dqkv.t()?.matmul(&s.h1)?)?);
-        let dh1 = dqkv.matmul(&mat(o.wqkv, 3 * d, d)?)?;
-        drop(dqkv);
+        let dqkv = store(dqkv);
+        let dwqkv = mm::<T>(&dqkv, &mat_t_at(r, 3 * d, 0), &s.h1, &mat_at(r, d, 0))?;
+        put(&mut grad, o.wqkv, &to_f64s(&dwqkv));
+        let dh1 = mm_rows::<T>(&dqkv, 0, (r, 3 * d), wst, &mat_at(3 * d, d, w0 + o.wqkv))?;
+        crate::scratch::recycle(dqkv);
 
         // h1 = norm1(x): dx = dx2 + norm1'ᵀ dh1.
-        let mut dx = vec![T::zero(); r * d];
+        let mut dx = pool.take(r * d);
         let x_v = view(x);
-        let xs = plan.gather(x_v.slice::<T>()?, d);
+        let xs_full = x_v.slice::<T>()?;
+        let xs_gathered = plan.gather(xs_full, d);
+        let xs: &[T] = xs_gathered.as_deref().unwrap_or(xs_full);
         let (dln1_w, dln1_b) = {
-            let dh1_v = view(&dh1);
-            let dh1_s = dh1_v.slice::<T>()?;
             let w1n = &ws[o.ln1_w..][..d];
             let n = rows * d;
             dx.par_chunks_mut(n)
@@ -1067,7 +1230,7 @@ impl FusedLayer {
                             &xs[at..at + d],
                             s.stats1[row],
                             w1n,
-                            &dh1_s[at..at + d],
+                            &dh1[at..at + d],
                             &mut acc,
                             &mut dw,
                             &mut db,
@@ -1084,6 +1247,11 @@ impl FusedLayer {
                     (add_into(a.0, b.0), add_into(a.1, b.1))
                 })
         };
+        pool.give(dx2);
+        pool.give(dh1);
+        if let Some(v) = xs_gathered {
+            pool.give(v);
+        }
         put(&mut grad, o.ln1_w, &dln1_w);
         put(&mut grad, o.ln1_b, &dln1_b);
         let grad: Vec<T> = grad.into_iter().map(T::from_f64).collect();
@@ -1093,10 +1261,24 @@ impl FusedLayer {
     }
 }
 
+/// Softmax of `q·kᵀ` plus the key bias `[c, tt]`: `q`, `k` `[c, H, tt, d_h]` →
+/// `[c, H, tt, tt]`.
+fn probs<T: Elem>(
+    q: &CpuStorage,
+    k: &CpuStorage,
+    (c, h, tt, dh): (usize, usize, usize, usize),
+    bias: Option<&[T]>,
+) -> Result<CpuStorage> {
+    let s = mm::<T>(q, &heads(c, h, tt, dh), k, &heads_t(c, h, tt, dh))?;
+    let mut p = T::pool().take(s.len());
+    softmax_rows(&s, &mut p, tt, h * tt, bias);
+    Ok(store(p))
+}
+
 /// Reads columns `col0..col0 + d` of a task's compact rows `src [rows, width]`, plus `add`,
 /// times `mul`, into heads `[c, H, tt, d_h]`; positions beyond a sequence's length are 0.
 #[allow(clippy::too_many_arguments)]
-fn split_heads<T: WithDType>(
+fn split_heads<T: Elem>(
     src: &[T],
     width: usize,
     col0: usize,
@@ -1107,9 +1289,13 @@ fn split_heads<T: WithDType>(
     dh: usize,
 ) -> Vec<T> {
     let tt = task.tt;
-    let mut out = vec![T::zero(); task.lens.len() * h * tt * dh];
+    let mut out = T::pool().take(task.lens.len() * h * tt * dh);
     let mut row = 0;
     for (si, &n) in task.lens.iter().enumerate() {
+        for hi in 0..h {
+            let head = (si * h + hi) * tt * dh;
+            out[head + n * dh..head + tt * dh].fill(T::zero());
+        }
         for ti in 0..n {
             let s = &src[(row + ti) * width + col0..][..h * dh];
             for hi in 0..h {
@@ -1159,6 +1345,7 @@ fn merge_heads<T: WithDType>(
         row += n;
     }
 }
+
 impl CustomOp2 for FusedLayer {
     fn name(&self) -> &'static str {
         "tempest-fused-layer"
@@ -1174,11 +1361,13 @@ impl CustomOp2 for FusedLayer {
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(self.forward_t::<f32>(
                 crate::kernels::contiguous(s1, l1)?,
-                crate::kernels::contiguous(s2, l2)?,
+                s2,
+                l2,
             )?),
             DType::F64 => CpuStorage::F64(self.forward_t::<f64>(
                 crate::kernels::contiguous(s1, l1)?,
-                crate::kernels::contiguous(s2, l2)?,
+                s2,
+                l2,
             )?),
             dt => candle_core::bail!("fused layer: unsupported dtype {dt:?}"),
         };
@@ -1192,18 +1381,20 @@ impl CustomOp2 for FusedLayer {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = match self.saved.lock() {
-            Ok(s) => s.clone(),
-            Err(_) => None,
-        };
-        let Some(saved) = saved else {
+        // The lock is held through the pass: the activations stay in the op (a second
+        // backward pass over the same graph finds them) and go back to the pool with it.
+        let guard = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::msg("fused layer: a backward pass panicked"))?;
+        let Some(saved) = guard.as_ref() else {
             candle_core::bail!("fused layer: backward without a forward pass")
         };
         let g = grad.detach().contiguous()?;
-        let (x, w) = (x.detach(), w.detach());
+        let (x, w) = (x.detach(), w.detach().contiguous()?);
         let (dx, dw) = match x.dtype() {
-            DType::F32 => self.backward_t::<f32>(&saved, &x, &w, &g)?,
-            DType::F64 => self.backward_t::<f64>(&saved, &x, &w, &g)?,
+            DType::F32 => self.backward_t::<f32>(saved, &x, &w, &g)?,
+            DType::F64 => self.backward_t::<f64>(saved, &x, &w, &g)?,
             dt => candle_core::bail!("fused layer: unsupported dtype {dt:?}"),
         };
         Ok((Some(dx), Some(dw)))
@@ -1215,6 +1406,7 @@ mod tests {
     use super::*;
     use crate::dropout::DropoutRng;
     use crate::nn::{key_bias, StackSpec};
+    use crate::scratch::Pooled;
     use candle_core::{Device, Var};
     use candle_nn::{VarBuilder, VarMap};
 
@@ -1462,6 +1654,36 @@ mod tests {
     }
 
     #[test]
+    fn stale_pool_buffers_are_overwritten() -> Result<()> {
+        // The scratch pool (which keeps buffers from 1 KB in tests) first holds buffers of
+        // NaN of several sizes: any element a pass reads before writing it spoils the
+        // comparison. 48 sequences of ragged lengths: attention tasks of several sequences,
+        // padded to their longest.
+        let poison = || {
+            for len in [200, 1_000, 5_000, 20_000, 200_000] {
+                for _ in 0..32 {
+                    f64::pool().give(vec![f64::NAN; len]);
+                }
+            }
+        };
+        let lens: Vec<usize> = (0..48).map(|i| [40, 3, 17, 0, 29, 1, 8][i % 7]).collect();
+        for train in [false, true] {
+            poison();
+            compare_with(
+                (48, 40, 32, 4),
+                DType::F64,
+                Some(Keys::Prefix(&lens)),
+                train,
+                1e-10,
+            )?;
+        }
+        poison();
+        compare((48, 40, 32, 4), DType::F64, false, true, 1e-10)?;
+        crate::release_scratch();
+        Ok(())
+    }
+
+    #[test]
     fn only_padding_is_the_identity() -> Result<()> {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
@@ -1498,8 +1720,8 @@ mod tests {
         assert_eq!(lens.concat(), vec![4, 2]);
         assert!(plan.tasks.iter().all(|t| t.masked));
         let x: Vec<f64> = (0..12).map(f64::from).collect();
-        let g = plan.gather(&x, 1);
-        assert_eq!(&*g, &[8.0, 9.0, 10.0, 11.0, 0.0, 2.0]);
+        let g = plan.gather(&x, 1).expect("padding: not the identity");
+        assert_eq!(g, [8.0, 9.0, 10.0, 11.0, 0.0, 2.0]);
         let y = plan.scatter(g.iter().map(|v| -v).collect(), &x, 4, 1);
         let want = [
             -0.0, 1.0, -2.0, 3.0, 4.0, 5.0, 6.0, 7.0, -8.0, -9.0, -10.0, -11.0,

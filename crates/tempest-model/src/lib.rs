@@ -47,6 +47,7 @@ pub mod kernels;
 mod model;
 pub mod nn;
 pub mod optim;
+mod scratch;
 
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
 pub use classifier::{Classifier, Prediction};
@@ -57,4 +58,5 @@ pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
 };
-pub use optim::{clip_grad_norm, CosineSchedule, StepStats, TrainConfig, Trainer};
+pub use optim::{clip_grad_norm, CosineSchedule, FusedAdamW, StepStats, TrainConfig, Trainer};
+pub use scratch::release_scratch;
