@@ -170,21 +170,28 @@ impl Variant {
             Variant::Mp3(k) => format!("mp3-{k}"),
             Variant::Opus(k) => format!("opus-{k}"),
             Variant::Jpeg(q) => format!("jpeg-{q}"),
-            Variant::JpegAt {
-                quality,
-                scale,
-                dx,
-                dy,
-            } => {
+            Variant::JpegAt { quality, .. } => {
+                let (scale, shift) = self.jpeg_at_parts();
                 let mut name = format!("jpeg-{quality}");
-                if scale != 1 {
-                    name += &format!("-x{scale}");
+                if let Some(k) = scale {
+                    name += &format!("-x{k}");
                 }
-                if (dx, dy) != (0, 0) {
+                if let Some((dx, dy)) = shift {
                     name += &format!("-shift{dx}_{dy}");
                 }
                 name
             }
+        }
+    }
+
+    /// A [`Variant::JpegAt`]'s scale unless 1 and its shift unless (0, 0), for its names.
+    fn jpeg_at_parts(self) -> (Option<u8>, Option<(i8, i8)>) {
+        match self {
+            Variant::JpegAt { scale, dx, dy, .. } => (
+                Some(scale).filter(|&k| k != 1),
+                Some((dx, dy)).filter(|&d| d != (0, 0)),
+            ),
+            _ => (None, None),
         }
     }
 
@@ -214,17 +221,13 @@ impl fmt::Display for Variant {
             Variant::Mp3(k) => write!(f, "mp3:{k}"),
             Variant::Opus(k) => write!(f, "opus:{k}"),
             Variant::Jpeg(q) => write!(f, "jpeg:{q}"),
-            Variant::JpegAt {
-                quality,
-                scale,
-                dx,
-                dy,
-            } => {
+            Variant::JpegAt { quality, .. } => {
+                let (scale, shift) = self.jpeg_at_parts();
                 write!(f, "jpeg:{quality}")?;
-                if *scale != 1 {
-                    write!(f, "x{scale}")?;
+                if let Some(k) = scale {
+                    write!(f, "x{k}")?;
                 }
-                if (*dx, *dy) != (0, 0) {
+                if let Some((dx, dy)) = shift {
                     write!(f, "@{dx}/{dy}")?;
                 }
                 Ok(())
