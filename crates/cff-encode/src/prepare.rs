@@ -143,8 +143,10 @@ impl Variant {
     }
 
     /// The JPEG variants at `quality` and `scale` moved by every (dx, dy) with |dx|, |dy| ≤
-    /// `max` other than (0, 0), row by row: the 8 neighbours for `max` = 1, 24 for 2. The
-    /// unmoved image is `Variant::jpeg(quality, scale, 0, 0)`.
+    /// `max` other than (0, 0), row by row: the 8 neighbours for `max` = 1, 24 for 2; `max`
+    /// above [`MAX_SHIFT`] counts as [`MAX_SHIFT`]. The unmoved image is
+    /// `Variant::jpeg(quality, scale, 0, 0)`, which also checks `quality` and `scale` (this
+    /// does not: an out-of-range one fails when the variant is encoded).
     pub fn jpeg_shifts(quality: u8, scale: u8, max: u8) -> Vec<Variant> {
         let m = max.min(MAX_SHIFT as u8) as i8;
         let mut out = Vec::new();
