@@ -1429,13 +1429,23 @@ impl<'a> OpusReader<'a> {
     /// Everything but the hot path: pages, headers, packets that span pages, the end, errors.
     #[inline(never)]
     pub(crate) fn next_general(&mut self) -> Option<Result<Block<'a>>> {
+        self.general_step(State::next_block)
+    }
+
+    /// One step of the general path: the hot path's bookkeeping handed back before `step`, the
+    /// end or an error remembered, the hot path's conditions decided again after it.
+    #[inline(always)]
+    fn general_step<T>(
+        &mut self,
+        step: impl FnOnce(&mut State<'a>) -> Result<Option<T>>,
+    ) -> Option<Result<T>> {
         let state = &mut *self.state;
         if state.done {
             return None;
         }
         state.sync_fast();
-        let item = match state.next_block() {
-            Ok(Some(block)) => Some(Ok(block)),
+        let item = match step(state) {
+            Ok(Some(x)) => Some(Ok(x)),
             Ok(None) => {
                 state.done = true;
                 None
@@ -1456,24 +1466,7 @@ impl<'a> OpusReader<'a> {
     /// take its first packet where the hot path may run.
     #[inline(never)]
     fn next_general_or_page(&mut self) -> Option<Result<Option<Block<'a>>>> {
-        let state = &mut *self.state;
-        if state.done {
-            return None;
-        }
-        state.sync_fast();
-        let item = match state.next_block_or_page::<true>() {
-            Ok(Some(step)) => Some(Ok(step)),
-            Ok(None) => {
-                state.done = true;
-                None
-            }
-            Err(e) => {
-                state.done = true;
-                Some(Err(e))
-            }
-        };
-        state.refresh_fast();
-        item
+        self.general_step(State::next_block_or_page::<true>)
     }
 }
 
