@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Layouts: `folder`, `esc50`, `speechcommands`, `mnist`. A rerun skips the outputs that are
-//! complete. JPEG variants may enlarge and move the image first (`jpeg:75x2@1/-1`: see
-//! docs/encode.md). Inputs that fail are listed at the end with their reason; the run does not stop
+//! complete. JPEG variants may enlarge and move the image first and add restart markers
+//! (`jpeg:75x2r1@1/-1`: see docs/encode.md). Inputs that fail are listed at the end with their reason; the run does not stop
 //! for them. The logic lives in `cff_encode::prepare`.
 
 use std::process::ExitCode;

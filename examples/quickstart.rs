@@ -9,6 +9,8 @@
 //! `--scale S` enlarges each 28×28 digit S times (bilinear) before JPEG encoding (default 2:
 //! 56×56, 49 MCUs); `--shifts D` adds training variants moved by up to D pixels in each
 //! direction (default 1: 8 moved copies; 0 turns it off). Tests use the unmoved digits.
+//! `--restart N` puts a restart marker after every N MCUs (0: none), which resets the DC
+//! prediction, so that each MCU codes its own brightness.
 //!
 //! The training flags are `tempest_train::TrainOptions::FLAGS`, as for the `train` example:
 //! `--epochs N --batch B --lr LR --seed S --header-block --bit-stride 8|4|2|1 --bucket K ...`.
@@ -42,6 +44,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // it moved by one pixel in each of the 8 directions: docs/quickstart.md has the measurements.
     let mut shifts = 1u8;
     let mut scale = 2u8;
+    let mut restart = 0u16;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -62,16 +65,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--validation" => validation = v()?.parse()?,
             "--shifts" => shifts = v()?.parse()?,
             "--scale" => scale = v()?.parse()?,
+            "--restart" => restart = v()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let start = Instant::now();
     let mut variants: Vec<Variant> = qualities
         .iter()
-        .map(|&q| Variant::jpeg(q, scale, 0, 0))
+        .map(|&q| Variant::jpeg(q, scale, 0, 0)?.with_restart(restart))
         .collect::<Result<_, _>>()?;
     // Training also sees each digit moved by up to `shifts` pixels (the first quality).
-    variants.extend(Variant::jpeg_shifts(qualities[0], scale, shifts));
+    for v in Variant::jpeg_shifts(qualities[0], scale, shifts) {
+        variants.push(v.with_restart(restart)?);
+    }
     let (mut dataset, _) = Dataset::open_layout(
         Layout::Mnist,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
@@ -85,7 +91,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     o.eval_variants = EvalVariants::Named(variants[0].to_string());
     let plan = SplitPlan::standard(&dataset)?;
     println!(
-        "MNIST as JPEG (q {qualities:?}, {scale}× size, shifts ±{shifts}): {} training digits, {} validation, {} held out; {} epochs",
+        "MNIST as JPEG (q {qualities:?}, {scale}× size, shifts ±{shifts}, restart every {restart} MCUs): {} training digits, {} validation, {} held out; {} epochs",
         dataset.select(&plan.train).len(),
         dataset.select(&plan.validation).len(),
         dataset.select(&plan.test).len(),

@@ -80,11 +80,15 @@ pub enum Variant {
     Jpeg(u8),
     /// Baseline JPEG at this quality of the image first moved by `dx` pixels right and `dy`
     /// down (negative: left, up; the uncovered edge repeats the nearest edge pixel), then
-    /// enlarged `scale` times (bilinear). Spelled `jpeg:75x2@1/-1` (`x1` and `@0/0` may be
-    /// left out). Moving is an augmentation that changes every MCU's bytes while the label
-    /// stays; enlarging makes each 8×8 MCU cover fewer source pixels, so more, simpler MCUs
-    /// describe the image (a 28×28 digit has 16 MCUs, 49 at `x2`). Build it with
-    /// [`Variant::jpeg`], which gives `Jpeg(quality)` for no move and scale 1.
+    /// enlarged `scale` times (bilinear), with a restart marker after every `restart` MCUs
+    /// (0: none). Spelled `jpeg:75x2r1@1/-1` (`x1`, `r0` and `@0/0` may be left out).
+    /// Moving is an augmentation that changes every MCU's bytes while the label stays;
+    /// enlarging makes each 8×8 MCU cover fewer source pixels, so more, simpler MCUs
+    /// describe the image (a 28×28 digit has 16 MCUs, 49 at `x2`); a restart marker resets
+    /// the DC prediction (T.81 F.1.1.5.1 and F.1.2.1.3), so at `r1` every MCU codes its own
+    /// average brightness instead of the difference to the previous MCU's. Build it with
+    /// [`Variant::jpeg`] and [`Variant::with_restart`], which give `Jpeg(quality)` for no
+    /// move, scale 1 and no restarts.
     JpegAt {
         /// 1 to 100.
         quality: u8,
@@ -94,6 +98,8 @@ pub enum Variant {
         dx: i8,
         /// Source pixels down.
         dy: i8,
+        /// MCUs per restart interval (T.81 B.2.4.4, DRI); 0: no restart markers.
+        restart: u16,
     },
 }
 
@@ -130,16 +136,78 @@ impl Variant {
                 format!("{dx}/{dy} (−{MAX_SHIFT} to {MAX_SHIFT} pixels)"),
             ));
         }
-        Ok(if (scale, dx, dy) == (1, 0, 0) {
-            Variant::Jpeg(quality)
-        } else {
+        Ok(Variant::JpegAt {
+            quality,
+            scale,
+            dx,
+            dy,
+            restart: 0,
+        }
+        .normalized())
+    }
+
+    /// This JPEG variant with a restart marker after every `mcus` MCUs (0: none; T.81
+    /// B.2.4.4). An audio variant is an error.
+    ///
+    /// ```
+    /// use cff_encode::prepare::Variant;
+    /// let v = Variant::jpeg(75, 2, 1, -1)?.with_restart(1)?;
+    /// assert_eq!(v.to_string(), "jpeg:75x2r1@1/-1");
+    /// assert_eq!(v.with_restart(0)?, Variant::jpeg(75, 2, 1, -1)?);
+    /// # Ok::<(), cff_encode::Error>(())
+    /// ```
+    pub fn with_restart(self, mcus: u16) -> Result<Variant> {
+        match self {
+            Variant::Jpeg(quality) => Ok(Variant::JpegAt {
+                quality,
+                scale: 1,
+                dx: 0,
+                dy: 0,
+                restart: mcus,
+            }
+            .normalized()),
             Variant::JpegAt {
                 quality,
                 scale,
                 dx,
                 dy,
+                ..
+            } => Ok(Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+                restart: mcus,
             }
-        })
+            .normalized()),
+            Variant::Mp3(_) | Variant::Opus(_) => Err(Error::setting(
+                "variant",
+                format!("{self}: only jpeg variants take a restart interval"),
+            )),
+        }
+    }
+
+    /// A [`Variant::JpegAt`] that changes nothing is spelled `Jpeg(quality)`, so that one
+    /// version has one name.
+    fn normalized(self) -> Variant {
+        match self {
+            Variant::JpegAt {
+                quality,
+                scale: 1,
+                dx: 0,
+                dy: 0,
+                restart: 0,
+            } => Variant::Jpeg(quality),
+            v => v,
+        }
+    }
+
+    /// A [`Variant::JpegAt`]'s restart interval (0 for every other variant).
+    pub fn restart_interval(self) -> u16 {
+        match self {
+            Variant::JpegAt { restart, .. } => restart,
+            _ => 0,
+        }
     }
 
     /// The JPEG variants at `quality` and `scale` moved by every (dx, dy) with |dx|, |dy| ≤
@@ -158,6 +226,7 @@ impl Variant {
                         scale,
                         dx,
                         dy,
+                        restart: 0,
                     });
                 }
             }
@@ -166,7 +235,7 @@ impl Variant {
     }
 
     /// The folder the variant's files go to: `mp3-20`, `opus-24`, `jpeg-75`,
-    /// `jpeg-75-x2-shift1_-1`.
+    /// `jpeg-75-x2-shift1_-1`, `jpeg-75-x2-r1`.
     pub fn dir_name(self) -> String {
         match self {
             Variant::Mp3(k) => format!("mp3-{k}"),
@@ -177,6 +246,9 @@ impl Variant {
                 let mut name = format!("jpeg-{quality}");
                 if let Some(k) = scale {
                     name += &format!("-x{k}");
+                }
+                if self.restart_interval() > 0 {
+                    name += &format!("-r{}", self.restart_interval());
                 }
                 if let Some((dx, dy)) = shift {
                     name += &format!("-shift{dx}_{dy}");
@@ -217,7 +289,7 @@ impl Variant {
 }
 
 impl fmt::Display for Variant {
-    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`, `jpeg:75x2@1/-1`.
+    /// The spelling [`FromStr`] reads: `mp3:20`, `opus:24`, `jpeg:75`, `jpeg:75x2r1@1/-1`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Variant::Mp3(k) => write!(f, "mp3:{k}"),
@@ -228,6 +300,9 @@ impl fmt::Display for Variant {
                 write!(f, "jpeg:{quality}")?;
                 if let Some(k) = scale {
                     write!(f, "x{k}")?;
+                }
+                if self.restart_interval() > 0 {
+                    write!(f, "r{}", self.restart_interval())?;
                 }
                 if let Some((dx, dy)) = shift {
                     write!(f, "@{dx}/{dy}")?;
@@ -250,6 +325,10 @@ impl FromStr for Variant {
             Some((v, shift)) => (v, Some(shift)),
             None => (value, None),
         };
+        let (value, restart) = match value.split_once('r') {
+            Some((v, restart)) => (v, Some(restart)),
+            None => (value, None),
+        };
         let (value, scale) = match value.split_once('x') {
             Some((v, scale)) => (v, Some(scale)),
             None => (value, None),
@@ -258,11 +337,20 @@ impl FromStr for Variant {
             .trim()
             .parse()
             .map_err(|_| bad("the value is not a number"))?;
-        if shift.is_some() || scale.is_some() {
+        if shift.is_some() || scale.is_some() || restart.is_some() {
             let is_jpeg = matches!(codec.trim(), "jpeg" | "jpg");
             if !is_jpeg {
-                return Err(bad("only jpeg variants take a scale or a shift"));
+                return Err(bad(
+                    "only jpeg variants take a scale, a restart interval or a shift",
+                ));
             }
+            let restart = match restart {
+                Some(t) => t
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| bad("the restart interval after r is not a number"))?,
+                None => 0,
+            };
             let scale = match scale {
                 Some(t) => t
                     .trim()
@@ -278,7 +366,9 @@ impl FromStr for Variant {
                 None => (0, 0),
             };
             let quality = u8::try_from(n).map_err(|_| bad("the value is out of range"))?;
-            return Variant::jpeg(quality, scale, dx, dy).map_err(|e| bad(&e.to_string()));
+            return Variant::jpeg(quality, scale, dx, dy)
+                .and_then(|v| v.with_restart(restart))
+                .map_err(|e| bad(&e.to_string()));
         }
         match codec.trim() {
             "mp3" if (8..=320).contains(&n) => Ok(Variant::Mp3(n)),
@@ -1027,6 +1117,7 @@ fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result<Vec<u8>> {
                 scale,
                 dx,
                 dy,
+                restart,
             },
         ) => {
             let (w, h) = (u64::from(i.width), u64::from(i.height));
@@ -1041,7 +1132,7 @@ fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result<Vec<u8>> {
             encode_jpeg(
                 &i.shifted(i32::from(dx), i32::from(dy))
                     .scaled(u32::from(scale)),
-                &JpegOptions::with_quality(quality),
+                &JpegOptions::with_quality(quality).with_restart_interval(Some(restart)),
             )
         }
         (_, v) => Err(Error::Unsupported {
@@ -1148,6 +1239,7 @@ mod tests {
             scale,
             dx,
             dy,
+            restart: 0,
         };
         assert_eq!(
             v,
@@ -1189,6 +1281,50 @@ mod tests {
         assert!(Variant::jpeg(0, 1, 0, 0).is_err());
         assert!(Variant::jpeg(75, 9, 0, 0).is_err());
         assert!(Variant::jpeg(75, 1, -9, 0).is_err());
+    }
+
+    #[test]
+    fn restart_intervals_parse_print_and_name_their_folder() {
+        let v = parse_variants("jpeg:75r1,jpeg:75x2r4@1/-1,jpeg:60r0,jpg:50x2r2").unwrap();
+        let names: Vec<String> = v.iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            names,
+            ["jpeg:75r1", "jpeg:75x2r4@1/-1", "jpeg:60", "jpeg:50x2r2"]
+        );
+        assert_eq!(v[2], Variant::Jpeg(60));
+        let restarts: Vec<u16> = v.iter().map(|v| v.restart_interval()).collect();
+        assert_eq!(restarts, [1, 4, 0, 2]);
+        let dirs: Vec<String> = v.iter().map(|v| v.dir_name()).collect();
+        assert_eq!(
+            dirs,
+            [
+                "jpeg-75-r1",
+                "jpeg-75-x2-r4-shift1_-1",
+                "jpeg-60",
+                "jpeg-50-x2-r2"
+            ]
+        );
+        for v in &v {
+            assert_eq!(v.to_string().parse::<Variant>().unwrap(), *v);
+        }
+        assert_eq!(
+            Variant::jpeg(75, 2, 1, -1)
+                .unwrap()
+                .with_restart(4)
+                .unwrap(),
+            v[1]
+        );
+        assert_eq!(v[0].with_restart(0).unwrap(), Variant::Jpeg(75));
+        assert!(Variant::Mp3(20).with_restart(1).is_err());
+        for bad in [
+            "mp3:20r1",
+            "jpeg:75r",
+            "jpeg:75r-1",
+            "jpeg:75r70000",
+            "jpeg:75rx2",
+        ] {
+            assert!(bad.parse::<Variant>().is_err(), "{bad}");
+        }
     }
 
     #[test]

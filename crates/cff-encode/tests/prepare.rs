@@ -499,3 +499,55 @@ fn shifted_jpeg_variants_decode_to_the_moved_image() {
     assert!(worst <= 40, "largest error {worst}");
     assert!(differ >= 40, "only {differ} pixels moved");
 }
+
+#[test]
+fn restart_variants_decode_to_the_same_pixels_with_a_marker_per_mcu() {
+    let tmp = TempDir::new("mnist-restart");
+    let input = tmp.0.join("in");
+    let output = tmp.0.join("out");
+    // A diagonal ramp: every MCU has its own DC value.
+    let pixels: Vec<u8> = (0..28 * 28)
+        .map(|i| (((i % 28) + (i / 28)) * 255 / 54) as u8)
+        .collect();
+    write(
+        &input.join("train-images-idx3-ubyte"),
+        &idx(&[1, 28, 28], &pixels),
+    );
+    write(&input.join("train-labels-idx1-ubyte"), &idx(&[1], &[7]));
+    let config = PrepareConfig::new(
+        Layout::Mnist,
+        &input,
+        &output,
+        parse_variants("jpeg:75x2,jpeg:75x2r1").unwrap(),
+    )
+    .with_progress(false)
+    .with_threads(Some(1));
+    let s = prepare(&config).unwrap();
+    assert_eq!((s.items, s.written, s.failures.len()), (1, 2, 0));
+    let table = rows(&manifest(&output));
+    assert_eq!(table[1][3], "jpeg:75x2r1");
+    assert_eq!(table[1][4], "jpeg-75-x2-r1/train/7/train-00000.jpg");
+    let read = |path: &str| fs::read(output.join(path)).unwrap();
+    let (plain, restarted) = (read(&table[0][4]), read(&table[1][4]));
+    // Markers, counted in the bytes: a DRI segment (FF DD, length 4, interval 1) and one RST
+    // marker (FF D0 to FF D7) between each two of the 7 × 7 MCUs; none in the plain file.
+    let dri = |d: &[u8]| {
+        d.windows(6)
+            .filter(|w| w[..4] == [0xFF, 0xDD, 0, 4])
+            .map(|w| u16::from_be_bytes([w[4], w[5]]))
+            .collect::<Vec<_>>()
+    };
+    let rst = |d: &[u8]| {
+        d.windows(2)
+            .filter(|w| w[0] == 0xFF && (0xD0..=0xD7).contains(&w[1]))
+            .count()
+    };
+    assert_eq!((dri(&plain), rst(&plain)), (vec![], 0));
+    assert_eq!((dri(&restarted), rst(&restarted)), (vec![1], 48));
+    // The markers change how DC values are coded, not the values: an independent decoder
+    // gives the same pixels from both.
+    let decode = |data: &[u8]| jpeg_decoder::Decoder::new(data).decode().unwrap();
+    let (a, b) = (decode(&plain), decode(&restarted));
+    assert_eq!(a.len(), 56 * 56);
+    assert_eq!(a, b);
+}
