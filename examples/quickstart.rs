@@ -9,8 +9,8 @@
 //! `--scale S` enlarges each 28×28 digit S times (bilinear) before JPEG encoding (default 2:
 //! 56×56, 49 MCUs); `--shifts D` adds training variants moved by up to D pixels in each
 //! direction (default 1: 8 moved copies; 0 turns it off). Tests use the unmoved digits.
-//! `--restart N` puts a restart marker after every N MCUs (0: none), which resets the DC
-//! prediction, so that each MCU codes its own brightness.
+//! `--restart N` puts a restart marker after every N MCUs (default 1; 0: none), which resets
+//! the DC prediction, so that each MCU codes its own brightness.
 //!
 //! The training flags are `tempest_train::TrainOptions::FLAGS`, as for the `train` example:
 //! `--epochs N --batch B --lr LR --seed S --header-block --bit-stride 8|4|2|1 --bucket K ...`.
@@ -40,11 +40,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .join("quickstart");
     let mut resume = false;
     let mut validation = 0usize;
-    // Each digit enlarged 2× before encoding (49 MCUs instead of 16), and training also sees
-    // it moved by one pixel in each of the 8 directions: docs/quickstart.md has the measurements.
+    // Each digit enlarged 2× before encoding (49 MCUs instead of 16), a restart marker after
+    // every MCU (each codes its own DC value), and training also sees it moved by one pixel
+    // in each of the 8 directions: docs/quickstart.md has the measurements.
     let mut shifts = 1u8;
     let mut scale = 2u8;
-    let mut restart = 0u16;
+    let mut restart = 1u16;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tempest_model::{Config, CosineSchedule, Tempest};
 use tempest_tokenize::{
-    choose_variants, BucketSampler, Entry, ItemShape, Loader, LoaderConfig, LoaderStats,
+    choose_variants, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig, LoaderStats,
     TokenizerConfig, VariantChoice,
 };
 
@@ -112,6 +113,15 @@ pub struct TrainOptions {
     pub bucket_batches: usize,
     /// Loader worker threads (0: tokenize on the training thread).
     pub workers: usize,
+    /// Parts each batch is split into whose forward and backward passes run at the same time
+    /// (on rayon's threads), their gradients summed, each weighted by its share of the
+    /// batch, into the batch's gradient: the optimiser sees the same batch. Small models on a
+    /// few CPU cores keep the cores busier this way than by splitting each matrix product
+    /// (`tiny` on the quickstart's digits, 2 threads: docs/quickstart.md). 0 (the default):
+    /// 2 on the CPU with 2 or more rayon threads, else 1. Always 1 with dropout, whose masks
+    /// are drawn in order from one generator. The parts change the sums' rounding only; a run
+    /// is repeatable for a given value.
+    pub parallel_parts: usize,
     /// Progress bars on standard error.
     pub progress: bool,
     /// Write the resumable checkpoint every this many optimiser steps as well as after each
@@ -127,7 +137,7 @@ pub struct TrainOptions {
 impl TrainOptions {
     /// The command-line flags [`TrainOptions::apply_flag`] understands, for usage texts.
     pub const FLAGS: &'static str = "[--epochs N] [--batch B] [--accumulate K] [--lr LR] \
-[--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--header-block] \
+[--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
 [--bit-stride 8|4|2|1] [--bucket K] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
@@ -165,6 +175,7 @@ impl TrainOptions {
             "--lambda" => self.reconstruction_weight = Some(parse(flag, value())?),
             "--seed" => self.seed = parse(flag, value())?,
             "--workers" => self.workers = parse(flag, value())?,
+            "--parallel" => self.parallel_parts = parse(flag, value())?,
             "--header-block" => self.jpeg_header_block = true,
             "--bit-stride" => self.bit_stride = parse(flag, value())?,
             "--bucket" => self.bucket_batches = parse(flag, value())?,
@@ -188,6 +199,20 @@ impl TrainOptions {
             .validate()
             .map_err(|w| Error::setting("model config", w))?;
         Ok(config)
+    }
+
+    /// The parts each batch is split into ([`TrainOptions::parallel_parts`]) for `config` on
+    /// `device`.
+    pub fn batch_parts(&self, config: &Config, device: &Device) -> usize {
+        if config.dropout > 0.0 {
+            1
+        } else if self.parallel_parts > 0 {
+            self.parallel_parts
+        } else if device.is_cpu() && rayon::current_num_threads() >= 2 {
+            2
+        } else {
+            1
+        }
     }
 
     /// Warm-up then cosine decay over the optimiser steps of `epochs` epochs of
@@ -224,6 +249,7 @@ impl Default for TrainOptions {
             bit_stride: 8,
             bucket_batches: 1,
             workers: 2,
+            parallel_parts: 0,
             progress: true,
             checkpoint_every: 0,
             stop_after_steps: None,
@@ -413,23 +439,46 @@ pub fn evaluate(
             &LoaderConfig::default().with_workers(workers),
         );
         let mut tally = Tally::new(classes);
-        for lb in loader.by_ref() {
-            for s in &lb.skipped {
-                if let Some(e) = entries.get(s.entry) {
-                    out.skipped
-                        .insert(e.path.display().to_string(), s.message.clone());
-                }
+        // Batches forward `parts` at a time on rayon's threads (as training splits its
+        // batches), tallied in order.
+        let parts = if device.is_cpu() && rayon::current_num_threads() >= 2 {
+            2
+        } else {
+            1
+        };
+        loop {
+            let group: Vec<_> = loader.by_ref().take(parts).collect();
+            if group.is_empty() {
+                break;
             }
-            pb.inc((lb.entries.len() + lb.skipped.len()) as u64);
-            let Some(hb) = lb.batch else { continue };
-            let batch = hb.to_tensors(&device)?;
-            let logits = model
-                .forward(&batch, false)?
-                .logits
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            for (row, label) in logits.iter().zip(&hb.labels) {
-                tally.add(*label as usize, row);
+            for lb in &group {
+                for s in &lb.skipped {
+                    if let Some(e) = entries.get(s.entry) {
+                        out.skipped
+                            .insert(e.path.display().to_string(), s.message.clone());
+                    }
+                }
+                pb.inc((lb.entries.len() + lb.skipped.len()) as u64);
+            }
+            let host: Vec<HostBatch> = group.into_iter().filter_map(|lb| lb.batch).collect();
+            let forward = |hb: &HostBatch| -> Result<Vec<Vec<f32>>> {
+                let batch = hb.to_tensors(&device)?;
+                Ok(model
+                    .forward(&batch, false)?
+                    .logits
+                    .to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?)
+            };
+            let logits: Vec<Result<Vec<Vec<f32>>>> = if host.len() > 1 {
+                use rayon::prelude::*;
+                host.par_iter().map(forward).collect()
+            } else {
+                host.iter().map(forward).collect()
+            };
+            for (hb, logits) in host.iter().zip(logits) {
+                for (row, label) in logits?.iter().zip(&hb.labels) {
+                    tally.add(*label as usize, row);
+                }
             }
         }
         pb.finish_and_clear();
@@ -566,6 +615,7 @@ pub fn train(
             }
         };
     let config = model.config().clone();
+    let parts = o.batch_parts(&config, &device);
     let classes = dataset.classes.clone();
     let save_last = |opt: &AdamW, state: &TrainState| -> Result<()> {
         checkpoint::save(
@@ -628,7 +678,15 @@ pub fn train(
         let entries = Arc::new(entries);
         let batches = sampler.batches(&shapes, epoch as u64);
         let skip = state.batch_in_epoch.min(batches.len());
-        let remaining: Vec<Vec<usize>> = batches[skip..].to_vec();
+        // Each batch goes to the loader as up to `parts` consecutive pieces, taken back
+        // together below.
+        let mut pieces_per_batch = Vec::with_capacity(batches.len() - skip);
+        let mut remaining: Vec<Vec<usize>> = Vec::with_capacity((batches.len() - skip) * parts);
+        for b in &batches[skip..] {
+            let k = parts.min(b.len()).max(1);
+            pieces_per_batch.push(k);
+            remaining.extend(split_evenly(b, k));
+        }
         let pb = bar(
             o.progress,
             batches.len() as u64,
@@ -648,39 +706,34 @@ pub fn train(
         );
         let mut batch_pos = skip;
         let mut stop = false;
-        for lb in loader.by_ref() {
+        for k in pieces_per_batch {
+            let group: Vec<_> = loader.by_ref().take(k).collect();
+            if group.is_empty() {
+                break;
+            }
             batch_pos += 1;
-            for s in &lb.skipped {
+            for s in group.iter().flat_map(|lb| &lb.skipped) {
                 if let Some(e) = entries.get(s.entry) {
                     report
                         .skipped
                         .insert(e.path.display().to_string(), s.message.clone());
                 }
             }
-            if let Some(hb) = lb.batch {
-                let batch = hb.to_tensors(&device)?;
+            let host: Vec<_> = group.into_iter().filter_map(|lb| lb.batch).collect();
+            if !host.is_empty() {
                 // Dropout masks from the run's seed and the batch's place: a resumed or
-                // repeated run draws the same ones.
+                // repeated run draws the same ones (with dropout there is one part).
                 model.seed_dropout(tempest_model::dropout_seed(
                     o.seed,
                     &[epoch as u64, batch_pos as u64],
                 ));
-                let losses = model.loss(&batch, true)?;
-                let grads = losses.total.backward()?;
-                opt.accumulate(&grads)?;
-                let n = hb.batch as f64;
-                let scalar = |t: &candle_core::Tensor| -> Result<f64> {
-                    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-                };
-                state.epoch_sums[0] += scalar(&losses.total)? * n;
-                state.epoch_sums[1] += scalar(&losses.classification)? * n;
-                if let Some(r) = &losses.reconstruction {
-                    state.epoch_sums[2] += scalar(r)? * n;
+                let (grads, sums) = batch_gradients(&model, &host, &device)?;
+                for (sum, v) in state.epoch_sums.iter_mut().zip(sums) {
+                    *sum += v;
                 }
-                state.epoch_sums[3] +=
-                    tempest_model::optim::correct(&losses.logits, &batch.labels)? as f64;
-                state.epoch_sums[4] += n;
-                epoch_items_here += hb.batch as u64;
+                opt.accumulate(&grads)?;
+                let items: usize = host.iter().map(|hb| hb.batch).sum();
+                epoch_items_here += items as u64;
             }
             let end_of_epoch = batch_pos == batches.len();
             if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
@@ -844,4 +897,187 @@ fn plot(run_dir: &Path, classes: &[String]) {
 
 fn loader_skips(stats: &LoaderStats) -> serde_json::Value {
     json!(stats.skipped)
+}
+
+/// The gradients of the mean training loss over one batch given in parts (each a padded
+/// [`HostBatch`]; more than one run at the same time on rayon's threads), and the batch's
+/// contributions to the epoch's sums: loss, classification loss and reconstruction loss,
+/// each times its items; items classified correctly; items.
+fn batch_gradients(
+    model: &Tempest,
+    parts: &[HostBatch],
+    device: &Device,
+) -> Result<(GradStore, [f64; 5])> {
+    let items: usize = parts.iter().map(|hb| hb.batch).sum();
+    let part = |hb: &HostBatch| -> Result<(GradStore, [f64; 5])> {
+        let batch = hb.to_tensors(device)?;
+        let losses = model.loss(&batch, true)?;
+        // Each part's mean loss weighted by its share: the gradients sum to the batch's.
+        let grads = if parts.len() == 1 {
+            losses.total.backward()?
+        } else {
+            (&losses.total * (hb.batch as f64 / items as f64))?.backward()?
+        };
+        let scalar = |t: &candle_core::Tensor| -> Result<f64> {
+            Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        };
+        let n = hb.batch as f64;
+        let reconstruction = match &losses.reconstruction {
+            Some(r) => scalar(r)? * n,
+            None => 0.0,
+        };
+        let correct = tempest_model::optim::correct(&losses.logits, &batch.labels)? as f64;
+        Ok((
+            grads,
+            [
+                scalar(&losses.total)? * n,
+                scalar(&losses.classification)? * n,
+                reconstruction,
+                correct,
+                n,
+            ],
+        ))
+    };
+    let results: Vec<Result<(GradStore, [f64; 5])>> = if parts.len() == 1 {
+        vec![part(&parts[0])]
+    } else {
+        use rayon::prelude::*;
+        parts.par_iter().map(part).collect()
+    };
+    let mut total: Option<GradStore> = None;
+    let mut sums = [0.0; 5];
+    // Summed in the parts' order: the same rounding on every run.
+    for r in results {
+        let (grads, part_sums) = r?;
+        for (sum, v) in sums.iter_mut().zip(part_sums) {
+            *sum += v;
+        }
+        match total.as_mut() {
+            None => total = Some(grads),
+            Some(t) => t.extend(grads)?,
+        }
+    }
+    let total = total.ok_or_else(|| Error::setting("batch", "a batch of no parts"))?;
+    Ok((total, sums))
+}
+
+/// `items` cut into `k` consecutive pieces whose sizes differ by at most one (the larger
+/// first).
+fn split_evenly(items: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let k = k.max(1);
+    let (base, extra) = (items.len() / k, items.len() % k);
+    let mut out = Vec::with_capacity(k);
+    let mut start = 0;
+    for i in 0..k {
+        let len = base + usize::from(i < extra);
+        out.push(items[start..start + len].to_vec());
+        start += len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cff_blocks::Format;
+    use tempest_tokenize::{collate, tokenize, CropContext, TokenizedItem, PAD_ID};
+
+    #[test]
+    fn split_evenly_keeps_the_order_and_balances_the_sizes() {
+        let items: Vec<usize> = (10..17).collect();
+        assert_eq!(
+            split_evenly(&items, 3),
+            [vec![10, 11, 12], vec![13, 14], vec![15, 16]]
+        );
+        assert_eq!(split_evenly(&items, 1), vec![items.clone()]);
+        assert_eq!(split_evenly(&items, 0), vec![items.clone()]);
+        let ones = split_evenly(&items[..2], 2);
+        assert_eq!(ones, [vec![10], vec![11]]);
+    }
+
+    /// Spoken-word MP3s of the repository, tokenized as training reads them.
+    fn spoken_words(model: &Config, count: usize) -> Vec<(TokenizedItem, u32)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
+        let tok = TokenizerSettings::for_format(Format::Mp3, model, false)
+            .train_config()
+            .unwrap();
+        let mut out = Vec::new();
+        let mut words: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.path())
+            .collect();
+        words.sort();
+        for (label, word) in words.iter().enumerate() {
+            let mut files: Vec<_> = fs::read_dir(word)
+                .unwrap()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            files.sort();
+            for f in files.iter().take(2) {
+                let data = fs::read(f).unwrap();
+                out.push((
+                    tokenize(&data, f, &tok, CropContext::default()).unwrap(),
+                    label as u32,
+                ));
+            }
+        }
+        out.truncate(count);
+        assert_eq!(out.len(), count, "spoken words in {}", root.display());
+        out
+    }
+
+    fn host(items: &[(TokenizedItem, u32)]) -> HostBatch {
+        let refs: Vec<&TokenizedItem> = items.iter().map(|(i, _)| i).collect();
+        let labels: Vec<u32> = items.iter().map(|(_, l)| *l).collect();
+        collate(&refs, &labels, PAD_ID)
+    }
+
+    #[test]
+    fn a_batch_in_parts_gets_the_whole_batch_gradient() -> Result<()> {
+        let config = Config::tiny().with_num_classes(10);
+        let (model, varmap) = init_seeded(&config, &Device::Cpu, DType::F32, 7)?;
+        let items = spoken_words(&config, 8);
+        let (whole, whole_sums) = batch_gradients(&model, &[host(&items)], &Device::Cpu)?;
+        let vars = varmap.all_vars();
+        for cuts in [vec![0, 4, 8], vec![0, 3, 6, 8], vec![0, 1, 8]] {
+            let parts: Vec<HostBatch> = cuts.windows(2).map(|w| host(&items[w[0]..w[1]])).collect();
+            let (parted, sums) = batch_gradients(&model, &parts, &Device::Cpu)?;
+            assert_eq!(
+                sums[3..],
+                whole_sums[3..],
+                "correct and items, parts {cuts:?}"
+            );
+            for k in 0..2 {
+                let (a, b) = (sums[k], whole_sums[k]);
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "sum {k}: {a} vs {b}");
+            }
+            let mut nonzero = 0;
+            for v in &vars {
+                let (Some(a), Some(b)) = (whole.get(v), parted.get(v)) else {
+                    panic!("a variable has a gradient in one pass only (parts {cuts:?})");
+                };
+                let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+                let b: Vec<f32> = b.flatten_all()?.to_vec1()?;
+                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    worst <= 1e-4 * scale + 1e-7,
+                    "parts {cuts:?}: gradient differs by {worst} (largest {scale})"
+                );
+                nonzero += usize::from(scale > 0.0);
+            }
+            assert!(
+                nonzero * 10 >= vars.len() * 9,
+                "{nonzero} of {} vars",
+                vars.len()
+            );
+        }
+        Ok(())
+    }
 }
