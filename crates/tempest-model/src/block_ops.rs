@@ -57,7 +57,7 @@ pub(crate) fn embed_bytes(
     if !(cpu_float(table) && table.dtype() == positions.dtype() && ids.device().is_cpu()) {
         return Ok(None);
     }
-    let (rows, len) = ids.dims2()?;
+    let (_, len) = ids.dims2()?;
     let (vocab, dim) = table.dims2()?;
     let (p, d2) = positions.dims2()?;
     if d2 != dim || p < len {
@@ -68,18 +68,7 @@ pub(crate) fn embed_bytes(
             positions.dims()
         );
     }
-    let ids = ids.to_dtype(DType::U32)?.contiguous()?;
-    if let Some(bad) = with_slice::<u32, _>(&ids, |s| {
-        Ok(s.iter().copied().find(|&i| i as usize >= vocab))
-    })? {
-        candle_core::bail!("embed_bytes: id {bad} outside the table of {vocab}");
-    }
-    let op = Embed {
-        ids,
-        rows,
-        len,
-        dim,
-    };
+    let op = Embed::new(ids, vocab, dim)?;
     Ok(Some(
         table
             .contiguous()?
@@ -87,7 +76,7 @@ pub(crate) fn embed_bytes(
     ))
 }
 
-struct Embed {
+pub(crate) struct Embed {
     ids: Tensor,
     rows: usize,
     len: usize,
@@ -95,7 +84,26 @@ struct Embed {
 }
 
 impl Embed {
-    fn fwd<T: WithDType>(&self, table: &[T], pos: &[T]) -> Result<Vec<T>> {
+    /// The embedding of `ids [R, L]` (any integer dtype) in a table of `vocab` rows of `dim`;
+    /// an id ≥ `vocab` is an error.
+    pub(crate) fn new(ids: &Tensor, vocab: usize, dim: usize) -> Result<Self> {
+        let (rows, len) = ids.dims2()?;
+        let ids = ids.to_dtype(DType::U32)?.contiguous()?;
+        if let Some(bad) = with_slice::<u32, _>(&ids, |s| {
+            Ok(s.iter().copied().find(|&i| i as usize >= vocab))
+        })? {
+            candle_core::bail!("embed_bytes: id {bad} outside the table of {vocab}");
+        }
+        Ok(Embed {
+            ids,
+            rows,
+            len,
+            dim,
+        })
+    }
+
+    /// `[R, L, d]` from the table `[V, d]` and the positions `[P ≥ L, d]`.
+    pub(crate) fn fwd<T: WithDType>(&self, table: &[T], pos: &[T]) -> Result<Vec<T>> {
         let (l, d) = (self.len, self.dim);
         with_slice::<u32, _>(&self.ids, |ids| {
             let mut out = vec![T::zero(); self.rows * l * d];
@@ -114,7 +122,7 @@ impl Embed {
     }
 
     /// `grad [R, L, d]` → (the table's gradient `[V·d]`, the first L positions' `[L·d]`).
-    fn bwd<T: WithDType>(&self, vocab: usize, g: &[T]) -> Result<(Vec<f64>, Vec<f64>)> {
+    pub(crate) fn bwd<T: WithDType>(&self, vocab: usize, g: &[T]) -> Result<(Vec<f64>, Vec<f64>)> {
         let (l, d) = (self.len, self.dim);
         let per = (TASK_ELEMS / (l * d).max(1)).max(1);
         with_slice::<u32, _>(&self.ids, |ids| {
@@ -213,34 +221,41 @@ pub(crate) fn masked_mix(h: &Tensor, mask: &Tensor, w: &Tensor) -> Result<Option
             w.dims()
         );
     }
-    // Per real byte its weight factor m_ri / max(1, Σ_i m_ri), in f64.
-    let m = mask.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
-    let scale: Vec<f64> = m
-        .iter()
-        .flat_map(|row| {
-            let count = row.iter().sum::<f64>().max(1.0);
-            row.iter().map(move |&v| v / count)
-        })
-        .collect();
-    let op = Mix {
-        scale,
-        len,
-        dim,
-        tokens,
-    };
+    let op = Mix::new(mask, dim, tokens)?;
     Ok(Some(h.contiguous()?.apply_op2(&w.contiguous()?, op)?))
 }
 
-struct Mix {
+pub(crate) struct Mix {
     /// `[R·L]` m_ri / max(1, Σ_i m_ri).
-    scale: Vec<f64>,
+    pub(crate) scale: Vec<f64>,
     len: usize,
     dim: usize,
     tokens: usize,
 }
 
 impl Mix {
-    fn fwd<T: WithDType>(&self, h: &[T], w: &[T], wp: usize) -> Vec<T> {
+    /// The mix of rows of `dim` into `tokens` tokens under `mask [R, L]` (1 real, 0 padding).
+    pub(crate) fn new(mask: &Tensor, dim: usize, tokens: usize) -> Result<Self> {
+        let (_, len) = mask.dims2()?;
+        // Per real byte its weight factor m_ri / max(1, Σ_i m_ri), in f64.
+        let m = mask.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let scale: Vec<f64> = m
+            .iter()
+            .flat_map(|row| {
+                let count = row.iter().sum::<f64>().max(1.0);
+                row.iter().map(move |&v| v / count)
+            })
+            .collect();
+        Ok(Mix {
+            scale,
+            len,
+            dim,
+            tokens,
+        })
+    }
+
+    /// `[R, L', d]` from `h [R, L, d]` and the weights `w [L', wp]` (columns 0..L used).
+    pub(crate) fn fwd<T: WithDType>(&self, h: &[T], w: &[T], wp: usize) -> Vec<T> {
         let (l, d, lt) = (self.len, self.dim, self.tokens);
         let mut out = vec![T::zero(); h.len() / (l * d).max(1) * lt * d];
         out.par_chunks_mut(lt * d)
@@ -267,7 +282,13 @@ impl Mix {
     }
 
     /// (dh `[R, L, d]`, dw `[L'·L]` in f64) for `g [R, L', d]`.
-    fn bwd<T: WithDType>(&self, h: &[T], w: &[T], wp: usize, g: &[T]) -> (Vec<T>, Vec<f64>) {
+    pub(crate) fn bwd<T: WithDType>(
+        &self,
+        h: &[T],
+        w: &[T],
+        wp: usize,
+        g: &[T],
+    ) -> (Vec<T>, Vec<f64>) {
         let (l, d, lt) = (self.len, self.dim, self.tokens);
         let per = (TASK_ELEMS / (l * d).max(1)).max(1);
         let mut dh = vec![T::zero(); h.len()];

@@ -496,7 +496,7 @@ fn to_f64s<T: WithDType>(v: &[T]) -> Vec<f64> {
 }
 
 /// The layer as an op: inputs `x [B, T, d]` and the packed weights `[P]`.
-struct FusedLayer {
+pub(crate) struct FusedLayer {
     dims: Dims,
     eps: f64,
     /// `[B, T]` additive key bias (no gradient), if any.
@@ -541,7 +541,7 @@ fn tensor<T: WithDType>(v: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
 }
 
 /// Rows per parallel task for rows of `width` elements.
-fn rows_per_task(width: usize) -> usize {
+pub(crate) fn rows_per_task(width: usize) -> usize {
     (TASK_ELEMS / width.max(1)).max(1)
 }
 
@@ -561,14 +561,20 @@ fn col_sums<T: WithDType>(a: &[T], width: usize) -> Vec<f64> {
         .fold(vec![0.0; width], add_into)
 }
 
-fn add_into(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+pub(crate) fn add_into(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     a
 }
 
 /// Layer norm of one row into `out`; returns (mean, 1/σ).
 #[inline]
-fn norm_row<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64, out: &mut [T]) -> (f64, f64) {
+pub(crate) fn norm_row<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    eps: f64,
+    out: &mut [T],
+) -> (f64, f64) {
     let d = x.len() as f64;
     let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / d;
     let var = x.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d;
@@ -583,7 +589,7 @@ fn norm_row<T: WithDType>(x: &[T], w: &[T], b: &[T], eps: f64, out: &mut [T]) ->
 /// dx += (ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂))/σ; dw += g⊙x̂, db += g.
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn norm_row_grad<T: WithDType>(
+pub(crate) fn norm_row_grad<T: WithDType>(
     x: &[T],
     (mean, inv): (f64, f64),
     w: &[T],
@@ -690,7 +696,7 @@ fn softmax_rows<T: Elem>(s: &[T], p: &mut [T], t: usize, rows_per_seq: usize, bi
 
 /// Packs the layer's weights in [`Dims::offsets`]' order (a graph node: its backward splits
 /// the gradient back to each variable).
-fn pack(l: &TransformerLayer) -> Result<Tensor> {
+pub(crate) fn pack(l: &TransformerLayer) -> Result<Tensor> {
     let a = &l.attn;
     let parts = [
         &l.norm1.weight,
@@ -738,36 +744,85 @@ pub(crate) fn forward(
     if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) {
         return Ok(None);
     }
-    let (b, t, d) = x.dims3()?;
-    let dims = Dims {
-        b,
-        t,
-        d,
-        h: layer.attn.heads,
-        m: layer.mlp.fc1.weight.dim(0)?,
-    };
-    let bias = match bias {
-        Some(bias) => Some(bias.detach().reshape((b, t))?.contiguous()?),
-        None => None,
-    };
-    let drop = if p > 0.0 {
-        let attn = Mask::new(layer.rng.next_seed(), p);
-        let mlp = Mask::new(layer.rng.next_seed(), p);
-        Some((attn, mlp))
-    } else {
-        None
-    };
     let w = pack(layer)?;
     let x = x.contiguous()?;
-    let op = FusedLayer {
-        keep: x.track_op() || w.track_op(),
-        dims,
-        eps: layer.norm1.eps,
-        bias,
-        drop,
-        saved: Mutex::new(None),
-    };
+    let op = FusedLayer::new(layer, x.dims3()?, bias, p, x.track_op() || w.track_op())?;
     Ok(Some(x.apply_op2(&w, op)?))
+}
+
+impl FusedLayer {
+    /// The op of `layer` on `x [B, T, d]` (`dims`), with the key bias and dropout probability
+    /// of [`forward`]; `keep`: whether a backward pass can follow. Draws the layer's dropout
+    /// seeds.
+    pub(crate) fn new(
+        layer: &TransformerLayer,
+        (b, t, d): (usize, usize, usize),
+        bias: Option<&Tensor>,
+        p: f32,
+        keep: bool,
+    ) -> Result<Self> {
+        let dims = Dims {
+            b,
+            t,
+            d,
+            h: layer.attn.heads,
+            m: layer.mlp.fc1.weight.dim(0)?,
+        };
+        let bias = match bias {
+            Some(bias) => Some(bias.detach().reshape((b, t))?.contiguous()?),
+            None => None,
+        };
+        let drop = if p > 0.0 {
+            let attn = Mask::new(layer.rng.next_seed(), p);
+            let mlp = Mask::new(layer.rng.next_seed(), p);
+            Some((attn, mlp))
+        } else {
+            None
+        };
+        Ok(FusedLayer {
+            keep,
+            dims,
+            eps: layer.norm1.eps,
+            bias,
+            drop,
+            saved: Mutex::new(None),
+        })
+    }
+
+    /// Length of the layer's packed weights ([`pack`]).
+    pub(crate) fn packed_len(&self) -> usize {
+        self.dims.offsets().total
+    }
+
+    /// The forward pass on `xs [B·T, d]` with the packed weights at `offset` of `weights`;
+    /// keeps the activations when the op was made with `keep`.
+    pub(crate) fn run_forward<T: Elem>(
+        &self,
+        xs: &[T],
+        weights: &CpuStorage,
+        offset: usize,
+    ) -> Result<Vec<T>> {
+        let layout = Layout::contiguous_with_offset(self.packed_len(), offset);
+        self.forward_t(xs, weights, &layout)
+    }
+
+    /// The backward pass after [`FusedLayer::run_forward`]: `(dx, dw)` for the input `x`, the
+    /// packed weights `w` and the output's gradient `dy` (contiguous CPU tensors).
+    pub(crate) fn run_backward<T: Elem>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let guard = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::msg("fused layer: a backward pass panicked"))?;
+        let Some(saved) = guard.as_ref() else {
+            candle_core::bail!("fused layer: backward without a forward pass")
+        };
+        self.backward_t::<T>(saved, x, w, dy)
+    }
 }
 
 impl FusedLayer {

@@ -42,6 +42,7 @@ pub mod cost;
 pub mod cuda;
 mod dropout;
 mod error;
+mod fused_block_encoder;
 mod fused_layer;
 pub mod kernels;
 mod model;

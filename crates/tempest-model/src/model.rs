@@ -132,7 +132,12 @@ impl Mixer {
                 attn.attend_projected(&q, h, Some(bias))?
             }
         };
-        self.mlp.forward(&self.norm.forward(&pooled)?)
+        self.after_mix(&pooled)
+    }
+
+    /// The norm and MLP after the mix: `[BN, L', d_t]` → `[BN, L', d_c]`.
+    fn after_mix(&self, pooled: &Tensor) -> Result<Tensor> {
+        self.mlp.forward(&self.norm.forward(pooled)?)
     }
 }
 
@@ -369,6 +374,54 @@ impl Tempest {
             );
         }
         let bn = b * n;
+        let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
+        let bias = key_bias(&mask, self.dtype)?;
+        // The embedding, E_t, its final norm and the linear mix as one node on the CPU
+        // (crate::fused_block_encoder); else op by op.
+        let pooled = match &self.mixer.mix {
+            Mix::Linear(w)
+                if self.mixer.own_kernels
+                    && self.config.fused_layers
+                    && !crate::cuda::available(ids.device()) =>
+            {
+                crate::fused_block_encoder::encode_and_mix(
+                    &ids.reshape((bn, l))?,
+                    &mask,
+                    &bias,
+                    self.bytes.weight(),
+                    &self.byte_positions,
+                    self.block_encoder.layers(),
+                    self.block_encoder.final_norm(),
+                    w,
+                    train,
+                )?
+            }
+            _ => None,
+        };
+        let mut tokens = match pooled {
+            Some(pooled) => self.mixer.after_mix(&pooled)?,
+            None => self.encode_blocks_op_by_op(ids, byte_mask, &mask, &bias, train)?,
+        };
+        if let Some(length) = &self.length {
+            let len = length.forward(&block_len.reshape(bn)?)?.unsqueeze(1)?;
+            tokens = tokens.broadcast_add(&len)?;
+        }
+        let (_, lt, dc) = tokens.dims3()?;
+        tokens.reshape((b, n, lt, dc))
+    }
+
+    /// E_t and M op by op: `ids [B, N, L]`, `byte_mask [B, N, L] u8`, `mask [B·N, L]` in the
+    /// model's dtype, `bias [B·N, 1, 1, L]` → `[B·N, L', d_c]`.
+    pub(crate) fn encode_blocks_op_by_op(
+        &self,
+        ids: &Tensor,
+        byte_mask: &Tensor,
+        mask: &Tensor,
+        bias: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, n, l) = ids.dims3()?;
+        let bn = b * n;
         let fused = if self.config.own_kernels(ids.device()) {
             let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
             match crate::cuda::hook_embed_bytes(
@@ -393,16 +446,8 @@ impl Tempest {
                 .forward(&ids.reshape((bn, l))?)?
                 .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?,
         };
-        let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
-        let bias = key_bias(&mask, self.dtype)?;
-        let h = self.block_encoder.forward(&x, Some(&bias), train)?;
-        let mut tokens = self.mixer.forward(&h, &mask, &bias)?; // [BN, L', d_c]
-        if let Some(length) = &self.length {
-            let len = length.forward(&block_len.reshape(bn)?)?.unsqueeze(1)?;
-            tokens = tokens.broadcast_add(&len)?;
-        }
-        let (_, lt, dc) = tokens.dims3()?;
-        tokens.reshape((b, n, lt, dc))
+        let h = self.block_encoder.forward(&x, Some(bias), train)?;
+        self.mixer.forward(&h, mask, bias) // [BN, L', d_c]
     }
 
     /// E_c and the head: block tokens `[B, N, L', d_c]` with the batch's positions and block

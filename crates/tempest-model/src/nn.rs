@@ -325,6 +325,11 @@ impl TransformerLayer {
         })
     }
 
+    /// Whether this layer runs as one fused op where it can, and its dropout probability.
+    pub(crate) fn fused_with_dropout(&self) -> (bool, f32) {
+        (self.fused_layer, self.dropout)
+    }
+
     /// `[B, T, d] -> [B, T, d]`; `bias: [B, 1, 1, T]`. The fused layer (CPU, f32/f64) skips
     /// masked positions and returns their input unchanged there; the tensor-op layer computes
     /// them. Real positions agree.
@@ -361,6 +366,16 @@ impl Transformer {
             layers,
             norm: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm"))?,
         })
+    }
+
+    /// The layers, first to last.
+    pub(crate) fn layers(&self) -> &[TransformerLayer] {
+        &self.layers
+    }
+
+    /// The final layer norm.
+    pub(crate) fn final_norm(&self) -> &LayerNorm {
+        &self.norm
     }
 
     /// `[B, T, d] -> [B, T, d]`, keys masked by `bias: [B, 1, 1, T]`.

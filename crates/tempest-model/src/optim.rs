@@ -249,6 +249,7 @@ pub struct FusedAdamW {
     slots: Vec<AdamSlot>,
     beta1: f64,
     beta2: f64,
+    eps: f64,
     weight_decay: f64,
     steps: i32,
 }
@@ -276,8 +277,25 @@ impl FusedAdamW {
         })
     }
 
-    /// Moments at zero for `vars`, with the β's and weight decay of `config`.
+    /// Moments at zero for `vars`, with the β's and weight decay of `config` (ε = 1e-8).
     pub fn new(vars: Vec<Var>, config: &TrainConfig) -> Result<Self> {
+        Self::with_params(
+            vars,
+            config.beta1,
+            config.beta2,
+            ADAM_EPS,
+            config.weight_decay,
+        )
+    }
+
+    /// Moments at zero for `vars`, with β₁, β₂, ε and the weight decay (on matrices) given.
+    pub fn with_params(
+        vars: Vec<Var>,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    ) -> Result<Self> {
         if !Self::supports(&vars) {
             candle_core::bail!("fused AdamW: a variable is not f32/f64 on the CPU");
         }
@@ -297,11 +315,76 @@ impl FusedAdamW {
             .collect();
         Ok(FusedAdamW {
             slots,
-            beta1: config.beta1,
-            beta2: config.beta2,
-            weight_decay: config.weight_decay,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
             steps: 0,
         })
+    }
+
+    /// The variables, in the order of [`FusedAdamW::step_scaled`]'s gradients.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.slots.iter().map(|s| &s.var)
+    }
+
+    /// Updates taken (the t of the bias corrections).
+    pub fn steps(&self) -> usize {
+        self.steps as usize
+    }
+
+    /// Sets the update count, as when restoring a saved state.
+    pub fn set_steps(&mut self, steps: usize) -> Result<()> {
+        self.steps = i32::try_from(steps)
+            .map_err(|_| candle_core::Error::Msg(format!("fused AdamW: {steps} steps")))?;
+        Ok(())
+    }
+
+    /// The first and second moments of variable `i` (in [`FusedAdamW::vars`]' order), as CPU
+    /// tensors of its shape and dtype.
+    pub fn moments(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let Some(slot) = self.slots.get(i) else {
+            candle_core::bail!("fused AdamW: no variable {i}")
+        };
+        let shape = slot.var.shape();
+        let dev = &candle_core::Device::Cpu;
+        Ok(match &slot.moments {
+            Moments::F32(m, v) => (
+                Tensor::from_slice(m, shape, dev)?,
+                Tensor::from_slice(v, shape, dev)?,
+            ),
+            Moments::F64(m, v) => (
+                Tensor::from_slice(m, shape, dev)?,
+                Tensor::from_slice(v, shape, dev)?,
+            ),
+        })
+    }
+
+    /// Replaces the moments of variable `i` (converted to its dtype; the shapes must match).
+    pub fn set_moments(&mut self, i: usize, m: &Tensor, v: &Tensor) -> Result<()> {
+        let Some(slot) = self.slots.get_mut(i) else {
+            candle_core::bail!("fused AdamW: no variable {i}")
+        };
+        if m.shape() != slot.var.shape() || v.shape() != slot.var.shape() {
+            candle_core::bail!(
+                "fused AdamW: moments of shape {:?}/{:?} for a variable of shape {:?}",
+                m.shape(),
+                v.shape(),
+                slot.var.shape()
+            );
+        }
+        let flat = |t: &Tensor, dtype| t.to_dtype(dtype)?.flatten_all();
+        slot.moments = match slot.moments {
+            Moments::F32(..) => Moments::F32(
+                flat(m, DType::F32)?.to_vec1()?,
+                flat(v, DType::F32)?.to_vec1()?,
+            ),
+            Moments::F64(..) => Moments::F64(
+                flat(m, DType::F64)?.to_vec1()?,
+                flat(v, DType::F64)?.to_vec1()?,
+            ),
+        };
+        Ok(())
     }
 
     /// Clips the gradients to a global norm of `max_norm` (0: no clipping) and updates every
@@ -312,12 +395,32 @@ impl FusedAdamW {
         let grads: Vec<Option<Tensor>> = self
             .slots
             .iter()
-            .map(|s| {
-                grads
-                    .get(s.var.as_tensor())
-                    .map(|g| g.contiguous())
-                    .transpose()
-            })
+            .map(|s| grads.get(s.var.as_tensor()).cloned())
+            .collect();
+        self.step_scaled(&grads, 1.0, lr, max_norm)
+    }
+
+    /// [`FusedAdamW::step`] on gradients given in [`FusedAdamW::vars`]' order (`None`: no
+    /// gradient), each multiplied by `grad_scale` before anything else (the mean of `k`
+    /// accumulated micro-batches is their sum with `grad_scale = 1/k`). Returns the norm of the
+    /// scaled gradients before clipping.
+    pub fn step_scaled(
+        &mut self,
+        grads: &[Option<Tensor>],
+        grad_scale: f64,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        if grads.len() != self.slots.len() {
+            candle_core::bail!(
+                "fused AdamW: {} gradients for {} variables",
+                grads.len(),
+                self.slots.len()
+            );
+        }
+        let grads: Vec<Option<Tensor>> = grads
+            .iter()
+            .map(|g| g.as_ref().map(|g| g.contiguous()).transpose())
             .collect::<Result<_>>()?;
         let mut sum = 0.0f64;
         for g in grads.iter().flatten() {
@@ -326,21 +429,23 @@ impl FusedAdamW {
                 _ => with_slice::<f64, _>(g, |s| Ok(sum_sq(s)))?,
             };
         }
-        let norm = sum.sqrt();
+        let norm = sum.sqrt() * grad_scale.abs();
         if !norm.is_finite() {
             return Ok(norm);
         }
-        let scale = if max_norm > 0.0 && norm > max_norm {
-            max_norm / norm
-        } else {
-            1.0
-        };
+        let scale = grad_scale
+            * if max_norm > 0.0 && norm > max_norm {
+                max_norm / norm
+            } else {
+                1.0
+            };
         self.steps += 1;
         let hp = Hyper {
             beta1: self.beta1,
             beta2: self.beta2,
             bc1: 1.0 - self.beta1.powi(self.steps),
             bc2: 1.0 - self.beta2.powi(self.steps),
+            eps: self.eps,
             lr,
             scale,
         };
@@ -375,8 +480,9 @@ struct Hyper {
     /// 1 − β₁ᵗ and 1 − β₂ᵗ (bias corrections).
     bc1: f64,
     bc2: f64,
+    eps: f64,
     lr: f64,
-    /// The clipping factor applied to every gradient.
+    /// The factor applied to every gradient: the caller's scale times the clipping factor.
     scale: f64,
 }
 
@@ -423,7 +529,7 @@ fn update<T: WithDType>(
                         let mn = hp.beta1 * m.to_f64() + (1.0 - hp.beta1) * g;
                         let vn = hp.beta2 * v.to_f64() + (1.0 - hp.beta2) * g * g;
                         (*m, *v) = (T::from_f64(mn), T::from_f64(vn));
-                        let step = (mn / hp.bc1) / ((vn / hp.bc2).sqrt() + ADAM_EPS);
+                        let step = (mn / hp.bc1) / ((vn / hp.bc2).sqrt() + hp.eps);
                         *th = T::from_f64(th.to_f64() * decay - hp.lr * step);
                     }
                 });

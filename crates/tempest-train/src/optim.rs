@@ -1,12 +1,20 @@
 //! AdamW whose state can be saved and restored, with gradient accumulation.
 //!
-//! `tempest_model::Trainer` wraps candle-nn's AdamW, whose moments are private: a run that
-//! stops could not continue with the same optimiser state. This one keeps the moments as
-//! tensors it can write to a safetensors file, applies the update of Loshchilov & Hutter
-//! (2019, decoupled weight decay) exactly as candle-nn's AdamW does, decays matrices only
-//! (rank ≥ 2, as `tempest_model::Trainer`), and sums the gradients of several micro-batches
-//! before a step. Variables are kept in name order, so every sum over them (the gradient norm)
-//! adds in the same order on every run.
+//! `tempest_model::Trainer` keeps its optimiser state private: a run that stops could not
+//! continue with the same optimiser state. This one keeps the moments where it can write them
+//! to a safetensors file, applies the update of Loshchilov & Hutter (2019, decoupled weight
+//! decay) as candle-nn's AdamW does, decays matrices only (rank ≥ 2, as
+//! `tempest_model::Trainer`), and sums the gradients of several micro-batches before a step.
+//! Variables are kept in name order, so every sum over them (the gradient norm) adds in the
+//! same order on every run.
+//!
+//! Where every variable is an f32/f64 tensor on the CPU (what [`crate::train()`] trains), the
+//! norm, the clipping and the update run as one pass per variable over raw slices
+//! ([`tempest_model::FusedAdamW`]: f64 arithmetic rounded once per stored value, moments in the
+//! variable's dtype); elsewhere, and in [`AdamW::with_tensor_ops`], as candle tensor ops (about
+//! fifteen per variable, each a pass over memory, an allocation and a wake-up of candle's
+//! thread pool). Both keep the same state under the same names, so a checkpoint written by one
+//! resumes in the other.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +22,7 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
+use tempest_model::FusedAdamW;
 
 use crate::{Error, Result};
 
@@ -46,14 +55,21 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
     grad: Option<Tensor>,
+}
+
+/// Where the moments live and how the update runs.
+enum Update {
+    /// One pass per variable over raw slices; the moments are inside.
+    Fused(FusedAdamW),
+    /// Tensor ops; `(m, v)` per slot.
+    Tensors(Vec<(Tensor, Tensor)>),
 }
 
 /// AdamW over the variables of a [`VarMap`], with accumulated gradients and a saveable state.
 pub struct AdamW {
     slots: Vec<Slot>,
+    update: Update,
     config: AdamWConfig,
     steps: usize,
     accumulated: usize,
@@ -63,6 +79,7 @@ impl std::fmt::Debug for AdamW {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdamW")
             .field("variables", &self.slots.len())
+            .field("fused", &matches!(self.update, Update::Fused(_)))
             .field("config", &self.config)
             .field("steps", &self.steps)
             .field("accumulated", &self.accumulated)
@@ -71,33 +88,67 @@ impl std::fmt::Debug for AdamW {
 }
 
 impl AdamW {
-    /// An optimiser over every variable of `varmap`, moments at zero.
+    /// An optimiser over every variable of `varmap`, moments at zero: the one-pass update where
+    /// every variable is f32/f64 on the CPU, tensor ops otherwise.
     pub fn new(varmap: &VarMap, config: AdamWConfig) -> Result<Self> {
+        Self::build(varmap, config, true)
+    }
+
+    /// As [`AdamW::new`], but always updating through candle tensor ops (the reference the
+    /// one-pass update is tested against; the only way for CUDA or bf16 variables).
+    pub fn with_tensor_ops(varmap: &VarMap, config: AdamWConfig) -> Result<Self> {
+        Self::build(varmap, config, false)
+    }
+
+    fn build(varmap: &VarMap, config: AdamWConfig, fused: bool) -> Result<Self> {
         let data = varmap
             .data()
             .lock()
             .map_err(|_| Error::setting("varmap", "its lock is poisoned"))?;
         let mut named: Vec<(String, Var)> =
             data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        drop(data);
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut slots = Vec::with_capacity(named.len());
-        for (name, var) in named {
-            let zeros = var.as_tensor().zeros_like()?;
-            slots.push(Slot {
+        let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+        let update = if fused && FusedAdamW::supports(&vars) {
+            Update::Fused(FusedAdamW::with_params(
+                vars,
+                config.beta1,
+                config.beta2,
+                config.eps,
+                config.weight_decay,
+            )?)
+        } else {
+            Update::Tensors(
+                vars.iter()
+                    .map(|v| {
+                        let zeros = v.as_tensor().zeros_like()?;
+                        Ok((zeros.clone(), zeros))
+                    })
+                    .collect::<Result<_>>()?,
+            )
+        };
+        let slots = named
+            .into_iter()
+            .map(|(name, var)| Slot {
                 decay: var.rank() >= 2,
                 name,
-                m: zeros.clone(),
-                v: zeros,
                 var,
                 grad: None,
-            });
-        }
+            })
+            .collect();
         Ok(AdamW {
             slots,
+            update,
             config,
             steps: 0,
             accumulated: 0,
         })
+    }
+
+    /// Whether the update runs as one pass over raw slices (else as tensor ops).
+    pub fn is_fused(&self) -> bool {
+        matches!(self.update, Update::Fused(_))
     }
 
     /// Optimisation steps taken.
@@ -145,34 +196,59 @@ impl AdamW {
     /// a global norm of `max_norm` (0: no clipping). Returns the norm before clipping; a
     /// non-finite norm skips the update (the gradients are dropped either way).
     pub fn step(&mut self, lr: f64, max_norm: f64) -> Result<f64> {
-        let norm = self.grad_norm()?;
-        let mut scale = 1.0 / self.accumulated.max(1) as f64;
-        if max_norm > 0.0 && norm > max_norm {
-            scale *= max_norm / norm;
-        }
-        if norm.is_finite() {
-            self.steps += 1;
-            let c = self.config;
-            let t = self.steps as i32;
-            let bc1 = 1.0 - c.beta1.powi(t);
-            let bc2 = 1.0 - c.beta2.powi(t);
-            for slot in &mut self.slots {
-                let Some(g) = slot.grad.take() else { continue };
-                let g = (g * scale)?;
-                slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                let m_hat = (&slot.m / bc1)?;
-                let v_hat = (&slot.v / bc2)?;
-                let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-                let theta = slot.var.as_tensor();
-                let decayed = if slot.decay && c.weight_decay > 0.0 {
-                    (theta * (1.0 - lr * c.weight_decay))?
-                } else {
-                    theta.clone()
-                };
-                slot.var.set(&(decayed - (update * lr)?)?)?;
+        let mean = 1.0 / self.accumulated.max(1) as f64;
+        let norm = match &mut self.update {
+            Update::Fused(opt) => {
+                let grads: Vec<Option<Tensor>> =
+                    self.slots.iter_mut().map(|s| s.grad.take()).collect();
+                let norm = opt.step_scaled(&grads, mean, lr, max_norm)?;
+                if norm.is_finite() {
+                    self.steps += 1;
+                }
+                norm
             }
-        }
+            Update::Tensors(moments) => {
+                let norm = {
+                    let mut sum = 0.0f64;
+                    for g in self.slots.iter().filter_map(|s| s.grad.as_ref()) {
+                        sum += g
+                            .sqr()?
+                            .sum_all()?
+                            .to_dtype(DType::F64)?
+                            .to_scalar::<f64>()?;
+                    }
+                    sum.sqrt() * mean
+                };
+                let mut scale = mean;
+                if max_norm > 0.0 && norm > max_norm {
+                    scale *= max_norm / norm;
+                }
+                if norm.is_finite() {
+                    self.steps += 1;
+                    let c = self.config;
+                    let t = self.steps as i32;
+                    let bc1 = 1.0 - c.beta1.powi(t);
+                    let bc2 = 1.0 - c.beta2.powi(t);
+                    for (slot, (m, v)) in self.slots.iter_mut().zip(moments.iter_mut()) {
+                        let Some(g) = slot.grad.take() else { continue };
+                        let g = (g * scale)?;
+                        *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                        *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                        let m_hat = (&*m / bc1)?;
+                        let v_hat = (&*v / bc2)?;
+                        let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+                        let theta = slot.var.as_tensor();
+                        let decayed = if slot.decay && c.weight_decay > 0.0 {
+                            (theta * (1.0 - lr * c.weight_decay))?
+                        } else {
+                            theta.clone()
+                        };
+                        slot.var.set(&(decayed - (update * lr)?)?)?;
+                    }
+                }
+                norm
+            }
+        };
         for slot in &mut self.slots {
             slot.grad = None;
         }
@@ -180,12 +256,24 @@ impl AdamW {
         Ok(norm)
     }
 
+    /// The moments `(m, v)` of slot `i`.
+    fn moments(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        match &self.update {
+            Update::Fused(opt) => Ok(opt.moments(i)?),
+            Update::Tensors(moments) => moments
+                .get(i)
+                .cloned()
+                .ok_or_else(|| Error::setting("optimiser", format!("no variable {i}"))),
+        }
+    }
+
     /// Writes the moments (`m.<name>`, `v.<name>`) and the step count to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut map: HashMap<String, Tensor> = HashMap::new();
-        for s in &self.slots {
-            map.insert(format!("m.{}", s.name), s.m.clone());
-            map.insert(format!("v.{}", s.name), s.v.clone());
+        for (i, s) in self.slots.iter().enumerate() {
+            let (m, v) = self.moments(i)?;
+            map.insert(format!("m.{}", s.name), m);
+            map.insert(format!("v.{}", s.name), v);
         }
         map.insert(
             "steps".to_string(),
@@ -202,7 +290,9 @@ impl AdamW {
             map.get(k)
                 .ok_or_else(|| Error::dataset(path, format!("no tensor {k:?}")))
         };
-        for s in &mut self.slots {
+        let steps = get("steps")?.to_vec1::<u32>()?;
+        let steps = steps.first().copied().unwrap_or(0) as usize;
+        for (i, s) in self.slots.iter_mut().enumerate() {
             let m = get(&format!("m.{}", s.name))?;
             let v = get(&format!("v.{}", s.name))?;
             if m.shape() != s.var.shape() || v.shape() != s.var.shape() {
@@ -211,12 +301,20 @@ impl AdamW {
                     format!("moments of {} have the wrong shape", s.name),
                 ));
             }
-            s.m = m.to_dtype(s.var.dtype())?;
-            s.v = v.to_dtype(s.var.dtype())?;
+            match &mut self.update {
+                Update::Fused(opt) => opt.set_moments(i, m, v)?,
+                Update::Tensors(moments) => {
+                    if let Some(slot) = moments.get_mut(i) {
+                        *slot = (m.to_dtype(s.var.dtype())?, v.to_dtype(s.var.dtype())?);
+                    }
+                }
+            }
             s.grad = None;
         }
-        let steps = get("steps")?.to_vec1::<u32>()?;
-        self.steps = steps.first().copied().unwrap_or(0) as usize;
+        if let Update::Fused(opt) = &mut self.update {
+            opt.set_steps(steps)?;
+        }
+        self.steps = steps;
         self.accumulated = 0;
         Ok(())
     }
@@ -226,60 +324,287 @@ impl AdamW {
 mod tests {
     use super::*;
 
+    type Build = fn(&VarMap, AdamWConfig) -> Result<AdamW>;
+    const BOTH: [(&str, Build); 2] = [
+        ("fused", AdamW::new),
+        ("tensor ops", AdamW::with_tensor_ops),
+    ];
+
     /// The first AdamW step moves every coordinate by lr·sign(g) (bias-corrected m̂/√v̂ =
-    /// g/|g|), after decaying matrices by lr·wd: checked by hand on a 2×2 matrix and a vector.
+    /// g/|g|), after decaying matrices by lr·wd: checked by hand on a 2×2 matrix and a vector,
+    /// for both ways of updating.
     #[test]
     fn first_step_moves_by_lr_times_sign_and_decays_matrices_only() -> Result<()> {
+        for (what, build) in BOTH {
+            let dev = Device::Cpu;
+            let varmap = VarMap::new();
+            let w = varmap.get((2, 2), "w", candle_nn::Init::Const(1.0), DType::F32, &dev)?;
+            let b = varmap.get(2, "b", candle_nn::Init::Const(1.0), DType::F32, &dev)?;
+            let cfg = AdamWConfig {
+                weight_decay: 0.5,
+                ..AdamWConfig::default()
+            };
+            let mut opt = build(&varmap, cfg)?;
+            assert_eq!(opt.is_fused(), what == "fused");
+            let target = Tensor::new(&[[3.0f32, -1.0], [0.5, 2.0]], &dev)?;
+            let loss = ((&w * &target)?.sum_all()?
+                + (&b * Tensor::new(&[-2.0f32, 4.0], &dev)?)?.sum_all()?)?;
+            opt.accumulate(&loss.backward()?)?;
+            opt.accumulate(&loss.backward()?)?; // the mean of two equal gradients is the gradient
+            let norm = opt.step(0.1, 0.0)?;
+            assert!(
+                (norm - (9.0f64 + 1.0 + 0.25 + 4.0 + 4.0 + 16.0).sqrt()).abs() < 1e-5,
+                "{what}"
+            );
+            let w = w.to_vec2::<f32>()?;
+            // 1·(1 − 0.1·0.5) − 0.1·sign(g)
+            assert!((w[0][0] - (0.95 - 0.1)).abs() < 1e-6, "{what} {w:?}");
+            assert!((w[0][1] - (0.95 + 0.1)).abs() < 1e-6, "{what} {w:?}");
+            let b = b.to_vec1::<f32>()?;
+            assert!(
+                (b[0] - 1.1).abs() < 1e-6 && (b[1] - 0.9).abs() < 1e-6,
+                "{what} {b:?}"
+            );
+            assert_eq!(opt.steps(), 1);
+        }
+        Ok(())
+    }
+
+    /// A matrix, a vector and a one-element vector of `dtype`, and the coefficients of a loss whose gradients differ
+    /// per element, per step and per micro-batch: `Σ c⊙θ² + k·Σ d⊙θ`.
+    fn problem(dtype: DType, seed: u64) -> Result<(VarMap, Vec<Tensor>)> {
         let dev = Device::Cpu;
-        let varmap = VarMap::new();
-        let w = varmap.get((2, 2), "w", candle_nn::Init::Const(1.0), DType::F32, &dev)?;
-        let b = varmap.get(2, "b", candle_nn::Init::Const(1.0), DType::F32, &dev)?;
-        let cfg = AdamWConfig {
-            weight_decay: 0.5,
-            ..AdamWConfig::default()
+        // Values spread over (−2, 2), different per element and per seed.
+        let mut k = seed;
+        let mut pseudo = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    k = k
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((k >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
+                })
+                .collect()
         };
-        let mut opt = AdamW::new(&varmap, cfg)?;
-        let target = Tensor::new(&[[3.0f32, -1.0], [0.5, 2.0]], &dev)?;
-        let loss = ((&w * &target)?.sum_all()?
-            + (&b * Tensor::new(&[-2.0f32, 4.0], &dev)?)?.sum_all()?)?;
-        opt.accumulate(&loss.backward()?)?;
-        opt.accumulate(&loss.backward()?)?; // the mean of two equal gradients is the gradient
-        let norm = opt.step(0.1, 0.0)?;
-        assert!((norm - (9.0f64 + 1.0 + 0.25 + 4.0 + 4.0 + 16.0).sqrt()).abs() < 1e-5);
-        let w = w.to_vec2::<f32>()?;
-        // 1·(1 − 0.1·0.5) − 0.1·sign(g)
-        assert!((w[0][0] - (0.95 - 0.1)).abs() < 1e-6, "{w:?}");
-        assert!((w[0][1] - (0.95 + 0.1)).abs() < 1e-6, "{w:?}");
-        let b = b.to_vec1::<f32>()?;
-        assert!(
-            (b[0] - 1.1).abs() < 1e-6 && (b[1] - 0.9).abs() < 1e-6,
-            "{b:?}"
-        );
-        assert_eq!(opt.steps(), 1);
+        let mut varmap = VarMap::new();
+        let mut coef = Vec::new();
+        for (name, shape) in [
+            ("a.weight", vec![6, 5]),
+            ("a.bias", vec![9]),
+            ("z", vec![1]),
+        ] {
+            let n: usize = shape.iter().product();
+            varmap.get(
+                shape.as_slice(),
+                name,
+                candle_nn::Init::Const(0.0),
+                dtype,
+                &dev,
+            )?;
+            let value = Tensor::from_vec(pseudo(n), shape.as_slice(), &dev)?.to_dtype(dtype)?;
+            varmap.set_one(name, value)?;
+            coef.push(Tensor::from_vec(pseudo(n), shape.as_slice(), &dev)?.to_dtype(dtype)?);
+        }
+        Ok((varmap, coef))
+    }
+
+    fn loss_grads(varmap: &VarMap, coef: &[Tensor], k: f64) -> Result<GradStore> {
+        let data = varmap.data().lock().expect("varmap");
+        let mut total: Option<Tensor> = None;
+        for (name, c) in ["a.weight", "a.bias", "z"].iter().zip(coef) {
+            let v = data.get(*name).expect("variable").as_tensor();
+            let c = c.reshape(v.shape())?;
+            let l = ((v.sqr()? * &c)? + ((v * &c)? * k)?)?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + l)?,
+                None => l,
+            });
+        }
+        Ok(total.expect("three variables").backward()?)
+    }
+
+    fn values(varmap: &VarMap) -> Result<Vec<f64>> {
+        let data = varmap.data().lock().expect("varmap");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for n in names {
+            out.extend(
+                data[n]
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .flatten_all()?
+                    .to_vec1::<f64>()?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+            .fold(0.0, f64::max)
+    }
+
+    /// The one-pass update against the tensor-op one over six steps: micro-batches of one and
+    /// of three, with and without clipping (checked to clip), a changing rate, weight decay on
+    /// the matrix only. Same tolerances as tempest-model's test of the fused AdamW against
+    /// candle-nn (f64 1e-12, f32 1e-5, relative), on the weights and the norms.
+    #[test]
+    fn one_pass_update_matches_the_tensor_op_update() -> Result<()> {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+            let (fused_map, coef) = problem(dtype, 7)?;
+            let (tensor_map, _) = problem(dtype, 7)?;
+            assert_eq!(values(&fused_map)?, values(&tensor_map)?, "same start");
+            let cfg = AdamWConfig {
+                weight_decay: 0.1,
+                ..AdamWConfig::default()
+            };
+            let mut fused = AdamW::new(&fused_map, cfg)?;
+            let mut tensors = AdamW::with_tensor_ops(&tensor_map, cfg)?;
+            assert!(fused.is_fused() && !tensors.is_fused());
+            for (step, (micro, max_norm)) in
+                [(1, 1e9), (3, 1e9), (1, 2.0), (3, 2.0), (2, 0.0), (1, 1.0)]
+                    .into_iter()
+                    .enumerate()
+            {
+                let lr = 0.05 / (1.0 + step as f64);
+                for j in 0..micro {
+                    let k = 1.0 + step as f64 + 0.5 * j as f64;
+                    fused.accumulate(&loss_grads(&fused_map, &coef, k)?)?;
+                    tensors.accumulate(&loss_grads(&tensor_map, &coef, k)?)?;
+                }
+                let want = tensors.step(lr, max_norm)?;
+                let got = fused.step(lr, max_norm)?;
+                assert!(
+                    (got - want).abs() <= tol * want,
+                    "{dtype:?} step {step}: norm {got} vs {want}"
+                );
+                if max_norm < 100.0 && max_norm > 0.0 {
+                    assert!(want > max_norm, "the test must clip at step {step}");
+                }
+                let diff = max_rel_diff(&values(&fused_map)?, &values(&tensor_map)?);
+                assert!(
+                    diff < tol,
+                    "{dtype:?} step {step}: weights differ by {diff}"
+                );
+                assert_eq!((fused.steps(), fused.accumulated()), (step + 1, 0));
+            }
+            // And the state they would save.
+            for i in 0..3 {
+                let (fm, fv) = fused.moments(i)?;
+                let (tm, tv) = tensors.moments(i)?;
+                for (a, b) in [(fm, tm), (fv, tv)] {
+                    let a = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                    let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                    let diff = max_rel_diff(&a, &b);
+                    assert!(diff < tol, "{dtype:?} moments of {i} differ by {diff}");
+                }
+            }
+        }
         Ok(())
     }
 
     #[test]
-    fn state_round_trips_through_a_file() -> Result<()> {
-        let dev = Device::Cpu;
-        let varmap = VarMap::new();
-        let w = varmap.get(3, "w", candle_nn::Init::Const(0.5), DType::F32, &dev)?;
-        let mut a = AdamW::new(&varmap, AdamWConfig::default())?;
-        let loss = (&w * Tensor::new(&[1.0f32, 2.0, 3.0], &dev)?)?
-            .sqr()?
-            .sum_all()?;
-        a.accumulate(&loss.backward()?)?;
-        a.step(0.01, 1.0)?;
+    fn a_non_finite_norm_skips_the_step_and_drops_the_gradients() -> Result<()> {
+        for (what, build) in BOTH {
+            let dev = Device::Cpu;
+            let varmap = VarMap::new();
+            let w = varmap.get(2, "w", candle_nn::Init::Const(1.0), DType::F32, &dev)?;
+            let mut opt = build(&varmap, AdamWConfig::default())?;
+            let g = (&w * Tensor::new(&[f32::INFINITY, 1.0], &dev)?)?
+                .sum_all()?
+                .backward()?;
+            opt.accumulate(&g)?;
+            assert!(!opt.step(0.1, 1.0)?.is_finite(), "{what}");
+            assert_eq!((opt.steps(), opt.accumulated()), (0, 0), "{what}");
+            assert_eq!(w.to_vec1::<f32>()?, vec![1.0, 1.0], "{what}");
+            // The next finite step is the first: it moves by lr·sign(g).
+            let g = (&w * Tensor::new(&[3.0f32, -0.5], &dev)?)?
+                .sum_all()?
+                .backward()?;
+            opt.accumulate(&g)?;
+            opt.step(0.1, 0.0)?;
+            let w = w.to_vec1::<f32>()?;
+            assert!(
+                (w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6,
+                "{what} {w:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The state saved by either way of updating loads into either, under the same names, and
+    /// the next step from it is the same as from the optimiser that saved it.
+    #[test]
+    fn state_round_trips_through_a_file_between_both_updates() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("tempest-train-adamw-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let path = dir.join("opt.safetensors");
-        a.save(&path)?;
-        let mut b = AdamW::new(&varmap, AdamWConfig::default())?;
-        b.load(&path, &dev)?;
-        assert_eq!(b.steps(), 1);
-        for (x, y) in a.slots.iter().zip(&b.slots) {
-            assert_eq!(x.m.to_vec1::<f32>()?, y.m.to_vec1::<f32>()?);
-            assert_eq!(x.v.to_vec1::<f32>()?, y.v.to_vec1::<f32>()?);
+        for (saver, build_saver) in BOTH {
+            for (loader, build_loader) in BOTH {
+                let (varmap, coef) = problem(DType::F32, 3)?;
+                let mut a = build_saver(&varmap, AdamWConfig::default())?;
+                for k in [1.0, 2.0] {
+                    a.accumulate(&loss_grads(&varmap, &coef, k)?)?;
+                    a.step(0.01, 1.0)?;
+                }
+                a.save(&path)?;
+                let names = candle_core::safetensors::load(&path, &Device::Cpu)?;
+                let mut keys: Vec<&String> = names.keys().collect();
+                keys.sort();
+                assert_eq!(
+                    keys,
+                    [
+                        "m.a.bias",
+                        "m.a.weight",
+                        "m.z",
+                        "steps",
+                        "v.a.bias",
+                        "v.a.weight",
+                        "v.z"
+                    ],
+                    "{saver}"
+                );
+                let mut b = build_loader(&varmap, AdamWConfig::default())?;
+                b.load(&path, &Device::Cpu)?;
+                assert_eq!(b.steps(), 2);
+                for i in 0..3 {
+                    let (am, av) = a.moments(i)?;
+                    let (bm, bv) = b.moments(i)?;
+                    assert_eq!(
+                        am.flatten_all()?.to_vec1::<f32>()?,
+                        bm.flatten_all()?.to_vec1::<f32>()?
+                    );
+                    assert_eq!(
+                        av.flatten_all()?.to_vec1::<f32>()?,
+                        bv.flatten_all()?.to_vec1::<f32>()?
+                    );
+                }
+                // One more step from the loaded state, against one from the saving optimiser
+                // on a copy of the same weights.
+                let (copy, _) = problem(DType::F32, 3)?;
+                copy.data()
+                    .lock()
+                    .expect("varmap")
+                    .iter()
+                    .try_for_each(|(n, v)| {
+                        let src = varmap.data().lock().expect("varmap")[n]
+                            .as_tensor()
+                            .copy()?;
+                        v.set(&src)
+                    })?;
+                let mut a2 = build_saver(&copy, AdamWConfig::default())?;
+                a2.load(&path, &Device::Cpu)?;
+                b.accumulate(&loss_grads(&varmap, &coef, 3.0)?)?;
+                a2.accumulate(&loss_grads(&copy, &coef, 3.0)?)?;
+                b.step(0.01, 1.0)?;
+                a2.step(0.01, 1.0)?;
+                let diff = max_rel_diff(&values(&varmap)?, &values(&copy)?);
+                let tol = if saver == loader { 0.0 } else { 1e-5 };
+                assert!(diff <= tol, "{saver} → {loader}: {diff}");
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
