@@ -59,5 +59,8 @@ pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
 };
-pub use optim::{clip_grad_norm, CosineSchedule, FusedAdamW, StepStats, TrainConfig, Trainer};
+pub use optim::{
+    auto_parts, batch_gradients, clip_grad_norm, BatchGradients, CosineSchedule, FusedAdamW,
+    StepStats, TrainConfig, Trainer,
+};
 pub use scratch::release_scratch;

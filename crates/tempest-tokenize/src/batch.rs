@@ -66,6 +66,48 @@ pub struct Batch {
     pub labels: Tensor,
 }
 
+impl Batch {
+    /// Items in the batch (B).
+    pub fn len(&self) -> usize {
+        self.labels.elem_count()
+    }
+
+    /// Whether the batch holds no item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batch cut into `k` consecutive parts along B (views, no copy), whose sizes differ
+    /// by at most one, the larger first; fewer than `k` when B < k, one when `k` ≤ 1. Each
+    /// part keeps the batch's N and L.
+    pub fn parts(&self, k: usize) -> candle_core::Result<Vec<Batch>> {
+        let b = self.len();
+        let k = k.clamp(1, b.max(1));
+        let (base, extra) = (b / k, b % k);
+        let mut out = Vec::with_capacity(k);
+        let mut start = 0;
+        for i in 0..k {
+            let len = base + usize::from(i < extra);
+            let cut = |t: &Tensor| t.narrow(0, start, len);
+            out.push(Batch {
+                ids: cut(&self.ids)?,
+                byte_mask: cut(&self.byte_mask)?,
+                block_mask: cut(&self.block_mask)?,
+                block_len: cut(&self.block_len)?,
+                block_index: cut(&self.block_index)?,
+                block_time: cut(&self.block_time)?,
+                block_duration: cut(&self.block_duration)?,
+                block_row: cut(&self.block_row)?,
+                block_col: cut(&self.block_col)?,
+                block_format: cut(&self.block_format)?,
+                labels: cut(&self.labels)?,
+            });
+            start += len;
+        }
+        Ok(out)
+    }
+}
+
 impl HostBatch {
     /// Ids that hold a byte.
     pub fn real_ids(&self) -> usize {
@@ -151,4 +193,43 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
         out.byte_mask.extend(std::iter::repeat_n(0u8, missing));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cut_along_the_batch_in_order() {
+        let (b, n, l) = (5, 2, 3);
+        let host = HostBatch {
+            batch: b,
+            blocks: n,
+            block_bytes: l,
+            ids: (0..(b * n * l) as u32).collect(),
+            byte_mask: vec![1; b * n * l],
+            block_mask: vec![1; b * n],
+            block_len: vec![3; b * n],
+            block_index: (0..(b * n) as u32).collect(),
+            block_time: vec![0.0; b * n],
+            block_duration: vec![0.0; b * n],
+            block_row: vec![0; b * n],
+            block_col: vec![0; b * n],
+            block_format: vec![3; b * n],
+            labels: vec![9, 8, 7, 6, 5],
+        };
+        let batch = host.to_tensors(&Device::Cpu).unwrap();
+        assert_eq!(batch.len(), 5);
+        let labels = |p: &[Batch]| -> Vec<Vec<u32>> {
+            p.iter().map(|b| b.labels.to_vec1().unwrap()).collect()
+        };
+        let two = batch.parts(2).unwrap();
+        assert_eq!(labels(&two), [vec![9, 8, 7], vec![6, 5]]);
+        // The second part's first id is the fourth item's first id; N and L are kept.
+        assert_eq!(two[1].ids.dims(), [2, n, l]);
+        let first: Vec<u32> = two[1].ids.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(first[0], (3 * n * l) as u32);
+        assert_eq!(batch.parts(9).unwrap().len(), 5);
+        assert_eq!(labels(&batch.parts(0).unwrap()), [vec![9, 8, 7, 6, 5]]);
+    }
 }

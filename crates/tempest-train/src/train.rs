@@ -118,9 +118,10 @@ pub struct TrainOptions {
     /// batch, into the batch's gradient: the optimiser sees the same batch. Small models on a
     /// few CPU cores keep the cores busier this way than by splitting each matrix product
     /// (`tiny` on the quickstart's digits, 2 threads: docs/quickstart.md). 0 (the default):
-    /// 2 on the CPU with 2 or more rayon threads, else 1. Always 1 with dropout, whose masks
-    /// are drawn in order from one generator. The parts change the sums' rounding only; a run
-    /// is repeatable for a given value.
+    /// 2 on the CPU with 2 or more rayon threads, else 1. With dropout the parts' forward
+    /// passes run in turn (masks drawn in a fixed order) and only their backward passes at
+    /// once (`tempest_model::batch_gradients`). The parts change the sums' rounding (and
+    /// which dropout mask an item gets) only; a run is repeatable for a given value.
     pub parallel_parts: usize,
     /// Progress bars on standard error.
     pub progress: bool,
@@ -201,17 +202,11 @@ impl TrainOptions {
         Ok(config)
     }
 
-    /// The parts each batch is split into ([`TrainOptions::parallel_parts`]) for `config` on
-    /// `device`.
-    pub fn batch_parts(&self, config: &Config, device: &Device) -> usize {
-        if config.dropout > 0.0 {
-            1
-        } else if self.parallel_parts > 0 {
-            self.parallel_parts
-        } else if device.is_cpu() && rayon::current_num_threads() >= 2 {
-            2
-        } else {
-            1
+    /// The parts each batch is split into ([`TrainOptions::parallel_parts`]) on `device`.
+    pub fn batch_parts(&self, device: &Device) -> usize {
+        match self.parallel_parts {
+            0 => tempest_model::optim::auto_parts(device),
+            k => k,
         }
     }
 
@@ -615,7 +610,7 @@ pub fn train(
             }
         };
     let config = model.config().clone();
-    let parts = o.batch_parts(&config, &device);
+    let parts = o.batch_parts(&device);
     let classes = dataset.classes.clone();
     let save_last = |opt: &AdamW, state: &TrainState| -> Result<()> {
         checkpoint::save(
@@ -900,7 +895,7 @@ fn loader_skips(stats: &LoaderStats) -> serde_json::Value {
 }
 
 /// The gradients of the mean training loss over one batch given in parts (each a padded
-/// [`HostBatch`]; more than one run at the same time on rayon's threads), and the batch's
+/// [`HostBatch`]; [`tempest_model::batch_gradients`] computes them at once), and the batch's
 /// contributions to the epoch's sums: loss, classification loss and reconstruction loss,
 /// each times its items; items classified correctly; items.
 fn batch_gradients(
@@ -908,57 +903,22 @@ fn batch_gradients(
     parts: &[HostBatch],
     device: &Device,
 ) -> Result<(GradStore, [f64; 5])> {
-    let items: usize = parts.iter().map(|hb| hb.batch).sum();
-    let part = |hb: &HostBatch| -> Result<(GradStore, [f64; 5])> {
-        let batch = hb.to_tensors(device)?;
-        let losses = model.loss(&batch, true)?;
-        // Each part's mean loss weighted by its share: the gradients sum to the batch's.
-        let grads = if parts.len() == 1 {
-            losses.total.backward()?
-        } else {
-            (&losses.total * (hb.batch as f64 / items as f64))?.backward()?
-        };
-        let scalar = |t: &candle_core::Tensor| -> Result<f64> {
-            Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-        };
-        let n = hb.batch as f64;
-        let reconstruction = match &losses.reconstruction {
-            Some(r) => scalar(r)? * n,
-            None => 0.0,
-        };
-        let correct = tempest_model::optim::correct(&losses.logits, &batch.labels)? as f64;
-        Ok((
-            grads,
-            [
-                scalar(&losses.total)? * n,
-                scalar(&losses.classification)? * n,
-                reconstruction,
-                correct,
-                n,
-            ],
-        ))
-    };
-    let results: Vec<Result<(GradStore, [f64; 5])>> = if parts.len() == 1 {
-        vec![part(&parts[0])]
-    } else {
-        use rayon::prelude::*;
-        parts.par_iter().map(part).collect()
-    };
-    let mut total: Option<GradStore> = None;
-    let mut sums = [0.0; 5];
-    // Summed in the parts' order: the same rounding on every run.
-    for r in results {
-        let (grads, part_sums) = r?;
-        for (sum, v) in sums.iter_mut().zip(part_sums) {
-            *sum += v;
-        }
-        match total.as_mut() {
-            None => total = Some(grads),
-            Some(t) => t.extend(grads)?,
-        }
-    }
-    let total = total.ok_or_else(|| Error::setting("batch", "a batch of no parts"))?;
-    Ok((total, sums))
+    let batches: Vec<_> = parts
+        .iter()
+        .map(|hb| hb.to_tensors(device))
+        .collect::<std::result::Result<_, _>>()?;
+    let g = tempest_model::batch_gradients(model, &batches)?;
+    let n = g.items as f64;
+    Ok((
+        g.grads,
+        [
+            g.loss * n,
+            g.classification * n,
+            g.reconstruction * n,
+            g.correct as f64,
+            n,
+        ],
+    ))
 }
 
 /// `items` cut into `k` consecutive pieces whose sizes differ by at most one (the larger
@@ -1078,6 +1038,36 @@ mod tests {
                 vars.len()
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn parts_with_dropout_repeat_exactly() -> Result<()> {
+        let mut config = Config::tiny().with_num_classes(10);
+        config.dropout = 0.2;
+        let (model, varmap) = init_seeded(&config, &Device::Cpu, DType::F32, 7)?;
+        let items = spoken_words(&config, 8);
+        let parts = [host(&items[..3]), host(&items[3..6]), host(&items[6..])];
+        let run = |seed: u64| -> Result<Vec<Vec<f32>>> {
+            model.seed_dropout(seed);
+            let (grads, _) = batch_gradients(&model, &parts, &Device::Cpu)?;
+            varmap
+                .all_vars()
+                .iter()
+                .map(|v| -> Result<Vec<f32>> {
+                    let g = grads
+                        .get(v)
+                        .ok_or_else(|| Error::setting("test", "a variable without gradient"))?;
+                    Ok(g.flatten_all()?.to_vec1()?)
+                })
+                .collect()
+        };
+        // The forward passes draw their masks in turn: the same seed, the same gradients to
+        // the bit, however the backward passes were scheduled; another seed, other masks.
+        let (a, b, c) = (run(3)?, run(3)?, run(4)?);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().flatten().all(|x| x.is_finite()));
         Ok(())
     }
 }
