@@ -81,13 +81,9 @@ impl Batch {
     /// by at most one, the larger first; fewer than `k` when B < k, one when `k` ≤ 1. Each
     /// part keeps the batch's N and L.
     pub fn parts(&self, k: usize) -> candle_core::Result<Vec<Batch>> {
-        let b = self.len();
-        let k = k.clamp(1, b.max(1));
-        let (base, extra) = (b / k, b % k);
         let mut out = Vec::with_capacity(k);
         let mut start = 0;
-        for i in 0..k {
-            let len = base + usize::from(i < extra);
+        for len in part_sizes(self.len(), k) {
             let cut = |t: &Tensor| t.narrow(0, start, len);
             out.push(Batch {
                 ids: cut(&self.ids)?,
@@ -106,6 +102,19 @@ impl Batch {
         }
         Ok(out)
     }
+}
+
+/// The sizes of `k` consecutive parts of `n` items that differ by at most one, the larger
+/// first: fewer parts when `n` < `k` (none empty, but one part for `n` = 0), one when `k` ≤ 1.
+///
+/// ```
+/// assert_eq!(tempest_tokenize::part_sizes(7, 3), [3, 2, 2]);
+/// assert_eq!(tempest_tokenize::part_sizes(2, 4), [1, 1]);
+/// ```
+pub fn part_sizes(n: usize, k: usize) -> Vec<usize> {
+    let k = k.clamp(1, n.max(1));
+    let (base, extra) = (n / k, n % k);
+    (0..k).map(|i| base + usize::from(i < extra)).collect()
 }
 
 impl HostBatch {

@@ -36,7 +36,7 @@ mod loader;
 pub mod rng;
 mod sampler;
 
-pub use batch::{collate, Batch, HostBatch};
+pub use batch::{collate, part_sizes, Batch, HostBatch};
 pub use config::{Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
 pub use error::{Error, Result};
 pub use item::{

@@ -678,9 +678,14 @@ pub fn train(
         let mut pieces_per_batch = Vec::with_capacity(batches.len() - skip);
         let mut remaining: Vec<Vec<usize>> = Vec::with_capacity((batches.len() - skip) * parts);
         for b in &batches[skip..] {
-            let k = parts.min(b.len()).max(1);
-            pieces_per_batch.push(k);
-            remaining.extend(split_evenly(b, k));
+            let sizes = tempest_tokenize::part_sizes(b.len(), parts);
+            pieces_per_batch.push(sizes.len());
+            let mut rest = &b[..];
+            for len in sizes {
+                let (piece, tail) = rest.split_at(len);
+                remaining.push(piece.to_vec());
+                rest = tail;
+            }
         }
         let pb = bar(
             o.progress,
@@ -921,39 +926,11 @@ fn batch_gradients(
     ))
 }
 
-/// `items` cut into `k` consecutive pieces whose sizes differ by at most one (the larger
-/// first).
-fn split_evenly(items: &[usize], k: usize) -> Vec<Vec<usize>> {
-    let k = k.max(1);
-    let (base, extra) = (items.len() / k, items.len() % k);
-    let mut out = Vec::with_capacity(k);
-    let mut start = 0;
-    for i in 0..k {
-        let len = base + usize::from(i < extra);
-        out.push(items[start..start + len].to_vec());
-        start += len;
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use cff_blocks::Format;
     use tempest_tokenize::{collate, tokenize, CropContext, TokenizedItem, PAD_ID};
-
-    #[test]
-    fn split_evenly_keeps_the_order_and_balances_the_sizes() {
-        let items: Vec<usize> = (10..17).collect();
-        assert_eq!(
-            split_evenly(&items, 3),
-            [vec![10, 11, 12], vec![13, 14], vec![15, 16]]
-        );
-        assert_eq!(split_evenly(&items, 1), vec![items.clone()]);
-        assert_eq!(split_evenly(&items, 0), vec![items.clone()]);
-        let ones = split_evenly(&items[..2], 2);
-        assert_eq!(ones, [vec![10], vec![11]]);
-    }
 
     /// Spoken-word MP3s of the repository, tokenized as training reads them.
     fn spoken_words(model: &Config, count: usize) -> Vec<(TokenizedItem, u32)> {
