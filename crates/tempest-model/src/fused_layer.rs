@@ -814,6 +814,13 @@ impl FusedLayer {
         w: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        self.with_saved(|saved| self.backward_t::<T>(saved, x, w, dy))
+    }
+
+    /// Runs `f` on the activations the forward pass kept, holding their lock through it: they
+    /// stay in the op (a second backward pass over the same graph finds them) and go back to
+    /// the pool with it.
+    fn with_saved<R>(&self, f: impl FnOnce(&Saved) -> Result<R>) -> Result<R> {
         let guard = self
             .saved
             .lock()
@@ -821,7 +828,7 @@ impl FusedLayer {
         let Some(saved) = guard.as_ref() else {
             candle_core::bail!("fused layer: backward without a forward pass")
         };
-        self.backward_t::<T>(saved, x, w, dy)
+        f(saved)
     }
 }
 
@@ -1436,22 +1443,13 @@ impl CustomOp2 for FusedLayer {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // The lock is held through the pass: the activations stay in the op (a second
-        // backward pass over the same graph finds them) and go back to the pool with it.
-        let guard = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::msg("fused layer: a backward pass panicked"))?;
-        let Some(saved) = guard.as_ref() else {
-            candle_core::bail!("fused layer: backward without a forward pass")
-        };
         let g = grad.detach().contiguous()?;
         let (x, w) = (x.detach(), w.detach().contiguous()?);
-        let (dx, dw) = match x.dtype() {
-            DType::F32 => self.backward_t::<f32>(saved, &x, &w, &g)?,
-            DType::F64 => self.backward_t::<f64>(saved, &x, &w, &g)?,
+        let (dx, dw) = self.with_saved(|saved| match x.dtype() {
+            DType::F32 => self.backward_t::<f32>(saved, &x, &w, &g),
+            DType::F64 => self.backward_t::<f64>(saved, &x, &w, &g),
             dt => candle_core::bail!("fused layer: unsupported dtype {dt:?}"),
-        };
+        })?;
         Ok((Some(dx), Some(dw)))
     }
 }
