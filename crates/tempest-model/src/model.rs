@@ -351,6 +351,25 @@ impl Tempest {
         &self.dropout_rng
     }
 
+    /// A copy of the model that shares every variable (gradients reach the same ones) but
+    /// draws its dropout masks from a generator of its own, starting at `seed`: parts of a
+    /// batch computed at once each get one, so that their masks do not depend on the threads'
+    /// timing ([`crate::optim::batch_gradients`]).
+    pub fn with_own_dropout(&self, seed: u64) -> Tempest {
+        let rng = DropoutRng::new();
+        rng.reseed(seed);
+        let mut m = self.clone();
+        m.block_encoder = self.block_encoder.with_dropout_rng(&rng);
+        m.context_encoder = self.context_encoder.with_dropout_rng(&rng);
+        if let Some(d) = &self.block_decoder {
+            let mut d = d.clone();
+            d.stack = d.stack.with_dropout_rng(&rng);
+            m.block_decoder = Some(d);
+        }
+        m.dropout_rng = rng;
+        m
+    }
+
     /// The block decoder, when λ > 0.
     pub fn block_decoder(&self) -> Option<&BlockDecoder> {
         self.block_decoder.as_ref()

@@ -373,6 +373,16 @@ impl Transformer {
         &self.layers
     }
 
+    /// A copy of the stack (the same variables) whose layers draw their dropout masks from
+    /// `rng`.
+    pub(crate) fn with_dropout_rng(&self, rng: &DropoutRng) -> Transformer {
+        let mut t = self.clone();
+        for layer in &mut t.layers {
+            layer.rng = rng.clone();
+        }
+        t
+    }
+
     /// The final layer norm.
     pub(crate) fn final_norm(&self) -> &LayerNorm {
         &self.norm

@@ -154,11 +154,11 @@ pub struct BatchGradients {
 /// items, so that the gradients add up to the whole batch's, and added in the parts' order
 /// (the same rounding on every run).
 ///
-/// Without dropout each part's forward and backward pass run together. With dropout the
-/// forward passes run one after the other, so that the masks are drawn from the model's
-/// generator in a fixed order (seed it first, [`Tempest::seed_dropout`]), and only the backward
-/// passes run at once. The parts change the sums' rounding only (and, with dropout, which
-/// mask an item gets).
+/// Each part's forward and backward passes run together. With dropout each part draws its
+/// masks from a copy of the model with a generator of its own ([`Tempest::with_own_dropout`]),
+/// seeded in turn from the model's (seed it first, [`Tempest::seed_dropout`]), so the masks do
+/// not depend on the threads' timing. The parts change the sums' rounding only (and, with
+/// dropout, which mask an item gets).
 pub fn batch_gradients(model: &Tempest, parts: &[Batch]) -> Result<BatchGradients> {
     let sizes: Vec<usize> = parts.iter().map(Batch::len).collect();
     let items: usize = sizes.iter().sum();
@@ -178,14 +178,20 @@ pub fn batch_gradients(model: &Tempest, parts: &[Batch]) -> Result<BatchGradient
             .loss(&parts[0], true)
             .and_then(|l| backward(0, &l).map(|g| (l, g)))]
     } else if model.config().dropout > 0.0 {
-        let losses: Vec<Losses> = parts
+        // Each part draws its masks from a generator of its own, seeded in turn from the
+        // model's: the masks do not depend on which thread runs which part when.
+        let models: Vec<Tempest> = parts
             .iter()
-            .map(|p| model.loss(p, true))
-            .collect::<Result<_>>()?;
-        losses
-            .into_par_iter()
+            .map(|_| model.with_own_dropout(model.dropout_rng().next_seed()))
+            .collect();
+        parts
+            .par_iter()
+            .zip(&models)
             .enumerate()
-            .map(|(i, l)| backward(i, &l).map(|g| (l, g)))
+            .map(|(i, (p, m))| {
+                let l = m.loss(p, true)?;
+                backward(i, &l).map(|g| (l, g))
+            })
             .collect()
     } else {
         parts

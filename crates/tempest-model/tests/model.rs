@@ -439,3 +439,34 @@ fn training_with_dropout_repeats_for_a_seed() -> Result<()> {
     drop(first);
     Ok(())
 }
+
+#[test]
+fn a_copy_with_its_own_dropout_shares_the_variables_not_the_masks() -> Result<()> {
+    let data = items(4, 4, 5, 12);
+    let b = batch(&data, &[0, 1, 2, 3])?;
+    let cfg = Config {
+        dropout: 0.3,
+        ..Config::tiny()
+    };
+    let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+    let loss = |m: &Tempest| -> Result<f64> { scalar(&m.loss(&b, true)?.total) };
+    // The copy seeded like the model draws the same masks; its own sequence moves on without
+    // the model's (the model, reseeded, repeats its loss after the copy ran).
+    model.seed_dropout(9);
+    let own = loss(&model)?;
+    let copy = model.with_own_dropout(9);
+    assert_eq!(loss(&copy)?, own);
+    assert_ne!(loss(&copy)?, own, "the copy's second pass draws new masks");
+    assert_ne!(loss(&model.with_own_dropout(10))?, own);
+    model.seed_dropout(9);
+    assert_eq!(loss(&model)?, own);
+    // Its gradients reach the model's variables.
+    let grads = copy.loss(&b, true)?.total.backward()?;
+    for (name, var) in vars(&varmap) {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "{name} has no gradient"
+        );
+    }
+    Ok(())
+}

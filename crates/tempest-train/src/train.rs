@@ -118,10 +118,10 @@ pub struct TrainOptions {
     /// batch, into the batch's gradient: the optimiser sees the same batch. Small models on a
     /// few CPU cores keep the cores busier this way than by splitting each matrix product
     /// (`tiny` on the quickstart's digits, 2 threads: docs/quickstart.md). 0 (the default):
-    /// 2 on the CPU with 2 or more rayon threads, else 1. With dropout the parts' forward
-    /// passes run in turn (masks drawn in a fixed order) and only their backward passes at
-    /// once (`tempest_model::batch_gradients`). The parts change the sums' rounding (and
-    /// which dropout mask an item gets) only; a run is repeatable for a given value.
+    /// 2 on the CPU with 2 or more rayon threads, else 1. With dropout each part draws its
+    /// masks from a generator of its own, seeded in turn from the run's
+    /// (`tempest_model::batch_gradients`). The parts change the sums' rounding (and which
+    /// dropout mask an item gets) only; a run is repeatable for a given value.
     pub parallel_parts: usize,
     /// Progress bars on standard error.
     pub progress: bool,
@@ -1039,8 +1039,9 @@ mod tests {
                 })
                 .collect()
         };
-        // The forward passes draw their masks in turn: the same seed, the same gradients to
-        // the bit, however the backward passes were scheduled; another seed, other masks.
+        // Each part draws its masks from a generator of its own, seeded in turn: the same
+        // seed, the same gradients to the bit, however the threads ran; another seed, other
+        // masks.
         let (a, b, c) = (run(3)?, run(3)?, run(4)?);
         assert_eq!(a, b);
         assert_ne!(a, c);
