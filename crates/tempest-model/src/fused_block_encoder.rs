@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::block_ops::{Embed, Mix};
 use crate::fused_layer::{
-    add_into, norm_row, norm_row_grad, pack, rows_per_task, Elem, FusedLayer,
+    norm_row, norm_row_grad, pack, rows_per_task, Elem, FusedLayer, SumPairs,
 };
 use crate::nn::{LayerNorm, TransformerLayer};
 
@@ -305,10 +305,7 @@ impl BlockEncoder {
                 (dw, db)
             })
             .collect::<Vec<_>>()
-            .into_iter()
-            .fold((vec![0.0; d], vec![0.0; d]), |a, b| {
-                (add_into(a.0, b.0), add_into(a.1, b.1))
-            });
+            .sum_pairs(d);
         put(&mut grad, o.norm_w, &dnw);
         put(&mut grad, o.norm_b, &dnb);
 

@@ -566,6 +566,20 @@ pub(crate) fn add_into(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a
 }
 
+/// The per-task (weight, bias) gradient sums of a norm's backward pass, added in task order.
+pub(crate) trait SumPairs {
+    /// The two sums, each `d` long.
+    fn sum_pairs(self, d: usize) -> (Vec<f64>, Vec<f64>);
+}
+
+impl SumPairs for Vec<(Vec<f64>, Vec<f64>)> {
+    fn sum_pairs(self, d: usize) -> (Vec<f64>, Vec<f64>) {
+        self.into_iter().fold((vec![0.0; d], vec![0.0; d]), |a, b| {
+            (add_into(a.0, b.0), add_into(a.1, b.1))
+        })
+    }
+}
+
 /// Layer norm of one row into `out`; returns (mean, 1/σ).
 #[inline]
 pub(crate) fn norm_row<T: WithDType>(
@@ -1180,10 +1194,7 @@ impl FusedLayer {
                     (dw, db)
                 })
                 .collect::<Vec<_>>()
-                .into_iter()
-                .fold((vec![0.0; d], vec![0.0; d]), |a, b| {
-                    (add_into(a.0, b.0), add_into(a.1, b.1))
-                })
+                .sum_pairs(d)
         };
         pool.give(dh2);
         if let Some(g) = gathered {
@@ -1304,10 +1315,7 @@ impl FusedLayer {
                     (dw, db)
                 })
                 .collect::<Vec<_>>()
-                .into_iter()
-                .fold((vec![0.0; d], vec![0.0; d]), |a, b| {
-                    (add_into(a.0, b.0), add_into(a.1, b.1))
-                })
+                .sum_pairs(d)
         };
         pool.give(dx2);
         pool.give(dh1);
