@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::block_ops::{Embed, Mix};
 use crate::fused_layer::{
-    norm_row, norm_row_grad, pack, rows_per_task, Elem, FusedLayer, SumPairs,
+    norm_row, norm_row_grad, pack, rows_per_task, with_saved, Elem, FusedLayer, SumPairs,
 };
 use crate::nn::{LayerNorm, TransformerLayer};
 
@@ -348,22 +348,17 @@ impl CustomOp1 for BlockEncoder {
     }
 
     fn bwd(&self, packed: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let guard = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::msg("encode_and_mix: a backward pass panicked"))?;
-        let Some(saved) = guard.as_ref() else {
-            candle_core::bail!("encode_and_mix: backward without a forward pass")
-        };
         let g = grad.detach().contiguous()?;
         let packed = packed.detach().contiguous()?;
         let n = self.o.total;
         let dev = &candle_core::Device::Cpu;
-        let dw = match packed.dtype() {
-            DType::F32 => Tensor::from_vec(self.bwd::<f32>(saved, &packed, &g)?, n, dev)?,
-            DType::F64 => Tensor::from_vec(self.bwd::<f64>(saved, &packed, &g)?, n, dev)?,
-            dt => candle_core::bail!("encode_and_mix: unsupported dtype {dt:?}"),
-        };
+        let dw = with_saved(&self.saved, "encode_and_mix", |saved| {
+            match packed.dtype() {
+                DType::F32 => Tensor::from_vec(self.bwd::<f32>(saved, &packed, &g)?, n, dev),
+                DType::F64 => Tensor::from_vec(self.bwd::<f64>(saved, &packed, &g)?, n, dev),
+                dt => candle_core::bail!("encode_and_mix: unsupported dtype {dt:?}"),
+            }
+        })?;
         Ok(Some(dw))
     }
 }

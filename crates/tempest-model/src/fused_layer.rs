@@ -561,6 +561,22 @@ fn col_sums<T: WithDType>(a: &[T], width: usize) -> Vec<f64> {
         .fold(vec![0.0; width], add_into)
 }
 
+/// Runs `f` on what an op's forward pass kept in `saved`, holding the lock through it; an
+/// error naming `op` when a backward pass panicked with it held or no forward pass ran.
+pub(crate) fn with_saved<S, R>(
+    saved: &Mutex<Option<S>>,
+    op: &str,
+    f: impl FnOnce(&S) -> Result<R>,
+) -> Result<R> {
+    let guard = saved
+        .lock()
+        .map_err(|_| candle_core::Error::msg(format!("{op}: a backward pass panicked")))?;
+    let Some(saved) = guard.as_ref() else {
+        candle_core::bail!("{op}: backward without a forward pass")
+    };
+    f(saved)
+}
+
 pub(crate) fn add_into(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     a
@@ -835,14 +851,7 @@ impl FusedLayer {
     /// stay in the op (a second backward pass over the same graph finds them) and go back to
     /// the pool with it.
     fn with_saved<R>(&self, f: impl FnOnce(&Saved) -> Result<R>) -> Result<R> {
-        let guard = self
-            .saved
-            .lock()
-            .map_err(|_| candle_core::Error::msg("fused layer: a backward pass panicked"))?;
-        let Some(saved) = guard.as_ref() else {
-            candle_core::bail!("fused layer: backward without a forward pass")
-        };
-        f(saved)
+        with_saved(&self.saved, "fused layer", f)
     }
 }
 

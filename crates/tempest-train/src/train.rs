@@ -436,11 +436,7 @@ pub fn evaluate(
         let mut tally = Tally::new(classes);
         // Batches forward `parts` at a time on rayon's threads (as training splits its
         // batches), tallied in order.
-        let parts = if device.is_cpu() && rayon::current_num_threads() >= 2 {
-            2
-        } else {
-            1
-        };
+        let parts = tempest_model::optim::auto_parts(&device);
         loop {
             let group: Vec<_> = loader.by_ref().take(parts).collect();
             if group.is_empty() {
@@ -732,8 +728,7 @@ pub fn train(
                     *sum += v;
                 }
                 opt.accumulate(&grads)?;
-                let items: usize = host.iter().map(|hb| hb.batch).sum();
-                epoch_items_here += items as u64;
+                epoch_items_here += sums[4] as u64;
             }
             let end_of_epoch = batch_pos == batches.len();
             if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
