@@ -46,6 +46,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut shifts = 1u8;
     let mut scale = 2u8;
     let mut restart = 1u16;
+    // The held-out digits are tested as an ensemble of the unmoved digit and its moved copies
+    // (test-time augmentation; `--tta 0` tests the unmoved digit only).
+    let mut tta = true;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -67,6 +70,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--shifts" => shifts = v()?.parse()?,
             "--scale" => scale = v()?.parse()?,
             "--restart" => restart = v()?.parse()?,
+            "--tta" => tta = v()?.parse::<u8>()? != 0,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -89,7 +93,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Tuning without touching the test: N training digits become a validation split that
     // picks the best epoch (the held-out digits are then tested once, with that checkpoint).
     dataset.hold_out("train", "validation", validation);
-    o.eval_variants = EvalVariants::Named(variants[0].to_string());
+    let tested = variants[0].to_string();
+    o.eval_variants = EvalVariants::Named(tested.clone());
+    // The unmoved digit and its moved copies (the first quality's), one prediction each,
+    // their class probabilities averaged.
+    let moved: Vec<String> = std::iter::once(tested.clone())
+        .chain(variants[qualities.len()..].iter().map(|v| v.to_string()))
+        .collect();
+    let tta = tta && moved.len() > 1;
+    if tta {
+        o.test_variants = Some(EvalVariants::Ensemble(moved.clone()));
+    }
     let plan = SplitPlan::standard(&dataset)?;
     println!(
         "MNIST as JPEG (q {qualities:?}, {scale}× size, shifts ±{shifts}, restart every {restart} MCUs): {} training digits, {} validation, {} held out; {} epochs",
@@ -107,6 +121,47 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let test = report.test.ok_or("no test")?;
     if let (false, Some((acc, epoch))) = (plan.validation.is_empty(), report.best) {
         println!("best validation accuracy: {acc:.4} (epoch {epoch}, the checkpoint tested)");
+    }
+    if tta {
+        // The same checkpoint on the unmoved digits alone, and (when tuning) the ensemble's
+        // accuracy on the validation split, which chose nothing.
+        let run = out.join("run");
+        let ckpt = if plan.validation.is_empty() {
+            run.join("last")
+        } else {
+            run.join("best")
+        };
+        let loaded = tempest_train::checkpoint::load(&ckpt, &candle_core::Device::Cpu)?;
+        let tok = loaded.tokenizer.eval_config()?;
+        let eval = |split: &[String], v: &EvalVariants| {
+            tempest_train::evaluate(
+                &loaded.model,
+                &dataset,
+                &dataset.select(split),
+                v,
+                &tok,
+                64,
+                o.workers,
+                o.progress,
+            )
+        };
+        if !plan.validation.is_empty() {
+            let one = eval(&plan.validation, &EvalVariants::Named(tested.clone()))?;
+            let all = eval(&plan.validation, &EvalVariants::Ensemble(moved.clone()))?;
+            println!(
+                "validation accuracy: {:.4} unmoved, {:.4} as an ensemble of {} versions",
+                one.accuracy,
+                all.accuracy,
+                moved.len()
+            );
+        }
+        let one = eval(&plan.test, &EvalVariants::Named(tested.clone()))?;
+        println!(
+            "test accuracy of the unmoved digits alone: {:.4}; as an ensemble of the unmoved digit and its {} moved copies (below): {:.4}",
+            one.accuracy,
+            moved.len() - 1,
+            test.accuracy
+        );
     }
     println!(
         "{} s in all ({:.0} s training); run in {}",

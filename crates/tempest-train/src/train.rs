@@ -36,14 +36,27 @@ pub enum EvalVariants {
     Average(Vec<String>),
     /// Every variant of the dataset, and the mean.
     All,
+    /// Test-time augmentation: each item's prediction is the mean of its class probabilities
+    /// over these variants (all of the dataset's when empty), reported as one entry named
+    /// after them. An item is counted when at least one of its variants could be read.
+    Ensemble(Vec<String>),
 }
 
 impl EvalVariants {
-    /// Parses `first`, `all`, `mp3:32` or `mp3:20,mp3:32` (averaged).
+    /// Parses `first`, `all`, `mp3:32`, `mp3:20,mp3:32` (each evaluated, accuracies
+    /// averaged), `mp3:20+mp3:32` (one prediction per item from both: [`Self::Ensemble`]) or
+    /// `ensemble` (all variants as one ensemble).
     pub fn parse(s: &str) -> Self {
         match s.trim() {
             "" | "first" => EvalVariants::First,
             "all" => EvalVariants::All,
+            "ensemble" => EvalVariants::Ensemble(Vec::new()),
+            list if list.contains('+') => EvalVariants::Ensemble(
+                list.split('+')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect(),
+            ),
             list if list.contains(',') => EvalVariants::Average(
                 list.split(',')
                     .map(|v| v.trim().to_string())
@@ -61,6 +74,8 @@ impl EvalVariants {
             EvalVariants::Named(n) => vec![n.clone()],
             EvalVariants::Average(v) => v.clone(),
             EvalVariants::All => all,
+            EvalVariants::Ensemble(v) if v.is_empty() => all,
+            EvalVariants::Ensemble(v) => v.clone(),
         }
     }
 }
@@ -96,8 +111,12 @@ pub struct TrainOptions {
     /// Variants trained on (empty: all); each epoch sees each item at one of them, drawn from
     /// the seed, the epoch and the item.
     pub train_variants: Vec<String>,
-    /// Variants evaluated.
+    /// Variants evaluated after each epoch.
     pub eval_variants: EvalVariants,
+    /// Variants of the final test (`None`: [`Self::eval_variants`]); e.g. an
+    /// [`EvalVariants::Ensemble`] of moved copies for test-time augmentation, while each
+    /// epoch's evaluation reads one variant.
+    pub test_variants: Option<EvalVariants>,
     /// Keep the JPEG header (its tables) as one block in front of the MCUs.
     pub jpeg_header_block: bool,
     /// Bits per id (`TokenizerConfig::bit_stride`): 8 (one id per byte, the default), 4, 2
@@ -240,6 +259,7 @@ impl Default for TrainOptions {
             seed: 0,
             train_variants: Vec::new(),
             eval_variants: EvalVariants::First,
+            test_variants: None,
             jpeg_header_block: false,
             bit_stride: 8,
             bucket_batches: 1,
@@ -402,6 +422,10 @@ pub fn evaluate(
         items_per_s: 0.0,
     };
     let mut total_items = 0u64;
+    // Ensemble: per item, the sum of its class probabilities over the variants read and
+    // how many there were.
+    let ensemble = matches!(variants, EvalVariants::Ensemble(_));
+    let mut sums: BTreeMap<u64, (u32, Vec<f64>, u32)> = BTreeMap::new();
     for name in &names {
         let entries: Vec<Entry> = indices
             .iter()
@@ -420,62 +444,48 @@ pub fn evaluate(
                 format!("no item of the split has variant {name:?}"),
             ));
         }
-        let plan: Vec<Vec<usize>> = (0..entries.len())
-            .collect::<Vec<_>>()
-            .chunks(batch_size.max(1))
-            .map(<[usize]>::to_vec)
-            .collect();
-        let entries = Arc::new(entries);
-        let pb = bar(progress, entries.len() as u64, format!("eval {name}"));
-        let mut loader = Loader::new(
-            Arc::clone(&entries),
-            plan,
-            tokenizer.clone(),
-            &LoaderConfig::default().with_workers(workers),
-        );
         let mut tally = Tally::new(classes);
-        // Batches forward `parts` at a time on rayon's threads (as training splits its
-        // batches), tallied in order.
-        let parts = tempest_model::optim::auto_parts(&device);
-        loop {
-            let group: Vec<_> = loader.by_ref().take(parts).collect();
-            if group.is_empty() {
-                break;
-            }
-            for lb in &group {
-                for s in &lb.skipped {
-                    if let Some(e) = entries.get(s.entry) {
-                        out.skipped
-                            .insert(e.path.display().to_string(), s.message.clone());
-                    }
+        variant_logits(
+            model,
+            &device,
+            entries,
+            name,
+            tokenizer,
+            batch_size,
+            workers,
+            progress,
+            &mut out,
+            |item, label, row| {
+                if ensemble {
+                    let slot = sums
+                        .entry(item)
+                        .or_insert_with(|| (label, vec![0.0; row.len()], 0));
+                    add_probabilities(&mut slot.1, row);
+                    slot.2 += 1;
+                } else {
+                    tally.add(label as usize, row);
                 }
-                pb.inc((lb.entries.len() + lb.skipped.len()) as u64);
-            }
-            let host: Vec<HostBatch> = group.into_iter().filter_map(|lb| lb.batch).collect();
-            let forward = |hb: &HostBatch| -> Result<Vec<Vec<f32>>> {
-                let batch = hb.to_tensors(&device)?;
-                Ok(model
-                    .forward(&batch, false)?
-                    .logits
-                    .to_dtype(DType::F32)?
-                    .to_vec2::<f32>()?)
-            };
-            let logits: Vec<Result<Vec<Vec<f32>>>> = if host.len() > 1 {
-                use rayon::prelude::*;
-                host.par_iter().map(forward).collect()
-            } else {
-                host.iter().map(forward).collect()
-            };
-            for (hb, logits) in host.iter().zip(logits) {
-                for (row, label) in logits?.iter().zip(&hb.labels) {
-                    tally.add(*label as usize, row);
-                }
-            }
+            },
+        )?;
+        if !ensemble {
+            total_items += tally.items();
+            out.variants.push((name.clone(), tally.metrics()));
         }
-        pb.finish_and_clear();
-        merge_stats(&mut out.stats, loader.stats());
+    }
+    if ensemble {
+        let mut tally = Tally::new(classes);
+        for (label, sum, n) in sums.values() {
+            // log of the mean probability: its softmax is the mean itself, so the tally's
+            // argmax, top-5 and cross-entropy read the ensemble's prediction.
+            let row: Vec<f32> = sum
+                .iter()
+                .map(|p| (p / f64::from(*n)).max(1e-30).ln() as f32)
+                .collect();
+            tally.add(*label as usize, &row);
+        }
         total_items += tally.items();
-        out.variants.push((name.clone(), tally.metrics()));
+        out.variants
+            .push((format!("ensemble({})", names.join("+")), tally.metrics()));
     }
     out.accuracy = out.variants.iter().map(|(_, m)| m.accuracy).sum::<f64>()
         / out.variants.len().max(1) as f64;
@@ -487,6 +497,89 @@ pub fn evaluate(
         });
     }
     Ok(out)
+}
+
+/// Adds the softmax of `logits` to `sum`.
+fn add_probabilities(sum: &mut [f64], logits: &[f32]) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+    let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
+    for (s, &x) in sum.iter_mut().zip(logits) {
+        *s += (x as f64 - max).exp() / z;
+    }
+}
+
+/// Forwards every entry of one variant (batches `parts` at a time on rayon's threads, as
+/// training splits its batches) and hands each item's logits to `each` in order: (dataset
+/// index, label, logits). Skipped files and loader counts go into `out`.
+#[allow(clippy::too_many_arguments)]
+fn variant_logits(
+    model: &Tempest,
+    device: &Device,
+    entries: Vec<Entry>,
+    name: &str,
+    tokenizer: &TokenizerConfig,
+    batch_size: usize,
+    workers: usize,
+    progress: bool,
+    out: &mut EvalReport,
+    mut each: impl FnMut(u64, u32, &[f32]),
+) -> Result<()> {
+    let plan: Vec<Vec<usize>> = (0..entries.len())
+        .collect::<Vec<_>>()
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    let entries = Arc::new(entries);
+    let pb = bar(progress, entries.len() as u64, format!("eval {name}"));
+    let mut loader = Loader::new(
+        Arc::clone(&entries),
+        plan,
+        tokenizer.clone(),
+        &LoaderConfig::default().with_workers(workers),
+    );
+    let parts = tempest_model::optim::auto_parts(device);
+    loop {
+        let group: Vec<_> = loader.by_ref().take(parts).collect();
+        if group.is_empty() {
+            break;
+        }
+        for lb in &group {
+            for s in &lb.skipped {
+                if let Some(e) = entries.get(s.entry) {
+                    out.skipped
+                        .insert(e.path.display().to_string(), s.message.clone());
+                }
+            }
+            pb.inc((lb.entries.len() + lb.skipped.len()) as u64);
+        }
+        let host: Vec<(Vec<usize>, HostBatch)> = group
+            .into_iter()
+            .filter_map(|lb| Some((lb.entries, lb.batch?)))
+            .collect();
+        let forward = |hb: &HostBatch| -> Result<Vec<Vec<f32>>> {
+            let batch = hb.to_tensors(device)?;
+            Ok(model
+                .forward(&batch, false)?
+                .logits
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?)
+        };
+        let logits: Vec<Result<Vec<Vec<f32>>>> = if host.len() > 1 {
+            use rayon::prelude::*;
+            host.par_iter().map(|(_, hb)| forward(hb)).collect()
+        } else {
+            host.iter().map(|(_, hb)| forward(hb)).collect()
+        };
+        for ((ids, hb), logits) in host.iter().zip(logits) {
+            for ((row, label), id) in logits?.iter().zip(&hb.labels).zip(ids) {
+                let item = entries.get(*id).map_or(*id as u64, |e| e.item);
+                each(item, *label, row);
+            }
+        }
+    }
+    pb.finish_and_clear();
+    merge_stats(&mut out.stats, loader.stats());
+    Ok(())
 }
 
 fn model_device(_model: &Tempest) -> Result<Device> {
@@ -848,12 +941,13 @@ pub fn train(
 
     // The final test: the best checkpoint if a validation split chose it, else the last weights.
     let test_idx = dataset.select(&plan.test);
+    let test_variants = o.test_variants.as_ref().unwrap_or(&o.eval_variants);
     let tested = if plan.validation.is_empty() {
         evaluate(
             &model,
             dataset,
             &test_idx,
-            &o.eval_variants,
+            test_variants,
             &eval_tok,
             o.batch_size.max(64),
             o.workers,
@@ -865,7 +959,7 @@ pub fn train(
             &best.model,
             dataset,
             &test_idx,
-            &o.eval_variants,
+            test_variants,
             &eval_tok,
             o.batch_size.max(64),
             o.workers,

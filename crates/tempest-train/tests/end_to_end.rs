@@ -244,3 +244,74 @@ fn corrupt_files_are_skipped_and_counted() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// An ensemble evaluation gives each item one prediction, the mean of its class probabilities
+/// over the variants; checked against the `Classifier` run on each file by hand.
+#[test]
+fn ensemble_evaluation_averages_each_items_probabilities() -> Result<()> {
+    let raw = scratch("ensemble-raw")?;
+    small_mnist(&raw, 24)?;
+    let cache = scratch("ensemble-cache")?;
+    let variants = [
+        Variant::Jpeg(75),
+        Variant::Jpeg(30),
+        Variant::jpeg(75, 1, 1, 0)?,
+    ];
+    let (dataset, _) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
+    let plan = SplitPlan::standard(&dataset)?;
+    let mut o = quick_options(3);
+    o.epochs = 1;
+    let names: Vec<String> = variants.iter().map(|v| v.to_string()).collect();
+    o.test_variants = Some(EvalVariants::parse(&names.join("+")));
+    assert_eq!(o.test_variants, Some(EvalVariants::Ensemble(names.clone())));
+    let run = raw.join("run");
+    let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
+    let test = report.test.ok_or("no test")?;
+    let items = dataset.select(&plan.test);
+    assert_eq!(test.variants.len(), 1, "one entry for the ensemble");
+    assert_eq!(test.variants[0].0, format!("ensemble({})", names.join("+")));
+    assert_eq!(test.variants[0].1.items as usize, items.len());
+
+    // By hand: the classifier's probabilities for each file, averaged per item.
+    let loaded = checkpoint::load(&run.join("last"), &candle_core::Device::Cpu)?;
+    let tok = loaded.tokenizer.eval_config()?;
+    let classifier = tempest_model::Classifier::new(loaded.model.clone(), candle_core::Device::Cpu)
+        .with_tokenizer(tok.clone());
+    let (mut right, mut loss) = (0usize, 0f64);
+    for &i in &items {
+        let sample = &dataset.samples[i];
+        let mut mean = vec![0f64; dataset.classes.len()];
+        for name in &names {
+            let path = sample.variant(name).ok_or("variant missing")?;
+            for p in classifier.classify_file(path)? {
+                mean[p.class] += f64::from(p.probability) / names.len() as f64;
+            }
+        }
+        let best = (0..mean.len())
+            .max_by(|&a, &b| mean[a].total_cmp(&mean[b]))
+            .ok_or("no classes")?;
+        right += usize::from(best == sample.label as usize);
+        loss -= mean[sample.label as usize].ln();
+    }
+    let m = &test.variants[0].1;
+    assert_eq!(m.accuracy, right as f64 / items.len() as f64);
+    let by_hand = loss / items.len() as f64;
+    assert!((m.loss - by_hand).abs() < 1e-4, "{} vs {by_hand}", m.loss);
+
+    // `ensemble` alone takes every variant of the dataset: the same result.
+    let all = evaluate(
+        &loaded.model,
+        &dataset,
+        &items,
+        &EvalVariants::parse("ensemble"),
+        &tok,
+        16,
+        0,
+        false,
+    )?;
+    assert_eq!(all.accuracy, m.accuracy);
+    assert_eq!(all.variants[0].0, test.variants[0].0);
+    let _ = std::fs::remove_dir_all(&raw);
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok(())
+}
