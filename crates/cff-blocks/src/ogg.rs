@@ -416,11 +416,11 @@ impl<'a> Page<'a> {
         if let Some(crc) = clmul::update(0, self.bytes, true) {
             return crc;
         }
-        // Otherwise (or for a page under 32 bytes): the 22 bytes before the CRC field, then the field as zeros, make 26 bytes; behind 6
-        // zero bytes (which leave a register of 0 unchanged: the CRC has no initial value,
-        // RFC 3533 §6) they are two 16-byte steps. The rest of the page (segment count and
-        // table, then the body) lies contiguous in the input: one call, long enough for the
-        // carry-less multiplication of the `simd-crc` feature.
+        // Otherwise (tables, or a page under 32 bytes): the 22 bytes before the CRC field, then
+        // the field as zeros, make 26 bytes; behind 6 zero bytes (which leave a register of 0
+        // unchanged: the CRC has no initial value, RFC 3533 §6) they are two 16-byte steps. The
+        // rest of the page (segment count and table, then the body) lies contiguous in the
+        // input: one call.
         let mut head = [0u8; 32];
         if let (Some(dst), Some(src)) = (
             head.get_mut(6..6 + CRC_FIELD.start),
