@@ -35,8 +35,8 @@
 //!
 //! The kernels are safe functions with `#[target_feature]`: the intrinsics are safe to call
 //! inside them and they read input only through slices (vectors are built from `u64`s, which
-//! the compiler turns into plain vector loads). Calling a kernel needs the features present;
-//! [`update`] checks them once per process ([`level`]) and holds the one `unsafe` block.
+//! the compiler turns into plain vector loads). Calling a kernel needs the features present:
+//! [`level`] detects them once per process, and [`update_with`] holds the one `unsafe` block.
 
 use std::arch::x86_64::{
     __m128i, __m256i, _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256,
@@ -381,9 +381,9 @@ pub(super) fn update_with(level: u8, crc: u32, data: &[u8], zero_field: bool) ->
     }
     #[allow(unsafe_code)]
     // SAFETY: `level()` detected at run time every feature the chosen kernel enables
-    // (`update256`: avx2, vpclmulqdq and those of `update128`; `update128`: pclmulqdq, sse4.1,
-    // ssse3, and sse2 which x86-64 always has), and `level` is at most what it found (checked
-    // just above). The kernels touch memory only through the slice.
+    // (`update256`: avx2, which implies avx, vpclmulqdq and those of `update128`; `update128`:
+    // pclmulqdq, sse4.1, ssse3, and sse2 which x86-64 always has), and `level` is at most what
+    // it found (checked just above). The kernels touch memory only through the slice.
     unsafe {
         if level == CLMUL256 {
             update256(crc, data, zero_field)
