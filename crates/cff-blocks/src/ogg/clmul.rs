@@ -36,7 +36,7 @@
 //! The kernels are safe functions with `#[target_feature]`: the intrinsics are safe to call
 //! inside them and they read input only through slices (vectors are built from `u64`s, which
 //! the compiler turns into plain vector loads). Calling a kernel needs the features present:
-//! [`level`] detects them once per process, and [`update_with`] holds the one `unsafe` block.
+//! `level` detects them once per process, and `update_with` holds the one `unsafe` block.
 
 use std::arch::x86_64::{
     __m128i, __m256i, _mm256_castsi256_si128, _mm256_clmulepi64_epi128, _mm256_extracti128_si256,
