@@ -29,6 +29,14 @@
 //! [`Reader::regions`]. For scanning whole Ogg Opus files,
 //! [`opus::OpusReader::for_each_block`] visits the same blocks as compact records, faster.
 #![deny(missing_docs)]
+// Only the call of the carry-less-multiply CRC kernels after CPU feature detection needs
+// `unsafe` (`ogg::clmul::update_with`, x86-64 with the `simd-crc` feature); every other build
+// has none at all.
+#![cfg_attr(
+    not(all(feature = "simd-crc", target_arch = "x86_64")),
+    forbid(unsafe_code)
+)]
+#![cfg_attr(all(feature = "simd-crc", target_arch = "x86_64"), deny(unsafe_code))]
 
 mod block;
 mod error;

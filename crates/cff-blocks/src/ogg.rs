@@ -149,45 +149,21 @@ const fn shift_table() -> [u32; LANE_UNITS + 1] {
 
 /// Continues the Ogg CRC-32 over `data` from the register value `crc`. Start from 0.
 ///
-/// With the `simd-crc` feature (on by default), inputs of 128 bytes or more are folded with
-/// carry-less multiplication by the `crc-fast` crate (PCLMULQDQ on x86-64, PMULL on AArch64,
-/// chosen at run time; its own tables elsewhere). Shorter inputs, and every input without the
-/// feature, go through the slicing-by-16 tables of this module. Both give the same register.
+/// With the `simd-crc` feature (on by default) on x86-64, inputs of 32 bytes or more are
+/// folded with carry-less multiplication (module `clmul`: 256-bit VPCLMULQDQ with AVX2, else
+/// 128-bit PCLMULQDQ, chosen at run time). Shorter inputs, other processors and every build
+/// without the feature use the slicing-by-16 tables of this module. Both give the same register.
 pub fn crc32_update(crc: u32, data: &[u8]) -> u32 {
-    #[cfg(feature = "simd-crc")]
-    if data.len() >= SIMD_MIN_LEN {
-        return simd::crc32_update(crc, data);
+    #[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
+    if let Some(crc) = clmul::update(crc, data, false) {
+        return crc;
     }
     table_crc32_update(crc, data)
 }
 
-/// Inputs at least this long take the `crc-fast` path when the `simd-crc` feature is on.
-///
-/// Below it the fixed cost of a call into `crc-fast` (CPU dispatch, copying its parameter
-/// block) is not won back: the two ran even between 96 and 128 bytes on an x86-64 with
-/// PCLMULQDQ. The header pieces before the CRC field (22 and 4 bytes) and short segment
-/// tables stay on the tables; page bodies go to `crc-fast`.
-#[cfg(feature = "simd-crc")]
-const SIMD_MIN_LEN: usize = 128;
-
-/// The Ogg CRC-32 through `crc-fast` (feature `simd-crc`).
-#[cfg(feature = "simd-crc")]
-mod simd {
-    use crc_fast::{CrcAlgorithm, Digest};
-
-    /// Continues the Ogg CRC-32 over `data` from the register value `crc`.
-    ///
-    /// `crc-fast` has no Ogg preset, but CRC-32/MPEG-2 differs from Ogg's CRC only in its
-    /// initial register (0xFFFFFFFF): same polynomial 0x04C11DB7, not reflected, no final xor
-    /// (RFC 3533 §6). Starting the MPEG-2 digest from `crc` instead is the Ogg CRC; without a
-    /// final xor the digest's state is the register itself, so pieces chain.
-    pub(super) fn crc32_update(crc: u32, data: &[u8]) -> u32 {
-        let mut digest = Digest::new_with_init_state(CrcAlgorithm::Crc32Mpeg2, u64::from(crc));
-        digest.update(data);
-        // The width is 32 bits: the upper half of the u64 is always zero.
-        digest.finalize() as u32
-    }
-}
+/// The Ogg CRC-32 by carry-less multiplication (feature `simd-crc`, x86-64).
+#[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
+mod clmul;
 
 /// Continues the Ogg CRC-32 over `data` from the register value `crc`, in safe Rust.
 ///
@@ -434,11 +410,17 @@ impl<'a> Page<'a> {
 
     /// The CRC-32 of the page computed with the CRC field taken as zero (RFC 3533 §6).
     pub fn computed_crc(&self) -> u32 {
-        // The 22 bytes before the CRC field, then the field as zeros, make 26 bytes; behind 6
-        // zero bytes (which leave a register of 0 unchanged: the CRC has no initial value,
-        // RFC 3533 §6) they are two 16-byte steps. The rest of the page (segment count and
-        // table, then the body) lies contiguous in the input: one call, long enough for the
-        // carry-less multiplication of the `simd-crc` feature.
+        // With carry-less multiplication, one pass over the page as it lies in the input, the
+        // kernel masking the CRC field out of its first vector.
+        #[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
+        if let Some(crc) = clmul::update(0, self.bytes, true) {
+            return crc;
+        }
+        // Otherwise (tables, or a page under 32 bytes): the 22 bytes before the CRC field, then
+        // the field as zeros, make 26 bytes; behind 6 zero bytes (which leave a register of 0
+        // unchanged: the CRC has no initial value, RFC 3533 §6) they are two 16-byte steps. The
+        // rest of the page (segment count and table, then the body) lies contiguous in the
+        // input: one call.
         let mut head = [0u8; 32];
         if let (Some(dst), Some(src)) = (
             head.get_mut(6..6 + CRC_FIELD.start),
@@ -694,7 +676,11 @@ pub(crate) mod tests {
 
     /// Bit-at-a-time reference CRC straight from the definition (RFC 3533 §6).
     fn crc32_bitwise(data: &[u8]) -> u32 {
-        let mut crc = 0u32;
+        crc32_bitwise_from(0, data)
+    }
+
+    /// The same, continuing from the register `crc`.
+    fn crc32_bitwise_from(mut crc: u32, data: &[u8]) -> u32 {
         for &b in data {
             crc ^= (b as u32) << 24;
             for _ in 0..8 {
@@ -763,6 +749,11 @@ pub(crate) mod tests {
 
     #[test]
     fn crc_check_value() {
+        // CRC-32/MPEG-2 in the same catalogue (Greg Cook's "Catalogue of parametrised CRC
+        // algorithms", reveng.sourceforge.io/crc-catalogue) is this CRC with an initial
+        // register of 0xFFFFFFFF; its check value is 0x0376E6E7.
+        assert_eq!(crc32_bitwise_from(0xFFFF_FFFF, b"123456789"), 0x0376_E6E7);
+        assert_eq!(crc32_update(0xFFFF_FFFF, b"123456789"), 0x0376_E6E7);
         // CRC-32/CKSUM (same polynomial, init 0, not reflected) has the catalogue check value
         // 0x765E7680 for "123456789" after its final xor with 0xFFFFFFFF; Ogg has no final
         // xor, so its check value is 0x765E7680 ^ 0xFFFFFFFF.
@@ -816,12 +807,106 @@ pub(crate) mod tests {
         check_against_bitwise(crc32_update, 0xFEDC_BA98_7654_3210);
     }
 
-    #[cfg(feature = "simd-crc")]
+    /// The carry-less-multiply kernels this processor runs; prints which are skipped.
+    #[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
+    fn clmul_levels() -> Vec<u8> {
+        let levels: Vec<u8> = [clmul::CLMUL128, clmul::CLMUL256]
+            .into_iter()
+            .filter(|&l| l <= clmul::level())
+            .collect();
+        if levels.len() < 2 {
+            eprintln!(
+                "skipped: {} of the 2 carry-less-multiply kernels (this CPU lacks PCLMULQDQ or \
+                 VPCLMULQDQ+AVX2)",
+                2 - levels.len()
+            );
+        }
+        levels
+    }
+
+    #[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
     #[test]
-    fn simd_crc_matches_bitwise_reference() {
-        // Every length, also those below the threshold at which `crc32_update` uses it.
-        check_against_bitwise(simd::crc32_update, 0x5DEE_CE66_D1CE_5EED);
-        assert_eq!(simd::crc32_update(0, b"123456789"), 0x89A1_897F);
+    fn clmul_kernels_match_bitwise_reference_on_every_length() {
+        // Every length from 0 to 600 (the kernels' 16-, 32-, 64- and 128-byte blocks and every
+        // tail), three random start offsets (alignments) and initial registers each, with the
+        // Ogg CRC field (bytes 22..26) read as it is and taken as zeros.
+        let mut rng = Rng(0x5DEE_CE66_D1CE_5EED);
+        let buf: Vec<u8> = (0..700).map(|_| rng.next_u64() as u8).collect();
+        let mut checked = 0;
+        for level in clmul_levels() {
+            for len in 0..=600 {
+                for _ in 0..3 {
+                    let start = rng.below(64) as usize;
+                    let init = match rng.below(4) {
+                        0 => 0,
+                        1 => u32::MAX,
+                        _ => rng.next_u64() as u32,
+                    };
+                    let data = &buf[start..start + len];
+                    let got = clmul::update_with(level, init, data, false);
+                    let got_zeroed = clmul::update_with(level, init, data, true);
+                    if len < 32 {
+                        assert_eq!((got, got_zeroed), (None, None), "len {len}");
+                        continue;
+                    }
+                    let expected = crc32_bitwise_from(init, data);
+                    assert_eq!(got, Some(expected), "level {level} len {len} start {start}");
+                    let mut zeroed = data.to_vec();
+                    zeroed[22..26].fill(0);
+                    let expected = crc32_bitwise_from(init, &zeroed);
+                    assert_eq!(got_zeroed, Some(expected), "level {level} len {len} zeroed");
+                    checked += 1;
+                }
+            }
+        }
+        if !clmul_levels().is_empty() {
+            assert!(checked >= 569 * 3, "{checked}");
+        }
+    }
+
+    #[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
+    #[test]
+    fn clmul_kernels_match_on_big_inputs_and_the_check_value() {
+        let mut rng = Rng(0x1234_5678_9ABC_DEF0);
+        let buf: Vec<u8> = (0..(1 << 20) + 100).map(|_| rng.next_u64() as u8).collect();
+        for level in clmul_levels() {
+            for (start, len) in [(0, 1 << 20), (3, 1_000_000), (17, (1 << 20) + 13)] {
+                let init = rng.next_u64() as u32;
+                let data = &buf[start..start + len];
+                let expected = crc32_bitwise_from(init, data);
+                assert_eq!(clmul::update_with(level, init, data, false), Some(expected));
+                assert_eq!(table_crc32_update(init, data), expected);
+            }
+            // Leading zero bytes leave a zero register at zero: the check value of "123456789"
+            // (see `crc_check_value`) also holds behind 40 zero bytes, long enough for the
+            // kernels.
+            let mut msg = vec![0u8; 40];
+            msg.extend_from_slice(b"123456789");
+            assert_eq!(
+                clmul::update_with(level, 0, &msg, false),
+                Some(0x765E_7680 ^ 0xFFFF_FFFF)
+            );
+        }
+    }
+
+    #[cfg(all(feature = "simd-crc", target_arch = "x86_64"))]
+    #[test]
+    fn clmul_kernels_match_bitwise_reference_in_pieces() {
+        for level in clmul_levels() {
+            // The kernel where it takes the input, else the tables (as `crc32_update` does).
+            let update: fn(u32, &[u8]) -> u32 = if level == clmul::CLMUL256 {
+                |crc, d| {
+                    clmul::update_with(clmul::CLMUL256, crc, d, false)
+                        .unwrap_or_else(|| table_crc32_update(crc, d))
+                }
+            } else {
+                |crc, d| {
+                    clmul::update_with(clmul::CLMUL128, crc, d, false)
+                        .unwrap_or_else(|| table_crc32_update(crc, d))
+                }
+            };
+            check_against_bitwise(update, 0x0DDB_A11C_0FFE_E000 + u64::from(level));
+        }
     }
 
     #[test]

@@ -1271,7 +1271,9 @@ impl<'a> State<'a> {
             let len_rest = len - 1;
             let count = match toc.code() {
                 0 if !single || len_rest <= MAX_FRAME_BYTES => 1,
-                1 if !single || (len_rest % 2 == 0 && len_rest / 2 <= MAX_FRAME_BYTES) => 2,
+                1 if !single || (len_rest.is_multiple_of(2) && len_rest / 2 <= MAX_FRAME_BYTES) => {
+                    2
+                }
                 _ => match frames_general(data, single) {
                     Some(frames) => frames.count,
                     None => break,

@@ -143,7 +143,7 @@ impl Ecs {
             }
         }
         out.resize(n, 0);
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             if let Some(last) = out.last_mut() {
                 *last &= 0xFFu8 << (8 - bits % 8);
             }
