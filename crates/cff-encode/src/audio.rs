@@ -123,7 +123,7 @@ pub fn read_raw(data: &[u8], pcm: RawPcm) -> Result<Audio> {
         ));
     }
     let frame = pcm.format.bytes() * usize::from(pcm.channels);
-    if data.len() % frame != 0 {
+    if !data.len().is_multiple_of(frame) {
         return Err(Error::malformed(
             "pcm",
             (data.len() - data.len() % frame) as u64,

@@ -365,7 +365,7 @@ impl CustomOp2 for BiasedSoftmax {
         let d = l1.dims().last().copied().unwrap_or(1);
         let (g, t) = l2.shape().dims2()?;
         let rows = l1.shape().elem_count() / d.max(1);
-        if t != d || g == 0 || rows % g != 0 || l1.dims().first() != Some(&g) {
+        if t != d || g == 0 || !rows.is_multiple_of(g) || l1.dims().first() != Some(&g) {
             candle_core::bail!(
                 "biased softmax: scores {:?}, bias {:?}",
                 l1.shape(),

@@ -149,7 +149,7 @@ impl Attention {
         fused: bool,
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             candle_core::bail!("attention width {dim} is not a multiple of {heads} heads");
         }
         Ok(Attention {
