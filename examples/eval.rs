@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example eval -- --checkpoint RUN_DIR|CKPT_DIR
 //!     (--data PREPARED_DIR | --layout L --input DIR) [--split test] [--fold K]
-//!     [--eval-variant mp3:32|all|first] [--batch B] [--workers W] [--confusion FILE.png]
+//!     [--eval-variant mp3:32|all|first|mp3:20+mp3:32|ensemble] [--batch B] [--workers W]
+//!     [--confusion FILE.png]
 //! ```
 //!
 //! Prints per-variant accuracy (top-5 with more than 5 classes) and per-class accuracy; the

@@ -30,7 +30,7 @@ use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOption
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut o = TrainOptions::default();
-    o.epochs = 22;
+    o.epochs = 18;
     o.batch_size = 32;
     o.lr = 2e-3;
     o.seed = 0;

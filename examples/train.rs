@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release --example train -- (--data PREPARED_DIR | --layout L --input DIR)
 //!     [--variants mp3:20,mp3:26,mp3:32] [--eval-variant mp3:32|all|first]
+//!     [--test-variant mp3:20+mp3:26+mp3:32|ensemble] (the final test; `a+b`: one
+//!     prediction per item, its class probabilities averaged over the variants)
 //!     [--preset tiny|small|paper | --config FILE] [--max-train-items N] [--folds 1,2,3,4,5]
 //!     [--out RUN_DIR] [--resume] [TRAINING FLAGS]
 //! ```
@@ -48,6 +50,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--input" => input = Some(v()?.into()),
             "--variants" => variants = Some(parse_variants(&v()?)?),
             "--eval-variant" => o.eval_variants = EvalVariants::parse(&v()?),
+            "--test-variant" => o.test_variants = Some(EvalVariants::parse(&v()?)),
             "--preset" => {
                 let name = v()?;
                 cfg = Config::preset(&name).ok_or(format!("no preset {name}"))?

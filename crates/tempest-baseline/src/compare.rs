@@ -36,11 +36,16 @@ pub struct CompareOptions {
 }
 
 impl Default for CompareOptions {
-    /// The `tiny` preset, tempest-train's default options, AST features, 7×7 image patches.
+    /// The `tiny` preset, tempest-train's default options but one pass per batch
+    /// (`parallel_parts` 1: `fit` would compute TEMPEST's batches as parts at once, which
+    /// the baseline's learner does not, and the two are timed side by side), AST features,
+    /// 7×7 image patches.
     fn default() -> Self {
+        let mut train = TrainOptions::default();
+        train.parallel_parts = 1;
         CompareOptions {
             tempest: Config::tiny(),
-            train: TrainOptions::default(),
+            train,
             features: FeatureConfig::default(),
             train_variants: Vec::new(),
             eval_variant: None,

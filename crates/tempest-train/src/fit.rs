@@ -16,6 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use serde_json::json;
@@ -49,6 +50,37 @@ pub trait Learner {
 
     /// Seeds the dropout masks of the next training pass (models without dropout ignore it).
     fn seed_dropout(&self, _seed: u64) {}
+
+    /// The gradients of the mean training loss over `items`, with the loss and how many
+    /// items the logits classified correctly. `parts` is [`TrainOptions::parallel_parts`]
+    /// (0: the learner's choice): a learner may compute the batch as that many parts at once
+    /// (TEMPEST does, [`tempest_model::batch_gradients`]); the default is one pass through
+    /// [`Learner::loss`].
+    fn gradients(
+        &self,
+        items: &[&Self::Item],
+        labels: &[u32],
+        parts: usize,
+    ) -> candle_core::Result<Gradients> {
+        let _ = parts;
+        let (loss, logits) = self.loss(items, labels, true)?;
+        Ok(Gradients {
+            grads: loss.backward()?,
+            loss: loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            correct: count_correct(&logits, labels).map_err(candle_core::Error::wrap)?,
+        })
+    }
+}
+
+/// What [`Learner::gradients`] computed for one batch.
+#[derive(Debug)]
+pub struct Gradients {
+    /// Gradients of the batch's mean loss.
+    pub grads: GradStore,
+    /// The batch's mean loss.
+    pub loss: f64,
+    /// Items whose arg-max logit was the label.
+    pub correct: usize,
 }
 
 /// One item of a split with its prepared variants.
@@ -258,10 +290,10 @@ pub fn fit<L: Learner>(
                 o.seed,
                 &[epoch as u64, b as u64],
             ));
-            let (loss, logits) = learner.loss(&items, &labels, true)?;
-            opt.accumulate(&loss.backward()?)?;
-            loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * items.len() as f64;
-            correct += count_correct(&logits, &labels)?;
+            let g = learner.gradients(&items, &labels, o.parallel_parts)?;
+            opt.accumulate(&g.grads)?;
+            loss_sum += g.loss * items.len() as f64;
+            correct += g.correct;
             seen += items.len();
             let last = b + 1 == batches.len();
             if opt.accumulated() >= o.accumulate || (last && opt.accumulated() > 0) {
@@ -401,6 +433,40 @@ impl Learner for TempestLearner {
     fn seed_dropout(&self, seed: u64) {
         self.model.seed_dropout(seed);
     }
+
+    /// The batch as `parts` parts computed at once (0: 2 on a CPU with 2 or more rayon
+    /// threads, as [`crate::train()`] does).
+    fn gradients(
+        &self,
+        items: &[&TokenizedItem],
+        labels: &[u32],
+        parts: usize,
+    ) -> candle_core::Result<Gradients> {
+        let parts = match parts {
+            0 => tempest_model::optim::auto_parts(&self.device),
+            n => n,
+        };
+        let sizes = tempest_tokenize::part_sizes(items.len(), parts);
+        let mut batches = Vec::with_capacity(sizes.len());
+        let mut at = 0;
+        for n in sizes {
+            let (Some(its), Some(ls)) = (items.get(at..at + n), labels.get(at..at + n)) else {
+                candle_core::bail!("gradients: {} items, {} labels", items.len(), labels.len())
+            };
+            batches.push(
+                collate(its, ls, PAD_ID)
+                    .to_tensors(&self.device)
+                    .map_err(candle_core::Error::wrap)?,
+            );
+            at += n;
+        }
+        let g = tempest_model::batch_gradients(&self.model, &batches)?;
+        Ok(Gradients {
+            grads: g.grads,
+            loss: g.loss,
+            correct: g.correct,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -490,6 +556,81 @@ mod tests {
         assert!(report.test.accuracy > 0.95, "{}", report.test.accuracy);
         assert!(report.epochs[29].loss < report.epochs[0].loss);
         assert_eq!(report.test.items, 40);
+        Ok(())
+    }
+
+    /// `TempestLearner::gradients` in parts gives the one-pass loss, count and gradients, so
+    /// `fit` (the `compare` example) may split its batches as `train()` does.
+    #[test]
+    fn tempest_learner_gradients_in_parts_equal_one_pass() -> Result<()> {
+        use tempest_tokenize::BlockPosition;
+        let config = tempest_model::Config::tiny().with_num_classes(4);
+        let (model, varmap) = crate::init_seeded(&config, &Device::Cpu, DType::F32, 3)?;
+        let learner = TempestLearner {
+            model,
+            device: Device::Cpu,
+        };
+        // Seven items of 3 to 9 blocks of 2 to 40 bytes.
+        let items: Vec<TokenizedItem> = (0..7usize)
+            .map(|i| {
+                let mut item = TokenizedItem::new(cff_blocks::Format::Jpeg, 1000);
+                for b in 0..3 + (i * 5) % 7 {
+                    let len = 2 + (i * 7 + b * 13) % 39;
+                    let bytes: Vec<u8> = (0..len)
+                        .map(|k| ((i * 31 + b * 17 + k * 5) % 256) as u8)
+                        .collect();
+                    let at = BlockPosition {
+                        index: b as u32,
+                        time: 0.0,
+                        duration: 0.0,
+                        row: (b / 3) as u32,
+                        col: (b % 3) as u32,
+                    };
+                    item.push_block(&bytes, at, 512);
+                }
+                item
+            })
+            .collect();
+        let refs: Vec<&TokenizedItem> = items.iter().collect();
+        let labels = [0, 1, 2, 3, 0, 1, 2];
+        // The reference: Learner::loss and candle's backward, no parts.
+        let (loss, logits) = learner.loss(&refs, &labels, true)?;
+        let whole = loss.backward()?;
+        let whole_loss = loss.to_scalar::<f32>()? as f64;
+        let whole_correct = count_correct(&logits, &labels)?;
+        let vars = varmap.all_vars();
+        for parts in [1, 2, 3, 7] {
+            let g = learner.gradients(&refs, &labels, parts)?;
+            assert!(
+                (g.loss - whole_loss).abs() <= 1e-5 * whole_loss.abs(),
+                "{parts} parts: loss {} vs {whole_loss}",
+                g.loss
+            );
+            assert_eq!(g.correct, whole_correct, "{parts} parts");
+            let mut nonzero = 0;
+            for v in &vars {
+                let (Some(a), Some(b)) = (whole.get(v), g.grads.get(v)) else {
+                    panic!("{parts} parts: a variable has a gradient in one pass only");
+                };
+                let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+                let b: Vec<f32> = b.flatten_all()?.to_vec1()?;
+                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    worst <= 1e-4 * scale + 1e-7,
+                    "{parts} parts: gradient differs by {worst} (largest {scale})"
+                );
+                nonzero += usize::from(scale > 0.0);
+            }
+            assert!(
+                nonzero * 10 >= vars.len() * 9,
+                "{nonzero} of {} vars",
+                vars.len()
+            );
+        }
         Ok(())
     }
 }

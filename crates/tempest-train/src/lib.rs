@@ -31,7 +31,7 @@ mod train;
 pub use checkpoint::{Loaded, TokenizerSettings, TrainState};
 pub use dataset::{Dataset, Sample, SplitPlan};
 pub use error::{Error, Result};
-pub use fit::{fit, prepare_items, FitReport, Learner, Prepared, TempestLearner};
+pub use fit::{fit, prepare_items, FitReport, Gradients, Learner, Prepared, TempestLearner};
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, Metrics, Tally};
 pub use train::{
