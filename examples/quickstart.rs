@@ -8,7 +8,8 @@
 //!
 //! `--scale S` enlarges each 28×28 digit S times (bilinear) before JPEG encoding (default 2:
 //! 56×56, 49 MCUs); `--shifts D` adds training variants moved by up to D pixels in each
-//! direction (default 1: 8 moved copies; 0 turns it off). Tests use the unmoved digits.
+//! direction (default 1: 8 moved copies; 0 turns it off). Each epoch evaluates the unmoved
+//! digits.
 //! `--restart N` puts a restart marker after every N MCUs (default 1; 0: none), which resets
 //! the DC prediction, so that each MCU codes its own brightness. The final test predicts
 //! each held-out digit from its unmoved version and its moved copies, their class
