@@ -469,6 +469,42 @@ impl Learner for TempestLearner {
     }
 }
 
+/// Test helper: `parted` has a gradient for every variable, each within 1e-4 of the largest
+/// entry of `whole`'s, and at least 90 % of the variables get a non-zero one (so a test of
+/// batches in parts cannot pass on gradients that are all missing or zero).
+#[cfg(test)]
+pub(crate) fn assert_same_gradients(
+    whole: &GradStore,
+    parted: &GradStore,
+    vars: &[candle_core::Var],
+    what: &str,
+) -> Result<()> {
+    let mut nonzero = 0;
+    for v in vars {
+        let (Some(a), Some(b)) = (whole.get(v), parted.get(v)) else {
+            panic!("{what}: a variable has a gradient in one pass only");
+        };
+        let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
+        let b: Vec<f32> = b.flatten_all()?.to_vec1()?;
+        let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            worst <= 1e-4 * scale + 1e-7,
+            "{what}: gradient differs by {worst} (largest {scale})"
+        );
+        nonzero += usize::from(scale > 0.0);
+    }
+    assert!(
+        nonzero * 10 >= vars.len() * 9,
+        "{what}: {nonzero} of {} vars",
+        vars.len()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,29 +643,7 @@ mod tests {
                 g.loss
             );
             assert_eq!(g.correct, whole_correct, "{parts} parts");
-            let mut nonzero = 0;
-            for v in &vars {
-                let (Some(a), Some(b)) = (whole.get(v), g.grads.get(v)) else {
-                    panic!("{parts} parts: a variable has a gradient in one pass only");
-                };
-                let a: Vec<f32> = a.flatten_all()?.to_vec1()?;
-                let b: Vec<f32> = b.flatten_all()?.to_vec1()?;
-                let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let worst = a
-                    .iter()
-                    .zip(&b)
-                    .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                assert!(
-                    worst <= 1e-4 * scale + 1e-7,
-                    "{parts} parts: gradient differs by {worst} (largest {scale})"
-                );
-                nonzero += usize::from(scale > 0.0);
-            }
-            assert!(
-                nonzero * 10 >= vars.len() * 9,
-                "{nonzero} of {} vars",
-                vars.len()
-            );
+            assert_same_gradients(&whole, &g.grads, &vars, &format!("{parts} parts"))?;
         }
         Ok(())
     }
