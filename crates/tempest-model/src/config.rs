@@ -99,6 +99,11 @@ pub struct Config {
     /// layer norm, the linear mixer's reduction) where they apply; off, candle's stock ops run
     /// (for comparison). Needs the crate's feature `cuda`; ignored on the CPU.
     pub cuda_kernels: bool,
+    /// On the CPU, encode each distinct block of a batch once (E_t and M see a block alone,
+    /// so repeats, such as silence or blank image areas, need no second pass) and copy its
+    /// token to the repeats. Exact; skipped while training with dropout (its masks differ by
+    /// position). Off: every block is encoded (for comparison).
+    pub dedup_blocks: bool,
 }
 
 impl Default for Config {
@@ -131,6 +136,7 @@ impl Config {
             fused_kernels: true,
             fused_layers: true,
             cuda_kernels: true,
+            dedup_blocks: true,
         }
     }
 

@@ -393,6 +393,55 @@ impl Tempest {
             );
         }
         let bn = b * n;
+        // Blocks that repeat in the batch (silence, blank image areas) are encoded once and
+        // their tokens copied: E_t and M see each block alone, so this changes no value, and
+        // the copy's backward (index_add) sums the copies' gradients.
+        if self.config.dedup_blocks
+            && ids.device().is_cpu()
+            && !(train && self.config.dropout > 0.0)
+        {
+            let rows = ids.flatten_all()?.to_vec1::<u32>()?;
+            let masks = byte_mask.flatten_all()?.to_vec1::<u8>()?;
+            if let Some((first, of)) = distinct_rows(&rows, &masks, l) {
+                let u = first.len();
+                fn pick<T: Copy>(v: &[T], first: &[u32], l: usize) -> Vec<T> {
+                    let row = |r: &u32| &v[*r as usize * l..(*r as usize + 1) * l];
+                    first.iter().flat_map(row).copied().collect()
+                }
+                let (dev, of) = (ids.device(), Tensor::from_vec(of, bn, ids.device())?);
+                let tokens = self.encode_distinct(
+                    &Tensor::from_vec(pick(&rows, &first, l), (1, u, l), dev)?,
+                    &Tensor::from_vec(pick(&masks, &first, l), (1, u, l), dev)?,
+                    train,
+                )?;
+                let tokens = tokens.index_select(&of, 0)?;
+                return self.add_length(tokens, block_len, b, n);
+            }
+        }
+        let tokens = self.encode_distinct(ids, byte_mask, train)?;
+        self.add_length(tokens, block_len, b, n)
+    }
+
+    /// The length embedding added to block tokens `[B·N, L', d_c]` → `[B, N, L', d_c]`.
+    fn add_length(
+        &self,
+        mut tokens: Tensor,
+        block_len: &Tensor,
+        b: usize,
+        n: usize,
+    ) -> Result<Tensor> {
+        if let Some(length) = &self.length {
+            let len = length.forward(&block_len.reshape(b * n)?)?.unsqueeze(1)?;
+            tokens = tokens.broadcast_add(&len)?;
+        }
+        let (_, lt, dc) = tokens.dims3()?;
+        tokens.reshape((b, n, lt, dc))
+    }
+
+    /// Byte embedding, E_t and M of every block of `ids [B, N, L]` → `[B·N, L', d_c]`.
+    fn encode_distinct(&self, ids: &Tensor, byte_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, n, l) = ids.dims3()?;
+        let bn = b * n;
         let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
         let bias = key_bias(&mask, self.dtype)?;
         // The embedding, E_t, its final norm and the linear mix as one node on the CPU
@@ -417,16 +466,10 @@ impl Tempest {
             }
             _ => None,
         };
-        let mut tokens = match pooled {
-            Some(pooled) => self.mixer.after_mix(&pooled)?,
-            None => self.encode_blocks_op_by_op(ids, byte_mask, &mask, &bias, train)?,
-        };
-        if let Some(length) = &self.length {
-            let len = length.forward(&block_len.reshape(bn)?)?.unsqueeze(1)?;
-            tokens = tokens.broadcast_add(&len)?;
+        match pooled {
+            Some(pooled) => self.mixer.after_mix(&pooled),
+            None => self.encode_blocks_op_by_op(ids, byte_mask, &mask, &bias, train),
         }
-        let (_, lt, dc) = tokens.dims3()?;
-        tokens.reshape((b, n, lt, dc))
     }
 
     /// E_t and M op by op: `ids [B, N, L]`, `byte_mask [B, N, L] u8`, `mask [B·N, L]` in the
@@ -548,6 +591,30 @@ impl Tempest {
     }
 }
 
+/// The distinct rows of `ids [R, L]` with their `mask [R, L]` (flattened): `Some((first,
+/// of))` where `first` holds the first row of each distinct block in order of appearance and
+/// `of[r]` the index in `first` of row `r`'s block; `None` when no row repeats.
+fn distinct_rows(ids: &[u32], mask: &[u8], l: usize) -> Option<(Vec<u32>, Vec<u32>)> {
+    let rows = ids.len().checked_div(l).unwrap_or(0);
+    if rows < 2 {
+        return None;
+    }
+    let mut seen: std::collections::HashMap<(&[u32], &[u8]), u32> =
+        std::collections::HashMap::with_capacity(rows);
+    let mut first = Vec::new();
+    let mut of = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let key = (&ids[r * l..(r + 1) * l], &mask[r * l..(r + 1) * l]);
+        let next = first.len() as u32;
+        let k = *seen.entry(key).or_insert(next);
+        if k == next {
+            first.push(r as u32);
+        }
+        of.push(k);
+    }
+    (first.len() < rows).then_some((first, of))
+}
+
 /// `[B, N]` seconds → `[B, N, 2·TIME_FREQUENCIES]` sines and cosines at geometrically spaced
 /// periods (Vaswani et al. 2017 §3.5, with time in seconds instead of the position).
 pub fn time_features(t: &Tensor) -> Result<Tensor> {
@@ -589,4 +656,21 @@ pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
     let nll = logp.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?.neg()?;
     let count = m.sum_all()?.maximum(1.0)?;
     (nll * &m)?.sum_all()?.div(&count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_rows;
+
+    #[test]
+    fn distinct_rows_maps_each_row_to_its_first_copy() {
+        // Rows of 2: A B A C B A, where the third row has A's ids but another mask.
+        let ids = [1, 2, 3, 4, 1, 2, 5, 6, 3, 4, 1, 2];
+        let mask = [1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1];
+        let (first, of) = distinct_rows(&ids, &mask, 2).expect("rows repeat");
+        assert_eq!(first, [0, 1, 2, 3]);
+        assert_eq!(of, [0, 1, 2, 3, 1, 0]);
+        assert_eq!(distinct_rows(&ids[..8], &mask[..8], 2), None);
+        assert_eq!(distinct_rows(&[], &[], 0), None);
+    }
 }

@@ -470,3 +470,98 @@ fn a_copy_with_its_own_dropout_shares_the_variables_not_the_masks() -> Result<()
     }
     Ok(())
 }
+
+/// Items whose blocks repeat, within an item and across items: each block is one of
+/// `palette` random byte strings (or, one time in four, a fresh one).
+fn items_with_repeats(
+    seed: u64,
+    count: usize,
+    palette: usize,
+) -> Vec<tempest_tokenize::TokenizedItem> {
+    use cff_blocks::Format;
+    use tempest_tokenize::{BlockPosition, TokenizedItem};
+    let mut rng = common::Rng(seed);
+    let word = |rng: &mut common::Rng| -> Vec<u8> {
+        let len = 1 + rng.below(12) as usize;
+        (0..len).map(|_| rng.below(256) as u8).collect()
+    };
+    let words: Vec<Vec<u8>> = (0..palette).map(|_| word(&mut rng)).collect();
+    (0..count)
+        .map(|_| {
+            let mut it = TokenizedItem::new(Format::Jpeg, 0);
+            for k in 0..2 + rng.below(6) as usize {
+                let bytes = match rng.below(4) {
+                    0 => word(&mut rng),
+                    _ => words[rng.below(palette as u64) as usize].clone(),
+                };
+                let pos = BlockPosition {
+                    index: k as u32,
+                    time: 0.0,
+                    duration: 0.0,
+                    row: 0,
+                    col: k as u32,
+                };
+                it.push_block(&bytes, pos, 16);
+            }
+            it
+        })
+        .collect()
+}
+
+#[test]
+fn repeated_blocks_encoded_once_give_the_same_logits_and_gradients() -> Result<()> {
+    let data = items_with_repeats(11, 6, 3);
+    let h = host(&data, &[0, 1, 2, 3, 0, 1]);
+    let rows: Vec<&[u32]> = h.ids.chunks(h.block_bytes).collect();
+    let distinct: std::collections::HashSet<&[u32]> = rows.iter().copied().collect();
+    assert!(
+        distinct.len() + 8 < rows.len(),
+        "the batch must repeat blocks"
+    );
+    let b = batch(&data, &[0, 1, 2, 3, 0, 1])?;
+    let mut attention = Config::tiny().with_mixer(MixerKind::Attention);
+    attention.tokens_per_block = 2;
+    for (name, cfg) in [
+        ("tiny", Config::tiny()),
+        (
+            "tiny+decoder",
+            Config::tiny().with_reconstruction_weight(0.3),
+        ),
+        ("tiny+attention-pool, L'=2 (op by op)", attention),
+    ] {
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
+        let mut every_cfg = cfg.clone();
+        every_cfg.dedup_blocks = false;
+        let every = Tempest::new(
+            &every_cfg,
+            candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
+        )?;
+        let (a, e) = (model.loss(&b, true)?, every.loss(&b, true)?);
+        let d = max_abs_diff(&a.logits, &e.logits)?;
+        assert!(d < 1e-12, "{name}: logits differ by {d}");
+        assert!(
+            (scalar(&a.total)? - scalar(&e.total)?).abs() < 1e-12,
+            "{name}: losses differ"
+        );
+        let (ga, ge) = (a.total.backward()?, e.total.backward()?);
+        for (var_name, var) in vars(&varmap) {
+            let (Some(x), Some(y)) = (ga.get(var.as_tensor()), ge.get(var.as_tensor())) else {
+                panic!("{name}: {var_name}: missing gradient")
+            };
+            // E_t's key bias has a gradient of 0 up to rounding (a softmax ignores a shift
+            // common to all keys): its differences are measured on the others' scale.
+            let scale = y
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f64>()?
+                .max(1e-4);
+            let d = max_abs_diff(x, y)? / scale;
+            assert!(
+                d < 1e-10,
+                "{name}: {var_name}: gradients differ by {d} (relative)"
+            );
+        }
+    }
+    Ok(())
+}
