@@ -221,7 +221,8 @@ pub struct Tempest {
     byte_positions: Tensor,
     block_encoder: Transformer,
     mixer: Mixer,
-    /// `length [max_block_bytes + 1, d_c]` when `length_embedding`.
+    /// `length [max_block_bytes + 1, d_c]` when `length_embedding`: each block's length in
+    /// its file, before truncation (longer ones share the last row).
     length: Option<Embedding>,
     block_decoder: Option<BlockDecoder>,
     /// `context_encoder.cls [1, d_c]`.
@@ -431,7 +432,10 @@ impl Tempest {
         n: usize,
     ) -> Result<Tensor> {
         if let Some(length) = &self.length {
-            let len = length.forward(&block_len.reshape(b * n)?)?.unsqueeze(1)?;
+            // Lengths past the table (blocks longer than max_block_bytes) share its last row.
+            let last = Tensor::full(self.config.max_block_bytes as u32, (), block_len.device())?;
+            let len = block_len.reshape(b * n)?.broadcast_minimum(&last)?;
+            let len = length.forward(&len)?.unsqueeze(1)?;
             tokens = tokens.broadcast_add(&len)?;
         }
         let (_, lt, dc) = tokens.dims3()?;

@@ -565,3 +565,39 @@ fn repeated_blocks_encoded_once_give_the_same_logits_and_gradients() -> Result<(
     }
     Ok(())
 }
+
+/// A block cut short by the tokenizer keeps its length in the file: the length embedding
+/// sees it (lengths past the table share its last row), so the cut changes the logits only
+/// through the bytes that are gone.
+#[test]
+fn lengths_past_the_table_share_its_last_row() -> Result<()> {
+    let mut cfg = Config::tiny();
+    cfg.max_block_bytes = 16;
+    let (model, _) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+    let data = items(3, 2, 4, 12);
+    let h = host(&data, &[0, 1]);
+    let logits = |h: &tempest_tokenize::HostBatch| -> Result<Tensor> {
+        model
+            .forward(
+                &h.to_tensors(&Device::Cpu)
+                    .map_err(candle_core::Error::wrap)?,
+                false,
+            )
+            .map(|o| o.logits)
+    };
+    let (mut at_16, mut past) = (h.clone(), h.clone());
+    for k in 0..h.block_len.len() {
+        if h.block_mask[k] == 1 {
+            at_16.block_len[k] = 16;
+            past.block_len[k] = 1000 + k as u32;
+        }
+    }
+    let d = max_abs_diff(&logits(&at_16)?, &logits(&past)?)?;
+    assert!(
+        d == 0.0,
+        "lengths past the table differ from its last row by {d}"
+    );
+    let d = max_abs_diff(&logits(&h)?, &logits(&past)?)?;
+    assert!(d > 1e-6, "the length embedding must see the lengths");
+    Ok(())
+}

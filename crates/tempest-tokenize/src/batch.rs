@@ -20,7 +20,8 @@ pub struct HostBatch {
     pub byte_mask: Vec<u8>,
     /// `[B, N]` 1 where the item has a block, 0 at padding.
     pub block_mask: Vec<u8>,
-    /// `[B, N]` kept bytes of each block (0 at padding).
+    /// `[B, N]` each block's length in its file, before truncation to L (0 at padding): a
+    /// block cut to L keeps its true length here.
     pub block_len: Vec<u32>,
     /// `[B, N]` index of each block among its file's kept blocks.
     pub block_index: Vec<u32>,
@@ -189,7 +190,7 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
                 .extend(std::iter::repeat_n(0u8, l - bytes.len()));
             let row = bi * n + k;
             out.block_mask[row] = 1;
-            out.block_len[row] = bytes.len() as u32;
+            out.block_len[row] = item.source_len(k) as u32;
             out.block_index[row] = pos.index;
             out.block_time[row] = pos.time;
             out.block_duration[row] = pos.duration;

@@ -59,6 +59,8 @@ pub struct TokenizedItem {
     starts: Vec<u32>,
     /// Position of each block.
     pub positions: Vec<BlockPosition>,
+    /// Each block's length in the file (ids), before truncation to L.
+    lens: Vec<u32>,
     /// Blocks of the kept kinds in the file, before cropping.
     pub source_blocks: u32,
     /// Blocks longer than L, whose tails were dropped.
@@ -77,6 +79,7 @@ impl TokenizedItem {
             bytes: Vec::new(),
             starts: vec![0],
             positions: Vec::new(),
+            lens: Vec::new(),
             source_blocks: 0,
             truncated_blocks: 0,
             truncated_bytes: 0,
@@ -95,6 +98,8 @@ impl TokenizedItem {
         self.bytes.extend_from_slice(&bytes[..take]);
         self.starts.push(self.bytes.len() as u32);
         self.positions.push(position);
+        self.lens
+            .push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
     }
 
     /// Blocks in the item (at most N).
@@ -116,6 +121,15 @@ impl TokenizedItem {
     /// If `i >= self.num_blocks()`.
     pub fn block_len(&self, i: usize) -> usize {
         (self.starts[i + 1] - self.starts[i]) as usize
+    }
+
+    /// Length of block `i` in the file, before truncation to L (what the model's length
+    /// embedding sees: a block's size says how much it holds even where its tail was cut).
+    ///
+    /// # Panics
+    /// If `i >= self.num_blocks()`.
+    pub fn source_len(&self, i: usize) -> usize {
+        self.lens[i] as usize
     }
 
     /// The longest kept block.

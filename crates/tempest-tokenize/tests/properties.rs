@@ -52,7 +52,9 @@ proptest! {
                 let present = k < raw.len();
                 prop_assert_eq!(b.block_mask[i * b.blocks + k] == 1, present);
                 let kept = if present { raw[k].len().min(l) } else { 0 };
-                prop_assert_eq!(b.block_len[i * b.blocks + k] as usize, kept);
+                // The length is the block's own, truncated or not.
+                let len = if present { raw[k].len() } else { 0 };
+                prop_assert_eq!(b.block_len[i * b.blocks + k] as usize, len);
                 for p in 0..b.block_bytes {
                     let idx = at(&b, i, k, p);
                     if p < kept {

@@ -74,6 +74,22 @@ impl TokenizerSettings {
         self
     }
 
+    /// Keeps the first `ids` ids of each block (L), at most what the model has positions
+    /// for; an error for 0 or more than that.
+    pub fn with_max_block_bytes(mut self, ids: usize, model: &Config) -> Result<Self> {
+        if ids == 0 || ids > model.max_block_bytes {
+            return Err(Error::setting(
+                "block bytes",
+                format!(
+                    "{ids} (1 to the model's max_block_bytes {})",
+                    model.max_block_bytes
+                ),
+            ));
+        }
+        self.max_block_bytes = ids;
+        Ok(self)
+    }
+
     fn format(&self) -> Result<Format> {
         match self.format.as_str() {
             "mp3" => Ok(Format::Mp3),
@@ -242,6 +258,23 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_bytes_set_l_within_the_models_positions() {
+        let model = Config::tiny();
+        let jpeg = TokenizerSettings::for_format(Format::Jpeg, &model, false);
+        let cut = jpeg.clone().with_max_block_bytes(8, &model).unwrap();
+        assert_eq!(cut.train_config().unwrap().max_block_bytes, 8);
+        assert_eq!(cut.eval_config().unwrap().max_block_bytes, 8);
+        for wrong in [0, model.max_block_bytes + 1] {
+            let err = jpeg
+                .clone()
+                .with_max_block_bytes(wrong, &model)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{wrong} (1 to")), "{err}");
+        }
+    }
 
     #[test]
     fn bit_stride_scales_l_and_reads_back_from_json() {

@@ -122,6 +122,10 @@ pub struct TrainOptions {
     /// Bits per id (`TokenizerConfig::bit_stride`): 8 (one id per byte, the default), 4, 2
     /// or 1; saved with the checkpoint so that evaluation and classification read the same.
     pub bit_stride: u8,
+    /// L: ids kept of each block (its first ones; `None`: the format's default, capped at
+    /// the model's `max_block_bytes`). Blocks cut short keep their true length for the length
+    /// embedding, and the loader counts the cuts. Saved with the checkpoint.
+    pub block_bytes: Option<usize>,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -158,7 +162,7 @@ impl TrainOptions {
     /// The command-line flags [`TrainOptions::apply_flag`] understands, for usage texts.
     pub const FLAGS: &'static str = "[--epochs N] [--batch B] [--accumulate K] [--lr LR] \
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
-[--bit-stride 8|4|2|1] [--bucket K] [--no-progress]";
+[--bit-stride 8|4|2|1] [--block-bytes L] [--bucket K] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -198,6 +202,7 @@ impl TrainOptions {
             "--parallel" => self.parallel_parts = parse(flag, value())?,
             "--header-block" => self.jpeg_header_block = true,
             "--bit-stride" => self.bit_stride = parse(flag, value())?,
+            "--block-bytes" => self.block_bytes = Some(parse(flag, value())?),
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
             _ => return Ok(false),
@@ -262,6 +267,7 @@ impl Default for TrainOptions {
             test_variants: None,
             jpeg_header_block: false,
             bit_stride: 8,
+            block_bytes: None,
             bucket_batches: 1,
             workers: 2,
             parallel_parts: 0,
@@ -631,6 +637,10 @@ pub fn train(
     let format = detect_format(dataset)?;
     let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block)
         .with_bit_stride(o.bit_stride, &config);
+    let tok = match o.block_bytes {
+        Some(ids) => tok.with_max_block_bytes(ids, &config)?,
+        None => tok,
+    };
     let train_tok = tok.train_config()?;
     let eval_tok = tok.eval_config()?;
 
