@@ -335,13 +335,18 @@ impl RunReport {
         let line = |name: &str, st: &LoaderStats| {
             let reasons: Vec<String> = st.skipped.iter().map(|(r, n)| format!("{r} {n}")).collect();
             format!(
-                "{name}: {} file reads used, {} skipped{}\n",
+                "{name}: {} file reads used, {} skipped{}{}\n",
                 st.files_used,
                 st.files_skipped(),
                 if reasons.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", reasons.join(", "))
+                },
+                if st.truncated_blocks == 0 {
+                    String::new()
+                } else {
+                    format!("; {} blocks cut to L", st.truncated_blocks)
                 }
             )
         };

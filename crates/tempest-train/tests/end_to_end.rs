@@ -315,3 +315,49 @@ fn ensemble_evaluation_averages_each_items_probabilities() -> Result<()> {
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())
 }
+
+/// `--block-bytes L`: each block's first L ids are kept, the cuts are counted and reported,
+/// and the checkpoint keeps L so that evaluation reads files the same way.
+#[test]
+fn blocks_cut_to_l_are_counted_and_l_is_saved() -> Result<()> {
+    let raw = scratch("block-bytes-raw")?;
+    small_mnist(&raw, 16)?;
+    let cache = scratch("block-bytes-cache")?;
+    let (dataset, _) =
+        Dataset::open_layout(Layout::Mnist, &raw, &cache, &[Variant::Jpeg(75)], false)?;
+    let plan = SplitPlan::standard(&dataset)?;
+    let mut o = quick_options(2);
+    o.epochs = 1;
+    o.block_bytes = Some(4);
+    let run = raw.join("run");
+    let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
+    assert!(
+        report.train_stats.truncated_blocks > 0,
+        "{:?}",
+        report.train_stats
+    );
+    assert!(
+        report.eval_stats.truncated_blocks > 0,
+        "{:?}",
+        report.eval_stats
+    );
+    let summary = report.files_summary();
+    assert!(summary.contains("blocks cut to L"), "{summary}");
+    let saved: checkpoint::TokenizerSettings =
+        checkpoint::read_json(&run.join("last").join(checkpoint::TOKENIZER_FILE))?;
+    assert_eq!(saved.max_block_bytes, 4);
+    o.block_bytes = Some(0);
+    let err = train(
+        &dataset,
+        &plan,
+        &Config::tiny(),
+        &o,
+        &raw.join("run0"),
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("block bytes"), "{err}");
+    let _ = std::fs::remove_dir_all(&raw);
+    let _ = std::fs::remove_dir_all(&cache);
+    Ok(())
+}
