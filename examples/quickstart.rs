@@ -52,6 +52,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The held-out digits are tested as an ensemble of the unmoved digit and its moved copies
     // (test-time augmentation; `--tta 0` tests the unmoved digit only).
     let mut tta = true;
+    // Training also sees K randomly rotated, scaled, sheared and moved versions of each digit
+    // (`Variant::with_distortion`).
+    let mut distort = 0u16;
     let mut cfg = Config::tiny();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -74,6 +77,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--scale" => scale = v()?.parse()?,
             "--restart" => restart = v()?.parse()?,
             "--tta" => tta = v()?.parse::<u8>()? != 0,
+            "--distort" => distort = v()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -85,6 +89,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Training also sees each digit moved by up to `shifts` pixels (the first quality).
     for v in Variant::jpeg_shifts(qualities[0], scale, shifts) {
         variants.push(v.with_restart(restart)?);
+    }
+    let shifted = variants.len();
+    for k in 1..=distort {
+        variants.push(variants[0].with_distortion(k)?);
     }
     let (mut dataset, _) = Dataset::open_layout(
         Layout::Mnist,
@@ -101,7 +109,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // The unmoved digit and its moved copies (the first quality's), one prediction each,
     // their class probabilities averaged.
     let moved: Vec<String> = std::iter::once(tested.clone())
-        .chain(variants[qualities.len()..].iter().map(|v| v.to_string()))
+        .chain(
+            variants[qualities.len()..shifted]
+                .iter()
+                .map(|v| v.to_string()),
+        )
         .collect();
     let tta = tta && moved.len() > 1;
     if tta {

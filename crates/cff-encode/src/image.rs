@@ -166,7 +166,119 @@ impl Idx {
     }
 }
 
+/// An affine distortion about an image's centre: a pixel at `p` (from the centre) of the
+/// result takes its value from `A·p − (dx, dy)` of the original, `A` = rotation · shear /
+/// scale.
+/// The augmentation of Simard et al. 2003 (ICDAR, "Best practices for convolutional neural
+/// networks applied to visual document analysis") without the elastic part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Distortion {
+    /// Rotation, radians (positive: counter-clockwise on screen).
+    pub rotate: f32,
+    /// Enlargement (1: none).
+    pub scale: f32,
+    /// Horizontal shear: x moves by `shear · y`.
+    pub shear: f32,
+    /// Move right and down, in pixels.
+    pub dx: f32,
+    /// See `dx`.
+    pub dy: f32,
+}
+
+impl Distortion {
+    /// The largest rotation [`Distortion::draw`] picks: 15°.
+    pub const MAX_ROTATE_DEGREES: f32 = 15.0;
+    /// Scales are drawn in 1 ± this.
+    pub const MAX_SCALE_CHANGE: f32 = 0.1;
+    /// Shears are drawn in ± this.
+    pub const MAX_SHEAR: f32 = 0.2;
+    /// Moves are drawn in ± this many pixels in each direction.
+    pub const MAX_MOVE: f32 = 1.5;
+
+    /// The `k`-th random distortion of `image`: each parameter uniform in its range above,
+    /// drawn from `k` and a hash of the image's pixels, so that the same image and `k` always
+    /// give the same distortion and different images get different ones.
+    pub fn draw(image: &Image, k: u16) -> Distortion {
+        // FNV-1a over the pixels and the size, then SplitMix64 steps.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in image
+            .pixels
+            .iter()
+            .chain(&image.width.to_le_bytes())
+            .chain(&image.height.to_le_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let mut state = h ^ u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut uniform = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            // In [-1, 1).
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        Distortion {
+            rotate: uniform() * Self::MAX_ROTATE_DEGREES.to_radians(),
+            scale: 1.0 + uniform() * Self::MAX_SCALE_CHANGE,
+            shear: uniform() * Self::MAX_SHEAR,
+            dx: uniform() * Self::MAX_MOVE,
+            dy: uniform() * Self::MAX_MOVE,
+        }
+    }
+}
+
 impl Image {
+    /// The image under distortion `d`, same size, by bilinear interpolation, rounded; samples
+    /// outside the original repeat its nearest edge pixel (MNIST's black border stays black).
+    /// Pixels missing from a hand-built `Image` whose buffer is short read as 0.
+    pub fn warped(&self, d: &Distortion) -> Image {
+        let c = self.kind.channels();
+        let (w, h) = (self.width as usize, self.height as usize);
+        if w == 0 || h == 0 {
+            return self.clone();
+        }
+        let (cos, sin) = (d.rotate.cos(), d.rotate.sin());
+        let s = d.scale.max(1e-3);
+        // A = rotation · shear / scale (output offsets to source offsets).
+        let a = [
+            cos / s,
+            (cos * d.shear - sin) / s,
+            sin / s,
+            (sin * d.shear + cos) / s,
+        ];
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let at = |x: isize, y: isize, k: usize| -> f32 {
+            let x = x.clamp(0, w as isize - 1) as usize;
+            let y = y.clamp(0, h as isize - 1) as usize;
+            f32::from(self.pixels.get((y * w + x) * c + k).copied().unwrap_or(0))
+        };
+        let mut pixels = Vec::with_capacity(w * h * c);
+        for y in 0..h {
+            for x in 0..w {
+                let (px, py) = (x as f32 - cx, y as f32 - cy);
+                let sx = a[0] * px + a[1] * py + cx - d.dx;
+                let sy = a[2] * px + a[3] * py + cy - d.dy;
+                let (x0, y0) = (sx.floor(), sy.floor());
+                let (fx, fy) = (sx - x0, sy - y0);
+                let (x0, y0) = (x0 as isize, y0 as isize);
+                for k in 0..c {
+                    let top = at(x0, y0, k) * (1.0 - fx) + at(x0 + 1, y0, k) * fx;
+                    let bottom = at(x0, y0 + 1, k) * (1.0 - fx) + at(x0 + 1, y0 + 1, k) * fx;
+                    let v = top * (1.0 - fy) + bottom * fy;
+                    pixels.push((v + 0.5).clamp(0.0, 255.0) as u8);
+                }
+            }
+        }
+        Image {
+            width: self.width,
+            height: self.height,
+            kind: self.kind,
+            pixels,
+        }
+    }
+
     /// The image moved `dx` pixels right and `dy` down (negative: left, up), same size: the
     /// pixels moved out are dropped, the uncovered rows and columns repeat the nearest edge
     /// pixel of the original (MNIST's black border stays black). Pixels missing from a
@@ -339,6 +451,72 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &bytes).unwrap();
         assert_eq!(read_idx(&gz.finish().unwrap(), 1 << 20).unwrap(), idx);
+    }
+
+    #[test]
+    fn warped_by_whole_moves_and_quarter_turns_is_exact() {
+        let none = Distortion {
+            rotate: 0.0,
+            scale: 1.0,
+            shear: 0.0,
+            dx: 0.0,
+            dy: 0.0,
+        };
+        // 3×3 gray: rows [1 2 3] [4 5 6] [7 8 9].
+        let img = Image::new(3, 3, PixelKind::Gray, (1..=9).collect()).unwrap();
+        assert_eq!(img.warped(&none), img);
+        for (dx, dy) in [(1, 0), (-1, 0), (0, 1), (-1, -1)] {
+            let moved = Distortion {
+                dx: dx as f32,
+                dy: dy as f32,
+                ..none
+            };
+            assert_eq!(img.warped(&moved), img.shifted(dx, dy), "move {dx}/{dy}");
+        }
+        // A quarter turn counter-clockwise on screen: the result's top row is the original's
+        // right column, top to bottom.
+        let turn = Distortion {
+            rotate: std::f32::consts::FRAC_PI_2,
+            ..none
+        };
+        assert_eq!(img.warped(&turn).pixels, [3, 6, 9, 2, 5, 8, 1, 4, 7]);
+        // Half a pixel to the right averages neighbours (rounded), the left edge repeats.
+        let half = Distortion { dx: 0.5, ..none };
+        assert_eq!(img.warped(&half).pixels[..3], [1, 2, 3]);
+        // Enlarged 2× about the centre: the centre stays, the corners come from nearer it.
+        let big = Distortion { scale: 2.0, ..none };
+        let out = img.warped(&big);
+        assert_eq!(out.pixels[4], 5);
+        assert_eq!(out.pixels[0], 3); // (1+2+4+5)/4 = 3
+    }
+
+    #[test]
+    fn distortions_are_drawn_in_range_per_image_and_k() {
+        let a = Image::new(4, 4, PixelKind::Gray, (0..16).collect()).unwrap();
+        let b = Image::new(4, 4, PixelKind::Gray, (1..17).collect()).unwrap();
+        assert_eq!(Distortion::draw(&a, 1), Distortion::draw(&a, 1));
+        assert_ne!(Distortion::draw(&a, 1), Distortion::draw(&a, 2));
+        assert_ne!(Distortion::draw(&a, 1), Distortion::draw(&b, 1));
+        let mut rotations = Vec::new();
+        for k in 1..=500 {
+            let d = Distortion::draw(&a, k);
+            assert!(d.rotate.abs() <= Distortion::MAX_ROTATE_DEGREES.to_radians());
+            assert!((d.scale - 1.0).abs() <= Distortion::MAX_SCALE_CHANGE);
+            assert!(d.shear.abs() <= Distortion::MAX_SHEAR);
+            assert!(d.dx.abs() <= Distortion::MAX_MOVE && d.dy.abs() <= Distortion::MAX_MOVE);
+            rotations.push(d.rotate);
+        }
+        // Spread over the range, both signs.
+        let max = rotations.iter().cloned().fold(f32::MIN, f32::max);
+        let min = rotations.iter().cloned().fold(f32::MAX, f32::min);
+        assert!(
+            max > 0.9 * Distortion::MAX_ROTATE_DEGREES.to_radians(),
+            "{max}"
+        );
+        assert!(
+            min < -0.9 * Distortion::MAX_ROTATE_DEGREES.to_radians(),
+            "{min}"
+        );
     }
 
     #[test]

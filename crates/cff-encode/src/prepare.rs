@@ -100,6 +100,11 @@ pub enum Variant {
         dy: i8,
         /// MCUs per restart interval (T.81 B.2.4.4, DRI); 0: no restart markers.
         restart: u16,
+        /// 0: none; k ≥ 1: the image is first warped by the k-th random affine distortion
+        /// ([`crate::image::Distortion::draw`]: rotation, scale, shear and move, drawn from k
+        /// and the image's pixels, so each image gets its own k-th version). Spelled `~k` at
+        /// the end: `jpeg:75x2r1~3`.
+        distort: u16,
     },
 }
 
@@ -142,6 +147,7 @@ impl Variant {
             dx,
             dy,
             restart: 0,
+            distort: 0,
         }
         .normalized())
     }
@@ -164,6 +170,7 @@ impl Variant {
                 dx: 0,
                 dy: 0,
                 restart: mcus,
+                distort: 0,
             }
             .normalized()),
             Variant::JpegAt {
@@ -171,6 +178,7 @@ impl Variant {
                 scale,
                 dx,
                 dy,
+                distort,
                 ..
             } => Ok(Variant::JpegAt {
                 quality,
@@ -178,12 +186,65 @@ impl Variant {
                 dx,
                 dy,
                 restart: mcus,
+                distort,
             }
             .normalized()),
             Variant::Mp3(_) | Variant::Opus(_) => Err(Error::setting(
                 "variant",
                 format!("{self}: only jpeg variants take a restart interval"),
             )),
+        }
+    }
+
+    /// This JPEG variant with the `k`-th random distortion (0: none; see
+    /// [`Variant::JpegAt`]). An audio variant is an error.
+    ///
+    /// ```
+    /// use cff_encode::prepare::Variant;
+    /// let v = Variant::jpeg(75, 2, 0, 0)?.with_restart(1)?.with_distortion(3)?;
+    /// assert_eq!(v.to_string(), "jpeg:75x2r1~3");
+    /// assert_eq!(v.to_string().parse::<Variant>()?, v);
+    /// # Ok::<(), cff_encode::Error>(())
+    /// ```
+    pub fn with_distortion(self, k: u16) -> Result<Variant> {
+        match self.with_restart(self.restart_interval())? {
+            Variant::Jpeg(quality) => Ok(Variant::JpegAt {
+                quality,
+                scale: 1,
+                dx: 0,
+                dy: 0,
+                restart: 0,
+                distort: k,
+            }
+            .normalized()),
+            Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+                restart,
+                ..
+            } => Ok(Variant::JpegAt {
+                quality,
+                scale,
+                dx,
+                dy,
+                restart,
+                distort: k,
+            }
+            .normalized()),
+            other => Err(Error::setting(
+                "variant",
+                format!("{other}: only jpeg variants take a distortion"),
+            )),
+        }
+    }
+
+    /// A [`Variant::JpegAt`]'s distortion (0 for every other variant).
+    pub fn distortion(self) -> u16 {
+        match self {
+            Variant::JpegAt { distort, .. } => distort,
+            _ => 0,
         }
     }
 
@@ -197,6 +258,7 @@ impl Variant {
                 dx: 0,
                 dy: 0,
                 restart: 0,
+                distort: 0,
             } => Variant::Jpeg(quality),
             v => v,
         }
@@ -227,6 +289,7 @@ impl Variant {
                         dx,
                         dy,
                         restart: 0,
+                        distort: 0,
                     });
                 }
             }
@@ -252,6 +315,9 @@ impl Variant {
                 }
                 if let Some((dx, dy)) = shift {
                     name += &format!("-shift{dx}_{dy}");
+                }
+                if self.distortion() > 0 {
+                    name += &format!("-distort{}", self.distortion());
                 }
                 name
             }
@@ -307,6 +373,9 @@ impl fmt::Display for Variant {
                 if let Some((dx, dy)) = shift {
                     write!(f, "@{dx}/{dy}")?;
                 }
+                if self.distortion() > 0 {
+                    write!(f, "~{}", self.distortion())?;
+                }
                 Ok(())
             }
         }
@@ -321,6 +390,10 @@ impl FromStr for Variant {
         let (codec, value) = s
             .split_once(':')
             .ok_or_else(|| bad("expected CODEC:VALUE, e.g. mp3:20"))?;
+        let (value, distort) = match value.split_once('~') {
+            Some((v, k)) => (v, Some(k)),
+            None => (value, None),
+        };
         let (value, shift) = match value.split_once('@') {
             Some((v, shift)) => (v, Some(shift)),
             None => (value, None),
@@ -337,11 +410,11 @@ impl FromStr for Variant {
             .trim()
             .parse()
             .map_err(|_| bad("the value is not a number"))?;
-        if shift.is_some() || scale.is_some() || restart.is_some() {
+        if shift.is_some() || scale.is_some() || restart.is_some() || distort.is_some() {
             let is_jpeg = matches!(codec.trim(), "jpeg" | "jpg");
             if !is_jpeg {
                 return Err(bad(
-                    "only jpeg variants take a scale, a restart interval or a shift",
+                    "only jpeg variants take a scale, a restart interval, a shift or a distortion",
                 ));
             }
             let restart = match restart {
@@ -365,9 +438,17 @@ impl FromStr for Variant {
                     .ok_or_else(|| bad("expected a shift DX/DY in pixels, e.g. jpeg:75@1/-1"))?,
                 None => (0, 0),
             };
+            let distort = match distort {
+                Some(t) => t
+                    .trim()
+                    .parse::<u16>()
+                    .map_err(|_| bad("the distortion after ~ is not a number"))?,
+                None => 0,
+            };
             let quality = u8::try_from(n).map_err(|_| bad("the value is out of range"))?;
             return Variant::jpeg(quality, scale, dx, dy)
                 .and_then(|v| v.with_restart(restart))
+                .and_then(|v| v.with_distortion(distort))
                 .map_err(|e| bad(&e.to_string()));
         }
         match codec.trim() {
@@ -1118,6 +1199,7 @@ fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result<Vec<u8>> {
                 dx,
                 dy,
                 restart,
+                distort,
             },
         ) => {
             let (w, h) = (u64::from(i.width), u64::from(i.height));
@@ -1129,6 +1211,13 @@ fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result<Vec<u8>> {
                     found: pixels,
                 });
             }
+            let distorted;
+            let i = if distort > 0 {
+                distorted = i.warped(&crate::image::Distortion::draw(i, distort));
+                &distorted
+            } else {
+                i
+            };
             encode_jpeg(
                 &i.shifted(i32::from(dx), i32::from(dy))
                     .scaled(u32::from(scale)),
@@ -1235,6 +1324,7 @@ mod tests {
         let v =
             parse_variants("jpeg:75,jpeg:75@1/-1,jpg:50x2@-8/8,jpeg:90x3,jpeg:60x1@0/0").unwrap();
         let at = |quality, scale, dx, dy| Variant::JpegAt {
+            distort: 0,
             quality,
             scale,
             dx,

@@ -551,3 +551,63 @@ fn restart_variants_decode_to_the_same_pixels_with_a_marker_per_mcu() {
     assert_eq!(a.len(), 56 * 56);
     assert_eq!(a, b);
 }
+
+#[test]
+fn distorted_jpeg_variants_decode_to_the_warped_image() {
+    use cff_encode::image::{Distortion, Image, PixelKind};
+    let tmp = TempDir::new("mnist-distort");
+    let input = tmp.0.join("in");
+    let output = tmp.0.join("out");
+    // A bright bar, off-centre, on black: any rotation, shear or move shows.
+    let pixels: Vec<u8> = (0..28 * 28)
+        .map(|i| {
+            let (x, y) = (i % 28, i / 28);
+            if (8..12).contains(&x) && (4..24).contains(&y) {
+                230
+            } else {
+                0
+            }
+        })
+        .collect();
+    write(
+        &input.join("train-images-idx3-ubyte"),
+        &idx(&[1, 28, 28], &pixels),
+    );
+    write(&input.join("train-labels-idx1-ubyte"), &idx(&[1], &[1]));
+    let config = PrepareConfig::new(
+        Layout::Mnist,
+        &input,
+        &output,
+        parse_variants("jpeg:95,jpeg:95~2").unwrap(),
+    )
+    .with_progress(false)
+    .with_threads(Some(1));
+    let s = prepare(&config).unwrap();
+    assert_eq!((s.items, s.written, s.failures.len()), (1, 2, 0));
+    let table = rows(&manifest(&output));
+    assert_eq!(table[1][3], "jpeg:95~2");
+    assert_eq!(table[1][4], "jpeg-95-distort2/train/1/train-00000.jpg");
+    let decode = |path: &str| {
+        let data = fs::read(output.join(path)).unwrap();
+        jpeg_decoder::Decoder::new(&data[..]).decode().unwrap()
+    };
+    let (plain, distorted) = (decode(&table[0][4]), decode(&table[1][4]));
+    let image = Image::new(28, 28, PixelKind::Gray, pixels).unwrap();
+    let want = image.warped(&Distortion::draw(&image, 2));
+    // Decoded by an independent decoder, the file is the warped image (up to JPEG's error at
+    // q95) and not the plain one.
+    let worst = want
+        .pixels
+        .iter()
+        .zip(&distorted)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 40, "largest error {worst}");
+    let differ = plain
+        .iter()
+        .zip(&distorted)
+        .filter(|(a, b)| a.abs_diff(**b) > 60)
+        .count();
+    assert!(differ >= 20, "only {differ} pixels changed");
+}
