@@ -1,5 +1,6 @@
-//! The quickstart: trains the `tiny` preset on the embedded real MNIST digits encoded as JPEG
-//! and reports its accuracy on the 2,004 held-out digits it never saw. Nothing is downloaded.
+//! The quickstart: trains the `tiny` preset with a third E_c layer on the embedded real MNIST
+//! digits encoded as JPEG and reports its accuracy on the 2,004 held-out digits it never saw.
+//! Nothing is downloaded.
 //!
 //! ```text
 //! cargo run --release --example quickstart [-- --scale 2 --shifts 1 --tta 1 --qualities 75,50,90
@@ -14,9 +15,13 @@
 //! the DC prediction, so that each MCU codes its own brightness. The final test predicts
 //! each held-out digit from its unmoved version and its moved copies, their class
 //! probabilities averaged (`--tta 0`: the unmoved digit alone); both accuracies are printed.
+//! The model reads each MCU's first 8 bytes (`--block-bytes`; the length embedding sees the
+//! whole length). `--distort K` adds K randomly rotated, scaled, sheared and moved versions of
+//! each digit to training (default 0).
 //!
 //! The training flags are `tempest_train::TrainOptions::FLAGS`, as for the `train` example:
-//! `--epochs N --batch B --lr LR --seed S --header-block --bit-stride 8|4|2|1 --bucket K ...`.
+//! `--epochs N --batch B --lr LR --seed S --block-bytes L --header-block --bit-stride 8|4|2|1
+//! --bucket K ...`.
 //!
 //! The digits (`data/mnist`) are encoded once into `target/quickstart/data` (JPEG at each
 //! quality and shift; the first quality unmoved is the one tested, the others augment
