@@ -163,37 +163,11 @@ impl Variant {
     /// # Ok::<(), cff_encode::Error>(())
     /// ```
     pub fn with_restart(self, mcus: u16) -> Result<Variant> {
-        match self {
-            Variant::Jpeg(quality) => Ok(Variant::JpegAt {
-                quality,
-                scale: 1,
-                dx: 0,
-                dy: 0,
-                restart: mcus,
-                distort: 0,
+        self.with_jpeg("a restart interval", |v| {
+            if let Variant::JpegAt { restart, .. } = v {
+                *restart = mcus;
             }
-            .normalized()),
-            Variant::JpegAt {
-                quality,
-                scale,
-                dx,
-                dy,
-                distort,
-                ..
-            } => Ok(Variant::JpegAt {
-                quality,
-                scale,
-                dx,
-                dy,
-                restart: mcus,
-                distort,
-            }
-            .normalized()),
-            Variant::Mp3(_) | Variant::Opus(_) => Err(Error::setting(
-                "variant",
-                format!("{self}: only jpeg variants take a restart interval"),
-            )),
-        }
+        })
     }
 
     /// This JPEG variant with the `k`-th random distortion (0: none; see
@@ -207,37 +181,35 @@ impl Variant {
     /// # Ok::<(), cff_encode::Error>(())
     /// ```
     pub fn with_distortion(self, k: u16) -> Result<Variant> {
-        match self.with_restart(self.restart_interval())? {
-            Variant::Jpeg(quality) => Ok(Variant::JpegAt {
+        self.with_jpeg("a distortion", |v| {
+            if let Variant::JpegAt { distort, .. } = v {
+                *distort = k;
+            }
+        })
+    }
+
+    /// This JPEG variant as a [`Variant::JpegAt`] changed by `set`, normalized; an audio
+    /// variant is an error saying it takes no `what`.
+    fn with_jpeg(self, what: &str, set: impl FnOnce(&mut Variant)) -> Result<Variant> {
+        let mut v = match self {
+            Variant::Jpeg(quality) => Variant::JpegAt {
                 quality,
                 scale: 1,
                 dx: 0,
                 dy: 0,
                 restart: 0,
-                distort: k,
+                distort: 0,
+            },
+            Variant::JpegAt { .. } => self,
+            Variant::Mp3(_) | Variant::Opus(_) => {
+                return Err(Error::setting(
+                    "variant",
+                    format!("{self}: only jpeg variants take {what}"),
+                ))
             }
-            .normalized()),
-            Variant::JpegAt {
-                quality,
-                scale,
-                dx,
-                dy,
-                restart,
-                ..
-            } => Ok(Variant::JpegAt {
-                quality,
-                scale,
-                dx,
-                dy,
-                restart,
-                distort: k,
-            }
-            .normalized()),
-            other => Err(Error::setting(
-                "variant",
-                format!("{other}: only jpeg variants take a distortion"),
-            )),
-        }
+        };
+        set(&mut v);
+        Ok(v.normalized())
     }
 
     /// A [`Variant::JpegAt`]'s distortion (0 for every other variant).
