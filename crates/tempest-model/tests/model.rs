@@ -24,6 +24,36 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()
 }
 
+/// Every variable of `varmap` has a gradient in both `a` and `b`, and they differ by less
+/// than `tol` relative to the largest of `b`'s (at least `floor`).
+fn assert_same_gradients(
+    what: &str,
+    varmap: &VarMap,
+    a: &candle_core::backprop::GradStore,
+    b: &candle_core::backprop::GradStore,
+    tol: f64,
+    floor: f64,
+) -> Result<()> {
+    for (name, var) in vars(varmap) {
+        let (Some(x), Some(y)) = (a.get(var.as_tensor()), b.get(var.as_tensor())) else {
+            panic!("{what}: {name}: missing gradient")
+        };
+        let scale = y
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            .max(floor);
+        let d = max_abs_diff(x, y)? / scale;
+        assert!(
+            d < tol,
+            "{what}: {name}: gradients differ by {d} (relative)"
+        );
+    }
+    Ok(())
+}
+
 fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
@@ -215,25 +245,15 @@ fn fused_kernels_model_matches_plain_model() -> Result<()> {
     let b = batch(&items(5, 4, 5, 16), &[1, 2, 3, 4])?;
     let (a, p) = (model.loss(&b, false)?, plain.loss(&b, false)?);
     assert!(max_abs_diff(&a.logits, &p.logits)? < 1e-12);
-    let (ga, gp) = (a.total.backward()?, p.total.backward()?);
-    for (name, var) in vars(&varmap) {
-        let (Some(x), Some(y)) = (ga.get(var.as_tensor()), gp.get(var.as_tensor())) else {
-            panic!("{name}: missing gradient")
-        };
-        // candle's own GELU backward rounds its constants to 6 digits.
-        let scale = y
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f64>()?
-            .max(1e-12);
-        let d = max_abs_diff(x, y)? / scale;
-        assert!(
-            d < 1e-4,
-            "{name}: fused and plain gradients differ by {d} (relative)"
-        );
-    }
-    Ok(())
+    // candle's own GELU backward rounds its constants to 6 digits.
+    assert_same_gradients(
+        "fused and plain",
+        &varmap,
+        &a.total.backward()?,
+        &p.total.backward()?,
+        1e-4,
+        1e-12,
+    )
 }
 
 /// Memorising 64 random items needs a few hundred steps: fast in release, minutes in debug,
@@ -543,25 +563,16 @@ fn repeated_blocks_encoded_once_give_the_same_logits_and_gradients() -> Result<(
             (scalar(&a.total)? - scalar(&e.total)?).abs() < 1e-12,
             "{name}: losses differ"
         );
-        let (ga, ge) = (a.total.backward()?, e.total.backward()?);
-        for (var_name, var) in vars(&varmap) {
-            let (Some(x), Some(y)) = (ga.get(var.as_tensor()), ge.get(var.as_tensor())) else {
-                panic!("{name}: {var_name}: missing gradient")
-            };
-            // E_t's key bias has a gradient of 0 up to rounding (a softmax ignores a shift
-            // common to all keys): its differences are measured on the others' scale.
-            let scale = y
-                .abs()?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<f64>()?
-                .max(1e-4);
-            let d = max_abs_diff(x, y)? / scale;
-            assert!(
-                d < 1e-10,
-                "{name}: {var_name}: gradients differ by {d} (relative)"
-            );
-        }
+        // E_t's key bias has a gradient of 0 up to rounding (a softmax ignores a shift
+        // common to all keys): its differences are measured on the others' scale (1e-4).
+        assert_same_gradients(
+            name,
+            &varmap,
+            &a.total.backward()?,
+            &e.total.backward()?,
+            1e-10,
+            1e-4,
+        )?;
     }
     Ok(())
 }
