@@ -40,7 +40,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut o = TrainOptions::default();
     o.epochs = 30;
     // Each MCU's first 8 bytes (its DC value and first AC codes; the length embedding still
-    // sees its whole length): E_t's cost falls by a third (docs/quickstart.md).
+    // sees its whole length): training ran at 530 instead of 375 digits/s (docs/quickstart.md).
     o.block_bytes = Some(8);
     o.batch_size = 32;
     o.lr = 2e-3;
