@@ -53,6 +53,9 @@ use std::fmt;
 
 use crate::{Block, BlockKind, Detail, Error, Format, Options, Place, Region, RegionKind, Result};
 
+mod side_info;
+pub use side_info::{Granule, MainData, SideInfo};
+
 /// MPEG audio version (ISO 11172-3 2.4.2.3 `ID`, ISO 13818-3 2.4.2.3; MPEG-2.5 is the
 /// Fraunhofer extension that gives the second sync bit a meaning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
