@@ -4,7 +4,8 @@
 //! cargo run --release --example compare -- (--data PREPARED_DIR | --layout L --input DIR)
 //!     [--variants jpeg:75 | mp3:32,...] [--eval-variant NAME] [--preset tiny|small|paper]
 //!     [--epochs N] [--batch B] [--lr LR] [--seed S] [--patch 7|4] [--max-train-items N]
-//!     [--out DIR] [--no-progress]
+//!     [--out DIR] [--no-progress] [TEMPEST's tokenizer and training flags of `train`:
+//!     --tokens T, --block-bytes L, --crop N, --lambda X, --label-smoothing X, ...]
 //! ```
 //!
 //! `--layout` (`folder`, `speechcommands`, `esc50`, `mnist`) reads a raw layout as the
@@ -33,6 +34,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut max_train = None::<usize>;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        // TEMPEST's tokenizer and training flags (--tokens, --block-bytes, --crop, --lambda…).
+        if !["--epochs", "--batch", "--lr", "--seed", "--no-progress"].contains(&a.as_str())
+            && o.train.apply_flag(&a, || args.next())?
+        {
+            continue;
+        }
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--data" => data = Some(v()?.into()),

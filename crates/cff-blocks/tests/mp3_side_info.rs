@@ -140,7 +140,10 @@ fn the_reservoir_starts_afresh_and_none_marks_an_unreachable_start() {
         .unwrap();
     let mut reservoir = MainData::new();
     let side = SideInfo::parse(&first.data, first.offset).unwrap();
-    assert_eq!(reservoir.push(&first.data, &side, first.offset).unwrap(), None);
+    assert_eq!(
+        reservoir.push(&first.data, &side, first.offset).unwrap(),
+        None
+    );
     // The next frames come back once what they reach for is there.
     let mut some = 0;
     for b in &blocks[i + 1..] {
@@ -149,5 +152,9 @@ fn the_reservoir_starts_afresh_and_none_marks_an_unreachable_start() {
             some += 1;
         }
     }
-    assert!(some + 2 >= blocks.len() - i - 1, "{some} of {}", blocks.len() - i - 1);
+    assert!(
+        some + 2 >= blocks.len() - i - 1,
+        "{some} of {}",
+        blocks.len() - i - 1
+    );
 }

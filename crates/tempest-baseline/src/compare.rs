@@ -9,8 +9,7 @@ use tempest_model::{cost, Config};
 use tempest_tokenize::{tokenize, CropContext, TokenizedItem};
 use tempest_train::fit::{fit, prepare_items, FitReport, Prepared, TempestLearner};
 use tempest_train::{
-    detect_format, init_seeded, seeded_var_builder, Dataset, SplitPlan, TokenizerSettings,
-    TrainOptions,
+    detect_format, init_seeded, seeded_var_builder, Dataset, SplitPlan, TrainOptions,
 };
 
 use crate::features::{FeatureConfig, Features, Featurizer, Source};
@@ -150,7 +149,7 @@ pub fn compare(
     let o = &options.train;
     let config = o.model_config(&options.tempest, dataset.classes.len())?;
     let format = detect_format(dataset)?;
-    let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block).eval_config()?;
+    let tok = o.tokenizer(format, &config)?.eval_config()?;
     let featurizer = Featurizer::new(&options.features)?;
     let eval_variant = match &options.eval_variant {
         Some(v) => v.clone(),

@@ -59,8 +59,10 @@ pub fn params(cfg: &Config) -> Params {
         MixerKind::Attention => lt * dt + 4 * (dt * dt + dt),
     };
     let dd = cfg.block_decoder.dim;
+    // D_t predicts every id below the padding id's place: 256 bytes, or the field ids too.
+    let out = cfg.vocab_size - 1;
     let block_decoder = if cfg.has_block_decoder() {
-        dc * dd + dd + cfg.max_block_bytes * dd + stack_params(&cfg.block_decoder) + dd * 256 + 256
+        dc * dd + dd + cfg.max_block_bytes * dd + stack_params(&cfg.block_decoder) + dd * out + out
     } else {
         0
     };
@@ -143,7 +145,7 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
     let mixer = nf * (pool + 2.0 * ltf * (dt * h + h * dc));
     let block_decoder = if cfg.has_block_decoder() {
         let dd = cfg.block_decoder.dim as f64;
-        stack_flops(&cfg.block_decoder, n, lt + l) + nf * 2.0 * (ltf * dc * dd + lf * dd * 256.0)
+        stack_flops(&cfg.block_decoder, n, lt + l) + nf * 2.0 * (ltf * dc * dd + lf * dd * (cfg.vocab_size - 1) as f64)
     } else {
         0.0
     };

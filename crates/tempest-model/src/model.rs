@@ -143,7 +143,8 @@ impl Mixer {
 
 /// D_t, the block decoder: the L' tokens of a block back to its L bytes. Tensor names
 /// `block_decoder.input` (d_c → d), `block_decoder.positions [max_block_bytes, d]`,
-/// `block_decoder.layers.{i}.*`, `block_decoder.norm`, `block_decoder.output` (d → 256).
+/// `block_decoder.layers.{i}.*`, `block_decoder.norm`, `block_decoder.output` (d → the ids
+/// below padding: 256 bytes, or with field ids every id but padding's, `vocab_size − 1`).
 #[derive(Debug, Clone)]
 pub struct BlockDecoder {
     input: Linear,
@@ -166,7 +167,7 @@ impl BlockDecoder {
                 },
             )?,
             stack: Transformer::new(&spec(cfg, &cfg.block_decoder, rng, vb.device()), vb.clone())?,
-            output: Linear::new(d, 256, true, None, vb.pp("output"))?,
+            output: Linear::new(d, cfg.vocab_size - 1, true, None, vb.pp("output"))?,
         })
     }
 

@@ -14,7 +14,8 @@ pub struct HostBatch {
     pub blocks: usize,
     /// L: bytes per block, the largest block's kept length.
     pub block_bytes: usize,
-    /// `[B, N, L]` byte ids, 0–255, and the padding id elsewhere.
+    /// `[B, N, L]` ids: bytes 0–255 (or field ids, see [`crate::fields`]), the padding id
+    /// elsewhere.
     pub ids: Vec<u32>,
     /// `[B, N, L]` 1 where `ids` holds a byte, 0 at padding.
     pub byte_mask: Vec<u8>,
@@ -183,7 +184,7 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
         let format = u32::from(item.format.id());
         for (k, pos) in item.positions.iter().enumerate() {
             let bytes = item.block(k);
-            out.ids.extend(bytes.iter().map(|&byte| u32::from(byte)));
+            out.ids.extend(bytes.iter().map(|&id| u32::from(id)));
             out.ids.extend(std::iter::repeat_n(pad_id, l - bytes.len()));
             out.byte_mask.extend(std::iter::repeat_n(1u8, bytes.len()));
             out.byte_mask

@@ -8,6 +8,67 @@ pub const PAD_ID: u32 = 256;
 /// Number of distinct ids: 256 byte values and the padding id.
 pub const VOCAB_SIZE: usize = 257;
 
+/// What a block's ids stand for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BlockTokens {
+    /// The block's bytes (or bit windows, see [`TokenizerConfig::bit_stride`]), as in the paper.
+    #[default]
+    Bytes,
+    /// The codec's fields as values ([`crate::fields`]): an MP3 frame's header and side
+    /// information, an Opus packet's TOC, frame count and length. JPEG MCUs keep their bytes.
+    Fields,
+    /// The fields, then the bytes after them in the block (MP3: the frame's bytes after its
+    /// side information; Opus: the packet after its TOC byte).
+    FieldsAndBytes,
+    /// The fields, then the block's own coded data: for MP3 the frame's main data taken from
+    /// the bit reservoir ([`cff_blocks::mp3::MainData`]), so that the Huffman data of a
+    /// frame's granules follows the side information that describes it (where the reservoir
+    /// reaches back before the file's first frame, the bytes after the side information);
+    /// Opus as [`BlockTokens::FieldsAndBytes`].
+    FieldsAndData,
+}
+
+impl BlockTokens {
+    /// Every variant with its name.
+    pub const ALL: [(BlockTokens, &'static str); 4] = [
+        (BlockTokens::Bytes, "bytes"),
+        (BlockTokens::Fields, "fields"),
+        (BlockTokens::FieldsAndBytes, "fields+bytes"),
+        (BlockTokens::FieldsAndData, "fields+data"),
+    ];
+
+    /// The name: `bytes`, `fields`, `fields+bytes` or `fields+data`.
+    pub fn name(self) -> &'static str {
+        BlockTokens::ALL
+            .iter()
+            .find(|(t, _)| *t == self)
+            .map_or("bytes", |(_, n)| n)
+    }
+
+    /// Parses a name given by [`BlockTokens::name`].
+    pub fn parse(name: &str) -> Option<BlockTokens> {
+        BlockTokens::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(t, _)| *t)
+    }
+
+    /// Whether field ids are used (the model then needs [`crate::FIELDS_VOCAB_SIZE`] ids).
+    pub fn has_fields(self) -> bool {
+        self != BlockTokens::Bytes
+    }
+
+    /// The vocabulary a model needs for these ids.
+    pub fn vocab_size(self) -> usize {
+        if self.has_fields() {
+            crate::FIELDS_VOCAB_SIZE
+        } else {
+            VOCAB_SIZE
+        }
+    }
+}
+
 /// Which blocks of a file to keep when there are more than `max_blocks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -81,6 +142,8 @@ pub struct TokenizerConfig {
     /// bits is seen whole by some id, at `8 / stride` times the ids. L (`max_block_bytes`)
     /// then counts ids, not bytes. See [`bit_windows`](crate::bit_windows).
     pub bit_stride: u8,
+    /// What a block's ids stand for: its bytes (the default) or the codec's fields.
+    pub tokens: BlockTokens,
     /// Options of the block readers (limits, CRC checks).
     pub reader: cff_blocks::Options,
 }
@@ -95,6 +158,7 @@ impl Default for TokenizerConfig {
             kinds: KindFilter::default(),
             jpeg_header_block: false,
             bit_stride: 8,
+            tokens: BlockTokens::Bytes,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -162,6 +226,12 @@ impl TokenizerConfig {
         self
     }
 
+    /// Sets what a block's ids stand for.
+    pub fn with_tokens(mut self, tokens: BlockTokens) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
     /// Sets the block readers' options.
     pub fn with_reader_options(mut self, options: cff_blocks::Options) -> Self {
         self.reader = options;
@@ -180,6 +250,22 @@ impl TokenizerConfig {
             return Err(crate::Error::Config(format!(
                 "bit_stride {} is not one of 1, 2, 4, 8",
                 self.bit_stride
+            )));
+        }
+        if self.tokens.has_fields() && self.bit_stride != 8 {
+            return Err(crate::Error::Config(format!(
+                "tokens {} read whole bytes: bit_stride {} must be 8",
+                self.tokens.name(),
+                self.bit_stride
+            )));
+        }
+        let fields = crate::fields::FIELD_BASE..crate::FIELDS_VOCAB_SIZE as u32;
+        if self.tokens.has_fields() && fields.contains(&self.pad_id) {
+            return Err(crate::Error::Config(format!(
+                "pad_id {} collides with a field id ({}-{})",
+                self.pad_id,
+                fields.start,
+                fields.end - 1
             )));
         }
         if self.pad_id < 256 {

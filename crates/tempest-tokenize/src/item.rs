@@ -2,10 +2,12 @@
 
 use std::path::Path;
 
-use cff_blocks::{Block, Format, Place, Reader};
+use cff_blocks::mp3::{MainData, SideInfo};
+use cff_blocks::{Block, Detail, Format, Place, Reader};
 
+use crate::fields;
 use crate::rng::SplitMix64;
-use crate::{Crop, Error, Result, TokenizerConfig};
+use crate::{BlockTokens, Crop, Error, Result, TokenizerConfig};
 
 /// Where a block sits: its index among the file's kept blocks and when or where it plays.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,14 +50,15 @@ pub struct CropContext {
     pub item: u64,
 }
 
-/// A file's kept blocks: their bytes (up to L each), lengths and positions.
+/// A file's kept blocks: their ids (up to L each: bytes 0–255, or field ids, see
+/// [`crate::fields`]), lengths and positions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedItem {
     /// The file's format.
     pub format: Format,
-    /// Kept bytes of all blocks, one after another.
-    bytes: Vec<u8>,
-    /// Start of each block in `bytes`, and the end of the last: `blocks + 1` entries.
+    /// Kept ids of all blocks, one after another.
+    ids: Vec<u16>,
+    /// Start of each block in `ids`, and the end of the last: `blocks + 1` entries.
     starts: Vec<u32>,
     /// Position of each block.
     pub positions: Vec<BlockPosition>,
@@ -76,7 +79,7 @@ impl TokenizedItem {
     pub fn new(format: Format, input_bytes: u64) -> Self {
         TokenizedItem {
             format,
-            bytes: Vec::new(),
+            ids: Vec::new(),
             starts: vec![0],
             positions: Vec::new(),
             lens: Vec::new(),
@@ -91,15 +94,40 @@ impl TokenizedItem {
     /// truncation. Blocks can be appended as they arrive (streaming).
     pub fn push_block(&mut self, bytes: &[u8], position: BlockPosition, max_block_bytes: usize) {
         let take = bytes.len().min(max_block_bytes);
-        if take < bytes.len() {
+        self.ids.extend(bytes[..take].iter().map(|&b| u16::from(b)));
+        self.finish_block(bytes.len(), bytes.len(), position, take);
+    }
+
+    /// Appends a block given as ids (bytes 0–255 or field ids), keeping at most
+    /// `max_block_bytes` of them and counting the truncation; `source_len` is the block's
+    /// length in its file (bytes), which the model's length embedding sees.
+    pub fn push_ids(
+        &mut self,
+        ids: &[u16],
+        source_len: usize,
+        position: BlockPosition,
+        max_block_bytes: usize,
+    ) {
+        let take = ids.len().min(max_block_bytes);
+        self.ids.extend_from_slice(&ids[..take]);
+        self.finish_block(ids.len(), source_len, position, take);
+    }
+
+    fn finish_block(
+        &mut self,
+        len: usize,
+        source_len: usize,
+        position: BlockPosition,
+        take: usize,
+    ) {
+        if take < len {
             self.truncated_blocks += 1;
-            self.truncated_bytes += (bytes.len() - take) as u64;
+            self.truncated_bytes += (len - take) as u64;
         }
-        self.bytes.extend_from_slice(&bytes[..take]);
-        self.starts.push(self.bytes.len() as u32);
+        self.starts.push(self.ids.len() as u32);
         self.positions.push(position);
         self.lens
-            .push(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+            .push(u32::try_from(source_len).unwrap_or(u32::MAX));
     }
 
     /// Blocks in the item (at most N).
@@ -107,12 +135,12 @@ impl TokenizedItem {
         self.positions.len()
     }
 
-    /// The kept bytes of block `i`.
+    /// The kept ids of block `i` (its bytes, where the ids are bytes).
     ///
     /// # Panics
     /// If `i >= self.num_blocks()`.
-    pub fn block(&self, i: usize) -> &[u8] {
-        &self.bytes[self.starts[i] as usize..self.starts[i + 1] as usize]
+    pub fn block(&self, i: usize) -> &[u16] {
+        &self.ids[self.starts[i] as usize..self.starts[i + 1] as usize]
     }
 
     /// Kept bytes of block `i`.
@@ -141,9 +169,9 @@ impl TokenizedItem {
             .unwrap_or(0)
     }
 
-    /// Kept bytes of all blocks.
+    /// Kept ids of all blocks.
     pub fn total_bytes(&self) -> usize {
-        self.bytes.len()
+        self.ids.len()
     }
 
     /// The item's shape, for samplers.
@@ -151,7 +179,7 @@ impl TokenizedItem {
         crate::ItemShape {
             blocks: self.num_blocks() as u32,
             max_block_len: self.max_block_len() as u32,
-            bytes: self.bytes.len() as u64,
+            bytes: self.ids.len() as u64,
         }
     }
 }
@@ -227,6 +255,24 @@ pub fn tokenize(
     }
     let mut item = TokenizedItem::new(format, data.len() as u64);
     item.source_blocks = source_blocks;
+    if config.tokens.has_fields() {
+        if stride != 8 {
+            return Err(Error::Config(format!(
+                "tokens {} read whole bytes: bit_stride {stride} must be 8",
+                config.tokens.name()
+            )));
+        }
+        let ids = field_ids(&kept, config.tokens).map_err(blocks_err)?;
+        if let Some(h) = header {
+            item.push_block(h, BlockPosition::of(0, &Place::None), l);
+        }
+        for i in chosen {
+            let b = &kept[i];
+            let at = BlockPosition::of((i + header_blocks) as u32, &b.place);
+            item.push_ids(&ids[i], b.data.len(), at, l);
+        }
+        return Ok(item);
+    }
     let mut windows = Vec::new();
     let mut push = |item: &mut TokenizedItem, bytes: &[u8], bits: Option<u64>, at| {
         if stride == 8 {
@@ -251,6 +297,43 @@ pub fn tokenize(
         );
     }
     Ok(item)
+}
+
+/// The ids of each block for a [`BlockTokens`] with fields: the codec's fields, then (by the
+/// variant) the block's bytes after them or its own coded data. MP3 frames go through the bit
+/// reservoir in file order, so every kept frame is read, not only the cropped ones.
+fn field_ids(blocks: &[Block<'_>], tokens: BlockTokens) -> cff_blocks::Result<Vec<Vec<u16>>> {
+    let mut reservoir = MainData::new();
+    let mut out = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let data: &[u8] = &b.data;
+        let mut ids = Vec::new();
+        match &b.detail {
+            Detail::Mp3(info) => {
+                let side = SideInfo::parse(data, b.offset)?;
+                fields::mp3_field_ids(data.get(2).copied().unwrap_or(0), &side, &mut ids);
+                let after = data
+                    .len()
+                    .min(info.header.side_info_offset() + info.header.side_info_len());
+                let own = reservoir.push(data, &side, b.offset)?;
+                let tail = match (tokens, own) {
+                    (BlockTokens::FieldsAndData, Some(own)) => own,
+                    (BlockTokens::FieldsAndData | BlockTokens::FieldsAndBytes, _) => &data[after..],
+                    _ => &[],
+                };
+                ids.extend(tail.iter().map(|&x| u16::from(x)));
+            }
+            Detail::Opus(info) => {
+                fields::opus_field_ids(info, data, &mut ids);
+                if tokens != BlockTokens::Fields {
+                    ids.extend(data.iter().skip(1).map(|&x| u16::from(x)));
+                }
+            }
+            _ => ids.extend(data.iter().map(|&x| u16::from(x))),
+        }
+        out.push(ids);
+    }
+    Ok(out)
 }
 
 /// Replaces `out` with the ids of a block read `stride` bits at a time: id `j` is the 8 bits

@@ -31,14 +31,16 @@
 mod batch;
 mod config;
 mod error;
+pub mod fields;
 mod item;
 mod loader;
 pub mod rng;
 mod sampler;
 
 pub use batch::{collate, part_sizes, Batch, HostBatch};
-pub use config::{Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
+pub use config::{BlockTokens, Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
 pub use error::{Error, Result};
+pub use fields::FIELDS_VOCAB_SIZE;
 pub use item::{
     bit_windows, crop_indices, tokenize, tokenize_file, BlockPosition, CropContext, TokenizedItem,
 };

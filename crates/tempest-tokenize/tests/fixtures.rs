@@ -46,7 +46,7 @@ fn items_hold_the_reader_s_blocks_and_times() {
         "metadata left out by default"
     );
     for (k, b) in audio.iter().enumerate() {
-        assert_eq!(item.block(k), &b.data[..]);
+        assert_eq!(item.block(k), &widen(&b.data)[..]);
         let t = b.place.time_seconds().unwrap() as f32;
         assert_eq!(item.positions[k].time, t);
     }
@@ -76,7 +76,7 @@ fn jpeg_header_block_comes_first_and_counts_against_n() {
         .with_max_block_bytes(4096);
     let item = tokenize(&data, &path, &config, CropContext::default()).unwrap();
     assert_eq!(item.num_blocks(), 17, "16 MCUs and the header");
-    assert_eq!(item.block(0), &header[..]);
+    assert_eq!(item.block(0), &widen(&header)[..]);
     assert_eq!(&header[..2], &[0xFF, 0xD8]);
     assert_eq!((item.positions[16].row, item.positions[16].col), (3, 3));
 
@@ -88,7 +88,7 @@ fn jpeg_header_block_comes_first_and_counts_against_n() {
     )
     .unwrap();
     assert_eq!(cropped.num_blocks(), 5);
-    assert_eq!(cropped.block(0), &header[..]);
+    assert_eq!(cropped.block(0), &widen(&header)[..]);
     assert_eq!(cropped.source_blocks, 17);
 }
 
@@ -134,7 +134,7 @@ fn bit_strides_read_each_mcu_at_its_bit_length() {
             );
             for (j, &id) in ids.iter().enumerate() {
                 let want = (0..8).fold(0u8, |v, k| (v << 1) | bit(j * stride as usize + k));
-                assert_eq!(id, want, "MCU {i} stride {stride} id {j}");
+                assert_eq!(id, u16::from(want), "MCU {i} stride {stride} id {j}");
             }
             if stride == 8 {
                 // Byte ids equal the block's bytes up to its last, partly used byte.
@@ -147,4 +147,110 @@ fn bit_strides_read_each_mcu_at_its_bit_length() {
     // A stride the windows cannot be read at is an error from `tokenize`, not a panic.
     let zero = TokenizerConfig::for_format(Format::Jpeg).with_bit_stride(0);
     assert!(tokenize(&data, &path, &zero, CropContext::default()).is_err());
+}
+
+/// Bytes as the ids a tokenized item holds.
+fn widen(bytes: &[u8]) -> Vec<u16> {
+    bytes.iter().map(|&b| u16::from(b)).collect()
+}
+
+#[test]
+fn field_tokens_give_each_field_its_value_then_the_chosen_bytes() {
+    use cff_blocks::mp3::{MainData, SideInfo};
+    use tempest_tokenize::fields::{field_name, FIELD_BASE};
+    use tempest_tokenize::{BlockTokens, FIELDS_VOCAB_SIZE};
+
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).unwrap();
+    let frames: Vec<_> = Reader::new(&data, &Options::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
+        .collect();
+    let config = |tokens| {
+        TokenizerConfig::for_format(Format::Mp3)
+            .with_tokens(tokens)
+            .with_max_block_bytes(400)
+    };
+    let ctx = CropContext::default();
+    let fields = tokenize(&data, &path, &config(BlockTokens::Fields), ctx).unwrap();
+    let with_bytes = tokenize(&data, &path, &config(BlockTokens::FieldsAndBytes), ctx).unwrap();
+    let with_data = tokenize(&data, &path, &config(BlockTokens::FieldsAndData), ctx).unwrap();
+    assert_eq!(fields.num_blocks(), frames.len());
+    let mut reservoir = MainData::new();
+    let mut reached_back = 0;
+    for (k, frame) in frames.iter().enumerate() {
+        let side = SideInfo::parse(&frame.data, frame.offset).unwrap();
+        // MPEG-2 mono: bitrate index, main_data_begin, then 15 fields of the one granule.
+        let ids = fields.block(k);
+        assert_eq!(ids.len(), 17, "frame {k}");
+        assert!(ids
+            .iter()
+            .all(|&id| u32::from(id) >= FIELD_BASE && usize::from(id) < FIELDS_VOCAB_SIZE));
+        let names: Vec<_> = ids
+            .iter()
+            .map(|&id| field_name(id.into()).unwrap())
+            .collect();
+        assert_eq!(names[4], "mp3.global_gain");
+        let gain_base = ids[4] - u16::from(side.granule[0][0].global_gain);
+        // The global_gain id moves with the value: one id per value from the field's base.
+        assert_eq!(field_name(gain_base.into()), Some("mp3.global_gain"));
+        assert_eq!(fields.source_len(k), frame.data.len());
+        // fields+bytes: the frame's bytes after header and side information follow.
+        let rest: Vec<u16> = frame.data[4 + 9..].iter().map(|&b| u16::from(b)).collect();
+        assert_eq!(&with_bytes.block(k)[..17], ids);
+        assert_eq!(&with_bytes.block(k)[17..], &rest[..]);
+        // fields+data: the frame's own main data from the reservoir.
+        let own = reservoir
+            .push(&frame.data, &side, frame.offset)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&with_data.block(k)[..17], ids);
+        let own: Vec<u16> = own.iter().map(|&b| u16::from(b)).collect();
+        assert_eq!(&with_data.block(k)[17..], &own[..]);
+        if side.main_data_begin > 0 {
+            reached_back += 1;
+            assert_ne!(with_data.block(k), with_bytes.block(k), "frame {k}");
+        }
+    }
+    assert!(reached_back > 0);
+
+    // Opus: TOC config, stereo, code, frame count, length / 4, then the packet after its TOC.
+    let path = fixture("opus/speech_mono_24k_20ms.opus");
+    let config = TokenizerConfig::for_format(Format::OggOpus)
+        .with_tokens(BlockTokens::FieldsAndBytes)
+        .with_max_block_bytes(400);
+    let item = tokenize_file(&path, &config, ctx).unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let packets: Vec<_> = Reader::new(&data, &Options::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
+        .collect();
+    assert_eq!(item.num_blocks(), packets.len());
+    for (k, p) in packets.iter().enumerate() {
+        let ids = item.block(k);
+        let names: Vec<_> = ids[..5]
+            .iter()
+            .map(|&id| field_name(id.into()).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "opus.config",
+                "opus.stereo",
+                "opus.code",
+                "opus.frames",
+                "opus.bytes/4"
+            ]
+        );
+        let rest: Vec<u16> = p.data[1..].iter().map(|&b| u16::from(b)).collect();
+        assert_eq!(&ids[5..], &rest[..]);
+    }
+
+    // Field ids need whole bytes.
+    let bad = TokenizerConfig::for_format(Format::Mp3)
+        .with_tokens(BlockTokens::Fields)
+        .with_bit_stride(4);
+    assert!(bad.validate().is_err());
 }

@@ -15,7 +15,7 @@ use candle_nn::VarMap;
 use cff_blocks::Format;
 use serde::{Deserialize, Serialize};
 use tempest_model::{Config, Tempest};
-use tempest_tokenize::{Crop, TokenizerConfig};
+use tempest_tokenize::{BlockTokens, Crop, TokenizerConfig};
 
 use crate::{Error, Result};
 
@@ -44,10 +44,22 @@ pub struct TokenizerSettings {
     /// before this setting existed read as 8.
     #[serde(default = "byte_stride")]
     pub bit_stride: u8,
+    /// What a block's ids stand for (`BlockTokens::name`: `bytes`, `fields`, `fields+bytes`,
+    /// `fields+data`). Checkpoints written before this setting existed read as `bytes`.
+    #[serde(default = "byte_tokens")]
+    pub tokens: String,
+    /// Blocks kept per training item, a random contiguous run of them (a random crop in
+    /// time); evaluation keeps `max_blocks` around the middle. `None`: `max_blocks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_blocks: Option<usize>,
 }
 
 fn byte_stride() -> u8 {
     8
+}
+
+fn byte_tokens() -> String {
+    BlockTokens::Bytes.name().to_string()
 }
 
 impl TokenizerSettings {
@@ -61,7 +73,26 @@ impl TokenizerSettings {
             max_blocks: t.max_blocks,
             jpeg_header_block,
             bit_stride: 8,
+            tokens: byte_tokens(),
+            train_blocks: None,
         }
+    }
+
+    /// Reads blocks as `tokens` (see `BlockTokens`).
+    pub fn with_tokens(mut self, tokens: BlockTokens) -> Self {
+        self.tokens = tokens.name().to_string();
+        self
+    }
+
+    /// What the ids stand for; an error for an unknown name.
+    pub fn block_tokens(&self) -> Result<BlockTokens> {
+        BlockTokens::parse(&self.tokens).ok_or_else(|| {
+            let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
+            Error::setting(
+                "tokens",
+                format!("{:?} (one of {})", self.tokens, names.join(", ")),
+            )
+        })
     }
 
     /// Reads blocks `stride` bits per id (8, 4, 2 or 1): L grows by `8 / stride` so that the
@@ -102,7 +133,11 @@ impl TokenizerSettings {
     /// The tokenizer for training: a random contiguous crop where a file has more than N
     /// blocks (seeded by the run's seed, the epoch and the item).
     pub fn train_config(&self) -> Result<TokenizerConfig> {
-        Ok(self.base()?.with_crop(Crop::Random))
+        let base = self.base()?.with_crop(Crop::Random);
+        Ok(match self.train_blocks {
+            Some(n) => base.with_max_blocks(n.max(1)),
+            None => base,
+        })
     }
 
     /// The tokenizer for evaluation and classification: the N blocks around the middle.
@@ -115,7 +150,8 @@ impl TokenizerSettings {
             .with_max_block_bytes(self.max_block_bytes)
             .with_max_blocks(self.max_blocks)
             .with_jpeg_header_block(self.jpeg_header_block)
-            .with_bit_stride(self.bit_stride);
+            .with_bit_stride(self.bit_stride)
+            .with_tokens(self.block_tokens()?);
         config
             .validate()
             .map_err(|e| Error::setting("tokenizer", e.to_string()))?;

@@ -14,8 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tempest_model::{Config, CosineSchedule, Tempest};
 use tempest_tokenize::{
-    choose_variants, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig, LoaderStats,
-    TokenizerConfig, VariantChoice,
+    choose_variants, BlockTokens, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig,
+    LoaderStats, TokenizerConfig, VariantChoice,
 };
 
 use crate::checkpoint::{self, CheckpointParts, TokenizerSettings, TrainState};
@@ -126,6 +126,14 @@ pub struct TrainOptions {
     /// the model's `max_block_bytes`). Blocks cut short keep their true length for the length
     /// embedding, and the loader counts the cuts. Saved with the checkpoint.
     pub block_bytes: Option<usize>,
+    /// What a block's ids stand for (`BlockTokens`): its bytes (the paper), or the codec's
+    /// fields as values, alone or followed by the block's bytes or its own coded data
+    /// (docs/audio.md). Field ids widen the model's vocabulary (`BlockTokens::vocab_size`).
+    /// Saved with the checkpoint.
+    pub tokens: BlockTokens,
+    /// Blocks of each training item kept as a random contiguous run (a random crop in time;
+    /// evaluation reads the middle of the format's N). `None`: no crop below N.
+    pub train_blocks: Option<usize>,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -162,7 +170,8 @@ impl TrainOptions {
     /// The command-line flags [`TrainOptions::apply_flag`] understands, for usage texts.
     pub const FLAGS: &'static str = "[--epochs N] [--batch B] [--accumulate K] [--lr LR] \
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
-[--bit-stride 8|4|2|1] [--block-bytes L] [--bucket K] [--no-progress]";
+[--bit-stride 8|4|2|1] [--block-bytes L] [--tokens bytes|fields|fields+bytes|fields+data] \
+[--crop N] [--bucket K] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -203,6 +212,14 @@ impl TrainOptions {
             "--header-block" => self.jpeg_header_block = true,
             "--bit-stride" => self.bit_stride = parse(flag, value())?,
             "--block-bytes" => self.block_bytes = Some(parse(flag, value())?),
+            "--tokens" => {
+                let v: String = parse(flag, value())?;
+                self.tokens = BlockTokens::parse(&v).ok_or_else(|| {
+                    let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
+                    Error::setting("flag", format!("--tokens {v}: one of {}", names.join(", ")))
+                })?;
+            }
+            "--crop" => self.train_blocks = Some(parse(flag, value())?),
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
             _ => return Ok(false),
@@ -220,10 +237,35 @@ impl TrainOptions {
         if let Some(l) = self.reconstruction_weight {
             config.reconstruction_weight = l;
         }
+        config.vocab_size = config.vocab_size.max(self.tokens.vocab_size());
         config
             .validate()
             .map_err(|w| Error::setting("model config", w))?;
         Ok(config)
+    }
+
+    /// How files of `format` are tokenized for a model of `config`: the format's defaults
+    /// with these options' JPEG header block, bit stride, L, tokens and training crop.
+    pub fn tokenizer(
+        &self,
+        format: cff_blocks::Format,
+        config: &Config,
+    ) -> Result<TokenizerSettings> {
+        let tok = TokenizerSettings::for_format(format, config, self.jpeg_header_block)
+            .with_bit_stride(self.bit_stride, config)
+            .with_tokens(self.tokens);
+        let mut tok = match self.block_bytes {
+            Some(ids) => tok.with_max_block_bytes(ids, config)?,
+            None => tok,
+        };
+        if let Some(n) = self.train_blocks {
+            if n == 0 {
+                return Err(Error::setting("crop", "0 blocks (at least 1)"));
+            }
+            tok.train_blocks = Some(n);
+        }
+        tok.train_config()?;
+        Ok(tok)
     }
 
     /// The parts each batch is split into ([`TrainOptions::parallel_parts`]) on `device`.
@@ -268,6 +310,8 @@ impl Default for TrainOptions {
             jpeg_header_block: false,
             bit_stride: 8,
             block_bytes: None,
+            tokens: BlockTokens::Bytes,
+            train_blocks: None,
             bucket_batches: 1,
             workers: 2,
             parallel_parts: 0,
@@ -640,12 +684,7 @@ pub fn train(
     let config = o.model_config(model_config, dataset.classes.len())?;
 
     let format = detect_format(dataset)?;
-    let tok = TokenizerSettings::for_format(format, &config, o.jpeg_header_block)
-        .with_bit_stride(o.bit_stride, &config);
-    let tok = match o.block_bytes {
-        Some(ids) => tok.with_max_block_bytes(ids, &config)?,
-        None => tok,
-    };
+    let tok = o.tokenizer(format, &config)?;
     let train_tok = tok.train_config()?;
     let eval_tok = tok.eval_config()?;
 

@@ -417,7 +417,10 @@ mod tests {
         let s = SideInfo::parse(&frame, 0).unwrap();
         assert_eq!((s.main_data_begin, s.private_bits, s.granules), (77, 1, 1));
         let g = s.granule[0][0];
-        assert_eq!((g.part2_3_length, g.big_values, g.global_gain), (2000, 288, 255));
+        assert_eq!(
+            (g.part2_3_length, g.big_values, g.global_gain),
+            (2000, 288, 255)
+        );
         assert_eq!(g.scalefac_compress, 511);
         assert_eq!(g.table_select, [31, 0, 15]);
         assert_eq!((g.region0_count, g.region1_count), (15, 7));
@@ -436,7 +439,15 @@ mod tests {
         assert!(err.contains("289") && err.contains("1234"), "{err}");
         // Window switching with block type 0.
         let mut frame = header.to_vec();
-        frame.extend(pack(&[(0, 9), (0, 12), (0, 9), (0, 8), (0, 9), (1, 1), (0, 2)]));
+        frame.extend(pack(&[
+            (0, 9),
+            (0, 12),
+            (0, 9),
+            (0, 8),
+            (0, 9),
+            (1, 1),
+            (0, 2),
+        ]));
         frame.resize(144, 0);
         assert!(SideInfo::parse(&frame, 0).is_err());
         // Cut inside the side information.
@@ -450,7 +461,14 @@ mod tests {
         // Two MPEG-2 mono frames of 20 bytes: 4 header + 9 side information + 7 main data.
         let frame = |begin: u32, bits: u32, fill: u8| {
             let mut f = vec![0xFF, 0xF3, 0x48, 0xC4];
-            f.extend(pack(&[(begin, 8), (0, 1), (bits, 12), (0, 9), (0, 8), (0, 9)]));
+            f.extend(pack(&[
+                (begin, 8),
+                (0, 1),
+                (bits, 12),
+                (0, 9),
+                (0, 8),
+                (0, 9),
+            ]));
             f.resize(13, 0);
             f.extend([fill; 7]);
             f
