@@ -145,7 +145,8 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
     let mixer = nf * (pool + 2.0 * ltf * (dt * h + h * dc));
     let block_decoder = if cfg.has_block_decoder() {
         let dd = cfg.block_decoder.dim as f64;
-        stack_flops(&cfg.block_decoder, n, lt + l) + nf * 2.0 * (ltf * dc * dd + lf * dd * (cfg.vocab_size - 1) as f64)
+        stack_flops(&cfg.block_decoder, n, lt + l)
+            + nf * 2.0 * (ltf * dc * dd + lf * dd * (cfg.vocab_size - 1) as f64)
     } else {
         0.0
     };

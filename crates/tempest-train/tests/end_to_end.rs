@@ -361,3 +361,62 @@ fn blocks_cut_to_l_are_counted_and_l_is_saved() -> Result<()> {
     let _ = std::fs::remove_dir_all(&cache);
     Ok(())
 }
+
+#[test]
+fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> {
+    use tempest_tokenize::BlockTokens;
+    let mut dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let plan = SplitPlan::standard(&dataset)?;
+    dataset.truncate_splits(&plan.train, 24);
+    let mut o = quick_options(3);
+    o.epochs = 1;
+    o.tokens = BlockTokens::FieldsAndData;
+    o.train_blocks = Some(20);
+    let run = scratch("fields-run")?;
+    let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
+    assert!(report.test.is_some());
+    let saved: checkpoint::TokenizerSettings =
+        checkpoint::read_json(&run.join("last").join(checkpoint::TOKENIZER_FILE))?;
+    assert_eq!(saved.tokens, "fields+data");
+    assert_eq!(saved.train_blocks, Some(20));
+    assert_eq!(saved.train_config()?.max_blocks, 20);
+    assert_eq!(saved.eval_config()?.max_blocks, 1024);
+    // The model's vocabulary holds the field ids; the checkpoint reads files the same way.
+    let loaded = checkpoint::load(&run.join("last"), &candle_core::Device::Cpu)?;
+    assert_eq!(
+        loaded.model.config().vocab_size,
+        tempest_tokenize::FIELDS_VOCAB_SIZE
+    );
+    assert_eq!(loaded.tokenizer.block_tokens()?, BlockTokens::FieldsAndData);
+    let eval = evaluate(
+        &loaded.model,
+        &dataset,
+        &dataset.select(&plan.test),
+        &o.eval_variants,
+        &loaded.tokenizer.eval_config()?,
+        16,
+        0,
+        false,
+    )?;
+    assert_eq!(eval.stats.files_used, 20);
+    // An unknown name is refused with the names that exist.
+    let mut bad = o.clone();
+    assert!(bad
+        .apply_flag("--tokens", || Some("feelds".into()))
+        .is_err());
+    bad.train_blocks = Some(0);
+    let err = train(
+        &dataset,
+        &plan,
+        &Config::tiny(),
+        &bad,
+        &run.join("zero"),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("crop"), "{err}");
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(())
+}
