@@ -24,9 +24,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use tempest::cff_blocks::Format;
 use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
+
+/// Epochs of a run on audio files when `--epochs` is not given (docs/audio.md).
+const AUDIO_EPOCHS: usize = 40;
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut o = TrainOptions::default();
@@ -39,7 +43,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut max_train = None::<usize>;
     let mut folds = vec![1u32, 2, 3, 4, 5];
     let mut args = std::env::args().skip(1);
+    let mut epochs_given = false;
     while let Some(a) = args.next() {
+        epochs_given |= a == "--epochs";
         if o.apply_flag(&a, || args.next())? {
             continue;
         }
@@ -71,7 +77,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut dataset = match (data, layout, input) {
         (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
         (None, Some(layout), Some(input)) => {
-            let variants = variants.clone().unwrap_or(vec![Variant::Mp3(32)]);
+            let variants = variants
+                .clone()
+                .unwrap_or_else(|| tempest_train::default_variants(layout, &input));
             let (d, summary) =
                 Dataset::open_layout(layout, &input, &out.join("data"), &variants, o.progress)?;
             if let Some(s) = summary {
@@ -92,6 +100,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         {
             o.train_variants = v.iter().map(Variant::to_string).collect();
         }
+    }
+    let format = tempest_train::detect_format(&dataset)?;
+    if !epochs_given && format != Format::Jpeg {
+        // Field tokens of audio frames train fast and keep improving well past 10 epochs
+        // (docs/audio.md).
+        o.epochs = AUDIO_EPOCHS;
     }
     let esc50 = layout == Some(Layout::Esc50) || dataset.splits() == ["1", "2", "3", "4", "5"];
     println!(

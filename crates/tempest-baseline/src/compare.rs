@@ -147,8 +147,8 @@ pub fn compare(
 ) -> Result<Comparison> {
     let device = Device::Cpu;
     let o = &options.train;
-    let config = o.model_config(&options.tempest, dataset.classes.len())?;
     let format = detect_format(dataset)?;
+    let config = o.model_config(&options.tempest, dataset.classes.len(), format)?;
     let tok = o.tokenizer(format, &config)?.eval_config()?;
     let featurizer = Featurizer::new(&options.features)?;
     let eval_variant = match &options.eval_variant {

@@ -56,6 +56,43 @@ pub struct Dataset {
 type ItemRows = (String, String, Vec<(String, PathBuf)>);
 
 /// Extensions of files used as they are, and the variant name they get.
+/// The variants a raw layout is prepared in when a run names none: MNIST and folders of PNG
+/// images as JPEG at quality 75; audio (ESC-50, Speech Commands, folders of WAV files) as MP3
+/// at 20, 26 and 32 kbps, the paper's multi-bitrate augmentation (each epoch reads each clip
+/// at one of them: docs/audio.md has what it is worth).
+pub fn default_variants(layout: Layout, input: &Path) -> Vec<Variant> {
+    let images = match layout {
+        Layout::Mnist => true,
+        Layout::Folder => first_file_extension(input, 4).is_some_and(|e| e == "png"),
+        _ => false,
+    };
+    if images {
+        vec![Variant::Jpeg(75)]
+    } else {
+        vec![Variant::Mp3(20), Variant::Mp3(26), Variant::Mp3(32)]
+    }
+}
+
+/// The lower-cased extension of the first `.wav` or `.png` file found under `dir`, looking at
+/// most `depth` folders down (sorted order).
+fn first_file_extension(dir: &Path, depth: usize) -> Option<String> {
+    for entry in sorted_entries(dir).ok()? {
+        if entry.is_dir() {
+            if depth > 0 {
+                if let Some(e) = first_file_extension(&entry, depth - 1) {
+                    return Some(e);
+                }
+            }
+        } else if let Some(e) = entry.extension().and_then(|e| e.to_str()) {
+            let e = e.to_ascii_lowercase();
+            if e == "wav" || e == "png" {
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
 fn compressed_variant(path: &Path) -> Option<&'static str> {
     let ext = path.extension()?.to_string_lossy().to_ascii_lowercase();
     match ext.as_str() {
@@ -532,6 +569,25 @@ pub fn parse_variants(list: &str) -> Result<Vec<Variant>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_variants_follow_the_layout_and_the_files() {
+        let dir = std::env::temp_dir().join(format!("tempest-defvar-{}", std::process::id()));
+        let audio = vec![Variant::Mp3(20), Variant::Mp3(26), Variant::Mp3(32)];
+        for (ext, want) in [("png", vec![Variant::Jpeg(75)]), ("wav", audio.clone())] {
+            let class = dir.join(ext).join("train").join("a");
+            fs::create_dir_all(&class).unwrap_or_default();
+            fs::write(class.join(format!("x.{ext}")), b"").unwrap_or_default();
+            assert_eq!(default_variants(Layout::Folder, &dir.join(ext)), want);
+        }
+        assert_eq!(
+            default_variants(Layout::Mnist, &dir),
+            vec![Variant::Jpeg(75)]
+        );
+        assert_eq!(default_variants(Layout::SpeechCommands, &dir), audio);
+        assert_eq!(default_variants(Layout::Esc50, &dir.join("missing")), audio);
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn csv_quotes_commas_and_doubled_quotes() {

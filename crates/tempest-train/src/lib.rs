@@ -29,14 +29,14 @@ pub mod plots;
 mod train;
 
 pub use checkpoint::{Loaded, TokenizerSettings, TrainState};
-pub use dataset::{Dataset, Sample, SplitPlan};
+pub use dataset::{default_variants, Dataset, Sample, SplitPlan};
 pub use error::{Error, Result};
 pub use fit::{fit, prepare_items, FitReport, Gradients, Learner, Prepared, TempestLearner};
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, Metrics, Tally};
 pub use train::{
-    detect_format, evaluate, install_ctrl_c_handler, train, EvalReport, EvalVariants, RunReport,
-    TrainOptions,
+    default_tokens, detect_format, evaluate, install_ctrl_c_handler, train, EvalReport,
+    EvalVariants, RunReport, TrainOptions,
 };
 
 /// The result of ESC-50 cross-validation.

@@ -80,6 +80,17 @@ impl EvalVariants {
     }
 }
 
+/// What the ids of a format's blocks stand for unless a run says otherwise: for MP3 and Ogg
+/// Opus the codec's fields as values (`BlockTokens::Fields`: on the spoken-word and instrument
+/// development sets they learned where the frame bytes stayed at chance, docs/audio.md); for
+/// JPEG the MCU's bytes (the quickstart's recipe).
+pub fn default_tokens(format: cff_blocks::Format) -> BlockTokens {
+    match format {
+        cff_blocks::Format::Mp3 | cff_blocks::Format::OggOpus => BlockTokens::Fields,
+        _ => BlockTokens::Bytes,
+    }
+}
+
 /// How to train.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -129,8 +140,8 @@ pub struct TrainOptions {
     /// What a block's ids stand for (`BlockTokens`): its bytes (the paper), or the codec's
     /// fields as values, alone or followed by the block's bytes or its own coded data
     /// (docs/audio.md). Field ids widen the model's vocabulary (`BlockTokens::vocab_size`).
-    /// Saved with the checkpoint.
-    pub tokens: BlockTokens,
+    /// `None`: by the format ([`default_tokens`]). Saved with the checkpoint.
+    pub tokens: Option<BlockTokens>,
     /// Blocks of each training item kept as a random contiguous run (a random crop in time;
     /// evaluation reads the middle of the format's N). `None`: no crop below N.
     pub train_blocks: Option<usize>,
@@ -214,10 +225,10 @@ impl TrainOptions {
             "--block-bytes" => self.block_bytes = Some(parse(flag, value())?),
             "--tokens" => {
                 let v: String = parse(flag, value())?;
-                self.tokens = BlockTokens::parse(&v).ok_or_else(|| {
+                self.tokens = Some(BlockTokens::parse(&v).ok_or_else(|| {
                     let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
                     Error::setting("flag", format!("--tokens {v}: one of {}", names.join(", ")))
-                })?;
+                })?);
             }
             "--crop" => self.train_blocks = Some(parse(flag, value())?),
             "--bucket" => self.bucket_batches = parse(flag, value())?,
@@ -227,9 +238,21 @@ impl TrainOptions {
         Ok(true)
     }
 
-    /// The model configuration a run trains: `base` with `classes` outputs and these options'
-    /// label smoothing and λ overrides, validated.
-    pub fn model_config(&self, base: &Config, classes: usize) -> Result<Config> {
+    /// What the ids of `format`'s blocks stand for: [`TrainOptions::tokens`], or by default
+    /// [`default_tokens`].
+    pub fn block_tokens(&self, format: cff_blocks::Format) -> BlockTokens {
+        self.tokens.unwrap_or(default_tokens(format))
+    }
+
+    /// The model configuration a run on files of `format` trains: `base` with `classes`
+    /// outputs, the vocabulary its tokens need and these options' label smoothing and λ
+    /// overrides, validated.
+    pub fn model_config(
+        &self,
+        base: &Config,
+        classes: usize,
+        format: cff_blocks::Format,
+    ) -> Result<Config> {
         let mut config = base.clone().with_num_classes(classes);
         if let Some(ls) = self.label_smoothing {
             config.label_smoothing = ls;
@@ -237,7 +260,9 @@ impl TrainOptions {
         if let Some(l) = self.reconstruction_weight {
             config.reconstruction_weight = l;
         }
-        config.vocab_size = config.vocab_size.max(self.tokens.vocab_size());
+        config.vocab_size = config
+            .vocab_size
+            .max(self.block_tokens(format).vocab_size());
         config
             .validate()
             .map_err(|w| Error::setting("model config", w))?;
@@ -253,7 +278,7 @@ impl TrainOptions {
     ) -> Result<TokenizerSettings> {
         let tok = TokenizerSettings::for_format(format, config, self.jpeg_header_block)
             .with_bit_stride(self.bit_stride, config)
-            .with_tokens(self.tokens);
+            .with_tokens(self.block_tokens(format));
         let mut tok = match self.block_bytes {
             Some(ids) => tok.with_max_block_bytes(ids, config)?,
             None => tok,
@@ -310,7 +335,7 @@ impl Default for TrainOptions {
             jpeg_header_block: false,
             bit_stride: 8,
             block_bytes: None,
-            tokens: BlockTokens::Bytes,
+            tokens: None,
             train_blocks: None,
             bucket_batches: 1,
             workers: 2,
@@ -681,9 +706,9 @@ pub fn train(
     }
     STOP.store(false, Ordering::SeqCst);
 
-    let config = o.model_config(model_config, dataset.classes.len())?;
-
     let format = detect_format(dataset)?;
+    let config = o.model_config(model_config, dataset.classes.len(), format)?;
+
     let tok = o.tokenizer(format, &config)?;
     let train_tok = tok.train_config()?;
     let eval_tok = tok.eval_config()?;

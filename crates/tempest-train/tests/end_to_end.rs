@@ -371,7 +371,7 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     dataset.truncate_splits(&plan.train, 24);
     let mut o = quick_options(3);
     o.epochs = 1;
-    o.tokens = BlockTokens::FieldsAndData;
+    o.tokens = Some(BlockTokens::FieldsAndData);
     o.train_blocks = Some(20);
     let run = scratch("fields-run")?;
     let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
