@@ -144,6 +144,11 @@ pub struct TokenizerConfig {
     pub bit_stride: u8,
     /// What a block's ids stand for: its bytes (the default) or the codec's fields.
     pub tokens: BlockTokens,
+    /// With field tokens of MP3 frames: move every `global_gain` of an item by one offset
+    /// drawn uniformly from `-gain_jitter..=gain_jitter` quantiser steps (1.5 dB each), from
+    /// the seed, epoch and item of the [`CropContext`](crate::CropContext): a loudness
+    /// augmentation done in the compressed domain. 0 (the default) changes nothing.
+    pub gain_jitter: u8,
     /// Options of the block readers (limits, CRC checks).
     pub reader: cff_blocks::Options,
 }
@@ -159,6 +164,7 @@ impl Default for TokenizerConfig {
             jpeg_header_block: false,
             bit_stride: 8,
             tokens: BlockTokens::Bytes,
+            gain_jitter: 0,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -229,6 +235,12 @@ impl TokenizerConfig {
     /// Sets what a block's ids stand for.
     pub fn with_tokens(mut self, tokens: BlockTokens) -> Self {
         self.tokens = tokens;
+        self
+    }
+
+    /// Sets the loudness jitter of field tokens ([`TokenizerConfig::gain_jitter`]).
+    pub fn with_gain_jitter(mut self, steps: u8) -> Self {
+        self.gain_jitter = steps;
         self
     }
 

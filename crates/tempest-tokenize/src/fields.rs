@@ -146,15 +146,19 @@ fn id(index: usize, value: u32) -> u16 {
 }
 
 /// Appends the field ids of an MP3 frame with header byte 2 `header2` (bitrate index in its
-/// top four bits) and side information `side`.
-pub fn mp3_field_ids(header2: u8, side: &SideInfo, out: &mut Vec<u16>) {
+/// top four bits) and side information `side`, each `global_gain` moved by `gain_offset`
+/// quantiser steps (clamped to 0–255): a step is 2^(1/4) in amplitude, 1.5 dB, so one offset
+/// for all frames of a clip reads it as if it were that much louder or quieter
+/// ([`crate::TokenizerConfig::gain_jitter`]).
+pub fn mp3_field_ids(header2: u8, side: &SideInfo, gain_offset: i32, out: &mut Vec<u16>) {
     out.push(id(0, u32::from(header2 >> 4)));
     out.push(id(1, u32::from(side.main_data_begin) / 4));
     for (k, g) in side.granules().enumerate() {
         let ch = k % usize::from(side.channels.max(1));
         out.push(id(2, u32::from(g.part2_3_length) / 16));
         out.push(id(3, u32::from(g.big_values)));
-        out.push(id(4, u32::from(g.global_gain)));
+        let gain = (i32::from(g.global_gain) + gain_offset).clamp(0, 255);
+        out.push(id(4, gain as u32));
         out.push(id(5, u32::from(g.scalefac_compress)));
         let kind = if g.window_switching {
             1 + 2 * u32::from(g.block_type) + u32::from(g.mixed_block)

@@ -212,6 +212,9 @@ pub fn crop_indices(total: usize, keep: usize, crop: Crop, ctx: CropContext) -> 
     }
 }
 
+/// Mixed into the seed of the loudness jitter so that it is drawn apart from the crop.
+const GAIN_STREAM: u64 = 0x6761_696E;
+
 /// Tokenizes a file held in memory. `path` only names the file in errors.
 pub fn tokenize(
     data: &[u8],
@@ -262,7 +265,15 @@ pub fn tokenize(
                 config.tokens.name()
             )));
         }
-        let ids = field_ids(&kept, config.tokens).map_err(blocks_err)?;
+        let gain_offset = match config.gain_jitter {
+            0 => 0,
+            g => {
+                // Its own stream, apart from the crop's.
+                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, GAIN_STREAM]);
+                rng.below(2 * u64::from(g) + 1) as i32 - i32::from(g)
+            }
+        };
+        let ids = field_ids(&kept, config.tokens, gain_offset).map_err(blocks_err)?;
         if let Some(h) = header {
             item.push_block(h, BlockPosition::of(0, &Place::None), l);
         }
@@ -302,7 +313,11 @@ pub fn tokenize(
 /// The ids of each block for a [`BlockTokens`] with fields: the codec's fields, then (by the
 /// variant) the block's bytes after them or its own coded data. MP3 frames go through the bit
 /// reservoir in file order, so every kept frame is read, not only the cropped ones.
-fn field_ids(blocks: &[Block<'_>], tokens: BlockTokens) -> cff_blocks::Result<Vec<Vec<u16>>> {
+fn field_ids(
+    blocks: &[Block<'_>],
+    tokens: BlockTokens,
+    gain_offset: i32,
+) -> cff_blocks::Result<Vec<Vec<u16>>> {
     let mut reservoir = MainData::new();
     let mut out = Vec::with_capacity(blocks.len());
     for b in blocks {
@@ -311,7 +326,8 @@ fn field_ids(blocks: &[Block<'_>], tokens: BlockTokens) -> cff_blocks::Result<Ve
         match &b.detail {
             Detail::Mp3(info) => {
                 let side = SideInfo::parse(data, b.offset)?;
-                fields::mp3_field_ids(data.get(2).copied().unwrap_or(0), &side, &mut ids);
+                let header2 = data.get(2).copied().unwrap_or(0);
+                fields::mp3_field_ids(header2, &side, gain_offset, &mut ids);
                 let after = data
                     .len()
                     .min(info.header.side_info_offset() + info.header.side_info_len());

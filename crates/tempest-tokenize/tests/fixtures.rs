@@ -254,3 +254,46 @@ fn field_tokens_give_each_field_its_value_then_the_chosen_bytes() {
         .with_bit_stride(4);
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn gain_jitter_moves_every_global_gain_of_an_item_by_one_offset() {
+    use tempest_tokenize::BlockTokens;
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let plain = TokenizerConfig::for_format(Format::Mp3).with_tokens(BlockTokens::Fields);
+    let base = tokenize_file(&path, &plain, CropContext::default()).unwrap();
+    let jittered = plain.clone().with_gain_jitter(3);
+    let mut offsets = std::collections::BTreeSet::new();
+    for epoch in 0..40 {
+        let ctx = CropContext {
+            seed: 9,
+            epoch,
+            item: 4,
+        };
+        let item = tokenize_file(&path, &jittered, ctx).unwrap();
+        assert_eq!(
+            item,
+            tokenize_file(&path, &jittered, ctx).unwrap(),
+            "repeatable"
+        );
+        let mut offset = None;
+        for k in 0..base.num_blocks() {
+            let (a, b) = (base.block(k), item.block(k));
+            for (j, (&x, &y)) in a.iter().zip(b).enumerate() {
+                if j == 4 {
+                    // global_gain: the same move in every frame (none of this clip is near 0
+                    // or 255, where it would clamp).
+                    let d = i32::from(y) - i32::from(x);
+                    assert_eq!(*offset.get_or_insert(d), d, "frame {k}");
+                } else {
+                    assert_eq!(x, y, "frame {k} field {j}");
+                }
+            }
+        }
+        offsets.insert(offset.unwrap());
+    }
+    assert!(offsets.iter().all(|d| (-3..=3).contains(d)), "{offsets:?}");
+    assert!(
+        offsets.len() >= 5,
+        "offsets drawn over 40 epochs: {offsets:?}"
+    );
+}

@@ -52,6 +52,14 @@ pub struct TokenizerSettings {
     /// time); evaluation keeps `max_blocks` around the middle. `None`: `max_blocks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_blocks: Option<usize>,
+    /// Training only: the loudness jitter of MP3 field tokens in quantiser steps
+    /// (`TokenizerConfig::gain_jitter`); 0 where absent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gain_jitter: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 fn byte_stride() -> u8 {
@@ -75,6 +83,7 @@ impl TokenizerSettings {
             bit_stride: 8,
             tokens: byte_tokens(),
             train_blocks: None,
+            gain_jitter: 0,
         }
     }
 
@@ -133,7 +142,10 @@ impl TokenizerSettings {
     /// The tokenizer for training: a random contiguous crop where a file has more than N
     /// blocks (seeded by the run's seed, the epoch and the item).
     pub fn train_config(&self) -> Result<TokenizerConfig> {
-        let base = self.base()?.with_crop(Crop::Random);
+        let base = self
+            .base()?
+            .with_crop(Crop::Random)
+            .with_gain_jitter(self.gain_jitter);
         Ok(match self.train_blocks {
             Some(n) => base.with_max_blocks(n.max(1)),
             None => base,

@@ -91,6 +91,12 @@ pub fn default_tokens(format: cff_blocks::Format) -> BlockTokens {
     }
 }
 
+/// The loudness jitter of training items unless a run says otherwise: 0 (none) until
+/// measured otherwise (docs/audio.md).
+pub fn default_gain_jitter(_tokens: BlockTokens) -> u8 {
+    0
+}
+
 /// How to train.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -145,6 +151,10 @@ pub struct TrainOptions {
     /// Blocks of each training item kept as a random contiguous run (a random crop in time;
     /// evaluation reads the middle of the format's N). `None`: no crop below N.
     pub train_blocks: Option<usize>,
+    /// Loudness jitter of MP3 field tokens while training, in quantiser steps of
+    /// `global_gain` (1.5 dB each; `TokenizerConfig::gain_jitter`). `None`: by the tokens
+    /// ([`default_gain_jitter`]).
+    pub gain_jitter: Option<u8>,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -182,7 +192,7 @@ impl TrainOptions {
     pub const FLAGS: &'static str = "[--epochs N] [--batch B] [--accumulate K] [--lr LR] \
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
 [--bit-stride 8|4|2|1] [--block-bytes L] [--tokens bytes|fields|fields+bytes|fields+data] \
-[--crop N] [--bucket K] [--no-progress]";
+[--crop N] [--gain-jitter K] [--bucket K] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -231,6 +241,7 @@ impl TrainOptions {
                 })?);
             }
             "--crop" => self.train_blocks = Some(parse(flag, value())?),
+            "--gain-jitter" => self.gain_jitter = Some(parse(flag, value())?),
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
             _ => return Ok(false),
@@ -283,6 +294,9 @@ impl TrainOptions {
             Some(ids) => tok.with_max_block_bytes(ids, config)?,
             None => tok,
         };
+        tok.gain_jitter = self
+            .gain_jitter
+            .unwrap_or(default_gain_jitter(self.block_tokens(format)));
         if let Some(n) = self.train_blocks {
             if n == 0 {
                 return Err(Error::setting("crop", "0 blocks (at least 1)"));
@@ -337,6 +351,7 @@ impl Default for TrainOptions {
             block_bytes: None,
             tokens: None,
             train_blocks: None,
+            gain_jitter: None,
             bucket_batches: 1,
             workers: 2,
             parallel_parts: 0,
