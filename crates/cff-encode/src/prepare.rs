@@ -930,7 +930,8 @@ pub struct Summary {
     pub skipped: usize,
     /// Inputs that could not be prepared, with the reason.
     pub failures: Vec<Failure>,
-    /// The manifest's rows, as written.
+    /// This run's rows of the manifest (which also keeps the rows of other variants that an
+    /// earlier run wrote into the same folder, where their files are still there).
     pub rows: Vec<Row>,
     /// Wall time.
     pub elapsed: Duration,
@@ -995,13 +996,17 @@ pub fn prepare(config: &PrepareConfig) -> Result<Summary> {
         items: items.len(),
         ..Summary::default()
     };
+    let mut rows = earlier_rows(&config.output, &config.variants);
     for r in results {
         summary.written += r.written;
         summary.skipped += r.skipped;
         summary.rows.extend(r.rows);
         summary.failures.extend(r.failure);
     }
-    write_manifest(&config.output, &summary.rows)?;
+    rows.extend(summary.rows.iter().cloned());
+    // By id (stable: an item's earlier variants, then this run's in their order).
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    write_manifest(&config.output, &rows)?;
     summary.elapsed = start.elapsed();
     Ok(summary)
 }
@@ -1224,6 +1229,85 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// Parses CSV (RFC 4180: quoted fields may hold commas, quotes doubled, line breaks).
+pub fn parse_csv(text: &str) -> std::result::Result<Vec<Vec<String>>, String> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    let mut line = 1;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                '\n' => {
+                    line += 1;
+                    field.push(c);
+                }
+                _ => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() => quoted = true,
+            ',' => record.push(std::mem::take(&mut field)),
+            '\r' => {}
+            '\n' => {
+                line += 1;
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            _ => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("line {line}: a quoted field is not closed"));
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// The rows of an existing `manifest.csv` in `output` for variants other than `variants` whose
+/// files are still there: a run that prepares other variants into the same folder keeps them
+/// in the manifest it rewrites. A manifest that cannot be read or parsed keeps nothing (its
+/// files stay on disk; rerunning with every variant lists them again).
+fn earlier_rows(output: &Path, variants: &[Variant]) -> Vec<Row> {
+    let Ok(text) = fs::read_to_string(output.join("manifest.csv")) else {
+        return Vec::new();
+    };
+    let Ok(records) = parse_csv(&text) else {
+        return Vec::new();
+    };
+    let now: Vec<String> = variants.iter().map(Variant::to_string).collect();
+    let mut rows = Vec::new();
+    for r in records.iter().skip(1) {
+        let [id, label, split, variant, path, bytes, duration] = &r[..] else {
+            continue;
+        };
+        if now.contains(variant) || !output.join(path).is_file() {
+            continue;
+        }
+        rows.push(Row {
+            id: id.clone(),
+            label: label.clone(),
+            split: split.clone(),
+            variant: variant.clone(),
+            path: path.clone(),
+            bytes: bytes.parse().unwrap_or(0),
+            duration: duration.parse().ok(),
+        });
+    }
+    rows
 }
 
 fn write_manifest(output: &Path, rows: &[Row]) -> Result<()> {

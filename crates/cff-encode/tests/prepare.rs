@@ -611,3 +611,50 @@ fn distorted_jpeg_variants_decode_to_the_warped_image() {
         .count();
     assert!(differ >= 20, "only {differ} pixels changed");
 }
+
+#[test]
+fn a_run_with_other_variants_keeps_the_earlier_variants_in_the_manifest() {
+    let tmp = TempDir::new("more-variants");
+    let input = tmp.0.join("in");
+    let output = tmp.0.join("out");
+    for (class, name) in [("cat", "a"), ("cat", "b"), ("dog", "c")] {
+        write(
+            &input.join(format!("{class}/{name}.png")),
+            &png(16, 16, png::ColorType::Grayscale, png::BitDepth::Eight),
+        );
+    }
+    let run = |list: &str| {
+        let config = PrepareConfig::new(
+            Layout::Folder,
+            &input,
+            &output,
+            parse_variants(list).unwrap(),
+        )
+        .with_progress(false);
+        prepare(&config).unwrap()
+    };
+    let variants_of = |text: &str| {
+        let mut v: Vec<String> = rows(text).into_iter().map(|r| r[3].clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(run("jpeg:75").written, 3);
+    let second = run("jpeg:90");
+    assert_eq!((second.written, second.rows.len()), (3, 3));
+    assert_eq!(
+        variants_of(&manifest(&output)),
+        ["jpeg:75", "jpeg:75", "jpeg:75", "jpeg:90", "jpeg:90", "jpeg:90"]
+    );
+    // Rerunning a variant replaces its rows rather than doubling them; a file gone from disk
+    // leaves the manifest.
+    let gone = rows(&manifest(&output))
+        .into_iter()
+        .find(|r| r[3] == "jpeg:75")
+        .unwrap();
+    fs::remove_file(output.join(&gone[4])).unwrap();
+    run("jpeg:90");
+    assert_eq!(
+        variants_of(&manifest(&output)),
+        ["jpeg:75", "jpeg:75", "jpeg:90", "jpeg:90", "jpeg:90"]
+    );
+}
