@@ -3,7 +3,7 @@
 # venv, for the `cuda` feature's build and tests on a machine without a system toolkit (no GPU
 # needed). scripts/cuda-env.sh finds it. Run as root (or set TEMPEST_CUDA_VENV to a writable
 # folder). Pinned through the meta package: 13.5 is too new for cudarc and for the 13.0
-# driver's PTX JIT (DESIGN.md).
+# driver's PTX JIT (docs/design.md).
 set -euo pipefail
 cuda_venv="${TEMPEST_CUDA_VENV:-/opt/cuda13}"
 if ! ls "$cuda_venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc >/dev/null 2>&1; then

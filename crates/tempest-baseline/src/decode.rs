@@ -1,6 +1,6 @@
 //! Decoding the compressed files TEMPEST reads as blocks: MP3 with minimp3, JPEG with
 //! zune-jpeg, Ogg Opus with libopus (feature `opus`). This is the baseline's work, never
-//! TEMPEST's (DESIGN.md: the model sees the compressed blocks only).
+//! TEMPEST's (docs/design.md: the model sees the compressed blocks only).
 
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};

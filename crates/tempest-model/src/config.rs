@@ -79,7 +79,7 @@ pub struct Config {
     /// How E_c sees block positions.
     pub block_position: BlockPositionKind,
     /// Add a learned embedding of each block's byte length to its tokens. Not in the paper:
-    /// on MNIST-JPEG the 16 MCU lengths alone carry 57 % accuracy (DESIGN.md).
+    /// on MNIST-JPEG the 16 MCU lengths alone carry 57 % accuracy (docs/design.md).
     pub length_embedding: bool,
     /// λ, the weight of the reconstruction loss L_r. 0 removes D_t from the model.
     pub reconstruction_weight: f64,
@@ -141,7 +141,7 @@ impl Config {
     }
 
     /// A CPU-trainable model: E_t 2×64, E_c 4×128, D_t 1×64 (the shape of the PyTorch
-    /// experiment in DESIGN.md), about 1 M parameters.
+    /// experiment in docs/design.md), about 1 M parameters.
     pub fn small() -> Self {
         Config {
             max_block_bytes: 1024,

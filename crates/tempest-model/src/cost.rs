@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn ast_has_108_patches_per_second() {
-        // The paper's figure (DESIGN.md): 108 tokens for 1 s of audio.
+        // The paper's figure (docs/design.md): 108 tokens for 1 s of audio.
         assert_eq!(ast_patches(1.0), 108);
         // AST's standard 10 s input: 1024 frames → 101 time patches → 1212 (Gong et al.).
         assert_eq!(12 * ((1024 - 16) / 10 + 1), 1212);

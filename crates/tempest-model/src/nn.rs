@@ -2,7 +2,7 @@
 //! multi-head attention, the MLP and the pre-norm transformer.
 //!
 //! candle's fused `LayerNorm`, `ops::layer_norm` and `ops::softmax_last_dim` record no backward
-//! pass (DESIGN.md, "Facts about candle"): gradients would silently stop there. Everything here
+//! pass (docs/design.md, "Facts about candle"): gradients would silently stop there. Everything here
 //! is written from tensor ops whose backward candle knows, or from [`crate::kernels`] ops that
 //! carry their own.
 
