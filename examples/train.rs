@@ -24,9 +24,9 @@
 //! quality 75 for images).
 //!
 //! Audio (MP3 or Ogg Opus files) gets the recipe measured in docs/audio.md for whatever the
-//! command line leaves open: field tokens (`--tokens`) with a loudness jitter of ±4 steps
-//! (`--gain-jitter`), the `tiny` preset, 40 epochs, batches of 16, learning rate 2e-3, and with
-//! several bitrates each epoch's evaluation and the test as the ensemble of the bitrates. ESC-50 runs five-fold cross-validation (`--folds` to choose);
+//! command line leaves open: field tokens (`--tokens`), the `tiny` preset, 40 epochs, batches
+//! of 16, learning rate 2e-3, and with several bitrates each epoch's evaluation and the test as
+//! the ensemble of the bitrates. ESC-50 runs five-fold cross-validation (`--folds` to choose);
 //! the last line is `test accuracy: 0.XXXX` (ESC-50: the mean over the folds).
 
 use std::path::PathBuf;

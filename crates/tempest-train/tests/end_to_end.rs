@@ -400,17 +400,21 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
         false,
     )?;
     assert_eq!(eval.stats.files_used, 20);
-    // Without --tokens and --gain-jitter: field tokens with ±4 steps for audio, bytes for JPEG.
-    let defaults = quick_options(3);
+    // Without --tokens and --gain-jitter: field tokens for audio, bytes for JPEG, no jitter;
+    // a jitter applies to training only.
+    let mut defaults = quick_options(3);
     let tiny = Config::tiny();
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
-    assert_eq!((mp3.tokens.as_str(), mp3.gain_jitter), ("fields", 4));
+    assert_eq!((mp3.tokens.as_str(), mp3.gain_jitter), ("fields", 0));
+    defaults.gain_jitter = Some(4);
+    let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
     assert_eq!(mp3.train_config()?.gain_jitter, 4);
     assert_eq!(
         mp3.eval_config()?.gain_jitter,
         0,
         "evaluation reads clips as they are"
     );
+    defaults.gain_jitter = None;
     let jpeg = defaults.tokenizer(cff_blocks::Format::Jpeg, &tiny)?;
     assert_eq!((jpeg.tokens.as_str(), jpeg.gain_jitter), ("bytes", 0));
     // An unknown name is refused with the names that exist.
