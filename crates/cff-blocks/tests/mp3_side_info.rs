@@ -62,7 +62,7 @@ fn walk(name: &str) -> Walk {
             .unwrap_or_else(|e| panic!("{name} frame at {}: {e}", block.offset));
         // The reader's own fast read of main_data_begin agrees with the bit-level parse.
         assert_eq!(side.main_data_begin, info.main_data_begin, "{name}");
-        let own = block.len() - 4 - if info.header.crc() { 2 } else { 0 } - side_len(&side);
+        let own = block.len() - info.header.side_info_offset() - info.header.side_info_len();
         let begin = usize::from(side.main_data_begin);
         assert!(
             begin <= stream_bytes,
@@ -98,15 +98,6 @@ fn walk(name: &str) -> Walk {
         w.main_data_bytes += end - start;
     }
     w
-}
-
-fn side_len(side: &SideInfo) -> usize {
-    match (side.granules, side.channels) {
-        (2, 1) => 17,
-        (2, _) => 32,
-        (_, 1) => 9,
-        _ => 17,
-    }
 }
 
 #[test]
