@@ -324,17 +324,16 @@ fn field_ids(
         let data: &[u8] = &b.data;
         let mut ids = Vec::new();
         match &b.detail {
-            Detail::Mp3(info) => {
+            Detail::Mp3(_) => {
                 let side = SideInfo::parse(data, b.offset)?;
                 let header2 = data.get(2).copied().unwrap_or(0);
                 fields::mp3_field_ids(header2, &side, gain_offset, &mut ids);
-                let after = data
-                    .len()
-                    .min(info.header.side_info_offset() + info.header.side_info_len());
                 let own = reservoir.push(data, &side, b.offset)?;
                 let tail = match (tokens, own) {
                     (BlockTokens::FieldsAndData, Some(own)) => own,
-                    (BlockTokens::FieldsAndData | BlockTokens::FieldsAndBytes, _) => &data[after..],
+                    (BlockTokens::FieldsAndData | BlockTokens::FieldsAndBytes, _) => {
+                        &data[side.data_start()..]
+                    }
                     _ => &[],
                 };
                 ids.extend(tail.iter().map(|&x| u16::from(x)));

@@ -69,6 +69,8 @@ pub struct SideInfo {
     pub channels: u8,
     /// `granule[gr][ch]`; entries past `granules` and `channels` are zero.
     pub granule: [[Granule; 2]; 2],
+    /// Bytes of the frame before its main-data bytes: header, CRC, side information.
+    data_start: u8,
 }
 
 /// Reads bits most-significant first.
@@ -167,6 +169,7 @@ impl SideInfo {
             granules: if mpeg1 { 2 } else { 1 },
             channels,
             granule: [[Granule::default(); 2]; 2],
+            data_start: (start + len) as u8,
         };
         if mpeg1 {
             for ch in 0..usize::from(channels) {
@@ -222,6 +225,12 @@ impl SideInfo {
             .flat_map(move |g| &g[..channels])
     }
 
+    /// Bytes of the frame before the main-data bytes it carries: its header, CRC and side
+    /// information.
+    pub fn data_start(&self) -> usize {
+        usize::from(self.data_start)
+    }
+
     /// Bits of the frame's own main data: the sum of its granules' `part2_3_length`.
     pub fn main_data_bits(&self) -> u32 {
         self.granules().map(|g| u32::from(g.part2_3_length)).sum()
@@ -239,8 +248,6 @@ impl SideInfo {
 pub struct MainData {
     /// The latest main-data bytes of the stream, oldest first.
     buffer: Vec<u8>,
-    /// Whether a frame has been pushed since the start (or the last [`MainData::reset`]).
-    started: bool,
 }
 
 /// How far back a frame may reach (MPEG-1's 9-bit `main_data_begin`), plus a frame's worth.
@@ -255,10 +262,10 @@ impl MainData {
     /// Forgets earlier frames (after a gap in the stream).
     pub fn reset(&mut self) {
         self.buffer.clear();
-        self.started = false;
     }
 
-    /// Adds `frame` (header first) with its parsed `side` information and returns its own
+    /// Adds `frame` (header first) with its `side` information as [`SideInfo::parse`] read it
+    /// from that frame, and returns its own
     /// main data, or `Ok(None)` when it starts before the first frame pushed (a stream cut in
     /// the middle: the bytes it needs are not there). `offset` names the frame in errors.
     ///
@@ -270,20 +277,7 @@ impl MainData {
         side: &SideInfo,
         offset: u64,
     ) -> Result<Option<&'s [u8]>> {
-        let header_len = FrameHeader::parse(u32::from_be_bytes([
-            frame.first().copied().unwrap_or(0),
-            frame.get(1).copied().unwrap_or(0),
-            frame.get(2).copied().unwrap_or(0),
-            frame.get(3).copied().unwrap_or(0),
-        ]))
-        .map(|h| h.side_info_offset() + h.side_info_len())
-        .map_err(|e| Error::Malformed {
-            format: Format::Mp3,
-            offset,
-            expected: "a Layer III frame header",
-            found: e.to_string(),
-        })?;
-        let own = frame.get(header_len..).unwrap_or(&[]);
+        let own = frame.get(side.data_start()..).unwrap_or(&[]);
         if self.buffer.len() > KEEP {
             let drop = self.buffer.len() - KEEP;
             self.buffer.drain(..drop);
@@ -292,7 +286,6 @@ impl MainData {
         let reachable = back <= self.buffer.len();
         let start = self.buffer.len().wrapping_sub(back);
         self.buffer.extend_from_slice(own);
-        self.started = true;
         if !reachable {
             return Ok(None);
         }
