@@ -59,6 +59,17 @@ impl BlockTokens {
         self != BlockTokens::Bytes
     }
 
+    /// Field ids are read from whole bytes: an error unless `bit_stride` is 8 with fields.
+    pub(crate) fn check_bit_stride(self, bit_stride: u8) -> crate::Result<()> {
+        if self.has_fields() && bit_stride != 8 {
+            return Err(crate::Error::Config(format!(
+                "tokens {} read whole bytes: bit_stride {bit_stride} must be 8",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
         if self.has_fields() {
@@ -264,13 +275,7 @@ impl TokenizerConfig {
                 self.bit_stride
             )));
         }
-        if self.tokens.has_fields() && self.bit_stride != 8 {
-            return Err(crate::Error::Config(format!(
-                "tokens {} read whole bytes: bit_stride {} must be 8",
-                self.tokens.name(),
-                self.bit_stride
-            )));
-        }
+        self.tokens.check_bit_stride(self.bit_stride)?;
         let fields = crate::fields::FIELD_BASE..crate::FIELDS_VOCAB_SIZE as u32;
         if self.tokens.has_fields() && fields.contains(&self.pad_id) {
             return Err(crate::Error::Config(format!(

@@ -123,16 +123,19 @@ pub const FIELDS: [Field; 22] = [
 ];
 
 /// Ids in all: bytes, padding and every field's range.
-pub const FIELDS_VOCAB_SIZE: usize = FIELD_BASE as usize + field_ids_total();
+pub const FIELDS_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
 
-const fn field_ids_total() -> usize {
-    let mut total = 0;
+/// The first id of each field, and one past the last field's: computed once, at compile time.
+const FIELD_STARTS: [u32; FIELDS.len() + 1] = field_starts();
+
+const fn field_starts() -> [u32; FIELDS.len() + 1] {
+    let mut starts = [FIELD_BASE; FIELDS.len() + 1];
     let mut i = 0;
     while i < FIELDS.len() {
-        total += FIELDS[i].size as usize;
+        starts[i + 1] = starts[i] + FIELDS[i].size;
         i += 1;
     }
-    total
+    starts
 }
 
 /// Ids per MP3 granule and channel.
@@ -140,9 +143,8 @@ pub const MP3_GRANULE_FIELDS: usize = 15;
 
 /// The id of value `value` of field `index` (values past the range take its last id).
 fn id(index: usize, value: u32) -> u16 {
-    let base: u32 = FIELDS[..index].iter().map(|f| f.size).sum();
     let v = value.min(FIELDS[index].size - 1);
-    (FIELD_BASE + base + v) as u16
+    (FIELD_STARTS[index] + v) as u16
 }
 
 /// Appends the field ids of an MP3 frame with header byte 2 `header2` (bitrate index in its
@@ -194,14 +196,11 @@ pub fn opus_field_ids(info: &PacketInfo, packet: &[u8], out: &mut Vec<u16>) {
 
 /// The name of field id `id`, or `None` for a byte or the padding id.
 pub fn field_name(id: u32) -> Option<&'static str> {
-    let mut base = FIELD_BASE;
-    for f in FIELDS {
-        if id >= base && id < base + f.size {
-            return Some(f.name);
-        }
-        base += f.size;
-    }
-    None
+    FIELDS
+        .iter()
+        .zip(FIELD_STARTS.windows(2))
+        .find(|(_, range)| (range[0]..range[1]).contains(&id))
+        .map(|(f, _)| f.name)
 }
 
 #[cfg(test)]

@@ -259,12 +259,7 @@ pub fn tokenize(
     let mut item = TokenizedItem::new(format, data.len() as u64);
     item.source_blocks = source_blocks;
     if config.tokens.has_fields() {
-        if stride != 8 {
-            return Err(Error::Config(format!(
-                "tokens {} read whole bytes: bit_stride {stride} must be 8",
-                config.tokens.name()
-            )));
-        }
+        config.tokens.check_bit_stride(stride)?;
         let gain_offset = match config.gain_jitter {
             0 => 0,
             g => {
