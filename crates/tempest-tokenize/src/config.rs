@@ -54,6 +54,12 @@ impl BlockTokens {
             .map(|(t, _)| *t)
     }
 
+    /// Every name, for messages: `bytes, fields, fields+bytes, fields+data`.
+    pub fn names() -> String {
+        let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
+        names.join(", ")
+    }
+
     /// Whether field ids are used (the model then needs [`crate::FIELDS_VOCAB_SIZE`] ids).
     pub fn has_fields(self) -> bool {
         self != BlockTokens::Bytes

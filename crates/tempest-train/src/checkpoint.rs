@@ -96,10 +96,9 @@ impl TokenizerSettings {
     /// What the ids stand for; an error for an unknown name.
     pub fn block_tokens(&self) -> Result<BlockTokens> {
         BlockTokens::parse(&self.tokens).ok_or_else(|| {
-            let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
             Error::setting(
                 "tokens",
-                format!("{:?} (one of {})", self.tokens, names.join(", ")),
+                format!("{:?} (one of {})", self.tokens, BlockTokens::names()),
             )
         })
     }

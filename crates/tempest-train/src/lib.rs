@@ -35,8 +35,8 @@ pub use fit::{fit, prepare_items, FitReport, Gradients, Learner, Prepared, Tempe
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, Metrics, Tally};
 pub use train::{
-    default_gain_jitter, default_tokens, detect_format, evaluate, install_ctrl_c_handler, train,
-    EvalReport, EvalVariants, RunReport, TrainOptions,
+    default_tokens, detect_format, evaluate, install_ctrl_c_handler, train, EvalReport,
+    EvalVariants, RunReport, TrainOptions,
 };
 
 /// The result of ESC-50 cross-validation.

@@ -406,7 +406,7 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     let tiny = Config::tiny();
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
     assert_eq!((mp3.tokens.as_str(), mp3.gain_jitter), ("fields", 0));
-    defaults.gain_jitter = Some(4);
+    defaults.gain_jitter = 4;
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
     assert_eq!(mp3.train_config()?.gain_jitter, 4);
     assert_eq!(
@@ -414,7 +414,7 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
         0,
         "evaluation reads clips as they are"
     );
-    defaults.gain_jitter = None;
+    defaults.gain_jitter = 0;
     let jpeg = defaults.tokenizer(cff_blocks::Format::Jpeg, &tiny)?;
     assert_eq!((jpeg.tokens.as_str(), jpeg.gain_jitter), ("bytes", 0));
     // An unknown name is refused with the names that exist.
