@@ -34,10 +34,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut max_train = None::<usize>;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        // TEMPEST's tokenizer and training flags (--tokens, --block-bytes, --crop, --lambda…).
-        if !["--epochs", "--batch", "--lr", "--seed", "--no-progress"].contains(&a.as_str())
-            && o.train.apply_flag(&a, || args.next())?
-        {
+        // The training flags shared with `train` (--epochs, --tokens, --block-bytes, --lambda…).
+        if o.train.apply_flag(&a, || args.next())? {
             continue;
         }
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
@@ -51,14 +49,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let name = v()?;
                 o.tempest = Config::preset(&name).ok_or(format!("no preset {name}"))?
             }
-            "--epochs" => o.train.epochs = v()?.parse()?,
-            "--batch" => o.train.batch_size = v()?.parse()?,
-            "--lr" => o.train.lr = v()?.parse()?,
-            "--seed" => o.train.seed = v()?.parse()?,
             "--patch" => o.features = o.features.with_image_patch(v()?.parse()?),
             "--max-train-items" => max_train = Some(v()?.parse()?),
             "--out" => out = v()?.into(),
-            "--no-progress" => o.train.progress = false,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }

@@ -55,11 +55,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut max_train = None::<usize>;
     let mut folds = vec![1u32, 2, 3, 4, 5];
     let mut args = std::env::args().skip(1);
-    let (mut eval_given, mut model_given) = (false, false);
     let mut given = Vec::new();
     while let Some(a) = args.next() {
         given.push(a.clone());
-        model_given |= a == "--preset" || a == "--config";
         if o.apply_flag(&a, || args.next())? {
             continue;
         }
@@ -69,10 +67,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--layout" => layout = Some(v()?.parse()?),
             "--input" => input = Some(v()?.into()),
             "--variants" => variants = Some(parse_variants(&v()?)?),
-            "--eval-variant" => {
-                o.eval_variants = EvalVariants::parse(&v()?);
-                eval_given = true;
-            }
+            "--eval-variant" => o.eval_variants = EvalVariants::parse(&v()?),
             "--test-variant" => o.test_variants = Some(EvalVariants::parse(&v()?)),
             "--preset" => {
                 let name = v()?;
@@ -119,11 +114,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let format = tempest_train::detect_format(&dataset)?;
+    let open = |flag: &str| !given.iter().any(|g| g == flag);
     if format != Format::Jpeg {
         // The recipe measured on the audio development sets (docs/audio.md), for what the
         // command line leaves open: field tokens of audio frames train fast and keep improving
         // well past 10 epochs; `small` did not leave chance at this learning rate.
-        let open = |flag: &str| !given.iter().any(|g| g == flag);
         if open("--epochs") {
             o.epochs = AUDIO_EPOCHS;
         }
@@ -133,7 +128,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         if open("--lr") {
             o.lr = AUDIO_LR;
         }
-        if !model_given {
+        if open("--preset") && open("--config") {
             cfg = Config::tiny();
         }
     }
@@ -142,7 +137,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         o.train_variants.clone()
     };
-    if !eval_given && format != Format::Jpeg && trained.len() > 1 {
+    if open("--eval-variant") && format != Format::Jpeg && trained.len() > 1 {
         // Audio at several bitrates: one prediction per clip from its class probabilities
         // averaged over the bitrates it was trained on (docs/audio.md: +4 points on the
         // spoken words' validation split), for each epoch's evaluation and the final test.
