@@ -53,7 +53,13 @@ use std::fmt;
 
 use crate::{Block, BlockKind, Detail, Error, Format, Options, Place, Region, RegionKind, Result};
 
+mod huffman;
+mod huffman_tables;
 mod side_info;
+pub use huffman::{
+    decode_granules, long_band_edges, short_band_edges, FrameLines, GranuleLines, LINES,
+    MAX_SCALEFACTORS,
+};
 pub use side_info::{Granule, MainData, SideInfo};
 
 /// MPEG audio version (ISO 11172-3 2.4.2.3 `ID`, ISO 13818-3 2.4.2.3; MPEG-2.5 is the
