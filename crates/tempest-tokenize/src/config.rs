@@ -27,15 +27,20 @@ pub enum BlockTokens {
     /// reaches back before the file's first frame, the bytes after the side information);
     /// Opus as [`BlockTokens::FieldsAndBytes`].
     FieldsAndData,
+    /// The fields, then for MP3 one id per scalefactor band of each granule: the level of
+    /// its entropy-decoded quantised lines with its scalefactor ([`crate::fields::mp3_line_ids`];
+    /// no requantisation, no inverse transform). Opus packets give their fields only.
+    FieldsAndLines,
 }
 
 impl BlockTokens {
     /// Every variant with its name.
-    pub const ALL: [(BlockTokens, &'static str); 4] = [
+    pub const ALL: [(BlockTokens, &'static str); 5] = [
         (BlockTokens::Bytes, "bytes"),
         (BlockTokens::Fields, "fields"),
         (BlockTokens::FieldsAndBytes, "fields+bytes"),
         (BlockTokens::FieldsAndData, "fields+data"),
+        (BlockTokens::FieldsAndLines, "fields+lines"),
     ];
 
     /// The name: `bytes`, `fields`, `fields+bytes` or `fields+data`.
@@ -78,7 +83,9 @@ impl BlockTokens {
 
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
-        if self.has_fields() {
+        if self == BlockTokens::FieldsAndLines {
+            crate::LINES_VOCAB_SIZE
+        } else if self.has_fields() {
             crate::FIELDS_VOCAB_SIZE
         } else {
             VOCAB_SIZE
@@ -282,7 +289,7 @@ impl TokenizerConfig {
             )));
         }
         self.tokens.check_bit_stride(self.bit_stride)?;
-        let fields = crate::fields::FIELD_BASE..crate::FIELDS_VOCAB_SIZE as u32;
+        let fields = crate::fields::FIELD_BASE..self.tokens.vocab_size() as u32;
         if self.tokens.has_fields() && fields.contains(&self.pad_id) {
             return Err(crate::Error::Config(format!(
                 "pad_id {} collides with a field id ({}-{})",

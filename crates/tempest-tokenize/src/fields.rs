@@ -15,7 +15,7 @@
 //! packet gives its TOC's configuration, stereo flag and frame-count code, its frame count
 //! and its length in bytes (÷ 4). JPEG MCUs have no fields here yet.
 
-use cff_blocks::mp3::SideInfo;
+use cff_blocks::mp3::{long_band_edges, short_band_edges, FrameLines, SideInfo};
 use cff_blocks::opus::PacketInfo;
 
 /// The first field id: after the 256 bytes and the padding id.
@@ -31,7 +31,7 @@ pub struct Field {
 }
 
 /// Every field, in id order.
-pub const FIELDS: [Field; 22] = [
+pub const FIELDS: [Field; 24] = [
     Field {
         name: "mp3.bitrate_index",
         size: 16,
@@ -120,10 +120,35 @@ pub const FIELDS: [Field; 22] = [
         name: "opus.bytes/4",
         size: 256,
     },
+    Field {
+        name: "mp3.band(level,scalefac)",
+        size: (LONG_BANDS * BAND_LEVELS * BAND_SCALEFACS) as u32,
+    },
+    Field {
+        name: "mp3.short_band(level,scalefac)",
+        size: (SHORT_BANDS * BAND_LEVELS * BAND_SCALEFACS) as u32,
+    },
 ];
 
-/// Ids in all: bytes, padding and every field's range.
-pub const FIELDS_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
+/// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndLines`] uses.
+const FIRST_LINE_FIELD: usize = 22;
+
+/// Long scalefactor bands of a granule (the last, above the highest scalefactor band, too).
+pub const LONG_BANDS: usize = 22;
+/// Short scalefactor bands of each window.
+pub const SHORT_BANDS: usize = 13;
+/// Levels of a band's summed quantised magnitudes ([`band_level`]).
+pub const BAND_LEVELS: usize = 16;
+/// Scalefactor values a band id tells apart (higher ones share the last).
+pub const BAND_SCALEFACS: usize = 8;
+
+/// Ids of the header and side-information fields: bytes, padding and those fields' ranges
+/// (the vocabulary of [`crate::BlockTokens::Fields`], `FieldsAndBytes`, `FieldsAndData`).
+pub const FIELDS_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_LINE_FIELD] as usize;
+
+/// Ids in all, with the bands of [`mp3_line_ids`]: the vocabulary of
+/// [`crate::BlockTokens::FieldsAndLines`].
+pub const LINES_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
 
 /// The first id of each field, and one past the last field's: computed once, at compile time.
 const FIELD_STARTS: [u32; FIELDS.len() + 1] = field_starts();
@@ -194,6 +219,66 @@ pub fn opus_field_ids(info: &PacketInfo, packet: &[u8], out: &mut Vec<u16>) {
     out.push(id(21, (packet.len() / 4) as u32));
 }
 
+/// The level of a band whose quantised lines sum to `sum` in magnitude: 0–3 as they are,
+/// then two levels per octave (4–5 → 4, 6–7 → 5, 8–11 → 6, …), 15 from 192 up.
+pub fn band_level(sum: u32) -> u32 {
+    if sum < 4 {
+        return sum;
+    }
+    let octave = 31 - sum.leading_zeros(); // ≥ 2
+    let half = (sum >> (octave - 1)) & 1;
+    (4 + 2 * (octave - 2) + half).min(BAND_LEVELS as u32 - 1)
+}
+
+/// Appends one id per scalefactor band of each granule and channel of an MP3 frame, from its
+/// entropy-decoded main data ([`cff_blocks::mp3::decode_granules`]): the band's level
+/// ([`band_level`] of the summed magnitudes of its quantised lines) together with its
+/// scalefactor (clamped to 7). Long blocks give [`LONG_BANDS`] ids, short blocks
+/// [`SHORT_BANDS`] × 3 (band, then window); mixed blocks are read as long ones. Nothing is
+/// requantised: the level counts quantiser steps, and `global_gain` and `scalefac_scale`,
+/// which say what a step is worth, are fields of their own. `sample_rate` picks the band
+/// edges; a rate Layer III does not have gives no ids.
+pub fn mp3_line_ids(sample_rate: u32, side: &SideInfo, lines: &FrameLines, out: &mut Vec<u16>) {
+    let (Some(long), Some(short)) = (long_band_edges(sample_rate), short_band_edges(sample_rate))
+    else {
+        return;
+    };
+    let levels = (BAND_LEVELS * BAND_SCALEFACS) as u32;
+    let band_id = |field: usize, band: usize, q: &[i16], sf: u8| {
+        let sum: u32 = q.iter().map(|&v| u32::from(v.unsigned_abs())).sum();
+        let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
+        id(field, band as u32 * levels + band_level(sum) * BAND_SCALEFACS as u32 + sf)
+    };
+    for gr in 0..usize::from(side.granules) {
+        for ch in 0..usize::from(side.channels) {
+            let g = &side.granule[gr][ch];
+            let l = &lines[gr][ch];
+            let sf = |k: usize| l.scalefac.get(k).copied().unwrap_or(0);
+            if g.window_switching && g.block_type == 2 && !g.mixed_block {
+                for b in 0..SHORT_BANDS {
+                    let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
+                    for w in 0..3 {
+                        let start = 3 * lo + w * (hi - lo);
+                        let q = &l.lines[start..start + (hi - lo)];
+                        out.push(band_id(FIRST_LINE_FIELD + 1, b, q, sf(b * 3 + w)));
+                    }
+                }
+            } else {
+                for b in 0..LONG_BANDS {
+                    let q = &l.lines[usize::from(long[b])..usize::from(long[b + 1])];
+                    out.push(band_id(FIRST_LINE_FIELD, b, q, sf(b)));
+                }
+            }
+        }
+    }
+}
+
+/// The ids of the field named `name` (as [`Field::name`] spells it).
+pub fn field_range(name: &str) -> Option<std::ops::Range<u32>> {
+    let i = FIELDS.iter().position(|f| f.name == name)?;
+    Some(FIELD_STARTS[i]..FIELD_STARTS[i + 1])
+}
+
 /// The name of field id `id`, or `None` for a byte or the padding id.
 pub fn field_name(id: u32) -> Option<&'static str> {
     FIELDS
@@ -218,10 +303,24 @@ mod tests {
             // Values past the range clamp to the last id.
             assert_eq!(id(i, f.size + 5), id(i, f.size - 1));
         }
-        assert_eq!(seen.len() + FIELD_BASE as usize, FIELDS_VOCAB_SIZE);
-        assert!(FIELDS_VOCAB_SIZE < usize::from(u16::MAX));
+        assert_eq!(seen.len() + FIELD_BASE as usize, LINES_VOCAB_SIZE);
+        assert_eq!(FIELD_STARTS[FIRST_LINE_FIELD] as usize, FIELDS_VOCAB_SIZE);
+        // The header and side-information fields keep the ids they had before the bands
+        // came (checkpoints trained on them stay readable).
+        assert_eq!(FIELDS_VOCAB_SIZE, 2234);
+        assert!(LINES_VOCAB_SIZE < usize::from(u16::MAX));
         assert_eq!(field_name(255), None);
         assert_eq!(field_name(256), None);
-        assert_eq!(field_name(FIELDS_VOCAB_SIZE as u32), None);
+        assert_eq!(field_name(LINES_VOCAB_SIZE as u32), None);
+    }
+
+    #[test]
+    fn band_levels_rise_by_half_octaves_and_stop_at_15() {
+        let got: Vec<u32> = [0, 1, 3, 4, 5, 6, 7, 8, 11, 12, 16, 191, 192, 10_000]
+            .iter()
+            .map(|&s| band_level(s))
+            .collect();
+        assert_eq!(got, [0, 1, 3, 4, 4, 5, 5, 6, 6, 7, 8, 14, 15, 15]);
+        assert!((0..5000).all(|s| band_level(s) <= band_level(s + 1)));
     }
 }

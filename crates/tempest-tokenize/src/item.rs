@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use cff_blocks::mp3::{MainData, SideInfo};
+use cff_blocks::mp3::{decode_granules, MainData, SideInfo};
 use cff_blocks::{Block, Detail, Format, Place, Reader};
 
 use crate::fields;
@@ -319,11 +319,17 @@ fn field_ids(
         let data: &[u8] = &b.data;
         let mut ids = Vec::new();
         match &b.detail {
-            Detail::Mp3(_) => {
+            Detail::Mp3(info) => {
                 let side = SideInfo::parse(data, b.offset)?;
                 let header2 = data.get(2).copied().unwrap_or(0);
                 fields::mp3_field_ids(header2, &side, gain_offset, &mut ids);
                 let own = reservoir.push(data, &side, b.offset)?;
+                if tokens == BlockTokens::FieldsAndLines {
+                    if let Some(own) = own {
+                        let lines = decode_granules(data, &side, own, b.offset)?;
+                        fields::mp3_line_ids(info.header.sample_rate(), &side, &lines, &mut ids);
+                    }
+                }
                 let tail = match (tokens, own) {
                     (BlockTokens::FieldsAndData, Some(own)) => own,
                     (BlockTokens::FieldsAndData | BlockTokens::FieldsAndBytes, _) => {
@@ -335,7 +341,10 @@ fn field_ids(
             }
             Detail::Opus(info) => {
                 fields::opus_field_ids(info, data, &mut ids);
-                if tokens != BlockTokens::Fields {
+                if matches!(
+                    tokens,
+                    BlockTokens::FieldsAndBytes | BlockTokens::FieldsAndData
+                ) {
                     ids.extend(data.iter().skip(1).map(|&x| u16::from(x)));
                 }
             }

@@ -40,7 +40,7 @@ mod sampler;
 pub use batch::{collate, part_sizes, Batch, HostBatch};
 pub use config::{BlockTokens, Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
 pub use error::{Error, Result};
-pub use fields::FIELDS_VOCAB_SIZE;
+pub use fields::{FIELDS_VOCAB_SIZE, LINES_VOCAB_SIZE};
 pub use item::{
     bit_windows, crop_indices, tokenize, tokenize_file, BlockPosition, CropContext, TokenizedItem,
 };

@@ -297,3 +297,81 @@ fn gain_jitter_moves_every_global_gain_of_an_item_by_one_offset() {
         "offsets drawn over 40 epochs: {offsets:?}"
     );
 }
+
+#[test]
+fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
+    use cff_blocks::mp3::{decode_granules, long_band_edges, MainData, SideInfo};
+    use tempest_tokenize::fields::{field_name, field_range, BAND_LEVELS, BAND_SCALEFACS, LONG_BANDS};
+    use tempest_tokenize::{BlockTokens, LINES_VOCAB_SIZE};
+
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).unwrap();
+    let frames: Vec<_> = Reader::new(&data, &Options::default())
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
+        .collect();
+    let config = |tokens| {
+        TokenizerConfig::for_format(Format::Mp3)
+            .with_tokens(tokens)
+            .with_max_block_bytes(400)
+    };
+    assert_eq!(BlockTokens::FieldsAndLines.vocab_size(), LINES_VOCAB_SIZE);
+    let ctx = CropContext::default();
+    let fields = tokenize(&data, &path, &config(BlockTokens::Fields), ctx).unwrap();
+    let lines = tokenize(&data, &path, &config(BlockTokens::FieldsAndLines), ctx).unwrap();
+    assert_eq!(lines.num_blocks(), frames.len());
+    let edges = long_band_edges(16_000).unwrap();
+    let mut reservoir = MainData::new();
+    let (mut long_frames, mut short_frames) = (0, 0);
+    for (k, frame) in frames.iter().enumerate() {
+        let side = SideInfo::parse(&frame.data, frame.offset).unwrap();
+        let ids = lines.block(k);
+        assert_eq!(&ids[..17], fields.block(k), "frame {k}: the fields come first");
+        assert!(ids.iter().all(|&id| usize::from(id) < LINES_VOCAB_SIZE));
+        let Some(own) = reservoir.push(&frame.data, &side, frame.offset).unwrap() else {
+            assert_eq!(ids.len(), 17);
+            continue;
+        };
+        let decoded = decode_granules(&frame.data, &side, own, frame.offset).unwrap();
+        let g = &side.granule[0][0];
+        let bands = &ids[17..];
+        if g.window_switching && g.block_type == 2 {
+            short_frames += 1;
+            assert_eq!(bands.len(), 39, "frame {k}");
+            assert!(bands
+                .iter()
+                .all(|&id| field_name(id.into()) == Some("mp3.short_band(level,scalefac)")));
+            continue;
+        }
+        long_frames += 1;
+        assert_eq!(bands.len(), LONG_BANDS, "frame {k}");
+        let per_band = (BAND_LEVELS * BAND_SCALEFACS) as u32;
+        let start = field_range("mp3.band(level,scalefac)").unwrap().start;
+        for (b, &id) in bands.iter().enumerate() {
+            // Band b's ids are the b-th run of BAND_LEVELS × BAND_SCALEFACS.
+            let within = u32::from(id) - start - b as u32 * per_band;
+            assert!(within < per_band, "frame {k} band {b}");
+            let level = within / BAND_SCALEFACS as u32;
+            let l = &decoded[0][0];
+            let q = &l.lines[usize::from(edges[b])..usize::from(edges[b + 1])];
+            // Level 0 exactly where the band's lines are all zero.
+            assert_eq!(level == 0, q.iter().all(|&v| v == 0), "frame {k} band {b}");
+            let sf = u32::from(l.scalefac[b].min(7));
+            assert_eq!(within % BAND_SCALEFACS as u32, sf, "frame {k} band {b}");
+        }
+    }
+    assert!(long_frames > 10 && short_frames > 0, "{long_frames} {short_frames}");
+
+    // Opus packets have no lines: their fields only.
+    let path = fixture("opus/speech_mono_24k_20ms.opus");
+    let opus = |tokens| {
+        let config = TokenizerConfig::for_format(Format::OggOpus)
+            .with_tokens(tokens)
+            .with_max_block_bytes(400);
+        tokenize_file(&path, &config, ctx).unwrap()
+    };
+    let (f, l) = (opus(BlockTokens::Fields), opus(BlockTokens::FieldsAndLines));
+    assert_eq!(f.num_blocks(), l.num_blocks());
+    assert!((0..f.num_blocks()).all(|k| f.block(k) == l.block(k)));
+}
