@@ -122,11 +122,11 @@ pub const FIELDS: [Field; 24] = [
     },
     Field {
         name: "mp3.band(level,scalefac)",
-        size: (LONG_BANDS * BAND_LEVELS * BAND_SCALEFACS) as u32,
+        size: (BAND_LEVELS * BAND_SCALEFACS) as u32,
     },
     Field {
         name: "mp3.short_band(level,scalefac)",
-        size: (SHORT_BANDS * BAND_LEVELS * BAND_SCALEFACS) as u32,
+        size: (BAND_LEVELS * BAND_SCALEFACS) as u32,
     },
 ];
 
@@ -233,8 +233,10 @@ pub fn band_level(sum: u32) -> u32 {
 /// Appends one id per scalefactor band of each granule and channel of an MP3 frame, from its
 /// entropy-decoded main data ([`cff_blocks::mp3::decode_granules`]): the band's level
 /// ([`band_level`] of the summed magnitudes of its quantised lines) together with its
-/// scalefactor (clamped to 7). Long blocks give [`LONG_BANDS`] ids, short blocks
-/// [`SHORT_BANDS`] × 3 (band, then window); mixed blocks are read as long ones. Nothing is
+/// scalefactor (clamped to 7), one id range shared by all bands: which band an id describes
+/// is its position in the block. Long blocks give [`LONG_BANDS`] ids, short blocks
+/// [`SHORT_BANDS`] × 3 (band, then window; their own range); mixed blocks are read as long
+/// ones. Nothing is
 /// requantised: the level counts quantiser steps, and `global_gain` and `scalefac_scale`,
 /// which say what a step is worth, are fields of their own. `sample_rate` picks the band
 /// edges; a rate Layer III does not have gives no ids.
@@ -243,11 +245,10 @@ pub fn mp3_line_ids(sample_rate: u32, side: &SideInfo, lines: &FrameLines, out: 
     else {
         return;
     };
-    let levels = (BAND_LEVELS * BAND_SCALEFACS) as u32;
-    let band_id = |field: usize, band: usize, q: &[i16], sf: u8| {
+    let band_id = |field: usize, q: &[i16], sf: u8| {
         let sum: u32 = q.iter().map(|&v| u32::from(v.unsigned_abs())).sum();
         let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
-        id(field, band as u32 * levels + band_level(sum) * BAND_SCALEFACS as u32 + sf)
+        id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
     };
     for gr in 0..usize::from(side.granules) {
         for ch in 0..usize::from(side.channels) {
@@ -260,13 +261,13 @@ pub fn mp3_line_ids(sample_rate: u32, side: &SideInfo, lines: &FrameLines, out: 
                     for w in 0..3 {
                         let start = 3 * lo + w * (hi - lo);
                         let q = &l.lines[start..start + (hi - lo)];
-                        out.push(band_id(FIRST_LINE_FIELD + 1, b, q, sf(b * 3 + w)));
+                        out.push(band_id(FIRST_LINE_FIELD + 1, q, sf(b * 3 + w)));
                     }
                 }
             } else {
                 for b in 0..LONG_BANDS {
                     let q = &l.lines[usize::from(long[b])..usize::from(long[b + 1])];
-                    out.push(band_id(FIRST_LINE_FIELD, b, q, sf(b)));
+                    out.push(band_id(FIRST_LINE_FIELD, q, sf(b)));
                 }
             }
         }
@@ -309,6 +310,7 @@ mod tests {
         // came (checkpoints trained on them stay readable).
         assert_eq!(FIELDS_VOCAB_SIZE, 2234);
         assert!(LINES_VOCAB_SIZE < usize::from(u16::MAX));
+        assert_eq!(LINES_VOCAB_SIZE, FIELDS_VOCAB_SIZE + 2 * BAND_LEVELS * BAND_SCALEFACS);
         assert_eq!(field_name(255), None);
         assert_eq!(field_name(256), None);
         assert_eq!(field_name(LINES_VOCAB_SIZE as u32), None);
