@@ -95,8 +95,12 @@ fn decode_all(name: &str, data: &[u8], flip: Option<(usize, usize)>) -> Count {
                 c.big_linbits += l.lines.iter().filter(|&&v| v.abs() > 15).count();
                 c.short += usize::from(g.window_switching && g.block_type == 2);
                 let coded = usize::from(l.coded);
-                c.last_quad_nonzero +=
-                    usize::from(coded == 0 || l.lines[coded.saturating_sub(4)..coded].iter().any(|&v| v != 0));
+                c.last_quad_nonzero += usize::from(
+                    coded == 0
+                        || l.lines[coded.saturating_sub(4)..coded]
+                            .iter()
+                            .any(|&v| v != 0),
+                );
                 let big = usize::from(g.big_values) * 2;
                 if big >= 4 {
                     c.big_granules += 1;
@@ -175,17 +179,22 @@ fn a_wrong_table_breaks_the_rules() {
         g.table_select[0] = swap(g.table_select[0]);
         swapped += 1;
         let (big, bits) = (usize::from(g.big_values) * 2, g.part2_3_length);
-        noticed += usize::from(match decode_granules(&block.data, &wrong, own, block.offset) {
-            Err(_) => true,
-            Ok(lines) => {
-                let l = &lines[0][0];
-                let coded = usize::from(l.coded);
-                l.bits_read != bits
-                    || (coded > 0 && l.lines[coded - 4..coded].iter().all(|&v| v == 0))
-                    || (big >= 4 && l.lines[big - 4..big].iter().all(|&v| v.abs() <= 1))
-            }
-        });
+        noticed += usize::from(
+            match decode_granules(&block.data, &wrong, own, block.offset) {
+                Err(_) => true,
+                Ok(lines) => {
+                    let l = &lines[0][0];
+                    let coded = usize::from(l.coded);
+                    l.bits_read != bits
+                        || (coded > 0 && l.lines[coded - 4..coded].iter().all(|&v| v == 0))
+                        || (big >= 4 && l.lines[big - 4..big].iter().all(|&v| v.abs() <= 1))
+                }
+            },
+        );
     }
     assert!(swapped > 20, "{swapped}");
-    assert!(noticed * 4 >= swapped * 3, "{noticed} of {swapped} swaps noticed");
+    assert!(
+        noticed * 4 >= swapped * 3,
+        "{noticed} of {swapped} swaps noticed"
+    );
 }

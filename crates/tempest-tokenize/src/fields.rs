@@ -310,7 +310,10 @@ mod tests {
         // came (checkpoints trained on them stay readable).
         assert_eq!(FIELDS_VOCAB_SIZE, 2234);
         assert!(LINES_VOCAB_SIZE < usize::from(u16::MAX));
-        assert_eq!(LINES_VOCAB_SIZE, FIELDS_VOCAB_SIZE + 2 * BAND_LEVELS * BAND_SCALEFACS);
+        assert_eq!(
+            LINES_VOCAB_SIZE,
+            FIELDS_VOCAB_SIZE + 2 * BAND_LEVELS * BAND_SCALEFACS
+        );
         assert_eq!(field_name(255), None);
         assert_eq!(field_name(256), None);
         assert_eq!(field_name(LINES_VOCAB_SIZE as u32), None);

@@ -301,7 +301,9 @@ fn gain_jitter_moves_every_global_gain_of_an_item_by_one_offset() {
 #[test]
 fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
     use cff_blocks::mp3::{decode_granules, long_band_edges, MainData, SideInfo};
-    use tempest_tokenize::fields::{field_name, field_range, BAND_LEVELS, BAND_SCALEFACS, LONG_BANDS};
+    use tempest_tokenize::fields::{
+        field_name, field_range, BAND_LEVELS, BAND_SCALEFACS, LONG_BANDS,
+    };
     use tempest_tokenize::{BlockTokens, LINES_VOCAB_SIZE};
 
     let path = fixture("mp3/cbr32_16k_mono.mp3");
@@ -327,7 +329,11 @@ fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
     for (k, frame) in frames.iter().enumerate() {
         let side = SideInfo::parse(&frame.data, frame.offset).unwrap();
         let ids = lines.block(k);
-        assert_eq!(&ids[..17], fields.block(k), "frame {k}: the fields come first");
+        assert_eq!(
+            &ids[..17],
+            fields.block(k),
+            "frame {k}: the fields come first"
+        );
         assert!(ids.iter().all(|&id| usize::from(id) < LINES_VOCAB_SIZE));
         let Some(own) = reservoir.push(&frame.data, &side, frame.offset).unwrap() else {
             assert_eq!(ids.len(), 17);
@@ -361,7 +367,10 @@ fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
             assert_eq!(within % BAND_SCALEFACS as u32, sf, "frame {k} band {b}");
         }
     }
-    assert!(long_frames > 10 && short_frames > 0, "{long_frames} {short_frames}");
+    assert!(
+        long_frames > 10 && short_frames > 0,
+        "{long_frames} {short_frames}"
+    );
 
     // Opus packets have no lines: their fields only.
     let path = fixture("opus/speech_mono_24k_20ms.opus");

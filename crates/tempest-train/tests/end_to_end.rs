@@ -371,14 +371,14 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     dataset.truncate_splits(&plan.train, 24);
     let mut o = quick_options(3);
     o.epochs = 1;
-    o.tokens = Some(BlockTokens::FieldsAndData);
+    o.tokens = Some(BlockTokens::FieldsAndLines);
     o.train_blocks = Some(20);
     let run = scratch("fields-run")?;
     let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
     assert!(report.test.is_some());
     let saved: checkpoint::TokenizerSettings =
         checkpoint::read_json(&run.join("last").join(checkpoint::TOKENIZER_FILE))?;
-    assert_eq!(saved.tokens, "fields+data");
+    assert_eq!(saved.tokens, "fields+lines");
     assert_eq!(saved.train_blocks, Some(20));
     assert_eq!(saved.train_config()?.max_blocks, 20);
     assert_eq!(saved.eval_config()?.max_blocks, 1024);
@@ -386,9 +386,12 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     let loaded = checkpoint::load(&run.join("last"), &candle_core::Device::Cpu)?;
     assert_eq!(
         loaded.model.config().vocab_size,
-        tempest_tokenize::FIELDS_VOCAB_SIZE
+        tempest_tokenize::LINES_VOCAB_SIZE
     );
-    assert_eq!(loaded.tokenizer.block_tokens()?, BlockTokens::FieldsAndData);
+    assert_eq!(
+        loaded.tokenizer.block_tokens()?,
+        BlockTokens::FieldsAndLines
+    );
     let eval = evaluate(
         &loaded.model,
         &dataset,
@@ -400,12 +403,14 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
         false,
     )?;
     assert_eq!(eval.stats.files_used, 20);
-    // Without --tokens and --gain-jitter: field tokens for audio, bytes for JPEG, no jitter;
-    // a jitter applies to training only.
+    // Without --tokens and --gain-jitter: fields and band lines for MP3, fields for Opus,
+    // bytes for JPEG, no jitter; a jitter applies to training only.
     let mut defaults = quick_options(3);
     let tiny = Config::tiny();
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
-    assert_eq!((mp3.tokens.as_str(), mp3.gain_jitter), ("fields", 0));
+    assert_eq!((mp3.tokens.as_str(), mp3.gain_jitter), ("fields+lines", 0));
+    let opus = defaults.tokenizer(cff_blocks::Format::OggOpus, &tiny)?;
+    assert_eq!(opus.tokens.as_str(), "fields");
     defaults.gain_jitter = 4;
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
     assert_eq!(mp3.train_config()?.gain_jitter, 4);

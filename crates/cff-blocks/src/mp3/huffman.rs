@@ -218,8 +218,8 @@ const NR_OF_SFB: [[[u8; 4]; 3]; 6] = [
 /// Linbits of big-value tables 0–31 (tables 16–23 share table 16's codewords, 24–31 table
 /// 24's). Tables 4 and 14 do not exist.
 const LINBITS: [u8; 32] = [
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 6, 8, 10, 13, 4, 5, 6, 7, 8, 9,
-    11, 13,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 6, 8, 10, 13, 4, 5, 6, 7, 8, 9, 11,
+    13,
 ];
 
 /// A Huffman code as a binary tree: `nodes[i] = [child for 0, child for 1]`, where a child
@@ -563,7 +563,12 @@ mod tests {
         let all = BIG_VALUE_CODES
             .iter()
             .map(|(t, n, c)| (*t, usize::from(*n) * usize::from(*n), *c))
-            .chain(COUNT1_CODES.iter().enumerate().map(|(i, c)| (32 + i as u8, 16, *c)));
+            .chain(
+                COUNT1_CODES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (32 + i as u8, 16, *c)),
+            );
         for (table, size, codes) in all {
             let words: Vec<&str> = codes.split(' ').collect();
             assert_eq!(words.len(), size, "table {table}");
@@ -573,7 +578,10 @@ mod tests {
             for (i, a) in words.iter().enumerate() {
                 assert!(a.bytes().all(|b| b == b'0' || b == b'1'));
                 for (j, b) in words.iter().enumerate() {
-                    assert!(i == j || !b.starts_with(a), "table {table}: {a} prefixes {b}");
+                    assert!(
+                        i == j || !b.starts_with(a),
+                        "table {table}: {a} prefixes {b}"
+                    );
                 }
             }
         }
@@ -595,7 +603,10 @@ mod tests {
     #[test]
     fn lsf_partitions_cover_every_band() {
         for (t, rows) in NR_OF_SFB.iter().enumerate() {
-            let sums: Vec<u32> = rows.iter().map(|r| r.iter().map(|&n| u32::from(n)).sum()).collect();
+            let sums: Vec<u32> = rows
+                .iter()
+                .map(|r| r.iter().map(|&n| u32::from(n)).sum())
+                .collect();
             assert_eq!(sums, [21, 36, 33], "table {t}");
         }
         // 9-bit scalefac_compress 0b0_1100_1011 = 203 < 400: slen 12/5=2, 12%5=2, 11>>2=2, 3.
@@ -669,7 +680,9 @@ mod tests {
         // A part2_3_length one bit short of the big values is an error naming the offset.
         let mut short = side;
         short.granule[0][0].part2_3_length = 4;
-        let err = decode_granules(&frame, &short, &main, 4321).unwrap_err().to_string();
+        let err = decode_granules(&frame, &short, &main, 4321)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("4321"), "{err}");
         // Table 4 does not exist.
         let mut bad = side;
