@@ -2,6 +2,8 @@
 
 use std::io::{Cursor, Read};
 
+use tempest_tokenize::rng::{SplitMix64, GOLDEN_GAMMA};
+
 use crate::{Error, Result};
 
 /// Colour model of an [`Image`]'s pixels.
@@ -209,16 +211,9 @@ impl Distortion {
         {
             h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        let mut state = h ^ u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut uniform = || {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            // In [-1, 1).
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        };
+        let mut rng = SplitMix64::new(h ^ u64::from(k).wrapping_mul(GOLDEN_GAMMA));
+        // In [-1, 1).
+        let mut uniform = || (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
         Distortion {
             rotate: uniform() * Self::MAX_ROTATE_DEGREES.to_radians(),
             scale: 1.0 + uniform() * Self::MAX_SCALE_CHANGE,

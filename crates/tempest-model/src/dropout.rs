@@ -14,13 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// SplitMix64's output function (Steele, Lea & Flood 2014): a bijective 64-bit mix.
-#[inline(always)]
-pub(crate) fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+use tempest_tokenize::rng::{mix64, GOLDEN_GAMMA};
 
 /// The seed of a training step from the run's seed and the step's index (and any further
 /// counters, such as a micro-batch), each mixed in turn.
@@ -28,7 +22,7 @@ pub fn dropout_seed(run_seed: u64, parts: &[u64]) -> u64 {
     parts
         .iter()
         .fold(mix64(run_seed ^ 0x6472_6f70_6f75_7400), |acc, &p| {
-            mix64(acc ^ mix64(p.wrapping_add(0x9E37_79B9_7F4A_7C15)))
+            mix64(acc ^ mix64(p.wrapping_add(GOLDEN_GAMMA)))
         })
 }
 
@@ -36,7 +30,7 @@ pub fn dropout_seed(run_seed: u64, parts: &[u64]) -> u64 {
 /// of the call seeded with `seed`.
 #[inline(always)]
 fn keeps(seed: u64, i: usize, threshold: u32) -> bool {
-    let u = mix64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let u = mix64(seed ^ (i as u64).wrapping_mul(GOLDEN_GAMMA));
     ((u >> 32) as u32) >= threshold
 }
 

@@ -500,7 +500,7 @@ fn items_with_repeats(
 ) -> Vec<tempest_tokenize::TokenizedItem> {
     use cff_blocks::Format;
     use tempest_tokenize::{BlockPosition, TokenizedItem};
-    let mut rng = common::Rng(seed);
+    let mut rng = common::Rng::new(seed);
     let word = |rng: &mut common::Rng| -> Vec<u8> {
         let len = 1 + rng.below(12) as usize;
         (0..len).map(|_| rng.below(256) as u8).collect()

@@ -250,10 +250,9 @@ pub fn mp3_line_ids(sample_rate: u32, side: &SideInfo, lines: &FrameLines, out: 
         let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
         id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
     };
-    for gr in 0..usize::from(side.granules) {
-        for ch in 0..usize::from(side.channels) {
-            let g = &side.granule[gr][ch];
-            let l = &lines[gr][ch];
+    let (granules, channels) = (usize::from(side.granules), usize::from(side.channels));
+    for (sides, decoded) in side.granule.iter().zip(lines.iter()).take(granules) {
+        for (g, l) in sides.iter().zip(decoded.iter()).take(channels) {
             let sf = |k: usize| l.scalefac.get(k).copied().unwrap_or(0);
             if g.window_switching && g.block_type == 2 && !g.mixed_block {
                 for b in 0..SHORT_BANDS {

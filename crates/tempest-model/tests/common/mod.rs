@@ -3,18 +3,19 @@
 
 use candle_core::{Device, Result};
 use cff_blocks::Format;
+use tempest_tokenize::rng::SplitMix64;
 use tempest_tokenize::{collate, Batch, BlockPosition, HostBatch, TokenizedItem, PAD_ID};
 
-/// A small deterministic generator (SplitMix64).
-pub struct Rng(pub u64);
+/// A small deterministic generator: the workspace's SplitMix64, drawn by remainder.
+pub struct Rng(SplitMix64);
 
 impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(SplitMix64::new(seed))
+    }
+
     pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
@@ -42,7 +43,7 @@ pub fn item(rng: &mut Rng, blocks: usize, max_len: usize) -> TokenizedItem {
 
 /// `count` items with 1..=`max_blocks` blocks each.
 pub fn items(seed: u64, count: usize, max_blocks: usize, max_len: usize) -> Vec<TokenizedItem> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     (0..count)
         .map(|_| {
             let n = 1 + rng.below(max_blocks as u64) as usize;
@@ -65,7 +66,7 @@ pub fn batch(items: &[TokenizedItem], labels: &[u32]) -> Result<Batch> {
 /// Writes random bytes (never the padding id) at every padded byte and random positions,
 /// lengths and times into every padded block: nothing the model may look at.
 pub fn scramble_padding(h: &mut HostBatch, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for (id, &m) in h.ids.iter_mut().zip(&h.byte_mask) {
         if m == 0 {
             *id = rng.below(256) as u32;
