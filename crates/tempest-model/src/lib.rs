@@ -51,7 +51,7 @@ pub mod optim;
 mod scratch;
 
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
-pub use classifier::{Classifier, Prediction};
+pub use classifier::{Classifier, Prediction, CLASSES_FILE};
 pub use config::{BlockPositionKind, Config, MixerKind, StackConfig};
 pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};

@@ -19,8 +19,8 @@ use tempest_tokenize::{BlockTokens, Crop, TokenizerConfig};
 
 use crate::{Error, Result};
 
-/// The class names' file (the format `tempest_model::Classifier` reads).
-pub const CLASSES_FILE: &str = "classes.json";
+/// The class names' file: the one `tempest_model::Classifier` reads.
+pub use tempest_model::CLASSES_FILE;
 /// The tokenizer settings' file.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The optimiser state's file.
@@ -183,10 +183,83 @@ pub struct TrainState {
     pub seed: u64,
     /// Best selection accuracy so far and its epoch.
     pub best: Option<(f64, usize)>,
-    /// Sums over the epoch in progress: loss, L_c, L_r (item-weighted), correct, items.
-    pub epoch_sums: [f64; 5],
+    /// Sums over the epoch in progress.
+    pub epoch_sums: EpochSums,
     /// Seconds trained before this process.
     pub elapsed_s: f64,
+}
+
+/// Item-weighted sums over the batches of one epoch, from which its means are taken. Saved in
+/// `train_state.json` as the array `[loss, classification, reconstruction, correct, items]`,
+/// the form earlier checkpoints have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "[f64; 5]", into = "[f64; 5]")]
+pub struct EpochSums {
+    /// Σ loss × items.
+    pub loss: f64,
+    /// Σ classification loss (L_c) × items.
+    pub classification: f64,
+    /// Σ reconstruction loss (L_r) × items.
+    pub reconstruction: f64,
+    /// Items classified correctly.
+    pub correct: f64,
+    /// Items.
+    pub items: f64,
+}
+
+impl EpochSums {
+    /// Adds another batch's sums.
+    pub fn add(&mut self, other: &EpochSums) {
+        self.loss += other.loss;
+        self.classification += other.classification;
+        self.reconstruction += other.reconstruction;
+        self.correct += other.correct;
+        self.items += other.items;
+    }
+
+    /// Mean loss per item (0 before any item).
+    pub fn mean_loss(&self) -> f64 {
+        self.loss / self.items.max(1.0)
+    }
+
+    /// Mean classification loss per item.
+    pub fn mean_classification(&self) -> f64 {
+        self.classification / self.items.max(1.0)
+    }
+
+    /// Mean reconstruction loss per item.
+    pub fn mean_reconstruction(&self) -> f64 {
+        self.reconstruction / self.items.max(1.0)
+    }
+
+    /// Fraction of items classified correctly.
+    pub fn accuracy(&self) -> f64 {
+        self.correct / self.items.max(1.0)
+    }
+}
+
+impl From<[f64; 5]> for EpochSums {
+    fn from(a: [f64; 5]) -> Self {
+        EpochSums {
+            loss: a[0],
+            classification: a[1],
+            reconstruction: a[2],
+            correct: a[3],
+            items: a[4],
+        }
+    }
+}
+
+impl From<EpochSums> for [f64; 5] {
+    fn from(s: EpochSums) -> Self {
+        [
+            s.loss,
+            s.classification,
+            s.reconstruction,
+            s.correct,
+            s.items,
+        ]
+    }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -305,6 +378,27 @@ pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_sums_keep_the_array_form_of_earlier_checkpoints() {
+        // A train_state.json written before the sums had names.
+        let old = r#"{"epoch":3,"batch_in_epoch":7,"step":55,"seed":1,"best":[0.5,2],
+            "epoch_sums":[12.5,10.0,2.5,6.0,16.0],"elapsed_s":9.5}"#;
+        let state: TrainState = serde_json::from_str(old).unwrap();
+        let s = state.epoch_sums;
+        assert_eq!((s.loss, s.correct, s.items), (12.5, 6.0, 16.0));
+        assert_eq!((s.mean_loss(), s.accuracy()), (12.5 / 16.0, 6.0 / 16.0));
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(
+            text.contains(r#""epoch_sums":[12.5,10.0,2.5,6.0,16.0]"#),
+            "{text}"
+        );
+        let mut sum = EpochSums::default();
+        sum.add(&s);
+        sum.add(&s);
+        assert_eq!(<[f64; 5]>::from(sum), [25.0, 20.0, 5.0, 12.0, 32.0]);
+        assert_eq!(EpochSums::default().accuracy(), 0.0);
+    }
 
     #[test]
     fn block_bytes_set_l_within_the_models_positions() {

@@ -517,11 +517,6 @@ fn scan_esc50(dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Parses `--variants`-style lists for layouts that need preparing.
-pub fn parse_variants(list: &str) -> Result<Vec<Variant>> {
-    Ok(cff_encode::prepare::parse_variants(list)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,7 +28,7 @@ pub mod optim;
 pub mod plots;
 mod train;
 
-pub use checkpoint::{Loaded, TokenizerSettings, TrainState};
+pub use checkpoint::{EpochSums, Loaded, TokenizerSettings, TrainState};
 pub use dataset::{default_variants, Dataset, Sample, SplitPlan};
 pub use error::{Error, Result};
 pub use fit::{fit, prepare_items, FitReport, Gradients, Learner, Prepared, TempestLearner};

@@ -18,7 +18,7 @@ use tempest_tokenize::{
     LoaderStats, TokenizerConfig, VariantChoice,
 };
 
-use crate::checkpoint::{self, CheckpointParts, TokenizerSettings, TrainState};
+use crate::checkpoint::{self, CheckpointParts, EpochSums, TokenizerSettings, TrainState};
 use crate::metrics::{Metrics, Tally};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{init_seeded, Dataset, Error, Result, SplitPlan};
@@ -908,11 +908,9 @@ pub fn train(
                     &[epoch as u64, batch_pos as u64],
                 ));
                 let (grads, sums) = batch_gradients(&model, &host, &device)?;
-                for (sum, v) in state.epoch_sums.iter_mut().zip(sums) {
-                    *sum += v;
-                }
+                state.epoch_sums.add(&sums);
                 opt.accumulate(&grads)?;
-                epoch_items_here += sums[4] as u64;
+                epoch_items_here += sums.items as u64;
             }
             let end_of_epoch = batch_pos == batches.len();
             if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
@@ -922,8 +920,8 @@ pub fn train(
                 state.batch_in_epoch = batch_pos;
                 pb.set_prefix(format!(
                     "loss {:.3} acc {:.3} lr {lr:.2e} |g| {norm:.2}",
-                    state.epoch_sums[0] / state.epoch_sums[4].max(1.0),
-                    state.epoch_sums[3] / state.epoch_sums[4].max(1.0)
+                    state.epoch_sums.mean_loss(),
+                    state.epoch_sums.accuracy()
                 ));
                 let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
                 if STOP.load(Ordering::SeqCst) || budget {
@@ -966,17 +964,16 @@ pub fn train(
         merge_stats(&mut report.eval_stats, &eval.stats);
         report.skipped.extend(eval.skipped.clone());
         let sums = state.epoch_sums;
-        let n = sums[4].max(1.0);
         let line = json!({
             "epoch": epoch + 1,
             "step": state.step,
             "lr": schedule.lr(state.step.saturating_sub(1)),
             "train": {
-                "loss": sums[0] / n,
-                "classification": sums[1] / n,
-                "reconstruction": sums[2] / n,
-                "accuracy": sums[3] / n,
-                "items": sums[4],
+                "loss": sums.mean_loss(),
+                "classification": sums.mean_classification(),
+                "reconstruction": sums.mean_reconstruction(),
+                "accuracy": sums.accuracy(),
+                "items": sums.items,
                 "items_per_s": epoch_items_here as f64 / train_secs.max(1e-9),
                 "skipped": loader_skips(&report.train_stats),
             },
@@ -991,8 +988,8 @@ pub fn train(
                 "epoch {}/{}: train loss {:.4} acc {:.4}; {} acc {:.4}",
                 epoch + 1,
                 o.epochs,
-                sums[0] / n,
-                sums[3] / n,
+                sums.mean_loss(),
+                sums.accuracy(),
                 select_split.join("+"),
                 eval.accuracy
             );
@@ -1015,7 +1012,7 @@ pub fn train(
         }
         state.epoch += 1;
         state.batch_in_epoch = 0;
-        state.epoch_sums = [0.0; 5];
+        state.epoch_sums = EpochSums::default();
         state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
         save_last(&opt, &state)?;
         report.epochs = state.epoch;
@@ -1087,7 +1084,7 @@ fn batch_gradients(
     model: &Tempest,
     parts: &[HostBatch],
     device: &Device,
-) -> Result<(GradStore, [f64; 5])> {
+) -> Result<(GradStore, EpochSums)> {
     let batches: Vec<_> = parts
         .iter()
         .map(|hb| hb.to_tensors(device))
@@ -1096,13 +1093,13 @@ fn batch_gradients(
     let n = g.items as f64;
     Ok((
         g.grads,
-        [
-            g.loss * n,
-            g.classification * n,
-            g.reconstruction * n,
-            g.correct as f64,
-            n,
-        ],
+        EpochSums {
+            loss: g.loss * n,
+            classification: g.classification * n,
+            reconstruction: g.reconstruction * n,
+            correct: g.correct as f64,
+            items: n,
+        },
     ))
 }
 
@@ -1163,12 +1160,17 @@ mod tests {
             let parts: Vec<HostBatch> = cuts.windows(2).map(|w| host(&items[w[0]..w[1]])).collect();
             let (parted, sums) = batch_gradients(&model, &parts, &Device::Cpu)?;
             assert_eq!(
-                sums[3..],
-                whole_sums[3..],
+                (sums.correct, sums.items),
+                (whole_sums.correct, whole_sums.items),
                 "correct and items, parts {cuts:?}"
             );
-            for k in 0..2 {
-                let (a, b) = (sums[k], whole_sums[k]);
+            for (k, (a, b)) in [
+                (sums.loss, whole_sums.loss),
+                (sums.classification, whole_sums.classification),
+            ]
+            .into_iter()
+            .enumerate()
+            {
                 assert!((a - b).abs() <= 1e-4 * b.abs(), "sum {k}: {a} vs {b}");
             }
             crate::fit::assert_same_gradients(&whole, &parted, &vars, &format!("parts {cuts:?}"))?;
