@@ -182,14 +182,18 @@ pub struct TrainOptions {
     pub stop_after_steps: Option<usize>,
     /// Install a Ctrl-C handler that saves the resumable checkpoint and stops.
     pub handle_ctrl_c: bool,
+    /// Start a fresh run in a folder that already holds one (its metrics and checkpoints are
+    /// replaced). Without it, and without `resume`, such a folder is refused.
+    pub overwrite: bool,
 }
 
 impl TrainOptions {
     /// The command-line flags [`TrainOptions::apply_flag`] understands, for usage texts.
     pub const FLAGS: &'static str = "[--epochs N] [--batch B] [--accumulate K] [--lr LR] \
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
-[--bit-stride 8|4|2|1] [--block-bytes L] [--tokens bytes|fields|fields+bytes|fields+data] \
-[--crop N] [--gain-jitter K] [--bucket K] [--no-progress]";
+[--bit-stride 8|4|2|1] [--block-bytes L] \
+[--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--crop N] [--gain-jitter K] \
+[--bucket K] [--overwrite] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -243,6 +247,7 @@ impl TrainOptions {
             "--gain-jitter" => self.gain_jitter = parse(flag, value())?,
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
+            "--overwrite" => self.overwrite = true,
             _ => return Ok(false),
         }
         Ok(true)
@@ -356,6 +361,7 @@ impl Default for TrainOptions {
             checkpoint_every: 0,
             stop_after_steps: None,
             handle_ctrl_c: false,
+            overwrite: false,
         }
     }
 }
@@ -779,7 +785,19 @@ pub fn train(
                 if resume {
                     return Err(Error::dataset(&last_dir, "nothing to resume"));
                 }
-                let _ = fs::remove_file(run_dir.join("metrics.jsonl"));
+                let metrics = run_dir.join("metrics.jsonl");
+                let earlier = [&metrics, &last_dir, &best_dir];
+                if !o.overwrite && earlier.iter().any(|p| p.exists()) {
+                    return Err(Error::setting(
+                        "run folder",
+                        format!(
+                            "{} already holds a run (metrics.jsonl, last/ or best/): give \
+                             --resume to continue it or --overwrite to start it again",
+                            run_dir.display()
+                        ),
+                    ));
+                }
+                let _ = fs::remove_file(&metrics);
                 let (model, varmap) = init_seeded(&config, &device, DType::F32, o.seed)?;
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {

@@ -241,6 +241,23 @@ fn corrupt_files_are_skipped_and_counted() -> Result<()> {
     );
     let summary = report.files_summary();
     assert!(summary.contains("skipped"), "{summary}");
+    // The folder now holds a run: a fresh start there is refused (nothing silently lost) and
+    // names the folder and the two ways on; --overwrite starts again.
+    let before = std::fs::read_to_string(run_dir.join("metrics.jsonl"))?;
+    let err = train(&dataset, &plan, &Config::tiny(), &o, &run_dir, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--overwrite") && err.contains("--resume") && err.contains("run"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))?,
+        before
+    );
+    o.overwrite = true;
+    let again = train(&dataset, &plan, &Config::tiny(), &o, &run_dir, false)?;
+    assert!(again.test.is_some());
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
