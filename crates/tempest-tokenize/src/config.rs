@@ -173,6 +173,13 @@ pub struct TokenizerConfig {
     /// the seed, epoch and item of the [`CropContext`](crate::CropContext): a loudness
     /// augmentation done in the compressed domain. 0 (the default) changes nothing.
     pub gain_jitter: u8,
+    /// With [`BlockTokens::FieldsAndLines`]: silence a run of up to `band_mask` consecutive
+    /// long scalefactor bands (a frequency range) in every frame of an item, the same range
+    /// for the whole item, drawn from the seed, epoch and item of the
+    /// [`CropContext`](crate::CropContext): their ids read as level 0 with scalefactor 0, as if
+    /// the encoder had coded nothing there (short-block bands over the same lines too). A
+    /// frequency mask in the compressed domain. 0 (the default) changes nothing.
+    pub band_mask: u8,
     /// Options of the block readers (limits, CRC checks).
     pub reader: cff_blocks::Options,
 }
@@ -189,6 +196,7 @@ impl Default for TokenizerConfig {
             bit_stride: 8,
             tokens: BlockTokens::Bytes,
             gain_jitter: 0,
+            band_mask: 0,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -259,6 +267,12 @@ impl TokenizerConfig {
     /// Sets what a block's ids stand for.
     pub fn with_tokens(mut self, tokens: BlockTokens) -> Self {
         self.tokens = tokens;
+        self
+    }
+
+    /// Sets the band mask of line tokens ([`TokenizerConfig::band_mask`]).
+    pub fn with_band_mask(mut self, bands: u8) -> Self {
+        self.band_mask = bands;
         self
     }
 

@@ -239,13 +239,28 @@ pub fn band_level(sum: u32) -> u32 {
 /// ones. Nothing is
 /// requantised: the level counts quantiser steps, and `global_gain` and `scalefac_scale`,
 /// which say what a step is worth, are fields of their own. `sample_rate` picks the band
-/// edges; a rate Layer III does not have gives no ids.
-pub fn mp3_line_ids(sample_rate: u32, side: &SideInfo, lines: &FrameLines, out: &mut Vec<u16>) {
+/// edges; a rate Layer III does not have gives no ids. `mask`, a range of long bands: those
+/// bands, and the short bands over the same lines, read as empty (level 0, scalefactor 0).
+pub fn mp3_line_ids(
+    sample_rate: u32,
+    side: &SideInfo,
+    lines: &FrameLines,
+    mask: std::ops::Range<usize>,
+    out: &mut Vec<u16>,
+) {
     let (Some(long), Some(short)) = (long_band_edges(sample_rate), short_band_edges(sample_rate))
     else {
         return;
     };
-    let band_id = |field: usize, q: &[i16], sf: u8| {
+    let masked_lines = if mask.is_empty() {
+        0..0
+    } else {
+        usize::from(long[mask.start.min(LONG_BANDS)])..usize::from(long[mask.end.min(LONG_BANDS)])
+    };
+    let band_id = |field: usize, q: &[i16], sf: u8, masked: bool| {
+        if masked {
+            return id(field, 0);
+        }
         let sum: u32 = q.iter().map(|&v| u32::from(v.unsigned_abs())).sum();
         let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
         id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
@@ -260,13 +275,15 @@ pub fn mp3_line_ids(sample_rate: u32, side: &SideInfo, lines: &FrameLines, out: 
                     for w in 0..3 {
                         let start = 3 * lo + w * (hi - lo);
                         let q = &l.lines[start..start + (hi - lo)];
-                        out.push(band_id(FIRST_LINE_FIELD + 1, q, sf(b * 3 + w)));
+                        // A short line k sits where long line 3k does.
+                        let masked = 3 * lo < masked_lines.end && masked_lines.start < 3 * hi;
+                        out.push(band_id(FIRST_LINE_FIELD + 1, q, sf(b * 3 + w), masked));
                     }
                 }
             } else {
                 for b in 0..LONG_BANDS {
                     let q = &l.lines[usize::from(long[b])..usize::from(long[b + 1])];
-                    out.push(band_id(FIRST_LINE_FIELD, q, sf(b)));
+                    out.push(band_id(FIRST_LINE_FIELD, q, sf(b), mask.contains(&b)));
                 }
             }
         }

@@ -215,6 +215,9 @@ pub fn crop_indices(total: usize, keep: usize, crop: Crop, ctx: CropContext) -> 
 /// Mixed into the seed of the loudness jitter so that it is drawn apart from the crop.
 const GAIN_STREAM: u64 = 0x6761_696E;
 
+/// Mixed into the seed of the band mask.
+const MASK_STREAM: u64 = 0x6D61_736B;
+
 /// Tokenizes a file held in memory. `path` only names the file in errors.
 pub fn tokenize(
     data: &[u8],
@@ -268,7 +271,17 @@ pub fn tokenize(
                 rng.below(2 * u64::from(g) + 1) as i32 - i32::from(g)
             }
         };
-        let ids = field_ids(&kept, config.tokens, gain_offset).map_err(blocks_err)?;
+        let mask = match config.band_mask {
+            0 => 0..0,
+            k => {
+                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, MASK_STREAM]);
+                let width = rng.below(u64::from(k) + 1) as usize;
+                let start =
+                    rng.below((fields::LONG_BANDS - width.min(fields::LONG_BANDS)) as u64 + 1);
+                start as usize..start as usize + width
+            }
+        };
+        let ids = field_ids(&kept, config.tokens, gain_offset, mask).map_err(blocks_err)?;
         if let Some(h) = header {
             item.push_block(h, BlockPosition::of(0, &Place::None), l);
         }
@@ -312,6 +325,7 @@ fn field_ids(
     blocks: &[Block<'_>],
     tokens: BlockTokens,
     gain_offset: i32,
+    mask: std::ops::Range<usize>,
 ) -> cff_blocks::Result<Vec<Vec<u16>>> {
     let mut reservoir = MainData::new();
     let mut out = Vec::with_capacity(blocks.len());
@@ -327,7 +341,8 @@ fn field_ids(
                 if tokens == BlockTokens::FieldsAndLines {
                     if let Some(own) = own {
                         let lines = decode_granules(data, &side, own, b.offset)?;
-                        fields::mp3_line_ids(info.header.sample_rate(), &side, &lines, &mut ids);
+                        let rate = info.header.sample_rate();
+                        fields::mp3_line_ids(rate, &side, &lines, mask.clone(), &mut ids);
                     }
                 }
                 let tail = match (tokens, own) {

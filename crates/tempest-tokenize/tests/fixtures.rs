@@ -384,3 +384,66 @@ fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
     assert_eq!(f.num_blocks(), l.num_blocks());
     assert!((0..f.num_blocks()).all(|k| f.block(k) == l.block(k)));
 }
+
+#[test]
+fn band_mask_silences_one_run_of_bands_per_item_and_nothing_else() {
+    use tempest_tokenize::fields::{field_name, field_range, LONG_BANDS};
+    use tempest_tokenize::BlockTokens;
+
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).unwrap();
+    let config = TokenizerConfig::for_format(Format::Mp3)
+        .with_tokens(BlockTokens::FieldsAndLines)
+        .with_max_block_bytes(400);
+    let silent = field_range("mp3.band(level,scalefac)").unwrap().start as u16;
+    let plain = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    let mut widths = std::collections::BTreeSet::new();
+    for item in 0..24u64 {
+        let ctx = CropContext {
+            item,
+            ..CropContext::default()
+        };
+        let masked = tokenize(&data, &path, &config.clone().with_band_mask(6), ctx).unwrap();
+        assert_eq!(masked.num_blocks(), plain.num_blocks());
+        // The bands that differ from the plain ids, or are silent where the plain one is not.
+        let mut run: Option<Vec<usize>> = None;
+        for k in 0..plain.num_blocks() {
+            let (p, m) = (plain.block(k), masked.block(k));
+            assert_eq!(p.len(), m.len());
+            assert_eq!(p[..17], m[..17], "fields untouched, block {k}");
+            if p.len() != 17 + LONG_BANDS {
+                continue; // short blocks and the first frame
+            }
+            let changed: Vec<usize> = (0..LONG_BANDS)
+                .filter(|&b| p[17 + b] != m[17 + b])
+                .collect();
+            for &b in &changed {
+                assert_eq!(m[17 + b], silent, "block {k} band {b}");
+                assert_eq!(
+                    field_name(m[17 + b].into()),
+                    Some("mp3.band(level,scalefac)")
+                );
+            }
+            // Every masked band reads silent; the run is one contiguous range of at most 6.
+            let silent_now: Vec<usize> = (0..LONG_BANDS).filter(|&b| m[17 + b] == silent).collect();
+            assert!(changed.iter().all(|b| silent_now.contains(b)));
+            if let (Some(first), Some(last)) = (changed.first(), changed.last()) {
+                assert!(last - first < 6, "block {k}: {changed:?}");
+            }
+            run.get_or_insert_with(Vec::new).extend(changed);
+        }
+        let mut all = run.unwrap_or_default();
+        all.sort_unstable();
+        all.dedup();
+        if let (Some(first), Some(last)) = (all.first(), all.last()) {
+            // The same range in every frame of the item: the union is still at most 6 wide.
+            assert!(last - first < 6, "item {item}: {all:?}");
+            widths.insert(last - first + 1);
+        }
+        // The same context draws the same mask.
+        let again = tokenize(&data, &path, &config.clone().with_band_mask(6), ctx).unwrap();
+        assert!((0..masked.num_blocks()).all(|k| again.block(k) == masked.block(k)));
+    }
+    // Items draw different ranges: more than one width seen over 24 items.
+    assert!(widths.len() > 1, "{widths:?}");
+}

@@ -56,6 +56,10 @@ pub struct TokenizerSettings {
     /// (`TokenizerConfig::gain_jitter`); 0 where absent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gain_jitter: u8,
+    /// Training only: the frequency mask of MP3 line tokens in long scalefactor bands
+    /// (`TokenizerConfig::band_mask`); 0 where absent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub band_mask: u8,
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -84,6 +88,7 @@ impl TokenizerSettings {
             tokens: byte_tokens(),
             train_blocks: None,
             gain_jitter: 0,
+            band_mask: 0,
         }
     }
 
@@ -144,7 +149,8 @@ impl TokenizerSettings {
         let base = self
             .base()?
             .with_crop(Crop::Random)
-            .with_gain_jitter(self.gain_jitter);
+            .with_gain_jitter(self.gain_jitter)
+            .with_band_mask(self.band_mask);
         Ok(match self.train_blocks {
             Some(n) => base.with_max_blocks(n.max(1)),
             None => base,

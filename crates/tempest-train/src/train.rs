@@ -152,6 +152,10 @@ pub struct TrainOptions {
     /// On the spoken words ±4 steps led by 6.8 points with seed 0 but trailed with seeds 1
     /// and 2 (docs/audio.md): no measured gain, so it is off unless asked for.
     pub gain_jitter: u8,
+    /// Training only: with MP3 line tokens, silence a random run of up to this many long
+    /// scalefactor bands in every frame of a clip (`TokenizerConfig::band_mask`). 0 (the
+    /// default): none.
+    pub band_mask: u8,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -193,7 +197,7 @@ impl TrainOptions {
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
 [--bit-stride 8|4|2|1] [--block-bytes L] \
 [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--crop N] [--gain-jitter K] \
-[--bucket K] [--overwrite] [--no-progress]";
+[--band-mask K] [--bucket K] [--overwrite] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -245,6 +249,7 @@ impl TrainOptions {
             }
             "--crop" => self.train_blocks = Some(parse(flag, value())?),
             "--gain-jitter" => self.gain_jitter = parse(flag, value())?,
+            "--band-mask" => self.band_mask = parse(flag, value())?,
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
             "--overwrite" => self.overwrite = true,
@@ -299,6 +304,7 @@ impl TrainOptions {
             None => tok,
         };
         tok.gain_jitter = self.gain_jitter;
+        tok.band_mask = self.band_mask;
         if let Some(n) = self.train_blocks {
             if n == 0 {
                 return Err(Error::setting("crop", "0 blocks (at least 1)"));
@@ -354,6 +360,7 @@ impl Default for TrainOptions {
             tokens: None,
             train_blocks: None,
             gain_jitter: 0,
+            band_mask: 0,
             bucket_batches: 1,
             workers: 2,
             parallel_parts: 0,
