@@ -14,8 +14,8 @@
 //! ```text
 //! [--epochs N] [--batch B] [--accumulate K] [--lr LR] [--label-smoothing X] [--lambda X]
 //! [--seed S] [--workers W] [--header-block] [--bit-stride 8|4|2|1] [--block-bytes L]
-//! [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--gain-jitter K] [--crop N]
-//! [--bucket K] [--overwrite] [--no-progress]
+//! [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--gain-jitter K]
+//! [--band-mask K] [--crop N] [--bucket K] [--overwrite] [--no-progress]
 //! ```
 //!
 //! `--layout` (`folder`, `esc50`, `speechcommands`, `mnist`) reads a raw layout: compressed
