@@ -20,16 +20,13 @@
 //!     planes are checked too.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use cff_blocks::jpeg::{DataUnit, FrameHeader, JpegReader};
 use cff_blocks::{Block, Detail, Error, Options};
 
+mod common;
+
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/jpeg")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    common::fixture_in("jpeg", name)
 }
 
 const SUPPORTED: &[&str] = &[

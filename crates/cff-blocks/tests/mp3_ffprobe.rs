@@ -4,16 +4,13 @@
 //! test only reads the committed files.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use cff_blocks::mp3::{ChannelMode, Mp3Reader, VbrKind, Version};
 use cff_blocks::{Block, BlockKind, Detail, Options, Place, Reader, Region, RegionKind};
 
+mod common;
+
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mp3")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    common::fixture_in("mp3", name)
 }
 
 fn fixture_text(name: &str) -> String {

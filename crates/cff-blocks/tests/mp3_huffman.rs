@@ -10,30 +10,16 @@
 //! longest tail of quadruples within ±1).
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use cff_blocks::mp3::{decode_granules, MainData, SideInfo, LINES};
 use cff_blocks::{BlockKind, Options, Reader};
 
+mod common;
+
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mp3")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    common::fixture_in("mp3", name)
 }
 
-const FILES: [&str; 10] = [
-    "abr20_16k_mono.mp3",
-    "cbr128_44k_stereo_id3.mp3",
-    "cbr32_16k_mono.mp3",
-    "crc_22k_stereo_noxing.mp3",
-    "crc_48k_stereo.mp3",
-    "mpeg25_11k_mono_noxing_id3v1.mp3",
-    "mpeg25_8k_mono.mp3",
-    "nores_24k_mono_id3v2.mp3",
-    "vbr_12k_mono.mp3",
-    "vbr_32k_stereo.mp3",
-];
+const FILES: [&str; 10] = common::LAME_FIXTURES;
 
 #[derive(Debug, Default)]
 struct Count {

@@ -154,24 +154,33 @@ fn widen(bytes: &[u8]) -> Vec<u16> {
     bytes.iter().map(|&b| u16::from(b)).collect()
 }
 
+/// The 16 kHz mono 32 kbps LAME fixture: its path and bytes.
+fn mono_16k_mp3() -> (PathBuf, Vec<u8>) {
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).unwrap();
+    (path, data)
+}
+
+/// The MP3 defaults reading blocks as `tokens`, with room for a whole frame's ids.
+fn mp3_config(tokens: tempest_tokenize::BlockTokens) -> TokenizerConfig {
+    TokenizerConfig::for_format(Format::Mp3)
+        .with_tokens(tokens)
+        .with_max_block_bytes(400)
+}
+
 #[test]
 fn field_tokens_give_each_field_its_value_then_the_chosen_bytes() {
     use cff_blocks::mp3::{MainData, SideInfo};
     use tempest_tokenize::fields::{field_name, FIELD_BASE};
     use tempest_tokenize::{BlockTokens, FIELDS_VOCAB_SIZE};
 
-    let path = fixture("mp3/cbr32_16k_mono.mp3");
-    let data = std::fs::read(&path).unwrap();
+    let (path, data) = mono_16k_mp3();
     let frames: Vec<_> = Reader::new(&data, &Options::default())
         .unwrap()
         .map(Result::unwrap)
         .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
         .collect();
-    let config = |tokens| {
-        TokenizerConfig::for_format(Format::Mp3)
-            .with_tokens(tokens)
-            .with_max_block_bytes(400)
-    };
+    let config = mp3_config;
     let ctx = CropContext::default();
     let fields = tokenize(&data, &path, &config(BlockTokens::Fields), ctx).unwrap();
     let with_bytes = tokenize(&data, &path, &config(BlockTokens::FieldsAndBytes), ctx).unwrap();
@@ -306,18 +315,13 @@ fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
     };
     use tempest_tokenize::{BlockTokens, LINES_VOCAB_SIZE};
 
-    let path = fixture("mp3/cbr32_16k_mono.mp3");
-    let data = std::fs::read(&path).unwrap();
+    let (path, data) = mono_16k_mp3();
     let frames: Vec<_> = Reader::new(&data, &Options::default())
         .unwrap()
         .map(Result::unwrap)
         .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
         .collect();
-    let config = |tokens| {
-        TokenizerConfig::for_format(Format::Mp3)
-            .with_tokens(tokens)
-            .with_max_block_bytes(400)
-    };
+    let config = mp3_config;
     assert_eq!(BlockTokens::FieldsAndLines.vocab_size(), LINES_VOCAB_SIZE);
     let ctx = CropContext::default();
     let fields = tokenize(&data, &path, &config(BlockTokens::Fields), ctx).unwrap();
@@ -390,11 +394,8 @@ fn band_mask_silences_one_run_of_bands_per_item_and_nothing_else() {
     use tempest_tokenize::fields::{field_name, field_range, LONG_BANDS};
     use tempest_tokenize::BlockTokens;
 
-    let path = fixture("mp3/cbr32_16k_mono.mp3");
-    let data = std::fs::read(&path).unwrap();
-    let config = TokenizerConfig::for_format(Format::Mp3)
-        .with_tokens(BlockTokens::FieldsAndLines)
-        .with_max_block_bytes(400);
+    let (path, data) = mono_16k_mp3();
+    let config = mp3_config(BlockTokens::FieldsAndLines);
     let silent = field_range("mp3.band(level,scalefac)").unwrap().start as u16;
     let plain = tokenize(&data, &path, &config, CropContext::default()).unwrap();
     let mut widths = std::collections::BTreeSet::new();

@@ -72,6 +72,16 @@ struct Bands {
     short: [u16; 14],
 }
 
+/// The long band edges shared by 22.05 and 16 kHz (ISO 13818-3 Table B.2) and the MPEG-2.5
+/// rates 11.025 and 12 kHz.
+const LSF_LONG: [u16; 23] = [
+    0, 6, 12, 18, 24, 30, 36, 44, 54, 66, 80, 96, 116, 140, 168, 200, 238, 284, 336, 396, 464, 522,
+    576,
+];
+
+/// The short band edges shared by 16 kHz and the MPEG-2.5 rates 11.025 and 12 kHz.
+const LSF_SHORT: [u16; 14] = [0, 4, 8, 12, 18, 26, 36, 48, 62, 80, 104, 134, 174, 192];
+
 /// ISO 11172-3 Table B.8 (44.1, 48, 32 kHz), ISO 13818-3 Table B.2 (22.05, 24, 16 kHz), and
 /// the MPEG-2.5 rates (11.025, 12, 8 kHz).
 const BANDS: [(u32, Bands); 9] = [
@@ -108,10 +118,7 @@ const BANDS: [(u32, Bands); 9] = [
     (
         22_050,
         Bands {
-            long: [
-                0, 6, 12, 18, 24, 30, 36, 44, 54, 66, 80, 96, 116, 140, 168, 200, 238, 284, 336,
-                396, 464, 522, 576,
-            ],
+            long: LSF_LONG,
             short: [0, 4, 8, 12, 18, 24, 32, 42, 56, 74, 100, 132, 174, 192],
         },
     ),
@@ -128,31 +135,22 @@ const BANDS: [(u32, Bands); 9] = [
     (
         16_000,
         Bands {
-            long: [
-                0, 6, 12, 18, 24, 30, 36, 44, 54, 66, 80, 96, 116, 140, 168, 200, 238, 284, 336,
-                396, 464, 522, 576,
-            ],
-            short: [0, 4, 8, 12, 18, 26, 36, 48, 62, 80, 104, 134, 174, 192],
+            long: LSF_LONG,
+            short: LSF_SHORT,
         },
     ),
     (
         11_025,
         Bands {
-            long: [
-                0, 6, 12, 18, 24, 30, 36, 44, 54, 66, 80, 96, 116, 140, 168, 200, 238, 284, 336,
-                396, 464, 522, 576,
-            ],
-            short: [0, 4, 8, 12, 18, 26, 36, 48, 62, 80, 104, 134, 174, 192],
+            long: LSF_LONG,
+            short: LSF_SHORT,
         },
     ),
     (
         12_000,
         Bands {
-            long: [
-                0, 6, 12, 18, 24, 30, 36, 44, 54, 66, 80, 96, 116, 140, 168, 200, 238, 284, 336,
-                396, 464, 522, 576,
-            ],
-            short: [0, 4, 8, 12, 18, 26, 36, 48, 62, 80, 104, 134, 174, 192],
+            long: LSF_LONG,
+            short: LSF_SHORT,
         },
     ),
     (
@@ -615,23 +613,7 @@ mod tests {
         assert_eq!(lsf_slen(2 * 181, true), ([0, 0, 1, 0], 4));
     }
 
-    /// Writes `(value, bits)` pairs most significant bit first.
-    fn pack(fields: &[(u32, usize)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let (mut acc, mut n) = (0u64, 0);
-        for &(v, bits) in fields {
-            acc = (acc << bits) | u64::from(v);
-            n += bits;
-            while n >= 8 {
-                out.push((acc >> (n - 8)) as u8);
-                n -= 8;
-            }
-        }
-        if n > 0 {
-            out.push((acc << (8 - n)) as u8);
-        }
-        out
-    }
+    use crate::mp3::pack_bits as pack;
 
     #[test]
     fn a_hand_coded_granule_decodes_to_its_lines() {

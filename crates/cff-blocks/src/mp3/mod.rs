@@ -62,6 +62,26 @@ pub use huffman::{
 };
 pub use side_info::{Granule, MainData, SideInfo};
 
+/// Writes `(value, bits)` pairs most significant bit first: frames and side information built
+/// bit by bit for the tests of this module.
+#[cfg(test)]
+pub(crate) fn pack_bits(fields: &[(u32, usize)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut n) = (0u64, 0);
+    for &(v, bits) in fields {
+        acc = (acc << bits) | u64::from(v);
+        n += bits;
+        while n >= 8 {
+            out.push((acc >> (n - 8)) as u8);
+            n -= 8;
+        }
+    }
+    if n > 0 {
+        out.push((acc << (8 - n)) as u8);
+    }
+    out
+}
+
 /// MPEG audio version (ISO 11172-3 2.4.2.3 `ID`, ISO 13818-3 2.4.2.3; MPEG-2.5 is the
 /// Fraunhofer extension that gives the second sync bit a meaning).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

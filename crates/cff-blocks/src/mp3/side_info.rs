@@ -309,24 +309,7 @@ impl MainData {
 mod tests {
     use super::*;
 
-    /// Writes `(value, bits)` pairs most significant bit first.
-    fn pack(fields: &[(u32, usize)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut acc = 0u64;
-        let mut n = 0;
-        for &(v, bits) in fields {
-            acc = (acc << bits) | u64::from(v);
-            n += bits;
-            while n >= 8 {
-                out.push((acc >> (n - 8)) as u8);
-                n -= 8;
-            }
-        }
-        if n > 0 {
-            out.push((acc << (8 - n)) as u8);
-        }
-        out
-    }
+    use crate::mp3::pack_bits as pack;
 
     #[test]
     fn mpeg1_stereo_fields_land_where_the_standard_puts_them() {
