@@ -157,7 +157,7 @@ fn widen(bytes: &[u8]) -> Vec<u16> {
 /// The 16 kHz mono 32 kbps LAME fixture: its path and bytes.
 fn mono_16k_mp3() -> (PathBuf, Vec<u8>) {
     let path = fixture("mp3/cbr32_16k_mono.mp3");
-    let data = std::fs::read(&path).unwrap();
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (path, data)
 }
 
