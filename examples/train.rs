@@ -25,7 +25,7 @@
 //!
 //! Audio (MP3 or Ogg Opus files) gets the recipe measured in docs/audio.md for whatever the
 //! command line leaves open: field and band-line tokens for MP3, field tokens for Opus
-//! (`--tokens`), the `tiny` preset, 40 epochs, batches of 16, learning rate 5e-4, and with
+//! (`--tokens`), the `tiny` preset, 80 epochs, batches of 16, learning rate 5e-4, and with
 //! several bitrates each epoch's evaluation and the test as
 //! the ensemble of the bitrates. ESC-50 runs five-fold cross-validation (`--folds` to choose);
 //! the last line is `test accuracy: 0.XXXX` (ESC-50: the mean over the folds).
@@ -41,7 +41,7 @@ use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOption
 /// Epochs, batch size and peak learning rate of a run on audio files where the command line
 /// does not give them, with the `tiny` preset where neither `--preset` nor `--config` is given
 /// (docs/audio.md).
-const AUDIO_EPOCHS: usize = 40;
+const AUDIO_EPOCHS: usize = 80;
 const AUDIO_BATCH: usize = 16;
 const AUDIO_LR: f64 = 5e-4;
 
