@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Prints per-variant accuracy (top-5 with more than 5 classes) and per-class accuracy; the
-//! last line is `test accuracy: 0.XXXX`. `--confusion` draws the (first variant's) confusion
+//! last line is `<split> accuracy: 0.XXXX` (`test accuracy: 0.XXXX` by default). `--confusion` draws the (first variant's) confusion
 //! matrix as a PNG.
 
 use std::path::PathBuf;
@@ -96,7 +96,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         tempest_train::plots::plot_confusion(&m.confusion, &loaded.classes, path)?;
         println!("confusion matrix drawn in {}", path.display());
     }
-    println!("test accuracy: {:.4}", report.accuracy);
+    println!("{split} accuracy: {:.4}", report.accuracy);
     Ok(())
 }
 
