@@ -161,6 +161,16 @@ fn mono_16k_mp3() -> (PathBuf, Vec<u8>) {
     (path, data)
 }
 
+/// The audio blocks of a file, in order.
+fn audio_frames(data: &[u8]) -> Vec<cff_blocks::Block<'_>> {
+    Reader::new(data, &Options::default())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
+        .collect()
+}
+
 /// The MP3 defaults reading blocks as `tokens`, with room for a whole frame's ids.
 fn mp3_config(tokens: tempest_tokenize::BlockTokens) -> TokenizerConfig {
     TokenizerConfig::for_format(Format::Mp3)
@@ -175,11 +185,7 @@ fn field_tokens_give_each_field_its_value_then_the_chosen_bytes() {
     use tempest_tokenize::{BlockTokens, FIELDS_VOCAB_SIZE};
 
     let (path, data) = mono_16k_mp3();
-    let frames: Vec<_> = Reader::new(&data, &Options::default())
-        .unwrap()
-        .map(Result::unwrap)
-        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
-        .collect();
+    let frames = audio_frames(&data);
     let config = mp3_config;
     let ctx = CropContext::default();
     let fields = tokenize(&data, &path, &config(BlockTokens::Fields), ctx).unwrap();
@@ -316,11 +322,7 @@ fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
     use tempest_tokenize::{BlockTokens, LINES_VOCAB_SIZE};
 
     let (path, data) = mono_16k_mp3();
-    let frames: Vec<_> = Reader::new(&data, &Options::default())
-        .unwrap()
-        .map(Result::unwrap)
-        .filter(|b| b.kind == cff_blocks::BlockKind::Audio)
-        .collect();
+    let frames = audio_frames(&data);
     let config = mp3_config;
     assert_eq!(BlockTokens::FieldsAndLines.vocab_size(), LINES_VOCAB_SIZE);
     let ctx = CropContext::default();
