@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
             };
             if let Ok(Some(own)) = reservoir.push(&block.data, &side, block.offset) {
                 let own = own.to_vec();
-                if let Ok(lines) = decode_granules(&block.data, &side, &own, block.offset) {
+                if let Ok(lines) = decode_granules(&side, &own, block.offset) {
                     for g in lines.iter().flatten() {
                         assert!(usize::from(g.coded) <= cff_blocks::mp3::LINES);
                     }

@@ -43,7 +43,7 @@ impl BlockTokens {
         (BlockTokens::FieldsAndLines, "fields+lines"),
     ];
 
-    /// The name: `bytes`, `fields`, `fields+bytes` or `fields+data`.
+    /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data` or `fields+lines`.
     pub fn name(self) -> &'static str {
         BlockTokens::ALL
             .iter()
@@ -59,13 +59,13 @@ impl BlockTokens {
             .map(|(t, _)| *t)
     }
 
-    /// Every name, for messages: `bytes, fields, fields+bytes, fields+data`.
+    /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines`.
     pub fn names() -> String {
         let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
         names.join(", ")
     }
 
-    /// Whether field ids are used (the model then needs [`crate::FIELDS_VOCAB_SIZE`] ids).
+    /// Whether field ids are used (the model then needs [`BlockTokens::vocab_size`] ids).
     pub fn has_fields(self) -> bool {
         self != BlockTokens::Bytes
     }

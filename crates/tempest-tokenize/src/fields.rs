@@ -172,13 +172,13 @@ fn id(index: usize, value: u32) -> u16 {
     (FIELD_STARTS[index] + v) as u16
 }
 
-/// Appends the field ids of an MP3 frame with header byte 2 `header2` (bitrate index in its
-/// top four bits) and side information `side`, each `global_gain` moved by `gain_offset`
+/// Appends the field ids of an MP3 frame from its side information `side` (which holds the
+/// frame's header, for the bitrate index), each `global_gain` moved by `gain_offset`
 /// quantiser steps (clamped to 0–255): a step is 2^(1/4) in amplitude, 1.5 dB, so one offset
 /// for all frames of a clip reads it as if it were that much louder or quieter
 /// ([`crate::TokenizerConfig::gain_jitter`]).
-pub fn mp3_field_ids(header2: u8, side: &SideInfo, gain_offset: i32, out: &mut Vec<u16>) {
-    out.push(id(0, u32::from(header2 >> 4)));
+pub fn mp3_field_ids(side: &SideInfo, gain_offset: i32, out: &mut Vec<u16>) {
+    out.push(id(0, side.header.bitrate_index() as u32));
     out.push(id(1, u32::from(side.main_data_begin) / 4));
     for (k, g) in side.granules().enumerate() {
         let ch = k % usize::from(side.channels.max(1));
@@ -236,20 +236,18 @@ pub fn band_level(sum: u32) -> u32 {
 /// scalefactor (clamped to 7), one id range shared by all bands: which band an id describes
 /// is its position in the block. Long blocks give [`LONG_BANDS`] ids, short blocks
 /// [`SHORT_BANDS`] × 3 (band, then window; their own range); mixed blocks are read as long
-/// ones. Nothing is
-/// requantised: the level counts quantiser steps, and `global_gain` and `scalefac_scale`,
-/// which say what a step is worth, are fields of their own. `sample_rate` picks the band
-/// edges; a rate Layer III does not have gives no ids. `mask`, a range of long bands: those
+/// ones. Nothing is requantised: the level counts quantiser steps, and `global_gain` and
+/// `scalefac_scale`, which say what a step is worth, are fields of their own. The frame's
+/// sampling rate (`side.header`) picks the band edges. `mask`, a range of long bands: those
 /// bands, and the short bands over the same lines, read as empty (level 0, scalefactor 0).
 pub fn mp3_line_ids(
-    sample_rate: u32,
     side: &SideInfo,
     lines: &FrameLines,
     mask: std::ops::Range<usize>,
     out: &mut Vec<u16>,
 ) {
-    let (Some(long), Some(short)) = (long_band_edges(sample_rate), short_band_edges(sample_rate))
-    else {
+    let rate = side.header.sample_rate();
+    let (Some(long), Some(short)) = (long_band_edges(rate), short_band_edges(rate)) else {
         return;
     };
     let masked_lines = if mask.is_empty() {

@@ -333,16 +333,14 @@ fn field_ids(
         let data: &[u8] = &b.data;
         let mut ids = Vec::new();
         match &b.detail {
-            Detail::Mp3(info) => {
+            Detail::Mp3(_) => {
                 let side = SideInfo::parse(data, b.offset)?;
-                let header2 = data.get(2).copied().unwrap_or(0);
-                fields::mp3_field_ids(header2, &side, gain_offset, &mut ids);
+                fields::mp3_field_ids(&side, gain_offset, &mut ids);
                 let own = reservoir.push(data, &side, b.offset)?;
                 if tokens == BlockTokens::FieldsAndLines {
                     if let Some(own) = own {
-                        let lines = decode_granules(data, &side, own, b.offset)?;
-                        let rate = info.header.sample_rate();
-                        fields::mp3_line_ids(rate, &side, &lines, mask.clone(), &mut ids);
+                        let lines = decode_granules(&side, own, b.offset)?;
+                        fields::mp3_line_ids(&side, &lines, mask.clone(), &mut ids);
                     }
                 }
                 let tail = match (tokens, own) {

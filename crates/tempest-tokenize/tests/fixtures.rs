@@ -345,7 +345,7 @@ fn line_tokens_follow_the_fields_one_per_scalefactor_band() {
             assert_eq!(ids.len(), 17);
             continue;
         };
-        let decoded = decode_granules(&frame.data, &side, own, frame.offset).unwrap();
+        let decoded = decode_granules(&side, own, frame.offset).unwrap();
         let g = &side.granule[0][0];
         let bands = &ids[17..];
         if g.window_switching && g.block_type == 2 {

@@ -45,7 +45,7 @@ pub struct TokenizerSettings {
     #[serde(default = "byte_stride")]
     pub bit_stride: u8,
     /// What a block's ids stand for (`BlockTokens::name`: `bytes`, `fields`, `fields+bytes`,
-    /// `fields+data`). Checkpoints written before this setting existed read as `bytes`.
+    /// `fields+data`, `fields+lines`). Checkpoints written before this setting existed read as `bytes`.
     #[serde(default = "byte_tokens")]
     pub tokens: String,
     /// Blocks kept per training item, a random contiguous run of them (a random crop in

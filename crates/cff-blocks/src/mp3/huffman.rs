@@ -25,7 +25,8 @@ use std::sync::OnceLock;
 use crate::{Error, Format, Result};
 
 use super::huffman_tables::{BIG_VALUE_CODES, COUNT1_CODES};
-use super::{ChannelMode, FrameHeader, SideInfo, Version};
+use super::side_info::BitReader;
+use super::{ChannelMode, SideInfo, Version};
 
 /// Spectral lines per granule and channel.
 pub const LINES: usize = 576;
@@ -292,37 +293,14 @@ fn big_value_tree(table: u8) -> Option<(usize, u16)> {
         .map(|i| (i, u16::from(BIG_VALUE_CODES[i].1)))
 }
 
-/// Reads bits most significant first, and knows where it is.
-struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl BitReader<'_> {
-    fn bit(&mut self) -> Option<u8> {
-        let byte = *self.data.get(self.pos / 8)?;
-        let b = (byte >> (7 - self.pos % 8)) & 1;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn bits(&mut self, n: u8) -> Option<u16> {
-        let mut v = 0u16;
-        for _ in 0..n {
-            v = (v << 1) | u16::from(self.bit()?);
-        }
-        Some(v)
-    }
-}
-
 /// The entropy-decoded granules of one frame, `[granule][channel]`: entries past the frame's
 /// granules and channels are empty.
 pub type FrameLines = [[GranuleLines; 2]; 2];
 
 /// Decodes the scalefactors and quantised lines of every granule of one frame.
 ///
-/// `frame` is the whole frame (header first), `side` its side information
-/// ([`SideInfo::parse`]) and `main` its own main data ([`super::MainData::push`]): the bytes
+/// `side` is the frame's side information ([`SideInfo::parse`], which keeps the frame's header)
+/// and `main` its own main data ([`super::MainData::push`]): the bytes
 /// whose first bit starts its first granule. `offset` names the frame in errors.
 ///
 /// Errors ([`Error::Malformed`] or [`Error::Truncated`]): a granule whose scalefactors or
@@ -330,24 +308,14 @@ pub type FrameLines = [[GranuleLines; 2]; 2];
 /// main data shorter than the granules say, a sampling rate Layer III does not have.
 ///
 /// A count1 quadruple that would end past `part2_3_length` is dropped, as decoders do.
-pub fn decode_granules(
-    frame: &[u8],
-    side: &SideInfo,
-    main: &[u8],
-    offset: u64,
-) -> Result<Box<FrameLines>> {
+pub fn decode_granules(side: &SideInfo, main: &[u8], offset: u64) -> Result<Box<FrameLines>> {
     let malformed = |expected: &'static str, found: String| Error::Malformed {
         format: Format::Mp3,
         offset,
         expected,
         found,
     };
-    let word = frame
-        .get(..4)
-        .map(|w| u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
-        .ok_or_else(|| malformed("a frame header", format!("{} bytes", frame.len())))?;
-    let header = FrameHeader::parse(word)
-        .map_err(|e| malformed("a Layer III frame header", e.to_string()))?;
+    let header = side.header;
     let rate = header.sample_rate();
     let (long, short) = match (long_band_edges(rate), short_band_edges(rate)) {
         (Some(l), Some(s)) => (l, s),
@@ -374,16 +342,16 @@ pub fn decode_granules(
             }
             let short_blocks = g.window_switching && g.block_type == 2;
             let mut lines = GranuleLines::default();
-            // Part 2: scalefactors.
-            let mut lens: Vec<(u8, usize)> = Vec::with_capacity(4);
+            // Part 2: scalefactors, as (bit length, count) per group; unused groups count 0.
+            let mut lens = [(0u8, 0usize); 4];
             if mpeg1 {
                 let (s1, s2) = SLEN[usize::from(g.scalefac_compress & 15)];
-                if short_blocks {
+                lens = if short_blocks {
                     let first = if g.mixed_block { 8 + 9 } else { 18 };
-                    lens.extend([(s1, first), (s2, 18)]);
+                    [(s1, first), (s2, 18), (0, 0), (0, 0)]
                 } else {
-                    lens.extend([(s1, 6), (s1, 5), (s2, 5), (s2, 5)]);
-                }
+                    [(s1, 6), (s1, 5), (s2, 5), (s2, 5)]
+                };
             } else {
                 let (slen, table) = lsf_slen(g.scalefac_compress, intensity && ch == 1);
                 let row = if short_blocks {
@@ -396,7 +364,7 @@ pub fn decode_granules(
                     0
                 };
                 for (p, &n) in NR_OF_SFB[table][row].iter().enumerate() {
-                    lens.push((slen[p], usize::from(n)));
+                    lens[p] = (slen[p], usize::from(n));
                 }
             }
             let reuse = mpeg1 && gr == 1 && !short_blocks;
@@ -654,7 +622,7 @@ mod tests {
         frame.extend(pack(&side_fields));
         frame.resize(144, 0);
         let side = SideInfo::parse(&frame, 0).unwrap();
-        let g = &decode_granules(&frame, &side, &main, 0).unwrap()[0][0];
+        let g = &decode_granules(&side, &main, 0).unwrap()[0][0];
         assert_eq!(&g.lines[..8], &[1, -1, 0, 1, 0, 0, -1, 0]);
         assert_eq!(g.coded, 8);
         assert_eq!(usize::from(g.bits_read), bitstr.len());
@@ -662,15 +630,15 @@ mod tests {
         // A part2_3_length one bit short of the big values is an error naming the offset.
         let mut short = side;
         short.granule[0][0].part2_3_length = 4;
-        let err = decode_granules(&frame, &short, &main, 4321)
+        let err = decode_granules(&short, &main, 4321)
             .unwrap_err()
             .to_string();
         assert!(err.contains("4321"), "{err}");
         // Table 4 does not exist.
         let mut bad = side;
         bad.granule[0][0].table_select[0] = 4;
-        assert!(decode_granules(&frame, &bad, &main, 0).is_err());
+        assert!(decode_granules(&bad, &main, 0).is_err());
         // Main data shorter than part2_3_length says.
-        assert!(decode_granules(&frame, &side, &main[..1], 0).is_err());
+        assert!(decode_granules(&side, &main[..1], 0).is_err());
     }
 }

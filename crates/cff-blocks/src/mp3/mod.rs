@@ -312,7 +312,9 @@ impl FrameHeader {
         ((self.0 >> 10) & 3) as usize
     }
 
-    fn bitrate_index(self) -> usize {
+    /// The 4-bit bitrate index (0 free format, 15 forbidden; [`FrameHeader::bitrate_kbps`]
+    /// gives its meaning).
+    pub fn bitrate_index(self) -> usize {
         ((self.0 >> 12) & 15) as usize
     }
 

@@ -69,26 +69,42 @@ pub struct SideInfo {
     pub channels: u8,
     /// `granule[gr][ch]`; entries past `granules` and `channels` are zero.
     pub granule: [[Granule; 2]; 2],
+    /// The frame's header, as parsed to find the side information (its version, sampling
+    /// rate and channel mode say how the main data is laid out).
+    pub header: FrameHeader,
     /// Bytes of the frame before its main-data bytes: header, CRC, side information.
     data_start: u8,
 }
 
-/// Reads bits most-significant first.
-struct Bits<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// Reads bits most significant first, and knows where it is: the side information's fields
+/// and the main data's scalefactors and Huffman codewords.
+pub(super) struct BitReader<'a> {
+    pub(super) data: &'a [u8],
+    /// Bits read so far.
+    pub(super) pos: usize,
 }
 
-impl Bits<'_> {
-    /// The next `n` (at most 16) bits. The caller has checked that they exist.
-    fn take(&mut self, n: usize) -> u16 {
+impl BitReader<'_> {
+    /// The next bit; `None` past the end.
+    pub(super) fn bit(&mut self) -> Option<u8> {
+        let byte = *self.data.get(self.pos / 8)?;
+        let b = (byte >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(b)
+    }
+
+    /// The next `n` (at most 16) bits; `None` past the end.
+    pub(super) fn bits(&mut self, n: u8) -> Option<u16> {
         let mut v = 0u16;
         for _ in 0..n {
-            let byte = self.data[self.pos / 8];
-            v = (v << 1) | u16::from((byte >> (7 - self.pos % 8)) & 1);
-            self.pos += 1;
+            v = (v << 1) | u16::from(self.bit()?);
         }
-        v
+        Some(v)
+    }
+
+    /// The next `n` bits where the caller has checked that they exist (0 past the end).
+    fn take(&mut self, n: u8) -> u16 {
+        self.bits(n).unwrap_or(0)
     }
 
     fn flag(&mut self) -> bool {
@@ -156,7 +172,7 @@ impl SideInfo {
         };
         let mpeg1 = header.version() == Version::Mpeg1;
         let channels = header.channels();
-        let mut bits = Bits { data, pos: 0 };
+        let mut bits = BitReader { data, pos: 0 };
         let mut side = SideInfo {
             main_data_begin: bits.take(if mpeg1 { 9 } else { 8 }),
             private_bits: bits.take(match (mpeg1, channels) {
@@ -169,6 +185,7 @@ impl SideInfo {
             granules: if mpeg1 { 2 } else { 1 },
             channels,
             granule: [[Granule::default(); 2]; 2],
+            header,
             data_start: (start + len) as u8,
         };
         if mpeg1 {
