@@ -5,7 +5,8 @@
 //!     [--variants jpeg:75 | mp3:32,...] [--eval-variant NAME] [--preset tiny|small|paper]
 //!     [--epochs N] [--batch B] [--lr LR] [--seed S] [--patch 7|4] [--max-train-items N]
 //!     [--out DIR] [--no-progress] [TEMPEST's tokenizer and training flags of `train`:
-//!     --tokens T, --block-bytes L, --crop N, --lambda X, --label-smoothing X, ...]
+//!     --tokens T, --block-bytes L, --crop N, --lambda X, --label-smoothing X,
+//!     --device cpu|cuda|cuda:N, --dtype f32|bf16, ...]
 //! ```
 //!
 //! `--layout` (`folder`, `speechcommands`, `esc50`, `mnist`) reads a raw layout as the

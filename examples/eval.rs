@@ -4,7 +4,7 @@
 //! cargo run --release --example eval -- --checkpoint RUN_DIR|CKPT_DIR
 //!     (--data PREPARED_DIR | --layout L --input DIR) [--split test] [--fold K]
 //!     [--eval-variant mp3:32|all|first|mp3:20+mp3:32|ensemble] [--batch B] [--workers W]
-//!     [--confusion FILE.png]
+//!     [--confusion FILE.png] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
 //! ```
 //!
 //! Prints per-variant accuracy (top-5 with more than 5 classes) and per-class accuracy; the
@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tempest::cff_encode::prepare::Layout;
+use tempest::tempest_model::{DeviceChoice, Precision};
 use tempest::tempest_train::{self, checkpoint, Dataset, EvalVariants};
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +29,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut variants = EvalVariants::First;
     let (mut batch, mut workers) = (64usize, 2usize);
     let mut confusion = None::<PathBuf>;
+    let (mut device, mut dtype) = (DeviceChoice::Cpu, Precision::F32);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut v = || args.next().ok_or(format!("{a} needs a value"));
@@ -41,6 +43,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--batch" => batch = v()?.parse()?,
             "--workers" => workers = v()?.parse()?,
             "--confusion" => confusion = Some(v()?.into()),
+            "--device" => device = v()?.parse()?,
+            "--dtype" => dtype = v()?.parse()?,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -52,7 +56,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             return Err("give --data DIR, or --layout L and --input DIR (compressed files)".into())
         }
     };
-    let loaded = checkpoint::load(&ckpt, &candle_core::Device::Cpu)?;
+    let device = device.open()?;
+    let loaded = checkpoint::load_as(&ckpt, &device, dtype.dtype(&device)?)?;
     let dropped = dataset.relabel(&loaded.classes);
     if dropped > 0 {
         println!("{dropped} items of classes the model does not know were left out");

@@ -21,7 +21,7 @@
 //!
 //! The training flags are `tempest_train::TrainOptions::FLAGS`, as for the `train` example:
 //! `--epochs N --batch B --lr LR --seed S --block-bytes L --header-block --bit-stride 8|4|2|1
-//! --bucket K ...`.
+//! --bucket K --device cpu|cuda|cuda:N --dtype f32|bf16 ...`.
 //!
 //! The digits (`data/mnist`) are encoded once into `target/quickstart/data` (JPEG at each
 //! quality and shift; the first quality unmoved is the one tested, the others augment
@@ -156,7 +156,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             run.join("best")
         };
-        let loaded = tempest_train::checkpoint::load(&ckpt, &candle_core::Device::Cpu)?;
+        let device = o.device.open()?;
+        let loaded = tempest_train::checkpoint::load_as(&ckpt, &device, o.dtype.dtype(&device)?)?;
         let tok = loaded.tokenizer.eval_config()?;
         let eval = |split: &[String], v: &EvalVariants| {
             tempest_train::evaluate(

@@ -15,8 +15,12 @@
 //! [--epochs N] [--batch B] [--accumulate K] [--lr LR] [--label-smoothing X] [--lambda X]
 //! [--seed S] [--workers W] [--header-block] [--bit-stride 8|4|2|1] [--block-bytes L]
 //! [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--gain-jitter K]
-//! [--band-mask K] [--crop N] [--bucket K] [--overwrite] [--no-progress]
+//! [--band-mask K] [--crop N] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
+//! [--overwrite] [--no-progress]
 //! ```
+//!
+//! `--device cuda` trains on the GPU (a build with `--features cuda`); the default is the CPU.
+//! The checkpoints are the same files either way: one trained on a GPU classifies on the CPU.
 //!
 //! `--layout` (`folder`, `esc50`, `speechcommands`, `mnist`) reads a raw layout: compressed
 //! files are used as they are; WAV/PNG/IDX inputs are prepared in `--variants` into

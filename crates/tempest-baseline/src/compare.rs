@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device};
 use tempest_model::{cost, Config};
 use tempest_tokenize::{tokenize, CropContext, TokenizedItem};
 use tempest_train::fit::{fit, prepare_items, FitReport, Prepared, TempestLearner};
@@ -145,8 +144,9 @@ pub fn compare(
     plan: &SplitPlan,
     options: &CompareOptions,
 ) -> Result<Comparison> {
-    let device = Device::Cpu;
     let o = &options.train;
+    let device = o.device.open().map_err(tempest_train::Error::from)?;
+    let dtype = o.dtype.dtype(&device).map_err(tempest_train::Error::from)?;
     let format = detect_format(dataset)?;
     let config = o.model_config(&options.tempest, dataset.classes.len(), format)?;
     let tok = o.tokenizer(format, &config)?.eval_config()?;
@@ -191,7 +191,7 @@ pub fn compare(
 
     // TEMPEST.
     let classes = dataset.classes.len();
-    let (model, varmap) = init_seeded(&config, &device, DType::F32, o.seed)?;
+    let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
     let tempest = TempestLearner {
         model,
         device: device.clone(),
@@ -219,7 +219,7 @@ pub fn compare(
     let max_patches = all_features().map(Features::num_patches).max().unwrap_or(1);
     let patch_dim = all_features().map(Features::patch_dim).next().unwrap_or(1);
     let vit_config = VitConfig::matching(&config, patch_dim, max_patches);
-    let (vb, vit_vars) = seeded_var_builder(o.seed, DType::F32, &device);
+    let (vb, vit_vars) = seeded_var_builder(o.seed, dtype, &device);
     let vit = VitLearner {
         model: Vit::new(&vit_config, vb)?,
         device: device.clone(),

@@ -20,7 +20,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes `config` and the variables of `varmap` into `dir` (created if missing).
+/// Writes `config` and the variables of `varmap` into `dir` (created if missing). The weights
+/// are written as f32 whatever the variables' dtype and device, so the files are the same
+/// for a run on the CPU or on a GPU, and load on either.
 pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let config_path = dir.join(CONFIG_FILE);
@@ -29,7 +31,22 @@ pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
         source,
     })?;
     std::fs::write(&config_path, json).map_err(io(&config_path))?;
-    varmap.save(dir.join(WEIGHTS_FILE))?;
+    let tensors = {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Config("the variables' lock is poisoned".into()))?;
+        data.iter()
+            .map(|(name, var)| {
+                let t = var
+                    .as_tensor()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?;
+                Ok((name.clone(), t))
+            })
+            .collect::<Result<std::collections::HashMap<String, candle_core::Tensor>>>()?
+    };
+    candle_core::safetensors::save(&tensors, dir.join(WEIGHTS_FILE))?;
     Ok(())
 }
 
@@ -54,10 +71,24 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Tempest> {
     Ok(Tempest::new(&config, vb)?)
 }
 
-/// Loads a checkpoint to train on: the model and the [`VarMap`] of its variables.
+/// Loads a checkpoint to train on: the model and the [`VarMap`] of its variables, on `device`
+/// in `dtype` (the file's f32 weights are converted).
 pub fn load_trainable(dir: &Path, device: &Device, dtype: DType) -> Result<(Tempest, VarMap)> {
     let config = load_config(dir)?;
-    let (model, mut varmap) = Tempest::init(&config, device, dtype)?;
-    varmap.load(dir.join(WEIGHTS_FILE))?;
+    let (model, varmap) = Tempest::init(&config, device, dtype)?;
+    let path = dir.join(WEIGHTS_FILE);
+    let stored = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Config("the variables' lock is poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let t = stored
+                .get(name)
+                .ok_or_else(|| Error::Config(format!("{}: no weight {name:?}", path.display())))?;
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+    }
     Ok((model, varmap))
 }

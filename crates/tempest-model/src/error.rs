@@ -35,6 +35,9 @@ pub enum Error {
     /// A configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A device or precision that was asked for cannot be had (`--device`, `--dtype`).
+    #[error("{0}")]
+    Device(String),
 }
 
 /// `Result` with this crate's [`Error`].

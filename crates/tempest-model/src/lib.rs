@@ -40,6 +40,7 @@ mod classifier;
 mod config;
 pub mod cost;
 pub mod cuda;
+mod device;
 mod dropout;
 mod error;
 mod fused_block_encoder;
@@ -53,6 +54,7 @@ mod scratch;
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
 pub use classifier::{Classifier, Prediction, CLASSES_FILE};
 pub use config::{BlockPositionKind, Config, MixerKind, StackConfig};
+pub use device::{DeviceChoice, Precision};
 pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};
 pub use model::{

@@ -341,6 +341,11 @@ impl Tempest {
         self.dtype
     }
 
+    /// The device the weights live on (batches must be moved there).
+    pub fn device(&self) -> &Device {
+        self.cls.device()
+    }
+
     /// Restarts the dropout masks' seeds from `seed`: the masks of the passes that follow depend
     /// only on it (see [`DropoutRng`]). [`crate::Trainer`] does this before every step with a
     /// seed derived from its run's seed and the step ([`crate::dropout_seed`]).

@@ -81,3 +81,31 @@ fn classifies_an_mp3_buffer_end_to_end() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A checkpoint's weights file does not depend on where or in which precision the model was
+/// trained: variables in f64 (as a GPU run's bf16 ones, another dtype than the file's) are
+/// written as the same f32 file byte for byte, every tensor of it is f32, and it loads back
+/// for training in any dtype. (tests/cuda.rs moves one between a GPU and the CPU.)
+#[test]
+fn checkpoint_files_do_not_depend_on_the_variables_dtype() -> Result<()> {
+    let wrap = candle_core::Error::wrap;
+    let (dir, _) = checkpoint("ckpt_dtype_f32", &["a", "b", "c"])?;
+    let f32_bytes = std::fs::read(dir.join(tempest_model::WEIGHTS_FILE))?;
+    let (model64, varmap64) =
+        tempest_model::load_trainable(&dir, &Device::Cpu, DType::F64).map_err(wrap)?;
+    assert_eq!(model64.dtype(), DType::F64);
+    assert!(varmap64.all_vars().iter().all(|v| v.dtype() == DType::F64));
+    let again = dir.with_file_name("ckpt_dtype_f64");
+    let _ = std::fs::remove_dir_all(&again);
+    tempest_model::save(&again, model64.config(), &varmap64).map_err(wrap)?;
+    let f64_bytes = std::fs::read(again.join(tempest_model::WEIGHTS_FILE))?;
+    assert_eq!(
+        f32_bytes, f64_bytes,
+        "the file depends on the variables' dtype"
+    );
+    let stored =
+        candle_core::safetensors::load(again.join(tempest_model::WEIGHTS_FILE), &Device::Cpu)?;
+    assert_eq!(stored.len(), varmap64.all_vars().len());
+    assert!(stored.values().all(|t| t.dtype() == DType::F32));
+    Ok(())
+}

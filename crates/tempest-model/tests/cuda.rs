@@ -71,3 +71,34 @@ fn cuda_kernels_default_on_and_old_configs_load() {
         "the CPU follows fused_kernels"
     );
 }
+
+/// A checkpoint written from a model on the GPU is the file a CPU run writes: it loads on the
+/// CPU with the same logits, and the CPU's copy saved again is the same bytes.
+#[test]
+fn checkpoints_move_between_the_gpu_and_the_cpu() -> candle_core::Result<()> {
+    let Some(dev) = device("checkpoints_move_between_the_gpu_and_the_cpu") else {
+        return Ok(());
+    };
+    let wrap = candle_core::Error::wrap;
+    let cfg = Config::tiny().with_num_classes(10);
+    let (gpu_model, gpu_vars) = tempest_model::Tempest::init(&cfg, &dev, candle_core::DType::F32)?;
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let (from_gpu, from_cpu) = (root.join("ckpt_from_gpu"), root.join("ckpt_from_cpu"));
+    tempest_model::save(&from_gpu, &cfg, &gpu_vars).map_err(wrap)?;
+    let (cpu_model, cpu_vars) =
+        tempest_model::load_trainable(&from_gpu, &Device::Cpu, candle_core::DType::F32)
+            .map_err(wrap)?;
+    tempest_model::save(&from_cpu, &cfg, &cpu_vars).map_err(wrap)?;
+    let read = |d: &std::path::Path| std::fs::read(d.join(tempest_model::WEIGHTS_FILE));
+    assert_eq!(read(&from_gpu)?, read(&from_cpu)?);
+    let mut rng = check::Rng::new(seed());
+    let batch = check::random_batch(&mut rng, 3, 5, 33, 10)?;
+    let on_cpu = cpu_model.forward(&batch, false)?.logits;
+    let on_gpu = gpu_model
+        .forward(&check::batch_to(&batch, &dev)?, false)?
+        .logits
+        .to_device(&Device::Cpu)?;
+    let diff = (on_cpu - on_gpu)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(diff < 1e-4, "logits differ by {diff}");
+    Ok(())
+}

@@ -357,11 +357,16 @@ pub struct Loaded {
 
 /// Loads a checkpoint written by [`save`] (or a run directory: its `best`, else `last`).
 pub fn load(dir: &Path, device: &Device) -> Result<Loaded> {
+    load_as(dir, device, DType::F32)
+}
+
+/// As [`load`], with the weights in `dtype` (bf16 on a GPU).
+pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Loaded> {
     let dir = [dir.to_path_buf(), dir.join("best"), dir.join("last")]
         .iter()
         .find_map(|d| resolve(d))
         .ok_or_else(|| Error::dataset(dir, "no checkpoint (model.safetensors) here"))?;
-    let model = tempest_model::load(&dir, device, DType::F32)?;
+    let model = tempest_model::load(&dir, device, dtype)?;
     let classes: Vec<String> = read_json(&dir.join(CLASSES_FILE))?;
     let tokenizer: TokenizerSettings = read_json(&dir.join(TOKENIZER_FILE))?;
     if classes.len() != model.config().num_classes {

@@ -1,15 +1,16 @@
-//! A budgeted training loop for any classifier, so that two models can be trained on the same
-//! items, split and budget and timed the same way (the `compare` example: TEMPEST against a
-//! spectrogram/pixel ViT).
+//! The training loop, [`fit_loop`], and its simplest driver, [`fit`].
 //!
-//! [`train()`](crate::train()) remains the loop for TEMPEST runs (checkpoints, resume, Ctrl-C,
-//! loader threads). [`fit`] is its core with the model and its inputs left open: a
-//! [`Learner`] turns prepared items into a loss and logits; the items are prepared once,
-//! before training, by [`prepare_items`], which times the preparation (read the file, then
-//! tokenize it, or decode it and compute features) separately from the model. It reuses
-//! this crate's [`AdamW`], the schedule, gradient clipping and accumulation of
-//! [`TrainOptions`], the [`BucketSampler`] and one variant per item and epoch, and reports
-//! [`Metrics`].
+//! [`fit_loop`] is the one loop every run goes through: epochs of batches, gradients
+//! accumulated into this crate's [`AdamW`], the warm-up + cosine schedule, clipping, dropout
+//! seeds from the run's seed and each batch's place, a budget in steps and a stop request, and a
+//! [`TrainState`] that resumes where it stood. A [`Driver`] says where the batches come from and
+//! what happens after each step and epoch: [`crate::train()`] drives it with the loader's
+//! batches of files, checkpoints, evaluation and metrics; [`fit`] with items prepared in
+//! memory, so that two models (the `compare` example: TEMPEST against a spectrogram/pixel
+//! ViT) train on the same items, split and budget and are timed the same way. A [`Learner`]
+//! turns [`fit`]'s items into a loss and logits; [`prepare_items`] prepares them once, before
+//! training, timing the preparation (read the file, then tokenize it, or decode it and compute
+//! features) apart from the model.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -25,9 +26,11 @@ use tempest_tokenize::{
     choose_variants, collate, BucketSampler, ItemShape, TokenizedItem, VariantChoice, PAD_ID,
 };
 
+use crate::checkpoint::{EpochSums, TrainState};
 use crate::metrics::{Metrics, Tally};
 use crate::optim::AdamW;
 use crate::{Dataset, Error, Result, TrainOptions};
+use tempest_model::CosineSchedule;
 
 /// A classifier that [`fit`] can train: prepared items in, a loss and logits out.
 pub trait Learner {
@@ -64,10 +67,18 @@ pub trait Learner {
     ) -> candle_core::Result<Gradients> {
         let _ = parts;
         let (loss, logits) = self.loss(items, labels, true)?;
+        let n = items.len() as f64;
+        let mean = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let correct = count_correct(&logits, labels).map_err(candle_core::Error::wrap)?;
         Ok(Gradients {
             grads: loss.backward()?,
-            loss: loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-            correct: count_correct(&logits, labels).map_err(candle_core::Error::wrap)?,
+            sums: EpochSums {
+                loss: mean * n,
+                classification: mean * n,
+                reconstruction: 0.0,
+                correct: correct as f64,
+                items: n,
+            },
         })
     }
 }
@@ -77,10 +88,20 @@ pub trait Learner {
 pub struct Gradients {
     /// Gradients of the batch's mean loss.
     pub grads: GradStore,
+    /// The batch's contributions to its epoch's sums (losses × items, correct, items).
+    pub sums: EpochSums,
+}
+
+impl Gradients {
     /// The batch's mean loss.
-    pub loss: f64,
+    pub fn loss(&self) -> f64 {
+        self.sums.mean_loss()
+    }
+
     /// Items whose arg-max logit was the label.
-    pub correct: usize,
+    pub fn correct(&self) -> usize {
+        self.sums.correct as usize
+    }
 }
 
 /// One item of a split with its prepared variants.
@@ -183,10 +204,12 @@ pub struct EpochLog {
     pub loss: f64,
     /// Training accuracy.
     pub accuracy: f64,
-    /// Items trained on.
+    /// Items trained on in this process (a resumed epoch counts those after the resume).
     pub items: usize,
-    /// Seconds of training (forward, backward, optimiser).
+    /// Seconds of training (forward, backward, optimiser), in this process.
     pub seconds: f64,
+    /// The epoch's item-weighted sums (over the whole epoch, across a resume).
+    pub sums: EpochSums,
 }
 
 /// What [`fit`] did and measured.
@@ -216,12 +239,253 @@ impl FitReport {
     }
 }
 
+/// One optimiser step of [`fit_loop`], as its driver sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLog {
+    /// The learning rate the step used.
+    pub lr: f64,
+    /// The global gradient norm before clipping.
+    pub norm: f64,
+    /// The step closed the epoch's last batch.
+    pub end_of_epoch: bool,
+    /// The run stops after this step (a stop request or `stop_after_steps`).
+    pub stopping: bool,
+}
+
+/// How [`fit_loop`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch of the budget ran.
+    Finished,
+    /// A stop request or `stop_after_steps` ended the run early; its state is resumable.
+    Interrupted,
+}
+
+/// What a run adds around the one training loop, [`fit_loop`]: where each epoch's batches
+/// come from and how their gradients are computed, and what happens after each optimiser step
+/// and each epoch. [`crate::train()`] drives it with the loader's batches of files (and
+/// checkpoints, evaluation and metrics); [`fit`] with items prepared in memory (the `compare`
+/// example's two models).
+pub trait Driver {
+    /// One batch, as [`Driver::gradients`] takes it.
+    type Batch;
+
+    /// Starts epoch `epoch` (from 0) at its batch `skip` (a resumed run skips the batches it
+    /// trained on): the number of batches the whole epoch has.
+    fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize>;
+
+    /// The epoch's next batch; `Some(None)` for a batch with nothing to train on (all its
+    /// files failed: it still counts as a batch), `None` when the epoch has no more.
+    fn next_batch(&mut self) -> Result<Option<Option<Self::Batch>>>;
+
+    /// Seeds the dropout masks of the next [`Driver::gradients`].
+    fn seed_dropout(&mut self, seed: u64);
+
+    /// The gradients of the batch's mean loss and its contributions to the epoch's sums.
+    fn gradients(&mut self, batch: Self::Batch) -> Result<(GradStore, EpochSums)>;
+
+    /// After each optimiser step (progress, periodic checkpoints).
+    fn after_step(&mut self, _state: &TrainState, _opt: &AdamW, _step: &StepLog) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether the run was asked to stop (Ctrl-C); checked after each step.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+
+    /// After the epoch's last batch, or after the step that stops the run.
+    fn end_batches(&mut self) {}
+
+    /// The run stops inside an epoch: `state` is where it stands (save it to resume).
+    fn interrupted(&mut self, _state: &TrainState, _opt: &AdamW, _log: &EpochLog) -> Result<()> {
+        Ok(())
+    }
+
+    /// Epoch `log.epoch` ended; `state` already points at the next one (evaluate, keep the
+    /// best, write metrics, save).
+    fn end_epoch(&mut self, state: &mut TrainState, opt: &AdamW, log: &EpochLog) -> Result<()>;
+}
+
+/// The training loop, the one every run goes through: from `state` (a fresh
+/// [`TrainState`] or a resumed one) to `options.epochs` epochs, each batch's gradients
+/// accumulated into `opt` ([`AdamW`]), one optimiser step every `options.accumulate` batches
+/// and at the end of each epoch, the learning rate from `schedule`, gradients clipped to
+/// `options.max_grad_norm`, dropout masks seeded from the run's seed, the epoch and the batch's
+/// place in it (so a resumed run draws the masks an uninterrupted one would), and a stop after
+/// `options.stop_after_steps` steps or when the driver asks for it.
+pub fn fit_loop<D: Driver>(
+    driver: &mut D,
+    opt: &mut AdamW,
+    schedule: &CosineSchedule,
+    state: &mut TrainState,
+    options: &TrainOptions,
+) -> Result<Outcome> {
+    let o = options;
+    if o.batch_size == 0 || o.accumulate == 0 {
+        return Err(Error::setting(
+            "batch",
+            "batch size and accumulation must be ≥ 1",
+        ));
+    }
+    while state.epoch < o.epochs {
+        let epoch = state.epoch;
+        let batches = driver.start_epoch(epoch, state.batch_in_epoch)?;
+        let start = Instant::now();
+        let mut items_here = 0u64;
+        let mut batch_pos = state.batch_in_epoch.min(batches);
+        let mut stop = false;
+        while let Some(batch) = driver.next_batch()? {
+            batch_pos += 1;
+            if let Some(batch) = batch {
+                driver.seed_dropout(tempest_model::dropout_seed(
+                    o.seed,
+                    &[epoch as u64, batch_pos as u64],
+                ));
+                let (grads, sums) = driver.gradients(batch)?;
+                state.epoch_sums.add(&sums);
+                opt.accumulate(&grads)?;
+                items_here += sums.items as u64;
+            }
+            let end_of_epoch = batch_pos == batches;
+            if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
+                let lr = schedule.lr(state.step);
+                let norm = opt.step(lr, o.max_grad_norm)?;
+                state.step += 1;
+                state.batch_in_epoch = batch_pos;
+                let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
+                stop = budget || driver.stop_requested();
+                let step = StepLog {
+                    lr,
+                    norm,
+                    end_of_epoch,
+                    stopping: stop,
+                };
+                driver.after_step(state, opt, &step)?;
+                if stop && !end_of_epoch {
+                    break;
+                }
+            }
+        }
+        driver.end_batches();
+        let log = EpochLog {
+            epoch: epoch + 1,
+            loss: state.epoch_sums.mean_loss(),
+            accuracy: state.epoch_sums.accuracy(),
+            items: items_here as usize,
+            seconds: start.elapsed().as_secs_f64(),
+            sums: state.epoch_sums,
+        };
+        if stop && state.batch_in_epoch < batches {
+            driver.interrupted(state, opt, &log)?;
+            return Ok(Outcome::Interrupted);
+        }
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        state.epoch_sums = EpochSums::default();
+        driver.end_epoch(state, opt, &log)?;
+        if stop && state.epoch < o.epochs {
+            return Ok(Outcome::Interrupted);
+        }
+    }
+    Ok(Outcome::Finished)
+}
+
+/// [`fit`]'s driver: batches of items prepared in memory, one variant per item and epoch.
+struct PreparedDriver<'a, L: Learner> {
+    learner: &'a L,
+    train: &'a Prepared<L::Item>,
+    counts: Vec<usize>,
+    sampler: BucketSampler,
+    seed: u64,
+    parts: usize,
+    picked: Vec<(&'a L::Item, u32)>,
+    batches: Vec<Vec<usize>>,
+    next: usize,
+    epochs: Vec<EpochLog>,
+    log: Option<(std::fs::File, &'a Path)>,
+    total_epochs: usize,
+    progress: bool,
+}
+
+impl<L: Learner> Driver for PreparedDriver<'_, L> {
+    type Batch = usize;
+
+    fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize> {
+        let chosen = choose_variants(
+            &self.counts,
+            VariantChoice::OnePerEpoch,
+            self.seed,
+            epoch as u64,
+        );
+        let items = &self.train.items;
+        self.picked = chosen
+            .iter()
+            .map(|&(i, v)| (&items[i].variants[v].1, items[i].label))
+            .collect();
+        let shapes: Vec<ItemShape> = self
+            .picked
+            .iter()
+            .map(|(t, _)| self.learner.shape(t))
+            .collect();
+        self.batches = self.sampler.batches(&shapes, epoch as u64);
+        self.next = skip.min(self.batches.len());
+        Ok(self.batches.len())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Option<usize>>> {
+        if self.next >= self.batches.len() {
+            return Ok(None);
+        }
+        self.next += 1;
+        Ok(Some(Some(self.next - 1)))
+    }
+
+    fn seed_dropout(&mut self, seed: u64) {
+        self.learner.seed_dropout(seed);
+    }
+
+    fn gradients(&mut self, batch: usize) -> Result<(GradStore, EpochSums)> {
+        let b = &self.batches[batch];
+        let items: Vec<&L::Item> = b.iter().map(|&i| self.picked[i].0).collect();
+        let labels: Vec<u32> = b.iter().map(|&i| self.picked[i].1).collect();
+        let g = self.learner.gradients(&items, &labels, self.parts)?;
+        Ok((g.grads, g.sums))
+    }
+
+    fn interrupted(&mut self, _: &TrainState, _: &AdamW, log: &EpochLog) -> Result<()> {
+        self.epochs.push(log.clone());
+        Ok(())
+    }
+
+    fn end_epoch(&mut self, state: &mut TrainState, _: &AdamW, e: &EpochLog) -> Result<()> {
+        if self.progress {
+            eprintln!(
+                "epoch {}/{}: loss {:.4}, accuracy {:.4}, {:.1} items/s",
+                e.epoch,
+                self.total_epochs,
+                e.loss,
+                e.accuracy,
+                e.items as f64 / e.seconds.max(1e-9)
+            );
+        }
+        if let Some((f, path)) = self.log.as_mut() {
+            let line = json!({"epoch": e.epoch, "step": state.step, "train": {"loss": e.loss,
+                "accuracy": e.accuracy, "items": e.items, "seconds": e.seconds}});
+            writeln!(f, "{line}").map_err(Error::io(path))?;
+        }
+        self.epochs.push(e.clone());
+        Ok(())
+    }
+}
+
 /// Trains `learner` (its variables in `varmap`) on `train` with the budget and optimiser of
 /// `options` (epochs, batch, accumulation, peak learning rate, warm-up + cosine, AdamW,
-/// clipping, seed, `stop_after_steps`), each epoch on one variant per item, then tests the
-/// last weights on `test` at `eval_variant` (no checkpoint selection: both models of a
-/// comparison are tested after the same budget). Appends one JSON line per epoch and one for
-/// the test to `metrics` when given.
+/// clipping, seed, `stop_after_steps`), each epoch on one variant per item, through
+/// [`fit_loop`] (the loop [`crate::train()`] runs too), then tests the last weights on `test`
+/// at `eval_variant` (no checkpoint selection: both models of a comparison are tested after
+/// the same budget). Appends one JSON line per epoch and one for the test to `metrics` when
+/// given.
 #[allow(clippy::too_many_arguments)]
 pub fn fit<L: Learner>(
     learner: &L,
@@ -234,118 +498,66 @@ pub fn fit<L: Learner>(
     metrics: Option<&Path>,
 ) -> Result<FitReport> {
     let o = options;
-    if o.batch_size == 0 || o.accumulate == 0 {
-        return Err(Error::setting(
-            "batch",
-            "batch size and accumulation must be ≥ 1",
-        ));
-    }
     if train.items.is_empty() {
         return Err(Error::Empty {
             split: "train".into(),
             skipped: train.failed.len() as u64,
         });
     }
-    let mut log = match metrics {
+    let log = match metrics {
         Some(path) => {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(Error::io(dir))?;
             }
             let _ = fs::remove_file(path);
-            Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(Error::io(path))?,
-            )
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(Error::io(path))?;
+            Some((f, path))
         }
         None => None,
     };
-    let counts: Vec<usize> = train.items.iter().map(|i| i.variants.len()).collect();
-    let schedule = o.schedule(train.items.len());
-    let sampler = BucketSampler::new(o.batch_size, o.seed).with_bucket_batches(o.bucket_batches);
-    let mut opt = AdamW::new(varmap, o.adamw)?;
-    let mut report = FitReport {
+    let mut driver = PreparedDriver {
+        learner,
+        train,
+        counts: train.items.iter().map(|i| i.variants.len()).collect(),
+        sampler: BucketSampler::new(o.batch_size.max(1), o.seed)
+            .with_bucket_batches(o.bucket_batches),
+        seed: o.seed,
+        parts: o.parallel_parts,
+        picked: Vec::new(),
+        batches: Vec::new(),
+        next: 0,
         epochs: Vec::new(),
-        steps: 0,
+        log,
+        total_epochs: o.epochs,
+        progress: o.progress,
+    };
+    let schedule = o.schedule(train.items.len());
+    let mut opt = AdamW::new(varmap, o.adamw)?;
+    let mut state = TrainState {
+        seed: o.seed,
+        ..TrainState::default()
+    };
+    fit_loop(&mut driver, &mut opt, &schedule, &mut state, o)?;
+    let mut report = FitReport {
+        epochs: std::mem::take(&mut driver.epochs),
+        steps: state.step,
         test: Tally::new(classes).metrics(),
         test_seconds: 0.0,
     };
-    'epochs: for epoch in 0..o.epochs {
-        let chosen = choose_variants(&counts, VariantChoice::OnePerEpoch, o.seed, epoch as u64);
-        let picked: Vec<(&L::Item, u32)> = chosen
-            .iter()
-            .map(|&(i, v)| (&train.items[i].variants[v].1, train.items[i].label))
-            .collect();
-        let shapes: Vec<ItemShape> = picked.iter().map(|(t, _)| learner.shape(t)).collect();
-        let batches = sampler.batches(&shapes, epoch as u64);
-        let start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        for (b, batch) in batches.iter().enumerate() {
-            let items: Vec<&L::Item> = batch.iter().map(|&i| picked[i].0).collect();
-            let labels: Vec<u32> = batch.iter().map(|&i| picked[i].1).collect();
-            // Dropout masks from the run's seed and the batch's place, as `train()` does.
-            learner.seed_dropout(tempest_model::dropout_seed(
-                o.seed,
-                &[epoch as u64, b as u64],
-            ));
-            let g = learner.gradients(&items, &labels, o.parallel_parts)?;
-            opt.accumulate(&g.grads)?;
-            loss_sum += g.loss * items.len() as f64;
-            correct += g.correct;
-            seen += items.len();
-            let last = b + 1 == batches.len();
-            if opt.accumulated() >= o.accumulate || (last && opt.accumulated() > 0) {
-                opt.step(schedule.lr(report.steps), o.max_grad_norm)?;
-                report.steps += 1;
-                if o.stop_after_steps.is_some_and(|s| report.steps >= s) {
-                    report
-                        .epochs
-                        .push(epoch_log(epoch, loss_sum, correct, seen, &start));
-                    break 'epochs;
-                }
-            }
-        }
-        let e = epoch_log(epoch, loss_sum, correct, seen, &start);
-        if o.progress {
-            eprintln!(
-                "epoch {}/{}: loss {:.4}, accuracy {:.4}, {:.1} items/s",
-                e.epoch,
-                o.epochs,
-                e.loss,
-                e.accuracy,
-                e.items as f64 / e.seconds.max(1e-9)
-            );
-        }
-        if let Some(f) = log.as_mut() {
-            let line = json!({"epoch": e.epoch, "step": report.steps, "train": {"loss": e.loss,
-                "accuracy": e.accuracy, "items": e.items, "seconds": e.seconds}});
-            writeln!(f, "{line}").map_err(Error::io(metrics.unwrap_or(Path::new("."))))?;
-        }
-        report.epochs.push(e);
-    }
     let (metrics_out, seconds) =
         evaluate_prepared(learner, test, eval_variant, classes, o.batch_size.max(64))?;
     report.test = metrics_out;
     report.test_seconds = seconds;
-    if let Some(f) = log.as_mut() {
+    if let Some((f, path)) = driver.log.as_mut() {
         let line =
             json!({"test": {"variant": eval_variant, "seconds": seconds, "metrics": report.test}});
-        writeln!(f, "{line}").map_err(Error::io(metrics.unwrap_or(Path::new("."))))?;
+        writeln!(f, "{line}").map_err(Error::io(path))?;
     }
     Ok(report)
-}
-
-fn epoch_log(epoch: usize, loss: f64, correct: usize, seen: usize, start: &Instant) -> EpochLog {
-    let n = seen.max(1) as f64;
-    EpochLog {
-        epoch: epoch + 1,
-        loss: loss / n,
-        accuracy: correct as f64 / n,
-        items: seen,
-        seconds: start.elapsed().as_secs_f64(),
-    }
 }
 
 fn count_correct(logits: &Tensor, labels: &[u32]) -> Result<usize> {
@@ -461,10 +673,16 @@ impl Learner for TempestLearner {
             at += n;
         }
         let g = tempest_model::batch_gradients(&self.model, &batches)?;
+        let n = g.items as f64;
         Ok(Gradients {
             grads: g.grads,
-            loss: g.loss,
-            correct: g.correct,
+            sums: EpochSums {
+                loss: g.loss * n,
+                classification: g.classification * n,
+                reconstruction: g.reconstruction * n,
+                correct: g.correct as f64,
+                items: n,
+            },
         })
     }
 }
@@ -595,6 +813,131 @@ mod tests {
         Ok(())
     }
 
+    /// A driver of ten one-item batches per epoch over one variable, recording what the
+    /// loop asked of it.
+    struct Counting {
+        var: candle_core::Var,
+        next: usize,
+        seeds: Vec<u64>,
+        ended: Vec<usize>,
+        interrupted: usize,
+    }
+
+    impl Counting {
+        fn new(varmap: &VarMap) -> Result<Self> {
+            let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+            vb.get_with_hints(1, "x", candle_nn::Init::Const(1.0))?;
+            let var = varmap.all_vars()[0].clone();
+            Ok(Counting {
+                var,
+                next: 0,
+                seeds: Vec::new(),
+                ended: Vec::new(),
+                interrupted: 0,
+            })
+        }
+    }
+
+    impl Driver for Counting {
+        type Batch = ();
+
+        fn start_epoch(&mut self, _: usize, skip: usize) -> Result<usize> {
+            self.next = skip;
+            Ok(10)
+        }
+
+        fn next_batch(&mut self) -> Result<Option<Option<()>>> {
+            self.next += 1;
+            Ok((self.next <= 10).then_some(Some(())))
+        }
+
+        fn seed_dropout(&mut self, seed: u64) {
+            self.seeds.push(seed);
+        }
+
+        fn gradients(&mut self, _: ()) -> Result<(GradStore, EpochSums)> {
+            let loss = self.var.as_tensor().sqr()?.sum_all()?;
+            let sums = EpochSums {
+                loss: 1.0,
+                items: 1.0,
+                ..EpochSums::default()
+            };
+            Ok((loss.backward()?, sums))
+        }
+
+        fn interrupted(&mut self, _: &TrainState, _: &AdamW, _: &EpochLog) -> Result<()> {
+            self.interrupted += 1;
+            Ok(())
+        }
+
+        fn end_epoch(&mut self, _: &mut TrainState, _: &AdamW, log: &EpochLog) -> Result<()> {
+            assert_eq!(
+                log.sums.items, 10.0,
+                "a whole epoch's sums, across a resume"
+            );
+            self.ended.push(log.epoch);
+            Ok(())
+        }
+    }
+
+    /// The loop's bookkeeping: a step every `accumulate` batches and at the end of each
+    /// epoch; a stop after `stop_after_steps` inside an epoch leaves a state that, resumed,
+    /// trains the remaining batches with the dropout seeds an uninterrupted run draws, to
+    /// the same weights.
+    #[test]
+    fn fit_loop_steps_stops_and_resumes_where_it_stood() -> Result<()> {
+        let o = TrainOptions {
+            epochs: 2,
+            accumulate: 3,
+            batch_size: 1,
+            lr: 0.1,
+            progress: false,
+            ..TrainOptions::default()
+        };
+        let schedule = o.schedule(10);
+        let run = |stop: Option<usize>, state: &mut TrainState, varmap: &VarMap| {
+            let mut d = Counting::new(varmap)?;
+            let mut opt = AdamW::new(varmap, o.adamw)?;
+            let mut o = o.clone();
+            o.stop_after_steps = stop;
+            let out = fit_loop(&mut d, &mut opt, &schedule, state, &o)?;
+            Ok::<_, Error>((out, d, opt))
+        };
+        let whole_vars = VarMap::new();
+        let mut whole = TrainState::default();
+        let (out, d, _) = run(None, &mut whole, &whole_vars)?;
+        assert_eq!(out, Outcome::Finished);
+        assert_eq!((whole.epoch, whole.step, whole.batch_in_epoch), (2, 8, 0));
+        assert_eq!(
+            (d.ended.clone(), d.seeds.len(), d.interrupted),
+            (vec![1, 2], 20, 0)
+        );
+        let whole_seeds = d.seeds;
+
+        // Stopped after 5 steps: epoch 0 took 4 (batches 3, 6, 9, 10), so the stop falls after
+        // batch 3 of epoch 1.
+        let parted_vars = VarMap::new();
+        let mut state = TrainState::default();
+        let (out, first, opt) = run(Some(5), &mut state, &parted_vars)?;
+        assert_eq!(out, Outcome::Interrupted);
+        assert_eq!((state.epoch, state.step, state.batch_in_epoch), (1, 5, 3));
+        assert_eq!((first.ended.clone(), first.interrupted), (vec![1], 1));
+        // Resume with the optimiser's state carried over (as `last/` does).
+        let mut d = Counting::new(&parted_vars)?;
+        let mut opt2 = opt;
+        let out = fit_loop(&mut d, &mut opt2, &schedule, &mut state, &o)?;
+        assert_eq!(out, Outcome::Finished);
+        assert_eq!((state.epoch, state.step), (2, 8));
+        assert_eq!(d.ended, vec![2]);
+        let seeds: Vec<u64> = first.seeds.iter().chain(&d.seeds).copied().collect();
+        assert_eq!(seeds, whole_seeds);
+        let value =
+            |m: &VarMap| -> Result<Vec<f32>> { Ok(m.all_vars()[0].as_tensor().to_vec1::<f32>()?) };
+        assert_eq!(value(&whole_vars)?, value(&parted_vars)?);
+        assert_ne!(value(&whole_vars)?, vec![1.0], "the variable moved");
+        Ok(())
+    }
+
     /// `TempestLearner::gradients` in parts gives the one-pass loss, count and gradients, so
     /// `fit` (the `compare` example) may split its batches as `train()` does.
     #[test]
@@ -638,11 +981,12 @@ mod tests {
         for parts in [1, 2, 3, 7] {
             let g = learner.gradients(&refs, &labels, parts)?;
             assert!(
-                (g.loss - whole_loss).abs() <= 1e-5 * whole_loss.abs(),
+                (g.loss() - whole_loss).abs() <= 1e-5 * whole_loss.abs(),
                 "{parts} parts: loss {} vs {whole_loss}",
-                g.loss
+                g.loss()
             );
-            assert_eq!(g.correct, whole_correct, "{parts} parts");
+            assert_eq!(g.correct(), whole_correct, "{parts} parts");
+            assert_eq!(g.sums.items, 7.0);
             assert_same_gradients(&whole, &g.grads, &vars, &format!("{parts} parts"))?;
         }
         Ok(())

@@ -12,13 +12,14 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tempest_model::{Config, CosineSchedule, Tempest};
+use tempest_model::{Config, CosineSchedule, DeviceChoice, Precision, Tempest};
 use tempest_tokenize::{
     choose_variants, BlockTokens, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig,
     LoaderStats, TokenizerConfig, VariantChoice,
 };
 
 use crate::checkpoint::{self, CheckpointParts, EpochSums, TokenizerSettings, TrainState};
+use crate::fit::{fit_loop, Driver, EpochLog, Outcome, StepLog};
 use crate::metrics::{Metrics, Tally};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::{init_seeded, Dataset, Error, Result, SplitPlan};
@@ -189,6 +190,11 @@ pub struct TrainOptions {
     /// Start a fresh run in a folder that already holds one (its metrics and checkpoints are
     /// replaced). Without it, and without `resume`, such a folder is refused.
     pub overwrite: bool,
+    /// Where the model trains and evaluates (`--device cpu|cuda|cuda:N`; the CPU by
+    /// default). Checkpoints do not depend on it.
+    pub device: DeviceChoice,
+    /// The weights' precision (`--dtype f32|bf16`; bf16 on a GPU only).
+    pub dtype: Precision,
 }
 
 impl TrainOptions {
@@ -197,7 +203,8 @@ impl TrainOptions {
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
 [--bit-stride 8|4|2|1] [--block-bytes L] \
 [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--crop N] [--gain-jitter K] \
-[--band-mask K] [--bucket K] [--overwrite] [--no-progress]";
+[--band-mask K] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--overwrite] \
+[--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -253,6 +260,8 @@ impl TrainOptions {
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
             "--overwrite" => self.overwrite = true,
+            "--device" => self.device = parse(flag, value())?,
+            "--dtype" => self.dtype = parse(flag, value())?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -369,6 +378,8 @@ impl Default for TrainOptions {
             stop_after_steps: None,
             handle_ctrl_c: false,
             overwrite: false,
+            device: DeviceChoice::Cpu,
+            dtype: Precision::F32,
         }
     }
 }
@@ -515,7 +526,7 @@ pub fn evaluate(
     workers: usize,
     progress: bool,
 ) -> Result<EvalReport> {
-    let device = model_device(model)?;
+    let device = model.device().clone();
     let names = variants.names(dataset);
     let classes = model.config().num_classes;
     let start = Instant::now();
@@ -687,10 +698,6 @@ fn variant_logits(
     Ok(())
 }
 
-fn model_device(_model: &Tempest) -> Result<Device> {
-    Ok(Device::Cpu)
-}
-
 fn merge_stats(into: &mut LoaderStats, from: &LoaderStats) {
     into.files_used += from.files_used;
     into.input_bytes += from.input_bytes;
@@ -717,8 +724,9 @@ pub fn train(
     run_dir: &Path,
     resume: bool,
 ) -> Result<RunReport> {
-    let device = Device::Cpu;
     let o = options;
+    let device = o.device.open()?;
+    let dtype = o.dtype.dtype(&device)?;
     if o.batch_size == 0 || o.accumulate == 0 {
         return Err(Error::setting(
             "batch",
@@ -773,7 +781,7 @@ pub fn train(
     let (model, varmap, mut opt, mut state) =
         match checkpoint::resolve(&last_dir).filter(|_| resume) {
             Some(dir) => {
-                let (model, varmap) = tempest_model::load_trainable(&dir, &device, DType::F32)?;
+                let (model, varmap) = tempest_model::load_trainable(&dir, &device, dtype)?;
                 let mut opt = AdamW::new(&varmap, o.adamw)?;
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
                 let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
@@ -805,7 +813,7 @@ pub fn train(
                     ));
                 }
                 let _ = fs::remove_file(&metrics);
-                let (model, varmap) = init_seeded(&config, &device, DType::F32, o.seed)?;
+                let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {
                     seed: o.seed,
@@ -816,26 +824,11 @@ pub fn train(
         };
     let config = model.config().clone();
     let parts = o.batch_parts(&device);
-    let classes = dataset.classes.clone();
-    let save_last = |opt: &AdamW, state: &TrainState| -> Result<()> {
-        checkpoint::save(
-            &last_dir,
-            &CheckpointParts {
-                config: &config,
-                varmap: &varmap,
-                classes: &classes,
-                tokenizer: &tok,
-                resume: Some((opt, state)),
-            },
-        )
-    };
     let select_split = if plan.validation.is_empty() {
         &plan.test
     } else {
         &plan.validation
     };
-    let select_idx = dataset.select(select_split);
-
     let mut report = RunReport {
         interrupted: false,
         epochs: state.epoch,
@@ -847,208 +840,56 @@ pub fn train(
         skipped: BTreeMap::new(),
         elapsed_s: state.elapsed_s,
     };
-    let process_start = Instant::now();
-    let elapsed_before = state.elapsed_s;
-    let mut metrics_file = OpenOptions::new()
+    let metrics_file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(run_dir.join("metrics.jsonl"))
         .map_err(Error::io(run_dir))?;
-
-    while state.epoch < o.epochs {
-        let epoch = state.epoch;
-        let chosen = choose_variants(&counts, VariantChoice::OnePerEpoch, o.seed, epoch as u64);
-        let mut entries = Vec::with_capacity(chosen.len());
-        let mut shapes = Vec::with_capacity(chosen.len());
-        for (item, v) in chosen {
-            let (path, bytes) = &per_item[item][v];
-            let sample = train_idx[item];
-            entries.push(Entry {
-                path: path.clone(),
-                label: dataset.samples[sample].label,
-                item: sample as u64,
-            });
-            // The file size stands in for the shape: bucketing needs no tokenizing pass.
-            shapes.push(ItemShape {
-                blocks: (*bytes).min(u32::MAX as u64) as u32,
-                max_block_len: 0,
-                bytes: *bytes,
-            });
-        }
-        let entries = Arc::new(entries);
-        let batches = sampler.batches(&shapes, epoch as u64);
-        let skip = state.batch_in_epoch.min(batches.len());
-        // Each batch goes to the loader as up to `parts` consecutive pieces, taken back
-        // together below.
-        let mut pieces_per_batch = Vec::with_capacity(batches.len() - skip);
-        let mut remaining: Vec<Vec<usize>> = Vec::with_capacity((batches.len() - skip) * parts);
-        for b in &batches[skip..] {
-            let sizes = tempest_tokenize::part_sizes(b.len(), parts);
-            pieces_per_batch.push(sizes.len());
-            let mut rest = &b[..];
-            for len in sizes {
-                let (piece, tail) = rest.split_at(len);
-                remaining.push(piece.to_vec());
-                rest = tail;
-            }
-        }
-        let pb = bar(
-            o.progress,
-            batches.len() as u64,
-            format!("epoch {}/{}", epoch + 1, o.epochs),
-        );
-        pb.set_position(skip as u64);
-        let epoch_start = Instant::now();
-        let mut epoch_items_here = 0u64;
-        let mut loader = Loader::new(
-            Arc::clone(&entries),
-            remaining,
-            train_tok.clone(),
-            &LoaderConfig::default()
-                .with_workers(o.workers)
-                .with_seed(o.seed)
-                .with_epoch(epoch as u64),
-        );
-        let mut batch_pos = skip;
-        let mut stop = false;
-        for k in pieces_per_batch {
-            let group: Vec<_> = loader.by_ref().take(k).collect();
-            if group.is_empty() {
-                break;
-            }
-            batch_pos += 1;
-            for s in group.iter().flat_map(|lb| &lb.skipped) {
-                if let Some(e) = entries.get(s.entry) {
-                    report
-                        .skipped
-                        .insert(e.path.display().to_string(), s.message.clone());
-                }
-            }
-            let host: Vec<_> = group.into_iter().filter_map(|lb| lb.batch).collect();
-            if !host.is_empty() {
-                // Dropout masks from the run's seed and the batch's place: a resumed or
-                // repeated run draws the same ones (with dropout there is one part).
-                model.seed_dropout(tempest_model::dropout_seed(
-                    o.seed,
-                    &[epoch as u64, batch_pos as u64],
-                ));
-                let (grads, sums) = batch_gradients(&model, &host, &device)?;
-                state.epoch_sums.add(&sums);
-                opt.accumulate(&grads)?;
-                epoch_items_here += sums.items as u64;
-            }
-            let end_of_epoch = batch_pos == batches.len();
-            if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
-                let lr = schedule.lr(state.step);
-                let norm = opt.step(lr, o.max_grad_norm)?;
-                state.step += 1;
-                state.batch_in_epoch = batch_pos;
-                pb.set_prefix(format!(
-                    "loss {:.3} acc {:.3} lr {lr:.2e} |g| {norm:.2}",
-                    state.epoch_sums.mean_loss(),
-                    state.epoch_sums.accuracy()
-                ));
-                let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
-                if STOP.load(Ordering::SeqCst) || budget {
-                    stop = true;
-                    if !end_of_epoch {
-                        break;
-                    }
-                }
-                if o.checkpoint_every > 0 && state.step % o.checkpoint_every == 0 && !end_of_epoch {
-                    state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
-                    save_last(&opt, &state)?;
-                }
-            }
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
-        merge_stats(&mut report.train_stats, loader.stats());
-        drop(loader);
-        report.steps = state.step;
-        if stop && state.batch_in_epoch < batches.len() {
-            state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
-            save_last(&opt, &state)?;
-            report.interrupted = true;
-            report.elapsed_s = state.elapsed_s;
-            return Ok(report);
-        }
-
-        // End of epoch: evaluate, log, keep the best, save the resumable state.
-        let train_secs = epoch_start.elapsed().as_secs_f64();
-        let eval = evaluate(
-            &model,
-            dataset,
-            &select_idx,
-            &o.eval_variants,
-            &eval_tok,
-            o.batch_size.max(64),
-            o.workers,
-            o.progress,
-        )?;
-        merge_stats(&mut report.eval_stats, &eval.stats);
-        report.skipped.extend(eval.skipped.clone());
-        let sums = state.epoch_sums;
-        let line = json!({
-            "epoch": epoch + 1,
-            "step": state.step,
-            "lr": schedule.lr(state.step.saturating_sub(1)),
-            "train": {
-                "loss": sums.mean_loss(),
-                "classification": sums.mean_classification(),
-                "reconstruction": sums.mean_reconstruction(),
-                "accuracy": sums.accuracy(),
-                "items": sums.items,
-                "items_per_s": epoch_items_here as f64 / train_secs.max(1e-9),
-                "skipped": loader_skips(&report.train_stats),
-            },
-            "eval_split": select_split,
-            "eval": eval.to_json(),
-            "elapsed_s": elapsed_before + process_start.elapsed().as_secs_f64(),
-        });
-        writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
-        plot(run_dir, &classes);
-        if o.progress {
-            eprintln!(
-                "epoch {}/{}: train loss {:.4} acc {:.4}; {} acc {:.4}",
-                epoch + 1,
-                o.epochs,
-                sums.mean_loss(),
-                sums.accuracy(),
-                select_split.join("+"),
-                eval.accuracy
-            );
-        }
-        let better = state.best.is_none_or(|(b, _)| eval.accuracy > b);
-        if better || plan.validation.is_empty() {
-            if better {
-                state.best = Some((eval.accuracy, epoch + 1));
-            }
-            checkpoint::save(
-                &best_dir,
-                &CheckpointParts {
-                    config: &config,
-                    varmap: &varmap,
-                    classes: &classes,
-                    tokenizer: &tok,
-                    resume: None,
-                },
-            )?;
-        }
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
-        state.epoch_sums = EpochSums::default();
-        state.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
-        save_last(&opt, &state)?;
-        report.epochs = state.epoch;
-        report.best = state.best;
-        if stop {
-            report.interrupted = state.epoch < o.epochs;
-            if report.interrupted {
-                report.elapsed_s = state.elapsed_s;
-                return Ok(report);
-            }
-        }
+    let mut driver = FileDriver {
+        model: &model,
+        device: &device,
+        dataset,
+        options: o,
+        train_idx: &train_idx,
+        per_item: &per_item,
+        counts: &counts,
+        sampler: &sampler,
+        train_tok: &train_tok,
+        eval_tok: &eval_tok,
+        parts,
+        epoch: Epoch::default(),
+        report: &mut report,
+        schedule: &schedule,
+        run_dir,
+        last_dir: &last_dir,
+        best_dir: &best_dir,
+        metrics_file,
+        select_split,
+        select_idx: dataset.select(select_split),
+        has_validation: !plan.validation.is_empty(),
+        parts_saved: CheckpointParts {
+            config: &config,
+            varmap: &varmap,
+            classes: &dataset.classes,
+            tokenizer: &tok,
+            resume: None,
+        },
+        process_start: Instant::now(),
+        elapsed_before: state.elapsed_s,
+    };
+    let outcome = fit_loop(&mut driver, &mut opt, &schedule, &mut state, o)?;
+    let (process_start, elapsed_before, mut metrics_file) = (
+        driver.process_start,
+        driver.elapsed_before,
+        driver.metrics_file,
+    );
+    report.epochs = state.epoch;
+    report.steps = state.step;
+    report.best = state.best;
+    if outcome == Outcome::Interrupted {
+        report.interrupted = true;
+        report.elapsed_s = state.elapsed_s;
+        return Ok(report);
     }
     report.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
 
@@ -1067,7 +908,7 @@ pub fn train(
             o.progress,
         )?
     } else {
-        let best = checkpoint::load(&best_dir, &device)?;
+        let best = checkpoint::load_as(&best_dir, &device, dtype)?;
         evaluate(
             &best.model,
             dataset,
@@ -1084,9 +925,270 @@ pub fn train(
     let line =
         json!({"test_split": plan.test, "test": tested.to_json(), "elapsed_s": report.elapsed_s});
     writeln!(metrics_file, "{line}").map_err(Error::io(run_dir))?;
-    plot(run_dir, &classes);
+    plot(run_dir, &dataset.classes);
     report.test = Some(tested);
     Ok(report)
+}
+
+/// The epoch in progress of a [`FileDriver`].
+#[derive(Default)]
+struct Epoch {
+    entries: Arc<Vec<Entry>>,
+    loader: Option<Loader>,
+    /// The loader's pieces per batch still to come.
+    pieces: std::collections::VecDeque<usize>,
+    pb: Option<ProgressBar>,
+}
+
+/// [`train()`]'s driver of [`fit_loop`]: each epoch's batches of files read and tokenized by
+/// the loader's threads, split into `parts` computed at once; progress; periodic and
+/// end-of-epoch checkpoints; evaluation, metrics and the best checkpoint after each epoch.
+struct FileDriver<'a> {
+    model: &'a Tempest,
+    device: &'a Device,
+    dataset: &'a Dataset,
+    options: &'a TrainOptions,
+    train_idx: &'a [usize],
+    per_item: &'a [Vec<(PathBuf, u64)>],
+    counts: &'a [usize],
+    sampler: &'a BucketSampler,
+    train_tok: &'a TokenizerConfig,
+    eval_tok: &'a TokenizerConfig,
+    parts: usize,
+    epoch: Epoch,
+    report: &'a mut RunReport,
+    schedule: &'a CosineSchedule,
+    run_dir: &'a Path,
+    last_dir: &'a Path,
+    best_dir: &'a Path,
+    metrics_file: std::fs::File,
+    select_split: &'a [String],
+    select_idx: Vec<usize>,
+    has_validation: bool,
+    /// What every checkpoint holds (`resume` is filled in for `last`).
+    parts_saved: CheckpointParts<'a>,
+    process_start: Instant,
+    elapsed_before: f64,
+}
+
+impl FileDriver<'_> {
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.process_start.elapsed().as_secs_f64()
+    }
+
+    /// Saves the resumable checkpoint `last` at `state`.
+    fn save_last(&self, opt: &AdamW, state: &TrainState) -> Result<()> {
+        let mut state = state.clone();
+        state.elapsed_s = self.elapsed();
+        checkpoint::save(
+            self.last_dir,
+            &CheckpointParts {
+                resume: Some((opt, &state)),
+                ..self.parts_saved
+            },
+        )
+    }
+}
+
+impl Driver for FileDriver<'_> {
+    type Batch = Vec<HostBatch>;
+
+    fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize> {
+        let o = self.options;
+        let chosen = choose_variants(
+            self.counts,
+            VariantChoice::OnePerEpoch,
+            o.seed,
+            epoch as u64,
+        );
+        let mut entries = Vec::with_capacity(chosen.len());
+        let mut shapes = Vec::with_capacity(chosen.len());
+        for (item, v) in chosen {
+            let (path, bytes) = &self.per_item[item][v];
+            let sample = self.train_idx[item];
+            entries.push(Entry {
+                path: path.clone(),
+                label: self.dataset.samples[sample].label,
+                item: sample as u64,
+            });
+            // The file size stands in for the shape: bucketing needs no tokenizing pass.
+            shapes.push(ItemShape {
+                blocks: (*bytes).min(u32::MAX as u64) as u32,
+                max_block_len: 0,
+                bytes: *bytes,
+            });
+        }
+        let entries = Arc::new(entries);
+        let batches = self.sampler.batches(&shapes, epoch as u64);
+        let skip = skip.min(batches.len());
+        // Each batch goes to the loader as up to `parts` consecutive pieces, taken back
+        // together by `next_batch`.
+        let mut pieces = std::collections::VecDeque::with_capacity(batches.len() - skip);
+        let mut remaining: Vec<Vec<usize>> =
+            Vec::with_capacity((batches.len() - skip) * self.parts);
+        for b in &batches[skip..] {
+            let sizes = tempest_tokenize::part_sizes(b.len(), self.parts);
+            pieces.push_back(sizes.len());
+            let mut rest = &b[..];
+            for len in sizes {
+                let (piece, tail) = rest.split_at(len);
+                remaining.push(piece.to_vec());
+                rest = tail;
+            }
+        }
+        let pb = bar(
+            o.progress,
+            batches.len() as u64,
+            format!("epoch {}/{}", epoch + 1, o.epochs),
+        );
+        pb.set_position(skip as u64);
+        let loader = Loader::new(
+            Arc::clone(&entries),
+            remaining,
+            self.train_tok.clone(),
+            &LoaderConfig::default()
+                .with_workers(o.workers)
+                .with_seed(o.seed)
+                .with_epoch(epoch as u64),
+        );
+        self.epoch = Epoch {
+            entries,
+            loader: Some(loader),
+            pieces,
+            pb: Some(pb),
+        };
+        Ok(batches.len())
+    }
+
+    fn next_batch(&mut self) -> Result<Option<Option<Vec<HostBatch>>>> {
+        let Some(k) = self.epoch.pieces.pop_front() else {
+            return Ok(None);
+        };
+        let Some(loader) = self.epoch.loader.as_mut() else {
+            return Ok(None);
+        };
+        let group: Vec<_> = loader.by_ref().take(k).collect();
+        if group.is_empty() {
+            return Ok(None);
+        }
+        for s in group.iter().flat_map(|lb| &lb.skipped) {
+            if let Some(e) = self.epoch.entries.get(s.entry) {
+                self.report
+                    .skipped
+                    .insert(e.path.display().to_string(), s.message.clone());
+            }
+        }
+        if let Some(pb) = &self.epoch.pb {
+            pb.inc(1);
+        }
+        let host: Vec<HostBatch> = group.into_iter().filter_map(|lb| lb.batch).collect();
+        Ok(Some((!host.is_empty()).then_some(host)))
+    }
+
+    fn seed_dropout(&mut self, seed: u64) {
+        // With dropout there is one part; `batch_gradients` seeds each part in turn.
+        self.model.seed_dropout(seed);
+    }
+
+    fn gradients(&mut self, batch: Vec<HostBatch>) -> Result<(GradStore, EpochSums)> {
+        batch_gradients(self.model, &batch, self.device)
+    }
+
+    fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
+        if let Some(pb) = &self.epoch.pb {
+            pb.set_prefix(format!(
+                "loss {:.3} acc {:.3} lr {:.2e} |g| {:.2}",
+                state.epoch_sums.mean_loss(),
+                state.epoch_sums.accuracy(),
+                step.lr,
+                step.norm
+            ));
+        }
+        self.report.steps = state.step;
+        let every = self.options.checkpoint_every;
+        if every > 0 && state.step.is_multiple_of(every) && !step.end_of_epoch && !step.stopping {
+            self.save_last(opt, state)?;
+        }
+        Ok(())
+    }
+
+    fn stop_requested(&self) -> bool {
+        STOP.load(Ordering::SeqCst)
+    }
+
+    fn end_batches(&mut self) {
+        if let Some(pb) = self.epoch.pb.take() {
+            pb.finish_and_clear();
+        }
+        if let Some(loader) = self.epoch.loader.take() {
+            merge_stats(&mut self.report.train_stats, loader.stats());
+        }
+    }
+
+    fn interrupted(&mut self, state: &TrainState, opt: &AdamW, _: &EpochLog) -> Result<()> {
+        self.save_last(opt, state)?;
+        self.report.elapsed_s = self.elapsed();
+        Ok(())
+    }
+
+    fn end_epoch(&mut self, state: &mut TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {
+        let o = self.options;
+        let eval = evaluate(
+            self.model,
+            self.dataset,
+            &self.select_idx,
+            &o.eval_variants,
+            self.eval_tok,
+            o.batch_size.max(64),
+            o.workers,
+            o.progress,
+        )?;
+        merge_stats(&mut self.report.eval_stats, &eval.stats);
+        self.report.skipped.extend(eval.skipped.clone());
+        let sums = log.sums;
+        let line = json!({
+            "epoch": log.epoch,
+            "step": state.step,
+            "lr": self.schedule.lr(state.step.saturating_sub(1)),
+            "train": {
+                "loss": sums.mean_loss(),
+                "classification": sums.mean_classification(),
+                "reconstruction": sums.mean_reconstruction(),
+                "accuracy": sums.accuracy(),
+                "items": sums.items,
+                "items_per_s": log.items as f64 / log.seconds.max(1e-9),
+                "skipped": loader_skips(&self.report.train_stats),
+            },
+            "eval_split": self.select_split,
+            "eval": eval.to_json(),
+            "elapsed_s": self.elapsed(),
+        });
+        writeln!(self.metrics_file, "{line}").map_err(Error::io(self.run_dir))?;
+        plot(self.run_dir, &self.dataset.classes);
+        if o.progress {
+            eprintln!(
+                "epoch {}/{}: train loss {:.4} acc {:.4}; {} acc {:.4}",
+                log.epoch,
+                o.epochs,
+                sums.mean_loss(),
+                sums.accuracy(),
+                self.select_split.join("+"),
+                eval.accuracy
+            );
+        }
+        let better = state.best.is_none_or(|(b, _)| eval.accuracy > b);
+        if better || !self.has_validation {
+            if better {
+                state.best = Some((eval.accuracy, log.epoch));
+            }
+            checkpoint::save(self.best_dir, &self.parts_saved)?;
+        }
+        state.elapsed_s = self.elapsed();
+        self.save_last(opt, state)?;
+        self.report.epochs = state.epoch;
+        self.report.best = state.best;
+        Ok(())
+    }
 }
 
 /// Redraws the run's plots; a plot that cannot be drawn is reported and the run goes on (the

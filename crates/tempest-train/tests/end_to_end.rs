@@ -459,3 +459,34 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     let _ = std::fs::remove_dir_all(&run);
     Ok(())
 }
+
+/// `--device` and `--dtype` reach `train()`: a GPU that this build or machine cannot give, or
+/// bf16 on the CPU, is an error naming the flag before anything is written.
+#[test]
+fn unavailable_devices_and_dtypes_are_refused_by_name() -> Result<()> {
+    let dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let plan = SplitPlan::standard(&dataset)?;
+    let run = scratch("device-refused")?;
+    let mut o = quick_options(1);
+    assert!(o.apply_flag("--device", || Some("cuda:7".into()))?);
+    let err = tempest_train::train(&dataset, &plan, &Config::tiny(), &o, &run, false)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--device cuda:7"), "{err}");
+    assert!(
+        err.contains("--features cuda") || err.contains("no usable CUDA GPU"),
+        "{err}"
+    );
+    let mut o = quick_options(1);
+    assert!(o.apply_flag("--dtype", || Some("bf16".into()))?);
+    let err = tempest_train::train(&dataset, &plan, &Config::tiny(), &o, &run, false)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--dtype bf16"), "{err}");
+    assert!(o.apply_flag("--device", || Some("tpu".into())).is_err());
+    assert!(!run.join("metrics.jsonl").exists(), "nothing written");
+    Ok(())
+}
