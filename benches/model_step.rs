@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, Criterion, Throughput};
-use tempest::tempest_model::{cost, Config, MixerKind, Tempest, TrainConfig, Trainer};
+use tempest::tempest_model::{cost, Config, MixerKind, Tempest};
 use tempest::tempest_tokenize::{collate, Batch, BlockPosition, TokenizedItem, PAD_ID};
+use tempest::tempest_train::{train_step, AdamW, AdamWConfig};
 
 const B: usize = 8;
 const N: usize = 28;
@@ -190,6 +191,24 @@ fn model(name: &str) -> (Tempest, candle_nn::VarMap) {
     Tempest::init(&cfg, &Device::Cpu, DType::F32).expect("model")
 }
 
+/// The training step `train` takes (tempest-train's `fit_loop`: the batch in parts computed
+/// at once, gradients, AdamW with clipping at 1), at a fixed learning rate.
+struct Stepper {
+    opt: AdamW,
+}
+
+impl Stepper {
+    fn new(varmap: &candle_nn::VarMap) -> Self {
+        Stepper {
+            opt: AdamW::new(varmap, AdamWConfig::default()).expect("optimiser"),
+        }
+    }
+
+    fn step(&mut self, model: &Tempest, batch: &Batch) {
+        train_step(model, batch, 0, &mut self.opt, 1e-4, 1.0).expect("step");
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let (a, b) = matmul_operands();
     let mut g = c.benchmark_group("matmul");
@@ -203,14 +222,13 @@ fn benches(c: &mut Criterion) {
     for (name, w) in [("tiny", mp3()), ("small", mp3()), ("tiny", jpeg())] {
         let batch = &w.batch;
         let (m, varmap) = model(name);
-        let mut trainer =
-            Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
+        let mut trainer = Stepper::new(&varmap);
         let (b, n, l) = batch.ids.dims3().expect("ids");
         let mut g = c.benchmark_group(format!("{name} {} (B={b}, N={n}, L={l})", w.name));
         g.throughput(Throughput::Elements(b as u64));
         g.sample_size(10);
         g.bench_function("training step (elements = items)", |bench| {
-            bench.iter(|| trainer.step(&m, batch).expect("step"))
+            bench.iter(|| trainer.step(&m, batch))
         });
         g.bench_function("inference (elements = items)", |bench| {
             bench.iter(|| {
@@ -293,11 +311,10 @@ fn summary() {
             continue;
         }
         let (train_flops, infer_flops) = w.flops(m.config());
-        let mut trainer =
-            Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
+        let mut trainer = Stepper::new(&varmap);
         let mm_train = matmul_rate();
         let train = median_secs(5, || {
-            trainer.step(&m, &w.batch).expect("step");
+            trainer.step(&m, &w.batch);
         });
         let mm_infer = matmul_rate();
         let infer = median_secs(5, || {
@@ -348,11 +365,10 @@ fn main() {
             (mp3().batch, "small", 5)
         };
         let (m, varmap) = model(preset);
-        let mut trainer =
-            Trainer::new(&varmap, TrainConfig::new(1e-4, 1_000_000)).expect("trainer");
+        let mut trainer = Stepper::new(&varmap);
         for _ in 0..steps {
             let s = Instant::now();
-            trainer.step(&m, &batch).expect("step");
+            trainer.step(&m, &batch);
             println!("step: {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
         }
         return;

@@ -85,11 +85,9 @@ fn map2<T: Copy + Send + Sync + Default>(
     out
 }
 
-/// The elements of a contiguous CPU input (our ops take no strided views).
-pub(crate) fn contiguous<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-) -> Result<&'a [T]> {
+/// The elements of a contiguous CPU input (our ops take no strided views); an error for a
+/// strided view.
+pub fn contiguous<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("fused kernel: input is not contiguous"),

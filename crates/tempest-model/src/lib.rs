@@ -11,8 +11,9 @@
 //! [`Config`] holds the hyper-parameters (presets [`Config::tiny`], [`Config::small`],
 //! [`Config::paper`]); [`Tempest`] is the model, taking a [`tempest_tokenize::Batch`];
 //! [`save`]/[`load`] write and read checkpoints (safetensors + `config.json`); [`Classifier`]
-//! classifies a file end to end; [`optim`] has the schedule, clipping and a [`Trainer`];
-//! [`cost`] counts parameters and FLOPs.
+//! classifies a file end to end; [`batch_gradients`] computes a batch's gradients in
+//! parts at once (the optimiser, schedule and loop are tempest-train's); [`cost`] counts
+//! parameters and FLOPs.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -45,10 +46,10 @@ mod dropout;
 mod error;
 mod fused_block_encoder;
 mod fused_layer;
+mod gradients;
 pub mod kernels;
 mod model;
 pub mod nn;
-pub mod optim;
 mod scratch;
 
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
@@ -57,12 +58,9 @@ pub use config::{BlockPositionKind, Config, MixerKind, StackConfig};
 pub use device::{DeviceChoice, Precision};
 pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};
+pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};
 pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
-};
-pub use optim::{
-    auto_parts, batch_gradients, clip_grad_norm, BatchGradients, CosineSchedule, FusedAdamW,
-    StepStats, TrainConfig, Trainer,
 };
 pub use scratch::release_scratch;

@@ -347,8 +347,8 @@ impl Tempest {
     }
 
     /// Restarts the dropout masks' seeds from `seed`: the masks of the passes that follow depend
-    /// only on it (see [`DropoutRng`]). [`crate::Trainer`] does this before every step with a
-    /// seed derived from its run's seed and the step ([`crate::dropout_seed`]).
+    /// only on it (see [`DropoutRng`]). tempest-train's loop does this before every batch with a
+    /// seed derived from its run's seed, the epoch and the batch ([`crate::dropout_seed`]).
     pub fn seed_dropout(&self, seed: u64) {
         self.dropout_rng.reseed(seed);
     }
@@ -361,7 +361,7 @@ impl Tempest {
     /// A copy of the model that shares every variable (gradients reach the same ones) but
     /// draws its dropout masks from a generator of its own, starting at `seed`: parts of a
     /// batch computed at once each get one, so that their masks do not depend on the threads'
-    /// timing ([`crate::optim::batch_gradients`]).
+    /// timing ([`crate::batch_gradients`]).
     pub fn with_own_dropout(&self, seed: u64) -> Tempest {
         let rng = DropoutRng::new();
         rng.reseed(seed);

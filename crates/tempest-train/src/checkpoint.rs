@@ -214,6 +214,19 @@ pub struct EpochSums {
 }
 
 impl EpochSums {
+    /// One batch's contributions: its mean losses times its items, its correct items, its
+    /// items.
+    pub fn of(g: &tempest_model::BatchGradients) -> Self {
+        let n = g.items as f64;
+        EpochSums {
+            loss: g.loss * n,
+            classification: g.classification * n,
+            reconstruction: g.reconstruction * n,
+            correct: g.correct as f64,
+            items: n,
+        }
+    }
+
     /// Adds another batch's sums.
     pub fn add(&mut self, other: &EpochSums) {
         self.loss += other.loss;

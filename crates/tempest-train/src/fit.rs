@@ -28,9 +28,8 @@ use tempest_tokenize::{
 
 use crate::checkpoint::{EpochSums, TrainState};
 use crate::metrics::{Metrics, Tally};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, CosineSchedule};
 use crate::{Dataset, Error, Result, TrainOptions};
-use tempest_model::CosineSchedule;
 
 /// A classifier that [`fit`] can train: prepared items in, a loss and logits out.
 pub trait Learner {
@@ -655,7 +654,7 @@ impl Learner for TempestLearner {
         parts: usize,
     ) -> candle_core::Result<Gradients> {
         let parts = match parts {
-            0 => tempest_model::optim::auto_parts(&self.device),
+            0 => tempest_model::auto_parts(&self.device),
             n => n,
         };
         let sizes = tempest_tokenize::part_sizes(items.len(), parts);
@@ -673,16 +672,9 @@ impl Learner for TempestLearner {
             at += n;
         }
         let g = tempest_model::batch_gradients(&self.model, &batches)?;
-        let n = g.items as f64;
         Ok(Gradients {
+            sums: EpochSums::of(&g),
             grads: g.grads,
-            sums: EpochSums {
-                loss: g.loss * n,
-                classification: g.classification * n,
-                reconstruction: g.reconstruction * n,
-                correct: g.correct as f64,
-                items: n,
-            },
         })
     }
 }

@@ -6,6 +6,7 @@
 //!   ([`Dataset::from_compressed`]), or prepared from WAV/PNG/IDX into a cache on first use
 //!   ([`Dataset::open_layout`]). [`SplitPlan`] says which splits train, select and test
 //!   (Speech Commands' official lists, ESC-50 folds).
+//! - [`fit_loop`]: the one training loop; [`train()`] and [`fit()`] drive it ([`Driver`]).
 //! - [`train()`]: AdamW ([`optim::AdamW`], state saved with the weights), warm-up + cosine,
 //!   gradient-norm clipping, gradient accumulation, label smoothing and λ overrides, seeded
 //!   initialisation ([`init_seeded`]), one variant per item and epoch, evaluation every epoch,
@@ -14,14 +15,19 @@
 //!   ([`Metrics`]) on one named variant or averaged over several.
 //! - [`plots`]: `curves.png` and `confusion.png` in the run folder, after every epoch.
 //! - [`cross_validate_esc50`]: ESC-50's five folds, mean and standard deviation.
-//! - [`fit()`]: the same optimiser, schedule and metrics for any [`Learner`] on items prepared
-//!   once ([`prepare_items`]): two models on one split and budget (the `compare` example).
+//! - [`fit()`]: the same loop, optimiser, schedule and metrics for any [`Learner`] on items
+//!   prepared once ([`prepare_items`]): two models on one split and budget (the `compare`
+//!   example).
+//! - [`train_step`]: one step of that loop on one batch, for benchmarks and the GPU check.
+//! - `--device`/`--dtype` ([`TrainOptions::device`], [`TrainOptions::dtype`]): where and in
+//!   which precision; checkpoints do not depend on either.
 #![deny(missing_docs)]
 
 pub mod checkpoint;
 pub mod dataset;
 mod error;
 pub mod fit;
+mod fused_adamw;
 mod init;
 pub mod metrics;
 pub mod optim;
@@ -31,9 +37,13 @@ mod train;
 pub use checkpoint::{EpochSums, Loaded, TokenizerSettings, TrainState};
 pub use dataset::{default_variants, Dataset, Sample, SplitPlan};
 pub use error::{Error, Result};
-pub use fit::{fit, prepare_items, FitReport, Gradients, Learner, Prepared, TempestLearner};
+pub use fit::{
+    fit, fit_loop, prepare_items, Driver, FitReport, Gradients, Learner, Outcome, Prepared,
+    TempestLearner,
+};
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, Metrics, Tally};
+pub use optim::{train_step, AdamW, AdamWConfig, CosineSchedule};
 pub use train::{
     default_tokens, detect_format, evaluate, install_ctrl_c_handler, train, EvalReport,
     EvalVariants, RunReport, TrainOptions,

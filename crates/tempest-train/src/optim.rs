@@ -1,20 +1,20 @@
-//! AdamW whose state can be saved and restored, with gradient accumulation.
+//! The optimiser of every run: AdamW whose state can be saved and restored, with gradient
+//! accumulation and clipping by the global norm, and the warm-up + cosine schedule.
 //!
-//! `tempest_model::Trainer` keeps its optimiser state private: a run that stops could not
-//! continue with the same optimiser state. This one keeps the moments where it can write them
-//! to a safetensors file, applies the update of Loshchilov & Hutter (2019, decoupled weight
-//! decay) as candle-nn's AdamW does, decays matrices only (rank ≥ 2, as
-//! `tempest_model::Trainer`), and sums the gradients of several micro-batches before a step.
-//! Variables are kept in name order, so every sum over them (the gradient norm) adds in the
-//! same order on every run.
+//! [`AdamW`] keeps its moments where it can write them to a safetensors file (a run that stops
+//! continues with the same state), applies the update of Loshchilov & Hutter (2019, decoupled
+//! weight decay) as candle-nn's AdamW does, decays matrices only (rank ≥ 2), and sums the
+//! gradients of several micro-batches before a step. Variables are kept in name order, so
+//! every sum over them (the gradient norm) adds in the same order on every run.
 //!
-//! Where every variable is an f32/f64 tensor on the CPU (what [`crate::train()`] trains), the
-//! norm, the clipping and the update run as one pass per variable over raw slices
-//! ([`tempest_model::FusedAdamW`]: f64 arithmetic rounded once per stored value, moments in the
-//! variable's dtype); elsewhere, and in [`AdamW::with_tensor_ops`], as candle tensor ops (about
+//! Where every variable is an f32/f64 tensor on the CPU, the norm, the clipping and the update
+//! run as one pass per variable over raw slices (`fused_adamw.rs`: f64 arithmetic rounded once
+//! per stored value, moments in the variable's dtype; tested against candle-nn's AdamW);
+//! elsewhere (a GPU, bf16), and in [`AdamW::with_tensor_ops`], as candle tensor ops (about
 //! fifteen per variable, each a pass over memory, an allocation and a wake-up of candle's
 //! thread pool). Both keep the same state under the same names, so a checkpoint written by one
-//! resumes in the other.
+//! resumes in the other. [`CosineSchedule`] gives each step's learning rate; [`train_step`] is
+//! one step of the loop on one batch (the benches and the GPU check time it).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,7 +22,11 @@ use std::path::Path;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use tempest_model::FusedAdamW;
+use tempest_model::Tempest;
+use tempest_tokenize::Batch;
+
+use crate::checkpoint::EpochSums;
+use crate::fused_adamw::FusedAdamW;
 
 use crate::{Error, Result};
 
@@ -40,7 +44,7 @@ pub struct AdamWConfig {
 }
 
 impl Default for AdamWConfig {
-    /// β = (0.9, 0.999), ε = 1e-8, weight decay 0.01 (`tempest_model::TrainConfig`'s values).
+    /// β = (0.9, 0.999), ε = 1e-8, weight decay 0.01.
     fn default() -> Self {
         AdamWConfig {
             beta1: 0.9,
@@ -271,9 +275,10 @@ impl AdamW {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut map: HashMap<String, Tensor> = HashMap::new();
         for (i, s) in self.slots.iter().enumerate() {
+            // On the CPU, so that the file is the same wherever the run was.
             let (m, v) = self.moments(i)?;
-            map.insert(format!("m.{}", s.name), m);
-            map.insert(format!("v.{}", s.name), v);
+            map.insert(format!("m.{}", s.name), m.to_device(&Device::Cpu)?);
+            map.insert(format!("v.{}", s.name), v.to_device(&Device::Cpu)?);
         }
         map.insert(
             "steps".to_string(),
@@ -305,7 +310,11 @@ impl AdamW {
                 Update::Fused(opt) => opt.set_moments(i, m, v)?,
                 Update::Tensors(moments) => {
                     if let Some(slot) = moments.get_mut(i) {
-                        *slot = (m.to_dtype(s.var.dtype())?, v.to_dtype(s.var.dtype())?);
+                        let (dtype, device) = (s.var.dtype(), s.var.device());
+                        *slot = (
+                            m.to_dtype(dtype)?.to_device(device)?,
+                            v.to_dtype(dtype)?.to_device(device)?,
+                        );
                     }
                 }
             }
@@ -320,9 +329,97 @@ impl AdamW {
     }
 }
 
+/// Linear warm-up from 0 to `peak` over `warmup` steps, then a half cosine from `peak` down to
+/// `min` at step `total` (Loshchilov & Hutter 2017, without restarts); `min` after that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CosineSchedule {
+    /// The learning rate at the end of warm-up.
+    pub peak: f64,
+    /// The final learning rate.
+    pub min: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Total steps (warm-up included).
+    pub total: usize,
+}
+
+impl CosineSchedule {
+    /// A schedule from `peak` to `peak / 100`.
+    pub fn new(peak: f64, warmup: usize, total: usize) -> Self {
+        CosineSchedule {
+            peak,
+            min: peak / 100.0,
+            warmup,
+            total,
+        }
+    }
+
+    /// The learning rate of step `step` (counting from 0).
+    pub fn lr(&self, step: usize) -> f64 {
+        if step < self.warmup {
+            // Step 0 trains at peak/warmup rather than 0, so no step is wasted.
+            return self.peak * (step + 1) as f64 / self.warmup as f64;
+        }
+        let decay = self.total.saturating_sub(self.warmup);
+        if decay == 0 || step >= self.total {
+            return self.min;
+        }
+        let progress = (step - self.warmup) as f64 / decay as f64;
+        self.min + 0.5 * (self.peak - self.min) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// One training step of TEMPEST on `batch`, made of the calls [`crate::fit::fit_loop`] makes:
+/// the batch cut into `parts` computed at once (0: [`tempest_model::auto_parts`] of its
+/// device), the gradients of its mean loss ([`tempest_model::batch_gradients`]), then `opt`'s
+/// step with learning rate `lr` and clipping at `max_norm`. What the benches and the GPU check
+/// time. Returns the batch's sums and the gradient norm before clipping.
+pub fn train_step(
+    model: &Tempest,
+    batch: &Batch,
+    parts: usize,
+    opt: &mut AdamW,
+    lr: f64,
+    max_norm: f64,
+) -> Result<(EpochSums, f64)> {
+    let parts = match parts {
+        0 => tempest_model::auto_parts(batch.ids.device()),
+        k => k,
+    };
+    let g = tempest_model::batch_gradients(model, &batch.parts(parts)?)?;
+    opt.accumulate(&g.grads)?;
+    let norm = opt.step(lr, max_norm)?;
+    Ok((EpochSums::of(&g), norm))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_min() {
+        let s = CosineSchedule {
+            peak: 1e-3,
+            min: 1e-5,
+            warmup: 10,
+            total: 110,
+        };
+        assert!((s.lr(0) - 1e-4).abs() < 1e-15);
+        assert!((s.lr(9) - 1e-3).abs() < 1e-15);
+        for i in 0..9 {
+            assert!(s.lr(i) < s.lr(i + 1), "warm-up rises at {i}");
+        }
+        assert!((s.lr(10) - 1e-3).abs() < 1e-15, "peak right after warm-up");
+        // Halfway through the decay the cosine is at its midpoint.
+        assert!((s.lr(60) - (1e-3 + 1e-5) / 2.0).abs() < 1e-12);
+        for i in 10..109 {
+            assert!(s.lr(i) >= s.lr(i + 1), "decay falls at {i}");
+        }
+        assert_eq!(s.lr(110), 1e-5);
+        assert_eq!(s.lr(10_000), 1e-5);
+        let none = CosineSchedule::new(1.0, 0, 0);
+        assert_eq!(none.lr(0), 0.01);
+    }
 
     type Build = fn(&VarMap, AdamWConfig) -> Result<AdamW>;
     const BOTH: [(&str, Build); 2] = [

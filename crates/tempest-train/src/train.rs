@@ -12,7 +12,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tempest_model::{Config, CosineSchedule, DeviceChoice, Precision, Tempest};
+use tempest_model::{Config, DeviceChoice, Precision, Tempest};
 use tempest_tokenize::{
     choose_variants, BlockTokens, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig,
     LoaderStats, TokenizerConfig, VariantChoice,
@@ -21,7 +21,7 @@ use tempest_tokenize::{
 use crate::checkpoint::{self, CheckpointParts, EpochSums, TokenizerSettings, TrainState};
 use crate::fit::{fit_loop, Driver, EpochLog, Outcome, StepLog};
 use crate::metrics::{Metrics, Tally};
-use crate::optim::{AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig, CosineSchedule};
 use crate::{init_seeded, Dataset, Error, Result, SplitPlan};
 
 /// Which variants an evaluation reads.
@@ -327,7 +327,7 @@ impl TrainOptions {
     /// The parts each batch is split into ([`TrainOptions::parallel_parts`]) on `device`.
     pub fn batch_parts(&self, device: &Device) -> usize {
         match self.parallel_parts {
-            0 => tempest_model::optim::auto_parts(device),
+            0 => tempest_model::auto_parts(device),
             k => k,
         }
     }
@@ -653,7 +653,7 @@ fn variant_logits(
         tokenizer.clone(),
         &LoaderConfig::default().with_workers(workers),
     );
-    let parts = tempest_model::optim::auto_parts(device);
+    let parts = tempest_model::auto_parts(device);
     loop {
         let group: Vec<_> = loader.by_ref().take(parts).collect();
         if group.is_empty() {
@@ -1217,17 +1217,8 @@ fn batch_gradients(
         .map(|hb| hb.to_tensors(device))
         .collect::<std::result::Result<_, _>>()?;
     let g = tempest_model::batch_gradients(model, &batches)?;
-    let n = g.items as f64;
-    Ok((
-        g.grads,
-        EpochSums {
-            loss: g.loss * n,
-            classification: g.classification * n,
-            reconstruction: g.reconstruction * n,
-            correct: g.correct as f64,
-            items: n,
-        },
-    ))
+    let sums = EpochSums::of(&g);
+    Ok((g.grads, sums))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use tempest_tokenize::{collate, Batch, BlockPosition, TokenizedItem, PAD_ID};
 
-use crate::{cost, Config, Tempest, TrainConfig, Trainer};
+use crate::{cost, Config, Tempest};
 
 /// Relative error allowed in f32.
 pub const TOL_F32: f64 = 1e-5;
@@ -420,40 +420,6 @@ pub fn random_batch(
     collate(&refs, &labels, PAD_ID)
         .to_tensors(&Device::Cpu)
         .map_err(candle_core::Error::wrap)
-}
-
-/// Milliseconds per training step (the [`Trainer`]: forward, backward, clipping, AdamW) and
-/// per forward + backward alone, after `warmup` steps, the device synchronised before the
-/// clock stops.
-pub fn time_training(
-    dev: &Device,
-    cfg: &Config,
-    dtype: DType,
-    batch: &Batch,
-    warmup: usize,
-    steps: usize,
-) -> Result<(f64, f64)> {
-    let (model, varmap) = Tempest::init(cfg, dev, dtype)?;
-    let batch = batch_to(batch, dev)?;
-    let mut trainer = Trainer::new(&varmap, TrainConfig::new(1e-4, warmup + steps))?;
-    for _ in 0..warmup {
-        trainer.step(&model, &batch)?;
-    }
-    dev.synchronize()?;
-    let t = Instant::now();
-    for _ in 0..steps {
-        trainer.step(&model, &batch)?;
-    }
-    dev.synchronize()?;
-    let step = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    let t = Instant::now();
-    for _ in 0..steps {
-        let losses = model.loss(&batch, true)?;
-        let _grads = losses.total.backward()?;
-    }
-    dev.synchronize()?;
-    let fwd_bwd = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    Ok((step, fwd_bwd))
 }
 
 /// TFLOP/s of an `n`×`n`×`n` matrix product in `dtype` on `dev` (the mean of `reps` after a
