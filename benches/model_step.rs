@@ -295,8 +295,8 @@ fn summary() {
         .collect();
     for (w, name, fused, fused_layers, mixer) in variants {
         let mut cfg = Config::preset(name).expect("preset").with_mixer(mixer);
-        cfg.fused_kernels = fused;
-        cfg.fused_layers = fused_layers;
+        cfg.execution.fused_kernels = fused;
+        cfg.execution.fused_layers = fused_layers;
         let (m, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32).expect("model");
         let mut name = format!("{} {name}", w.name);
         if mixer == MixerKind::Attention {

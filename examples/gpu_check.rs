@@ -140,7 +140,7 @@ fn run() -> candle_core::Result<ExitCode> {
         let mut stock_ms = f64::NAN;
         for ours in [false, true] {
             let mut cfg = Config::paper().with_num_classes(50);
-            cfg.cuda_kernels = ours;
+            cfg.execution.cuda_kernels = ours;
             let (step, fwd_bwd) = time_training(&dev, &cfg, dtype, &big, 2, steps)?;
             if !ours {
                 stock_ms = step;

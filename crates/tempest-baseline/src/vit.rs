@@ -40,7 +40,7 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
     /// Label smoothing of the loss.
     pub label_smoothing: f64,
-    /// Fused CPU kernels (as TEMPEST's `fused_kernels`).
+    /// Fused CPU kernels (as TEMPEST's `Execution::fused_kernels`).
     pub fused_kernels: bool,
 }
 
@@ -57,7 +57,7 @@ impl VitConfig {
             dropout: tempest.dropout,
             layer_norm_eps: tempest.layer_norm_eps,
             label_smoothing: tempest.label_smoothing,
-            fused_kernels: tempest.fused_kernels,
+            fused_kernels: tempest.execution.fused_kernels,
         }
     }
 

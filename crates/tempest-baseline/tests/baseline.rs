@@ -146,9 +146,9 @@ fn jpeg_digit_to_patches() -> TestResult {
 fn every_vit_variable_gets_a_gradient() -> TestResult {
     let dev = Device::Cpu;
     let mut tempest = tempest_model::Config::tiny().with_num_classes(3);
-    tempest.fused_kernels = false;
+    tempest.execution.fused_kernels = false;
     for fused in [false, true] {
-        tempest.fused_kernels = fused;
+        tempest.execution.fused_kernels = fused;
         let cfg = VitConfig::matching(&tempest, 16, 49);
         let (vit, vars) = Vit::init(&cfg, &dev, DType::F32)?;
         assert_eq!(

@@ -89,6 +89,17 @@ pub struct Config {
     pub dropout: f32,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
+    /// How the model runs (kernels, deduplication): not part of the model, so not written to
+    /// `config.json` (the keys in older files are ignored; every choice defaults to on).
+    #[serde(skip)]
+    pub execution: Execution,
+}
+
+/// Choices of how a model runs that leave what it computes unchanged up to rounding: the
+/// speed-ups that can be turned off for comparison. Kept out of `config.json`: a checkpoint
+/// says what the model is, not how the machine that trained it ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Execution {
     /// Use the fused CPU kernels for GELU, softmax and layer norm (the same functions with
     /// one-pass forward and backward; see `kernels`). Other devices use tensor ops anyway.
     pub fused_kernels: bool,
@@ -104,6 +115,18 @@ pub struct Config {
     /// token to the repeats. Exact; skipped while training with dropout (its masks differ by
     /// position). Off: every block is encoded (for comparison).
     pub dedup_blocks: bool,
+}
+
+impl Default for Execution {
+    /// Everything on.
+    fn default() -> Self {
+        Execution {
+            fused_kernels: true,
+            fused_layers: true,
+            cuda_kernels: true,
+            dedup_blocks: true,
+        }
+    }
 }
 
 impl Default for Config {
@@ -133,10 +156,7 @@ impl Config {
             label_smoothing: 0.0,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
-            fused_kernels: true,
-            fused_layers: true,
-            cuda_kernels: true,
-            dedup_blocks: true,
+            execution: Execution::default(),
         }
     }
 
@@ -204,13 +224,13 @@ impl Config {
         self
     }
 
-    /// Whether the model uses its own kernels on `device`: [`Config::cuda_kernels`] on a CUDA
-    /// device, [`Config::fused_kernels`] elsewhere.
+    /// Whether the model uses its own kernels on `device`: [`Execution::cuda_kernels`] on a
+    /// CUDA device, [`Execution::fused_kernels`] elsewhere.
     pub fn own_kernels(&self, device: &candle_core::Device) -> bool {
         if device.is_cuda() {
-            self.cuda_kernels
+            self.execution.cuda_kernels
         } else {
-            self.fused_kernels
+            self.execution.fused_kernels
         }
     }
 

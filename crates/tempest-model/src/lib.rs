@@ -54,7 +54,7 @@ mod scratch;
 
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
 pub use classifier::{Classifier, Prediction, CLASSES_FILE};
-pub use config::{BlockPositionKind, Config, MixerKind, StackConfig};
+pub use config::{BlockPositionKind, Config, Execution, MixerKind, StackConfig};
 pub use device::{DeviceChoice, Precision};
 pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};

@@ -25,7 +25,7 @@ fn spec(cfg: &Config, s: &StackConfig, rng: &DropoutRng, device: &Device) -> Sta
         dropout: cfg.dropout,
         eps: cfg.layer_norm_eps,
         fused: cfg.own_kernels(device),
-        fused_layer: cfg.fused_kernels && cfg.fused_layers,
+        fused_layer: cfg.execution.fused_kernels && cfg.execution.fused_layers,
         rng: rng.clone(),
     }
 }
@@ -403,7 +403,7 @@ impl Tempest {
         // Blocks that repeat in the batch (silence, blank image areas) are encoded once and
         // their tokens copied: E_t and M see each block alone, so this changes no value, and
         // the copy's backward (index_add) sums the copies' gradients.
-        if self.config.dedup_blocks
+        if self.config.execution.dedup_blocks
             && ids.device().is_cpu()
             && !(train && self.config.dropout > 0.0)
         {
@@ -459,7 +459,7 @@ impl Tempest {
         let pooled = match &self.mixer.mix {
             Mix::Linear(w)
                 if self.mixer.own_kernels
-                    && self.config.fused_layers
+                    && self.config.execution.fused_layers
                     && !crate::cuda::available(ids.device()) =>
             {
                 crate::fused_block_encoder::encode_and_mix(

@@ -61,15 +61,34 @@ fn model_with_our_kernels_matches_stock_ops() -> candle_core::Result<()> {
 
 #[test]
 fn cuda_kernels_default_on_and_old_configs_load() {
-    assert!(Config::default().cuda_kernels);
+    assert!(Config::default().execution.cuda_kernels);
     let old: Config = serde_json::from_str(r#"{"num_classes": 3}"#).unwrap_or_default();
-    assert!(old.cuda_kernels);
-    let off: Config = serde_json::from_str(r#"{"cuda_kernels": false}"#).unwrap_or_default();
-    assert!(!off.cuda_kernels);
+    assert!(old.execution.cuda_kernels);
+    // Files from before `Execution` held the switches: they load, the switches are ignored
+    // (how a run executes is not part of the model).
+    let older: Config = serde_json::from_str(
+        r#"{"num_classes": 3, "cuda_kernels": false, "fused_kernels": false}"#,
+    )
+    .unwrap_or_default();
+    assert_eq!(older.num_classes, 3);
+    assert!(older.execution.cuda_kernels && older.execution.fused_kernels);
+    let mut off = Config::tiny();
+    off.execution.cuda_kernels = false;
     assert!(
         off.own_kernels(&Device::Cpu),
         "the CPU follows fused_kernels"
     );
+    let json = serde_json::to_string(&off).unwrap_or_default();
+    assert!(json.contains("num_classes"), "{json}");
+    for key in [
+        "fused_kernels",
+        "fused_layers",
+        "cuda_kernels",
+        "dedup_blocks",
+        "execution",
+    ] {
+        assert!(!json.contains(key), "config.json holds {key}: {json}");
+    }
 }
 
 /// A checkpoint written from a model on the GPU is the file a CPU run writes: it loads on the

@@ -237,7 +237,7 @@ fn fused_kernels_model_matches_plain_model() -> Result<()> {
     let cfg = Config::tiny().with_reconstruction_weight(0.2);
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
     let mut plain_cfg = cfg.clone();
-    plain_cfg.fused_kernels = false;
+    plain_cfg.execution.fused_kernels = false;
     let plain = Tempest::new(
         &plain_cfg,
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
@@ -345,7 +345,7 @@ fn fused_layers_match_tensor_op_layers_with_dropout() -> Result<()> {
     cfg.dropout = 0.2;
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
     let mut layers_off = cfg.clone();
-    layers_off.fused_layers = false;
+    layers_off.execution.fused_layers = false;
     let other = Tempest::new(
         &layers_off,
         candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
@@ -473,7 +473,7 @@ fn repeated_blocks_encoded_once_give_the_same_logits_and_gradients() -> Result<(
     ] {
         let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
         let mut every_cfg = cfg.clone();
-        every_cfg.dedup_blocks = false;
+        every_cfg.execution.dedup_blocks = false;
         let every = Tempest::new(
             &every_cfg,
             candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),

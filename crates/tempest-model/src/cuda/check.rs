@@ -344,10 +344,10 @@ fn cases(rng: &mut Rng, quick: bool) -> Result<Vec<Case<'static>>> {
 /// f32: the largest relative error of the logits, of the loss and of the gradients.
 pub fn compare_model(dev: &Device, cfg: &Config, batch: &Batch) -> Result<(f64, f64, f64)> {
     let mut on = cfg.clone();
-    on.cuda_kernels = true;
+    on.execution.cuda_kernels = true;
     on.dropout = 0.0;
     let mut off = on.clone();
-    off.cuda_kernels = false;
+    off.execution.cuda_kernels = false;
     let varmap = VarMap::new();
     let ours = Tempest::new(&on, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;
     let stock = Tempest::new(&off, VarBuilder::from_varmap(&varmap, DType::F32, dev))?;

@@ -13,7 +13,7 @@
 //! computes. So every op runs on the CPU too (that is how the tests check the references
 //! against candle's tensor ops, and how the GPU check compares the kernels with them), but
 //! the model calls these ops only on a CUDA device, through the `hook_*` functions, and only
-//! when [`crate::Config::cuda_kernels`] is on; the CPU keeps its own path.
+//! when [`crate::Execution::cuda_kernels`] is on; the CPU keeps its own path.
 //!
 //! Semantics that differ from the tensor-op path only where nothing downstream looks:
 //! padded bytes embed to exactly 0, and an attention row whose keys are all padding gives 0
