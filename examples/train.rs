@@ -15,8 +15,8 @@
 //! [--epochs N] [--batch B] [--accumulate K] [--lr LR] [--label-smoothing X] [--lambda X]
 //! [--seed S] [--workers W] [--header-block] [--bit-stride 8|4|2|1] [--block-bytes L]
 //! [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--gain-jitter K]
-//! [--band-mask K] [--crop N] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
-//! [--overwrite] [--no-progress]
+//! [--band-mask K] [--band-shift K] [--crop N] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
+//! [--max-steps N] [--overwrite] [--no-progress]
 //! ```
 //!
 //! `--device cuda` trains on the GPU (a build with `--features cuda`); the default is the CPU.
@@ -186,8 +186,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let report = tempest_train::train(&dataset, &plan, &cfg, &o, &out, resume)?;
     print!("{}", report.files_summary());
+    print!("{}", report.speed_summary());
     if report.interrupted {
-        println!("interrupted: rerun with --resume to continue");
+        if o.stop_after_steps.is_some_and(|n| report.steps >= n) {
+            println!("stopped at the step budget (--max-steps): rerun with --resume and a larger --max-steps to continue");
+        } else {
+            println!("interrupted: rerun with --resume to continue");
+        }
         return Ok(());
     }
     if let Some((acc, epoch)) = report.best {

@@ -34,6 +34,19 @@ else
     echo "skipped: the CUDA build and tests (set TEMPEST_CUDA_CHECK=1 with an nvcc installed by"
     echo "  scripts/install-cuda-toolkit.sh; nvcc found: ${TEMPEST_NVCC:-none})"
 fi
+# Our CUDA kernels (kernels/tempest.cu) through nvcc to PTX, as build.rs compiles them under
+# feature `cuda`, wherever an nvcc is found (`.ci/run` installs the CUDA 13.0 wheels): seconds,
+# so CI keeps the .cu file compiling even though candle's CUDA build is too slow for it. What
+# this does not check: candle's CUDA backend, our launch code (src/cuda/launch.rs), the GPU.
+if [ -n "$TEMPEST_NVCC" ]; then
+    ptx_dir="$(mktemp -d)"
+    "$TEMPEST_NVCC" --ptx -arch=compute_90 -O3 -std=c++17 -o "$ptx_dir/tempest.ptx" \
+        crates/tempest-model/kernels/tempest.cu
+    echo "kernels/tempest.cu compiles to PTX for compute_90 ($(wc -c <"$ptx_dir/tempest.ptx") bytes) with $TEMPEST_NVCC"
+    rm -rf "$ptx_dir"
+else
+    echo "skipped: kernels/tempest.cu to PTX (no nvcc; scripts/install-cuda-toolkit.sh installs one)"
+fi
 # The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
 # a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.
 cargo build --manifest-path fuzz/Cargo.toml

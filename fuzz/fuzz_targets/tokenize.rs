@@ -22,7 +22,8 @@ fuzz_target!(|data: &[u8]| {
         .with_max_blocks(32)
         .with_crop(if knobs & 0x20 != 0 { Crop::Random } else { Crop::Centre })
         .with_gain_jitter(knobs >> 6)
-        .with_band_mask(knobs >> 5);
+        .with_band_mask(knobs >> 5)
+        .with_band_shift((knobs >> 2) & 3);
     config.bit_stride = stride;
     config.reader = common::options();
     let ctx = CropContext {

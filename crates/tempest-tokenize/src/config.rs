@@ -180,6 +180,13 @@ pub struct TokenizerConfig {
     /// the encoder had coded nothing there (short-block bands over the same lines too). A
     /// frequency mask in the compressed domain. 0 (the default) changes nothing.
     pub band_mask: u8,
+    /// With [`BlockTokens::FieldsAndLines`]: move every band id of an item by one shift
+    /// drawn uniformly from `-band_shift..=band_shift` band positions (the same for the whole
+    /// item; [`crate::fields::mp3_line_ids`]), from the seed, epoch and item of the
+    /// [`CropContext`](crate::CropContext): a coarse warp of the frequency axis, as vocal-tract
+    /// length perturbation warps a spectrogram, done in the compressed domain. 0 (the default)
+    /// changes nothing.
+    pub band_shift: u8,
     /// Options of the block readers (limits, CRC checks).
     pub reader: cff_blocks::Options,
 }
@@ -197,6 +204,7 @@ impl Default for TokenizerConfig {
             tokens: BlockTokens::Bytes,
             gain_jitter: 0,
             band_mask: 0,
+            band_shift: 0,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -273,6 +281,12 @@ impl TokenizerConfig {
     /// Sets the band mask of line tokens ([`TokenizerConfig::band_mask`]).
     pub fn with_band_mask(mut self, bands: u8) -> Self {
         self.band_mask = bands;
+        self
+    }
+
+    /// Sets the band shift of line tokens ([`TokenizerConfig::band_shift`]).
+    pub fn with_band_shift(mut self, bands: u8) -> Self {
+        self.band_shift = bands;
         self
     }
 

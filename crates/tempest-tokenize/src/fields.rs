@@ -240,10 +240,14 @@ pub fn band_level(sum: u32) -> u32 {
 /// `scalefac_scale`, which say what a step is worth, are fields of their own. The frame's
 /// sampling rate (`side.header`) picks the band edges. `mask`, a range of long bands: those
 /// bands, and the short bands over the same lines, read as empty (level 0, scalefactor 0).
+/// `shift` moves every band's id `shift` positions up (down when negative) within its block
+/// type's bands, a coarse warp of the frequency axis; positions left without a band read as
+/// empty. The mask applies to positions, after the shift.
 pub fn mp3_line_ids(
     side: &SideInfo,
     lines: &FrameLines,
     mask: std::ops::Range<usize>,
+    shift: i32,
     out: &mut Vec<u16>,
 ) {
     let rate = side.header.sample_rate();
@@ -263,25 +267,39 @@ pub fn mp3_line_ids(
         let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
         id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
     };
+    // Position p reads band p − shift; a position with no band there reads as silence.
+    let source = |p: usize, bands: usize| -> Option<usize> {
+        let b = p as i64 - i64::from(shift);
+        (0..bands as i64).contains(&b).then_some(b as usize)
+    };
     let (granules, channels) = (usize::from(side.granules), usize::from(side.channels));
     for (sides, decoded) in side.granule.iter().zip(lines.iter()).take(granules) {
         for (g, l) in sides.iter().zip(decoded.iter()).take(channels) {
             let sf = |k: usize| l.scalefac.get(k).copied().unwrap_or(0);
             if g.window_switching && g.block_type == 2 && !g.mixed_block {
-                for b in 0..SHORT_BANDS {
-                    let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
+                for p in 0..SHORT_BANDS {
+                    let (plo, phi) = (usize::from(short[p]), usize::from(short[p + 1]));
+                    // A short line k sits where long line 3k does.
+                    let masked = 3 * plo < masked_lines.end && masked_lines.start < 3 * phi;
                     for w in 0..3 {
+                        let Some(b) = source(p, SHORT_BANDS) else {
+                            out.push(id(FIRST_LINE_FIELD + 1, 0));
+                            continue;
+                        };
+                        let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
                         let start = 3 * lo + w * (hi - lo);
                         let q = &l.lines[start..start + (hi - lo)];
-                        // A short line k sits where long line 3k does.
-                        let masked = 3 * lo < masked_lines.end && masked_lines.start < 3 * hi;
                         out.push(band_id(FIRST_LINE_FIELD + 1, q, sf(b * 3 + w), masked));
                     }
                 }
             } else {
-                for b in 0..LONG_BANDS {
+                for p in 0..LONG_BANDS {
+                    let Some(b) = source(p, LONG_BANDS) else {
+                        out.push(id(FIRST_LINE_FIELD, 0));
+                        continue;
+                    };
                     let q = &l.lines[usize::from(long[b])..usize::from(long[b + 1])];
-                    out.push(band_id(FIRST_LINE_FIELD, q, sf(b), mask.contains(&b)));
+                    out.push(band_id(FIRST_LINE_FIELD, q, sf(b), mask.contains(&p)));
                 }
             }
         }

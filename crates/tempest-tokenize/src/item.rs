@@ -217,6 +217,8 @@ const GAIN_STREAM: u64 = 0x6761_696E;
 
 /// Mixed into the seed of the band mask.
 const MASK_STREAM: u64 = 0x6D61_736B;
+/// The stream of the band shift ("shft").
+const SHIFT_STREAM: u64 = 0x7368_6674;
 
 /// Tokenizes a file held in memory. `path` only names the file in errors.
 pub fn tokenize(
@@ -281,7 +283,15 @@ pub fn tokenize(
                 start as usize..start as usize + width
             }
         };
-        let ids = field_ids(&kept, config.tokens, gain_offset, mask).map_err(blocks_err)?;
+        let shift = match config.band_shift {
+            0 => 0,
+            k => {
+                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, SHIFT_STREAM]);
+                rng.below(2 * u64::from(k) + 1) as i32 - i32::from(k)
+            }
+        };
+        let lines = LineAugment { mask, shift };
+        let ids = field_ids(&kept, config.tokens, gain_offset, &lines).map_err(blocks_err)?;
         if let Some(h) = header {
             item.push_block(h, BlockPosition::of(0, &Place::None), l);
         }
@@ -321,11 +331,17 @@ pub fn tokenize(
 /// The ids of each block for a [`BlockTokens`] with fields: the codec's fields, then (by the
 /// variant) the block's bytes after them or its own coded data. MP3 frames go through the bit
 /// reservoir in file order, so every kept frame is read, not only the cropped ones.
+/// What training changes in an item's band-line ids: a masked run of bands and a shift.
+struct LineAugment {
+    mask: std::ops::Range<usize>,
+    shift: i32,
+}
+
 fn field_ids(
     blocks: &[Block<'_>],
     tokens: BlockTokens,
     gain_offset: i32,
-    mask: std::ops::Range<usize>,
+    lines_aug: &LineAugment,
 ) -> cff_blocks::Result<Vec<Vec<u16>>> {
     let mut reservoir = MainData::new();
     let mut out = Vec::with_capacity(blocks.len());
@@ -340,7 +356,13 @@ fn field_ids(
                 if tokens == BlockTokens::FieldsAndLines {
                     if let Some(own) = own {
                         let lines = decode_granules(&side, own, b.offset)?;
-                        fields::mp3_line_ids(&side, &lines, mask.clone(), &mut ids);
+                        fields::mp3_line_ids(
+                            &side,
+                            &lines,
+                            lines_aug.mask.clone(),
+                            lines_aug.shift,
+                            &mut ids,
+                        );
                     }
                 }
                 let tail = match (tokens, own) {

@@ -450,3 +450,56 @@ fn band_mask_silences_one_run_of_bands_per_item_and_nothing_else() {
     // Items draw different ranges: more than one width seen over 24 items.
     assert!(widths.len() > 1, "{widths:?}");
 }
+
+/// `with_band_shift(K)`: each item's long-block band ids are its plain ids moved by one shift
+/// in −K..=K (the same in every frame), the positions left empty read silent, the fields stay;
+/// the shift is drawn from the context (the same context, the same shift) and items differ.
+#[test]
+fn band_shift_moves_every_band_of_an_item_by_one_drawn_shift() {
+    use tempest_tokenize::fields::{field_range, LONG_BANDS};
+    use tempest_tokenize::BlockTokens;
+
+    let (path, data) = mono_16k_mp3();
+    let config = mp3_config(BlockTokens::FieldsAndLines);
+    let silent = field_range("mp3.band(level,scalefac)").unwrap().start as u16;
+    let plain = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    let mut shifts = std::collections::BTreeSet::new();
+    for item in 0..24u64 {
+        let ctx = CropContext {
+            item,
+            ..CropContext::default()
+        };
+        let shifted = tokenize(&data, &path, &config.clone().with_band_shift(2), ctx).unwrap();
+        assert_eq!(shifted.num_blocks(), plain.num_blocks());
+        // The shifts under which every long-block frame of the item matches the plain ids.
+        let mut fits: Vec<i32> = (-2..=2).collect();
+        let mut frames = 0;
+        for k in 0..plain.num_blocks() {
+            let (p, s) = (plain.block(k), shifted.block(k));
+            assert_eq!(p.len(), s.len());
+            assert_eq!(p[..17], s[..17], "fields untouched, block {k}");
+            if p.len() != 17 + LONG_BANDS {
+                continue;
+            }
+            frames += 1;
+            fits.retain(|&d| {
+                (0..LONG_BANDS).all(|pos| {
+                    let b = pos as i32 - d;
+                    let want = if (0..LONG_BANDS as i32).contains(&b) {
+                        p[17 + b as usize]
+                    } else {
+                        silent
+                    };
+                    s[17 + pos] == want
+                })
+            });
+        }
+        assert!(frames > 10, "{frames} long-block frames");
+        // Loud frames tell the shifts apart: exactly one shift explains the whole item.
+        assert_eq!(fits.len(), 1, "item {item}: shifts that fit {fits:?}");
+        shifts.insert(fits[0]);
+        let again = tokenize(&data, &path, &config.clone().with_band_shift(2), ctx).unwrap();
+        assert!((0..shifted.num_blocks()).all(|k| again.block(k) == shifted.block(k)));
+    }
+    assert!(shifts.len() >= 3, "items draw different shifts: {shifts:?}");
+}

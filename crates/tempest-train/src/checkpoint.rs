@@ -60,6 +60,10 @@ pub struct TokenizerSettings {
     /// (`TokenizerConfig::band_mask`); 0 where absent.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub band_mask: u8,
+    /// Training only: the band shift of MP3 line tokens (`TokenizerConfig::band_shift`); 0
+    /// where absent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub band_shift: u8,
 }
 
 fn is_zero(v: &u8) -> bool {
@@ -89,6 +93,7 @@ impl TokenizerSettings {
             train_blocks: None,
             gain_jitter: 0,
             band_mask: 0,
+            band_shift: 0,
         }
     }
 
@@ -150,7 +155,8 @@ impl TokenizerSettings {
             .base()?
             .with_crop(Crop::Random)
             .with_gain_jitter(self.gain_jitter)
-            .with_band_mask(self.band_mask);
+            .with_band_mask(self.band_mask)
+            .with_band_shift(self.band_shift);
         Ok(match self.train_blocks {
             Some(n) => base.with_max_blocks(n.max(1)),
             None => base,

@@ -157,6 +157,9 @@ pub struct TrainOptions {
     /// scalefactor bands in every frame of a clip (`TokenizerConfig::band_mask`). 0 (the
     /// default): none.
     pub band_mask: u8,
+    /// Training only: with MP3 line tokens, move every band id of a clip by a random shift of
+    /// up to this many band positions (`TokenizerConfig::band_shift`). 0 (the default): none.
+    pub band_shift: u8,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -182,8 +185,8 @@ pub struct TrainOptions {
     /// Write the resumable checkpoint every this many optimiser steps as well as after each
     /// epoch (0: after each epoch only).
     pub checkpoint_every: usize,
-    /// Stop (saving first, as Ctrl-C does) after this many optimiser steps in total: for tests
-    /// of resuming, and for budgets.
+    /// Stop (saving first, as Ctrl-C does) after this many optimiser steps in total
+    /// (`--max-steps`): for tests of resuming, for budgets and for timing a short run.
     pub stop_after_steps: Option<usize>,
     /// Install a Ctrl-C handler that saves the resumable checkpoint and stops.
     pub handle_ctrl_c: bool,
@@ -203,8 +206,8 @@ impl TrainOptions {
 [--label-smoothing X] [--lambda X] [--seed S] [--workers W] [--parallel P] [--header-block] \
 [--bit-stride 8|4|2|1] [--block-bytes L] \
 [--tokens bytes|fields|fields+bytes|fields+data|fields+lines] [--crop N] [--gain-jitter K] \
-[--band-mask K] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--overwrite] \
-[--no-progress]";
+[--band-mask K] [--band-shift K] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--max-steps N] \
+[--overwrite] [--no-progress]";
 
     /// Applies one command-line flag of [`TrainOptions::FLAGS`], taking its value from `value`
     /// where it has one: `Ok(true)` when `flag` was one of them, `Ok(false)` when it is not
@@ -257,9 +260,11 @@ impl TrainOptions {
             "--crop" => self.train_blocks = Some(parse(flag, value())?),
             "--gain-jitter" => self.gain_jitter = parse(flag, value())?,
             "--band-mask" => self.band_mask = parse(flag, value())?,
+            "--band-shift" => self.band_shift = parse(flag, value())?,
             "--bucket" => self.bucket_batches = parse(flag, value())?,
             "--no-progress" => self.progress = false,
             "--overwrite" => self.overwrite = true,
+            "--max-steps" => self.stop_after_steps = Some(parse(flag, value())?),
             "--device" => self.device = parse(flag, value())?,
             "--dtype" => self.dtype = parse(flag, value())?,
             _ => return Ok(false),
@@ -314,6 +319,7 @@ impl TrainOptions {
         };
         tok.gain_jitter = self.gain_jitter;
         tok.band_mask = self.band_mask;
+        tok.band_shift = self.band_shift;
         if let Some(n) = self.train_blocks {
             if n == 0 {
                 return Err(Error::setting("crop", "0 blocks (at least 1)"));
@@ -370,6 +376,7 @@ impl Default for TrainOptions {
             train_blocks: None,
             gain_jitter: 0,
             band_mask: 0,
+            band_shift: 0,
             bucket_batches: 1,
             workers: 2,
             parallel_parts: 0,
@@ -431,9 +438,33 @@ pub struct RunReport {
     pub skipped: BTreeMap<String, String>,
     /// Training seconds, including those before a resume.
     pub elapsed_s: f64,
+    /// Items trained on in this process (all epochs, a partial one included).
+    pub train_items: u64,
+    /// Seconds those items took (forward, backward, optimiser; evaluation excluded).
+    pub train_seconds: f64,
+    /// The device the run trained on.
+    pub device: DeviceChoice,
 }
 
 impl RunReport {
+    /// Training items per second in this process.
+    pub fn train_items_per_s(&self) -> f64 {
+        self.train_items as f64 / self.train_seconds.max(1e-9)
+    }
+
+    /// One line: steps, items, seconds and items/s of the training in this process, and the
+    /// device.
+    pub fn speed_summary(&self) -> String {
+        format!(
+            "trained {} steps on {}: {} items in {:.1} s, {:.1} items/s\n",
+            self.steps,
+            self.device,
+            self.train_items,
+            self.train_seconds,
+            self.train_items_per_s()
+        )
+    }
+
     /// Lines saying how many files were used and skipped, and why.
     pub fn files_summary(&self) -> String {
         let mut s = String::new();
@@ -839,6 +870,9 @@ pub fn train(
         eval_stats: LoaderStats::default(),
         skipped: BTreeMap::new(),
         elapsed_s: state.elapsed_s,
+        train_items: 0,
+        train_seconds: 0.0,
+        device: DeviceChoice::of(&device),
     };
     let metrics_file = OpenOptions::new()
         .create(true)
@@ -1125,13 +1159,17 @@ impl Driver for FileDriver<'_> {
         }
     }
 
-    fn interrupted(&mut self, state: &TrainState, opt: &AdamW, _: &EpochLog) -> Result<()> {
+    fn interrupted(&mut self, state: &TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {
+        self.report.train_items += log.items as u64;
+        self.report.train_seconds += log.seconds;
         self.save_last(opt, state)?;
         self.report.elapsed_s = self.elapsed();
         Ok(())
     }
 
     fn end_epoch(&mut self, state: &mut TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {
+        self.report.train_items += log.items as u64;
+        self.report.train_seconds += log.seconds;
         let o = self.options;
         let eval = evaluate(
             self.model,

@@ -107,12 +107,27 @@ fn train_interrupt_resume(
     let r1 = train(dataset, plan, &cfg, &stop, &parted, false)?;
     assert!(r1.interrupted && r1.test.is_none());
     assert_eq!(r1.steps, steps / 2 - 1);
+    // Items and seconds of this process's training, and the device, for `--max-steps` timing;
+    // the resumed run below counts only what it trained itself.
+    let per_epoch = report.train_items / 2;
+    assert!(
+        r1.train_items > 0 && r1.train_items < per_epoch,
+        "{}",
+        r1.train_items
+    );
+    assert!(r1.train_seconds > 0.0);
+    assert_eq!(r1.device, tempest_model::DeviceChoice::Cpu);
+    assert!(r1.speed_summary().starts_with(&format!(
+        "trained {} steps on cpu: {} items",
+        r1.steps, r1.train_items
+    )));
     let state: tempest_train::TrainState =
         checkpoint::read_json(&parted.join("last").join(checkpoint::STATE_FILE))?;
     assert_eq!((state.epoch, state.step), (0, steps / 2 - 1));
     let r2 = train(dataset, plan, &cfg, &options, &parted, true)?;
     assert!(!r2.interrupted);
     assert_eq!(r2.steps, steps);
+    assert_eq!(r1.train_items + r2.train_items, report.train_items);
     assert_eq!(
         weights(&whole)?,
         weights(&parted)?,
