@@ -825,6 +825,7 @@ pub fn train(
                         ),
                     ));
                 }
+                trim_metrics(&run_dir.join("metrics.jsonl"), state.epoch)?;
                 (model, varmap, opt, state)
             }
             None => {
@@ -1227,6 +1228,44 @@ impl Driver for FileDriver<'_> {
         self.report.best = state.best;
         Ok(())
     }
+}
+
+/// Keeps the lines of `metrics.jsonl` that a resumed run stands on: those of the first
+/// `epochs` epochs. A run stopped after writing an epoch's line but before saving its
+/// resumable checkpoint (a kill between the two) redoes that epoch; without this its line
+/// would appear twice. Lines of later epochs and a final test line go; a line that is not
+/// JSON is an error naming the file and line.
+fn trim_metrics(path: &Path, epochs: usize) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path)(e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::dataset(path, format!("line {}: {e}", n + 1)))?;
+        let keep = v
+            .get("epoch")
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|e| e as usize <= epochs);
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        let tmp = path.with_extension("jsonl.tmp");
+        fs::write(&tmp, kept).map_err(Error::io(&tmp))?;
+        fs::rename(&tmp, path).map_err(Error::io(path))?;
+    }
+    Ok(())
 }
 
 /// Redraws the run's plots; a plot that cannot be drawn is reported and the run goes on (the

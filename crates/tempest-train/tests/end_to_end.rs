@@ -505,3 +505,48 @@ fn unavailable_devices_and_dtypes_are_refused_by_name() -> Result<()> {
     assert!(!run.join("metrics.jsonl").exists(), "nothing written");
     Ok(())
 }
+
+/// A run killed after writing an epoch's metrics line but before saving its resumable
+/// checkpoint redoes that epoch when resumed: its line must then appear once, not twice, and
+/// a test line of the killed process must not stay either.
+#[test]
+fn a_resumed_run_writes_each_epochs_metrics_once() -> Result<()> {
+    let mut dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let plan = SplitPlan::standard(&dataset)?;
+    dataset.truncate_splits(&plan.train, 24);
+    let run = scratch("metrics-once")?;
+    let mut o = quick_options(3);
+    o.stop_after_steps = Some(3); // 24 items in batches of 8: the end of epoch 1
+    let first = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
+    assert!(first.interrupted && first.epochs == 1);
+    // What a kill after epoch 2's metrics line (and a test line) but before `last/` leaves.
+    let metrics = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics)?;
+    assert_eq!(text.lines().count(), 1);
+    text.push_str("{\"epoch\":2,\"step\":6,\"killed\":true}\n{\"test\":{},\"elapsed_s\":1.0}\n");
+    std::fs::write(&metrics, text)?;
+    o.stop_after_steps = None;
+    let done = train(&dataset, &plan, &Config::tiny(), &o, &run, true)?;
+    assert!(!done.interrupted && done.epochs == 2);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let epochs: Vec<u64> = lines.iter().filter_map(|l| l["epoch"].as_u64()).collect();
+    assert_eq!(epochs, vec![1, 2], "{lines:?}");
+    assert!(lines.iter().all(|l| l.get("killed").is_none()));
+    assert_eq!(lines.iter().filter(|l| l.get("test").is_some()).count(), 1);
+    // A line that is not JSON is an error naming the file and the line.
+    std::fs::write(&metrics, "{\"epoch\":1}\nnot json\n")?;
+    let err = train(&dataset, &plan, &Config::tiny(), &o, &run, true)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("metrics.jsonl") && err.contains("line 2"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(())
+}
