@@ -4,7 +4,8 @@
 # (last/model.safetensors) and the optimiser state (last/optimizer.safetensors) must be
 # identical byte for byte (CPU, dropout 0), and metrics.jsonl must hold each epoch once.
 #
-#   scripts/kill-resume.sh [KILLS] [MAX_DELAY_S]      (defaults: 10 kills, up to 3 s apart)
+#   scripts/kill-resume.sh [KILLS] [MAX_DELAY_S]      (defaults: 10 kills, up to 3 s apart;
+#                                                     fewer when the run finishes first)
 #
 # Runs the release build of the `train` example (built first) on the shipped spoken words
 # (MP3, `tiny`, 6 epochs; kills land during steps, evaluations, checkpoint writes and
@@ -23,6 +24,17 @@ args=(--layout speechcommands --input data/spoken-words --preset tiny --epochs 6
 echo "uninterrupted run"
 "$bin" "${args[@]}" --out "$work/whole" >"$work/whole.log" 2>&1
 
+# Resume where a checkpoint exists; a kill before the first one (reading the files, the first
+# epoch) leaves nothing to resume, so that run starts again.
+restart() {
+    if [ -e "$work/killed/last" ] || [ -e "$work/killed/last.old" ]; then
+        "$bin" "${args[@]}" --out "$work/killed" --resume >>"$work/killed.log" 2>&1 &
+    else
+        "$bin" "${args[@]}" --out "$work/killed" --overwrite >>"$work/killed.log" 2>&1 &
+    fi
+    pid=$!
+}
+
 echo "run killed $kills times"
 "$bin" "${args[@]}" --out "$work/killed" >"$work/killed.log" 2>&1 &
 pid=$!
@@ -32,20 +44,23 @@ while [ "$done_kills" -lt "$kills" ]; do
     delay="$(awk -v m="$max_delay" -v r="$RANDOM" 'BEGIN { printf "%.2f", 0.1 + (m - 0.1) * r / 32767 }')"
     sleep "$delay"
     if ! kill -0 "$pid" 2>/dev/null; then
-        wait "$pid" || true
-        echo "  the run ended before kill $((done_kills + 1)); starting it again to kill it"
-        "$bin" "${args[@]}" --out "$work/killed" --resume >>"$work/killed.log" 2>&1 &
-        pid=$!
+        if wait "$pid" && [ -e "$work/killed/last" ]; then
+            echo "  the run finished after $done_kills kills"
+            break
+        fi
+        echo "  the run stopped before kill $((done_kills + 1)) with nothing to resume; starting it again"
+        restart
         continue
     fi
     kill -9 "$pid"
     wait "$pid" 2>/dev/null || true
     done_kills=$((done_kills + 1))
     echo "  kill $done_kills after ${delay} s"
-    "$bin" "${args[@]}" --out "$work/killed" --resume >>"$work/killed.log" 2>&1 &
-    pid=$!
+    restart
 done
-wait "$pid"
+wait "$pid" || true
+# Finish a run whose last kill left it stopped.
+"$bin" "${args[@]}" --out "$work/killed" --resume >>"$work/killed.log" 2>&1
 
 status=0
 for f in model.safetensors optimizer.safetensors; do
