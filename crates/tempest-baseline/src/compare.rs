@@ -71,7 +71,7 @@ pub struct Row {
     /// Tokens per second of audio, or per image.
     pub tokens_per_unit: f64,
     /// Attention entries per item, per head and layer, of the transformer over the tokens
-    /// ((T + 1)² with [CLS]).
+    /// ((T + 1)² with \[CLS\]).
     pub attention: f64,
     /// Trainable parameters.
     pub params: usize,

@@ -5,7 +5,7 @@
 //! ```text
 //! file bytes ─► decode (minimp3 / zune-jpeg / libopus) ─► samples or pixels
 //!   ─► log-mel [128, frames] (Kaldi fbank, AST's options) or pixels [H, W, C]
-//!   ─► patches (AST: 16×16, stride 10; images: 7×7 or 4×4) ─► ViT with [CLS] ─► head
+//!   ─► patches (AST: 16×16, stride 10; images: 7×7 or 4×4) ─► ViT with \[CLS\] ─► head
 //! ```
 //!
 //! - [`decode`]: [`decode::decode_mp3`], [`decode::decode_jpeg`], [`decode::decode_opus`]

@@ -1,9 +1,9 @@
-//! The baseline model: a ViT with [CLS] over patches (AST for spectrograms, ViT for pixels),
+//! The baseline model: a ViT with \[CLS\] over patches (AST for spectrograms, ViT for pixels),
 //! built from tempest-model's layers, with E_c's width and depth.
 //!
 //! ```text
-//! patches [B, P, size²·channels] ─► patch_embed (linear) + positions ─► [CLS] + P tokens
-//!   ─► encoder (pre-norm transformer, E_c's shape) ─► head on [CLS]
+//! patches [B, P, size²·channels] ─► patch_embed (linear) + positions ─► \[CLS\] + P tokens
+//!   ─► encoder (pre-norm transformer, E_c's shape) ─► head on \[CLS\]
 //! ```
 //!
 //! The linear patch embedding is AST's strided convolution written as a matrix product over
@@ -61,7 +61,7 @@ impl VitConfig {
         }
     }
 
-    /// Parameters: patch embedding, positions, [CLS], encoder, head.
+    /// Parameters: patch embedding, positions, \[CLS\], encoder, head.
     pub fn params(&self) -> usize {
         let d = self.encoder.dim;
         self.patch_dim * d

@@ -23,7 +23,7 @@ pub struct Params {
     pub mixer: usize,
     /// D_t (0 when λ = 0).
     pub block_decoder: usize,
-    /// E_c with its [CLS], position, time and length embeddings.
+    /// E_c with its \[CLS\], position, time and length embeddings.
     pub context_encoder: usize,
     /// The classification head.
     pub head: usize,

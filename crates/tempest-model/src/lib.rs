@@ -4,7 +4,7 @@
 //! ```text
 //! ids [B, N, L] ─► byte embedding + in-block positions ─► E_t (each block alone)
 //!   ─► M (L bytes → L' tokens) ─┬─► D_t (bytes back; L_r)            when λ > 0
-//!                               └─► E_c ([CLS] + N·L' tokens) ─► head (L_c)
+//!                               └─► E_c (\[CLS\] + N·L' tokens) ─► head (L_c)
 //! loss = L_c + λ·L_r
 //! ```
 //!

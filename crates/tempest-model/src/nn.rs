@@ -294,7 +294,7 @@ pub struct StackSpec {
     pub eps: f64,
     /// Use the fused CPU kernels ([`kernels`]).
     pub fused: bool,
-    /// Run each layer as one op on the CPU ([`crate::fused_layer`]).
+    /// Run each layer as one op on the CPU (`fused_layer.rs`).
     pub fused_layer: bool,
     /// Where the layers' dropout masks come from.
     pub rng: DropoutRng,

@@ -9,7 +9,7 @@
 //! | [`masked_mix`] | the linear mixer's masked reduction of a block's L byte vectors to L' tokens |
 //!
 //! The kernels live in `kernels/tempest.cu`, compiled to PTX by nvcc in `build.rs`. Each op's
-//! `cpu_fwd` is a plain reference ([`reference`]): loops in f64 that define what the kernel
+//! `cpu_fwd` is a plain reference ([`reference`](mod@reference)): loops in f64 that define what the kernel
 //! computes. So every op runs on the CPU too (that is how the tests check the references
 //! against candle's tensor ops, and how the GPU check compares the kernels with them), but
 //! the model calls these ops only on a CUDA device, through the `hook_*` functions, and only
