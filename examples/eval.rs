@@ -91,7 +91,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if dropped > 0 {
         println!("{dropped} items of classes the model does not know were left out");
     }
-    let indices = dataset.select(&[split.clone()]);
+    let indices = dataset.select(std::slice::from_ref(&split));
     let report = tempest_train::evaluate(
         &loaded.model,
         &dataset,
