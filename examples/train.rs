@@ -138,7 +138,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let variants = cli.variants;
     let mut cfg = match (&cli.preset, &cli.config) {
         (Some(p), _) => p.clone(),
-        (None, Some(file)) => serde_json::from_str(&std::fs::read_to_string(file)?)?,
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--config {}: {e}", file.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("--config {}: {e}", file.display()))?
+        }
         (None, None) => Config::small(),
     };
     if let Some(v) = &cli.eval_variant {
