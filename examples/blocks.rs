@@ -6,13 +6,28 @@
 //!
 //! Prints one line per block and a summary per file; with `--json`, one JSON object per block
 //! on stdout and the summaries on stderr. A file that fails prints its error on stderr, the run
-//! goes on with the next file, and the exit status is 1.
+//! goes on with the next file, and the exit status is 1 (2 for a usage error: no file, an
+//! unknown flag). `--help` lists the flags.
 
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 
 use cff_blocks::{Block, Options, Summary};
+use clap::Parser;
 use serde::Serialize;
+
+/// Lists the blocks of compressed files (MP3 frames, Ogg Opus packets, JPEG MCUs): one line per
+/// block and a summary per file.
+#[derive(Debug, Parser)]
+#[command(name = "blocks", version, args_override_self = true)]
+struct Cli {
+    /// One JSON object per block on stdout, the summaries on stderr
+    #[arg(long)]
+    json: bool,
+    /// The compressed files (MP3, Ogg Opus, JPEG)
+    #[arg(value_name = "FILE", required = true)]
+    files: Vec<String>,
+}
 
 /// One block as `--json` prints it.
 #[derive(Serialize)]
@@ -31,22 +46,7 @@ struct JsonBlock<'a> {
 }
 
 fn main() -> ExitCode {
-    let mut json = false;
-    let mut files = Vec::new();
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--json" => json = true,
-            "-h" | "--help" => {
-                println!("usage: blocks [--json] FILE...");
-                return ExitCode::SUCCESS;
-            }
-            _ => files.push(arg),
-        }
-    }
-    if files.is_empty() {
-        eprintln!("usage: blocks [--json] FILE...");
-        return ExitCode::from(2);
-    }
+    let Cli { json, files } = Cli::parse();
     let options = Options::default();
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());

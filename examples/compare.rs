@@ -13,49 +13,97 @@
 //! `train` example does (WAV/PNG/IDX inputs are prepared in `--variants` into `OUT/data`).
 //! Both models are trained on the training split with the same batches, optimiser, schedule
 //! and epochs, and tested on the test split; the table has one row per model and the ratios
-//! TEMPEST/baseline. See docs/results.md.
+//! TEMPEST/baseline. See docs/results.md. `--help` lists every flag with its meaning and
+//! default.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::{ArgGroup, Parser};
 use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
 use tempest::tempest_baseline::{compare, CompareOptions};
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{Dataset, SplitPlan};
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+#[path = "common/train_args.rs"]
+mod train_args;
+
+/// TEMPEST against an AST/ViT baseline on the same files, split and budget: one table.
+///
+/// Both models are trained on the training split with the same batches, optimiser, schedule
+/// and epochs, and tested on the test split; the table has one row per model and the ratios
+/// TEMPEST/baseline. The training flags apply to both models; the tokenizer's (--tokens,
+/// --block-bytes, --crop...) and the model's (--lambda, --label-smoothing) to TEMPEST.
+#[derive(Debug, Parser)]
+#[command(name = "compare", version, args_override_self = true)]
+#[command(group(ArgGroup::new("source").required(true).args(["data", "layout"])))]
+struct Cli {
+    /// A prepared dataset (a folder with manifest.csv)
+    #[arg(long, value_name = "PREPARED_DIR", conflicts_with_all = ["layout", "input"])]
+    data: Option<PathBuf>,
+    /// Read a raw layout: folder, speechcommands, esc50 or mnist (with --input)
+    #[arg(long, value_name = "L", requires = "input")]
+    layout: Option<Layout>,
+    /// The folder of the raw layout (with --layout)
+    #[arg(long, value_name = "DIR", requires = "layout")]
+    input: Option<PathBuf>,
+    /// Variants to prepare raw inputs in and train on, e.g. jpeg:75 or mp3:32 [default:
+    /// jpeg:75 for mnist, mp3:32 otherwise]
+    #[arg(long, value_name = "LIST", value_parser = variant_list)]
+    variants: Option<::std::vec::Vec<Variant>>,
+    /// The variant evaluated and tested [default: the first of --variants, else the
+    /// dataset's first]
+    #[arg(long, value_name = "NAME")]
+    eval_variant: Option<String>,
+    /// TEMPEST's model preset: tiny, small or paper [default: the comparison's, tiny]
+    #[arg(long, value_name = "NAME", value_parser = preset)]
+    preset: Option<Config>,
+    /// Side of the baseline's square image patches, e.g. 7 or 4 [default: 7]
+    #[arg(long, value_name = "P")]
+    patch: Option<usize>,
+    /// Keep at most N training items [default: all]
+    #[arg(long, value_name = "N")]
+    max_train_items: Option<usize>,
+    /// Where the metrics (and prepared data) go
+    #[arg(long, value_name = "DIR", default_value = "runs/compare")]
+    out: PathBuf,
+    #[command(flatten)]
+    train: train_args::TrainArgs,
+}
+
+/// `--variants`: a comma-separated list of variants.
+fn variant_list(s: &str) -> Result<Vec<Variant>, String> {
+    parse_variants(s).map_err(|e| e.to_string())
+}
+
+/// `--preset`: a preset's name.
+fn preset(name: &str) -> Result<Config, String> {
+    Config::preset(name).ok_or_else(|| format!("no preset {name} (tiny, small or paper)"))
+}
+
+/// The comparison's options where the command line leaves them open.
+fn defaults() -> CompareOptions {
     let mut o = CompareOptions::default();
     o.train.epochs = 2;
     o.train.batch_size = 32;
     o.train.lr = 2e-3;
-    let (mut data, mut layout, mut input) = (None::<PathBuf>, None::<Layout>, None::<PathBuf>);
-    let mut variants: Option<Vec<Variant>> = None;
-    let mut out = PathBuf::from("runs/compare");
-    let mut max_train = None::<usize>;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        // The training flags shared with `train` (--epochs, --tokens, --block-bytes, --lambda…).
-        if o.train.apply_flag(&a, || args.next())? {
-            continue;
-        }
-        let mut v = || args.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--data" => data = Some(v()?.into()),
-            "--layout" => layout = Some(v()?.parse()?),
-            "--input" => input = Some(v()?.into()),
-            "--variants" => variants = Some(parse_variants(&v()?)?),
-            "--eval-variant" => o.eval_variant = Some(v()?),
-            "--preset" => {
-                let name = v()?;
-                o.tempest = Config::preset(&name).ok_or(format!("no preset {name}"))?
-            }
-            "--patch" => o.features = o.features.with_image_patch(v()?.parse()?),
-            "--max-train-items" => max_train = Some(v()?.parse()?),
-            "--out" => out = v()?.into(),
-            other => return Err(format!("unknown argument {other}").into()),
-        }
+    o
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mut o = defaults();
+    // The training flags shared with `train` (--epochs, --tokens, --block-bytes, --lambda…).
+    cli.train.apply(&mut o.train);
+    if let Some(p) = cli.preset {
+        o.tempest = p;
     }
+    if let Some(p) = cli.patch {
+        o.features = o.features.with_image_patch(p);
+    }
+    o.eval_variant = cli.eval_variant;
+    let (data, layout, input, variants) = (cli.data, cli.layout, cli.input, cli.variants);
+    let (out, max_train) = (cli.out, cli.max_train_items);
     let start = Instant::now();
     let mut dataset = match (data, layout, input) {
         (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
@@ -91,7 +139,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let cli: Cli = train_args::parse_with(|cmd| {
+        train_args::TrainArgs::show_defaults(cmd, &defaults().train, &[])
+    });
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("compare: {e}");

@@ -9,46 +9,75 @@
 //!
 //! Prints per-variant accuracy (top-5 with more than 5 classes) and per-class accuracy; the
 //! last line is `<split> accuracy: 0.XXXX` (`test accuracy: 0.XXXX` by default). `--confusion` draws the (first variant's) confusion
-//! matrix as a PNG.
+//! matrix as a PNG. `--help` lists every flag with its meaning and default.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{ArgGroup, Parser};
 use tempest::cff_encode::prepare::Layout;
 use tempest::tempest_model::{DeviceChoice, Precision};
 use tempest::tempest_train::{self, checkpoint, Dataset, EvalVariants};
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut ckpt, mut data, mut layout, mut input) = (
-        None::<PathBuf>,
-        None::<PathBuf>,
-        None::<Layout>,
-        None::<PathBuf>,
-    );
-    let mut split = "test".to_string();
-    let mut variants = EvalVariants::First;
-    let (mut batch, mut workers) = (64usize, 2usize);
-    let mut confusion = None::<PathBuf>;
-    let (mut device, mut dtype) = (DeviceChoice::Cpu, Precision::F32);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut v = || args.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--checkpoint" => ckpt = Some(v()?.into()),
-            "--data" => data = Some(v()?.into()),
-            "--layout" => layout = Some(v()?.parse()?),
-            "--input" => input = Some(v()?.into()),
-            "--split" | "--fold" => split = v()?,
-            "--eval-variant" => variants = EvalVariants::parse(&v()?),
-            "--batch" => batch = v()?.parse()?,
-            "--workers" => workers = v()?.parse()?,
-            "--confusion" => confusion = Some(v()?.into()),
-            "--device" => device = v()?.parse()?,
-            "--dtype" => dtype = v()?.parse()?,
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
-    let ckpt = ckpt.ok_or("give --checkpoint DIR")?;
+/// Evaluates a checkpoint on a split of a dataset.
+///
+/// Prints per-variant accuracy (top-5 with more than 5 classes) and per-class accuracy; the
+/// last line is `<split> accuracy: 0.XXXX`.
+#[derive(Debug, Parser)]
+#[command(name = "eval", version, args_override_self = true)]
+#[command(group(ArgGroup::new("source").required(true).args(["data", "layout"])))]
+struct Cli {
+    /// The checkpoint: a run folder (its best checkpoint, else its last) or a checkpoint folder
+    #[arg(long, value_name = "RUN_DIR|CKPT_DIR")]
+    checkpoint: PathBuf,
+    /// A prepared dataset (a folder with manifest.csv)
+    #[arg(long, value_name = "PREPARED_DIR", conflicts_with_all = ["layout", "input"])]
+    data: Option<PathBuf>,
+    /// Read compressed files in a raw layout: folder, esc50, speechcommands or mnist (with
+    /// --input)
+    #[arg(long, value_name = "L", requires = "input")]
+    layout: Option<Layout>,
+    /// The folder of the raw layout (with --layout)
+    #[arg(long, value_name = "DIR", requires = "layout")]
+    input: Option<PathBuf>,
+    /// The split evaluated (--fold K: ESC-50's fold K)
+    #[arg(
+        long,
+        visible_alias = "fold",
+        value_name = "SPLIT",
+        default_value = "test"
+    )]
+    split: String,
+    /// Variants evaluated: a name (mp3:32), all, first, a+b or ensemble (one prediction per
+    /// item, its class probabilities averaged over the variants)
+    #[arg(long, value_name = "V", value_parser = eval_variants, default_value = "first")]
+    eval_variant: EvalVariants,
+    /// Items per batch
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    batch: usize,
+    /// Loader worker threads (0: tokenize on the evaluating thread)
+    #[arg(long, value_name = "W", default_value_t = 2)]
+    workers: usize,
+    /// Draw the (first variant's) confusion matrix as a PNG
+    #[arg(long, value_name = "FILE.png")]
+    confusion: Option<PathBuf>,
+    /// Where the model runs (cuda needs a build with --features cuda)
+    #[arg(long, value_name = "cpu|cuda|cuda:N", default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
+    /// The weights' precision (bf16 on a GPU only)
+    #[arg(long, value_name = "f32|bf16", default_value_t = Precision::F32)]
+    dtype: Precision,
+}
+
+/// `--eval-variant`.
+fn eval_variants(s: &str) -> Result<EvalVariants, String> {
+    Ok(EvalVariants::parse(s))
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let (ckpt, data, layout, input) = (cli.checkpoint, cli.data, cli.layout, cli.input);
+    let (split, variants, batch, workers) = (cli.split, cli.eval_variant, cli.batch, cli.workers);
+    let (confusion, device, dtype) = (cli.confusion, cli.device, cli.dtype);
     let mut dataset = match (data, layout, input) {
         (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
         (None, Some(layout), Some(input)) => Dataset::from_compressed(layout, &input)?,
@@ -62,7 +91,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if dropped > 0 {
         println!("{dropped} items of classes the model does not know were left out");
     }
-    let indices = dataset.select(&[split.clone()]);
+    let indices = dataset.select(std::slice::from_ref(&split));
     let report = tempest_train::evaluate(
         &loaded.model,
         &dataset,
@@ -106,7 +135,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("eval: {e}");

@@ -9,84 +9,72 @@
 //! Layouts: `folder`, `esc50`, `speechcommands`, `mnist`. A rerun skips the outputs that are
 //! complete. JPEG variants may enlarge and move the image first and add restart markers
 //! (`jpeg:75x2r1@1/-1`: see docs/encode.md). Inputs that fail are listed at the end with their reason; the run does not stop
-//! for them. The logic lives in `cff_encode::prepare`.
+//! for them (the exit status is still 0). The logic lives in `cff_encode::prepare`. `--help`
+//! lists every flag with its meaning and default.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tempest::cff_encode::prepare::{parse_variants, prepare, Layout, PrepareConfig};
+use clap::Parser;
+use tempest::cff_encode::prepare::{parse_variants, prepare, Layout, PrepareConfig, Variant};
 
-const USAGE: &str = "usage: prepare --layout folder|esc50|speechcommands|mnist --input DIR \
---output DIR --variants mp3:20,opus:24,jpeg:75 [--sample-rate HZ] [--threads N] [--no-progress]";
+/// Prepares a dataset: one compressed file per item and variant, and manifest.csv.
+///
+/// A rerun skips the outputs that are complete. JPEG variants may enlarge and move the image
+/// first and add restart markers (jpeg:75x2r1@1/-1: see docs/encode.md). Inputs that fail are
+/// listed at the end with their reason; the run does not stop for them. MP3 and Opus encoders
+/// need a build with --features mp3,opus.
+#[derive(Debug, Parser)]
+#[command(name = "prepare", version, args_override_self = true)]
+struct Cli {
+    /// The input's layout: folder, esc50, speechcommands or mnist
+    #[arg(long, value_name = "LAYOUT")]
+    layout: Layout,
+    /// The raw dataset's folder
+    #[arg(long, value_name = "DIR")]
+    input: PathBuf,
+    /// Where the compressed files and manifest.csv go
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
+    /// The variants, comma-separated, e.g. mp3:20,mp3:26,mp3:32,opus:24,jpeg:75
+    #[arg(long, value_name = "LIST", value_parser = variant_list)]
+    variants: ::std::vec::Vec<Variant>,
+    /// Sample rate audio is resampled to before encoding, in Hz
+    #[arg(long, value_name = "HZ", default_value_t = 16_000)]
+    sample_rate: u32,
+    /// Encoding threads [default: rayon's, one per core or RAYON_NUM_THREADS]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// No progress bar on standard error
+    #[arg(long)]
+    no_progress: bool,
+}
 
-fn run() -> Result<ExitCode, String> {
-    let mut layout = None;
-    let mut input = None;
-    let mut output = None;
-    let mut variants = None;
-    let mut rate = 16_000u32;
-    let mut threads = None;
-    let mut progress = true;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--layout" => {
-                layout = Some(
-                    value("--layout")?
-                        .parse::<Layout>()
-                        .map_err(|e| e.to_string())?,
-                )
-            }
-            "--input" => input = Some(value("--input")?),
-            "--output" => output = Some(value("--output")?),
-            "--variants" => {
-                variants = Some(parse_variants(&value("--variants")?).map_err(|e| e.to_string())?)
-            }
-            "--sample-rate" => {
-                rate = value("--sample-rate")?
-                    .parse()
-                    .map_err(|e| format!("--sample-rate: {e}"))?
-            }
-            "--threads" => {
-                threads = Some(
-                    value("--threads")?
-                        .parse()
-                        .map_err(|e| format!("--threads: {e}"))?,
-                )
-            }
-            "--no-progress" => progress = false,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    let missing = |what: &str| format!("{what} is required\n{USAGE}");
-    let config = PrepareConfig::new(
-        layout.ok_or_else(|| missing("--layout"))?,
-        input.ok_or_else(|| missing("--input"))?,
-        output.ok_or_else(|| missing("--output"))?,
-        variants.ok_or_else(|| missing("--variants"))?,
-    )
-    .with_sample_rate(rate)
-    .with_threads(threads)
-    .with_progress(progress);
+/// `--variants`: a comma-separated list of variants.
+fn variant_list(s: &str) -> Result<Vec<Variant>, String> {
+    parse_variants(s).map_err(|e| e.to_string())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let config = PrepareConfig::new(cli.layout, cli.input, cli.output, cli.variants)
+        .with_sample_rate(cli.sample_rate)
+        .with_threads(cli.threads)
+        .with_progress(!cli.no_progress);
     let summary = prepare(&config).map_err(|e| e.to_string())?;
     for f in &summary.failures {
         eprintln!("failed: {f}");
     }
     println!("{summary}");
     println!("manifest: {}", config.output.join("manifest.csv").display());
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prepare: {e}");
-            ExitCode::from(2)
+            ExitCode::FAILURE
         }
     }
 }

@@ -19,9 +19,10 @@
 //! whole length). `--distort K` adds K randomly rotated, scaled, sheared and moved versions of
 //! each digit to training (default 0).
 //!
-//! The training flags are `tempest_train::TrainOptions::FLAGS`, as for the `train` example:
+//! The training flags are those of the `train` example (examples/common/train_args.rs):
 //! `--epochs N --batch B --lr LR --seed S --block-bytes L --header-block --bit-stride 8|4|2|1
-//! --bucket K --device cpu|cuda|cuda:N --dtype f32|bf16 ...`.
+//! --bucket K --device cpu|cuda|cuda:N --dtype f32|bf16 ...`; `--help` lists every flag with
+//! its meaning and the quickstart's default.
 //!
 //! The digits (`data/mnist`) are encoded once into `target/quickstart/data` (JPEG at each
 //! quality and shift; the first quality unmoved is the one tested, the others augment
@@ -32,11 +33,68 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use tempest::cff_encode::prepare::{Layout, Variant};
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
+#[path = "common/train_args.rs"]
+mod train_args;
+
+/// The quickstart: trains the `tiny` preset with a third E_c layer on the embedded MNIST
+/// digits encoded as JPEG and reports its accuracy on the 2,004 held-out digits.
+///
+/// The digits are encoded once into target/quickstart/data; the run goes to
+/// target/quickstart/run (metrics.jsonl, best/ and last/ checkpoints). Nothing is downloaded.
+#[derive(Debug, Parser)]
+#[command(name = "quickstart", version, args_override_self = true)]
+struct Cli {
+    /// JPEG qualities, comma-separated: the first (unmoved) is tested, the others augment
+    /// training
+    #[arg(long, value_name = "LIST", value_parser = quality_list, default_value = "75")]
+    qualities: ::std::vec::Vec<u8>,
+    /// Enlarge each 28×28 digit S times (bilinear) before JPEG encoding
+    #[arg(long, value_name = "S", default_value_t = 2)]
+    scale: u8,
+    /// Also train on copies moved by up to D pixels in each direction (0: none)
+    #[arg(long, value_name = "D", default_value_t = 1)]
+    shifts: u8,
+    /// A restart marker after every N MCUs, resetting the DC prediction (0: none)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    restart: u16,
+    /// Test each held-out digit as the ensemble of its unmoved version and its moved copies
+    /// (0: the unmoved digit alone)
+    #[arg(long, value_name = "0|1", default_value_t = 1)]
+    tta: u8,
+    /// Add K randomly rotated, scaled, sheared and moved versions of each digit to training
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    distort: u16,
+    /// Hold N training digits out as a validation split that picks the best epoch
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    validation: usize,
+    /// Model configuration as a JSON file [default: tiny with 3 E_c layers]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the data and the run go [default: $CARGO_TARGET_DIR/quickstart, or
+    /// target/quickstart]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Continue the run from its last checkpoint
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    train: train_args::TrainArgs,
+}
+
+/// `--qualities`: comma-separated JPEG qualities.
+fn quality_list(s: &str) -> Result<Vec<u8>, String> {
+    s.split(',')
+        .map(|q| q.trim().parse().map_err(|e| format!("{q}: {e}")))
+        .collect()
+}
+
+/// The quickstart's training options where the command line leaves them open.
+fn defaults() -> TrainOptions {
     let mut o = TrainOptions::default();
     o.epochs = 30;
     // Each MCU's first 8 bytes (its DC value and first AC codes; the length embedding still
@@ -45,52 +103,44 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     o.batch_size = 32;
     o.lr = 2e-3;
     o.seed = 0;
+    o
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mut o = defaults();
     o.handle_ctrl_c = true;
-    let mut qualities = vec![75u8];
-    let mut out = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or("target".into()))
-        .join("quickstart");
-    let mut resume = false;
-    let mut validation = 0usize;
+    cli.train.apply(&mut o);
+    let qualities = cli.qualities;
+    let out = cli.out.unwrap_or_else(|| {
+        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or("target".into()))
+            .join("quickstart")
+    });
+    let resume = cli.resume;
+    let validation = cli.validation;
     // Each digit enlarged 2× before encoding (49 MCUs instead of 16), a restart marker after
     // every MCU (each codes its own DC value), and training also sees it moved by one pixel
     // in each of the 8 directions: docs/quickstart.md has the measurements.
-    let mut shifts = 1u8;
-    let mut scale = 2u8;
-    let mut restart = 1u16;
+    let (shifts, scale, restart) = (cli.shifts, cli.scale, cli.restart);
     // The held-out digits are tested as an ensemble of the unmoved digit and its moved copies
     // (test-time augmentation; `--tta 0` tests the unmoved digit only).
-    let mut tta = true;
+    let tta = cli.tta != 0;
     // Training also sees K randomly rotated, scaled, sheared and moved versions of each digit
     // (`Variant::with_distortion`).
-    let mut distort = 0u16;
-    // `tiny` with a third E_c layer: at equal time it is ahead now that E_t reads 8 bytes.
-    let mut cfg = Config::tiny();
-    cfg.context_encoder.layers = 3;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if o.apply_flag(&a, || args.next())? {
-            continue;
+    let distort = cli.distort;
+    let cfg = match &cli.config {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--config {}: {e}", file.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("--config {}: {e}", file.display()))?
         }
-        let mut v = || args.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--qualities" => {
-                qualities = v()?
-                    .split(',')
-                    .map(|q| q.trim().parse::<u8>())
-                    .collect::<Result<_, _>>()?
-            }
-            "--config" => cfg = serde_json::from_str(&std::fs::read_to_string(v()?)?)?,
-            "--out" => out = v()?.into(),
-            "--resume" => resume = true,
-            "--validation" => validation = v()?.parse()?,
-            "--shifts" => shifts = v()?.parse()?,
-            "--scale" => scale = v()?.parse()?,
-            "--restart" => restart = v()?.parse()?,
-            "--tta" => tta = v()?.parse::<u8>()? != 0,
-            "--distort" => distort = v()?.parse()?,
-            other => return Err(format!("unknown argument {other}").into()),
+        None => {
+            // `tiny` with a third E_c layer: at equal time it is ahead now that E_t reads 8
+            // bytes.
+            let mut cfg = Config::tiny();
+            cfg.context_encoder.layers = 3;
+            cfg
         }
-    }
+    };
     let start = Instant::now();
     let mut variants: Vec<Variant> = qualities
         .iter()
@@ -200,7 +250,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let cli: Cli =
+        train_args::parse_with(|cmd| train_args::TrainArgs::show_defaults(cmd, &defaults(), &[]));
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("quickstart: {e}");

@@ -455,10 +455,8 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     let jpeg = defaults.tokenizer(cff_blocks::Format::Jpeg, &tiny)?;
     assert_eq!((jpeg.tokens.as_str(), jpeg.gain_jitter), ("bytes", 0));
     // An unknown name is refused with the names that exist.
+    assert!(tempest_tokenize::BlockTokens::parse("feelds").is_none());
     let mut bad = o.clone();
-    assert!(bad
-        .apply_flag("--tokens", || Some("feelds".into()))
-        .is_err());
     bad.train_blocks = Some(0);
     let err = train(
         &dataset,
@@ -484,7 +482,7 @@ fn unavailable_devices_and_dtypes_are_refused_by_name() -> Result<()> {
     let plan = SplitPlan::standard(&dataset)?;
     let run = scratch("device-refused")?;
     let mut o = quick_options(1);
-    assert!(o.apply_flag("--device", || Some("cuda:7".into()))?);
+    o.device = "cuda:7".parse()?;
     let err = tempest_train::train(&dataset, &plan, &Config::tiny(), &o, &run, false)
         .map(|_| ())
         .unwrap_err()
@@ -495,13 +493,13 @@ fn unavailable_devices_and_dtypes_are_refused_by_name() -> Result<()> {
         "{err}"
     );
     let mut o = quick_options(1);
-    assert!(o.apply_flag("--dtype", || Some("bf16".into()))?);
+    o.dtype = "bf16".parse()?;
     let err = tempest_train::train(&dataset, &plan, &Config::tiny(), &o, &run, false)
         .map(|_| ())
         .unwrap_err()
         .to_string();
     assert!(err.contains("--dtype bf16"), "{err}");
-    assert!(o.apply_flag("--device", || Some("tpu".into())).is_err());
+    assert!("tpu".parse::<tempest_model::DeviceChoice>().is_err());
     assert!(!run.join("metrics.jsonl").exists(), "nothing written");
     Ok(())
 }
