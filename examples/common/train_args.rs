@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// Stop, saving the resumable checkpoint, after N optimiser steps in all
     #[arg(long, value_name = "N")]
     pub max_steps: Option<usize>,
+    /// Also save the resumable checkpoint every N optimiser steps (besides after each epoch)
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
     /// Start afresh in a run folder that already holds a run (its files are replaced)
     #[arg(long)]
     pub overwrite: bool,
@@ -131,6 +134,9 @@ impl TrainArgs {
         }
         if self.max_steps.is_some() {
             o.stop_after_steps = self.max_steps;
+        }
+        if let Some(n) = self.checkpoint_every {
+            o.checkpoint_every = n;
         }
         if self.header_block {
             o.jpeg_header_block = true;
@@ -194,6 +200,13 @@ impl TrainArgs {
             (
                 "max_steps",
                 or(o.stop_after_steps.map(|v| v.to_string()), "no limit"),
+            ),
+            (
+                "checkpoint_every",
+                match o.checkpoint_every {
+                    0 => "0: after each epoch only".to_string(),
+                    n => n.to_string(),
+                },
             ),
         ];
         let mut cmd = cmd;
