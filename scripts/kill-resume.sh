@@ -4,21 +4,21 @@
 # (last/model.safetensors) and the optimiser state (last/optimizer.safetensors) must be
 # identical byte for byte (CPU, dropout 0), and metrics.jsonl must hold each epoch once.
 #
-#   scripts/kill-resume.sh [KILLS] [MAX_DELAY_S]      (defaults: 10 kills, up to 3 s apart;
+#   scripts/kill-resume.sh [KILLS] [MAX_DELAY_S]      (defaults: 10 kills, up to 1.5 s apart;
 #                                                     fewer when the run finishes first)
 #
 # Runs the release build of the `train` example (built first) on the shipped spoken words
-# (MP3, `tiny`, 6 epochs, the resumable checkpoint also every 2 optimiser steps; kills land
+# (MP3, `tiny`, 12 epochs, the resumable checkpoint also every 2 optimiser steps; kills land
 # during steps, evaluations, checkpoint writes and metrics writes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kills="${1:-10}"
-max_delay="${2:-3}"
+max_delay="${2:-1.5}"
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-2}"
 cargo build --release --example train >/dev/null
 bin=target/release/examples/train
 work="$(mktemp -d)"
-args=(--layout speechcommands --input data/spoken-words --preset tiny --epochs 6
+args=(--layout speechcommands --input data/spoken-words --preset tiny --epochs 12
     --checkpoint-every 2 --no-progress)
 
 echo "uninterrupted run"
