@@ -36,7 +36,7 @@ for t in "${targets[@]}"; do
         -malloc_limit_mb=1024 -max_len=65536 -print_final_stats=1 >"fuzz/$t.log" 2>&1
     rc=$?
     set -e
-    grep -E '^#[0-9]+ *(DONE|pulse|NEW|REDUCE)' "fuzz/$t.log" | tail -n 1
-    grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' "fuzz/$t.log" || true
+    { grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE)' "fuzz/$t.log" || true; } | tail -n 1
+    { grep -E '^Done [0-9]+ runs|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "fuzz/$t.log" || true; }
     [ "$rc" = 0 ] || { echo "$t: exit $rc (see fuzz/$t.log and fuzz/artifacts/$t/)"; }
 done
