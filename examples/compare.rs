@@ -26,6 +26,9 @@ use tempest::tempest_baseline::{compare, CompareOptions};
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{Dataset, SplitPlan};
 
+#[path = "common/data_args.rs"]
+mod data_args;
+use data_args::DataArgs;
 #[path = "common/train_args.rs"]
 mod train_args;
 
@@ -39,15 +42,8 @@ mod train_args;
 #[command(name = "compare", version, args_override_self = true)]
 #[command(group(ArgGroup::new("source").required(true).args(["data", "layout"])))]
 struct Cli {
-    /// A prepared dataset (a folder with manifest.csv)
-    #[arg(long, value_name = "PREPARED_DIR", conflicts_with_all = ["layout", "input"])]
-    data: Option<PathBuf>,
-    /// Read a raw layout: folder, speechcommands, esc50 or mnist (with --input)
-    #[arg(long, value_name = "L", requires = "input")]
-    layout: Option<Layout>,
-    /// The folder of the raw layout (with --layout)
-    #[arg(long, value_name = "DIR", requires = "layout")]
-    input: Option<PathBuf>,
+    #[command(flatten)]
+    source: DataArgs,
     /// Variants to prepare raw inputs in and train on, e.g. jpeg:75 or mp3:32 [default:
     /// jpeg:75 for mnist, mp3:32 otherwise]
     #[arg(long, value_name = "LIST", value_parser = variant_list)]
@@ -102,7 +98,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         o.features = o.features.with_image_patch(p);
     }
     o.eval_variant = cli.eval_variant;
-    let (data, layout, input, variants) = (cli.data, cli.layout, cli.input, cli.variants);
+    let DataArgs {
+        data,
+        layout,
+        input,
+    } = cli.source;
+    let variants = cli.variants;
     let (out, max_train) = (cli.out, cli.max_train_items);
     let start = Instant::now();
     let mut dataset = match (data, layout, input) {

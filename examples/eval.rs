@@ -15,9 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
-use tempest::cff_encode::prepare::Layout;
 use tempest::tempest_model::{DeviceChoice, Precision};
 use tempest::tempest_train::{self, checkpoint, Dataset, EvalVariants};
+
+#[path = "common/data_args.rs"]
+mod data_args;
+use data_args::DataArgs;
 
 /// Evaluates a checkpoint on a split of a dataset.
 ///
@@ -30,16 +33,8 @@ struct Cli {
     /// The checkpoint: a run folder (its best checkpoint, else its last) or a checkpoint folder
     #[arg(long, value_name = "RUN_DIR|CKPT_DIR")]
     checkpoint: PathBuf,
-    /// A prepared dataset (a folder with manifest.csv)
-    #[arg(long, value_name = "PREPARED_DIR", conflicts_with_all = ["layout", "input"])]
-    data: Option<PathBuf>,
-    /// Read compressed files in a raw layout: folder, esc50, speechcommands or mnist (with
-    /// --input)
-    #[arg(long, value_name = "L", requires = "input")]
-    layout: Option<Layout>,
-    /// The folder of the raw layout (with --layout)
-    #[arg(long, value_name = "DIR", requires = "layout")]
-    input: Option<PathBuf>,
+    #[command(flatten)]
+    source: DataArgs,
     /// The split evaluated (--fold K: ESC-50's fold K)
     #[arg(
         long,
@@ -75,7 +70,12 @@ fn eval_variants(s: &str) -> Result<EvalVariants, String> {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let (ckpt, data, layout, input) = (cli.checkpoint, cli.data, cli.layout, cli.input);
+    let ckpt = cli.checkpoint;
+    let DataArgs {
+        data,
+        layout,
+        input,
+    } = cli.source;
     let (split, variants, batch, workers) = (cli.split, cli.eval_variant, cli.batch, cli.workers);
     let (confusion, device, dtype) = (cli.confusion, cli.device, cli.dtype);
     let mut dataset = match (data, layout, input) {

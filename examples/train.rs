@@ -44,6 +44,9 @@ use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
+#[path = "common/data_args.rs"]
+mod data_args;
+use data_args::DataArgs;
 #[path = "common/train_args.rs"]
 mod train_args;
 
@@ -65,15 +68,8 @@ const AUDIO_LR: f64 = 5e-4;
 #[command(name = "train", version, args_override_self = true)]
 #[command(group(ArgGroup::new("source").required(true).args(["data", "layout"])))]
 struct Cli {
-    /// A prepared dataset (a folder with manifest.csv)
-    #[arg(long, value_name = "PREPARED_DIR", conflicts_with_all = ["layout", "input"])]
-    data: Option<PathBuf>,
-    /// Read a raw layout: folder, esc50, speechcommands or mnist (with --input)
-    #[arg(long, value_name = "L", requires = "input")]
-    layout: Option<Layout>,
-    /// The folder of the raw layout (with --layout)
-    #[arg(long, value_name = "DIR", requires = "layout")]
-    input: Option<PathBuf>,
+    #[command(flatten)]
+    source: DataArgs,
     /// Variants to prepare raw inputs in and train on, e.g. mp3:20,mp3:26,mp3:32 [default: MP3
     /// at 20, 26 and 32 kbps for audio, jpeg:75 for images]
     #[arg(long, value_name = "LIST", value_parser = variant_list)]
@@ -134,7 +130,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut o = TrainOptions::default();
     o.handle_ctrl_c = true;
     cli.train.apply(&mut o);
-    let (data, layout, input) = (cli.data, cli.layout, cli.input);
+    let DataArgs {
+        data,
+        layout,
+        input,
+    } = cli.source;
     let variants = cli.variants;
     let mut cfg = match (&cli.preset, &cli.config) {
         (Some(p), _) => p.clone(),

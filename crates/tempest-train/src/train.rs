@@ -860,30 +860,21 @@ pub fn train(
     // The final test: the best checkpoint if a validation split chose it, else the last weights.
     let test_idx = dataset.select(&plan.test);
     let test_variants = o.test_variants.as_ref().unwrap_or(&o.eval_variants);
-    let tested = if plan.validation.is_empty() {
-        evaluate(
-            &model,
-            dataset,
-            &test_idx,
-            test_variants,
-            &eval_tok,
-            o.batch_size.max(64),
-            o.workers,
-            o.progress,
-        )?
+    let best = if plan.validation.is_empty() {
+        None
     } else {
-        let best = checkpoint::load_as(&best_dir, &device, dtype)?;
-        evaluate(
-            &best.model,
-            dataset,
-            &test_idx,
-            test_variants,
-            &eval_tok,
-            o.batch_size.max(64),
-            o.workers,
-            o.progress,
-        )?
+        Some(checkpoint::load_as(&best_dir, &device, dtype)?)
     };
+    let tested = evaluate(
+        best.as_ref().map_or(&model, |b| &b.model),
+        dataset,
+        &test_idx,
+        test_variants,
+        &eval_tok,
+        o.batch_size.max(64),
+        o.workers,
+        o.progress,
+    )?;
     merge_stats(&mut report.eval_stats, &tested.stats);
     report.skipped.extend(tested.skipped.clone());
     let line =

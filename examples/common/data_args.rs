@@ -1,0 +1,21 @@
+//! Where an example reads its dataset: `--data PREPARED_DIR`, or `--layout L --input DIR`
+//! (shared by `train`, `compare` and `eval`; the command names the group "source").
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tempest::cff_encode::prepare::Layout;
+
+/// `--data`, or `--layout` with `--input`.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    /// A prepared dataset (a folder with manifest.csv)
+    #[arg(long, value_name = "PREPARED_DIR", conflicts_with_all = ["layout", "input"])]
+    pub data: Option<PathBuf>,
+    /// Read a raw layout: folder, esc50, speechcommands or mnist (with --input)
+    #[arg(long, value_name = "L", requires = "input")]
+    pub layout: Option<Layout>,
+    /// The folder of the raw layout (with --layout)
+    #[arg(long, value_name = "DIR", requires = "layout")]
+    pub input: Option<PathBuf>,
+}
