@@ -46,14 +46,14 @@ struct Cli {
     source: DataArgs,
     /// Variants to prepare raw inputs in and train on, e.g. jpeg:75 or mp3:32 [default:
     /// jpeg:75 for mnist, mp3:32 otherwise]
-    #[arg(long, value_name = "LIST", value_parser = variant_list)]
+    #[arg(long, value_name = "LIST", value_parser = parse_variants)]
     variants: Option<::std::vec::Vec<Variant>>,
     /// The variant evaluated and tested [default: the first of --variants, else the
     /// dataset's first]
     #[arg(long, value_name = "NAME")]
     eval_variant: Option<String>,
     /// TEMPEST's model preset: tiny, small or paper [default: the comparison's, tiny]
-    #[arg(long, value_name = "NAME", value_parser = preset)]
+    #[arg(long, value_name = "NAME", value_parser = Config::named)]
     preset: Option<Config>,
     /// Side of the baseline's square image patches, e.g. 7 or 4 [default: 7]
     #[arg(long, value_name = "P")]
@@ -66,16 +66,6 @@ struct Cli {
     out: PathBuf,
     #[command(flatten)]
     train: train_args::TrainArgs,
-}
-
-/// `--variants`: a comma-separated list of variants.
-fn variant_list(s: &str) -> Result<Vec<Variant>, String> {
-    parse_variants(s).map_err(|e| e.to_string())
-}
-
-/// `--preset`: a preset's name.
-fn preset(name: &str) -> Result<Config, String> {
-    Config::preset(name).ok_or_else(|| format!("no preset {name} (tiny, small or paper)"))
 }
 
 /// The comparison's options where the command line leaves them open.

@@ -45,7 +45,7 @@ struct Cli {
     split: String,
     /// Variants evaluated: a name (mp3:32), all, first, a+b or ensemble (one prediction per
     /// item, its class probabilities averaged over the variants)
-    #[arg(long, value_name = "V", value_parser = eval_variants, default_value = "first")]
+    #[arg(long, value_name = "V", default_value = "first")]
     eval_variant: EvalVariants,
     /// Items per batch
     #[arg(long, value_name = "B", default_value_t = 64)]
@@ -62,11 +62,6 @@ struct Cli {
     /// The weights' precision (bf16 on a GPU only)
     #[arg(long, value_name = "f32|bf16", default_value_t = Precision::F32)]
     dtype: Precision,
-}
-
-/// `--eval-variant`.
-fn eval_variants(s: &str) -> Result<EvalVariants, String> {
-    Ok(EvalVariants::parse(s))
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {

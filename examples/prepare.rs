@@ -37,7 +37,7 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     output: PathBuf,
     /// The variants, comma-separated, e.g. mp3:20,mp3:26,mp3:32,opus:24,jpeg:75
-    #[arg(long, value_name = "LIST", value_parser = variant_list)]
+    #[arg(long, value_name = "LIST", value_parser = parse_variants)]
     variants: ::std::vec::Vec<Variant>,
     /// Sample rate audio is resampled to before encoding, in Hz
     #[arg(long, value_name = "HZ", default_value_t = 16_000)]
@@ -48,11 +48,6 @@ struct Cli {
     /// No progress bar on standard error
     #[arg(long)]
     no_progress: bool,
-}
-
-/// `--variants`: a comma-separated list of variants.
-fn variant_list(s: &str) -> Result<Vec<Variant>, String> {
-    parse_variants(s).map_err(|e| e.to_string())
 }
 
 fn run(cli: Cli) -> Result<(), String> {

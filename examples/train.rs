@@ -72,19 +72,19 @@ struct Cli {
     source: DataArgs,
     /// Variants to prepare raw inputs in and train on, e.g. mp3:20,mp3:26,mp3:32 [default: MP3
     /// at 16, 20, 24, 26, 32 and 40 kbps for audio, jpeg:75 for images]
-    #[arg(long, value_name = "LIST", value_parser = variant_list)]
+    #[arg(long, value_name = "LIST", value_parser = parse_variants)]
     variants: Option<::std::vec::Vec<Variant>>,
     /// Variants evaluated after each epoch: a name (mp3:32), all, first, a+b (an ensemble) or
     /// ensemble [default: first; audio at several bitrates: the ensemble of them, of 20, 26
     /// and 32 kbps where those are among them]
-    #[arg(long, value_name = "V", value_parser = eval_variants)]
+    #[arg(long, value_name = "V")]
     eval_variant: Option<EvalVariants>,
     /// Variants of the final test, as --eval-variant (a+b: one prediction per item, its class
     /// probabilities averaged over the variants) [default: those of --eval-variant]
-    #[arg(long, value_name = "V", value_parser = eval_variants)]
+    #[arg(long, value_name = "V")]
     test_variant: Option<EvalVariants>,
     /// Model preset: tiny, small or paper [default: small; audio: tiny]
-    #[arg(long, value_name = "NAME", value_parser = preset, conflicts_with = "config")]
+    #[arg(long, value_name = "NAME", value_parser = Config::named, conflicts_with = "config")]
     preset: Option<Config>,
     /// Model configuration as a JSON file (instead of --preset)
     #[arg(long, value_name = "FILE")]
@@ -103,21 +103,6 @@ struct Cli {
     resume: bool,
     #[command(flatten)]
     train: train_args::TrainArgs,
-}
-
-/// `--variants`: a comma-separated list of variants.
-fn variant_list(s: &str) -> Result<Vec<Variant>, String> {
-    parse_variants(s).map_err(|e| e.to_string())
-}
-
-/// `--eval-variant`, `--test-variant`.
-fn eval_variants(s: &str) -> Result<EvalVariants, String> {
-    Ok(EvalVariants::parse(s))
-}
-
-/// `--preset`: a preset's name.
-fn preset(name: &str) -> Result<Config, String> {
-    Config::preset(name).ok_or_else(|| format!("no preset {name} (tiny, small or paper)"))
 }
 
 /// `--folds`: a comma-separated list of fold numbers.

@@ -206,6 +206,19 @@ impl Config {
         }
     }
 
+    /// [`Config::preset`], with an error that lists the presets (for command lines).
+    ///
+    /// ```
+    /// assert!(tempest_model::Config::named("tiny").is_ok());
+    /// let e = tempest_model::Config::named("huge").unwrap_err().to_string();
+    /// assert!(e.contains("huge") && e.contains("tiny, small or paper"));
+    /// ```
+    pub fn named(name: &str) -> crate::Result<Self> {
+        Self::preset(name).ok_or_else(|| {
+            crate::Error::Config(format!("no preset {name:?} (tiny, small or paper)"))
+        })
+    }
+
     /// The same configuration for `classes` classes.
     pub fn with_num_classes(mut self, classes: usize) -> Self {
         self.num_classes = classes;

@@ -43,6 +43,15 @@ pub enum EvalVariants {
     Ensemble(Vec<String>),
 }
 
+impl std::str::FromStr for EvalVariants {
+    type Err = std::convert::Infallible;
+
+    /// [`EvalVariants::parse`]: every string names something.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(EvalVariants::parse(s))
+    }
+}
+
 impl EvalVariants {
     /// Parses `first`, `all`, `mp3:32`, `mp3:20,mp3:32` (each evaluated, accuracies
     /// averaged), `mp3:20+mp3:32` (one prediction per item from both: [`Self::Ensemble`]) or
