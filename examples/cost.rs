@@ -19,6 +19,8 @@ use tempest::tempest_model::cost::{
 };
 use tempest::tempest_model::Config;
 
+#[path = "common/lists.rs"]
+mod lists;
 /// Prints model presets' parameter counts, FLOPs per item and attention sizes against an
 /// Audio Spectrogram Transformer's (AST: 128 mel bins, 16×16 patches, stride 10).
 #[derive(Debug, Parser)]
@@ -66,13 +68,11 @@ fn shape(s: &str) -> Result<(usize, usize), String> {
 
 /// `--seconds`: comma-separated positive lengths.
 fn seconds_list(s: &str) -> Result<Vec<f64>, String> {
-    s.split(',')
-        .map(|v| match v.trim().parse::<f64>() {
-            Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
-            Ok(_) => Err(format!("{v}: a length above 0")),
-            Err(e) => Err(format!("{v}: {e}")),
-        })
-        .collect()
+    lists::comma_list(s, |v| match v.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        Ok(_) => Err("a length above 0".to_string()),
+        Err(e) => Err(e.to_string()),
+    })
 }
 
 fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {

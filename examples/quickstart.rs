@@ -38,6 +38,8 @@ use tempest::cff_encode::prepare::{Layout, Variant};
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
+#[path = "common/lists.rs"]
+mod lists;
 #[path = "common/train_args.rs"]
 mod train_args;
 
@@ -88,9 +90,7 @@ struct Cli {
 
 /// `--qualities`: comma-separated JPEG qualities.
 fn quality_list(s: &str) -> Result<Vec<u8>, String> {
-    s.split(',')
-        .map(|q| q.trim().parse().map_err(|e| format!("{q}: {e}")))
-        .collect()
+    lists::comma_list(s, str::parse::<u8>)
 }
 
 /// The quickstart's training options where the command line leaves them open.

@@ -47,6 +47,8 @@ use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOption
 #[path = "common/data_args.rs"]
 mod data_args;
 use data_args::DataArgs;
+#[path = "common/lists.rs"]
+mod lists;
 #[path = "common/train_args.rs"]
 mod train_args;
 
@@ -107,9 +109,7 @@ struct Cli {
 
 /// `--folds`: a comma-separated list of fold numbers.
 fn fold_list(s: &str) -> Result<Vec<u32>, String> {
-    s.split(',')
-        .map(|f| f.trim().parse().map_err(|e| format!("{f}: {e}")))
-        .collect()
+    lists::comma_list(s, str::parse::<u32>)
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -192,10 +192,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         // spoken words' validation split), for each epoch's evaluation and the final test;
         // of the six default bitrates, the three the ensemble was measured with (20, 26 and
         // 32 kbps): evaluating all six would double the evaluation's cost every epoch.
-        const ENSEMBLE: [&str; 3] = ["mp3:20", "mp3:26", "mp3:32"];
-        let measured = ENSEMBLE.iter().all(|v| trained.iter().any(|t| t == v));
-        o.eval_variants = EvalVariants::Ensemble(if measured && trained.len() > ENSEMBLE.len() {
-            ENSEMBLE.map(String::from).to_vec()
+        let ensemble: Vec<String> = [20, 26, 32].map(|k| Variant::Mp3(k).to_string()).to_vec();
+        let measured = ensemble.iter().all(|v| trained.contains(v));
+        o.eval_variants = EvalVariants::Ensemble(if measured && trained.len() > ensemble.len() {
+            ensemble
         } else {
             trained
         });

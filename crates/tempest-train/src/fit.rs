@@ -199,16 +199,24 @@ pub fn prepare_items<T, E: std::fmt::Display>(
 pub struct EpochLog {
     /// The epoch, from 1.
     pub epoch: usize,
-    /// Mean training loss.
-    pub loss: f64,
-    /// Training accuracy.
-    pub accuracy: f64,
     /// Items trained on in this process (a resumed epoch counts those after the resume).
     pub items: usize,
     /// Seconds of training (forward, backward, optimiser), in this process.
     pub seconds: f64,
     /// The epoch's item-weighted sums (over the whole epoch, across a resume).
     pub sums: EpochSums,
+}
+
+impl EpochLog {
+    /// Mean training loss.
+    pub fn loss(&self) -> f64 {
+        self.sums.mean_loss()
+    }
+
+    /// Training accuracy.
+    pub fn accuracy(&self) -> f64 {
+        self.sums.accuracy()
+    }
 }
 
 /// What [`fit`] did and measured.
@@ -369,8 +377,6 @@ pub fn fit_loop<D: Driver>(
         driver.end_batches();
         let log = EpochLog {
             epoch: epoch + 1,
-            loss: state.epoch_sums.mean_loss(),
-            accuracy: state.epoch_sums.accuracy(),
             items: items_here as usize,
             seconds: start.elapsed().as_secs_f64(),
             sums: state.epoch_sums,
@@ -463,14 +469,14 @@ impl<L: Learner> Driver for PreparedDriver<'_, L> {
                 "epoch {}/{}: loss {:.4}, accuracy {:.4}, {:.1} items/s",
                 e.epoch,
                 self.total_epochs,
-                e.loss,
-                e.accuracy,
+                e.loss(),
+                e.accuracy(),
                 e.items as f64 / e.seconds.max(1e-9)
             );
         }
         if let Some((f, path)) = self.log.as_mut() {
-            let line = json!({"epoch": e.epoch, "step": state.step, "train": {"loss": e.loss,
-                "accuracy": e.accuracy, "items": e.items, "seconds": e.seconds}});
+            let line = json!({"epoch": e.epoch, "step": state.step, "train": {"loss": e.loss(),
+                "accuracy": e.accuracy(), "items": e.items, "seconds": e.seconds}});
             writeln!(f, "{line}").map_err(Error::io(path))?;
         }
         self.epochs.push(e.clone());
@@ -800,7 +806,7 @@ mod tests {
         assert_eq!(report.epochs.len(), 30);
         assert_eq!(report.steps, 30 * 8);
         assert!(report.test.accuracy > 0.95, "{}", report.test.accuracy);
-        assert!(report.epochs[29].loss < report.epochs[0].loss);
+        assert!(report.epochs[29].loss() < report.epochs[0].loss());
         assert_eq!(report.test.items, 40);
         Ok(())
     }

@@ -859,12 +859,11 @@ pub fn train(
     report.epochs = state.epoch;
     report.steps = state.step;
     report.best = state.best;
+    report.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
     if outcome == Outcome::Interrupted {
         report.interrupted = true;
-        report.elapsed_s = state.elapsed_s;
         return Ok(report);
     }
-    report.elapsed_s = elapsed_before + process_start.elapsed().as_secs_f64();
 
     // The final test: the best checkpoint if a validation split chose it, else the last weights.
     let test_idx = dataset.select(&plan.test);
@@ -1068,7 +1067,6 @@ impl Driver for FileDriver<'_> {
                 step.norm
             ));
         }
-        self.report.steps = state.step;
         let every = self.options.checkpoint_every;
         if every > 0 && state.step.is_multiple_of(every) && !step.end_of_epoch && !step.stopping {
             self.save_last(opt, state)?;
@@ -1093,7 +1091,6 @@ impl Driver for FileDriver<'_> {
         self.report.train_items += log.items as u64;
         self.report.train_seconds += log.seconds;
         self.save_last(opt, state)?;
-        self.report.elapsed_s = self.elapsed();
         Ok(())
     }
 
@@ -1153,8 +1150,6 @@ impl Driver for FileDriver<'_> {
         }
         state.elapsed_s = self.elapsed();
         self.save_last(opt, state)?;
-        self.report.epochs = state.epoch;
-        self.report.best = state.best;
         Ok(())
     }
 }
