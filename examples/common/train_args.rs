@@ -31,6 +31,10 @@ pub struct TrainArgs {
     /// Label smoothing, overriding the model configuration's
     #[arg(long, value_name = "X")]
     pub label_smoothing: Option<f64>,
+    /// Mixup of block tokens while training: α of Beta(α, α), in (0, 2]; 0 = off (overrides
+    /// the model configuration's)
+    #[arg(long, value_name = "ALPHA")]
+    pub mixup: Option<f64>,
     /// λ, the weight of the block reconstruction loss L_r, overriding the model configuration's
     #[arg(long, value_name = "X")]
     pub lambda: Option<f64>,
@@ -123,6 +127,9 @@ impl TrainArgs {
         if self.lambda.is_some() {
             o.reconstruction_weight = self.lambda;
         }
+        if self.mixup.is_some() {
+            o.mixup = self.mixup;
+        }
         if self.block_bytes.is_some() {
             o.block_bytes = self.block_bytes;
         }
@@ -164,6 +171,10 @@ impl TrainArgs {
                     o.label_smoothing.map(|v| v.to_string()),
                     "the model configuration's",
                 ),
+            ),
+            (
+                "mixup",
+                or(o.mixup.map(|v| v.to_string()), "the model configuration's"),
             ),
             (
                 "lambda",

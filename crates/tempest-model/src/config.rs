@@ -85,6 +85,11 @@ pub struct Config {
     pub reconstruction_weight: f64,
     /// Label smoothing of L_c (0 = plain cross-entropy).
     pub label_smoothing: f64,
+    /// Mixup of block tokens while training (0 = off): each item's block tokens (the output
+    /// of M, before E_c) are mixed with the next item's of its batch part as
+    /// `λ·a + (1 − λ)·b`, λ = max(x, 1 − x) with x drawn from Beta(α, α) once per part, and
+    /// L_c is mixed with the same λ. The value is α, in (0, 2].
+    pub mixup: f64,
     /// Dropout on residual branches while training.
     pub dropout: f32,
     /// Layer-norm epsilon.
@@ -154,6 +159,7 @@ impl Config {
             length_embedding: true,
             reconstruction_weight: 0.0,
             label_smoothing: 0.0,
+            mixup: 0.0,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
             execution: Execution::default(),
@@ -285,6 +291,9 @@ impl Config {
         }
         if !(0.0..1.0).contains(&self.label_smoothing) || self.reconstruction_weight < 0.0 {
             return Err("label_smoothing must be in [0, 1) and reconstruction_weight ≥ 0".into());
+        }
+        if !(0.0..=2.0).contains(&self.mixup) {
+            return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
         }
         Ok(())
     }

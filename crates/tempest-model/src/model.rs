@@ -2,6 +2,7 @@
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
+use tempest_tokenize::rng::SplitMix64;
 use tempest_tokenize::Batch;
 
 use crate::config::{BlockPositionKind, Config, MixerKind, StackConfig};
@@ -571,10 +572,61 @@ impl Tempest {
     }
 
     /// L = L_c + λ·L_r and its parts. D_t runs only when λ > 0.
+    ///
+    /// With `config.mixup` > 0 and `train`, L_c is computed on mixed block tokens (see
+    /// [`Config::mixup`]); L_r and the returned logits' accuracy then refer to the mixture.
     pub fn loss(&self, batch: &Batch, train: bool) -> Result<Losses> {
+        let b = batch.labels.dim(0)?;
+        if train && self.config.mixup > 0.0 && b > 1 {
+            return self.mixup_loss(batch, b);
+        }
         let out = self.forward(batch, train)?;
         let classification =
             cross_entropy(&out.logits, &batch.labels, self.config.label_smoothing)?;
+        self.with_reconstruction(batch, out, classification, train)
+    }
+
+    /// L with mixup of block tokens: item i is mixed with item (i + 1) mod B.
+    fn mixup_loss(&self, batch: &Batch, b: usize) -> Result<Losses> {
+        let mut rng = SplitMix64::new(self.dropout_rng().next_seed());
+        let x = beta_symmetric(&mut rng, self.config.mixup);
+        let lambda = x.max(1.0 - x);
+        let dev = batch.labels.device();
+        let next: Vec<u32> = (0..b as u32).map(|i| (i + 1) % b as u32).collect();
+        let next = Tensor::from_vec(next, b, dev)?;
+        let block_tokens =
+            self.encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, true)?;
+        let other = block_tokens.index_select(&next, 0)?;
+        let mixed = ((&block_tokens * lambda)? + (other * (1.0 - lambda))?)?;
+        // The mixture has a block wherever either item has one, at the later of their
+        // positions (items of one set share their block grid, so this is the longer item's).
+        let pick = |t: &Tensor| -> Result<Tensor> { t.maximum(&t.index_select(&next, 0)?) };
+        let view = Batch {
+            block_mask: pick(&batch.block_mask)?,
+            block_index: pick(&batch.block_index)?,
+            block_time: pick(&batch.block_time)?,
+            ..batch.clone()
+        };
+        let logits = self.classify_tokens(&mixed, &view, true)?;
+        let smoothing = self.config.label_smoothing;
+        let own = cross_entropy(&logits, &batch.labels, smoothing)?;
+        let theirs = cross_entropy(&logits, &batch.labels.index_select(&next, 0)?, smoothing)?;
+        let classification = ((own * lambda)? + (theirs * (1.0 - lambda))?)?;
+        let out = Output {
+            logits,
+            block_tokens,
+        };
+        self.with_reconstruction(batch, out, classification, true)
+    }
+
+    /// Adds λ·L_r (when the model has D_t) to L_c.
+    fn with_reconstruction(
+        &self,
+        batch: &Batch,
+        out: Output,
+        classification: Tensor,
+        train: bool,
+    ) -> Result<Losses> {
         let (total, reconstruction) = match &self.block_decoder {
             Some(dec) => {
                 let (b, n, lt, dc) = out.block_tokens.dims4()?;
@@ -625,6 +677,20 @@ fn distinct_rows(ids: &[u32], mask: &[u8], l: usize) -> Option<(Vec<u32>, Vec<u3
     (first.len() < rows).then_some((first, of))
 }
 
+/// A draw from the symmetric Beta(α, α), α in (0, 2], by Jöhnk's rejection method (two
+/// uniforms per try; the acceptance rate is 1/2 at α = 1 and above 1/6 at α = 2).
+fn beta_symmetric(rng: &mut SplitMix64, alpha: f64) -> f64 {
+    let unit = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    for _ in 0..1000 {
+        let x = unit(rng).powf(1.0 / alpha);
+        let y = unit(rng).powf(1.0 / alpha);
+        if x + y <= 1.0 && x + y > 0.0 {
+            return x / (x + y);
+        }
+    }
+    0.5
+}
+
 /// `[B, N]` seconds → `[B, N, 2·TIME_FREQUENCIES]` sines and cosines at geometrically spaced
 /// periods (Vaswani et al. 2017 §3.5, with time in seconds instead of the position).
 pub fn time_features(t: &Tensor) -> Result<Tensor> {
@@ -670,7 +736,27 @@ pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::distinct_rows;
+    use super::{beta_symmetric, distinct_rows};
+    use tempest_tokenize::rng::SplitMix64;
+
+    #[test]
+    fn symmetric_beta_draws_have_the_beta_mean_and_variance() {
+        // Beta(α, α): mean 1/2, variance 1 / (4(2α + 1)).
+        for alpha in [0.2, 0.4, 1.0, 2.0] {
+            let mut rng = SplitMix64::new(11);
+            let n = 20_000;
+            let xs: Vec<f64> = (0..n).map(|_| beta_symmetric(&mut rng, alpha)).collect();
+            assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)));
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            let want = 1.0 / (4.0 * (2.0 * alpha + 1.0));
+            assert!((mean - 0.5).abs() < 0.01, "α {alpha}: mean {mean}");
+            assert!(
+                (var - want).abs() < 0.1 * want,
+                "α {alpha}: variance {var}, want {want}"
+            );
+        }
+    }
 
     #[test]
     fn distinct_rows_maps_each_row_to_its_first_copy() {

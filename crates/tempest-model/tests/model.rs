@@ -534,3 +534,55 @@ fn lengths_past_the_table_share_its_last_row() -> Result<()> {
     assert!(d > 1e-6, "the length embedding must see the lengths");
     Ok(())
 }
+
+#[test]
+fn mixup_mixes_training_items_and_leaves_evaluation_alone() -> Result<()> {
+    let mut cfg = Config::tiny().with_reconstruction_weight(0.3);
+    cfg.mixup = 0.4;
+    assert!(cfg.validate().is_ok());
+    let (mixing, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+    let plain_cfg = Config {
+        mixup: 0.0,
+        ..cfg.clone()
+    };
+    let plain = Tempest::new(
+        &plain_cfg,
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )?;
+    let data = items(7, 4, 4, 10);
+    let b = batch(&data, &[0, 1, 2, 3])?;
+    // Evaluation never mixes.
+    let d =
+        (scalar(&mixing.loss(&b, false)?.total)? - scalar(&plain.loss(&b, false)?.total)?).abs();
+    assert!(d < 1e-6, "evaluation loss moved by {d}");
+    // Training mixes: the loss moves, and repeats for the same dropout seed.
+    mixing.seed_dropout(3);
+    let first = mixing.loss(&b, true)?;
+    mixing.seed_dropout(3);
+    let again = scalar(&mixing.loss(&b, true)?.total)?;
+    assert_eq!(scalar(&first.total)?, again);
+    let unmixed = scalar(&plain.loss(&b, true)?.total)?;
+    assert!(
+        (scalar(&first.total)? - unmixed).abs() > 1e-4,
+        "mixup left the loss at {unmixed}"
+    );
+    // An item mixed with a copy of itself is the item.
+    let same = batch(
+        &[data[1].clone(), data[1].clone(), data[1].clone()],
+        &[2, 2, 2],
+    )?;
+    let d = (scalar(&mixing.loss(&same, true)?.total)? - scalar(&plain.loss(&same, true)?.total)?)
+        .abs();
+    assert!(d < 1e-5, "a self-mixture moved the loss by {d}");
+    // Every variable the plain loss reaches gets a finite gradient through the mixture.
+    let grads = first.total.backward()?;
+    for (name, var) in vars(&varmap) {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            let s = g.abs()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(s.is_finite(), "{name}: gradient {s}");
+        }
+    }
+    cfg.mixup = 2.5;
+    assert!(cfg.validate().is_err());
+    Ok(())
+}

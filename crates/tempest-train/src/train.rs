@@ -125,6 +125,8 @@ pub struct TrainOptions {
     pub max_grad_norm: f64,
     /// Overrides the model configuration's label smoothing.
     pub label_smoothing: Option<f64>,
+    /// Overrides the model configuration's mixup α (mixup of block tokens; 0 = off).
+    pub mixup: Option<f64>,
     /// Overrides the model configuration's λ (the weight of L_r).
     pub reconstruction_weight: Option<f64>,
     /// Seeds the initial weights, the order of batches, the variant of each item per epoch
@@ -229,6 +231,9 @@ impl TrainOptions {
         if let Some(ls) = self.label_smoothing {
             config.label_smoothing = ls;
         }
+        if let Some(a) = self.mixup {
+            config.mixup = a;
+        }
         if let Some(l) = self.reconstruction_weight {
             config.reconstruction_weight = l;
         }
@@ -302,6 +307,7 @@ impl Default for TrainOptions {
             adamw: AdamWConfig::default(),
             max_grad_norm: 1.0,
             label_smoothing: None,
+            mixup: None,
             reconstruction_weight: None,
             seed: 0,
             train_variants: Vec::new(),
