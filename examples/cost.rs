@@ -78,9 +78,7 @@ fn seconds_list(s: &str) -> Result<Vec<f64>, String> {
 fn run(cli: Cli) -> Result<String, Box<dyn std::error::Error>> {
     let mut models = cli.preset;
     for file in &cli.config {
-        let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let cfg: Config =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let cfg = Config::from_file(file).map_err(|e| format!("--config {e}"))?;
         models.push((file.display().to_string(), cfg));
     }
     let shapes: Vec<(String, usize, usize)> = if cli.shape.is_empty() {

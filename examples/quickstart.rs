@@ -128,11 +128,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // (`Variant::with_distortion`).
     let distort = cli.distort;
     let cfg = match &cli.config {
-        Some(file) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("--config {}: {e}", file.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("--config {}: {e}", file.display()))?
-        }
+        Some(file) => Config::from_file(file).map_err(|e| format!("--config {e}"))?,
         None => {
             // `tiny` with a third E_c layer: at equal time it is ahead now that E_t reads 8
             // bytes.

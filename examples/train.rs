@@ -124,11 +124,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let variants = cli.variants;
     let mut cfg = match (&cli.preset, &cli.config) {
         (Some(p), _) => p.clone(),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("--config {}: {e}", file.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("--config {}: {e}", file.display()))?
-        }
+        (None, Some(file)) => Config::from_file(file).map_err(|e| format!("--config {e}"))?,
         (None, None) => Config::small(),
     };
     if let Some(v) = &cli.eval_variant {

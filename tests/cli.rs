@@ -74,6 +74,20 @@ fn train_cli() -> Result<()> {
     );
     // Neither --data nor --layout: a usage error.
     assert_eq!(run("train", &[])?.status.code(), Some(2));
+    // A misspelt key in a --config file: refused, naming the file, the key and its line.
+    let dir = std::env::temp_dir().join(format!("tempest-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("misspelt.json");
+    std::fs::write(&file, "{\n  \"num_classes\": 2,\n  \"dropuot\": 0.1\n}\n")?;
+    let path = file.to_str().ok_or("temporary path is not UTF-8")?;
+    let out = run("train", &["--data", "/nonexistent/x", "--config", path])?;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    std::fs::remove_dir_all(&dir)?;
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("misspelt.json") && err.contains("dropuot") && err.contains("line 3"),
+        "{err}"
+    );
     // A failure of the work itself: exit status 1, the example's name first.
     let out = run("train", &["--data", "/nonexistent/tempest-cli-test"])?;
     let err = String::from_utf8_lossy(&out.stderr);

@@ -1,7 +1,7 @@
 //! Checkpoints: a directory holding `config.json` (the [`Config`]) and `model.safetensors`
 //! (every variable under its stable name, see `docs/model.md`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
@@ -52,14 +52,7 @@ pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
 
 /// Reads the `config.json` of a checkpoint directory.
 pub fn load_config(dir: &Path) -> Result<Config> {
-    let path: PathBuf = dir.join(CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let config: Config = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: path.clone(),
-        source,
-    })?;
-    config.validate().map_err(Error::Config)?;
-    Ok(config)
+    Config::from_file(&dir.join(CONFIG_FILE))
 }
 
 /// Loads a checkpoint for inference: the weights are plain tensors, not variables.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// The shape of one transformer stack (E_t, D_t or E_c).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StackConfig {
     /// Width d.
     pub dim: usize,
@@ -54,7 +55,7 @@ pub enum BlockPositionKind {
 
 /// All hyper-parameters of a TEMPEST model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Ids of the byte vocabulary: 256 bytes + padding ([`tempest_tokenize::VOCAB_SIZE`]).
     pub vocab_size: usize,
@@ -299,9 +300,71 @@ impl Config {
     }
 }
 
+/// Keys that `config.json` files written before the execution options left the model
+/// configuration hold ([`Execution`]'s fields): read and ignored.
+pub const LEGACY_KEYS: &[&str] = &[
+    "fused_kernels",
+    "fused_layers",
+    "cuda_kernels",
+    "dedup_blocks",
+];
+
+impl Config {
+    /// A configuration from JSON text. Keys missing take the `small` preset's values; unknown
+    /// keys are refused (a misspelt key would otherwise leave its default in place silently),
+    /// except [`LEGACY_KEYS`]. Errors give the line and column. Not validated.
+    pub fn from_json(text: &str) -> serde_json::Result<Config> {
+        match serde_json::from_str::<serde_json::Value>(text)? {
+            serde_json::Value::Object(mut map)
+                if LEGACY_KEYS.iter().any(|k| map.contains_key(*k)) =>
+            {
+                for k in LEGACY_KEYS {
+                    map.remove(*k);
+                }
+                serde_json::from_value(serde_json::Value::Object(map))
+            }
+            _ => serde_json::from_str(text),
+        }
+    }
+
+    /// [`Config::from_json`] on a file, then [`Config::validate`]; errors name the file.
+    pub fn from_file(path: &std::path::Path) -> crate::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| crate::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Config::from_json(&text).map_err(|source| crate::Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        config
+            .validate()
+            .map_err(|e| crate::Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(config)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line_and_legacy_keys_ignored() {
+        let err = Config::from_json("{\n  \"num_classes\": 3,\n  \"dropuot\": 0.1\n}")
+            .err()
+            .map(|e| (e.to_string(), e.line()));
+        let (msg, line) = err.unwrap_or_default();
+        assert!(msg.contains("dropuot"), "{msg}");
+        assert_eq!(line, 3, "{msg}");
+        let nested = Config::from_json(r#"{"context_encoder": {"layers": 2, "hedas": 4}}"#);
+        assert!(nested.is_err());
+        let old = Config::from_json(
+            r#"{"num_classes": 4, "fused_kernels": true, "dedup_blocks": false}"#,
+        );
+        assert_eq!(old.map(|c| c.num_classes).ok(), Some(4));
+        let json = serde_json::to_string(&Config::tiny()).unwrap_or_default();
+        assert_eq!(Config::from_json(&json).ok(), Some(Config::tiny()));
+    }
 
     #[test]
     fn presets_validate_and_round_trip_through_json() {

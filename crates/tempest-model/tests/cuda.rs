@@ -66,10 +66,9 @@ fn cuda_kernels_default_on_and_old_configs_load() {
     assert!(old.execution.cuda_kernels);
     // Files from before `Execution` held the switches: they load, the switches are ignored
     // (how a run executes is not part of the model).
-    let older: Config = serde_json::from_str(
-        r#"{"num_classes": 3, "cuda_kernels": false, "fused_kernels": false}"#,
-    )
-    .unwrap_or_default();
+    let older =
+        Config::from_json(r#"{"num_classes": 3, "cuda_kernels": false, "fused_kernels": false}"#)
+            .unwrap_or_default();
     assert_eq!(older.num_classes, 3);
     assert!(older.execution.cuda_kernels && older.execution.fused_kernels);
     let mut off = Config::tiny();
