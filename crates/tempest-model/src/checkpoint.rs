@@ -13,6 +13,14 @@ pub const CONFIG_FILE: &str = "config.json";
 /// The weights' file name inside a checkpoint directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 
+/// Wraps a candle error about a weights file with the file's path.
+fn weights(path: &Path) -> impl FnOnce(candle_core::Error) -> Error + '_ {
+    move |source| Error::Weights {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
@@ -46,8 +54,8 @@ pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
             })
             .collect::<Result<std::collections::HashMap<String, candle_core::Tensor>>>()?
     };
-    candle_core::safetensors::save(&tensors, dir.join(WEIGHTS_FILE))?;
-    Ok(())
+    let path = dir.join(WEIGHTS_FILE);
+    candle_core::safetensors::save(&tensors, &path).map_err(weights(&path))
 }
 
 /// Reads the `config.json` of a checkpoint directory.
@@ -60,8 +68,8 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Tempest> {
     let config = load_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let data = std::fs::read(&path).map_err(io(&path))?;
-    let vb = VarBuilder::from_buffered_safetensors(data, dtype, device)?;
-    Ok(Tempest::new(&config, vb)?)
+    let vb = VarBuilder::from_buffered_safetensors(data, dtype, device).map_err(weights(&path))?;
+    Tempest::new(&config, vb).map_err(weights(&path))
 }
 
 /// Loads a checkpoint to train on: the model and the [`VarMap`] of its variables, on `device`
@@ -70,7 +78,7 @@ pub fn load_trainable(dir: &Path, device: &Device, dtype: DType) -> Result<(Temp
     let config = load_config(dir)?;
     let (model, varmap) = Tempest::init(&config, device, dtype)?;
     let path = dir.join(WEIGHTS_FILE);
-    let stored = candle_core::safetensors::load(&path, &Device::Cpu)?;
+    let stored = candle_core::safetensors::load(&path, &Device::Cpu).map_err(weights(&path))?;
     {
         let data = varmap
             .data()

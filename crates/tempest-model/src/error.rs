@@ -24,6 +24,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A weights file (safetensors) could not be read or written.
+    #[error("{path}: {source}")]
+    Weights {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: candle_core::Error,
+    },
     /// A `config.json` or `classes.json` did not parse.
     #[error("{path}: {source}")]
     Json {

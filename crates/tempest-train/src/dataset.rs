@@ -162,12 +162,23 @@ impl Dataset {
             if r.len() == 1 && r[0].is_empty() {
                 continue;
             }
-            let [id, label, split, variant, file, ..] = r.as_slice() else {
+            let line = n + 2;
+            let [id, label, split, variant, file, bytes, duration] = r.as_slice() else {
                 return Err(Error::dataset(
                     &path,
-                    format!("line {}: {} fields, expected 7", n + 2, r.len()),
+                    format!("line {line}: {} fields, expected 7", r.len()),
                 ));
             };
+            let bad = |what: String| Error::dataset(&path, format!("line {line}: {what}"));
+            variant
+                .parse::<cff_encode::prepare::Variant>()
+                .map_err(|e| bad(format!("variant {variant:?}: {e}")))?;
+            bytes
+                .parse::<u64>()
+                .map_err(|_| bad(format!("bytes {bytes:?} is not a whole number")))?;
+            if !duration.is_empty() && duration.parse::<f64>().is_err() {
+                return Err(bad(format!("duration {duration:?} is not a number")));
+            }
             rows.push((
                 id.clone(),
                 label.clone(),

@@ -284,13 +284,13 @@ impl AdamW {
             "steps".to_string(),
             Tensor::new(&[self.steps as u32], &Device::Cpu)?,
         );
-        candle_core::safetensors::save(&map, path)?;
-        Ok(())
+        candle_core::safetensors::save(&map, path).map_err(|e| Error::dataset(path, e.to_string()))
     }
 
     /// Reads what [`AdamW::save`] wrote; every variable must have its moments.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<()> {
-        let map = candle_core::safetensors::load(path, device)?;
+        let map = candle_core::safetensors::load(path, device)
+            .map_err(|e| Error::dataset(path, e.to_string()))?;
         let get = |k: &str| {
             map.get(k)
                 .ok_or_else(|| Error::dataset(path, format!("no tensor {k:?}")))

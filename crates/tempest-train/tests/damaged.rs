@@ -1,0 +1,159 @@
+//! Damaged run folders and datasets fail with an error that names the file (and the line,
+//! where the file has lines), never a panic: a truncated `model.safetensors` or
+//! `optimizer.safetensors`, a `config.json`, `state.json` or `tokenizer.json` that is not
+//! JSON, a `classes.json` that does not match the model, a manifest with a damaged row.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use cff_encode::prepare::Layout;
+use tempest_model::Config;
+use tempest_train::{checkpoint, train, Dataset, SplitPlan, TrainOptions};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tempest-damaged-{name}-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        let target = to.join(path.file_name().ok_or("no name")?);
+        if path.is_dir() {
+            copy_dir(&path, &target)?;
+        } else {
+            std::fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn truncate_half(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path)?;
+    std::fs::write(path, &bytes[..bytes.len() / 2])?;
+    Ok(())
+}
+
+#[test]
+fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
+    let mut dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let plan = SplitPlan::standard(&dataset)?;
+    dataset.truncate_splits(&plan.train, 16);
+    let base = scratch("run")?;
+    let run = base.join("good");
+    let mut o = TrainOptions::default();
+    o.epochs = 2;
+    o.batch_size = 8;
+    o.workers = 1;
+    o.progress = false;
+    o.stop_after_steps = Some(2); // the end of epoch 1: a resumable `last/`
+    let first = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
+    assert!(first.interrupted);
+    o.stop_after_steps = None;
+
+    // Each damage in a copy of the run. Resuming reads the weights, the optimiser state, the
+    // configuration and the training state; loading for inference (eval, classify) reads the
+    // weights, the configuration, the class names and the tokenizer settings. Each reader of
+    // a damaged file must fail with an error naming it.
+    type Damage = fn(&Path) -> Result<()>;
+    let damages: [(&str, &str, bool, bool, Damage); 7] = [
+        ("model.safetensors", "model.safetensors", true, true, |d| {
+            truncate_half(&d.join("model.safetensors"))
+        }),
+        (
+            "model.safetensors emptied",
+            "model.safetensors",
+            true,
+            true,
+            |d| Ok(std::fs::write(d.join("model.safetensors"), [])?),
+        ),
+        (
+            "optimizer.safetensors",
+            "optimizer.safetensors",
+            true,
+            false,
+            |d| truncate_half(&d.join("optimizer.safetensors")),
+        ),
+        ("config.json", "config.json", true, true, |d| {
+            Ok(std::fs::write(d.join("config.json"), "{\n  \"dim\": ,\n}")?)
+        }),
+        ("state.json", "state.json", true, false, |d| {
+            Ok(std::fs::write(d.join("state.json"), "[1, 2")?)
+        }),
+        ("tokenizer.json", "tokenizer.json", false, true, |d| {
+            Ok(std::fs::write(d.join("tokenizer.json"), "not json")?)
+        }),
+        ("classes.json", "classes.json", false, true, |d| {
+            Ok(std::fs::write(d.join("classes.json"), "[\"only one\"]")?)
+        }),
+    ];
+    for (what, file, resume_reads, load_reads, damage) in damages {
+        let copy = base.join(what.replace(' ', "-"));
+        copy_dir(&run, &copy)?;
+        // Only `last/` is damaged; a `last.old` beside it would be an intact fallback.
+        let _ = std::fs::remove_dir_all(copy.join("last.old"));
+        damage(&copy.join("last"))?;
+        if resume_reads {
+            let err = match train(&dataset, &plan, &Config::tiny(), &o, &copy, true) {
+                Ok(r) => panic!("{what}: resumed and ran {} epochs", r.epochs),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(file), "{what}: resume error {err:?}");
+            if file == "config.json" {
+                assert!(err.contains("line 2"), "{what}: {err:?}");
+            }
+        }
+        if load_reads {
+            let err = match checkpoint::load(&copy.join("last"), &Device::Cpu) {
+                Ok(_) => panic!("{what}: the checkpoint loaded"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains(file) || err.contains("class names"),
+                "{what}: load error {err:?}"
+            );
+        }
+    }
+    // The undamaged run still resumes and finishes.
+    let done = train(&dataset, &plan, &Config::tiny(), &o, &run, true)?;
+    assert!(!done.interrupted && done.epochs == 2);
+    std::fs::remove_dir_all(&base)?;
+    Ok(())
+}
+
+#[test]
+fn a_damaged_manifest_row_names_the_file_and_line() -> Result<()> {
+    let dir = scratch("manifest")?;
+    let header = "id,label,split,variant,path,bytes,duration\n";
+    let good = "a,yes,train,mp3:32,a.mp3,100,1.000000\n";
+    for (what, row) in [
+        ("too few fields", "b,no,train,mp3:32\n"),
+        ("bytes not a number", "b,no,train,mp3:32,b.mp3,lots,1.0\n"),
+        ("unknown variant", "b,no,train,mp3:x,b.mp3,100,1.0\n"),
+        ("unclosed quote", "\"b,no,train,mp3:32,b.mp3,100,1.0\n"),
+    ] {
+        std::fs::write(dir.join("manifest.csv"), format!("{header}{good}{row}"))?;
+        let err = match Dataset::from_manifest(&dir) {
+            Ok(_) => panic!("{what}: the manifest was read"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("manifest.csv") && err.contains("line "),
+            "{what}: {err:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
