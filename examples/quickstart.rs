@@ -34,9 +34,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use tempest::cff_encode::prepare::{Layout, Variant};
+use tempest::cff_encode::prepare::Layout;
 use tempest::tempest_model::Config;
-use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
+use tempest::tempest_train::{
+    self, Dataset, EvalVariants, ImageRecipe, Recipe, SplitPlan, TrainOptions,
+};
 
 #[path = "common/lists.rs"]
 mod lists;
@@ -93,89 +95,65 @@ fn quality_list(s: &str) -> Result<Vec<u8>, String> {
     lists::comma_list(s, str::parse::<u8>)
 }
 
-/// The quickstart's training options where the command line leaves them open.
+impl Cli {
+    /// The image recipe with the encoding this command line asks for.
+    fn recipe(&self) -> Result<Recipe, tempest_train::Error> {
+        Recipe::images(&ImageRecipe {
+            qualities: self.qualities.clone(),
+            scale: self.scale,
+            shifts: self.shifts,
+            restart: self.restart,
+            tta: self.tta != 0,
+            distort: self.distort,
+        })
+    }
+}
+
+/// The quickstart's training options where the command line leaves them open: the image
+/// recipe's (`tempest_train::Recipe::images`, measured in docs/quickstart.md).
 fn defaults() -> TrainOptions {
     let mut o = TrainOptions::default();
-    o.epochs = 30;
-    // Each MCU's first 8 bytes (its DC value and first AC codes; the length embedding still
-    // sees its whole length): training ran at 530 instead of 375 digits/s (docs/quickstart.md).
-    o.block_bytes = Some(8);
-    o.batch_size = 32;
-    o.lr = 2e-3;
-    o.seed = 0;
+    if let Ok(r) = Recipe::images(&ImageRecipe::default()) {
+        r.apply(&mut o);
+    }
     o
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let mut o = defaults();
+    let recipe = cli.recipe()?;
+    let mut o = TrainOptions::default();
+    recipe.apply(&mut o);
     o.handle_ctrl_c = true;
     cli.train.apply(&mut o);
-    let qualities = cli.qualities;
-    let out = cli.out.unwrap_or_else(|| {
+    let out = cli.out.clone().unwrap_or_else(|| {
         PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or("target".into()))
             .join("quickstart")
     });
-    let resume = cli.resume;
-    let validation = cli.validation;
-    // Each digit enlarged 2× before encoding (49 MCUs instead of 16), a restart marker after
-    // every MCU (each codes its own DC value), and training also sees it moved by one pixel
-    // in each of the 8 directions: docs/quickstart.md has the measurements.
-    let (shifts, scale, restart) = (cli.shifts, cli.scale, cli.restart);
-    // The held-out digits are tested as an ensemble of the unmoved digit and its moved copies
-    // (test-time augmentation; `--tta 0` tests the unmoved digit only).
-    let tta = cli.tta != 0;
-    // Training also sees K randomly rotated, scaled, sheared and moved versions of each digit
-    // (`Variant::with_distortion`).
-    let distort = cli.distort;
     let cfg = match &cli.config {
         Some(file) => Config::from_file(file).map_err(|e| format!("--config {e}"))?,
-        None => {
-            // `tiny` with a third E_c layer: at equal time it is ahead now that E_t reads 8
-            // bytes.
-            let mut cfg = Config::tiny();
-            cfg.context_encoder.layers = 3;
-            cfg
-        }
+        None => recipe.config.clone(),
     };
     let start = Instant::now();
-    let mut variants: Vec<Variant> = qualities
-        .iter()
-        .map(|&q| Variant::jpeg(q, scale, 0, 0)?.with_restart(restart))
-        .collect::<Result<_, _>>()?;
-    // Training also sees each digit moved by up to `shifts` pixels (the first quality).
-    for v in Variant::jpeg_shifts(qualities[0], scale, shifts) {
-        variants.push(v.with_restart(restart)?);
-    }
-    let shifted = variants.len();
-    for k in 1..=distort {
-        variants.push(variants[0].with_distortion(k)?);
-    }
+    let variants = &recipe.variants;
     let (mut dataset, _) = Dataset::open_layout(
         Layout::Mnist,
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
         &out.join("data"),
-        &variants,
+        variants,
         o.progress,
     )?;
     // Tuning without touching the test: N training digits become a validation split that
     // picks the best epoch (the held-out digits are then tested once, with that checkpoint).
-    dataset.hold_out("train", "validation", validation);
+    dataset.hold_out("train", "validation", cli.validation);
     let tested = variants[0].to_string();
-    o.eval_variants = EvalVariants::Named(tested.clone());
-    // The unmoved digit and its moved copies (the first quality's), one prediction each,
-    // their class probabilities averaged.
-    let moved: Vec<String> = std::iter::once(tested.clone())
-        .chain(
-            variants[qualities.len()..shifted]
-                .iter()
-                .map(|v| v.to_string()),
-        )
-        .collect();
-    let tta = tta && moved.len() > 1;
-    if tta {
-        o.test_variants = Some(EvalVariants::Ensemble(moved.clone()));
-    }
+    // The unmoved digit and its moved copies, one prediction each, their class probabilities
+    // averaged (test-time augmentation; `--tta 0` tests the unmoved digit only).
+    let moved = match &recipe.test_variants {
+        Some(EvalVariants::Ensemble(moved)) => Some(moved.clone()),
+        _ => None,
+    };
     let plan = SplitPlan::standard(&dataset)?;
+    let (qualities, scale, shifts, restart) = (&cli.qualities, cli.scale, cli.shifts, cli.restart);
     println!(
         "MNIST as JPEG (q {qualities:?}, {scale}× size, shifts ±{shifts}, restart every {restart} MCUs): {} training digits, {} validation, {} held out; {} epochs",
         dataset.select(&plan.train).len(),
@@ -183,7 +161,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         dataset.select(&plan.test).len(),
         o.epochs
     );
-    let report = tempest_train::train(&dataset, &plan, &cfg, &o, &out.join("run"), resume)?;
+    let report = tempest_train::train(&dataset, &plan, &cfg, &o, &out.join("run"), cli.resume)?;
     print!("{}", report.files_summary());
     if report.interrupted {
         println!("interrupted: rerun with --resume to continue");
@@ -193,7 +171,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if let (false, Some((acc, epoch))) = (plan.validation.is_empty(), report.best) {
         println!("best validation accuracy: {acc:.4} (epoch {epoch}, the checkpoint tested)");
     }
-    if tta {
+    if let Some(moved) = moved {
         // The same checkpoint on the unmoved digits alone, and (when tuning) the ensemble's
         // accuracy on the validation split, which chose nothing.
         let run = out.join("run");

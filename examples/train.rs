@@ -39,10 +39,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
-use tempest::cff_blocks::Format;
 use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
 use tempest::tempest_model::Config;
-use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
+use tempest::tempest_train::{self, Dataset, EvalVariants, Recipe, SplitPlan, TrainOptions};
 
 #[path = "common/data_args.rs"]
 mod data_args;
@@ -52,20 +51,16 @@ mod lists;
 #[path = "common/train_args.rs"]
 mod train_args;
 
-/// Epochs, batch size and peak learning rate of a run on audio files where the command line
-/// does not give them, with the `tiny` preset where neither `--preset` nor `--config` is given
-/// (docs/audio.md).
-const AUDIO_EPOCHS: usize = 80;
-const AUDIO_BATCH: usize = 16;
-const AUDIO_LR: f64 = 5e-4;
-
 /// Trains TEMPEST on a dataset of compressed files.
 ///
-/// Audio (MP3 or Ogg Opus) gets the recipe of docs/audio.md for what the command line leaves
-/// open: field and band-line tokens for MP3, field tokens for Opus, the `tiny` preset, 80
-/// epochs, batches of 16, learning rate 5e-4, and with several bitrates each epoch's evaluation
-/// and the test as the ensemble of the bitrates. ESC-50 runs five-fold cross-validation. The
-/// last line is `test accuracy: 0.XXXX`.
+/// What the command line leaves open comes from a recipe chosen by the data
+/// (`tempest_train::Recipe`): images (MNIST, folders of PNG files, JPEG files) get the
+/// quickstart's (JPEG at quality 75, 2× size, a restart marker after every MCU, ±1 pixel
+/// shifts, the shifted copies' ensemble at test time, 8 bytes per MCU, `tiny` with 3 E_c
+/// layers, 30 epochs, batches of 32, learning rate 2e-3); audio gets docs/audio.md's (MP3 at
+/// six bitrates, field and band-line tokens, `tiny`, 80 epochs, batches of 16, learning rate
+/// 5e-4, each evaluation the ensemble of 20, 26 and 32 kbps). ESC-50 runs five-fold
+/// cross-validation. The last line is `test accuracy: 0.XXXX`.
 #[derive(Debug, Parser)]
 #[command(name = "train", version, args_override_self = true)]
 #[command(group(ArgGroup::new("source").required(true).args(["data", "layout"])))]
@@ -73,19 +68,23 @@ struct Cli {
     #[command(flatten)]
     source: DataArgs,
     /// Variants to prepare raw inputs in and train on, e.g. mp3:20,mp3:26,mp3:32 [default: MP3
-    /// at 16, 20, 24, 26, 32 and 40 kbps for audio, jpeg:75 for images]
+    /// at 16, 20, 24, 26, 32 and 40 kbps for audio; for images jpeg:75x2r1 and its 8 copies
+    /// moved by one pixel]
     #[arg(long, value_name = "LIST", value_parser = parse_variants)]
     variants: Option<::std::vec::Vec<Variant>>,
     /// Variants evaluated after each epoch: a name (mp3:32), all, first, a+b (an ensemble) or
-    /// ensemble [default: first; audio at several bitrates: the ensemble of them, of 20, 26
-    /// and 32 kbps where those are among them]
+    /// ensemble [default: images: the unmoved jpeg:75x2r1 (first for prepared data); audio at
+    /// several bitrates: the ensemble of them, of 20, 26 and 32 kbps where those are among
+    /// them]
     #[arg(long, value_name = "V")]
     eval_variant: Option<EvalVariants>,
     /// Variants of the final test, as --eval-variant (a+b: one prediction per item, its class
-    /// probabilities averaged over the variants) [default: those of --eval-variant]
+    /// probabilities averaged over the variants) [default: raw images: the ensemble of the
+    /// unmoved and moved copies; otherwise those of --eval-variant]
     #[arg(long, value_name = "V")]
     test_variant: Option<EvalVariants>,
-    /// Model preset: tiny, small or paper [default: small; audio: tiny]
+    /// Model preset: tiny, small or paper [default: images: tiny with 3 E_c layers; audio:
+    /// tiny]
     #[arg(long, value_name = "NAME", value_parser = Config::named, conflicts_with = "config")]
     preset: Option<Config>,
     /// Model configuration as a JSON file (instead of --preset)
@@ -113,89 +112,78 @@ fn fold_list(s: &str) -> Result<Vec<u32>, String> {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let mut o = TrainOptions::default();
-    o.handle_ctrl_c = true;
-    cli.train.apply(&mut o);
     let DataArgs {
         data,
         layout,
         input,
     } = cli.source;
-    let variants = cli.variants;
-    let mut cfg = match (&cli.preset, &cli.config) {
-        (Some(p), _) => p.clone(),
-        (None, Some(file)) => Config::from_file(file).map_err(|e| format!("--config {e}"))?,
-        (None, None) => Config::small(),
-    };
-    if let Some(v) = &cli.eval_variant {
-        o.eval_variants = v.clone();
-    }
-    o.test_variants = cli.test_variant.clone();
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
-    let mut dataset = match (data, layout, input) {
-        (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
+    // The model the command line chose, read before any data (a bad file fails at once).
+    let chosen = match (&cli.preset, &cli.config) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(file)) => Some(Config::from_file(file).map_err(|e| format!("--config {e}"))?),
+        (None, None) => None,
+    };
+    // Raw data is prepared in the recipe of its kind (or in --variants).
+    let (mut dataset, layout_recipe) = match (data, layout, input) {
+        (Some(dir), None, None) => (Dataset::from_manifest(&dir)?, None),
         (None, Some(layout), Some(input)) => {
-            let variants = variants
-                .clone()
-                .unwrap_or_else(|| tempest_train::default_variants(layout, &input));
+            let recipe = Recipe::for_layout(layout, &input)?;
+            let variants = cli.variants.as_ref().unwrap_or(&recipe.variants);
+            let progress = !cli.train.no_progress;
             let (d, summary) =
-                Dataset::open_layout(layout, &input, &out.join("data"), &variants, o.progress)?;
+                Dataset::open_layout(layout, &input, &out.join("data"), variants, progress)?;
             if let Some(s) = summary {
                 println!("prepared: {s}");
                 for f in s.failures.iter().take(20) {
                     println!("  failed {f}");
                 }
             }
-            d
+            (d, Some(recipe))
         }
         _ => return Err("give --data DIR, or --layout L and --input DIR".into()),
     };
-    if let Some(v) = &variants {
+    let mut train_variants = Vec::new();
+    if let Some(v) = &cli.variants {
         if dataset
             .variants()
             .iter()
             .any(|d| v.iter().any(|x| x.to_string() == *d))
         {
-            o.train_variants = v.iter().map(Variant::to_string).collect();
+            train_variants = v.iter().map(Variant::to_string).collect();
         }
     }
-    let format = tempest_train::detect_format(&dataset)?;
-    if format != Format::Jpeg {
-        // The recipe measured on the audio development sets (docs/audio.md), for what the
-        // command line leaves open: field and line tokens of audio frames train fast and keep
-        // improving well past 10 epochs; at 2e-3 the line tokens never left chance.
-        if cli.train.epochs.is_none() {
-            o.epochs = AUDIO_EPOCHS;
-        }
-        if cli.train.batch.is_none() {
-            o.batch_size = AUDIO_BATCH;
-        }
-        if cli.train.lr.is_none() {
-            o.lr = AUDIO_LR;
-        }
-        if cli.preset.is_none() && cli.config.is_none() {
-            cfg = Config::tiny();
-        }
-    }
-    let trained = if o.train_variants.is_empty() {
+    let trained = if train_variants.is_empty() {
         dataset.variants()
     } else {
-        o.train_variants.clone()
+        train_variants.clone()
     };
-    if cli.eval_variant.is_none() && format != Format::Jpeg && trained.len() > 1 {
-        // Audio at several bitrates: one prediction per clip from its class probabilities
-        // averaged over the bitrates it was trained on (docs/audio.md: +4 points on the
-        // spoken words' validation split), for each epoch's evaluation and the final test;
-        // of the six default bitrates, the three the ensemble was measured with (20, 26 and
-        // 32 kbps): evaluating all six would double the evaluation's cost every epoch.
-        let ensemble: Vec<String> = [20, 26, 32].map(|k| Variant::Mp3(k).to_string()).to_vec();
-        let measured = ensemble.iter().all(|v| trained.contains(v));
-        o.eval_variants = EvalVariants::Ensemble(if measured && trained.len() > ensemble.len() {
-            ensemble
-        } else {
-            trained
-        });
+    // The layout's recipe where the data was prepared in its variants; else the recipe of
+    // the files' format, with the data's own variants.
+    let format = tempest_train::detect_format(&dataset)?;
+    let recipe = match layout_recipe {
+        Some(r)
+            if cli.variants.is_none()
+                && r.variants.iter().all(|v| trained.contains(&v.to_string())) =>
+        {
+            r
+        }
+        _ => Recipe::for_format(format, &trained)?,
+    };
+    let mut o = TrainOptions::default();
+    recipe.apply(&mut o);
+    o.handle_ctrl_c = true;
+    o.train_variants = train_variants;
+    cli.train.apply(&mut o);
+    if let Some(v) = &cli.eval_variant {
+        o.eval_variants = v.clone();
+        o.test_variants = None;
     }
+    if cli.test_variant.is_some() {
+        o.test_variants = cli.test_variant.clone();
+    }
+    let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
+    println!("recipe: {} ({:?})", recipe.name, format);
     let esc50 = layout == Some(Layout::Esc50) || dataset.splits() == ["1", "2", "3", "4", "5"];
     println!(
         "{} items, {} classes, splits {:?}, variants {:?}",
@@ -266,9 +254,10 @@ fn main() -> ExitCode {
             cmd,
             &TrainOptions::default(),
             &[
-                ("epochs", "10; audio: 80"),
-                ("batch", "64; audio: 16"),
-                ("lr", "0.001; audio: 0.0005"),
+                ("epochs", "images: 30; audio: 80"),
+                ("batch", "images: 32; audio: 16"),
+                ("lr", "images: 0.002; audio: 0.0005"),
+                ("block_bytes", "images: 8; audio: the model's"),
             ],
         )
     });

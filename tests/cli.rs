@@ -58,7 +58,7 @@ fn train_cli() -> Result<()> {
     check("train", "--band-shift", &["--epochs", "many"], "--epochs")?;
     // Shows the audio recipe's defaults beside the general ones.
     let help = String::from_utf8_lossy(&run("train", &["--help"])?.stdout).into_owned();
-    assert!(help.contains("[default: 10; audio: 80]"), "{help}");
+    assert!(help.contains("[default: images: 30; audio: 80]"), "{help}");
     // A misspelt flag gets a suggestion.
     let out = run("train", &["--data", "x", "--epoch", "3"])?;
     let err = String::from_utf8_lossy(&out.stderr);

@@ -56,26 +56,15 @@ pub struct Dataset {
 type ItemRows = (String, String, Vec<(String, PathBuf)>);
 
 /// Extensions of files used as they are, and the variant name they get.
-/// The variants a raw layout is prepared in when a run names none: MNIST and folders of PNG
-/// images as JPEG at quality 75; audio (ESC-50, Speech Commands, folders of WAV files) as MP3
-/// at 16, 20, 24, 26, 32 and 40 kbps, the paper's multi-bitrate augmentation widened (each
-/// epoch reads each clip at one of them; six bitrates beat three by 5.6 points on the spoken
-/// words' validation split over two seeds: docs/audio.md, row 28).
-pub fn default_variants(layout: Layout, input: &Path) -> Vec<Variant> {
-    let images = match layout {
+/// Whether a raw layout holds images (MNIST, or a folder whose first media file is a PNG),
+/// which decides between the image and the audio recipe ([`crate::Recipe::for_layout`]).
+pub fn holds_images(layout: Layout, input: &Path) -> bool {
+    match layout {
         Layout::Mnist => true,
         Layout::Folder => first_file_extension(input, 4).is_some_and(|e| e == "png"),
         _ => false,
-    };
-    if images {
-        vec![Variant::Jpeg(75)]
-    } else {
-        AUDIO_BITRATES.iter().map(|&k| Variant::Mp3(k)).collect()
     }
 }
-
-/// The MP3 bitrates (kbps) raw audio is prepared in by default ([`default_variants`]).
-pub const AUDIO_BITRATES: [u32; 6] = [16, 20, 24, 26, 32, 40];
 
 /// The lower-cased extension of the first `.wav` or `.png` file found under `dir`, looking at
 /// most `depth` folders down (sorted order).
@@ -537,21 +526,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_variants_follow_the_layout_and_the_files() {
-        let dir = std::env::temp_dir().join(format!("tempest-defvar-{}", std::process::id()));
-        let audio: Vec<Variant> = [16, 20, 24, 26, 32, 40].map(Variant::Mp3).to_vec();
-        for (ext, want) in [("png", vec![Variant::Jpeg(75)]), ("wav", audio.clone())] {
+    fn images_are_told_from_audio_by_the_layout_and_the_files() {
+        let dir = std::env::temp_dir().join(format!("tempest-images-{}", std::process::id()));
+        for (ext, images) in [("png", true), ("wav", false)] {
             let class = dir.join(ext).join("train").join("a");
             fs::create_dir_all(&class).unwrap_or_default();
             fs::write(class.join(format!("x.{ext}")), b"").unwrap_or_default();
-            assert_eq!(default_variants(Layout::Folder, &dir.join(ext)), want);
+            assert_eq!(
+                holds_images(Layout::Folder, &dir.join(ext)),
+                images,
+                "{ext}"
+            );
         }
-        assert_eq!(
-            default_variants(Layout::Mnist, &dir),
-            vec![Variant::Jpeg(75)]
-        );
-        assert_eq!(default_variants(Layout::SpeechCommands, &dir), audio);
-        assert_eq!(default_variants(Layout::Esc50, &dir.join("missing")), audio);
+        assert!(holds_images(Layout::Mnist, &dir));
+        assert!(!holds_images(Layout::SpeechCommands, &dir));
+        assert!(!holds_images(Layout::Esc50, &dir.join("missing")));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -32,10 +32,11 @@ mod init;
 pub mod metrics;
 pub mod optim;
 pub mod plots;
+pub mod recipe;
 mod train;
 
 pub use checkpoint::{EpochSums, Loaded, TokenizerSettings, TrainState};
-pub use dataset::{default_variants, Dataset, Sample, SplitPlan};
+pub use dataset::{holds_images, Dataset, Sample, SplitPlan};
 pub use error::{Error, Result};
 pub use fit::{
     fit, fit_loop, prepare_items, Driver, FitReport, Gradients, Learner, Outcome, Prepared,
@@ -44,6 +45,7 @@ pub use fit::{
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, Metrics, Tally};
 pub use optim::{train_step, AdamW, AdamWConfig, CosineSchedule};
+pub use recipe::{ImageRecipe, Recipe, AUDIO_BITRATES, AUDIO_ENSEMBLE};
 pub use train::{
     default_tokens, detect_format, evaluate, install_ctrl_c_handler, train, EvalReport,
     EvalVariants, RunReport, TrainOptions,
