@@ -28,6 +28,8 @@
 //! garbage skipped while resynchronising, other Ogg streams) is reported by
 //! [`Reader::regions`]. For scanning whole Ogg Opus files,
 //! [`opus::OpusReader::for_each_block`] visits the same blocks as compact records, faster.
+//! [`detect`] tells the format from a file's first bytes, [`detect_file`] from a path, reading
+//! only those bytes.
 #![deny(missing_docs)]
 // Only the call of the carry-less-multiply CRC kernels after CPU feature detection needs
 // `unsafe` (`ogg::clmul::update_with`, x86-64 with the `simd-crc` feature); every other build

@@ -10,10 +10,11 @@
 //! samples decoded (pre-skip included) after the last packet completed on that page, so the
 //! first packet completed on a page starts at the granule position minus the durations of all
 //! packets completed on the page; each packet's duration comes from its TOC byte (RFC 6716
-//! §3.1). A block's [`Place::Time`](crate::Place::Time) start is that position minus the pre-skip: it is the index of
-//! the block's first sample in the decoded output, negative inside the pre-skip. On the last
-//! page (EOS), a granule position smaller than the samples of its packets trims the end
-//! (RFC 7845 §4.4): the blocks' durations are cut so that no block plays past it.
+//! §3.1). A block's [`Place::Time`](crate::Place::Time) start is that position minus the
+//! pre-skip: it is the index of the block's first sample in the decoded output, negative inside
+//! the pre-skip. On the last page (EOS), a granule position smaller than the samples of its
+//! packets trims the end (RFC 7845 §4.4): the blocks' durations are cut so that no block plays
+//! past it.
 //!
 //! To scan whole files, [`OpusReader::for_each_block`] gives the same blocks as compact
 //! [`BlockRecord`]s (index, offset, bytes, kind, time, duration, TOC) through one loop per page,
@@ -63,7 +64,8 @@ pub enum PacketKind {
     Audio,
 }
 
-/// Facts about one packet of an Ogg Opus stream: the [`Detail::Opus`](crate::Detail::Opus) payload.
+/// Facts about one packet of an Ogg Opus stream: the [`Detail::Opus`](crate::Detail::Opus)
+/// payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PacketInfo {

@@ -44,7 +44,7 @@ pub fn parse_packet(
 /// two of equal size within the length limits (R2, R3), are decided inline and their result
 /// stays in registers; the rest goes to the general parser, out of line.
 #[inline(always)]
-pub(crate) fn frames(toc: Toc, data: &[u8], check_lengths: bool) -> Option<Frames> {
+pub(super) fn frames(toc: Toc, data: &[u8], check_lengths: bool) -> Option<Frames> {
     let len = data.len().saturating_sub(1);
     let common = match toc.code() {
         0 => !check_lengths || len <= MAX_FRAME_BYTES,
