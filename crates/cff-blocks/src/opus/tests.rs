@@ -132,6 +132,31 @@ fn toc_configurations() {
 }
 
 #[test]
+fn the_parser_and_the_timestamps_count_frames_alike() {
+    for byte in 0..=255u8 {
+        let toc = Toc::new(byte);
+        for count_byte in [0u8, 1, 2, 3, 6, 48, 0x40 | 2, 0x80 | 3] {
+            // Long enough for any layout; lengths unchecked (as in a multistream stream), so
+            // only the frame count and the 120 ms limit decide.
+            let mut packet = vec![byte, count_byte];
+            packet.resize(400, 0);
+            let count = toc.frame_count(Some(count_byte)).unwrap();
+            let samples = toc.samples(count);
+            let valid = count > 0 && samples <= MAX_PACKET_SAMPLES;
+            match parse_packet(&packet, false) {
+                Ok((_, frames)) => assert_eq!(frames.count, count, "TOC {byte:#04x}"),
+                Err(_) => assert!(!valid, "TOC {byte:#04x}, count byte {count_byte:#04x}"),
+            }
+            let timed = packet_samples(Some(byte), Some(count_byte));
+            assert_eq!(timed, valid.then_some(samples), "TOC {byte:#04x}");
+        }
+    }
+    // Code 3 without its count byte has no frame count.
+    assert_eq!(Toc::new(3).frame_count(None), None);
+    assert_eq!(Toc::new(2).frame_count(None), Some(2));
+}
+
+#[test]
 fn frame_count_codes() {
     let t = TOC_20MS;
     // Code 0: one frame.
