@@ -227,6 +227,39 @@ impl<'a> OpusReader<'a> {
     pub fn serial(&self) -> u32 {
         self.state.link.serial
     }
+
+    /// Everything but the hot path: pages, headers, packets that span pages, the end, errors.
+    #[inline(never)]
+    pub(crate) fn next_general(&mut self) -> Option<Result<Block<'a>>> {
+        self.general_step(State::next_block)
+    }
+
+    /// One step of the general path: the hot path's bookkeeping handed back before `step`, the
+    /// end or an error remembered, the hot path's conditions decided again after it.
+    #[inline(always)]
+    pub(super) fn general_step<T>(
+        &mut self,
+        step: impl FnOnce(&mut State<'a>) -> Result<Option<T>>,
+    ) -> Option<Result<T>> {
+        let state = &mut *self.state;
+        if state.done {
+            return None;
+        }
+        state.sync_fast();
+        let item = match step(state) {
+            Ok(Some(x)) => Some(Ok(x)),
+            Ok(None) => {
+                state.done = true;
+                None
+            }
+            Err(e) => {
+                state.done = true;
+                Some(Err(e))
+            }
+        };
+        state.refresh_fast();
+        item
+    }
 }
 
 impl<'a> State<'a> {
@@ -404,9 +437,7 @@ impl<'a> State<'a> {
         self.index += 1;
         Ok(block)
     }
-}
 
-impl<'a> State<'a> {
     pub(super) fn next_block(&mut self) -> Result<Option<Block<'a>>> {
         self.next_block_or_page::<false>()
             .map(|step| step.flatten())
@@ -458,41 +489,6 @@ impl<'a> State<'a> {
             });
         }
         Ok(None)
-    }
-}
-
-impl<'a> OpusReader<'a> {
-    /// Everything but the hot path: pages, headers, packets that span pages, the end, errors.
-    #[inline(never)]
-    pub(crate) fn next_general(&mut self) -> Option<Result<Block<'a>>> {
-        self.general_step(State::next_block)
-    }
-
-    /// One step of the general path: the hot path's bookkeeping handed back before `step`, the
-    /// end or an error remembered, the hot path's conditions decided again after it.
-    #[inline(always)]
-    pub(super) fn general_step<T>(
-        &mut self,
-        step: impl FnOnce(&mut State<'a>) -> Result<Option<T>>,
-    ) -> Option<Result<T>> {
-        let state = &mut *self.state;
-        if state.done {
-            return None;
-        }
-        state.sync_fast();
-        let item = match step(state) {
-            Ok(Some(x)) => Some(Ok(x)),
-            Ok(None) => {
-                state.done = true;
-                None
-            }
-            Err(e) => {
-                state.done = true;
-                Some(Err(e))
-            }
-        };
-        state.refresh_fast();
-        item
     }
 }
 

@@ -205,25 +205,6 @@ impl<'a> State<'a> {
     }
 }
 
-impl<'a> OpusReader<'a> {
-    /// [`OpusReader::next_general`] for [`OpusReader::for_each_block`]: also returns, with
-    /// `Some(Ok(None))`, right after loading a page of the stream, so that the page loop can
-    /// take its first packet where the hot path may run.
-    #[inline(never)]
-    fn next_general_or_page(&mut self) -> Option<Result<Option<Block<'a>>>> {
-        self.general_step(State::next_block_or_page::<true>)
-    }
-}
-
-impl<'a> OpusReader<'a> {
-    /// The hot path alone: the next block if it is an audio packet inside the current page
-    /// that the hot path may yield.
-    #[inline(always)]
-    pub(crate) fn next_in_page(&mut self) -> Option<Block<'a>> {
-        self.state.next_in_page()
-    }
-}
-
 /// One block of an Ogg Opus stream as [`OpusReader::for_each_block`] gives it: the facts of the
 /// iterator's [`Block`] that a scan reads (index, offset, bytes, kind, time and duration, TOC),
 /// in 48 bytes, with times kept in samples and converted on demand.
@@ -357,5 +338,20 @@ impl<'a> OpusReader<'a> {
                 None => return Ok(()),
             }
         }
+    }
+
+    /// The hot path alone: the next block if it is an audio packet inside the current page
+    /// that the hot path may yield.
+    #[inline(always)]
+    pub(crate) fn next_in_page(&mut self) -> Option<Block<'a>> {
+        self.state.next_in_page()
+    }
+
+    /// [`OpusReader::next_general`] for [`OpusReader::for_each_block`]: also returns, with
+    /// `Some(Ok(None))`, right after loading a page of the stream, so that the page loop can
+    /// take its first packet where the hot path may run.
+    #[inline(never)]
+    fn next_general_or_page(&mut self) -> Option<Result<Option<Block<'a>>>> {
+        self.general_step(State::next_block_or_page::<true>)
     }
 }
