@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the block-parsing bench and prints its table.
+# Runs the block-parsing bench (cff-blocks' own: no candle to compile) and prints its table.
 #
 #   scripts/bench.sh                  # every group
 #   scripts/bench.sh mp3-low          # a filter: benchmarks whose id matches the regex
@@ -11,5 +11,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAYON_NUM_THREADS=2
-cargo bench --bench block_parsing "$@"
-python3 scripts/criterion_table.py
+cargo bench -p cff-blocks --bench bench_main "$@"
+python3 scripts/criterion_table.py "${CARGO_TARGET_DIR:-target}/criterion"

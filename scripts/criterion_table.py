@@ -2,7 +2,7 @@
 """Prints the block-parsing bench results as Markdown tables (Python standard library only).
 
 Reads target/criterion/<group>/<benchmark>/new/{estimates.json,benchmark.json}, as written by
-`cargo bench --bench block_parsing` (scripts/bench.sh), and prints per input group the input
+`cargo bench -p cff-blocks` (scripts/bench.sh), and prints per input group the input
 throughput of every method in MB/s (10^6 bytes per second of the mean time), the 95 %
 confidence interval of the mean, the throughput of the fastest sample (less sensitive to other
 processes on a shared machine than the mean), how many times the memchr scan (the memory ceiling) is

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes the inputs of benches/block_parsing.rs. Run from anywhere: ./benches/data/make.sh
+# Makes the inputs of the benches (crates/cff-blocks/benches/benchmarks/parsing.rs, and the
+# facade's benches/benchmarks/). Run from anywhere: ./benches/data/make.sh
 #
 # Tools (Debian packages): espeak-ng 1.51, sox 14.4.2, lame 3.100, opus-tools 0.2 (libopus
 # 1.3.1), libjpeg-turbo-progs 2.1.5 (cjpeg), python3 (standard library only), npm (to fetch

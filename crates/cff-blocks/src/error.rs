@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::Format;
 
@@ -63,10 +63,15 @@ pub enum Error {
         found: u64,
     },
     /// The first bytes match none of the supported formats.
-    #[error("unknown format: the first bytes {found} are not MP3, Ogg Opus or JPEG")]
+    #[error(
+        "unknown format{}: the first bytes {found} are not MP3, Ogg Opus or JPEG",
+        of_file(path.as_deref())
+    )]
     UnknownFormat {
         /// The first bytes, in hex.
         found: String,
+        /// The file, when the bytes were read from one ([`detect_file`](crate::detect_file)).
+        path: Option<PathBuf>,
     },
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
@@ -101,6 +106,12 @@ impl Error {
             Error::Io { .. } => ErrorClass::Io,
         }
     }
+}
+
+/// " of PATH" for a message about a file's bytes, nothing when they came from memory.
+fn of_file(path: Option<&Path>) -> String {
+    path.map(|p| format!(" of {}", p.display()))
+        .unwrap_or_default()
 }
 
 /// The coarse classes of [`Error`].

@@ -28,6 +28,8 @@
 //! garbage skipped while resynchronising, other Ogg streams) is reported by
 //! [`Reader::regions`]. For scanning whole Ogg Opus files,
 //! [`opus::OpusReader::for_each_block`] visits the same blocks as compact records, faster.
+//! [`detect`] tells the format from a file's first bytes, [`detect_file`] from a path, reading
+//! only those bytes.
 #![deny(missing_docs)]
 // Only the call of the carry-less-multiply CRC kernels after CPU feature detection needs
 // `unsafe` (`ogg::clmul::update_with`, x86-64 with the `simd-crc` feature); every other build
@@ -66,6 +68,7 @@ pub fn detect(data: &[u8]) -> Result<Format> {
         [b'I', b'D', b'3', ..] => Ok(Format::Mp3),
         [0xFF, b1, ..] if b1 & 0xE0 == 0xE0 => Ok(Format::Mp3),
         _ => Err(Error::UnknownFormat {
+            path: None,
             found: data
                 .iter()
                 .take(8)
@@ -74,6 +77,33 @@ pub fn detect(data: &[u8]) -> Result<Format> {
                 .join(" "),
         }),
     }
+}
+
+/// Bytes that [`detect_file`] reads: the longest signature [`detect`] checks is 3 bytes; the
+/// rest are for the hex prefix of an [`Error::UnknownFormat`].
+const DETECT_BYTES: u64 = 8;
+
+/// Detects the format of the file at `path` as [`detect`] does, reading only its first bytes.
+///
+/// Its errors name the path: [`Error::Io`] when the file cannot be opened or read, and
+/// [`Error::UnknownFormat`] (with `path` set) when its first bytes match no supported format.
+pub fn detect_file(path: impl AsRef<Path>) -> Result<Format> {
+    let path = path.as_ref();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::with_capacity(DETECT_BYTES as usize);
+    std::fs::File::open(path)
+        .and_then(|file| file.take(DETECT_BYTES).read_to_end(&mut head))
+        .map_err(io)?;
+    detect(&head).map_err(|e| match e {
+        Error::UnknownFormat { found, .. } => Error::UnknownFormat {
+            found,
+            path: Some(path.to_path_buf()),
+        },
+        e => e,
+    })
 }
 
 /// Reads a whole file into memory, refusing files above [`Limits::max_file_bytes`] before
@@ -233,6 +263,46 @@ mod tests {
         assert!(err.to_string().contains("52 49 46 46"), "{err}");
         assert!(detect(&[]).is_err());
         assert!(detect(&[0xFF]).is_err());
+    }
+
+    #[test]
+    fn detect_file_reads_the_start_and_names_the_path() {
+        let dir = std::env::temp_dir().join(format!("cff-blocks-detect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases: [(&str, &[u8], Format); 3] = [
+            ("a.opus", b"OggS\0\x02", Format::OggOpus),
+            ("b.jpg", &[0xFF, 0xD8, 0xFF, 0xE0, 0, 16], Format::Jpeg),
+            ("c.mp3", &[0xFF, 0xF3, 0x48, 0xC4], Format::Mp3),
+        ];
+        for (name, bytes, format) in cases {
+            // What follows the signature is never read: a megabyte of anything.
+            let mut file = bytes.to_vec();
+            file.resize(1 << 20, 0xAB);
+            let path = dir.join(name);
+            std::fs::write(&path, &file).unwrap();
+            assert_eq!(detect_file(&path).unwrap(), format, "{name}");
+        }
+        let unknown = dir.join("d.wav");
+        std::fs::write(&unknown, b"RIFF\0\0\0\0WAVE").unwrap();
+        let err = detect_file(&unknown).unwrap_err();
+        assert!(matches!(err, Error::UnknownFormat { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("d.wav") && message.contains("52 49 46 46"),
+            "{message}"
+        );
+        let empty = dir.join("e.mp3");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(detect_file(&empty)
+            .unwrap_err()
+            .to_string()
+            .contains("e.mp3"));
+        let missing = detect_file(dir.join("missing.opus")).unwrap_err();
+        assert!(matches!(missing, Error::Io { .. }), "{missing}");
+        assert!(missing.to_string().contains("missing.opus"), "{missing}");
+        // detect on bytes in memory names no file.
+        assert!(!detect(b"RIFF").unwrap_err().to_string().contains(" of "));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

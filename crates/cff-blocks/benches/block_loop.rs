@@ -7,7 +7,7 @@
 //! cargo run --release -p cff-blocks --example block_loop -- --reps 100 FILE
 //! ```
 //!
-//! Two loops: `expect`, the one `benches/block_parsing.rs` times (`for block in reader`, an
+//! Two loops: `expect`, the one `benches/benchmarks/parsing.rs` times (`for block in reader`, an
 //! `expect` on each item, lengths and kinds summed), and `stop at error`, the same with a `break`
 //! on the first error, the shape of a caller that hands errors on. How fast such a loop runs
 //! depends on how the compiler lays it out around the inlined hot paths (whether a block's
@@ -17,7 +17,7 @@
 //! `valgrind --tool=cachegrind --cache-sim=no target/release/examples/block_loop --reps 100 FILE`.
 //! For Ogg files a first row times the Ogg CRC-32 alone over the whole file: the floor under
 //! the default (CRC-verifying) reader. For every file a row times the bench's memory ceiling
-//! (`memchr::memmem::find` of a needle that occurs nowhere, as in `benches/block_parsing.rs`)
+//! (`memchr::memmem::find` of a needle that occurs nowhere, as in `benches/benchmarks/parsing.rs`)
 //! the same way, and a last line gives each default-settings loop's time as a multiple of it:
 //! issue #2's "within 4× of memchr", judged by fastest batches.
 
@@ -50,7 +50,7 @@ impl Count {
     }
 }
 
-/// The loop of `benches/block_parsing.rs`, as it is there (its own function there too).
+/// The loop of `benches/benchmarks/parsing.rs`, as it is there (its own function there too).
 #[inline(never)]
 fn read(data: &[u8], options: &Options) -> Count {
     let mut count = Count::default();

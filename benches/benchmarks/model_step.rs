@@ -2,7 +2,8 @@
 //! the GFLOP/s of a large candle matmul measured in the same run.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo bench --bench model_step
+//! RAYON_NUM_THREADS=2 cargo bench --bench bench_main -- 'matmul|tiny|small'   # criterion, then the summary
+//! RAYON_NUM_THREADS=2 cargo bench --bench bench_main -- summary [WORD]        # the summary alone
 //! ```
 //!
 //! Two workloads. MP3: items are 1 s of 16 kHz MP3 at 32 kbps, N = 28 blocks of L = 144 bytes,
@@ -256,7 +257,8 @@ fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
-fn summary() {
+/// The summary table: items/s, byte tokens/s and GFLOP/s per preset and workload.
+pub fn summary() {
     let (a, b) = matmul_operands();
     // On a loaded machine the matmul's rate moves with the load: each row divides by a rate
     // measured just before it.
@@ -349,14 +351,18 @@ criterion_group! {
     targets = benches
 }
 
-fn main() {
-    // `cargo bench --bench model_step -- summary` prints only the summary table.
+/// The start of every benchmark id of this group (for `bench_main`'s choice of groups).
+pub const IDS: &[&str] = &["matmul/", "tiny ", "small "];
+
+/// The modes that replace the criterion run: `-- summary [WORD]` prints only the summary table
+/// (rows whose name contains WORD); `-- profile` runs 5 training steps of `small` on the MP3
+/// batch, `-- profile-jpeg` 20 of `tiny` on the JPEG batch, for `perf record`. Returns whether
+/// one ran.
+pub fn run_mode() -> bool {
     if std::env::args().any(|a| a == "summary") {
         summary();
-        return;
+        return true;
     }
-    // `cargo bench --bench model_step -- profile` runs 5 training steps of `small` on the MP3
-    // batch, `-- profile-jpeg` 20 of `tiny` on the JPEG batch, for `perf record`.
     let jpeg_profile = std::env::args().any(|a| a == "profile-jpeg");
     if jpeg_profile || std::env::args().any(|a| a == "profile") {
         let (batch, preset, steps) = if jpeg_profile {
@@ -371,9 +377,7 @@ fn main() {
             trainer.step(&m, &batch);
             println!("step: {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
         }
-        return;
+        return true;
     }
-    model_step();
-    Criterion::default().configure_from_args().final_summary();
-    summary();
+    false
 }

@@ -1,0 +1,3 @@
+//! The benchmark groups of cff-blocks, one module each, run by `bench_main.rs`.
+
+pub mod parsing;
