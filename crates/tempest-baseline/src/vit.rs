@@ -15,7 +15,10 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use tempest_model::cost::{stack_flops, stack_params};
 use tempest_model::nn::{key_bias, Embedding, Linear, StackSpec, Transformer};
-use tempest_model::{cross_entropy, Config, DropoutRng, StackConfig};
+use tempest_model::{
+    cross_entropy, mixed_cross_entropy, mixup_lambda, mixup_partners, Config, DropoutRng,
+    StackConfig,
+};
 use tempest_tokenize::ItemShape;
 
 use crate::features::Features;
@@ -40,6 +43,9 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
     /// Label smoothing of the loss.
     pub label_smoothing: f64,
+    /// Mixup α while training (0 = off): each item's patch embeddings (with their positions)
+    /// mixed with the next item's, as TEMPEST mixes its block tokens (`Config::mixup`).
+    pub mixup: f64,
     /// Fused CPU kernels (as TEMPEST's `Execution::fused_kernels`).
     pub fused_kernels: bool,
 }
@@ -57,6 +63,7 @@ impl VitConfig {
             dropout: tempest.dropout,
             layer_norm_eps: tempest.layer_norm_eps,
             label_smoothing: tempest.label_smoothing,
+            mixup: tempest.mixup,
             fused_kernels: tempest.execution.fused_kernels,
         }
     }
@@ -157,24 +164,32 @@ impl Vit {
 
     /// `batch` → class logits `[B, classes]`.
     pub fn forward(&self, batch: &PatchBatch, train: bool) -> candle_core::Result<Tensor> {
-        let (b, _, _) = batch.patches.dims3()?;
-        let d = self.config.encoder.dim;
+        let x = self.embed(batch)?;
+        self.classify(&x, &batch.mask, train)
+    }
+
+    /// The patches' embeddings with their positions, `[B, P, d]`.
+    fn embed(&self, batch: &PatchBatch) -> candle_core::Result<Tensor> {
         let last = Tensor::full(
             self.config.max_positions as u32 - 1,
             (),
             batch.patches.device(),
         )?;
         let pos = batch.positions.broadcast_minimum(&last)?;
-        let x = self
-            .patch_embed
+        self.patch_embed
             .forward(&batch.patches.to_dtype(self.dtype)?)?
-            .broadcast_add(&self.positions.forward(&pos)?)?;
+            .broadcast_add(&self.positions.forward(&pos)?)
+    }
+
+    /// [CLS], the encoder over embeddings `x` whose real patches `mask` marks, and the head.
+    fn classify(&self, x: &Tensor, mask: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let (b, _, d) = x.dims3()?;
         let cls = self.cls.unsqueeze(0)?.broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?;
+        let x = Tensor::cat(&[&cls, x], 1)?;
         let mask = Tensor::cat(
             &[
                 &Tensor::ones((b, 1), self.dtype, x.device())?,
-                &batch.mask.to_dtype(self.dtype)?,
+                &mask.to_dtype(self.dtype)?,
             ],
             1,
         )?;
@@ -184,13 +199,26 @@ impl Vit {
         self.head.forward(&y.i((.., 0))?)
     }
 
-    /// Mean cross-entropy (label-smoothed as configured) and the logits.
+    /// Mean cross-entropy (label-smoothed as configured) and the logits; with mixup while
+    /// training, of the mixed items.
     pub fn loss(
         &self,
         batch: &PatchBatch,
         labels: &Tensor,
         train: bool,
     ) -> candle_core::Result<(Tensor, Tensor)> {
+        let b = labels.dim(0)?;
+        if train && self.config.mixup > 0.0 && b > 1 {
+            let lambda = mixup_lambda(&self.rng, self.config.mixup);
+            let next = mixup_partners(b, labels.device())?;
+            let x = self.embed(batch)?;
+            let mixed = ((&x * lambda)? + (x.index_select(&next, 0)? * (1.0 - lambda))?)?;
+            let mask = batch.mask.maximum(&batch.mask.index_select(&next, 0)?)?;
+            let logits = self.classify(&mixed, &mask, train)?;
+            let loss =
+                mixed_cross_entropy(&logits, labels, &next, lambda, self.config.label_smoothing)?;
+            return Ok((loss, logits));
+        }
         let logits = self.forward(batch, train)?;
         let loss = cross_entropy(&logits, labels, self.config.label_smoothing)?;
         Ok((loss, logits))

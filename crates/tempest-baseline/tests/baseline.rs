@@ -143,6 +143,59 @@ fn jpeg_digit_to_patches() -> TestResult {
 }
 
 #[test]
+fn vit_mixup_mixes_training_items_only() -> TestResult {
+    let dev = Device::Cpu;
+    let mut tempest = tempest_model::Config::tiny().with_num_classes(3);
+    // α = 2 keeps λ near the middle (Beta(2, 2)), so mixing moves the loss whatever the
+    // initial weights.
+    tempest.mixup = 2.0;
+    let cfg = VitConfig::matching(&tempest, 16, 49);
+    assert_eq!(cfg.mixup, 2.0);
+    let (vit, vars) = Vit::init(&cfg, &dev, DType::F32)?;
+    let plain = Vit::new(
+        &VitConfig {
+            mixup: 0.0,
+            ..cfg.clone()
+        },
+        candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &dev),
+    )?;
+    let feats = ["jpeg/gray28_q75.jpg", "jpeg/gray28_q50_rst1.jpg"]
+        .iter()
+        .map(|rel| {
+            let path = blocks_fixture(rel);
+            let data = std::fs::read(&path)?;
+            Ok(
+                Featurizer::new(&FeatureConfig::default().with_image_patch(4))?
+                    .features(&data, &path)?,
+            )
+        })
+        .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+    let labels = Tensor::new(&[0u32, 2], &dev)?;
+    let scalar = |t: &Tensor| t.to_scalar::<f32>();
+    let two: Vec<_> = feats.iter().collect();
+    let batch = PatchBatch::collate(&two, &dev)?;
+    // Evaluation never mixes; training does, and repeats for the same seed.
+    let d = scalar(&vit.loss(&batch, &labels, false)?.0)?
+        - scalar(&plain.loss(&batch, &labels, false)?.0)?;
+    assert!(d.abs() < 1e-6, "evaluation moved by {d}");
+    vit.seed_dropout(5);
+    let mixed = scalar(&vit.loss(&batch, &labels, true)?.0)?;
+    vit.seed_dropout(5);
+    assert_eq!(mixed, scalar(&vit.loss(&batch, &labels, true)?.0)?);
+    let unmixed = scalar(&plain.loss(&batch, &labels, true)?.0)?;
+    assert!(
+        (mixed - unmixed).abs() > 1e-5,
+        "mixup left the loss at {unmixed}"
+    );
+    // An item mixed with a copy of itself is the item.
+    let same = PatchBatch::collate(&[&feats[0], &feats[0]], &dev)?;
+    let l = Tensor::new(&[1u32, 1], &dev)?;
+    let d = scalar(&vit.loss(&same, &l, true)?.0)? - scalar(&plain.loss(&same, &l, true)?.0)?;
+    assert!(d.abs() < 1e-5, "a self-mixture moved the loss by {d}");
+    Ok(())
+}
+
+#[test]
 fn every_vit_variable_gets_a_gradient() -> TestResult {
     let dev = Device::Cpu;
     let mut tempest = tempest_model::Config::tiny().with_num_classes(3);

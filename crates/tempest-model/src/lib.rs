@@ -60,7 +60,7 @@ pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};
 pub use model::{
-    cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
-    Tempest, TIME_FREQUENCIES,
+    cross_entropy, mixed_cross_entropy, mixup_lambda, mixup_partners, reconstruction_loss,
+    time_features, BlockDecoder, Losses, Mixer, Output, Tempest, TIME_FREQUENCIES,
 };
 pub use scratch::release_scratch;

@@ -588,12 +588,8 @@ impl Tempest {
 
     /// L with mixup of block tokens: item i is mixed with item (i + 1) mod B.
     fn mixup_loss(&self, batch: &Batch, b: usize) -> Result<Losses> {
-        let mut rng = SplitMix64::new(self.dropout_rng().next_seed());
-        let x = beta_symmetric(&mut rng, self.config.mixup);
-        let lambda = x.max(1.0 - x);
-        let dev = batch.labels.device();
-        let next: Vec<u32> = (0..b as u32).map(|i| (i + 1) % b as u32).collect();
-        let next = Tensor::from_vec(next, b, dev)?;
+        let lambda = mixup_lambda(self.dropout_rng(), self.config.mixup);
+        let next = mixup_partners(b, batch.labels.device())?;
         let block_tokens =
             self.encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, true)?;
         let other = block_tokens.index_select(&next, 0)?;
@@ -608,10 +604,13 @@ impl Tempest {
             ..batch.clone()
         };
         let logits = self.classify_tokens(&mixed, &view, true)?;
-        let smoothing = self.config.label_smoothing;
-        let own = cross_entropy(&logits, &batch.labels, smoothing)?;
-        let theirs = cross_entropy(&logits, &batch.labels.index_select(&next, 0)?, smoothing)?;
-        let classification = ((own * lambda)? + (theirs * (1.0 - lambda))?)?;
+        let classification = mixed_cross_entropy(
+            &logits,
+            &batch.labels,
+            &next,
+            lambda,
+            self.config.label_smoothing,
+        )?;
         let out = Output {
             logits,
             block_tokens,
@@ -675,6 +674,33 @@ fn distinct_rows(ids: &[u32], mask: &[u8], l: usize) -> Option<(Vec<u32>, Vec<u3
         of.push(k);
     }
     (first.len() < rows).then_some((first, of))
+}
+
+/// The mixup weight of one batch: λ = max(x, 1 − x) with x drawn from Beta(α, α), seeded by
+/// the next seed of `rng` (so a run that reseeds its generator per batch repeats it).
+pub fn mixup_lambda(rng: &DropoutRng, alpha: f64) -> f64 {
+    let mut g = SplitMix64::new(rng.next_seed());
+    let x = beta_symmetric(&mut g, alpha);
+    x.max(1.0 - x)
+}
+
+/// Each item's mixup partner in a batch of `b`: item i is mixed with item (i + 1) mod b.
+pub fn mixup_partners(b: usize, device: &Device) -> Result<Tensor> {
+    let next: Vec<u32> = (0..b as u32).map(|i| (i + 1) % b as u32).collect();
+    Tensor::from_vec(next, b, device)
+}
+
+/// The loss of mixed items: `λ·CE(labels) + (1 − λ)·CE(labels[partners])`.
+pub fn mixed_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    partners: &Tensor,
+    lambda: f64,
+    smoothing: f64,
+) -> Result<Tensor> {
+    let own = cross_entropy(logits, labels, smoothing)?;
+    let theirs = cross_entropy(logits, &labels.index_select(partners, 0)?, smoothing)?;
+    (own * lambda)? + (theirs * (1.0 - lambda))?
 }
 
 /// A draw from the symmetric Beta(α, α), α in (0, 2], by Jöhnk's rejection method (two
