@@ -5,12 +5,12 @@
 //! between them every edge of candle's graph carries a `[B·N, L, d_t]` tensor, the largest of
 //! the model, and candle's backward pass gives every edge a zero-filled buffer and an add (a
 //! pass over three such tensors on its spinning thread pool) before the next op sees its
-//! gradient. In a `perf` profile of the quickstart (JPEG,
-//! `tiny`) those adds and their waits were about a fifth of the samples. Here the chain runs
-//! inside one [`CustomOp1`] over all of its weights packed into one vector (the embedding
-//! table, the positions, each layer's packed weights, the final norm's weight and bias, the mix
-//! weights: candle's backward of `cat` hands each variable its slice), and the gradients pass
-//! from one stage to the next as plain buffers.
+//! gradient. In a `perf` profile of the quickstart (JPEG, `tiny`) those adds and their waits
+//! were about a fifth of the samples. Here the chain runs inside one [`CustomOp1`] over all of
+//! its weights packed into one vector (the embedding table, the positions, each layer's packed
+//! weights, the final norm's weight and bias, the mix weights: candle's backward of `cat` hands
+//! each variable its slice), and the gradients pass from one stage to the next as plain
+//! buffers.
 //!
 //! It computes what the chain of ops computes: the same functions run in the same order on
 //! the same values (the final norm's rows of padding, which the mix weighs by 0, are skipped).
