@@ -64,7 +64,8 @@ impl Linear {
     }
 }
 
-/// Layer normalisation over the last dimension, from tensor ops (so it backpropagates).
+/// Layer normalisation over the last dimension, with a backward pass on every path (our kernels
+/// or tensor ops; candle's fused layer norm has none).
 /// Parameters `weight` (init 1) and `bias` (init 0).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

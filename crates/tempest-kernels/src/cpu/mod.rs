@@ -1,7 +1,7 @@
 //! Fused CPU ops with their own backward passes: GELU, softmax, attention and layer norm
-//! (one op each), the byte embedding and the linear mixer's masked mix ([`block_ops`]), a whole
-//! transformer layer ([`layer`]), and the embedding, E_t, its final norm and the mix as one
-//! node ([`block_encoder`]). Each runs on f32/f64 CPU tensors; the dispatch functions of the
+//! (one op each), the byte embedding and the linear mixer's masked mix (`block_ops`), a whole
+//! transformer layer (`layer`), and the embedding, E_t, its final norm and the mix as one
+//! node (`block_encoder`). Each runs on f32/f64 CPU tensors; the dispatch functions of the
 //! crate root choose between them, the CUDA kernels and candle's tensor ops.
 
 use candle_core::{CpuStorage, Layout, Result};
