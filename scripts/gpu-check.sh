@@ -15,7 +15,7 @@
 # On the GPU machine: with cargo there, it builds the example with that machine's nvcc and
 # runs it. Without cargo (the device machines of this project have none, and nothing can be
 # fetched there), it runs the binary that `prepare` packed into .gpu-check/ (carry that folder
-# along), after compiling kernels/tempest.cu with the machine's own nvcc into the PTX it loads
+# along), after compiling crates/tempest-kernels/cuda/tempest.cu with the machine's own nvcc into the PTX it loads
 # (TEMPEST_PTX), and after finding the CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC,
 # the runtime) among the machine's Python wheels and toolkit.
 set -euo pipefail
@@ -32,7 +32,7 @@ if [ "${1:-}" = "prepare" ]; then
     export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
     # The dev profile by default: scripts/test.sh has built candle's CUDA kernels for it already
     # (a release build compiles them again, about half an hour on 2 cores), and the workspace
-    # optimises candle, gemm and tempest-model at opt-level 3 in dev too. `prepare --release`
+    # optimises candle, gemm and tempest-kernels at opt-level 3 in dev too. `prepare --release`
     # for a release build.
     profile=debug
     if [ "${2:-}" = "--release" ]; then profile=release; fi
@@ -78,7 +78,7 @@ else
         "$nvcc" --version | tail -n1
         cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d '.')"
         cap=$(( ${cap:-90} > 90 ? 90 : ${cap:-90} ))
-        "$nvcc" --ptx -arch="compute_$cap" -O3 -std=c++17 -o /tmp/tempest.ptx crates/tempest-model/kernels/tempest.cu
+        "$nvcc" --ptx -arch="compute_$cap" -O3 -std=c++17 -o /tmp/tempest.ptx crates/tempest-kernels/cuda/tempest.cu
         export TEMPEST_PTX=/tmp/tempest.ptx
         echo "kernels compiled here for compute_$cap: $TEMPEST_PTX"
     else

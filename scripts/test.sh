@@ -16,7 +16,7 @@ cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 cargo test --workspace --features "$features"
 # cff-blocks without its default `simd-crc`: the readers on the table CRC alone.
 cargo test -p cff-blocks --no-default-features
-# The CUDA path (feature `cuda`: our kernels in tempest-model, candle's CUDA backend), opt-in
+# The CUDA path (feature `cuda`: our kernels in tempest-kernels, candle's CUDA backend), opt-in
 # with TEMPEST_CUDA_CHECK=1 where an nvcc is found (scripts/cuda-env.sh;
 # scripts/install-cuda-toolkit.sh installs the CUDA 13.0 wheels). No GPU is needed: the kernels
 # compile to PTX, test binaries link against stub CUDA libraries, and the CUDA tests print why
@@ -27,25 +27,27 @@ if [ "${TEMPEST_CUDA_CHECK:-0}" = 1 ] && [ -n "$TEMPEST_NVCC" ]; then
     echo "CUDA build with $TEMPEST_NVCC (CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
     # (`examples/gpu_check.rs` is left to `scripts/gpu-check.sh prepare`: checking the root
     # package with CUDA took 14 more minutes here.)
+    cargo clippy -p tempest-kernels --all-targets --features cuda -- -D warnings
     cargo clippy -p tempest-model --all-targets --features cuda -- -D warnings
+    cargo test -p tempest-kernels --features cuda --lib cuda::
     cargo test -p tempest-model --features cuda --test cuda
-    cargo test -p tempest-model --features cuda --lib cuda::
 else
     echo "skipped: the CUDA build and tests (set TEMPEST_CUDA_CHECK=1 with an nvcc installed by"
     echo "  scripts/install-cuda-toolkit.sh; nvcc found: ${TEMPEST_NVCC:-none})"
 fi
-# Our CUDA kernels (kernels/tempest.cu) through nvcc to PTX, as build.rs compiles them under
-# feature `cuda`, wherever an nvcc is found (`.ci/run` installs the CUDA 13.0 wheels): seconds,
-# so CI keeps the .cu file compiling even though candle's CUDA build is too slow for it. What
-# this does not check: candle's CUDA backend, our launch code (src/cuda/launch.rs), the GPU.
+# Our CUDA kernels (crates/tempest-kernels/cuda/tempest.cu) through nvcc to PTX, as that
+# crate's build.rs compiles them under feature `cuda`, wherever an nvcc is found (`.ci/run`
+# installs the CUDA 13.0 wheels): seconds, so CI keeps the .cu file compiling even though
+# candle's CUDA build is too slow for it. What this does not check: candle's CUDA backend, our
+# launch code (crates/tempest-kernels/src/cuda/launch.rs), the GPU.
 if [ -n "$TEMPEST_NVCC" ]; then
     ptx_dir="$(mktemp -d)"
     "$TEMPEST_NVCC" --ptx -arch=compute_90 -O3 -std=c++17 -o "$ptx_dir/tempest.ptx" \
-        crates/tempest-model/kernels/tempest.cu
-    echo "kernels/tempest.cu compiles to PTX for compute_90 ($(wc -c <"$ptx_dir/tempest.ptx") bytes) with $TEMPEST_NVCC"
+        crates/tempest-kernels/cuda/tempest.cu
+    echo "tempest-kernels/cuda/tempest.cu compiles to PTX for compute_90 ($(wc -c <"$ptx_dir/tempest.ptx") bytes) with $TEMPEST_NVCC"
     rm -rf "$ptx_dir"
 else
-    echo "skipped: kernels/tempest.cu to PTX (no nvcc; scripts/install-cuda-toolkit.sh installs one)"
+    echo "skipped: tempest-kernels/cuda/tempest.cu to PTX (no nvcc; scripts/install-cuda-toolkit.sh installs one)"
 fi
 # The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
 # a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.

@@ -13,7 +13,8 @@
 //! [`save`]/[`load`] write and read checkpoints (safetensors + `config.json`); [`Classifier`]
 //! classifies a file end to end; [`batch_gradients`] computes a batch's gradients in
 //! parts at once (the optimiser, schedule and loop are tempest-train's); [`cost`] counts
-//! parameters and FLOPs.
+//! parameters and FLOPs. The fused CPU ops and the CUDA kernels are tempest-kernels'
+//! (re-exported as [`kernels`]); [`nn`]'s layers hand it views of their weights.
 //!
 //! ```
 //! use candle_core::{DType, Device};
@@ -31,36 +32,32 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
-// Unsafe code is allowed only in `cuda::launch` (feature `cuda`: device allocations and
-// kernel launches); everywhere else, and in every build without the feature, it is forbidden.
-#![cfg_attr(not(feature = "cuda"), forbid(unsafe_code))]
+// All unsafe code (the CUDA launches) lives in tempest-kernels.
+#![forbid(unsafe_code)]
 
-mod block_ops;
 mod checkpoint;
 mod classifier;
 mod config;
 pub mod cost;
 pub mod cuda;
 mod device;
-mod dropout;
 mod error;
-mod fused_block_encoder;
-mod fused_layer;
+#[cfg(test)]
+mod fused_tests;
 mod gradients;
-pub mod kernels;
 mod model;
 pub mod nn;
-mod scratch;
+
+pub use tempest_kernels as kernels;
 
 pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
 pub use classifier::{Classifier, Prediction, CLASSES_FILE};
 pub use config::{BlockPositionKind, Config, Execution, MixerKind, StackConfig};
 pub use device::{DeviceChoice, Precision};
-pub use dropout::{dropout_seed, DropoutRng};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};
 pub use model::{
     cross_entropy, mixed_cross_entropy, mixup_lambda, mixup_partners, reconstruction_loss,
     time_features, BlockDecoder, Losses, Mixer, Output, Tempest, TIME_FREQUENCIES,
 };
-pub use scratch::release_scratch;
+pub use tempest_kernels::{dropout_seed, release_scratch, DropoutRng};

@@ -6,8 +6,8 @@ use tempest_tokenize::rng::SplitMix64;
 use tempest_tokenize::Batch;
 
 use crate::config::{BlockPositionKind, Config, MixerKind, StackConfig};
-use crate::dropout::DropoutRng;
 use crate::nn::{key_bias, Attention, Embedding, LayerNorm, Linear, Mlp, StackSpec, Transformer};
+use tempest_kernels::{BlockEncoderWeights, DropoutRng, LayerWeights};
 
 /// Sinusoidal features of a block's start time: this many frequencies (sine and cosine each).
 pub const TIME_FREQUENCIES: usize = 16;
@@ -105,26 +105,11 @@ impl Mixer {
 
     /// `h [BN, L, d_t]`, `mask [BN, L]` in the model's dtype, `bias [BN, 1, 1, L]` → `[BN, L', d_c]`.
     fn forward(&self, h: &Tensor, mask: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (bn, l, dt) = h.dims3()?;
-        // Our CUDA kernel for the linear mixer where it runs (crate::cuda), else tensor ops.
-        let fused = match &self.mix {
-            Mix::Linear(w) if self.own_kernels && crate::cuda::available(h.device()) => {
-                crate::cuda::hook_masked_mix(h, mask, &w.narrow(1, 0, l)?.contiguous()?)?
-            }
-            // One node on the CPU (crate::block_ops).
-            Mix::Linear(w) if self.own_kernels => crate::block_ops::masked_mix(h, mask, w)?,
-            _ => None,
-        };
-        let pooled = match (&self.mix, fused) {
-            (_, Some(y)) => y,
-            (Mix::Linear(w), None) => {
-                // Σ_i w_ji·m_i·h_i / max(1, Σ_i m_i): padded bytes get weight exactly 0.
-                let w = w.narrow(1, 0, l)?.unsqueeze(0)?; // [1, L', L]
-                let count = mask.sum_keepdim(1)?.maximum(1.0)?; // [BN, 1]
-                let weights = w.broadcast_mul(&mask.broadcast_div(&count)?.unsqueeze(1)?)?; // [BN, L', L]
-                weights.matmul(h)?
-            }
-            (Mix::Attention(queries, attn), None) => {
+        let (bn, _, dt) = h.dims3()?;
+        let pooled = match &self.mix {
+            // Σ_i w_ji·m_i·h_i / max(1, Σ_i m_i): padded bytes get weight exactly 0.
+            Mix::Linear(w) => tempest_kernels::masked_mix(h, mask, w, self.own_kernels)?,
+            Mix::Attention(queries, attn) => {
                 let q = attn.q().forward(queries)?; // [L', d_t], projected once
                 let q = q
                     .unsqueeze(0)?
@@ -456,23 +441,40 @@ impl Tempest {
         let mask = byte_mask.reshape((bn, l))?.to_dtype(self.dtype)?;
         let bias = key_bias(&mask, self.dtype)?;
         // The embedding, E_t, its final norm and the linear mix as one node on the CPU
-        // (crate::fused_block_encoder); else op by op.
+        // (tempest_kernels::encode_and_mix); else op by op.
         let pooled = match &self.mixer.mix {
             Mix::Linear(w)
                 if self.mixer.own_kernels
                     && self.config.execution.fused_layers
+                    && self
+                        .block_encoder
+                        .layers()
+                        .iter()
+                        .all(|l| l.kernels().layer)
                     && !crate::cuda::available(ids.device()) =>
             {
-                crate::fused_block_encoder::encode_and_mix(
+                let layers: Vec<LayerWeights<'_>> = self
+                    .block_encoder
+                    .layers()
+                    .iter()
+                    .map(|l| l.weights())
+                    .collect();
+                let weights = BlockEncoderWeights {
+                    table: self.bytes.weight(),
+                    positions: &self.byte_positions,
+                    layers: &layers,
+                    norm: self.block_encoder.final_norm().view(),
+                    mix: w,
+                };
+                let (p, rng) = self.block_encoder.dropout();
+                let p = if train { p } else { 0.0 };
+                tempest_kernels::encode_and_mix(
                     &ids.reshape((bn, l))?,
                     &mask,
                     &bias,
-                    self.bytes.weight(),
-                    &self.byte_positions,
-                    self.block_encoder.layers(),
-                    self.block_encoder.final_norm(),
-                    w,
-                    train,
+                    &weights,
+                    p,
+                    rng,
                 )?
             }
             _ => None,
@@ -495,30 +497,10 @@ impl Tempest {
     ) -> Result<Tensor> {
         let (b, n, l) = ids.dims3()?;
         let bn = b * n;
-        let fused = if self.config.own_kernels(ids.device()) {
-            let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
-            match crate::cuda::hook_embed_bytes(
-                &ids,
-                &m,
-                self.bytes.weight(),
-                &self.byte_positions,
-            )? {
-                Some(x) => Some(x),
-                // One node on the CPU (crate::block_ops).
-                None => {
-                    crate::block_ops::embed_bytes(&ids, self.bytes.weight(), &self.byte_positions)?
-                }
-            }
-        } else {
-            None
-        };
-        let x = match fused {
-            Some(x) => x,
-            None => self
-                .bytes
-                .forward(&ids.reshape((bn, l))?)?
-                .broadcast_add(&self.byte_positions.narrow(0, 0, l)?)?,
-        };
+        let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
+        let own = self.config.own_kernels(ids.device());
+        let x =
+            tempest_kernels::embed_bytes(&ids, &m, self.bytes.weight(), &self.byte_positions, own)?;
         let h = self.block_encoder.forward(&x, Some(bias), train)?;
         self.mixer.forward(&h, mask, bias) // [BN, L', d_c]
     }

@@ -1,21 +1,19 @@
 //! The building blocks: linear layers, a layer norm and a softmax that backpropagate, masked
 //! multi-head attention, the MLP and the pre-norm transformer.
 //!
-//! candle's fused `LayerNorm`, `ops::layer_norm` and `ops::softmax_last_dim` record no backward
-//! pass (docs/design.md, "Facts about candle"): gradients would silently stop there. Everything here
-//! is written from tensor ops whose backward candle knows, or from [`crate::kernels`] ops that
-//! carry their own.
+//! The layers own their variables (named as in the checkpoints) and compute through
+//! tempest-kernels' dispatch functions, handing them views of their weights: each op runs as
+//! our CUDA kernel, a fused CPU op or candle's tensor ops, whichever applies. candle's fused
+//! `LayerNorm`, `ops::layer_norm` and `ops::softmax_last_dim` record no backward pass
+//! (docs/design.md, "Facts about candle"): none of the paths uses them.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
+use tempest_kernels::{
+    AttentionWeights, DropoutRng, Kernels, LayerWeights, LinearView, MlpWeights, NormView,
+};
 
-use crate::dropout::DropoutRng;
-use crate::kernels;
-
-/// Additive attention bias for masked keys. Large and finite rather than −∞: a block whose bytes
-/// are all padding (a padded block) then attends uniformly instead of producing NaN, and
-/// `exp(bias)` still underflows to exactly 0 for masked keys of a row that has a real key.
-pub const MASK_BIAS: f64 = -1e9;
+pub use tempest_kernels::{key_bias, MASK_BIAS};
 
 /// A dense layer `y = x·Wᵀ + b`. Weights `[out, in]` named `weight`, bias `[out]` named `bias`.
 #[derive(Debug, Clone)]
@@ -52,26 +50,22 @@ impl Linear {
         &self.weight
     }
 
-    /// `[.., in] -> [.., out]`. Leading dimensions are folded into one matmul (a batched matmul
-    /// against a broadcast weight is much slower on the CPU).
+    /// The layer's weights as the kernels take them.
+    pub fn view(&self) -> LinearView<'_> {
+        LinearView {
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+        }
+    }
+
+    /// `[.., in] -> [.., out]` ([`tempest_kernels::linear`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let x2 = x.reshape((rows, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims.to_vec();
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
-        y.reshape(out)
+        tempest_kernels::linear(x, self.view())
     }
 }
 
-/// Layer normalisation over the last dimension, from tensor ops (so it backpropagates).
+/// Layer normalisation over the last dimension, with a backward pass on every path (our kernels
+/// or tensor ops; candle's fused layer norm has none).
 /// Parameters `weight` (init 1) and `bias` (init 0).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
@@ -82,7 +76,8 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// A layer norm over `dim` features; `fused` uses [`kernels::layer_norm`] where it can.
+    /// A layer norm over `dim` features; `fused` uses our kernels where they apply
+    /// ([`tempest_kernels::layer_norm`]).
     pub fn new(dim: usize, eps: f64, fused: bool, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(LayerNorm {
             weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?,
@@ -92,23 +87,18 @@ impl LayerNorm {
         })
     }
 
+    /// The norm's weights as the kernels take them.
+    pub fn view(&self) -> NormView<'_> {
+        NormView {
+            weight: &self.weight,
+            bias: &self.bias,
+            eps: self.eps,
+        }
+    }
+
     /// `[.., d] -> [.., d]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.fused {
-            if let Some(y) = crate::cuda::hook_layer_norm(x, &self.weight, &self.bias, self.eps)? {
-                return Ok(y);
-            }
-            if let Some(y) = kernels::layer_norm(x, &self.weight, &self.bias, self.eps)? {
-                return Ok(y);
-            }
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let xc = x.broadcast_sub(&mean)?;
-        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = (var + self.eps)?.sqrt()?.recip()?;
-        xc.broadcast_mul(&inv)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        tempest_kernels::layer_norm(x, &self.view(), self.fused)
     }
 }
 
@@ -116,15 +106,6 @@ impl LayerNorm {
 /// fused `softmax_last_dim`).
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax(x, D::Minus1)
-}
-
-/// The additive attention bias `[B, 1, 1, T]` for a key mask `[B, T]` (1 = attend, 0 = masked),
-/// in `dtype`.
-pub fn key_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let (b, t) = mask.dims2()?;
-    let m = mask.to_dtype(dtype)?;
-    // (1 − m)·MASK_BIAS
-    ((m - 1.0)? * (-MASK_BIAS))?.reshape((b, 1, 1, t))
 }
 
 /// Multi-head attention. Projections `q`, `k`, `v`, `o` (all `d → d`, with bias).
@@ -135,13 +116,12 @@ pub struct Attention {
     pub(crate) v: Linear,
     pub(crate) o: Linear,
     pub(crate) heads: usize,
-    head_dim: usize,
     fused: bool,
 }
 
 impl Attention {
-    /// Attention of width `dim` with `heads` heads; `out_std` initialises `o`; `fused` uses
-    /// [`kernels::softmax`].
+    /// Attention of width `dim` with `heads` heads; `out_std` initialises `o`; `fused` uses our
+    /// kernels where they apply ([`tempest_kernels::attention`]).
     pub fn new(
         dim: usize,
         heads: usize,
@@ -158,23 +138,25 @@ impl Attention {
             v: Linear::new(dim, dim, true, None, vb.pp("v"))?,
             o: Linear::new(dim, dim, true, Some(out_std), vb.pp("o"))?,
             heads,
-            head_dim: dim / heads,
             fused,
         })
     }
 
-    fn split(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        x.reshape((b, t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+    /// The projections as the kernels take them.
+    pub fn weights(&self) -> AttentionWeights<'_> {
+        AttentionWeights {
+            q: self.q.view(),
+            k: self.k.view(),
+            v: self.v.view(),
+            o: self.o.view(),
+            heads: self.heads,
+        }
     }
 
     /// Self-attention when `kv` is `x`. `x: [B, Tq, d]`, `kv: [B, Tk, d]`, `bias: [B, 1, 1, Tk]`
     /// additive (see [`key_bias`]) → `[B, Tq, d]`.
     pub fn forward(&self, x: &Tensor, kv: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let q = self.q.forward(x)?;
-        self.attend_projected(&q, kv, bias)
+        tempest_kernels::attend(x, kv, bias, &self.weights(), self.fused)
     }
 
     /// Attention with queries already projected by `q` (learned queries are projected once).
@@ -184,41 +166,7 @@ impl Attention {
         kv: &Tensor,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, tq, d) = q.dims3()?;
-        let q = self.split(q)?;
-        let k = self.split(&self.k.forward(kv)?)?;
-        let v = self.split(&self.v.forward(kv)?)?;
-        // Scaling q rather than the scores: Tq·d_h products instead of Tq·Tk.
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        if self.fused {
-            let bias2 = match bias {
-                Some(b) => {
-                    let (bb, _, _, tk) = b.dims4()?;
-                    Some(b.reshape((bb, tk))?)
-                }
-                None => None,
-            };
-            let cuda = crate::cuda::hook_attention(&q, &k, &v, bias2.as_ref())?;
-            if let Some(y) = cuda.map_or_else(
-                || kernels::attention(&q, &k, &v, bias2.as_ref()),
-                |y| Ok(Some(y)),
-            )? {
-                let y = y.transpose(1, 2)?.reshape((b, tq, d))?;
-                return self.o.forward(&y);
-            }
-        }
-        let scores = q.matmul(&k.t()?)?;
-        let att = match (bias, self.fused) {
-            (Some(bias), true) => {
-                let (bb, _, _, tk) = bias.dims4()?;
-                kernels::biased_softmax(&scores, &bias.reshape((bb, tk))?)?
-            }
-            (Some(bias), false) => softmax(&scores.broadcast_add(bias)?)?,
-            (None, true) => kernels::softmax(&scores)?,
-            (None, false) => softmax(&scores)?,
-        };
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, d))?;
-        self.o.forward(&y)
+        tempest_kernels::attend_projected(q, kv, bias, &self.weights(), self.fused)
     }
 
     /// The query projection.
@@ -252,15 +200,17 @@ impl Mlp {
         })
     }
 
+    /// The MLP's weights as the kernels take them.
+    pub fn weights(&self) -> MlpWeights<'_> {
+        MlpWeights {
+            fc1: self.fc1.view(),
+            fc2: self.fc2.view(),
+        }
+    }
+
     /// `[.., dim] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward(x)?;
-        let h = if self.fused {
-            kernels::gelu(&h)?
-        } else {
-            h.gelu()?
-        };
-        self.fc2.forward(&h)
+        tempest_kernels::mlp(x, &self.weights(), self.fused)
     }
 }
 
@@ -274,7 +224,7 @@ pub struct TransformerLayer {
     dropout: f32,
     /// Seeds of the dropout masks, shared by the model's layers.
     pub(crate) rng: DropoutRng,
-    fused_layer: bool,
+    kernels: Kernels,
 }
 
 /// The shape of a transformer stack.
@@ -292,9 +242,9 @@ pub struct StackSpec {
     pub dropout: f32,
     /// Layer-norm epsilon.
     pub eps: f64,
-    /// Use the fused CPU kernels ([`kernels`]).
+    /// Use our kernels where they apply ([`Kernels::ops`]).
     pub fused: bool,
-    /// Run each layer as one op on the CPU (`fused_layer.rs`).
+    /// Run each layer as one op on the CPU ([`Kernels::layer`]).
     pub fused_layer: bool,
     /// Where the layers' dropout masks come from.
     pub rng: DropoutRng,
@@ -321,31 +271,34 @@ impl TransformerLayer {
             )?,
             dropout: spec.dropout,
             rng: spec.rng.clone(),
-            fused_layer: spec.fused_layer,
+            kernels: Kernels {
+                ops: spec.fused,
+                layer: spec.fused_layer,
+            },
         })
     }
 
-    /// Whether this layer runs as one fused op where it can, and its dropout probability.
-    pub(crate) fn fused_with_dropout(&self) -> (bool, f32) {
-        (self.fused_layer, self.dropout)
+    /// The layer's weights as the kernels take them.
+    pub fn weights(&self) -> LayerWeights<'_> {
+        LayerWeights {
+            norm1: self.norm1.view(),
+            attn: self.attn.weights(),
+            norm2: self.norm2.view(),
+            mlp: self.mlp.weights(),
+        }
     }
 
-    /// `[B, T, d] -> [B, T, d]`; `bias: [B, 1, 1, T]`. The fused layer (CPU, f32/f64) skips
-    /// masked positions and returns their input unchanged there; the tensor-op layer computes
-    /// them. Real positions agree.
+    /// Which of our kernels the layer uses.
+    pub(crate) fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// `[B, T, d] -> [B, T, d]`; `bias: [B, 1, 1, T]` ([`tempest_kernels::layer`]: the fused
+    /// layer skips masked positions and returns their input unchanged there, the op-by-op
+    /// layer computes them; real positions agree).
     pub fn forward(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         let p = if train { self.dropout } else { 0.0 };
-        if self.fused_layer {
-            if let Some(y) = crate::fused_layer::forward(self, x, bias, p)? {
-                return Ok(y);
-            }
-        }
-        let h = self.norm1.forward(x)?;
-        let a = self.rng.dropout(&self.attn.forward(&h, &h, bias)?, p)?;
-        let x = (x + a)?;
-        let h = self.norm2.forward(&x)?;
-        let m = self.rng.dropout(&self.mlp.forward(&h)?, p)?;
-        x + m
+        tempest_kernels::layer(x, &self.weights(), bias, p, &self.rng, self.kernels)
     }
 }
 
@@ -354,6 +307,9 @@ impl TransformerLayer {
 pub struct Transformer {
     layers: Vec<TransformerLayer>,
     norm: LayerNorm,
+    /// The layers' dropout probability and generator.
+    dropout: f32,
+    rng: DropoutRng,
 }
 
 impl Transformer {
@@ -365,6 +321,8 @@ impl Transformer {
         Ok(Transformer {
             layers,
             norm: LayerNorm::new(spec.dim, spec.eps, spec.fused, vb.pp("norm"))?,
+            dropout: spec.dropout,
+            rng: spec.rng.clone(),
         })
     }
 
@@ -380,7 +338,13 @@ impl Transformer {
         for layer in &mut t.layers {
             layer.rng = rng.clone();
         }
+        t.rng = rng.clone();
         t
+    }
+
+    /// The layers' dropout probability while training, and the generator of their masks.
+    pub(crate) fn dropout(&self) -> (f32, &DropoutRng) {
+        (self.dropout, &self.rng)
     }
 
     /// The final layer norm.

@@ -8,12 +8,13 @@
 //! | [`layer_norm`] | layer norm, forward and backward in one pass each |
 //! | [`masked_mix`] | the linear mixer's masked reduction of a block's L byte vectors to L' tokens |
 //!
-//! The kernels live in `kernels/tempest.cu`, compiled to PTX by nvcc in `build.rs`. Each op's
+//! The kernels live in `cuda/tempest.cu`, compiled to PTX by nvcc in `build.rs`. Each op's
 //! `cpu_fwd` is a plain reference ([`reference`](mod@reference)): loops in f64 that define what the kernel
 //! computes. So every op runs on the CPU too (that is how the tests check the references
 //! against candle's tensor ops, and how the GPU check compares the kernels with them), but
-//! the model calls these ops only on a CUDA device, through the `hook_*` functions, and only
-//! when [`crate::Execution::cuda_kernels`] is on; the CPU keeps its own path.
+//! the dispatch functions of the crate root call these ops only on a CUDA device, through the
+//! `hook_*` functions, and only when asked to use our kernels (`own`; the model's
+//! `Execution::cuda_kernels`); the CPU keeps its own path.
 //!
 //! Semantics that differ from the tensor-op path only where nothing downstream looks:
 //! padded bytes embed to exactly 0, and an attention row whose keys are all padding gives 0

@@ -1,4 +1,4 @@
-//! Under feature `cuda`, compiles `kernels/*.cu` to PTX with nvcc (`$OUT_DIR/tempest.ptx`, which
+//! Under feature `cuda`, compiles `cuda/tempest.cu` to PTX with nvcc (`$OUT_DIR/tempest.ptx`, which
 //! `src/cuda/launch.rs` embeds). Without the feature it does nothing: CPU builds need no CUDA.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` (or `$CUDA_PATH`, `$CUDA_HOME`), else `nvcc` on
@@ -12,7 +12,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=cuda");
     for var in [
         "NVCC",
         "CUDA_ROOT",
@@ -29,7 +29,7 @@ fn main() {
     let cap = compute_cap().min(90);
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let ptx = out.join("tempest.ptx");
-    let src = Path::new("kernels").join("tempest.cu");
+    let src = Path::new("cuda").join("tempest.cu");
     let status = Command::new(&nvcc)
         .arg("--ptx")
         .arg(format!("-arch=compute_{cap}"))

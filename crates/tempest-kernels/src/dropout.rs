@@ -5,7 +5,7 @@
 //! element `i` of that call is kept when a hash of `(seed, i)` clears the threshold: the mask
 //! depends on the seed and the element's index only, not on the thread that computes it or on
 //! the order of the work, and the backward pass regenerates the mask instead of storing it.
-//! The fused layer ([`crate::fused_layer`]) uses the same function, so its masks equal those of
+//! The fused layer (`crate::cpu::layer`) uses the same function, so its masks equal those of
 //! the tensor-op path for the same seed.
 
 use std::sync::{Arc, Mutex};
@@ -177,6 +177,8 @@ fn apply(x: &Tensor, mask: Mask) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::check::Rng;
+    use crate::testing::normal;
     use candle_core::{Device, Var};
 
     #[test]
@@ -208,9 +210,9 @@ mod tests {
 
     #[test]
     fn the_gradient_is_the_same_mask() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (37, 300), &dev)?)?;
-        let w = Tensor::randn(0f64, 1.0, (37, 300), &dev)?;
+        let mut draw = Rng::new(4);
+        let x = Var::from_tensor(&normal(&mut draw, (37, 300), 0.0, 1.0, DType::F64)?)?;
+        let w = normal(&mut draw, (37, 300), 0.0, 1.0, DType::F64)?;
         let rng = DropoutRng::new();
         rng.reseed(3);
         let y = rng.dropout(x.as_tensor(), 0.5)?;

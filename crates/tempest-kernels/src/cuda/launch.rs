@@ -1,4 +1,4 @@
-//! Launches the kernels of `kernels/tempest.cu` (feature `cuda`). The only unsafe code of the
+//! Launches the kernels of `cuda/tempest.cu` (feature `cuda`). The only unsafe code of the
 //! crate: allocating device memory that a kernel writes before anything reads it, and the
 //! kernel launches themselves, whose arguments must match the kernels' signatures.
 #![allow(unsafe_code)]
@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use super::reference::{AttnDims, EmbedDims, MixDims};
 
-/// The PTX nvcc made of `kernels/tempest.cu` (build.rs).
+/// The PTX nvcc made of `cuda/tempest.cu` (build.rs).
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/tempest.ptx"));
 /// The name candle caches the loaded module under.
-const MODULE: &str = "tempest-model";
+const MODULE: &str = "tempest-kernels";
 /// Threads per block of the row-per-thread attention kernels (the tile of queries or keys).
 const ATTN_THREADS: u32 = 64;
 /// Blocks that accumulate partial sums in shared memory before adding them to global memory:

@@ -25,7 +25,7 @@ fn cpu_float(t: &Tensor) -> bool {
 fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
-        candle_core::Storage::Cpu(s) => f(crate::kernels::contiguous::<T>(s, layout)?),
+        candle_core::Storage::Cpu(s) => f(crate::cpu::contiguous::<T>(s, layout)?),
         _ => candle_core::bail!("block op: tensor is not on the CPU"),
     }
 }
@@ -162,7 +162,7 @@ impl CustomOp2 for Embed {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use crate::kernels::contiguous as c;
+        use crate::cpu::contiguous as c;
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(self.fwd::<f32>(c(s1, l1)?, c(s2, l2)?)?),
             DType::F64 => CpuStorage::F64(self.fwd::<f64>(c(s1, l1)?, c(s2, l2)?)?),
@@ -342,7 +342,7 @@ impl CustomOp2 for Mix {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        use crate::kernels::contiguous as c;
+        use crate::cpu::contiguous as c;
         let wp = l2.dims()[1];
         let out = match s1.dtype() {
             DType::F32 => CpuStorage::F32(self.fwd::<f32>(c(s1, l1)?, c(s2, l2)?, wp)),
@@ -403,6 +403,8 @@ fn full_w<T: WithDType>(dw: Vec<f64>, op: &Mix, wp: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::check::Rng;
+    use crate::testing::normal;
     use candle_core::{Device, Var};
 
     fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
@@ -415,8 +417,9 @@ mod tests {
     fn embedding_matches_index_select_plus_positions() -> Result<()> {
         let dev = Device::Cpu;
         let (r, l, v, d, p) = (37, 9, 11, 6, 12);
-        let table = Var::from_tensor(&Tensor::randn(0f64, 1.0, (v, d), &dev)?)?;
-        let pos = Var::from_tensor(&Tensor::randn(0f64, 1.0, (p, d), &dev)?)?;
+        let mut rng = Rng::new(1);
+        let table = Var::from_tensor(&normal(&mut rng, (v, d), 0.0, 1.0, DType::F64)?)?;
+        let pos = Var::from_tensor(&normal(&mut rng, (p, d), 0.0, 1.0, DType::F64)?)?;
         let ids: Vec<u32> = (0..r * l).map(|i| ((i * 7 + i / 5) % v) as u32).collect();
         let ids = Tensor::from_vec(ids, (r, l), &dev)?;
         let y = embed_bytes(&ids, table.as_tensor(), pos.as_tensor())?.expect("cpu f64");
@@ -426,7 +429,7 @@ mod tests {
             .reshape((r, l, d))?
             .broadcast_add(&pos.as_tensor().narrow(0, 0, l)?)?;
         assert!(max_rel(&y, &want)? < 1e-15);
-        let w = Tensor::randn(0f64, 1.0, (r, l, d), &dev)?;
+        let w = normal(&mut rng, (r, l, d), 0.0, 1.0, DType::F64)?;
         let (ga, gb) = (
             (&y * &w)?.sum_all()?.backward()?,
             (&want * &w)?.sum_all()?.backward()?,
@@ -448,8 +451,9 @@ mod tests {
         let dev = Device::Cpu;
         // 300 rows: several backward tasks; row 3 all padding (count clamped to 1).
         let (r, l, d, lt, p) = (300, 10, 5, 3, 14);
-        let h = Var::from_tensor(&Tensor::randn(0f64, 1.0, (r, l, d), &dev)?)?;
-        let w = Var::from_tensor(&Tensor::randn(1f64, 0.5, (lt, p), &dev)?)?;
+        let mut rng = Rng::new(2);
+        let h = Var::from_tensor(&normal(&mut rng, (r, l, d), 0.0, 1.0, DType::F64)?)?;
+        let w = Var::from_tensor(&normal(&mut rng, (lt, p), 1.0, 0.5, DType::F64)?)?;
         let mut m: Vec<f64> = (0..r * l)
             .map(|i| ((i * 13 % 7) < 4) as u8 as f64)
             .collect();
@@ -462,7 +466,7 @@ mod tests {
         let weights = wl.broadcast_mul(&mask.broadcast_div(&count)?.unsqueeze(1)?)?;
         let want = weights.matmul(h.as_tensor())?;
         assert!(max_rel(&y, &want)? < 1e-13);
-        let g = Tensor::randn(0f64, 1.0, (r, lt, d), &dev)?;
+        let g = normal(&mut rng, (r, lt, d), 0.0, 1.0, DType::F64)?;
         let (ga, gb) = (
             (&y * &g)?.sum_all()?.backward()?,
             (&want * &g)?.sum_all()?.backward()?,

@@ -112,7 +112,7 @@ fn attention_reference_matches_tensor_ops() -> Result<()> {
                     if i % tk == 0 || rng.uniform() < 0.6 {
                         0.0
                     } else {
-                        crate::nn::MASK_BIAS
+                        crate::MASK_BIAS
                     }
                 })
                 .collect();
@@ -149,7 +149,7 @@ fn attention_without_real_keys_gives_zero_and_no_gradient() -> Result<()> {
     )?;
     // Group 0 all padding, group 1 all real.
     let m: Vec<f64> = (0..g * t)
-        .map(|i| if i < t { crate::nn::MASK_BIAS } else { 0.0 })
+        .map(|i| if i < t { crate::MASK_BIAS } else { 0.0 })
         .collect();
     let bias = Tensor::from_vec(m, (g, t), &Device::Cpu)?;
     let w = rng.tensor(&[g, h, t, dh], 1.0)?.to_dtype(DType::F64)?;

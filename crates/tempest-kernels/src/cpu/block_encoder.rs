@@ -1,20 +1,21 @@
 //! The byte embedding, E_t, its final layer norm and the linear mixer's masked mix as one
 //! autograd node on the CPU.
 //!
-//! Each of those is already one op ([`crate::block_ops`], [`crate::fused_layer`],
-//! [`crate::kernels`]), but between them every edge of candle's graph carries a
-//! `[B·N, L, d_t]` tensor, the largest of the model, and candle's backward pass gives every
-//! edge a zero-filled buffer and an add (a pass over three such tensors on its spinning thread
-//! pool) before the next op sees its gradient. In a `perf` profile of the quickstart (JPEG,
-//! `tiny`) those adds and their waits were about a fifth of the samples. Here the chain runs
-//! inside one [`CustomOp1`] over all of its weights packed into one vector (the embedding
-//! table, the positions, each layer's packed weights, the final norm's weight and bias, the mix
-//! weights: candle's backward of `cat` hands each variable its slice), and the gradients pass
-//! from one stage to the next as plain buffers.
+//! Each of those is already one op (`block_ops`, `layer`, [`crate::cpu::layer_norm`]), but
+//! between them every edge of candle's graph carries a `[B·N, L, d_t]` tensor, the largest of
+//! the model, and candle's backward pass gives every edge a zero-filled buffer and an add (a
+//! pass over three such tensors on its spinning thread pool) before the next op sees its
+//! gradient. In a `perf` profile of the quickstart (JPEG, `tiny`) those adds and their waits
+//! were about a fifth of the samples. Here the chain runs inside one [`CustomOp1`] over all of
+//! its weights packed into one vector (the embedding table, the positions, each layer's packed
+//! weights, the final norm's weight and bias, the mix weights: candle's backward of `cat` hands
+//! each variable its slice), and the gradients pass from one stage to the next as plain
+//! buffers.
 //!
 //! It computes what the chain of ops computes: the same functions run in the same order on
 //! the same values (the final norm's rows of padding, which the mix weighs by 0, are skipped).
-//! `tests` compare it with the chain and with the tensor-op path.
+//! The model's tests (tempest-model, `fused_tests.rs`) compare it with the chain on a model's
+//! weights, forward and backward.
 
 use std::sync::Mutex;
 
@@ -22,11 +23,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::block_ops::{Embed, Mix};
-use crate::fused_layer::{
+use super::block_ops::{Embed, Mix};
+use super::layer::{
     norm_row, norm_row_grad, pack, rows_per_task, with_saved, Elem, FusedLayer, SumPairs,
 };
-use crate::nn::{LayerNorm, TransformerLayer};
+use crate::dropout::DropoutRng;
+use crate::views::{LayerWeights, NormView};
 
 /// Where each part of the packed weights starts.
 #[derive(Debug, Clone)]
@@ -66,32 +68,54 @@ struct BlockEncoder {
     saved: Mutex<Option<Saved>>,
 }
 
-/// The embedding of `ids [R, L]` (`table [V, d]` + `positions [P, d]`), the pre-norm layers
-/// `layers`, the layer norm `norm` and the masked mix with `mix_w [L', P']` under
-/// `mask [R, L]` (1 real, 0 padding; `bias [R, 1, 1, L]` its key bias) → `[R, L', d]`, as one
-/// node. `None` unless the weights are f32/f64 on the CPU and every layer runs fused (the
-/// caller then runs the ops one by one). `train`: the layers' dropout applies.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_and_mix(
+/// The weights of [`encode_and_mix`]: the byte embedding, E_t's layers and final norm, and
+/// the linear mixer's weights.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockEncoderWeights<'a> {
+    /// The byte table `[V, d]`.
+    pub table: &'a Tensor,
+    /// The in-block positions `[P, d]` (P ≥ L).
+    pub positions: &'a Tensor,
+    /// E_t's pre-norm layers, first to last.
+    pub layers: &'a [LayerWeights<'a>],
+    /// E_t's final layer norm.
+    pub norm: NormView<'a>,
+    /// The mix weights `[L', P']` (P' ≥ L).
+    pub mix: &'a Tensor,
+}
+
+/// The embedding of `ids [R, L]` (`table` + `positions`), the pre-norm layers, the final layer
+/// norm and the masked mix under `mask [R, L]` (1 real, 0 padding, in the weights' dtype;
+/// `bias [R, 1, 1, L]` its key bias) → `[R, L', d]`, as one node on the CPU. The layers'
+/// dropout of probability `p` (0 at inference) draws its seeds from `rng`, two per layer in
+/// layer order, as the layer-by-layer path does.
+///
+/// `None` unless the weights are f32/f64 on the CPU: the caller then runs the ops one by one
+/// ([`crate::embed_bytes`], [`crate::layer`], [`crate::layer_norm`], [`crate::masked_mix`]),
+/// which compute the same.
+pub fn encode_and_mix(
     ids: &Tensor,
     mask: &Tensor,
     bias: &Tensor,
-    table: &Tensor,
-    positions: &Tensor,
-    layers: &[TransformerLayer],
-    norm: &LayerNorm,
-    mix_w: &Tensor,
-    train: bool,
+    w: &BlockEncoderWeights<'_>,
+    p: f32,
+    rng: &DropoutRng,
 ) -> Result<Option<Tensor>> {
+    let BlockEncoderWeights {
+        table,
+        positions,
+        layers,
+        norm,
+        mix: mix_w,
+    } = *w;
     let dtype = table.dtype();
     let cpu_float = |t: &Tensor| t.device().is_cpu() && t.dtype() == dtype;
     if !(matches!(dtype, DType::F32 | DType::F64)
         && cpu_float(table)
         && cpu_float(positions)
         && cpu_float(mix_w)
-        && cpu_float(&norm.weight)
-        && ids.device().is_cpu()
-        && layers.iter().all(|l| l.fused_with_dropout().0))
+        && cpu_float(norm.weight)
+        && ids.device().is_cpu())
     {
         return Ok(None);
     }
@@ -123,10 +147,7 @@ pub(crate) fn encode_and_mix(
     // The layers' ops, drawing their dropout seeds in the order the layer-by-layer path does.
     let ops = layers
         .iter()
-        .map(|l| {
-            let p = if train { l.fused_with_dropout().1 } else { 0.0 };
-            FusedLayer::new(l, (rows, len, d), Some(bias), p, keep)
-        })
+        .map(|l| FusedLayer::new(l, (rows, len, d), Some(bias), (p, rng), keep))
         .collect::<Result<Vec<_>>>()?;
     let mut at = vocab * d + npos * d;
     let positions_at = vocab * d;
@@ -171,7 +192,7 @@ impl BlockEncoder {
     fn fwd<T: Elem>(&self, st: &CpuStorage, layout: &Layout) -> Result<Vec<T>> {
         let (rows, len, d) = self.dims;
         let o = &self.o;
-        let ws = crate::kernels::contiguous::<T>(st, layout)?;
+        let ws = crate::cpu::contiguous::<T>(st, layout)?;
         let w0 = layout.start_offset();
         let mut x = self.embed.fwd::<T>(
             &ws[..self.vocab * d],
@@ -235,17 +256,17 @@ impl BlockEncoder {
         let o = &self.o;
         let (st, layout) = packed.storage_and_layout();
         let ws = match &*st {
-            candle_core::Storage::Cpu(s) => crate::kernels::contiguous::<T>(s, layout)?,
+            candle_core::Storage::Cpu(s) => crate::cpu::contiguous::<T>(s, layout)?,
             _ => candle_core::bail!("encode_and_mix: weights are not on the CPU"),
         };
         let (gs, gl) = g.storage_and_layout();
         let gs = match &*gs {
-            candle_core::Storage::Cpu(s) => crate::kernels::contiguous::<T>(s, gl)?,
+            candle_core::Storage::Cpu(s) => crate::cpu::contiguous::<T>(s, gl)?,
             _ => candle_core::bail!("encode_and_mix: gradient is not on the CPU"),
         };
         let hv = saved.h.storage_and_layout();
         let h = match &*hv.0 {
-            candle_core::Storage::Cpu(s) => crate::kernels::contiguous::<T>(s, hv.1)?,
+            candle_core::Storage::Cpu(s) => crate::cpu::contiguous::<T>(s, hv.1)?,
             _ => candle_core::bail!("encode_and_mix: activations are not on the CPU"),
         };
         let mut grad = vec![T::zero(); o.total];
@@ -271,7 +292,7 @@ impl BlockEncoder {
             .ok_or_else(|| candle_core::Error::msg("encode_and_mix: nothing saved"))?;
         let yv = y.storage_and_layout();
         let ys = match &*yv.0 {
-            candle_core::Storage::Cpu(s) => crate::kernels::contiguous::<T>(s, yv.1)?,
+            candle_core::Storage::Cpu(s) => crate::cpu::contiguous::<T>(s, yv.1)?,
             _ => candle_core::bail!("encode_and_mix: activations are not on the CPU"),
         };
         let nw = &ws[o.norm_w..][..d];
@@ -322,7 +343,7 @@ impl BlockEncoder {
         // The embedding.
         let dyv = dy.storage_and_layout();
         let dys = match &*dyv.0 {
-            candle_core::Storage::Cpu(s) => crate::kernels::contiguous::<T>(s, dyv.1)?,
+            candle_core::Storage::Cpu(s) => crate::cpu::contiguous::<T>(s, dyv.1)?,
             _ => candle_core::bail!("encode_and_mix: gradient is not on the CPU"),
         };
         let (dtable, dpos) = self.embed.bwd::<T>(self.vocab, dys)?;
@@ -360,127 +381,5 @@ impl CustomOp1 for BlockEncoder {
             }
         })?;
         Ok(Some(dw))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use candle_core::{DType, Device, Tensor, Var};
-    use tempest_tokenize::{collate, Batch, BlockPosition, TokenizedItem, PAD_ID};
-
-    use crate::config::{Config, StackConfig};
-    use crate::model::Tempest;
-
-    /// Items of blocks with lengths from 0 to 13 (ragged: most blocks have padding, one is
-    /// empty), as a batch.
-    fn ragged_batch() -> candle_core::Result<Batch> {
-        let lens = [[5usize, 13, 0, 2], [1, 7, 13, 9], [3, 3, 11, 6]];
-        let items: Vec<TokenizedItem> = lens
-            .iter()
-            .enumerate()
-            .map(|(i, ls)| {
-                let mut it = TokenizedItem::new(cff_blocks::Format::Jpeg, 0);
-                for (k, &l) in ls.iter().enumerate() {
-                    let bytes: Vec<u8> = (0..l).map(|j| (i * 71 + k * 13 + j * 29) as u8).collect();
-                    let pos = BlockPosition {
-                        index: k as u32,
-                        time: 0.0,
-                        duration: 0.0,
-                        row: 0,
-                        col: k as u32,
-                    };
-                    it.push_block(&bytes, pos, 64);
-                }
-                it
-            })
-            .collect();
-        let refs: Vec<&TokenizedItem> = items.iter().collect();
-        collate(&refs, &[0, 1, 2], PAD_ID)
-            .to_tensors(&Device::Cpu)
-            .map_err(candle_core::Error::wrap)
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
-        let a = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let scale = b.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-        Ok(a.iter()
-            .zip(&b)
-            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-            / scale)
-    }
-
-    /// The one-node E_t (two layers, dropout on, ragged blocks) against the same model's
-    /// op-by-op path (embedding op, fused layers, layer norm op, masked-mix op): block tokens
-    /// and every variable's gradient, in f64 and f32, with the fused-layer tests' tolerances.
-    #[test]
-    fn one_node_matches_the_ops_one_by_one() -> candle_core::Result<()> {
-        for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-5)] {
-            let mut cfg = Config::tiny();
-            cfg.block_encoder = StackConfig::new(32, 2, 2);
-            cfg.dropout = 0.2;
-            // Added after E_t and M on both paths; off, so that both return the mix's tokens.
-            cfg.length_embedding = false;
-            let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, dtype)?;
-            let b = ragged_batch()?;
-            let (bsz, n, l) = b.ids.dims3()?;
-            let run = |one_node: bool| -> candle_core::Result<(Tensor, Vec<(String, Tensor)>)> {
-                model.seed_dropout(3);
-                let tokens = if one_node {
-                    model.encode_blocks(&b.ids, &b.byte_mask, &b.block_len, true)?
-                } else {
-                    let mask = b.byte_mask.reshape((bsz * n, l))?.to_dtype(dtype)?;
-                    let bias = crate::nn::key_bias(&mask, dtype)?;
-                    model.encode_blocks_op_by_op(&b.ids, &b.byte_mask, &mask, &bias, true)?
-                };
-                let tokens = tokens.flatten_all()?;
-                // A loss that weighs every output differently.
-                let c: Vec<f64> = (0..tokens.elem_count())
-                    .map(|i| ((i * 37 % 19) as f64 - 9.0) / 7.0)
-                    .collect();
-                let c = Tensor::from_vec(c, tokens.elem_count(), &Device::Cpu)?.to_dtype(dtype)?;
-                let grads = (&tokens * &c)?.sum_all()?.backward()?;
-                let data = varmap.data().lock().expect("varmap");
-                let mut names: Vec<(String, Var)> =
-                    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                names.sort_by(|a, b| a.0.cmp(&b.0));
-                let g = names
-                    .into_iter()
-                    .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k, g.clone())))
-                    .collect();
-                Ok((tokens, g))
-            };
-            let (t1, g1) = run(true)?;
-            let (t2, g2) = run(false)?;
-            let d = max_rel(&t1, &t2)?;
-            assert!(d < tol, "{dtype:?}: block tokens differ by {d}");
-            let names = |g: &[(String, Tensor)]| g.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
-            assert_eq!(names(&g1), names(&g2), "the same variables get gradients");
-            for ((name, a), (_, b)) in g1.iter().zip(&g2) {
-                if !(name.starts_with("embed")
-                    || name.starts_with("block_encoder")
-                    || name.starts_with("mixer"))
-                {
-                    continue;
-                }
-                let d = max_rel(a, b)?;
-                // attn.k.bias has a true gradient of 0 (softmax ignores a shift shared by all
-                // keys): only rounding is left of it.
-                let tol = if name.ends_with("attn.k.bias") {
-                    1e-3
-                } else {
-                    tol
-                };
-                assert!(d < tol, "{dtype:?} {name}: gradients differ by {d}");
-            }
-            assert!(
-                g1.iter()
-                    .any(|(n, _)| n == "block_encoder.layers.1.mlp.fc2.weight")
-                    && g1.iter().any(|(n, _)| n == "embed.bytes.weight"),
-                "{:?}",
-                names(&g1)
-            );
-        }
-        Ok(())
     }
 }

@@ -1,10 +1,10 @@
 //! The plain CPU references of the CUDA kernels: straight loops in f64, written for reading,
-//! not speed. They define what each kernel computes (`kernels/tempest.cu` says the same in its
+//! not speed. They define what each kernel computes (`cuda/tempest.cu` says the same in its
 //! comments); the GPU check compares the two, and the CPU tests compare these with candle's
 //! tensor ops.
 
 /// A key whose additive bias is at or below this is padding and is skipped (the model's bias
-/// for padding is [`crate::nn::MASK_BIAS`], −1e9).
+/// for padding is [`crate::MASK_BIAS`], −1e9).
 pub const MASKED_BIAS: f64 = -1e8;
 
 /// Sizes of a byte embedding: `rows` blocks of `len` bytes, `dim` channels, `vocab` table rows.
