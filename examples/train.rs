@@ -40,9 +40,9 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
 use tempest::cff_blocks::Format;
-use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
+use tempest::tempest_data::{default_variants, parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::Config;
-use tempest::tempest_train::{self, Dataset, EvalVariants, SplitPlan, TrainOptions};
+use tempest::tempest_train::{self, EvalVariants, SplitPlan, TrainOptions};
 
 #[path = "common/data_args.rs"]
 mod data_args;
@@ -116,11 +116,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mut o = TrainOptions::default();
     o.handle_ctrl_c = true;
     cli.train.apply(&mut o);
-    let DataArgs {
-        data,
-        layout,
-        input,
-    } = cli.source;
+    let source = cli
+        .source
+        .source()
+        .ok_or("give --data DIR, or --layout L and --input DIR")?;
     let variants = cli.variants;
     let mut cfg = match (&cli.preset, &cli.config) {
         (Some(p), _) => p.clone(),
@@ -136,24 +135,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     o.test_variants = cli.test_variant.clone();
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
-    let mut dataset = match (data, layout, input) {
-        (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
-        (None, Some(layout), Some(input)) => {
-            let variants = variants
-                .clone()
-                .unwrap_or_else(|| tempest_train::default_variants(layout, &input));
-            let (d, summary) =
-                Dataset::open_layout(layout, &input, &out.join("data"), &variants, o.progress)?;
-            if let Some(s) = summary {
-                println!("prepared: {s}");
-                for f in s.failures.iter().take(20) {
-                    println!("  failed {f}");
-                }
-            }
-            d
-        }
-        _ => return Err("give --data DIR, or --layout L and --input DIR".into()),
+    let prepare_in = match (&variants, &source) {
+        (Some(v), _) => v.clone(),
+        (None, DataSource::Raw { layout, input }) => default_variants(*layout, input),
+        (None, DataSource::Prepared(_)) => Vec::new(),
     };
+    let (mut dataset, summary) = source.open(&out.join("data"), &prepare_in, o.progress)?;
+    if let Some(s) = summary {
+        println!("prepared: {s}");
+        for f in s.failures.iter().take(20) {
+            println!("  failed {f}");
+        }
+    }
     if let Some(v) = &variants {
         if dataset
             .variants()
@@ -200,7 +193,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             trained
         });
     }
-    let esc50 = layout == Some(Layout::Esc50) || dataset.splits() == ["1", "2", "3", "4", "5"];
+    let esc50 = matches!(
+        source,
+        DataSource::Raw {
+            layout: Layout::Esc50,
+            ..
+        }
+    ) || dataset.splits() == ["1", "2", "3", "4", "5"];
     println!(
         "{} items, {} classes, splits {:?}, variants {:?}",
         dataset.samples.len(),
