@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::layout::{scan_compressed, sorted_entries, FileRow};
+use crate::files::sorted_entries;
+use crate::layout::{scan_compressed, FileRow};
 use crate::manifest;
 use crate::prepare::{prepare, PrepareConfig, Summary};
 use crate::{Error, Layout, Result, Variant};

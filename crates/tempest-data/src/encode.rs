@@ -6,7 +6,6 @@ use cff_encode::jpeg::{encode_jpeg, JpegOptions};
 use cff_encode::{load, Limits};
 
 use crate::layout::{Item, Source};
-use crate::prepare::PrepareConfig;
 use crate::variant::JpegVariant;
 use crate::{Error, Result, Variant};
 
@@ -18,16 +17,14 @@ pub(crate) enum Media {
     Image(Image),
 }
 
-pub(crate) fn load_media(config: &PrepareConfig, item: &Item) -> Result<Media> {
+/// Reads and decodes the item's input once, audio resampled to `sample_rate`.
+pub(crate) fn load_media(item: &Item, limits: &Limits, sample_rate: u32) -> Result<Media> {
     Ok(match &item.source {
         Source::Wav(path) => {
-            let audio = read_wav(&load(path, &config.limits)?)?;
-            Media::Audio(audio.resampled(config.sample_rate)?)
+            let audio = read_wav(&load(path, limits)?)?;
+            Media::Audio(audio.resampled(sample_rate)?)
         }
-        Source::Png(path) => Media::Image(read_png(
-            &load(path, &config.limits)?,
-            config.limits.max_pixels,
-        )?),
+        Source::Png(path) => Media::Image(read_png(&load(path, limits)?, limits.max_pixels)?),
         Source::Idx { images, index, .. } => Media::Image(images.image(*index)?),
     })
 }

@@ -27,6 +27,7 @@
 pub mod dataset;
 mod encode;
 mod error;
+mod files;
 pub mod layout;
 pub mod manifest;
 pub mod prepare;
@@ -35,8 +36,9 @@ pub mod variant;
 
 pub use dataset::{default_variants, Dataset, Sample, SplitPlan, AUDIO_BITRATES};
 pub use error::{Error, Result};
+pub use files::write_atomically;
 pub use layout::{scan, Item, Layout, Source};
 pub use manifest::{MANIFEST_FILE, MANIFEST_HEADER};
-pub use prepare::{prepare, write_atomically, Failure, PrepareConfig, Summary};
+pub use prepare::{prepare, Failure, PrepareConfig, Summary};
 pub use source::DataSource;
 pub use variant::{parse_variants, JpegVariant, Variant, MAX_SCALE, MAX_SHIFT};

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::prepare::write_atomically;
+use crate::files::write_atomically;
 use crate::{Error, Result};
 
 /// The manifest's file name inside a prepared folder.

@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::encode::{encode, load_media, Media};
+use crate::files::write_atomically;
 use crate::layout::{scan, Item, Layout, Source};
 use crate::manifest::{self, Row};
 use crate::{Error, Result, Variant};
@@ -289,7 +289,7 @@ fn encode_item(
             }
             _ => {
                 if media.is_none() {
-                    media = Some(load_media(config, item)?);
+                    media = Some(load_media(item, &config.limits, config.sample_rate)?);
                 }
                 let Some(m) = &media else { continue };
                 let encoded = encode(m, variant, &config.limits)?;
@@ -326,20 +326,6 @@ fn read_header(path: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut buf)
         .map_err(Error::io(path))?;
     Ok(buf)
-}
-
-/// Writes `bytes` to a temporary name beside `path`, then renames it: a file under its final
-/// name is always complete, which is what lets a rerun skip it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.partial"));
-    let mut f = fs::File::create(&tmp).map_err(Error::io(&tmp))?;
-    f.write_all(bytes).map_err(Error::io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(Error::io(path))
 }
 
 /// The rows of an existing `manifest.csv` in `output` for variants other than `variants` whose

@@ -338,8 +338,10 @@ mod tests {
     #[test]
     fn block_bytes_set_l_within_the_models_positions() {
         let model = Config::tiny();
-        let mut o = TrainOptions::default();
-        o.block_bytes = Some(8);
+        let mut o = TrainOptions {
+            block_bytes: Some(8),
+            ..TrainOptions::default()
+        };
         let cut = o.tokenizer(Format::Jpeg, &model).unwrap();
         assert_eq!(cut.train_config().unwrap().max_block_bytes, 8);
         assert_eq!(cut.eval_config().unwrap().max_block_bytes, 8);

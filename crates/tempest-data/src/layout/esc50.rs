@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{compressed_variant, sorted_entries, stem, FileRow, Item, Source};
+use super::item::{compressed_variant, FileRow, Item, Source};
+use crate::files::{sorted_entries, stem};
 use crate::{Error, Result};
 
 /// One row of `meta/esc50.csv`.

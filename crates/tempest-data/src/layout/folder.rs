@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    class_files, compressed_variant, file_name, media_source, sorted_entries, stem, FileRow, Item,
-};
+use super::item::{class_files, compressed_variant, media_source, FileRow, Item};
+use crate::files::{file_name, sorted_entries, stem};
 use crate::Result;
 
 /// Folder names that make a `folder` layout a split layout (`train/<class>/…`), compared

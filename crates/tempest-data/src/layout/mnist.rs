@@ -6,7 +6,8 @@ use std::sync::Arc;
 use cff_encode::image::{read_idx, Idx};
 use cff_encode::{load, Limits};
 
-use super::{file_name, sorted_entries, Item, Source};
+use super::item::{Item, Source};
+use crate::files::{file_name, sorted_entries};
 use crate::{Error, Result};
 
 /// Finds `<prefix>-idx?-ubyte`, `<prefix>.idx?-ubyte`, with or without `.gz`.

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::Path;
 
-use super::{class_files, compressed_variant, media_source, stem, FileRow, Item, Source};
+use super::item::{class_files, compressed_variant, media_source, FileRow, Item, Source};
+use crate::files::stem;
 use crate::{Error, Result};
 
 /// The entries of a list (`word/file.wav`, one per line), by stem (`word/file`), so that the
