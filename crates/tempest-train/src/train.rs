@@ -1,4 +1,6 @@
-//! The training loop and evaluation.
+//! A training run on files, [`train()`]: [`fit_loop`] driven by the loader's batches of files
+//! (`FileDriver`), with checkpoints, resume, evaluation every epoch and the run's metrics;
+//! and the Ctrl-C handler that asks runs to save and stop.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -19,8 +21,8 @@ use tempest_tokenize::{
 };
 
 use crate::checkpoint::{self, CheckpointParts, TrainState};
+use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
 use crate::evaluate::{bar, detect_format, evaluate, merge_stats};
-use crate::fit::{fit_loop, Driver, EpochLog, Outcome, StepLog};
 use crate::metrics::EpochSums;
 use crate::optim::{AdamW, CosineSchedule};
 use crate::options::TrainOptions;
