@@ -61,8 +61,8 @@ pub enum Outcome {
 /// What a run adds around the one training loop, [`fit_loop`]: where each epoch's batches
 /// come from and how their gradients are computed, and what happens after each optimiser step
 /// and each epoch. [`crate::train()`] drives it with the loader's batches of files (and
-/// checkpoints, evaluation and metrics); [`fit`] with items prepared in memory (the `compare`
-/// example's two models).
+/// checkpoints, evaluation and metrics); [`fit`](crate::fit()) with items prepared in memory
+/// (the `compare` example's two models).
 pub trait Driver {
     /// One batch, as [`Driver::gradients`] takes it.
     type Batch;
