@@ -21,10 +21,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{ArgGroup, Parser};
-use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
 use tempest::tempest_baseline::{compare, CompareOptions};
+use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::Config;
-use tempest::tempest_train::{Dataset, SplitPlan};
+use tempest::tempest_train::SplitPlan;
 
 #[path = "common/data_args.rs"]
 mod data_args;
@@ -88,25 +88,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         o.features = o.features.with_image_patch(p);
     }
     o.eval_variant = cli.eval_variant;
-    let DataArgs {
-        data,
-        layout,
-        input,
-    } = cli.source;
     let variants = cli.variants;
     let (out, max_train) = (cli.out, cli.max_train_items);
     let start = Instant::now();
-    let mut dataset = match (data, layout, input) {
-        (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
-        (None, Some(layout), Some(input)) => {
-            let v = variants.clone().unwrap_or(match layout {
-                Layout::Mnist => vec![Variant::Jpeg(75)],
-                _ => vec![Variant::Mp3(32)],
-            });
-            Dataset::open_layout(layout, &input, &out.join("data"), &v, o.train.progress)?.0
-        }
-        _ => return Err("give --data DIR, or --layout L with --input DIR".into()),
-    };
+    let source = cli
+        .source
+        .source()
+        .ok_or("give --data DIR, or --layout L with --input DIR")?;
+    let v = variants.clone().unwrap_or(match source {
+        DataSource::Raw {
+            layout: Layout::Mnist,
+            ..
+        } => vec![Variant::jpeg_quality(75)],
+        _ => vec![Variant::Mp3(32)],
+    });
+    let mut dataset = source.open(&out.join("data"), &v, o.train.progress)?.0;
     if let Some(vs) = &variants {
         o.train_variants = vs.iter().map(ToString::to_string).collect();
         if o.eval_variant.is_none() {

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
 use tempest::tempest_model::{DeviceChoice, Precision};
-use tempest::tempest_train::{self, checkpoint, Dataset, EvalVariants};
+use tempest::tempest_train::{self, checkpoint, EvalVariants};
 
 #[path = "common/data_args.rs"]
 mod data_args;
@@ -66,20 +66,13 @@ struct Cli {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let ckpt = cli.checkpoint;
-    let DataArgs {
-        data,
-        layout,
-        input,
-    } = cli.source;
     let (split, variants, batch, workers) = (cli.split, cli.eval_variant, cli.batch, cli.workers);
     let (confusion, device, dtype) = (cli.confusion, cli.device, cli.dtype);
-    let mut dataset = match (data, layout, input) {
-        (Some(dir), None, None) => Dataset::from_manifest(&dir)?,
-        (None, Some(layout), Some(input)) => Dataset::from_compressed(layout, &input)?,
-        _ => {
-            return Err("give --data DIR, or --layout L and --input DIR (compressed files)".into())
-        }
-    };
+    let mut dataset = cli
+        .source
+        .source()
+        .ok_or("give --data DIR, or --layout L and --input DIR (compressed files)")?
+        .open_compressed()?;
     let device = device.open()?;
     let loaded = checkpoint::load_as(&ckpt, &device, dtype.dtype(&device)?)?;
     let dropped = dataset.relabel(&loaded.classes);

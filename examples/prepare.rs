@@ -9,14 +9,14 @@
 //! Layouts: `folder`, `esc50`, `speechcommands`, `mnist`. A rerun skips the outputs that are
 //! complete. JPEG variants may enlarge and move the image first and add restart markers
 //! (`jpeg:75x2r1@1/-1`: see docs/encode.md). Inputs that fail are listed at the end with their reason; the run does not stop
-//! for them (the exit status is still 0). The logic lives in `cff_encode::prepare`. `--help`
+//! for them (the exit status is still 0). The logic lives in `tempest_data::prepare`. `--help`
 //! lists every flag with its meaning and default.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tempest::cff_encode::prepare::{parse_variants, prepare, Layout, PrepareConfig, Variant};
+use tempest::tempest_data::{parse_variants, prepare, Layout, PrepareConfig, Variant};
 
 /// Prepares a dataset: one compressed file per item and variant, and manifest.csv.
 ///

@@ -34,7 +34,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use tempest::cff_encode::prepare::Layout;
+use tempest::tempest_data::Layout;
 use tempest::tempest_model::Config;
 use tempest::tempest_train::{
     self, Dataset, EvalVariants, ImageRecipe, Recipe, SplitPlan, TrainOptions,

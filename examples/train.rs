@@ -39,9 +39,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
-use tempest::cff_encode::prepare::{parse_variants, Layout, Variant};
+use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::Config;
-use tempest::tempest_train::{self, Dataset, EvalVariants, Recipe, SplitPlan, TrainOptions};
+use tempest::tempest_train::{self, EvalVariants, Recipe, SplitPlan, TrainOptions};
 
 #[path = "common/data_args.rs"]
 mod data_args;
@@ -112,11 +112,10 @@ fn fold_list(s: &str) -> Result<Vec<u32>, String> {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let DataArgs {
-        data,
-        layout,
-        input,
-    } = cli.source;
+    let source = cli
+        .source
+        .source()
+        .ok_or("give --data DIR, or --layout L and --input DIR")?;
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
     // The model the command line chose, read before any data (a bad file fails at once).
     let chosen = match (&cli.preset, &cli.config) {
@@ -125,24 +124,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => None,
     };
     // Raw data is prepared in the recipe of its kind (or in --variants).
-    let (mut dataset, layout_recipe) = match (data, layout, input) {
-        (Some(dir), None, None) => (Dataset::from_manifest(&dir)?, None),
-        (None, Some(layout), Some(input)) => {
-            let recipe = Recipe::for_layout(layout, &input)?;
-            let variants = cli.variants.as_ref().unwrap_or(&recipe.variants);
-            let progress = !cli.train.no_progress;
-            let (d, summary) =
-                Dataset::open_layout(layout, &input, &out.join("data"), variants, progress)?;
-            if let Some(s) = summary {
-                println!("prepared: {s}");
-                for f in s.failures.iter().take(20) {
-                    println!("  failed {f}");
-                }
-            }
-            (d, Some(recipe))
-        }
-        _ => return Err("give --data DIR, or --layout L and --input DIR".into()),
+    let layout_recipe = match &source {
+        DataSource::Raw { layout, input } => Some(Recipe::for_layout(*layout, input)?),
+        DataSource::Prepared(_) => None,
     };
+    let prepare_in = match (&cli.variants, &layout_recipe) {
+        (Some(v), _) => v.clone(),
+        (None, Some(r)) => r.variants.clone(),
+        (None, None) => Vec::new(),
+    };
+    let progress = !cli.train.no_progress;
+    let (mut dataset, summary) = source.open(&out.join("data"), &prepare_in, progress)?;
+    if let Some(s) = summary {
+        println!("prepared: {s}");
+        for f in s.failures.iter().take(20) {
+            println!("  failed {f}");
+        }
+    }
     let mut train_variants = Vec::new();
     if let Some(v) = &cli.variants {
         if dataset
@@ -184,7 +182,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
     println!("recipe: {} ({:?})", recipe.name, format);
-    let esc50 = layout == Some(Layout::Esc50) || dataset.splits() == ["1", "2", "3", "4", "5"];
+    let esc50 = matches!(
+        source,
+        DataSource::Raw {
+            layout: Layout::Esc50,
+            ..
+        }
+    ) || dataset.splits() == ["1", "2", "3", "4", "5"];
     println!(
         "{} items, {} classes, splits {:?}, variants {:?}",
         dataset.samples.len(),

@@ -19,8 +19,8 @@ use std::time::Instant;
 use cff_encode::audio::{read_wav, Audio};
 use cff_encode::image::{Image, PixelKind};
 use cff_encode::jpeg::{encode_jpeg, JpegOptions};
-use cff_encode::prepare::{parse_variants, prepare, Layout, PrepareConfig};
 use criterion::{criterion_group, BatchSize, Criterion, Throughput};
+use tempest_data::{parse_variants, prepare, Layout, PrepareConfig};
 
 const RATE: u32 = 16_000;
 

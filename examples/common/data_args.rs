@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use tempest::cff_encode::prepare::Layout;
+use tempest::tempest_data::{DataSource, Layout};
 
 /// `--data`, or `--layout` with `--input`.
 #[derive(Debug, Args)]
@@ -18,4 +18,12 @@ pub struct DataArgs {
     /// The folder of the raw layout (with --layout)
     #[arg(long, value_name = "DIR", requires = "layout")]
     pub input: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// The source these flags name; `None` when they name none (clap refuses the other
+    /// combinations).
+    pub fn source(self) -> Option<DataSource> {
+        DataSource::from_parts(self.data, self.layout, self.input)
+    }
 }

@@ -1,5 +1,5 @@
 //! Makes the compressed files TEMPEST learns from: PCM/WAV to MP3 and Ogg Opus, pixels to
-//! JPEG, and whole datasets prepared at several bitrates ([`prepare`]).
+//! JPEG. The encoders only: whole datasets are prepared with them by `tempest-data`.
 //!
 //! TEMPEST (arXiv 2510.23665) reads the blocks of compressed files; its augmentation is the
 //! same clip at several bitrates (MP3 at 20, 26 and 32 kbps in the paper). Users arrive with
@@ -38,7 +38,6 @@ pub mod mp3;
 pub mod ogg;
 #[cfg(feature = "opus")]
 pub mod opus;
-pub mod prepare;
 
 pub use error::{Error, Result};
 

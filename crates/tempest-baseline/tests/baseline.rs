@@ -309,7 +309,7 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     use tempest_baseline::{compare, CompareOptions, Media};
     use tempest_train::{Dataset, SplitPlan};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
-    let mut dataset = Dataset::from_compressed(cff_encode::prepare::Layout::SpeechCommands, &dir)?;
+    let mut dataset = Dataset::from_compressed(tempest_data::Layout::SpeechCommands, &dir)?;
     let plan = SplitPlan::standard(&dataset)?;
     dataset.truncate_splits(&plan.train, 20);
     let mut o = CompareOptions::default();

@@ -1,6 +1,7 @@
 //! How a file's blocks become a tokenized item.
 
 use cff_blocks::{BlockKind, Format};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The id of the padding byte: bytes are 0–255, so 256 is free.
 pub const PAD_ID: u32 = 256;
@@ -93,6 +94,22 @@ impl BlockTokens {
     }
 }
 
+impl Serialize for BlockTokens {
+    /// As its [`name`](BlockTokens::name).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockTokens {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        BlockTokens::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!("tokens {name:?} (one of {})", BlockTokens::names()))
+        })
+    }
+}
+
 /// Which blocks of a file to keep when there are more than `max_blocks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -143,18 +160,33 @@ impl KindFilter {
 }
 
 /// How a file's blocks become a tokenized item.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A checkpoint saves it as `tokenizer.json` (serde) so that evaluation and classification
+/// read files as training did: the fields from `format` to `band_shift` in this order, the
+/// options and augmentations that are zero left out; unknown keys are refused. Not saved: the
+/// crop, which each use sets ([`TokenizerConfig::train_config`],
+/// [`TokenizerConfig::eval_config`]), and the padding id, block kinds and reader options, which
+/// keep their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TokenizerConfig {
+    /// The format these settings were chosen for ([`TokenizerConfig::for_format`]); a file is
+    /// read by the format detected from its bytes either way.
+    #[serde(default, with = "format_name", skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
     /// L: bytes kept per block; longer blocks are truncated and the truncation counted.
     pub max_block_bytes: usize,
     /// N: blocks kept per item; longer files are cropped by `crop`.
     pub max_blocks: usize,
     /// How to choose `max_blocks` blocks of a longer file.
+    #[serde(skip, default = "first")]
     pub crop: Crop,
     /// The id written at padding positions ([`PAD_ID`] by default).
+    #[serde(skip, default = "pad")]
     pub pad_id: u32,
     /// Which block kinds are kept.
+    #[serde(skip)]
     pub kinds: KindFilter,
     /// JPEG: keep the file's header (SOI up to the first scan's data: the tables) as one
     /// extra block in front of the MCUs.
@@ -164,14 +196,24 @@ pub struct TokenizerConfig {
     /// there (bits past the block's end read as 0). Entropy-coded blocks (JPEG MCUs) have codes
     /// that straddle byte boundaries: with a stride below 8 every code of up to `9 − stride`
     /// bits is seen whole by some id, at `8 / stride` times the ids. L (`max_block_bytes`)
-    /// then counts ids, not bytes. See [`bit_windows`](crate::bit_windows).
+    /// then counts ids, not bytes. See [`bit_windows`](crate::bit_windows). Saved
+    /// checkpoints without it read as 8.
+    #[serde(default = "byte_stride")]
     pub bit_stride: u8,
-    /// What a block's ids stand for: its bytes (the default) or the codec's fields.
+    /// What a block's ids stand for: its bytes (the default) or the codec's fields. Saved
+    /// checkpoints without it read as bytes.
+    #[serde(default)]
     pub tokens: BlockTokens,
+    /// Training only: N for training items, a random contiguous run of this many blocks (a
+    /// random crop in time), while evaluation keeps `max_blocks` around the middle. `None`:
+    /// `max_blocks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_blocks: Option<usize>,
     /// With field tokens of MP3 frames: move every `global_gain` of an item by one offset
     /// drawn uniformly from `-gain_jitter..=gain_jitter` quantiser steps (1.5 dB each), from
     /// the seed, epoch and item of the [`CropContext`](crate::CropContext): a loudness
     /// augmentation done in the compressed domain. 0 (the default) changes nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub gain_jitter: u8,
     /// With [`BlockTokens::FieldsAndLines`]: silence a run of up to `band_mask` consecutive
     /// long scalefactor bands (a frequency range) in every frame of an item, the same range
@@ -179,6 +221,7 @@ pub struct TokenizerConfig {
     /// [`CropContext`](crate::CropContext): their ids read as level 0 with scalefactor 0, as if
     /// the encoder had coded nothing there (short-block bands over the same lines too). A
     /// frequency mask in the compressed domain. 0 (the default) changes nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub band_mask: u8,
     /// With [`BlockTokens::FieldsAndLines`]: move every band id of an item by one shift
     /// drawn uniformly from `-band_shift..=band_shift` band positions (the same for the whole
@@ -186,14 +229,58 @@ pub struct TokenizerConfig {
     /// [`CropContext`](crate::CropContext): a coarse warp of the frequency axis, as vocal-tract
     /// length perturbation warps a spectrogram, done in the compressed domain. 0 (the default)
     /// changes nothing.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub band_shift: u8,
     /// Options of the block readers (limits, CRC checks).
+    #[serde(skip)]
     pub reader: cff_blocks::Options,
+}
+
+fn first() -> Crop {
+    Crop::First
+}
+
+fn pad() -> u32 {
+    PAD_ID
+}
+
+fn byte_stride() -> u8 {
+    8
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+/// A format saved by its [`Format::name`] (`mp3`, `ogg-opus`, `jpeg`; `opus` reads as Ogg Opus).
+mod format_name {
+    use cff_blocks::Format;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(f: &Option<Format>, s: S) -> Result<S::Ok, S::Error> {
+        match f {
+            Some(f) => s.serialize_str(f.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "mp3" => Ok(Some(Format::Mp3)),
+            "ogg-opus" | "opus" => Ok(Some(Format::OggOpus)),
+            "jpeg" => Ok(Some(Format::Jpeg)),
+            other => Err(serde::de::Error::custom(format!(
+                "format {other:?} (one of mp3, ogg-opus, jpeg)"
+            ))),
+        }
+    }
 }
 
 impl Default for TokenizerConfig {
     fn default() -> Self {
         TokenizerConfig {
+            format: None,
             max_block_bytes: 512,
             max_blocks: 1024,
             crop: Crop::First,
@@ -202,6 +289,7 @@ impl Default for TokenizerConfig {
             jpeg_header_block: false,
             bit_stride: 8,
             tokens: BlockTokens::Bytes,
+            train_blocks: None,
             gain_jitter: 0,
             band_mask: 0,
             band_shift: 0,
@@ -224,10 +312,42 @@ impl TokenizerConfig {
             _ => (512, 1024),
         };
         TokenizerConfig {
+            format: Some(format),
             max_block_bytes,
             max_blocks,
             ..TokenizerConfig::default()
         }
+    }
+
+    /// The tokenizer for training: a random contiguous crop of [`TokenizerConfig::train_blocks`]
+    /// (else `max_blocks`) blocks where a file has more (seeded by the run's seed, the epoch
+    /// and the item), with the augmentations. An error where the settings make no sense.
+    pub fn train_config(&self) -> crate::Result<TokenizerConfig> {
+        let mut config = self.clone().with_crop(Crop::Random);
+        if let Some(n) = self.train_blocks {
+            config.max_blocks = n.max(1);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The tokenizer for evaluation and classification: the `max_blocks` blocks around the
+    /// middle, read as they are (no augmentation).
+    pub fn eval_config(&self) -> crate::Result<TokenizerConfig> {
+        let config = TokenizerConfig {
+            gain_jitter: 0,
+            band_mask: 0,
+            band_shift: 0,
+            ..self.clone().with_crop(Crop::Centre)
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sets N for training items ([`TokenizerConfig::train_blocks`]).
+    pub fn with_train_blocks(mut self, n: Option<usize>) -> Self {
+        self.train_blocks = n;
+        self
     }
 
     /// Sets L.

@@ -12,175 +12,23 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarMap;
-use cff_blocks::Format;
 use serde::{Deserialize, Serialize};
 use tempest_model::{Config, Tempest};
-use tempest_tokenize::{BlockTokens, Crop, TokenizerConfig};
+use tempest_tokenize::TokenizerConfig;
 
+use crate::metrics::EpochSums;
+use crate::optim::AdamW;
 use crate::{Error, Result};
 
 /// The class names' file: the one `tempest_model::Classifier` reads.
 pub use tempest_model::CLASSES_FILE;
-/// The tokenizer settings' file.
+/// The tokenizer's file: the [`TokenizerConfig`] training used, saved beside the weights so
+/// that evaluation and classification read files the same way.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The optimiser state's file.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The training state's file.
 pub const STATE_FILE: &str = "state.json";
-
-/// How files were tokenized for training, saved beside the weights so that evaluation and
-/// classification read files the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenizerSettings {
-    /// `mp3`, `ogg-opus` or `jpeg`.
-    pub format: String,
-    /// L.
-    pub max_block_bytes: usize,
-    /// N.
-    pub max_blocks: usize,
-    /// Keep the JPEG header as one block in front of the MCUs.
-    pub jpeg_header_block: bool,
-    /// Bits per id (`TokenizerConfig::bit_stride`): 8 = one id per byte. Checkpoints written
-    /// before this setting existed read as 8.
-    #[serde(default = "byte_stride")]
-    pub bit_stride: u8,
-    /// What a block's ids stand for (`BlockTokens::name`: `bytes`, `fields`, `fields+bytes`,
-    /// `fields+data`, `fields+lines`). Checkpoints written before this setting existed read as `bytes`.
-    #[serde(default = "byte_tokens")]
-    pub tokens: String,
-    /// Blocks kept per training item, a random contiguous run of them (a random crop in
-    /// time); evaluation keeps `max_blocks` around the middle. `None`: `max_blocks`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_blocks: Option<usize>,
-    /// Training only: the loudness jitter of MP3 field tokens in quantiser steps
-    /// (`TokenizerConfig::gain_jitter`); 0 where absent.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub gain_jitter: u8,
-    /// Training only: the frequency mask of MP3 line tokens in long scalefactor bands
-    /// (`TokenizerConfig::band_mask`); 0 where absent.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub band_mask: u8,
-    /// Training only: the band shift of MP3 line tokens (`TokenizerConfig::band_shift`); 0
-    /// where absent.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub band_shift: u8,
-}
-
-fn is_zero(v: &u8) -> bool {
-    *v == 0
-}
-
-fn byte_stride() -> u8 {
-    8
-}
-
-fn byte_tokens() -> String {
-    BlockTokens::Bytes.name().to_string()
-}
-
-impl TokenizerSettings {
-    /// The format's defaults (`TokenizerConfig::for_format`), capped at what the model has
-    /// positions for.
-    pub fn for_format(format: Format, model: &Config, jpeg_header_block: bool) -> Self {
-        let t = TokenizerConfig::for_format(format);
-        TokenizerSettings {
-            format: format.name().to_string(),
-            max_block_bytes: t.max_block_bytes.min(model.max_block_bytes),
-            max_blocks: t.max_blocks,
-            jpeg_header_block,
-            bit_stride: 8,
-            tokens: byte_tokens(),
-            train_blocks: None,
-            gain_jitter: 0,
-            band_mask: 0,
-            band_shift: 0,
-        }
-    }
-
-    /// Reads blocks as `tokens` (see `BlockTokens`).
-    pub fn with_tokens(mut self, tokens: BlockTokens) -> Self {
-        self.tokens = tokens.name().to_string();
-        self
-    }
-
-    /// What the ids stand for; an error for an unknown name.
-    pub fn block_tokens(&self) -> Result<BlockTokens> {
-        BlockTokens::parse(&self.tokens).ok_or_else(|| {
-            Error::setting(
-                "tokens",
-                format!("{:?} (one of {})", self.tokens, BlockTokens::names()),
-            )
-        })
-    }
-
-    /// Reads blocks `stride` bits per id (8, 4, 2 or 1): L grows by `8 / stride` so that the
-    /// same blocks fit, capped at what the model has positions for.
-    pub fn with_bit_stride(mut self, stride: u8, model: &Config) -> Self {
-        let bytes = self.max_block_bytes * usize::from(self.bit_stride) / 8;
-        let ids = bytes * 8 / usize::from(stride.max(1));
-        self.max_block_bytes = ids.min(model.max_block_bytes);
-        self.bit_stride = stride;
-        self
-    }
-
-    /// Keeps the first `ids` ids of each block (L), at most what the model has positions
-    /// for; an error for 0 or more than that.
-    pub fn with_max_block_bytes(mut self, ids: usize, model: &Config) -> Result<Self> {
-        if ids == 0 || ids > model.max_block_bytes {
-            return Err(Error::setting(
-                "block bytes",
-                format!(
-                    "{ids} (1 to the model's max_block_bytes {})",
-                    model.max_block_bytes
-                ),
-            ));
-        }
-        self.max_block_bytes = ids;
-        Ok(self)
-    }
-
-    fn format(&self) -> Result<Format> {
-        match self.format.as_str() {
-            "mp3" => Ok(Format::Mp3),
-            "ogg-opus" | "opus" => Ok(Format::OggOpus),
-            "jpeg" => Ok(Format::Jpeg),
-            other => Err(Error::setting("tokenizer format", other.to_string())),
-        }
-    }
-
-    /// The tokenizer for training: a random contiguous crop where a file has more than N
-    /// blocks (seeded by the run's seed, the epoch and the item).
-    pub fn train_config(&self) -> Result<TokenizerConfig> {
-        let base = self
-            .base()?
-            .with_crop(Crop::Random)
-            .with_gain_jitter(self.gain_jitter)
-            .with_band_mask(self.band_mask)
-            .with_band_shift(self.band_shift);
-        Ok(match self.train_blocks {
-            Some(n) => base.with_max_blocks(n.max(1)),
-            None => base,
-        })
-    }
-
-    /// The tokenizer for evaluation and classification: the N blocks around the middle.
-    pub fn eval_config(&self) -> Result<TokenizerConfig> {
-        Ok(self.base()?.with_crop(Crop::Centre))
-    }
-
-    fn base(&self) -> Result<TokenizerConfig> {
-        let config = TokenizerConfig::for_format(self.format()?)
-            .with_max_block_bytes(self.max_block_bytes)
-            .with_max_blocks(self.max_blocks)
-            .with_jpeg_header_block(self.jpeg_header_block)
-            .with_bit_stride(self.bit_stride)
-            .with_tokens(self.block_tokens()?);
-        config
-            .validate()
-            .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
-        Ok(config)
-    }
-}
 
 /// Where a resumable run stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -199,92 +47,6 @@ pub struct TrainState {
     pub epoch_sums: EpochSums,
     /// Seconds trained before this process.
     pub elapsed_s: f64,
-}
-
-/// Item-weighted sums over the batches of one epoch, from which its means are taken. Saved in
-/// `train_state.json` as the array `[loss, classification, reconstruction, correct, items]`,
-/// the form earlier checkpoints have.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "[f64; 5]", into = "[f64; 5]")]
-pub struct EpochSums {
-    /// Σ loss × items.
-    pub loss: f64,
-    /// Σ classification loss (L_c) × items.
-    pub classification: f64,
-    /// Σ reconstruction loss (L_r) × items.
-    pub reconstruction: f64,
-    /// Items classified correctly.
-    pub correct: f64,
-    /// Items.
-    pub items: f64,
-}
-
-impl EpochSums {
-    /// One batch's contributions: its mean losses times its items, its correct items, its
-    /// items.
-    pub fn of(g: &tempest_model::BatchGradients) -> Self {
-        let n = g.items as f64;
-        EpochSums {
-            loss: g.loss * n,
-            classification: g.classification * n,
-            reconstruction: g.reconstruction * n,
-            correct: g.correct as f64,
-            items: n,
-        }
-    }
-
-    /// Adds another batch's sums.
-    pub fn add(&mut self, other: &EpochSums) {
-        self.loss += other.loss;
-        self.classification += other.classification;
-        self.reconstruction += other.reconstruction;
-        self.correct += other.correct;
-        self.items += other.items;
-    }
-
-    /// Mean loss per item (0 before any item).
-    pub fn mean_loss(&self) -> f64 {
-        self.loss / self.items.max(1.0)
-    }
-
-    /// Mean classification loss per item.
-    pub fn mean_classification(&self) -> f64 {
-        self.classification / self.items.max(1.0)
-    }
-
-    /// Mean reconstruction loss per item.
-    pub fn mean_reconstruction(&self) -> f64 {
-        self.reconstruction / self.items.max(1.0)
-    }
-
-    /// Fraction of items classified correctly.
-    pub fn accuracy(&self) -> f64 {
-        self.correct / self.items.max(1.0)
-    }
-}
-
-impl From<[f64; 5]> for EpochSums {
-    fn from(a: [f64; 5]) -> Self {
-        EpochSums {
-            loss: a[0],
-            classification: a[1],
-            reconstruction: a[2],
-            correct: a[3],
-            items: a[4],
-        }
-    }
-}
-
-impl From<EpochSums> for [f64; 5] {
-    fn from(s: EpochSums) -> Self {
-        [
-            s.loss,
-            s.classification,
-            s.reconstruction,
-            s.correct,
-            s.items,
-        ]
-    }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -330,10 +92,10 @@ pub struct CheckpointParts<'a> {
     pub varmap: &'a VarMap,
     /// Class names.
     pub classes: &'a [String],
-    /// Tokenizer settings.
-    pub tokenizer: &'a TokenizerSettings,
+    /// How files were tokenized.
+    pub tokenizer: &'a TokenizerConfig,
     /// Optimiser and state, for a resumable checkpoint.
-    pub resume: Option<(&'a crate::optim::AdamW, &'a TrainState)>,
+    pub resume: Option<(&'a AdamW, &'a TrainState)>,
 }
 
 /// Writes a checkpoint atomically (see the module's documentation).
@@ -370,8 +132,9 @@ pub struct Loaded {
     pub model: Tempest,
     /// Class names.
     pub classes: Vec<String>,
-    /// How it tokenized files.
-    pub tokenizer: TokenizerSettings,
+    /// How it tokenized files (training's settings: take
+    /// [`TokenizerConfig::eval_config`] to read files as evaluation does).
+    pub tokenizer: TokenizerConfig,
 }
 
 /// Loads a checkpoint written by [`save`] (or a run directory: its `best`, else `last`).
@@ -387,7 +150,7 @@ pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Loaded> {
         .ok_or_else(|| Error::dataset(dir, "no checkpoint (model.safetensors) here"))?;
     let model = tempest_model::load(&dir, device, dtype)?;
     let classes: Vec<String> = read_json(&dir.join(CLASSES_FILE))?;
-    let tokenizer: TokenizerSettings = read_json(&dir.join(TOKENIZER_FILE))?;
+    let tokenizer: TokenizerConfig = read_json(&dir.join(TOKENIZER_FILE))?;
     if classes.len() != model.config().num_classes {
         return Err(Error::dataset(
             &dir,
@@ -409,6 +172,44 @@ pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Loaded> {
 mod tests {
     use super::*;
 
+    /// A `tokenizer.json` as checkpoints are written today (the fields of training's
+    /// `TokenizerConfig`, zero augmentations left out).
+    const TOKENIZER_JSON: &str = include_str!("../tests/fixtures/tokenizer.json");
+
+    #[test]
+    fn tokenizer_files_of_todays_checkpoints_load_and_write_back_alike() {
+        let t: TokenizerConfig = serde_json::from_str(TOKENIZER_JSON).unwrap();
+        assert_eq!(t.format, Some(cff_blocks::Format::Mp3));
+        assert_eq!((t.max_block_bytes, t.max_blocks), (320, 1024));
+        assert_eq!(t.tokens, tempest_tokenize::BlockTokens::FieldsAndLines);
+        assert_eq!(
+            (t.train_blocks, t.gain_jitter, t.band_shift),
+            (Some(20), 2, 1)
+        );
+        assert_eq!(t.train_config().unwrap().max_blocks, 20);
+        assert_eq!(t.eval_config().unwrap().gain_jitter, 0);
+        assert_eq!(
+            serde_json::to_string_pretty(&t).unwrap(),
+            TOKENIZER_JSON.trim_end()
+        );
+        // Unknown keys are refused, by name.
+        let extra = TOKENIZER_JSON.replacen('{', "{\n  \"crop_size\": 3,", 1);
+        let err = serde_json::from_str::<TokenizerConfig>(&extra).unwrap_err();
+        assert!(err.to_string().contains("crop_size"), "{err}");
+    }
+
+    #[test]
+    fn tokenizer_files_from_before_bit_stride_and_tokens_read_as_bytes() {
+        let old = r#"{"format":"jpeg","max_block_bytes":160,"max_blocks":1024,"jpeg_header_block":false}"#;
+        let old: TokenizerConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(old.eval_config().unwrap().bit_stride, 8);
+        assert_eq!(old.tokens, tempest_tokenize::BlockTokens::Bytes);
+        // A stride the tokenizer cannot read is refused by name.
+        let bad = old.with_bit_stride(3);
+        let err = bad.train_config().unwrap_err().to_string();
+        assert!(err.contains("bit_stride 3"), "{err}");
+    }
+
     #[test]
     fn epoch_sums_keep_the_array_form_of_earlier_checkpoints() {
         // A train_state.json written before the sums had names.
@@ -428,52 +229,5 @@ mod tests {
         sum.add(&s);
         assert_eq!(<[f64; 5]>::from(sum), [25.0, 20.0, 5.0, 12.0, 32.0]);
         assert_eq!(EpochSums::default().accuracy(), 0.0);
-    }
-
-    #[test]
-    fn block_bytes_set_l_within_the_models_positions() {
-        let model = Config::tiny();
-        let jpeg = TokenizerSettings::for_format(Format::Jpeg, &model, false);
-        let cut = jpeg.clone().with_max_block_bytes(8, &model).unwrap();
-        assert_eq!(cut.train_config().unwrap().max_block_bytes, 8);
-        assert_eq!(cut.eval_config().unwrap().max_block_bytes, 8);
-        for wrong in [0, model.max_block_bytes + 1] {
-            let err = jpeg
-                .clone()
-                .with_max_block_bytes(wrong, &model)
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(&format!("{wrong} (1 to")), "{err}");
-        }
-    }
-
-    #[test]
-    fn bit_stride_scales_l_and_reads_back_from_json() {
-        let model = Config::tiny();
-        let bytes = TokenizerSettings::for_format(Format::Jpeg, &model, false);
-        assert_eq!(bytes.bit_stride, 8);
-        let nibbles = bytes.clone().with_bit_stride(4, &model);
-        assert_eq!(nibbles.max_block_bytes, bytes.max_block_bytes * 2);
-        assert_eq!(nibbles.train_config().unwrap().bit_stride, 4);
-        // Capped at the model's positions, and back to bytes from there.
-        let bits = nibbles.clone().with_bit_stride(1, &model);
-        assert_eq!(
-            bits.max_block_bytes,
-            (bytes.max_block_bytes * 8).min(model.max_block_bytes)
-        );
-        let json = serde_json::to_string(&nibbles).unwrap();
-        let back: TokenizerSettings = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, nibbles);
-        // A tokenizer.json written before the setting existed reads as bytes.
-        let old = r#"{"format":"jpeg","max_block_bytes":160,"max_blocks":1024,"jpeg_header_block":false}"#;
-        let old: TokenizerSettings = serde_json::from_str(old).unwrap();
-        assert_eq!(old.eval_config().unwrap().bit_stride, 8);
-        // A stride the tokenizer cannot read is refused by name.
-        let bad = TokenizerSettings {
-            bit_stride: 3,
-            ..old
-        };
-        let err = bad.train_config().unwrap_err().to_string();
-        assert!(err.contains("bit_stride 3"), "{err}");
     }
 }

@@ -38,9 +38,9 @@ pub enum Error {
         /// The cause.
         source: serde_json::Error,
     },
-    /// Preparation (encoding) failed for the whole run.
+    /// A dataset that could not be scanned, prepared or read.
     #[error(transparent)]
-    Encode(#[from] cff_encode::Error),
+    Data(#[from] tempest_data::Error),
     /// Tokenization failed.
     #[error(transparent)]
     Tokenize(#[from] tempest_tokenize::Error),

@@ -26,9 +26,10 @@ use tempest_tokenize::{
     choose_variants, collate, BucketSampler, ItemShape, TokenizedItem, VariantChoice, PAD_ID,
 };
 
-use crate::checkpoint::{EpochSums, TrainState};
-use crate::metrics::{Metrics, Tally};
-use crate::optim::{AdamW, CosineSchedule};
+use crate::checkpoint::TrainState;
+pub use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
+use crate::metrics::{EpochSums, Metrics, Tally};
+use crate::optim::AdamW;
 use crate::{Dataset, Error, Result, TrainOptions};
 
 /// A classifier that [`fit`] can train: prepared items in, a loss and logits out.
@@ -194,31 +195,6 @@ pub fn prepare_items<T, E: std::fmt::Display>(
     out
 }
 
-/// One epoch of [`fit`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct EpochLog {
-    /// The epoch, from 1.
-    pub epoch: usize,
-    /// Items trained on in this process (a resumed epoch counts those after the resume).
-    pub items: usize,
-    /// Seconds of training (forward, backward, optimiser), in this process.
-    pub seconds: f64,
-    /// The epoch's item-weighted sums (over the whole epoch, across a resume).
-    pub sums: EpochSums,
-}
-
-impl EpochLog {
-    /// Mean training loss.
-    pub fn loss(&self) -> f64 {
-        self.sums.mean_loss()
-    }
-
-    /// Training accuracy.
-    pub fn accuracy(&self) -> f64 {
-        self.sums.accuracy()
-    }
-}
-
 /// What [`fit`] did and measured.
 #[derive(Debug, Clone)]
 pub struct FitReport {
@@ -244,156 +220,6 @@ impl FitReport {
     pub fn test_items_per_s(&self) -> f64 {
         self.test.items as f64 / self.test_seconds.max(1e-9)
     }
-}
-
-/// One optimiser step of [`fit_loop`], as its driver sees it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepLog {
-    /// The learning rate the step used.
-    pub lr: f64,
-    /// The global gradient norm before clipping.
-    pub norm: f64,
-    /// The step closed the epoch's last batch.
-    pub end_of_epoch: bool,
-    /// The run stops after this step (a stop request or `stop_after_steps`).
-    pub stopping: bool,
-}
-
-/// How [`fit_loop`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every epoch of the budget ran.
-    Finished,
-    /// A stop request or `stop_after_steps` ended the run early; its state is resumable.
-    Interrupted,
-}
-
-/// What a run adds around the one training loop, [`fit_loop`]: where each epoch's batches
-/// come from and how their gradients are computed, and what happens after each optimiser step
-/// and each epoch. [`crate::train()`] drives it with the loader's batches of files (and
-/// checkpoints, evaluation and metrics); [`fit`] with items prepared in memory (the `compare`
-/// example's two models).
-pub trait Driver {
-    /// One batch, as [`Driver::gradients`] takes it.
-    type Batch;
-
-    /// Starts epoch `epoch` (from 0) at its batch `skip` (a resumed run skips the batches it
-    /// trained on): the number of batches the whole epoch has.
-    fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize>;
-
-    /// The epoch's next batch; `Some(None)` for a batch with nothing to train on (all its
-    /// files failed: it still counts as a batch), `None` when the epoch has no more.
-    fn next_batch(&mut self) -> Result<Option<Option<Self::Batch>>>;
-
-    /// Seeds the dropout masks of the next [`Driver::gradients`].
-    fn seed_dropout(&mut self, seed: u64);
-
-    /// The gradients of the batch's mean loss and its contributions to the epoch's sums.
-    fn gradients(&mut self, batch: Self::Batch) -> Result<(GradStore, EpochSums)>;
-
-    /// After each optimiser step (progress, periodic checkpoints).
-    fn after_step(&mut self, _state: &TrainState, _opt: &AdamW, _step: &StepLog) -> Result<()> {
-        Ok(())
-    }
-
-    /// Whether the run was asked to stop (Ctrl-C); checked after each step.
-    fn stop_requested(&self) -> bool {
-        false
-    }
-
-    /// After the epoch's last batch, or after the step that stops the run.
-    fn end_batches(&mut self) {}
-
-    /// The run stops inside an epoch: `state` is where it stands (save it to resume).
-    fn interrupted(&mut self, _state: &TrainState, _opt: &AdamW, _log: &EpochLog) -> Result<()> {
-        Ok(())
-    }
-
-    /// Epoch `log.epoch` ended; `state` already points at the next one (evaluate, keep the
-    /// best, write metrics, save).
-    fn end_epoch(&mut self, state: &mut TrainState, opt: &AdamW, log: &EpochLog) -> Result<()>;
-}
-
-/// The training loop, the one every run goes through: from `state` (a fresh
-/// [`TrainState`] or a resumed one) to `options.epochs` epochs, each batch's gradients
-/// accumulated into `opt` ([`AdamW`]), one optimiser step every `options.accumulate` batches
-/// and at the end of each epoch, the learning rate from `schedule`, gradients clipped to
-/// `options.max_grad_norm`, dropout masks seeded from the run's seed, the epoch and the batch's
-/// place in it (so a resumed run draws the masks an uninterrupted one would), and a stop after
-/// `options.stop_after_steps` steps or when the driver asks for it.
-pub fn fit_loop<D: Driver>(
-    driver: &mut D,
-    opt: &mut AdamW,
-    schedule: &CosineSchedule,
-    state: &mut TrainState,
-    options: &TrainOptions,
-) -> Result<Outcome> {
-    let o = options;
-    if o.batch_size == 0 || o.accumulate == 0 {
-        return Err(Error::setting(
-            "batch",
-            "batch size and accumulation must be ≥ 1",
-        ));
-    }
-    while state.epoch < o.epochs {
-        let epoch = state.epoch;
-        let batches = driver.start_epoch(epoch, state.batch_in_epoch)?;
-        let start = Instant::now();
-        let mut items_here = 0u64;
-        let mut batch_pos = state.batch_in_epoch.min(batches);
-        let mut stop = false;
-        while let Some(batch) = driver.next_batch()? {
-            batch_pos += 1;
-            if let Some(batch) = batch {
-                driver.seed_dropout(tempest_model::dropout_seed(
-                    o.seed,
-                    &[epoch as u64, batch_pos as u64],
-                ));
-                let (grads, sums) = driver.gradients(batch)?;
-                state.epoch_sums.add(&sums);
-                opt.accumulate(&grads)?;
-                items_here += sums.items as u64;
-            }
-            let end_of_epoch = batch_pos == batches;
-            if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
-                let lr = schedule.lr(state.step);
-                let norm = opt.step(lr, o.max_grad_norm)?;
-                state.step += 1;
-                state.batch_in_epoch = batch_pos;
-                let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
-                stop = budget || driver.stop_requested();
-                let step = StepLog {
-                    lr,
-                    norm,
-                    end_of_epoch,
-                    stopping: stop,
-                };
-                driver.after_step(state, opt, &step)?;
-                if stop && !end_of_epoch {
-                    break;
-                }
-            }
-        }
-        driver.end_batches();
-        let log = EpochLog {
-            epoch: epoch + 1,
-            items: items_here as usize,
-            seconds: start.elapsed().as_secs_f64(),
-            sums: state.epoch_sums,
-        };
-        if stop && state.batch_in_epoch < batches {
-            driver.interrupted(state, opt, &log)?;
-            return Ok(Outcome::Interrupted);
-        }
-        state.epoch += 1;
-        state.batch_in_epoch = 0;
-        state.epoch_sums = EpochSums::default();
-        driver.end_epoch(state, opt, &log)?;
-        if stop && state.epoch < o.epochs {
-            return Ok(Outcome::Interrupted);
-        }
-    }
-    Ok(Outcome::Finished)
 }
 
 /// [`fit`]'s driver: batches of items prepared in memory, one variant per item and epoch.

@@ -1,11 +1,8 @@
 //! Training and evaluating TEMPEST from compressed files: datasets, the training loop,
 //! metrics, resumable checkpoints.
 //!
-//! - [`Dataset`]: labelled items with one compressed file per variant, read from a
-//!   `prepare` output ([`Dataset::from_manifest`]), from a raw layout holding compressed files
-//!   ([`Dataset::from_compressed`]), or prepared from WAV/PNG/IDX into a cache on first use
-//!   ([`Dataset::open_layout`]). [`SplitPlan`] says which splits train, select and test
-//!   (Speech Commands' official lists, ESC-50 folds).
+//! - [`Dataset`], [`SplitPlan`], [`DataSource`]: the items and splits, from tempest-data
+//!   (re-exported here, as the examples use them beside training).
 //! - [`fit_loop`]: the one training loop; [`train()`] and [`fit()`] drive it ([`Driver`]).
 //! - [`train()`]: AdamW ([`optim::AdamW`], state saved with the weights), warm-up + cosine,
 //!   gradient-norm clipping, gradient accumulation, label smoothing and λ overrides, seeded
@@ -13,7 +10,8 @@
 //!   best and resumable checkpoints written atomically, Ctrl-C saves, JSON-lines metrics.
 //! - [`evaluate`]: accuracy, top-5, per-class accuracy, confusion matrix and loss
 //!   ([`Metrics`]) on one named variant or averaged over several.
-//! - [`plots`]: `curves.png` and `confusion.png` in the run folder, after every epoch.
+//! - `plots` (default feature `plots`): `curves.png` and `confusion.png` in the run folder,
+//!   after every epoch.
 //! - [`cross_validate_esc50`]: ESC-50's five folds, mean and standard deviation.
 //! - [`fit()`]: the same loop, optimiser, schedule and metrics for any [`Learner`] on items
 //!   prepared once ([`prepare_items`]): two models on one split and budget (the `compare`
@@ -24,32 +22,36 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
-pub mod dataset;
+mod driver;
 mod error;
+mod evaluate;
 pub mod fit;
 mod fused_adamw;
 mod init;
 pub mod metrics;
 pub mod optim;
+mod options;
+#[cfg(feature = "plots")]
 pub mod plots;
 pub mod recipe;
+mod report;
 mod train;
 
-pub use checkpoint::{EpochSums, Loaded, TokenizerSettings, TrainState};
-pub use dataset::{holds_images, Dataset, Sample, SplitPlan};
+pub use checkpoint::{Loaded, TrainState};
 pub use error::{Error, Result};
+pub use evaluate::{detect_format, evaluate, EvalReport};
 pub use fit::{
     fit, fit_loop, prepare_items, Driver, FitReport, Gradients, Learner, Outcome, Prepared,
     TempestLearner,
 };
 pub use init::{init_seeded, seeded_var_builder};
-pub use metrics::{mean_std, Metrics, Tally};
+pub use metrics::{mean_std, EpochSums, Metrics, Tally};
 pub use optim::{train_step, AdamW, AdamWConfig, CosineSchedule};
+pub use options::{default_tokens, EvalVariants, TrainOptions};
 pub use recipe::{ImageRecipe, Recipe, AUDIO_BITRATES, AUDIO_ENSEMBLE};
-pub use train::{
-    default_tokens, detect_format, evaluate, install_ctrl_c_handler, train, EvalReport,
-    EvalVariants, RunReport, TrainOptions,
-};
+pub use report::RunReport;
+pub use tempest_data::{holds_images, DataSource, Dataset, Sample, SplitPlan};
+pub use train::{install_ctrl_c_handler, train};
 
 /// The result of ESC-50 cross-validation.
 #[derive(Debug, Clone)]

@@ -1,6 +1,92 @@
 //! Classification metrics: accuracy, top-5, per-class accuracy, confusion matrix, loss.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// Item-weighted sums over the batches of one epoch, from which its means are taken. Saved in
+/// `train_state.json` as the array `[loss, classification, reconstruction, correct, items]`,
+/// the form earlier checkpoints have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "[f64; 5]", into = "[f64; 5]")]
+pub struct EpochSums {
+    /// Σ loss × items.
+    pub loss: f64,
+    /// Σ classification loss (L_c) × items.
+    pub classification: f64,
+    /// Σ reconstruction loss (L_r) × items.
+    pub reconstruction: f64,
+    /// Items classified correctly.
+    pub correct: f64,
+    /// Items.
+    pub items: f64,
+}
+
+impl EpochSums {
+    /// One batch's contributions: its mean losses times its items, its correct items, its
+    /// items.
+    pub fn of(g: &tempest_model::BatchGradients) -> Self {
+        let n = g.items as f64;
+        EpochSums {
+            loss: g.loss * n,
+            classification: g.classification * n,
+            reconstruction: g.reconstruction * n,
+            correct: g.correct as f64,
+            items: n,
+        }
+    }
+
+    /// Adds another batch's sums.
+    pub fn add(&mut self, other: &EpochSums) {
+        self.loss += other.loss;
+        self.classification += other.classification;
+        self.reconstruction += other.reconstruction;
+        self.correct += other.correct;
+        self.items += other.items;
+    }
+
+    /// Mean loss per item (0 before any item).
+    pub fn mean_loss(&self) -> f64 {
+        self.loss / self.items.max(1.0)
+    }
+
+    /// Mean classification loss per item.
+    pub fn mean_classification(&self) -> f64 {
+        self.classification / self.items.max(1.0)
+    }
+
+    /// Mean reconstruction loss per item.
+    pub fn mean_reconstruction(&self) -> f64 {
+        self.reconstruction / self.items.max(1.0)
+    }
+
+    /// Fraction of items classified correctly.
+    pub fn accuracy(&self) -> f64 {
+        self.correct / self.items.max(1.0)
+    }
+}
+
+impl From<[f64; 5]> for EpochSums {
+    fn from(a: [f64; 5]) -> Self {
+        EpochSums {
+            loss: a[0],
+            classification: a[1],
+            reconstruction: a[2],
+            correct: a[3],
+            items: a[4],
+        }
+    }
+}
+
+impl From<EpochSums> for [f64; 5] {
+    fn from(s: EpochSums) -> Self {
+        [
+            s.loss,
+            s.classification,
+            s.reconstruction,
+            s.correct,
+            s.items,
+        ]
+    }
+}
 
 /// Running counts over a split, fed one batch of logits at a time.
 #[derive(Debug, Clone, PartialEq)]

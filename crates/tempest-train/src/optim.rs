@@ -25,8 +25,8 @@ use candle_nn::VarMap;
 use tempest_model::Tempest;
 use tempest_tokenize::Batch;
 
-use crate::checkpoint::EpochSums;
 use crate::fused_adamw::FusedAdamW;
+use crate::metrics::EpochSums;
 
 use crate::{Error, Result};
 

@@ -6,10 +6,10 @@
 use std::path::Path;
 
 use cff_blocks::Format;
-use cff_encode::prepare::{Layout, Variant};
+use tempest_data::{holds_images, Layout, Variant};
 use tempest_model::Config;
 
-use crate::{dataset, EvalVariants, Result, TrainOptions};
+use crate::{EvalVariants, Result, TrainOptions};
 
 /// The MP3 bitrates (kbps) raw audio is prepared in by default: training sees each clip at
 /// one of them per epoch (docs/audio.md, row 28: six bitrates beat three by 5 points).
@@ -152,7 +152,7 @@ impl Recipe {
     /// The recipe for a raw layout: images (MNIST, or a folder of PNG files) get
     /// [`Recipe::images`] with the quickstart's encoding, everything else the audio recipe.
     pub fn for_layout(layout: Layout, input: &Path) -> Result<Recipe> {
-        if dataset::holds_images(layout, input) {
+        if holds_images(layout, input) {
             Recipe::images(&ImageRecipe::default())
         } else {
             Ok(Recipe::audio())

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use cff_encode::prepare::Layout;
+use tempest_data::Layout;
 use tempest_model::Config;
 use tempest_train::{checkpoint, train, Dataset, SplitPlan, TrainOptions};
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use cff_encode::image::read_idx;
-use cff_encode::prepare::{Layout, Variant};
+use tempest_data::{Layout, Variant};
 use tempest_model::Config;
 use tempest_train::{checkpoint, evaluate, train, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
@@ -165,7 +165,7 @@ fn jpeg_mnist_prepare_train_interrupt_resume_evaluate() -> Result<()> {
     let raw = scratch("mnist-raw")?;
     small_mnist(&raw, 32)?;
     let cache = scratch("mnist-cache")?;
-    let variants = [Variant::Jpeg(75), Variant::Jpeg(90)];
+    let variants = [Variant::jpeg_quality(75), Variant::jpeg_quality(90)];
     let (dataset, summary) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
     let summary = summary.ok_or("nothing prepared")?;
     assert_eq!(summary.written, 48 * 2);
@@ -285,8 +285,8 @@ fn ensemble_evaluation_averages_each_items_probabilities() -> Result<()> {
     small_mnist(&raw, 24)?;
     let cache = scratch("ensemble-cache")?;
     let variants = [
-        Variant::Jpeg(75),
-        Variant::Jpeg(30),
+        Variant::jpeg_quality(75),
+        Variant::jpeg_quality(30),
         Variant::jpeg(75, 1, 1, 0)?,
     ];
     let (dataset, _) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
@@ -355,8 +355,13 @@ fn blocks_cut_to_l_are_counted_and_l_is_saved() -> Result<()> {
     let raw = scratch("block-bytes-raw")?;
     small_mnist(&raw, 16)?;
     let cache = scratch("block-bytes-cache")?;
-    let (dataset, _) =
-        Dataset::open_layout(Layout::Mnist, &raw, &cache, &[Variant::Jpeg(75)], false)?;
+    let (dataset, _) = Dataset::open_layout(
+        Layout::Mnist,
+        &raw,
+        &cache,
+        &[Variant::jpeg_quality(75)],
+        false,
+    )?;
     let plan = SplitPlan::standard(&dataset)?;
     let mut o = quick_options(2);
     o.epochs = 1;
@@ -375,7 +380,7 @@ fn blocks_cut_to_l_are_counted_and_l_is_saved() -> Result<()> {
     );
     let summary = report.files_summary();
     assert!(summary.contains("blocks cut to L"), "{summary}");
-    let saved: checkpoint::TokenizerSettings =
+    let saved: tempest_tokenize::TokenizerConfig =
         checkpoint::read_json(&run.join("last").join(checkpoint::TOKENIZER_FILE))?;
     assert_eq!(saved.max_block_bytes, 4);
     o.block_bytes = Some(0);
@@ -408,9 +413,9 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     let run = scratch("fields-run")?;
     let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
     assert!(report.test.is_some());
-    let saved: checkpoint::TokenizerSettings =
+    let saved: tempest_tokenize::TokenizerConfig =
         checkpoint::read_json(&run.join("last").join(checkpoint::TOKENIZER_FILE))?;
-    assert_eq!(saved.tokens, "fields+lines");
+    assert_eq!(saved.tokens, BlockTokens::FieldsAndLines);
     assert_eq!(saved.train_blocks, Some(20));
     assert_eq!(saved.train_config()?.max_blocks, 20);
     assert_eq!(saved.eval_config()?.max_blocks, 1024);
@@ -420,10 +425,7 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
         loaded.model.config().vocab_size,
         tempest_tokenize::LINES_VOCAB_SIZE
     );
-    assert_eq!(
-        loaded.tokenizer.block_tokens()?,
-        BlockTokens::FieldsAndLines
-    );
+    assert_eq!(loaded.tokenizer.tokens, BlockTokens::FieldsAndLines);
     let eval = evaluate(
         &loaded.model,
         &dataset,
@@ -440,9 +442,9 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     let mut defaults = quick_options(3);
     let tiny = Config::tiny();
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
-    assert_eq!((mp3.tokens.as_str(), mp3.gain_jitter), ("fields+lines", 0));
+    assert_eq!((mp3.tokens.name(), mp3.gain_jitter), ("fields+lines", 0));
     let opus = defaults.tokenizer(cff_blocks::Format::OggOpus, &tiny)?;
-    assert_eq!(opus.tokens.as_str(), "fields");
+    assert_eq!(opus.tokens.name(), "fields");
     defaults.gain_jitter = 4;
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
     assert_eq!(mp3.train_config()?.gain_jitter, 4);
@@ -453,7 +455,7 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
     );
     defaults.gain_jitter = 0;
     let jpeg = defaults.tokenizer(cff_blocks::Format::Jpeg, &tiny)?;
-    assert_eq!((jpeg.tokens.as_str(), jpeg.gain_jitter), ("bytes", 0));
+    assert_eq!((jpeg.tokens.name(), jpeg.gain_jitter), ("bytes", 0));
     // An unknown name is refused with the names that exist.
     assert!(tempest_tokenize::BlockTokens::parse("feelds").is_none());
     let mut bad = o.clone();

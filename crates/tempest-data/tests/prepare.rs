@@ -5,13 +5,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use cff_encode::prepare::{parse_variants, prepare, Layout, PrepareConfig, MANIFEST_HEADER};
+use tempest_data::{parse_variants, prepare, Layout, PrepareConfig, MANIFEST_HEADER};
 
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("cff-encode-{name}-{}", std::process::id()));
+        let p = std::env::temp_dir().join(format!("tempest-data-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -438,7 +438,7 @@ fn audio_variants_need_their_features() {
     .with_progress(false);
     assert!(matches!(
         prepare(&config),
-        Err(cff_encode::Error::Unsupported { .. })
+        Err(tempest_data::Error::Unsupported { .. })
     ));
 }
 

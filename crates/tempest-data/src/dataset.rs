@@ -1,24 +1,25 @@
-//! Datasets: items with a label, a split and one compressed file per variant.
+//! Datasets: items with a label, a split and one compressed file per variant, and the plan
+//! of which splits train, select and test.
 //!
 //! Three ways in:
-//! - [`Dataset::from_manifest`]: the output folder of `cff_encode::prepare` (its
-//!   `manifest.csv`, columns `id,label,split,variant,path,bytes,duration`);
+//! - [`Dataset::from_manifest`]: the output folder of [`prepare`](crate::prepare()) (its
+//!   `manifest.csv`, [`crate::manifest`]);
 //! - [`Dataset::from_compressed`]: a raw layout whose files are already compressed (MP3, Ogg
 //!   Opus, JPEG), used as they are, one variant named after the codec;
 //! - [`Dataset::open_layout`]: a raw layout of WAV/PNG/IDX inputs, prepared into a cache folder
 //!   on first use (a rerun finds the outputs complete and skips them), or used as it is when
 //!   it already holds compressed files.
+//!
+//! [`DataSource`](crate::DataSource) chooses between them for the command lines.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
-use cff_encode::prepare::{prepare, Layout, PrepareConfig, Summary, Variant, MANIFEST_HEADER};
-
-use crate::{Error, Result};
-
-/// The manifest's file name inside a prepared folder.
-pub const MANIFEST_FILE: &str = "manifest.csv";
+use crate::files::sorted_entries;
+use crate::layout::{scan_compressed, FileRow};
+use crate::manifest;
+use crate::prepare::{prepare, PrepareConfig, Summary};
+use crate::{Error, Layout, Result, Variant};
 
 /// One item: its class, its split and its files, one per variant.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +56,8 @@ pub struct Dataset {
 /// An item's label, split and `(variant, path)` list while rows are grouped.
 type ItemRows = (String, String, Vec<(String, PathBuf)>);
 
-/// Extensions of files used as they are, and the variant name they get.
 /// Whether a raw layout holds images (MNIST, or a folder whose first media file is a PNG),
-/// which decides between the image and the audio recipe ([`crate::Recipe::for_layout`]).
+/// which decides between the image and the audio recipe (`tempest_train::Recipe::for_layout`).
 pub fn holds_images(layout: Layout, input: &Path) -> bool {
     match layout {
         Layout::Mnist => true,
@@ -86,22 +86,12 @@ fn first_file_extension(dir: &Path, depth: usize) -> Option<String> {
     None
 }
 
-fn compressed_variant(path: &Path) -> Option<&'static str> {
-    let ext = path.extension()?.to_string_lossy().to_ascii_lowercase();
-    match ext.as_str() {
-        "mp3" => Some("mp3"),
-        "opus" | "ogg" => Some("opus"),
-        "jpg" | "jpeg" => Some("jpeg"),
-        _ => None,
-    }
-}
-
 impl Dataset {
     /// Builds a dataset from `(id, label name, split, variant, path)` rows; rows of one id are
     /// one item. Class names are sorted and numbered from 0.
     pub fn from_rows<I>(rows: I) -> Self
     where
-        I: IntoIterator<Item = (String, String, String, String, PathBuf)>,
+        I: IntoIterator<Item = FileRow>,
     {
         let mut by_id: BTreeMap<String, ItemRows> = BTreeMap::new();
         for (id, label, split, variant, path) in rows {
@@ -129,54 +119,14 @@ impl Dataset {
         Dataset { classes, samples }
     }
 
-    /// Reads the `manifest.csv` of a prepared folder; paths are relative to `dir`.
+    /// Reads the `manifest.csv` of a prepared folder ([`manifest::read`]); paths are
+    /// relative to `dir`.
     pub fn from_manifest(dir: &Path) -> Result<Self> {
-        let path = dir.join(MANIFEST_FILE);
-        let text = fs::read_to_string(&path).map_err(Error::io(&path))?;
-        let records = parse_csv(&text).map_err(|what| Error::dataset(&path, what))?;
-        let mut records = records.into_iter();
-        let header = records.next().unwrap_or_default();
-        let want: Vec<&str> = MANIFEST_HEADER.split(',').collect();
-        if header.iter().map(String::as_str).ne(want.iter().copied()) {
-            return Err(Error::dataset(
-                &path,
-                format!(
-                    "header {:?}, expected {MANIFEST_HEADER:?}",
-                    header.join(",")
-                ),
-            ));
-        }
-        let mut rows = Vec::new();
-        for (n, r) in records.enumerate() {
-            if r.len() == 1 && r[0].is_empty() {
-                continue;
-            }
-            let line = n + 2;
-            let [id, label, split, variant, file, bytes, duration] = r.as_slice() else {
-                return Err(Error::dataset(
-                    &path,
-                    format!("line {line}: {} fields, expected 7", r.len()),
-                ));
-            };
-            let bad = |what: String| Error::dataset(&path, format!("line {line}: {what}"));
-            variant
-                .parse::<cff_encode::prepare::Variant>()
-                .map_err(|e| bad(format!("variant {variant:?}: {e}")))?;
-            bytes
-                .parse::<u64>()
-                .map_err(|_| bad(format!("bytes {bytes:?} is not a whole number")))?;
-            if !duration.is_empty() && duration.parse::<f64>().is_err() {
-                return Err(bad(format!("duration {duration:?} is not a number")));
-            }
-            rows.push((
-                id.clone(),
-                label.clone(),
-                split.clone(),
-                variant.clone(),
-                dir.join(file),
-            ));
-        }
-        Ok(Dataset::from_rows(rows))
+        let rows = manifest::read(dir)?;
+        Ok(Dataset::from_rows(rows.into_iter().map(|r| {
+            let path = dir.join(&r.path);
+            (r.id, r.label, r.split, r.variant, path)
+        })))
     }
 
     /// Scans a raw layout whose media files are already compressed (`.mp3`, `.opus`/`.ogg`,
@@ -185,18 +135,7 @@ impl Dataset {
     /// `meta/esc50.csv` for `esc50` (its `.wav` names matched by stem). Each file is one
     /// item whose single variant is named after its codec (`mp3`, `opus`, `jpeg`).
     pub fn from_compressed(layout: Layout, dir: &Path) -> Result<Self> {
-        let rows = match layout {
-            Layout::Folder => scan_folder(dir)?,
-            Layout::SpeechCommands => scan_speech_commands(dir)?,
-            Layout::Esc50 => scan_esc50(dir)?,
-            _ => {
-                return Err(Error::setting(
-                    "layout",
-                    "only folder, speechcommands and esc50 layouts can hold compressed files",
-                ))
-            }
-        };
-        Ok(Dataset::from_rows(rows))
+        Ok(Dataset::from_rows(scan_compressed(layout, dir)?))
     }
 
     /// A raw layout: used as it is if it holds compressed files, else prepared into `cache`
@@ -353,177 +292,10 @@ impl SplitPlan {
     }
 }
 
-pub use cff_encode::prepare::parse_csv;
-
-type Row = (String, String, String, String, PathBuf);
-
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut v = Vec::new();
-    for e in fs::read_dir(dir).map_err(Error::io(dir))? {
-        v.push(e.map_err(Error::io(dir))?.path());
-    }
-    v.sort();
-    Ok(v)
-}
-
-fn name_of(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn stem_of(p: &Path) -> String {
-    p.file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// The compressed files of each class folder under `root`: `(class, file)`.
-fn class_files(root: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = Vec::new();
-    for class in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
-        let label = name_of(&class);
-        if label.starts_with('.') || label.starts_with('_') {
-            continue;
-        }
-        for file in sorted_entries(&class)? {
-            if file.is_file() && compressed_variant(&file).is_some() {
-                out.push((label.clone(), file));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn scan_folder(dir: &Path) -> Result<Vec<Row>> {
-    let dirs: Vec<PathBuf> = sorted_entries(dir)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .collect();
-    let split_layout = cff_encode::prepare::is_split_layout(&dirs);
-    let roots: Vec<(String, PathBuf)> = if split_layout {
-        dirs.into_iter().map(|d| (name_of(&d), d)).collect()
-    } else {
-        vec![("all".to_string(), dir.to_path_buf())]
-    };
-    let mut rows = Vec::new();
-    for (split, root) in roots {
-        for (label, file) in class_files(&root)? {
-            let variant = compressed_variant(&file).unwrap_or_default().to_string();
-            let id = if split_layout {
-                format!("{split}/{label}/{}", stem_of(&file))
-            } else {
-                format!("{label}/{}", stem_of(&file))
-            };
-            rows.push((id, label, split.clone(), variant, file));
-        }
-    }
-    Ok(rows)
-}
-
-/// The entries of a Speech Commands list (`word/file.wav`, one per line), by stem
-/// (`word/file`), so that lists naming `.wav` files match the compressed files.
-fn read_list(path: &Path) -> Result<HashSet<String>> {
-    if !path.exists() {
-        return Ok(HashSet::new());
-    }
-    let text = fs::read_to_string(path).map_err(Error::io(path))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let p = Path::new(l);
-            let parent = p.parent().map(|d| d.to_string_lossy().into_owned());
-            match parent.filter(|d| !d.is_empty()) {
-                Some(d) => format!("{d}/{}", stem_of(p)),
-                None => stem_of(p),
-            }
-        })
-        .collect())
-}
-
-/// Speech Commands v2: `validation_list.txt` and `testing_list.txt` name the validation and
-/// test files (`word/speaker_nohash_n.wav`); every other file of a word folder trains.
-/// Folders starting with `_` (`_background_noise_`) hold no items.
-fn scan_speech_commands(dir: &Path) -> Result<Vec<Row>> {
-    let validation = read_list(&dir.join("validation_list.txt"))?;
-    let testing = read_list(&dir.join("testing_list.txt"))?;
-    let mut rows = Vec::new();
-    for (label, file) in class_files(dir)? {
-        let id = format!("{label}/{}", stem_of(&file));
-        let split = if testing.contains(&id) {
-            "test"
-        } else if validation.contains(&id) {
-            "validation"
-        } else {
-            "train"
-        };
-        let variant = compressed_variant(&file).unwrap_or_default().to_string();
-        rows.push((id, label, split.to_string(), variant, file));
-    }
-    Ok(rows)
-}
-
-/// ESC-50: `meta/esc50.csv` gives each clip's fold and category; the clips are looked for
-/// under `audio/` with the CSV's stem and a compressed extension.
-fn scan_esc50(dir: &Path) -> Result<Vec<Row>> {
-    let csv_path = dir.join("meta").join("esc50.csv");
-    let text = fs::read_to_string(&csv_path).map_err(Error::io(&csv_path))?;
-    let records = parse_csv(&text).map_err(|w| Error::dataset(&csv_path, w))?;
-    let mut it = records.into_iter();
-    let header = it.next().unwrap_or_default();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim() == name)
-            .ok_or_else(|| Error::dataset(&csv_path, format!("no column {name:?}")))
-    };
-    let (c_file, c_fold, c_cat) = (col("filename")?, col("fold")?, col("category")?);
-    let audio = dir.join("audio");
-    let mut by_stem: BTreeMap<String, PathBuf> = BTreeMap::new();
-    if audio.is_dir() {
-        for f in sorted_entries(&audio)? {
-            if compressed_variant(&f).is_some() {
-                by_stem.entry(stem_of(&f)).or_insert(f);
-            }
-        }
-    }
-    let mut rows = Vec::new();
-    for (n, r) in it.enumerate() {
-        if r.len() == 1 && r[0].is_empty() {
-            continue;
-        }
-        let field = |c: usize| {
-            r.get(c)
-                .map(|s| s.trim().to_string())
-                .ok_or_else(|| Error::dataset(&csv_path, format!("line {}: too few fields", n + 2)))
-        };
-        let (file, fold, category) = (field(c_file)?, field(c_fold)?, field(c_cat)?);
-        if !matches!(fold.as_str(), "1" | "2" | "3" | "4" | "5") {
-            return Err(Error::dataset(
-                &csv_path,
-                format!("line {}: fold {fold:?} is not 1 to 5", n + 2),
-            ));
-        }
-        let stem = stem_of(Path::new(&file));
-        if let Some(path) = by_stem.get(&stem) {
-            let variant = compressed_variant(path).unwrap_or_default().to_string();
-            rows.push((
-                format!("{category}/{stem}"),
-                category,
-                fold,
-                variant,
-                path.clone(),
-            ));
-        }
-    }
-    Ok(rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn images_are_told_from_audio_by_the_layout_and_the_files() {
@@ -542,20 +314,6 @@ mod tests {
         assert!(!holds_images(Layout::SpeechCommands, &dir));
         assert!(!holds_images(Layout::Esc50, &dir.join("missing")));
         let _ = fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn csv_quotes_commas_and_doubled_quotes() {
-        let r = parse_csv("a,b\n\"x,1\",\"say \"\"hi\"\"\"\r\nlast,\n").unwrap_or_default();
-        assert_eq!(
-            r,
-            vec![
-                vec!["a".to_string(), "b".into()],
-                vec!["x,1".into(), "say \"hi\"".into()],
-                vec!["last".into(), "".into()],
-            ]
-        );
-        assert!(parse_csv("\"open").is_err());
     }
 
     #[test]
