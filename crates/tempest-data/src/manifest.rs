@@ -169,7 +169,7 @@ mod tests {
         // Line breaks inside quotes, CRLF line ends and blank lines read as well.
         std::fs::write(
             dir.join(MANIFEST_FILE),
-            "id,label,split,variant,path,bytes,duration\r\n\"x\ny\",l,s,v,p,1,\r\n\r\n",
+            "id,label,split,variant,path,bytes,duration\r\n\"x\ny\",l,s,mp3:20,p,1,\r\n\r\n",
         )
         .unwrap();
         let back = read(&dir).unwrap();
