@@ -44,13 +44,17 @@ impl Classifier {
         }
     }
 
-    /// Loads a checkpoint directory ([`checkpoint::save`]'s layout, plus an optional
-    /// `classes.json`) in f32.
+    /// Loads a checkpoint directory ([`checkpoint::save`]'s layout) in f32, with the class
+    /// names of its `config.json` (`id2label`) or, in checkpoints written before those, of an
+    /// optional `classes.json`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let model = checkpoint::load(dir, device, DType::F32)?;
+        let names = model.config().class_names();
         let mut c = Classifier::new(model, device.clone());
         let path = dir.join(CLASSES_FILE);
-        if path.exists() {
+        if let Some(names) = names {
+            c = c.with_class_names(names)?;
+        } else if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
                 path: path.clone(),
                 source,
@@ -84,6 +88,11 @@ impl Classifier {
     /// The model.
     pub fn model(&self) -> &Tempest {
         &self.model
+    }
+
+    /// The class names, by class index.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
     }
 
     /// The tokenizer settings for `data`: the configured ones, or the format's defaults with

@@ -95,6 +95,13 @@ pub struct Config {
     pub dropout: f32,
     /// Layer-norm epsilon.
     pub layer_norm_eps: f64,
+    /// Class names by index, as Hugging Face configurations name them (`"0": "dog"`); empty
+    /// when the names are not known (older checkpoints keep them in `classes.json`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub id2label: std::collections::BTreeMap<u32, String>,
+    /// The inverse of `id2label`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub label2id: std::collections::BTreeMap<String, u32>,
     /// How the model runs (kernels, deduplication): not part of the model, so not written to
     /// `config.json` (the keys in older files are ignored; every choice defaults to on).
     #[serde(skip)]
@@ -163,6 +170,8 @@ impl Config {
             mixup: 0.0,
             dropout: 0.0,
             layer_norm_eps: 1e-5,
+            id2label: Default::default(),
+            label2id: Default::default(),
             execution: Execution::default(),
         }
     }
@@ -293,10 +302,57 @@ impl Config {
         if !(0.0..1.0).contains(&self.label_smoothing) || self.reconstruction_weight < 0.0 {
             return Err("label_smoothing must be in [0, 1) and reconstruction_weight ≥ 0".into());
         }
+        if let Some(e) = self.class_names_error() {
+            return Err(e);
+        }
         if !(0.0..=2.0).contains(&self.mixup) {
             return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The configuration with class names (`id2label` and `label2id`); their number should
+    /// be `num_classes` ([`Config::validate`] checks).
+    pub fn with_class_names(mut self, names: &[String]) -> Config {
+        self.id2label = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, n.clone()))
+            .collect();
+        self.label2id = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        self
+    }
+
+    /// The class names in index order, when `id2label` holds them.
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        (!self.id2label.is_empty()).then(|| self.id2label.values().cloned().collect())
+    }
+
+    fn class_names_error(&self) -> Option<String> {
+        if self.id2label.is_empty() && self.label2id.is_empty() {
+            return None;
+        }
+        let n = self.num_classes;
+        let complete = self.id2label.len() == n
+            && self.id2label.keys().copied().eq(0..n as u32)
+            && self.label2id.len() == n
+            && self
+                .label2id
+                .iter()
+                .all(|(name, &i)| self.id2label.get(&i) == Some(name));
+        (!complete).then(|| {
+            format!(
+                "id2label and label2id must name each of the {n} classes once ({} and {} entries)",
+                self.id2label.len(),
+                self.label2id.len()
+            )
+        })
     }
 }
 
@@ -347,6 +403,40 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_names_round_trip_as_id2label_and_label2id() {
+        let names = ["dog".to_string(), "rain".to_string(), "bird".to_string()];
+        let c = Config::tiny().with_num_classes(3).with_class_names(&names);
+        assert_eq!(c.validate(), Ok(()));
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        assert!(
+            json.contains(r#""id2label":{"0":"dog","1":"rain","2":"bird"}"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""label2id":{"bird":2,"dog":0,"rain":1}"#),
+            "{json}"
+        );
+        let back = Config::from_json(&json).unwrap_or_default();
+        assert_eq!(back.class_names(), Some(names.to_vec()));
+        // Without names nothing is written, and nothing is read back.
+        let plain = serde_json::to_string(&Config::tiny()).unwrap_or_default();
+        assert!(!plain.contains("id2label"));
+        assert_eq!(Config::tiny().class_names(), None);
+        // Names that do not cover the classes are refused.
+        assert!(Config::tiny()
+            .with_num_classes(4)
+            .with_class_names(&names)
+            .validate()
+            .is_err());
+        let twice = ["a".to_string(), "a".to_string(), "b".to_string()];
+        assert!(Config::tiny()
+            .with_num_classes(3)
+            .with_class_names(&twice)
+            .validate()
+            .is_err());
+    }
 
     #[test]
     fn unknown_keys_are_refused_with_their_line_and_legacy_keys_ignored() {

@@ -1,6 +1,8 @@
-//! Run checkpoints: a model checkpoint (`tempest_model::save`'s `config.json` +
-//! `model.safetensors`) plus `classes.json`, `tokenizer.json`, and for the resumable `last`
-//! checkpoint `optimizer.safetensors` and `state.json`.
+//! Run checkpoints: a model checkpoint (`tempest_model::save`'s `config.json`, which names
+//! the classes as `id2label`/`label2id`, + `model.safetensors`) plus `tempest_tokenizer.json`,
+//! and for the resumable `last` checkpoint `optimizer.safetensors` and `state.json`.
+//! Checkpoints written before the class names moved into `config.json` and the tokenizer file
+//! was renamed (`classes.json`, `tokenizer.json`) still load.
 //!
 //! Every checkpoint is written to `<name>.tmp` and then swapped in by renames (`<name>` →
 //! `<name>.old`, `<name>.tmp` → `<name>`, `<name>.old` removed): a checkpoint under its final
@@ -20,11 +22,14 @@ use crate::metrics::EpochSums;
 use crate::optim::AdamW;
 use crate::{Error, Result};
 
-/// The class names' file: the one `tempest_model::Classifier` reads.
+/// The class names' file of older checkpoints (read when `config.json` has no `id2label`).
 pub use tempest_model::CLASSES_FILE;
 /// The tokenizer's file: the [`TokenizerConfig`] training used, saved beside the weights so
 /// that evaluation and classification read files the same way.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TOKENIZER_FILE: &str = "tempest_tokenizer.json";
+/// The tokenizer file's name in checkpoints written before it was renamed (it is not a Hugging
+/// Face `tokenizer.json`, so it no longer takes that name); still read.
+pub const OLD_TOKENIZER_FILE: &str = "tokenizer.json";
 /// The optimiser state's file.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The training state's file.
@@ -104,8 +109,8 @@ pub fn save(dir: &Path, parts: &CheckpointParts<'_>) -> Result<()> {
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
     }
-    tempest_model::save(&tmp, parts.config, parts.varmap)?;
-    write_json(&tmp.join(CLASSES_FILE), &parts.classes)?;
+    let config = parts.config.clone().with_class_names(parts.classes);
+    tempest_model::save(&tmp, &config, parts.varmap)?;
     write_json(&tmp.join(TOKENIZER_FILE), parts.tokenizer)?;
     if let Some((opt, state)) = parts.resume {
         opt.save(&tmp.join(OPTIMIZER_FILE))?;
@@ -149,8 +154,16 @@ pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Loaded> {
         .find_map(|d| resolve(d))
         .ok_or_else(|| Error::dataset(dir, "no checkpoint (model.safetensors) here"))?;
     let model = tempest_model::load(&dir, device, dtype)?;
-    let classes: Vec<String> = read_json(&dir.join(CLASSES_FILE))?;
-    let tokenizer: TokenizerConfig = read_json(&dir.join(TOKENIZER_FILE))?;
+    let classes: Vec<String> = match model.config().class_names() {
+        Some(names) => names,
+        None => read_json(&dir.join(CLASSES_FILE))?,
+    };
+    let tokenizer_file = if dir.join(TOKENIZER_FILE).exists() {
+        dir.join(TOKENIZER_FILE)
+    } else {
+        dir.join(OLD_TOKENIZER_FILE)
+    };
+    let tokenizer: TokenizerConfig = read_json(&tokenizer_file)?;
     if classes.len() != model.config().num_classes {
         return Err(Error::dataset(
             &dir,

@@ -1,7 +1,8 @@
 //! Damaged run folders and datasets fail with an error that names the file (and the line,
 //! where the file has lines), never a panic: a truncated `model.safetensors` or
-//! `optimizer.safetensors`, a `config.json`, `state.json` or `tokenizer.json` that is not
-//! JSON, a `classes.json` that does not match the model, a manifest with a damaged row.
+//! `optimizer.safetensors`, a `config.json`, `state.json` or `tempest_tokenizer.json` that is
+//! not JSON, class names in `config.json` that do not match the model, a manifest with a
+//! damaged row.
 
 use std::path::{Path, PathBuf};
 
@@ -92,11 +93,24 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
         ("state.json", "state.json", true, false, |d| {
             Ok(std::fs::write(d.join("state.json"), "[1, 2")?)
         }),
-        ("tokenizer.json", "tokenizer.json", false, true, |d| {
-            Ok(std::fs::write(d.join("tokenizer.json"), "not json")?)
-        }),
-        ("classes.json", "classes.json", false, true, |d| {
-            Ok(std::fs::write(d.join("classes.json"), "[\"only one\"]")?)
+        (
+            "tempest_tokenizer.json",
+            "tempest_tokenizer.json",
+            false,
+            true,
+            |d| {
+                Ok(std::fs::write(
+                    d.join("tempest_tokenizer.json"),
+                    "not json",
+                )?)
+            },
+        ),
+        ("class names", "config.json", true, true, |d| {
+            // One class name left in id2label (the model has two classes).
+            let path = d.join("config.json");
+            let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+            config["id2label"] = serde_json::json!({ "0": "only one" });
+            Ok(std::fs::write(path, serde_json::to_vec_pretty(&config)?)?)
         }),
     ];
     for (what, file, resume_reads, load_reads, damage) in damages {
@@ -111,7 +125,7 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
                 Err(e) => e.to_string(),
             };
             assert!(err.contains(file), "{what}: resume error {err:?}");
-            if file == "config.json" {
+            if what == "config.json" {
                 assert!(err.contains("line 2"), "{what}: {err:?}");
             }
         }
@@ -126,6 +140,31 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
             );
         }
     }
+    // A checkpoint in the layout written before session 11 (class names in classes.json,
+    // the tokenizer settings in tokenizer.json) loads with the same names and settings.
+    let old = base.join("old-layout");
+    copy_dir(&run.join("last"), &old)?;
+    let now = checkpoint::load(&run.join("last"), &Device::Cpu)?;
+    let config_path = old.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
+    let names = config["id2label"].clone();
+    assert_eq!(names["0"].as_str(), Some(now.classes[0].as_str()));
+    if let Some(map) = config.as_object_mut() {
+        map.remove("id2label");
+        map.remove("label2id");
+    }
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+    std::fs::write(old.join("classes.json"), serde_json::to_vec(&now.classes)?)?;
+    std::fs::rename(
+        old.join(checkpoint::TOKENIZER_FILE),
+        old.join(checkpoint::OLD_TOKENIZER_FILE),
+    )?;
+    let then = checkpoint::load(&old, &Device::Cpu)?;
+    assert_eq!(then.classes, now.classes);
+    assert_eq!(then.tokenizer, now.tokenizer);
+    let classifier = tempest_model::Classifier::load(&old, &Device::Cpu)?;
+    assert_eq!(classifier.classes(), now.classes.as_slice());
+
     // The undamaged run still resumes and finishes.
     let done = train(&dataset, &plan, &Config::tiny(), &o, &run, true)?;
     assert!(!done.interrupted && done.epochs == 2);
