@@ -32,6 +32,7 @@ mod headers;
 mod packet;
 mod reader;
 mod scan;
+mod state;
 mod timestamps;
 mod toc;
 

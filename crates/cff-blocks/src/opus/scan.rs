@@ -10,7 +10,8 @@
 use std::borrow::Cow;
 
 use super::packet::frames;
-use super::reader::{State, PAGE_MAX_BODY};
+use super::reader::PAGE_MAX_BODY;
+use super::state::State;
 use super::timestamps::PAGE_MAX_SAMPLES;
 use super::{OpusReader, PacketInfo, PacketKind, Toc, SAMPLE_RATE};
 use crate::{Block, BlockKind, Detail, Place, Result};

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::reader::{Link, Pending, State};
+use super::state::{Link, Pending, State};
 use super::{malformed, Frames, PacketInfo, Toc, MAX_PACKET_SAMPLES, SAMPLE_RATE};
 use crate::ogg::{Page, Pieces};
 use crate::{Block, BlockKind, Detail, Place, Result};
