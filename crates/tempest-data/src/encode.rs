@@ -48,11 +48,11 @@ pub(crate) fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result
             let (w, h) = (u64::from(i.width), u64::from(i.height));
             let pixels = w * h * u64::from(j.scale) * u64::from(j.scale);
             if pixels > limits.max_pixels {
-                return Err(Error::Limit {
+                return Err(Error::Encode(cff_encode::Error::Limit {
                     what: "pixels per image",
                     limit: limits.max_pixels,
                     found: pixels,
-                });
+                }));
             }
             let distorted;
             let i = if j.distort > 0 {
@@ -67,11 +67,6 @@ pub(crate) fn encode(media: &Media, variant: Variant, limits: &Limits) -> Result
                 &JpegOptions::with_quality(j.quality).with_restart_interval(Some(j.restart)),
             )?
         }
-        (_, v) => {
-            return Err(Error::Unsupported {
-                format: "variant",
-                what: format!("{v} for this item"),
-            })
-        }
+        (_, v) => return Err(Error::unsupported("variant", format!("{v} for this item"))),
     })
 }

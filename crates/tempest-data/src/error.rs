@@ -15,34 +15,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A layout's own files (a CSV, an IDX pair) are not what the layout says.
-    #[error("malformed {format} at byte {offset}: {reason}")]
-    Malformed {
-        /// Which file kind (`esc50.csv`, `mnist`, `dataset`).
-        format: &'static str,
-        /// Byte offset (0 where a line is named in the reason).
-        offset: u64,
-        /// Why.
-        reason: String,
-    },
-    /// A variant this build or this item cannot make.
-    #[error("unsupported {format}: {what}")]
-    Unsupported {
-        /// What kind of thing.
-        format: &'static str,
-        /// What exactly.
-        what: String,
-    },
-    /// A size above a limit.
-    #[error("{what}: {found} exceeds the limit of {limit}")]
-    Limit {
-        /// What was measured.
-        what: &'static str,
-        /// The limit.
-        limit: u64,
-        /// What was found.
-        found: u64,
-    },
     /// A setting out of range or unknown (a variant, a layout, the splits).
     #[error("invalid setting {setting}: {reason}")]
     Setting {
@@ -60,7 +32,9 @@ pub enum Error {
         /// What is wrong.
         what: String,
     },
-    /// An input that could not be read or encoded.
+    /// An input that could not be read or encoded, a layout file that is not what the layout
+    /// says (`Malformed`), a variant this build cannot make (`Unsupported`), a size over a
+    /// limit (`Limit`): cff-encode's error kinds, which this crate reuses.
     #[error(transparent)]
     Encode(#[from] cff_encode::Error),
 }
@@ -72,11 +46,18 @@ impl Error {
     }
 
     pub(crate) fn malformed(format: &'static str, offset: u64, reason: impl Into<String>) -> Error {
-        Error::Malformed {
+        Error::Encode(cff_encode::Error::Malformed {
             format,
             offset,
             reason: reason.into(),
-        }
+        })
+    }
+
+    pub(crate) fn unsupported(format: &'static str, what: impl Into<String>) -> Error {
+        Error::Encode(cff_encode::Error::Unsupported {
+            format,
+            what: what.into(),
+        })
     }
 
     pub(crate) fn setting(setting: &'static str, reason: impl Into<String>) -> Error {

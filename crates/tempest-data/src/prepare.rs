@@ -159,13 +159,13 @@ struct ItemResult {
 pub fn prepare(config: &PrepareConfig) -> Result<Summary> {
     let start = Instant::now();
     if let Some(v) = config.variants.iter().find(|v| !v.available()) {
-        return Err(Error::Unsupported {
-            format: "variant",
-            what: format!(
+        return Err(Error::unsupported(
+            "variant",
+            format!(
                 "{v}: this build lacks the `{}` feature of tempest-data",
                 v.extension().replace("jpg", "jpeg")
             ),
-        });
+        ));
     }
     let items = scan(config.layout, &config.input, &config.limits)?;
     let run = || run_items(config, &items);

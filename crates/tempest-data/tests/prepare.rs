@@ -438,7 +438,9 @@ fn audio_variants_need_their_features() {
     .with_progress(false);
     assert!(matches!(
         prepare(&config),
-        Err(tempest_data::Error::Unsupported { .. })
+        Err(tempest_data::Error::Encode(
+            cff_encode::Error::Unsupported { .. }
+        ))
     ));
 }
 
