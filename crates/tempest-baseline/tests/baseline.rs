@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use tempest_baseline::decode::{decode_jpeg, decode_mp3, Limits};
 use tempest_baseline::{
-    Error, Fbank, FbankConfig, FeatureConfig, Featurizer, PatchBatch, PatchSpec, Vit, VitConfig,
+    Error, Fbank, FbankConfig, FeatureConfig, Features, Featurizer, PatchBatch, PatchSpec, Vit,
+    VitConfig,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -142,6 +143,21 @@ fn jpeg_digit_to_patches() -> TestResult {
     Ok(())
 }
 
+/// The 4×4-pixel patches of two JPEG digits of the readers' fixtures.
+fn two_digits() -> Result<Vec<Features>, Box<dyn std::error::Error>> {
+    ["jpeg/gray28_q75.jpg", "jpeg/gray28_q50_rst1.jpg"]
+        .iter()
+        .map(|rel| {
+            let path = blocks_fixture(rel);
+            let data = std::fs::read(&path)?;
+            Ok(
+                Featurizer::new(&FeatureConfig::default().with_image_patch(4))?
+                    .features(&data, &path)?,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn vit_mixup_mixes_training_items_only() -> TestResult {
     let dev = Device::Cpu;
@@ -159,17 +175,7 @@ fn vit_mixup_mixes_training_items_only() -> TestResult {
         },
         candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &dev),
     )?;
-    let feats = ["jpeg/gray28_q75.jpg", "jpeg/gray28_q50_rst1.jpg"]
-        .iter()
-        .map(|rel| {
-            let path = blocks_fixture(rel);
-            let data = std::fs::read(&path)?;
-            Ok(
-                Featurizer::new(&FeatureConfig::default().with_image_patch(4))?
-                    .features(&data, &path)?,
-            )
-        })
-        .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+    let feats = two_digits()?;
     let labels = Tensor::new(&[0u32, 2], &dev)?;
     let scalar = |t: &Tensor| t.to_scalar::<f32>();
     let two: Vec<_> = feats.iter().collect();
@@ -212,17 +218,7 @@ fn every_vit_variable_gets_a_gradient() -> TestResult {
             cfg.params(),
             "parameter count"
         );
-        let feats = ["jpeg/gray28_q75.jpg", "jpeg/gray28_q50_rst1.jpg"]
-            .iter()
-            .map(|rel| {
-                let path = blocks_fixture(rel);
-                let data = std::fs::read(&path)?;
-                Ok(
-                    Featurizer::new(&FeatureConfig::default().with_image_patch(4))?
-                        .features(&data, &path)?,
-                )
-            })
-            .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
+        let feats = two_digits()?;
         let refs: Vec<_> = feats.iter().collect();
         let batch = PatchBatch::collate(&refs, &dev)?;
         let (loss, logits) = vit.loss(&batch, &Tensor::new(&[0u32, 2], &dev)?, true)?;

@@ -4,27 +4,15 @@
 //! not JSON, class names in `config.json` that do not match the model, a manifest with a
 //! damaged row.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use tempest_data::Layout;
 use tempest_model::Config;
 use tempest_train::{checkpoint, train, Dataset, SplitPlan, TrainOptions};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tempest-damaged-{name}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
+mod common;
+use common::{repo, scratch, Result};
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
@@ -52,7 +40,7 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
         Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
     let plan = SplitPlan::standard(&dataset)?;
     dataset.truncate_splits(&plan.train, 16);
-    let base = scratch("run")?;
+    let base = scratch("damaged-run")?;
     let run = base.join("good");
     let mut o = TrainOptions::default();
     o.epochs = 2;
@@ -174,7 +162,7 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
 
 #[test]
 fn a_damaged_manifest_row_names_the_file_and_line() -> Result<()> {
-    let dir = scratch("manifest")?;
+    let dir = scratch("damaged-manifest")?;
     let header = "id,label,split,variant,path,bytes,duration\n";
     let good = "a,yes,train,mp3:32,a.mp3,100,1.000000\n";
     for (what, row) in [

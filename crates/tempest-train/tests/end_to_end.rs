@@ -2,27 +2,15 @@
 //! resume, evaluate; for JPEG (real MNIST digits, prepared by cff-encode) and MP3 (the
 //! embedded spoken words); and a dataset with corrupt files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cff_encode::image::read_idx;
 use tempest_data::{Layout, Variant};
 use tempest_model::Config;
 use tempest_train::{checkpoint, evaluate, train, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tempest-train-{name}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
+mod common;
+use common::{repo, scratch, Result};
 
 /// Writes an uncompressed IDX file (magic 0x0000_08_<rank>, big-endian dims, then bytes).
 fn write_idx(path: &Path, dims: &[u32], data: &[u8]) -> Result<()> {
