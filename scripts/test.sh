@@ -16,6 +16,13 @@ cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 cargo test --workspace --features "$features"
 # cff-blocks without its default `simd-crc`: the readers on the table CRC alone.
 cargo test -p cff-blocks --no-default-features
+# tempest-tokenize without its default `tensors` (how cff-encode and tempest-kernels take it),
+# and the data crate free of any tensor library.
+cargo test -p tempest-tokenize --no-default-features
+if cargo tree -p tempest-data -e normal | grep -q candle; then
+    echo "tempest-data depends on candle:"; cargo tree -p tempest-data -e normal -i candle-core
+    exit 1
+fi
 # The CUDA path (feature `cuda`: our kernels in tempest-kernels, candle's CUDA backend), opt-in
 # with TEMPEST_CUDA_CHECK=1 where an nvcc is found (scripts/cuda-env.sh;
 # scripts/install-cuda-toolkit.sh installs the CUDA 13.0 wheels). No GPU is needed: the kernels

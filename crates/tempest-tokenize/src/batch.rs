@@ -1,8 +1,11 @@
 //! Collating tokenized items into padded batches.
 
+#[cfg(feature = "tensors")]
 use candle_core::{Device, Tensor};
 
-use crate::{Result, TokenizedItem};
+#[cfg(feature = "tensors")]
+use crate::Result;
+use crate::TokenizedItem;
 
 /// A padded batch in host memory: flat, row-major buffers with the shapes given below. Built
 /// by [`collate`] on loader threads; [`HostBatch::to_tensors`] moves it to a device.
@@ -42,6 +45,7 @@ pub struct HostBatch {
 
 /// A padded batch on a device. Shapes as in [`HostBatch`]; masks are `u8`, ids and indices
 /// `u32`, times `f32`.
+#[cfg(feature = "tensors")]
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `[B, N, L]` u32.
@@ -68,6 +72,7 @@ pub struct Batch {
     pub labels: Tensor,
 }
 
+#[cfg(feature = "tensors")]
 impl Batch {
     /// Items in the batch (B).
     pub fn len(&self) -> usize {
@@ -134,6 +139,7 @@ impl HostBatch {
     }
 
     /// Moves the batch to `device` as tensors.
+    #[cfg(feature = "tensors")]
     pub fn to_tensors(&self, device: &Device) -> Result<Batch> {
         let (b, n, l) = (self.batch, self.blocks, self.block_bytes);
         Ok(Batch {
@@ -206,7 +212,7 @@ pub fn collate(items: &[&TokenizedItem], labels: &[u32], pad_id: u32) -> HostBat
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tensors"))]
 mod tests {
     use super::*;
 

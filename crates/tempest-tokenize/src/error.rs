@@ -21,6 +21,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// Building a tensor failed.
+    #[cfg(feature = "tensors")]
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
     /// A configuration or argument is out of range.
@@ -41,7 +42,9 @@ impl Error {
                 _ => "other",
             },
             Error::Empty { .. } => "empty",
-            Error::Tensor(_) | Error::Config(_) => "other",
+            #[cfg(feature = "tensors")]
+            Error::Tensor(_) => "other",
+            Error::Config(_) => "other",
         }
     }
 }

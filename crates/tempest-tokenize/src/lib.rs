@@ -22,8 +22,14 @@
 //! assert_eq!(item.num_blocks(), 3);
 //! assert_eq!(item.truncated_blocks, 3);
 //!
-//! let batch = collate(&[&item], &[7], config.pad_id).to_tensors(&candle_core::Device::Cpu)?;
-//! assert_eq!(batch.ids.dims(), &[1, 3, 100]);
+//! let host = collate(&[&item], &[7], config.pad_id);
+//! assert_eq!((host.batch, host.blocks, host.block_bytes), (1, 3, 100));
+//! // With the default feature `tensors`: the same batch as candle tensors.
+//! #[cfg(feature = "tensors")]
+//! {
+//!     let batch = host.to_tensors(&candle_core::Device::Cpu)?;
+//!     assert_eq!(batch.ids.dims(), &[1, 3, 100]);
+//! }
 //! # Ok::<(), tempest_tokenize::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -37,7 +43,9 @@ mod loader;
 pub mod rng;
 mod sampler;
 
-pub use batch::{collate, part_sizes, Batch, HostBatch};
+#[cfg(feature = "tensors")]
+pub use batch::Batch;
+pub use batch::{collate, part_sizes, HostBatch};
 pub use config::{BlockTokens, Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
 pub use error::{Error, Result};
 pub use fields::{FIELDS_VOCAB_SIZE, LINES_VOCAB_SIZE};

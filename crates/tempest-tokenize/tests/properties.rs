@@ -108,6 +108,7 @@ proptest! {
     }
 }
 
+#[cfg(feature = "tensors")]
 #[test]
 fn tensors_have_the_documented_shapes_and_dtypes() {
     let (a, _) = item(0, &[5, 9, 2], 8);
