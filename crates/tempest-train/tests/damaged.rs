@@ -128,7 +128,7 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
             );
         }
     }
-    // A checkpoint in the layout written before session 11 (class names in classes.json,
+    // A checkpoint in the older layout (class names in classes.json,
     // the tokenizer settings in tokenizer.json) loads with the same names and settings.
     let old = base.join("old-layout");
     copy_dir(&run.join("last"), &old)?;
