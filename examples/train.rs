@@ -158,7 +158,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
     // The layout's recipe where the data was prepared in its variants; else the recipe of
     // the files' format, with the data's own variants.
-    let format = tempest_train::detect_format(&dataset)?;
+    let format = tempest_train::detect_format(&dataset, &trained)?;
     let recipe = match layout_recipe {
         Some(r)
             if cli.variants.is_none()

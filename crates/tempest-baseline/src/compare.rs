@@ -147,7 +147,7 @@ pub fn compare(
     let o = &options.train;
     let device = o.device.open().map_err(tempest_train::Error::from)?;
     let dtype = o.dtype.dtype(&device).map_err(tempest_train::Error::from)?;
-    let format = detect_format(dataset)?;
+    let format = detect_format(dataset, &options.train_variants)?;
     let config = o.model_config(&options.tempest, dataset.classes.len(), format)?;
     let tok = o.tokenizer(format, &config)?.eval_config()?;
     let featurizer = Featurizer::new(&options.features)?;

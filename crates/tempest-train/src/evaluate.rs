@@ -56,12 +56,18 @@ pub(crate) fn bar(progress: bool, len: u64, what: String) -> ProgressBar {
     pb
 }
 
-/// The format of a dataset: that of the first readable file among the `samples`, by
-/// `cff_blocks::detect` on its first bytes (the signatures are at most 4 bytes long).
-pub fn detect_format(dataset: &Dataset) -> Result<cff_blocks::Format> {
+/// The format a run reads: that of the first readable file among the `samples` whose variant
+/// is one of `variants` (any variant when `variants` is empty), by `cff_blocks::detect` on its
+/// first bytes (the signatures are at most 4 bytes long). A prepared folder may hold MP3 and
+/// Opus variants side by side: the format is the trained variants', not the folder's first.
+pub fn detect_format(dataset: &Dataset, variants: &[String]) -> Result<cff_blocks::Format> {
     use std::io::Read;
     for s in &dataset.samples {
-        for (_, p) in &s.variants {
+        let chosen = s
+            .variants
+            .iter()
+            .filter(|(v, _)| variants.is_empty() || variants.contains(v));
+        for (_, p) in chosen {
             let mut head = Vec::with_capacity(16);
             let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
             if read.is_err() {

@@ -70,7 +70,7 @@ pub fn train(
     }
     STOP.store(false, Ordering::SeqCst);
 
-    let format = detect_format(dataset)?;
+    let format = detect_format(dataset, &o.train_variants)?;
     let config = o.model_config(model_config, dataset.classes.len(), format)?;
 
     let tok = o.tokenizer(format, &config)?;

@@ -538,3 +538,32 @@ fn a_resumed_run_writes_each_epochs_metrics_once() -> Result<()> {
     let _ = std::fs::remove_dir_all(&run);
     Ok(())
 }
+
+/// A prepared folder holding MP3 and Opus variants of each item: the format is the one of the
+/// variants a run trains on, whichever the folder lists first.
+#[test]
+fn the_format_is_the_trained_variants() -> Result<()> {
+    let dir = scratch("mixed-formats")?;
+    let fixtures = repo().join("crates/cff-blocks/tests/fixtures");
+    std::fs::copy(
+        fixtures.join("opus/speech_mono_24k_20ms.opus"),
+        dir.join("a.opus"),
+    )?;
+    std::fs::copy(fixtures.join("mp3/cbr32_16k_mono.mp3"), dir.join("a.mp3"))?;
+    std::fs::write(
+        dir.join("manifest.csv"),
+        "id,label,split,variant,path,bytes,duration\n\
+         a,x,train,opus:24,a.opus,1,1.0\n\
+         a,x,train,mp3:32,a.mp3,1,1.0\n",
+    )?;
+    let dataset = Dataset::from_manifest(&dir)?;
+    use cff_blocks::Format;
+    let mp3 = tempest_train::detect_format(&dataset, &["mp3:32".to_string()])?;
+    let opus = tempest_train::detect_format(&dataset, &["opus:24".to_string()])?;
+    assert_eq!((mp3, opus), (Format::Mp3, Format::OggOpus));
+    // Without a choice: the first readable file's.
+    let any = tempest_train::detect_format(&dataset, &[])?;
+    assert!(any == Format::Mp3 || any == Format::OggOpus);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
