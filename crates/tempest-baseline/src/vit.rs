@@ -15,10 +15,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use tempest_model::cost::{stack_flops, stack_params};
 use tempest_model::nn::{key_bias, Embedding, Linear, StackSpec, Transformer};
-use tempest_model::{
-    cross_entropy, mixed_cross_entropy, mixup_lambda, mixup_partners, Config, DropoutRng,
-    StackConfig,
-};
+use tempest_model::{cross_entropy, Config, DropoutRng, Mixup, StackConfig};
 use tempest_tokenize::ItemShape;
 
 use crate::features::Features;
@@ -209,14 +206,10 @@ impl Vit {
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let b = labels.dim(0)?;
         if train && self.config.mixup > 0.0 && b > 1 {
-            let lambda = mixup_lambda(&self.rng, self.config.mixup);
-            let next = mixup_partners(b, labels.device())?;
-            let x = self.embed(batch)?;
-            let mixed = ((&x * lambda)? + (x.index_select(&next, 0)? * (1.0 - lambda))?)?;
-            let mask = batch.mask.maximum(&batch.mask.index_select(&next, 0)?)?;
-            let logits = self.classify(&mixed, &mask, train)?;
-            let loss =
-                mixed_cross_entropy(&logits, labels, &next, lambda, self.config.label_smoothing)?;
+            let mixup = Mixup::draw(&self.rng, self.config.mixup, b, labels.device())?;
+            let mixed = mixup.mix(&self.embed(batch)?)?;
+            let logits = self.classify(&mixed, &mixup.union(&batch.mask)?, train)?;
+            let loss = mixup.cross_entropy(&logits, labels, self.config.label_smoothing)?;
             return Ok((loss, logits));
         }
         let logits = self.forward(batch, train)?;

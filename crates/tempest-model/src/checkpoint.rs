@@ -12,6 +12,9 @@ use crate::{Config, Error, Result, Tempest};
 pub const CONFIG_FILE: &str = "config.json";
 /// The weights' file name inside a checkpoint directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The class names of checkpoints written before `config.json` held them (`id2label`): a
+/// JSON array of strings.
+pub const CLASSES_FILE: &str = "classes.json";
 
 /// Wraps a candle error about a weights file with the file's path.
 fn weights(path: &Path) -> impl FnOnce(candle_core::Error) -> Error + '_ {
@@ -61,6 +64,33 @@ pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
 /// Reads the `config.json` of a checkpoint directory.
 pub fn load_config(dir: &Path) -> Result<Config> {
     Config::from_file(&dir.join(CONFIG_FILE))
+}
+
+/// The class names of the checkpoint in `dir` whose configuration is `config`: its
+/// `id2label`, else, in older checkpoints, [`CLASSES_FILE`] when present (one name per class,
+/// or an error naming the file); `None` where neither names them.
+pub fn class_names(dir: &Path, config: &Config) -> Result<Option<Vec<String>>> {
+    if let Some(names) = config.class_names() {
+        return Ok(Some(names));
+    }
+    let path = dir.join(CLASSES_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let names: Vec<String> = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    if names.len() != config.num_classes {
+        return Err(Error::Config(format!(
+            "{}: {} class names for a model of {} classes",
+            path.display(),
+            names.len(),
+            config.num_classes
+        )));
+    }
+    Ok(Some(names))
 }
 
 /// Loads a checkpoint for inference: the weights are plain tensors, not variables.

@@ -7,15 +7,12 @@ use tempest_tokenize::{collate, tokenize, CropContext, TokenizedItem, TokenizerC
 
 use crate::{checkpoint, Error, Result, Tempest};
 
-/// The optional list of class names inside a checkpoint directory (a JSON array of strings).
-pub const CLASSES_FILE: &str = "classes.json";
-
 /// One class and its probability.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
     /// The class index.
     pub class: usize,
-    /// Its name, from `classes.json`, or the index as text.
+    /// Its name, from the checkpoint's class names, or the index as text.
     pub label: String,
     /// Its probability.
     pub probability: f32,
@@ -49,21 +46,12 @@ impl Classifier {
     /// optional `classes.json`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let model = checkpoint::load(dir, device, DType::F32)?;
-        let names = model.config().class_names();
-        let mut c = Classifier::new(model, device.clone());
-        let path = dir.join(CLASSES_FILE);
-        if let Some(names) = names {
-            c = c.with_class_names(names)?;
-        } else if path.exists() {
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let names: Vec<String> =
-                serde_json::from_str(&text).map_err(|source| Error::Json { path, source })?;
-            c = c.with_class_names(names)?;
+        let names = checkpoint::class_names(dir, model.config())?;
+        let c = Classifier::new(model, device.clone());
+        match names {
+            Some(names) => c.with_class_names(names),
+            None => Ok(c),
         }
-        Ok(c)
     }
 
     /// Names the classes (one per class).

@@ -312,50 +312,6 @@ impl Config {
     }
 }
 
-impl Config {
-    /// The configuration with class names (`id2label` and `label2id`); their number should
-    /// be `num_classes` ([`Config::validate`] checks).
-    pub fn with_class_names(mut self, names: &[String]) -> Config {
-        self.id2label = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i as u32, n.clone()))
-            .collect();
-        self.label2id = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
-        self
-    }
-
-    /// The class names in index order, when `id2label` holds them.
-    pub fn class_names(&self) -> Option<Vec<String>> {
-        (!self.id2label.is_empty()).then(|| self.id2label.values().cloned().collect())
-    }
-
-    fn class_names_error(&self) -> Option<String> {
-        if self.id2label.is_empty() && self.label2id.is_empty() {
-            return None;
-        }
-        let n = self.num_classes;
-        let complete = self.id2label.len() == n
-            && self.id2label.keys().copied().eq(0..n as u32)
-            && self.label2id.len() == n
-            && self
-                .label2id
-                .iter()
-                .all(|(name, &i)| self.id2label.get(&i) == Some(name));
-        (!complete).then(|| {
-            format!(
-                "id2label and label2id must name each of the {n} classes once ({} and {} entries)",
-                self.id2label.len(),
-                self.label2id.len()
-            )
-        })
-    }
-}
-
 /// Keys that `config.json` files written before the execution options left the model
 /// configuration hold ([`Execution`]'s fields): read and ignored.
 pub const LEGACY_KEYS: &[&str] = &[
@@ -397,6 +353,48 @@ impl Config {
             .validate()
             .map_err(|e| crate::Error::Config(format!("{}: {e}", path.display())))?;
         Ok(config)
+    }
+
+    /// The configuration with class names (`id2label` and `label2id`); their number should
+    /// be `num_classes` ([`Config::validate`] checks).
+    pub fn with_class_names(mut self, names: &[String]) -> Config {
+        self.id2label = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i as u32, n.clone()))
+            .collect();
+        self.label2id = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        self
+    }
+
+    /// The class names in index order, when `id2label` holds them.
+    pub fn class_names(&self) -> Option<Vec<String>> {
+        (!self.id2label.is_empty()).then(|| self.id2label.values().cloned().collect())
+    }
+
+    fn class_names_error(&self) -> Option<String> {
+        if self.id2label.is_empty() && self.label2id.is_empty() {
+            return None;
+        }
+        let n = self.num_classes;
+        let complete = self.id2label.len() == n
+            && self.id2label.keys().copied().eq(0..n as u32)
+            && self.label2id.len() == n
+            && self
+                .label2id
+                .iter()
+                .all(|(name, &i)| self.id2label.get(&i) == Some(name));
+        (!complete).then(|| {
+            format!(
+                "id2label and label2id must name each of the {n} classes once ({} and {} entries)",
+                self.id2label.len(),
+                self.label2id.len()
+            )
+        })
     }
 }
 

@@ -45,19 +45,23 @@ mod error;
 #[cfg(test)]
 mod fused_tests;
 mod gradients;
+mod mixup;
 mod model;
 pub mod nn;
 
 pub use tempest_kernels as kernels;
 
-pub use checkpoint::{load, load_config, load_trainable, save, CONFIG_FILE, WEIGHTS_FILE};
-pub use classifier::{Classifier, Prediction, CLASSES_FILE};
+pub use checkpoint::{
+    class_names, load, load_config, load_trainable, save, CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE,
+};
+pub use classifier::{Classifier, Prediction};
 pub use config::{BlockPositionKind, Config, Execution, MixerKind, StackConfig};
 pub use device::{DeviceChoice, Precision};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};
+pub use mixup::Mixup;
 pub use model::{
-    cross_entropy, mixed_cross_entropy, mixup_lambda, mixup_partners, reconstruction_loss,
-    time_features, BlockDecoder, Losses, Mixer, Output, Tempest, TIME_FREQUENCIES,
+    cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
+    Tempest, TIME_FREQUENCIES,
 };
 pub use tempest_kernels::{dropout_seed, release_scratch, DropoutRng};

@@ -2,10 +2,10 @@
 
 use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder, VarMap};
-use tempest_tokenize::rng::SplitMix64;
 use tempest_tokenize::Batch;
 
 use crate::config::{BlockPositionKind, Config, MixerKind, StackConfig};
+use crate::mixup::Mixup;
 use crate::nn::{key_bias, Attention, Embedding, LayerNorm, Linear, Mlp, StackSpec, Transformer};
 use tempest_kernels::{BlockEncoderWeights, DropoutRng, LayerWeights};
 
@@ -570,29 +570,25 @@ impl Tempest {
 
     /// L with mixup of block tokens: item i is mixed with item (i + 1) mod B.
     fn mixup_loss(&self, batch: &Batch, b: usize) -> Result<Losses> {
-        let lambda = mixup_lambda(self.dropout_rng(), self.config.mixup);
-        let next = mixup_partners(b, batch.labels.device())?;
+        let mixup = Mixup::draw(
+            self.dropout_rng(),
+            self.config.mixup,
+            b,
+            batch.labels.device(),
+        )?;
         let block_tokens =
             self.encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, true)?;
-        let other = block_tokens.index_select(&next, 0)?;
-        let mixed = ((&block_tokens * lambda)? + (other * (1.0 - lambda))?)?;
         // The mixture has a block wherever either item has one, at the later of their
         // positions (items of one set share their block grid, so this is the longer item's).
-        let pick = |t: &Tensor| -> Result<Tensor> { t.maximum(&t.index_select(&next, 0)?) };
         let view = Batch {
-            block_mask: pick(&batch.block_mask)?,
-            block_index: pick(&batch.block_index)?,
-            block_time: pick(&batch.block_time)?,
+            block_mask: mixup.union(&batch.block_mask)?,
+            block_index: mixup.union(&batch.block_index)?,
+            block_time: mixup.union(&batch.block_time)?,
             ..batch.clone()
         };
-        let logits = self.classify_tokens(&mixed, &view, true)?;
-        let classification = mixed_cross_entropy(
-            &logits,
-            &batch.labels,
-            &next,
-            lambda,
-            self.config.label_smoothing,
-        )?;
+        let logits = self.classify_tokens(&mixup.mix(&block_tokens)?, &view, true)?;
+        let classification =
+            mixup.cross_entropy(&logits, &batch.labels, self.config.label_smoothing)?;
         let out = Output {
             logits,
             block_tokens,
@@ -658,47 +654,6 @@ fn distinct_rows(ids: &[u32], mask: &[u8], l: usize) -> Option<(Vec<u32>, Vec<u3
     (first.len() < rows).then_some((first, of))
 }
 
-/// The mixup weight of one batch: λ = max(x, 1 − x) with x drawn from Beta(α, α), seeded by
-/// the next seed of `rng` (so a run that reseeds its generator per batch repeats it).
-pub fn mixup_lambda(rng: &DropoutRng, alpha: f64) -> f64 {
-    let mut g = SplitMix64::new(rng.next_seed());
-    let x = beta_symmetric(&mut g, alpha);
-    x.max(1.0 - x)
-}
-
-/// Each item's mixup partner in a batch of `b`: item i is mixed with item (i + 1) mod b.
-pub fn mixup_partners(b: usize, device: &Device) -> Result<Tensor> {
-    let next: Vec<u32> = (0..b as u32).map(|i| (i + 1) % b as u32).collect();
-    Tensor::from_vec(next, b, device)
-}
-
-/// The loss of mixed items: `λ·CE(labels) + (1 − λ)·CE(labels[partners])`.
-pub fn mixed_cross_entropy(
-    logits: &Tensor,
-    labels: &Tensor,
-    partners: &Tensor,
-    lambda: f64,
-    smoothing: f64,
-) -> Result<Tensor> {
-    let own = cross_entropy(logits, labels, smoothing)?;
-    let theirs = cross_entropy(logits, &labels.index_select(partners, 0)?, smoothing)?;
-    (own * lambda)? + (theirs * (1.0 - lambda))?
-}
-
-/// A draw from the symmetric Beta(α, α), α in (0, 2], by Jöhnk's rejection method (two
-/// uniforms per try; the acceptance rate is 1/2 at α = 1 and above 1/6 at α = 2).
-fn beta_symmetric(rng: &mut SplitMix64, alpha: f64) -> f64 {
-    let unit = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    for _ in 0..1000 {
-        let x = unit(rng).powf(1.0 / alpha);
-        let y = unit(rng).powf(1.0 / alpha);
-        if x + y <= 1.0 && x + y > 0.0 {
-            return x / (x + y);
-        }
-    }
-    0.5
-}
-
 /// `[B, N]` seconds → `[B, N, 2·TIME_FREQUENCIES]` sines and cosines at geometrically spaced
 /// periods (Vaswani et al. 2017 §3.5, with time in seconds instead of the position).
 pub fn time_features(t: &Tensor) -> Result<Tensor> {
@@ -744,27 +699,7 @@ pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use super::{beta_symmetric, distinct_rows};
-    use tempest_tokenize::rng::SplitMix64;
-
-    #[test]
-    fn symmetric_beta_draws_have_the_beta_mean_and_variance() {
-        // Beta(α, α): mean 1/2, variance 1 / (4(2α + 1)).
-        for alpha in [0.2, 0.4, 1.0, 2.0] {
-            let mut rng = SplitMix64::new(11);
-            let n = 20_000;
-            let xs: Vec<f64> = (0..n).map(|_| beta_symmetric(&mut rng, alpha)).collect();
-            assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)));
-            let mean = xs.iter().sum::<f64>() / n as f64;
-            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
-            let want = 1.0 / (4.0 * (2.0 * alpha + 1.0));
-            assert!((mean - 0.5).abs() < 0.01, "α {alpha}: mean {mean}");
-            assert!(
-                (var - want).abs() < 0.1 * want,
-                "α {alpha}: variance {var}, want {want}"
-            );
-        }
-    }
+    use super::distinct_rows;
 
     #[test]
     fn distinct_rows_maps_each_row_to_its_first_copy() {

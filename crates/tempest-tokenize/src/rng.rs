@@ -44,6 +44,11 @@ impl SplitMix64 {
         mix64(self.state)
     }
 
+    /// A uniform draw in [0, 1) from the top 53 bits.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// A uniform integer in `0..n` (`n > 0`), by Lemire's multiply-shift (bias below 2^-32 for
     /// the sizes used here).
     pub fn below(&mut self, n: u64) -> u64 {

@@ -346,9 +346,7 @@ mod tests {
         let mut rng = tempest_tokenize::rng::SplitMix64::new(5);
         let mut uniform = |shape: &[usize]| -> Result<Tensor> {
             let n: usize = shape.iter().product();
-            let v: Vec<f64> = (0..n)
-                .map(|_| 4.0 * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 2.0)
-                .collect();
+            let v: Vec<f64> = (0..n).map(|_| 4.0 * rng.next_f64() - 2.0).collect();
             Tensor::from_vec(v, shape, &dev)?.to_dtype(dtype)
         };
         let a = Var::from_tensor(&uniform(&[7, 5])?)?;

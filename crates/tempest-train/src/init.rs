@@ -60,15 +60,10 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
-/// A uniform draw in [0, 1) with 53 random bits.
-fn unit(rng: &mut SplitMix64) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// A standard normal draw (Box–Muller).
 fn normal(rng: &mut SplitMix64) -> f64 {
-    let u1 = 1.0 - unit(rng); // (0, 1]: the logarithm stays finite
-    let u2 = unit(rng);
+    let u1 = 1.0 - rng.next_f64(); // (0, 1]: the logarithm stays finite
+    let u2 = rng.next_f64();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
@@ -83,7 +78,7 @@ fn draw(shape: &Shape, init: Init, rng: &mut SplitMix64) -> Vec<f32> {
         }
         Init::Uniform { lo, up } => {
             return (0..n)
-                .map(|_| (lo + (up - lo) * unit(rng)) as f32)
+                .map(|_| (lo + (up - lo) * rng.next_f64()) as f32)
                 .collect()
         }
         Init::Kaiming {
@@ -101,7 +96,7 @@ fn draw(shape: &Shape, init: Init, rng: &mut SplitMix64) -> Vec<f32> {
     if uniform {
         let bound = 3f64.sqrt() * normal_std;
         (0..n)
-            .map(|_| (-bound + 2.0 * bound * unit(rng)) as f32)
+            .map(|_| (-bound + 2.0 * bound * rng.next_f64()) as f32)
             .collect()
     } else {
         (0..n).map(|_| (normal_std * normal(rng)) as f32).collect()

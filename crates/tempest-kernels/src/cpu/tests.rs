@@ -99,7 +99,7 @@ fn softmax_matches_candle_forward_and_backward() -> Result<()> {
     let mut uniform = |shape: &[usize], half: f64, dtype| -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let v: Vec<f64> = (0..n)
-            .map(|_| half * (2.0 * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 - 1.0))
+            .map(|_| half * (2.0 * rng.next_f64() - 1.0))
             .collect();
         Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
     };

@@ -7,34 +7,32 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use tempest_tokenize::rng::SplitMix64;
 
 /// Relative error allowed in f32.
 pub const TOL_F32: f64 = 1e-5;
 /// Relative error allowed in bf16.
 pub const TOL_BF16: f64 = 1e-2;
 
-/// splitmix64: a small seeded generator, so that a failing case can be rerun from its seed.
+/// The workspace's SplitMix64 with the draws the checks need, so that a failing case can be
+/// rerun from its seed.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(SplitMix64::new(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.next_f64()
     }
 
     /// Uniform in `0..n`.
