@@ -58,20 +58,20 @@ struct Cli {
     #[arg(long, value_name = "LIST", value_parser = quality_list, default_value = "75")]
     qualities: ::std::vec::Vec<u8>,
     /// Enlarge each 28×28 digit S times (bilinear) before JPEG encoding
-    #[arg(long, value_name = "S", default_value_t = 2)]
+    #[arg(long, value_name = "S", default_value_t = ImageRecipe::default().scale)]
     scale: u8,
     /// Also train on copies moved by up to D pixels in each direction (0: none)
-    #[arg(long, value_name = "D", default_value_t = 1)]
+    #[arg(long, value_name = "D", default_value_t = ImageRecipe::default().shifts)]
     shifts: u8,
     /// A restart marker after every N MCUs, resetting the DC prediction (0: none)
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = ImageRecipe::default().restart)]
     restart: u16,
     /// Test each held-out digit as the ensemble of its unmoved version and its moved copies
     /// (0: the unmoved digit alone)
-    #[arg(long, value_name = "0|1", default_value_t = 1)]
+    #[arg(long, value_name = "0|1", default_value_t = u8::from(ImageRecipe::default().tta))]
     tta: u8,
     /// Add K randomly rotated, scaled, sheared and moved versions of each digit to training
-    #[arg(long, value_name = "K", default_value_t = 0)]
+    #[arg(long, value_name = "K", default_value_t = ImageRecipe::default().distort)]
     distort: u16,
     /// Hold N training digits out as a validation split that picks the best epoch
     #[arg(long, value_name = "N", default_value_t = 0)]
