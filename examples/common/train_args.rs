@@ -38,6 +38,13 @@ pub struct TrainArgs {
     /// λ, the weight of the block reconstruction loss L_r, overriding the model configuration's
     #[arg(long, value_name = "X")]
     pub lambda: Option<f64>,
+    /// AdamW's decoupled weight decay (on matrices only)
+    #[arg(long, value_name = "X")]
+    pub weight_decay: Option<f64>,
+    /// Decay of a moving average of the weights, which evaluation and the best checkpoint
+    /// read (e.g. 0.999; 0 = off)
+    #[arg(long, value_name = "D")]
+    pub ema: Option<f64>,
     /// Seed of the initial weights, the batches, the variants, the crops and dropout
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
@@ -111,6 +118,8 @@ impl TrainArgs {
         set(&self.batch, &mut o.batch_size);
         set(&self.accumulate, &mut o.accumulate);
         set(&self.lr, &mut o.lr);
+        set(&self.weight_decay, &mut o.adamw.weight_decay);
+        set(&self.ema, &mut o.adamw.ema);
         set(&self.seed, &mut o.seed);
         set(&self.workers, &mut o.workers);
         set(&self.parallel, &mut o.parallel_parts);
@@ -165,6 +174,8 @@ impl TrainArgs {
             ("batch", o.batch_size.to_string()),
             ("accumulate", o.accumulate.to_string()),
             ("lr", o.lr.to_string()),
+            ("weight_decay", o.adamw.weight_decay.to_string()),
+            ("ema", o.adamw.ema.to_string()),
             (
                 "label_smoothing",
                 or(

@@ -379,8 +379,10 @@ pub fn fit<L: Learner>(
         test: Tally::new(classes).metrics(),
         test_seconds: 0.0,
     };
-    let (metrics_out, seconds) =
-        evaluate_prepared(learner, test, eval_variant, classes, o.batch_size.max(64))?;
+    // With a weight average (`AdamWConfig::ema`), the test reads the average.
+    let (metrics_out, seconds) = opt.with_average_weights(|| {
+        evaluate_prepared(learner, test, eval_variant, classes, o.batch_size.max(64))
+    })?;
     report.test = metrics_out;
     report.test_seconds = seconds;
     if let Some((f, path)) = driver.log.as_mut() {

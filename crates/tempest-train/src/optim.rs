@@ -41,16 +41,22 @@ pub struct AdamWConfig {
     pub eps: f64,
     /// Decoupled weight decay, on matrices only.
     pub weight_decay: f64,
+    /// Decay of an exponential moving average of the weights (0: none). Each step `t`
+    /// moves the average towards the new weights with the decay `min(ema, (1 + t) / (10 + t))`
+    /// (a short memory while the weights move fast); [`AdamW::with_average_weights`] puts the
+    /// average in the variables for evaluation and the best checkpoint.
+    pub ema: f64,
 }
 
 impl Default for AdamWConfig {
-    /// β = (0.9, 0.999), ε = 1e-8, weight decay 0.01.
+    /// β = (0.9, 0.999), ε = 1e-8, weight decay 0.01, no weight average.
     fn default() -> Self {
         AdamWConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
+            ema: 0.0,
         }
     }
 }
@@ -77,6 +83,8 @@ pub struct AdamW {
     config: AdamWConfig,
     steps: usize,
     accumulated: usize,
+    /// The moving average of each slot's weights (empty when `config.ema` is 0).
+    average: Vec<Tensor>,
 }
 
 impl std::fmt::Debug for AdamW {
@@ -87,6 +95,7 @@ impl std::fmt::Debug for AdamW {
             .field("config", &self.config)
             .field("steps", &self.steps)
             .field("accumulated", &self.accumulated)
+            .field("average", &!self.average.is_empty())
             .finish()
     }
 }
@@ -140,14 +149,71 @@ impl AdamW {
                 var,
                 grad: None,
             })
-            .collect();
+            .collect::<Vec<Slot>>();
+        if !(0.0..1.0).contains(&config.ema) {
+            return Err(Error::setting(
+                "ema",
+                format!("the weight average's decay must be in [0, 1), not {}", config.ema),
+            ));
+        }
+        let average = if config.ema > 0.0 {
+            slots
+                .iter()
+                .map(|s| Ok(s.var.as_tensor().detach().copy()?))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         Ok(AdamW {
             slots,
             update,
             config,
             steps: 0,
             accumulated: 0,
+            average,
         })
+    }
+
+    /// Whether the optimiser keeps a moving average of the weights ([`AdamWConfig::ema`]).
+    pub fn averages_weights(&self) -> bool {
+        !self.average.is_empty()
+    }
+
+    /// Moves the weight average towards the weights after step `self.steps`.
+    fn update_average(&mut self) -> Result<()> {
+        if self.average.is_empty() {
+            return Ok(());
+        }
+        let t = self.steps as f64;
+        let d = self.config.ema.min((1.0 + t) / (10.0 + t));
+        for (avg, slot) in self.average.iter_mut().zip(&self.slots) {
+            // Detached: the average is no variable and keeps no graph.
+            let w = slot.var.as_tensor().detach();
+            *avg = ((&*avg * d)? + (w * (1.0 - d))?)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the weight average in the variables (evaluation, the best checkpoint),
+    /// then puts the trained weights back, whatever `f` returned; without an average, just
+    /// runs `f`.
+    pub fn with_average_weights<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.average.is_empty() {
+            return f();
+        }
+        let trained = self
+            .slots
+            .iter()
+            .map(|s| Ok(s.var.as_tensor().detach().copy()?))
+            .collect::<Result<Vec<Tensor>>>()?;
+        for (slot, avg) in self.slots.iter().zip(&self.average) {
+            slot.var.set(avg)?;
+        }
+        let out = f();
+        for (slot, w) in self.slots.iter().zip(&trained) {
+            slot.var.set(w)?;
+        }
+        out
     }
 
     /// Whether the update runs as one pass over raw slices (else as tensor ops).
@@ -257,6 +323,9 @@ impl AdamW {
             slot.grad = None;
         }
         self.accumulated = 0;
+        if norm.is_finite() {
+            self.update_average()?;
+        }
         Ok(norm)
     }
 
@@ -271,7 +340,8 @@ impl AdamW {
         }
     }
 
-    /// Writes the moments (`m.<name>`, `v.<name>`) and the step count to a safetensors file.
+    /// Writes the moments (`m.<name>`, `v.<name>`), the weight average if there is one
+    /// (`avg.<name>`) and the step count to a safetensors file.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut map: HashMap<String, Tensor> = HashMap::new();
         for (i, s) in self.slots.iter().enumerate() {
@@ -279,6 +349,9 @@ impl AdamW {
             let (m, v) = self.moments(i)?;
             map.insert(format!("m.{}", s.name), m.to_device(&Device::Cpu)?);
             map.insert(format!("v.{}", s.name), v.to_device(&Device::Cpu)?);
+            if let Some(avg) = self.average.get(i) {
+                map.insert(format!("avg.{}", s.name), avg.to_device(&Device::Cpu)?);
+            }
         }
         map.insert(
             "steps".to_string(),
@@ -287,7 +360,8 @@ impl AdamW {
         candle_core::safetensors::save(&map, path).map_err(|e| Error::dataset(path, e.to_string()))
     }
 
-    /// Reads what [`AdamW::save`] wrote; every variable must have its moments.
+    /// Reads what [`AdamW::save`] wrote; every variable must have its moments, and its
+    /// weight average where this optimiser keeps one.
     pub fn load(&mut self, path: &Path, device: &Device) -> Result<()> {
         let map = candle_core::safetensors::load(path, device)
             .map_err(|e| Error::dataset(path, e.to_string()))?;
@@ -317,6 +391,24 @@ impl AdamW {
                         );
                     }
                 }
+            }
+            if let Some(avg) = self.average.get_mut(i) {
+                let a = get(&format!("avg.{}", s.name)).map_err(|_| {
+                    Error::dataset(
+                        path,
+                        format!(
+                            "no weight average of {} (was the run started without --ema?)",
+                            s.name
+                        ),
+                    )
+                })?;
+                if a.shape() != s.var.shape() {
+                    return Err(Error::dataset(
+                        path,
+                        format!("the weight average of {} has the wrong shape", s.name),
+                    ));
+                }
+                *avg = a.to_dtype(s.var.dtype())?.to_device(s.var.device())?;
             }
             s.grad = None;
         }
@@ -703,6 +795,70 @@ mod tests {
                 assert!(diff <= tol, "{saver} → {loader}: {diff}");
             }
         }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// The weight average: after each step it is `d·average + (1 − d)·weights` with
+    /// `d = min(ema, (1 + t) / (10 + t))` (checked by hand over three steps, for both ways of
+    /// updating); `with_average_weights` puts it in the variables and the trained weights back
+    /// afterwards, also when the closure fails; it survives a save and load, and a file
+    /// without it is refused by an optimiser that keeps one.
+    #[test]
+    fn weight_average_follows_the_weights_and_swaps_in_and_out() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("tempest-train-ema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let path = dir.join("opt.safetensors");
+        let cfg = AdamWConfig {
+            ema: 0.5,
+            ..AdamWConfig::default()
+        };
+        for (what, build) in BOTH {
+            let (varmap, coef) = problem(DType::F32, 5)?;
+            let mut opt = build(&varmap, cfg)?;
+            assert!(opt.averages_weights());
+            let mut expected = values(&varmap)?;
+            for (t, k) in [1.0, 2.0, 3.0].into_iter().enumerate() {
+                opt.accumulate(&loss_grads(&varmap, &coef, k)?)?;
+                opt.step(0.05, 0.0)?;
+                let t = (t + 1) as f64;
+                let d = 0.5f64.min((1.0 + t) / (10.0 + t));
+                let w = values(&varmap)?;
+                for (e, w) in expected.iter_mut().zip(&w) {
+                    *e = d * *e + (1.0 - d) * w;
+                }
+            }
+            let trained = values(&varmap)?;
+            let seen = opt.with_average_weights(|| values(&varmap))?;
+            assert!(max_rel_diff(&seen, &expected) < 1e-5, "{what}");
+            assert!(max_rel_diff(&seen, &trained) > 1e-3, "{what}: no average");
+            assert_eq!(values(&varmap)?, trained, "{what}: weights not put back");
+            let failed: Result<()> =
+                opt.with_average_weights(|| Err(Error::setting("test", "fails")));
+            assert!(failed.is_err());
+            assert_eq!(values(&varmap)?, trained, "{what}: not put back after an error");
+
+            opt.save(&path)?;
+            let mut loaded = build(&varmap, cfg)?;
+            loaded.load(&path, &Device::Cpu)?;
+            let again = loaded.with_average_weights(|| values(&varmap))?;
+            assert_eq!(again, seen, "{what}");
+            let mut plain = build(&varmap, AdamWConfig::default())?;
+            plain.save(&path)?;
+            let err = build(&varmap, cfg)?
+                .load(&path, &Device::Cpu)
+                .expect_err("no average in the file");
+            assert!(err.to_string().contains("weight average"), "{err}");
+            // Without an average, the closure sees the trained weights.
+            assert_eq!(plain.with_average_weights(|| values(&varmap))?, trained);
+            plain.load(&path, &Device::Cpu)?;
+        }
+        let bad = AdamWConfig {
+            ema: 1.0,
+            ..AdamWConfig::default()
+        };
+        let (varmap, _) = problem(DType::F32, 5)?;
+        assert!(AdamW::new(&varmap, bad).is_err());
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

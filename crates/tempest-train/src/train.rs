@@ -460,16 +460,20 @@ impl Driver for FileDriver<'_> {
         self.report.train_items += log.items as u64;
         self.report.train_seconds += log.seconds;
         let o = self.options;
-        let eval = evaluate(
-            self.model,
-            self.dataset,
-            &self.select_idx,
-            &o.eval_variants,
-            self.eval_tok,
-            o.batch_size.max(64),
-            o.workers,
-            o.progress,
-        )?;
+        // With a weight average (`--ema`), evaluation and the best checkpoint read the
+        // average; the trained weights stay in the last checkpoint, to resume from.
+        let eval = opt.with_average_weights(|| {
+            evaluate(
+                self.model,
+                self.dataset,
+                &self.select_idx,
+                &o.eval_variants,
+                self.eval_tok,
+                o.batch_size.max(64),
+                o.workers,
+                o.progress,
+            )
+        })?;
         merge_stats(&mut self.report.eval_stats, &eval.stats);
         self.report.skipped.extend(eval.skipped.clone());
         let sums = log.sums;
@@ -508,7 +512,7 @@ impl Driver for FileDriver<'_> {
             if better {
                 state.best = Some((eval.accuracy, log.epoch));
             }
-            checkpoint::save(self.best_dir, &self.parts_saved)?;
+            opt.with_average_weights(|| checkpoint::save(self.best_dir, &self.parts_saved))?;
         }
         state.elapsed_s = self.elapsed();
         self.save_last(opt, state)?;
