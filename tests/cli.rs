@@ -117,7 +117,11 @@ fn compare_cli() -> Result<()> {
         "--patch",
         &["--data", "x", "--patch", "x"],
         "--patch",
-    )
+    )?;
+    // Its defaults are the data's recipe (train's), not TrainOptions'.
+    let help = String::from_utf8_lossy(&run("compare", &["--help"])?.stdout).into_owned();
+    assert!(help.contains("audio 80, images 30"), "{help}");
+    Ok(())
 }
 
 #[test]
