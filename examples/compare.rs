@@ -124,7 +124,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         (None, DataSource::Raw { layout, input }) => Recipe::for_layout(*layout, input)?.variants,
         (None, DataSource::Prepared(_)) => Vec::new(),
     };
-    let mut dataset = source.open(&out.join("data"), &v, !cli.train.no_progress)?.0;
+    let mut dataset = source
+        .open(&out.join("data"), &v, !cli.train.no_progress)?
+        .0;
     if let Some(vs) = &variants {
         o.train_variants = vs.iter().map(ToString::to_string).collect();
     }
@@ -161,7 +163,10 @@ fn main() -> ExitCode {
             cmd,
             &defaults().train,
             &[
-                ("epochs", "the data's recipe, as train's: audio 80, images 30"),
+                (
+                    "epochs",
+                    "the data's recipe, as train's: audio 80, images 30",
+                ),
                 ("batch", "audio 16, images 32"),
                 ("lr", "audio 0.0005, images 0.002"),
                 (

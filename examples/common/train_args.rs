@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// training
     #[arg(long, value_name = "K")]
     pub band_mask: Option<u8>,
+    /// MP3 line tokens: silence every band of a random run of up to K frames of a clip while
+    /// training (a time mask)
+    #[arg(long, value_name = "K")]
+    pub time_mask: Option<u16>,
     /// MP3 line tokens: move every band id of a clip by a random shift of up to K band
     /// positions while training
     #[arg(long, value_name = "K")]
@@ -126,6 +130,7 @@ impl TrainArgs {
         set(&self.bit_stride, &mut o.bit_stride);
         set(&self.gain_jitter, &mut o.gain_jitter);
         set(&self.band_mask, &mut o.band_mask);
+        set(&self.time_mask, &mut o.time_mask);
         set(&self.band_shift, &mut o.band_shift);
         set(&self.bucket, &mut o.bucket_batches);
         set(&self.device, &mut o.device);
@@ -215,6 +220,7 @@ impl TrainArgs {
             ("crop", or(o.train_blocks.map(|v| v.to_string()), "no crop")),
             ("gain_jitter", o.gain_jitter.to_string()),
             ("band_mask", o.band_mask.to_string()),
+            ("time_mask", o.time_mask.to_string()),
             ("band_shift", o.band_shift.to_string()),
             ("bucket", o.bucket_batches.to_string()),
             ("device", o.device.to_string()),

@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
         .with_crop(if knobs & 0x20 != 0 { Crop::Random } else { Crop::Centre })
         .with_gain_jitter(knobs >> 6)
         .with_band_mask(knobs >> 5)
-        .with_band_shift((knobs >> 2) & 3);
+        .with_band_shift((knobs >> 2) & 3)
+        .with_time_mask(u16::from(knobs >> 4));
     config.bit_stride = stride;
     config.reader = common::options();
     let ctx = CropContext {

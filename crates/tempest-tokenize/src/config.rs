@@ -231,6 +231,14 @@ pub struct TokenizerConfig {
     /// changes nothing.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub band_shift: u8,
+    /// With [`BlockTokens::FieldsAndLines`]: silence every band of a run of up to
+    /// `time_mask` consecutive frames of an item (their band ids read as level 0 with
+    /// scalefactor 0; the side-information fields stay), the run drawn from the seed, epoch
+    /// and item of the [`CropContext`](crate::CropContext): a time mask in the compressed
+    /// domain, as SpecAugment masks a run of spectrogram frames. 0 (the default) changes
+    /// nothing.
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub time_mask: u16,
     /// Options of the block readers (limits, CRC checks).
     #[serde(skip)]
     pub reader: cff_blocks::Options,
@@ -249,6 +257,10 @@ fn byte_stride() -> u8 {
 }
 
 fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+fn is_zero_u16(v: &u16) -> bool {
     *v == 0
 }
 
@@ -293,6 +305,7 @@ impl Default for TokenizerConfig {
             gain_jitter: 0,
             band_mask: 0,
             band_shift: 0,
+            time_mask: 0,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -338,6 +351,7 @@ impl TokenizerConfig {
             gain_jitter: 0,
             band_mask: 0,
             band_shift: 0,
+            time_mask: 0,
             ..self.clone().with_crop(Crop::Centre)
         };
         config.validate()?;
@@ -395,6 +409,12 @@ impl TokenizerConfig {
     /// Sets what a block's ids stand for.
     pub fn with_tokens(mut self, tokens: BlockTokens) -> Self {
         self.tokens = tokens;
+        self
+    }
+
+    /// Sets the time mask of line tokens ([`TokenizerConfig::time_mask`]).
+    pub fn with_time_mask(mut self, frames: u16) -> Self {
+        self.time_mask = frames;
         self
     }
 

@@ -219,6 +219,8 @@ const GAIN_STREAM: u64 = 0x6761_696E;
 const MASK_STREAM: u64 = 0x6D61_736B;
 /// The stream of the band shift ("shft").
 const SHIFT_STREAM: u64 = 0x7368_6674;
+/// The stream of the time mask ("time").
+const TIME_STREAM: u64 = 0x7469_6D65;
 
 /// Tokenizes a file held in memory. `path` only names the file in errors.
 pub fn tokenize(
@@ -290,7 +292,20 @@ pub fn tokenize(
                 rng.below(2 * u64::from(k) + 1) as i32 - i32::from(k)
             }
         };
-        let lines = LineAugment { mask, shift };
+        let frames = match config.time_mask {
+            0 => 0..0,
+            k => {
+                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, TIME_STREAM]);
+                let width = (rng.below(u64::from(k) + 1) as usize).min(kept.len());
+                let start = rng.below((kept.len() - width) as u64 + 1) as usize;
+                start..start + width
+            }
+        };
+        let lines = LineAugment {
+            mask,
+            shift,
+            frames,
+        };
         let ids = field_ids(&kept, config.tokens, gain_offset, &lines).map_err(blocks_err)?;
         if let Some(h) = header {
             item.push_block(h, BlockPosition::of(0, &Place::None), l);
@@ -331,10 +346,12 @@ pub fn tokenize(
 /// The ids of each block for a [`BlockTokens`] with fields: the codec's fields, then (by the
 /// variant) the block's bytes after them or its own coded data. MP3 frames go through the bit
 /// reservoir in file order, so every kept frame is read, not only the cropped ones.
-/// What training changes in an item's band-line ids: a masked run of bands and a shift.
+/// What training changes in an item's band-line ids: a masked run of bands, a shift, and a
+/// run of frames (indices into the item's blocks in file order) whose bands are all masked.
 struct LineAugment {
     mask: std::ops::Range<usize>,
     shift: i32,
+    frames: std::ops::Range<usize>,
 }
 
 fn field_ids(
@@ -345,7 +362,7 @@ fn field_ids(
 ) -> cff_blocks::Result<Vec<Vec<u16>>> {
     let mut reservoir = MainData::new();
     let mut out = Vec::with_capacity(blocks.len());
-    for b in blocks {
+    for (i, b) in blocks.iter().enumerate() {
         let data: &[u8] = &b.data;
         let mut ids = Vec::new();
         match &b.detail {
@@ -359,7 +376,11 @@ fn field_ids(
                         fields::mp3_line_ids(
                             &side,
                             &lines,
-                            lines_aug.mask.clone(),
+                            if lines_aug.frames.contains(&i) {
+                                0..fields::LONG_BANDS
+                            } else {
+                                lines_aug.mask.clone()
+                            },
                             lines_aug.shift,
                             &mut ids,
                         );

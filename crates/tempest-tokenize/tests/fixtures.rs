@@ -451,6 +451,63 @@ fn band_mask_silences_one_run_of_bands_per_item_and_nothing_else() {
     assert!(widths.len() > 1, "{widths:?}");
 }
 
+/// `with_time_mask(K)`: one contiguous run of at most K frames per item has every band id
+/// silent, the side-information fields and every other frame stay as they were; the run is
+/// drawn from the context (the same context, the same run), items differ, and evaluation
+/// reads no mask.
+#[test]
+fn time_mask_silences_every_band_of_one_run_of_frames() {
+    use tempest_tokenize::fields::{field_range, LONG_BANDS};
+    use tempest_tokenize::BlockTokens;
+
+    let (path, data) = mono_16k_mp3();
+    let config = mp3_config(BlockTokens::FieldsAndLines);
+    let silent = field_range("mp3.band(level,scalefac)").unwrap().start as u16;
+    let plain = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    // Short-block frames have band ids of their own field.
+    let short_silent = field_range("mp3.short_band(level,scalefac)").unwrap().start as u16;
+    let masked_config = config.clone().with_time_mask(5);
+    let mut starts = std::collections::BTreeSet::new();
+    for item in 0..24u64 {
+        let ctx = CropContext {
+            item,
+            ..CropContext::default()
+        };
+        let masked = tokenize(&data, &path, &masked_config, ctx).unwrap();
+        assert_eq!(masked.num_blocks(), plain.num_blocks());
+        let mut changed = Vec::new();
+        for k in 0..plain.num_blocks() {
+            let (p, m) = (plain.block(k), masked.block(k));
+            assert_eq!(p.len(), m.len());
+            assert_eq!(p[..17], m[..17], "fields untouched, block {k}");
+            if p != m {
+                // A masked frame: all of its band ids silent.
+                let loud: Vec<(usize, u16)> = m
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .skip(17)
+                    .filter(|&(_, x)| x != silent && x != short_silent)
+                    .collect();
+                assert!(loud.is_empty(), "block {k}: {loud:?} of {}", m.len());
+                changed.push(k);
+            }
+        }
+        if let (Some(&first), Some(&last)) = (changed.first(), changed.last()) {
+            assert!(last - first < 5, "item {item}: {changed:?}");
+            starts.insert(first);
+        }
+        let again = tokenize(&data, &path, &masked_config, ctx).unwrap();
+        assert!((0..masked.num_blocks()).all(|k| again.block(k) == masked.block(k)));
+    }
+    // Items draw different runs.
+    assert!(starts.len() > 2, "{starts:?}");
+    assert!(plain.num_blocks() > 10 && LONG_BANDS == 22);
+    // Evaluation never masks.
+    let eval = masked_config.eval_config().unwrap();
+    assert_eq!(eval.time_mask, 0);
+}
+
 /// `with_band_shift(K)`: each item's long-block band ids are its plain ids moved by one shift
 /// in −K..=K (the same in every frame), the positions left empty read silent, the fields stay;
 /// the shift is drawn from the context (the same context, the same shift) and items differ.

@@ -155,6 +155,9 @@ pub struct TrainOptions {
     /// Training only: with MP3 line tokens, move every band id of a clip by a random shift of
     /// up to this many band positions (`TokenizerConfig::band_shift`). 0 (the default): none.
     pub band_shift: u8,
+    /// Training only: with MP3 line tokens, silence every band of a random run of up to this
+    /// many frames of a clip (`TokenizerConfig::time_mask`). 0 (the default): none.
+    pub time_mask: u16,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -268,6 +271,7 @@ impl TrainOptions {
             .with_gain_jitter(self.gain_jitter)
             .with_band_mask(self.band_mask)
             .with_band_shift(self.band_shift)
+            .with_time_mask(self.time_mask)
             .with_train_blocks(self.train_blocks);
         tok.train_config()
             .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
@@ -321,6 +325,7 @@ impl Default for TrainOptions {
             train_blocks: None,
             gain_jitter: 0,
             band_mask: 0,
+            time_mask: 0,
             band_shift: 0,
             bucket_batches: 1,
             workers: 2,
