@@ -48,6 +48,7 @@ mod gradients;
 mod mixup;
 mod model;
 pub mod nn;
+pub mod pretrain;
 
 pub use tempest_kernels as kernels;
 
@@ -60,6 +61,7 @@ pub use device::{DeviceChoice, Precision};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};
 pub use mixup::Mixup;
+pub use pretrain::{MaskPlan, MaskedBlockModel, Masking, PretrainLoss};
 pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
