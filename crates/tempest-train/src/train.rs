@@ -158,9 +158,7 @@ pub fn train(
                 let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
                 if let Some(dir) = &o.init {
                     let r = crate::pretrain::init_from_pretrained(&varmap, dir)?;
-                    if o.progress {
-                        eprintln!("{}", r.summary());
-                    }
+                    eprintln!("{}", r.summary());
                 }
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {

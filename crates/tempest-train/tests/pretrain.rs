@@ -70,8 +70,9 @@ fn the_pretraining_loss_falls_over_a_few_steps_on_one_batch() -> Result<()> {
         opt.accumulate(&grads)?;
         opt.step(3e-3, 1.0)?;
     }
-    // Field ids: a uniform guess over 2,232 ids costs ln 2232 ≈ 7.7 nats.
-    assert!(losses[0] > 5.0 && losses[0] < 9.0, "{losses:?}");
+    // Each id is chosen among its field's ids (8 to 512 of them; bytes among 256): a uniform
+    // guess costs ln 8 ≈ 2.1 to ln 512 ≈ 6.2 nats.
+    assert!(losses[0] > 2.0 && losses[0] < 6.5, "{losses:?}");
     assert!(losses.iter().all(|l| l.is_finite()));
     let last = losses[losses.len() - 1];
     assert!(last < 0.8 * losses[0], "the loss did not fall: {losses:?}");
@@ -109,18 +110,34 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     assert_eq!(r2.steps, 4);
     let file = |d: &Path| d.join("last").join(tempest_model::WEIGHTS_FILE);
     assert_eq!(std::fs::read(file(&whole))?, std::fs::read(file(&parted))?);
-    assert_eq!(
-        std::fs::read_to_string(parted.join("metrics.jsonl"))?,
-        lines,
-        "the resumed run's metrics"
-    );
+    // The same epochs' losses and accuracies (times differ).
+    let parts = |text: &str| -> Result<Vec<(u64, f64, f64)>> {
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                let p = &v["pretrain"];
+                Ok((
+                    v["epoch"].as_u64().ok_or("epoch")?,
+                    p["loss"].as_f64().ok_or("loss")?,
+                    p["id_accuracy"].as_f64().ok_or("id_accuracy")?,
+                ))
+            })
+            .collect()
+    };
+    let resumed = std::fs::read_to_string(parted.join("metrics.jsonl"))?;
+    assert_eq!(parts(&resumed)?, parts(&lines)?, "the resumed run's metrics");
 
     // Fine-tuning: every tensor but the head's (and the mask token) taken over, values equal.
     let stored = tensors(&file(&whole))?;
     assert!(stored.contains_key("pretrain.mask_token"));
-    let task = Config::tiny()
-        .with_num_classes(10)
-        .with_reconstruction_weight(0.1);
+    // The task's model reads the same field tokens (their vocabulary) with 10 classes.
+    let vocab = tempest_model::load_config(&whole.join("last"))?.vocab_size;
+    assert_eq!(vocab, tempest_tokenize::LINES_VOCAB_SIZE);
+    let base = Config {
+        vocab_size: vocab,
+        ..Config::tiny()
+    };
+    let task = base.clone().with_num_classes(10).with_reconstruction_weight(0.1);
     let (_, varmap) = init_seeded(&task, &Device::Cpu, DType::F32, 8)?;
     let report = init_from_pretrained(&varmap, &whole)?;
     assert_eq!(report.unused, ["head.bias", "head.weight", "pretrain.mask_token"]);
@@ -135,12 +152,12 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     assert!(report.loaded.iter().any(|n| n.starts_with("block_decoder.")));
     assert_eq!(vars["head.weight"].dims(), [10, 64]);
     // Without D_t in the task's model, D_t's tensors are left behind.
-    let (_, plain) = init_seeded(&Config::tiny(), &Device::Cpu, DType::F32, 8)?;
+    let (_, plain) = init_seeded(&base, &Device::Cpu, DType::F32, 8)?;
     let r = init_from_pretrained(&plain, &whole.join("last"))?;
     assert!(r.unused.iter().any(|n| n.starts_with("block_decoder.")));
 
     // Another shape is refused, naming the tensor and the file.
-    let mut wider = Config::tiny().with_num_classes(10);
+    let mut wider = base.clone().with_num_classes(10);
     wider.context_encoder.dim = 32;
     wider.context_encoder.mlp_dim = 128;
     let (_, other) = init_seeded(&wider, &Device::Cpu, DType::F32, 8)?;
