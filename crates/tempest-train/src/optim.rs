@@ -153,7 +153,10 @@ impl AdamW {
         if !(0.0..1.0).contains(&config.ema) {
             return Err(Error::setting(
                 "ema",
-                format!("the weight average's decay must be in [0, 1), not {}", config.ema),
+                format!(
+                    "the weight average's decay must be in [0, 1), not {}",
+                    config.ema
+                ),
             ));
         }
         let average = if config.ema > 0.0 {
@@ -836,7 +839,11 @@ mod tests {
             let failed: Result<()> =
                 opt.with_average_weights(|| Err(Error::setting("test", "fails")));
             assert!(failed.is_err());
-            assert_eq!(values(&varmap)?, trained, "{what}: not put back after an error");
+            assert_eq!(
+                values(&varmap)?,
+                trained,
+                "{what}: not put back after an error"
+            );
 
             opt.save(&path)?;
             let mut loaded = build(&varmap, cfg)?;
