@@ -140,7 +140,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let defaults = Masking::default();
     let masking = Masking {
         fraction: cli.mask_fraction.unwrap_or(defaults.fraction),
-        span: cli.mask_span.unwrap_or(if audio { defaults.span } else { 1 }),
+        span: cli
+            .mask_span
+            .unwrap_or(if audio { defaults.span } else { 1 }),
         positions: cli.mask_positions.unwrap_or(defaults.positions),
     };
     let splits = match cli.splits {
@@ -214,7 +216,10 @@ fn main() -> ExitCode {
         })
         .mut_arg("mask_positions", |a| {
             let help = a.get_help().map(ToString::to_string).unwrap_or_default();
-            a.help(format!("{help} [default: {}]", Masking::default().positions))
+            a.help(format!(
+                "{help} [default: {}]",
+                Masking::default().positions
+            ))
         })
     });
     match run(cli) {

@@ -61,9 +61,9 @@ pub use device::{DeviceChoice, Precision};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};
 pub use mixup::Mixup;
-pub use pretrain::{MaskPlan, MaskedBlockModel, Masking, PretrainLoss};
 pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
 };
+pub use pretrain::{MaskPlan, MaskedBlockModel, Masking, PretrainLoss};
 pub use tempest_kernels::{dropout_seed, release_scratch, DropoutRng};

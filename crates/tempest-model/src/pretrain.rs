@@ -326,7 +326,8 @@ impl MaskedBlockModel {
             );
         }
         let dev = tokens.device();
-        let m = Tensor::from_vec(plan.masked.clone(), (b, n, 1, 1), dev)?.to_dtype(tokens.dtype())?;
+        let m =
+            Tensor::from_vec(plan.masked.clone(), (b, n, 1, 1), dev)?.to_dtype(tokens.dtype())?;
         let keep = m.affine(-1.0, 1.0)?;
         let token = self.mask_token.reshape((1, 1, 1, dc))?;
         tokens.broadcast_mul(&keep)? + m.broadcast_mul(&token)?
@@ -395,7 +396,11 @@ impl MaskedBlockModel {
 /// column 1 1 where the arg-max over the range is the target, else 0 (no gradient). Tensor
 /// ops on logits with −∞ outside each range (any device; [`fused_output_nll`] is the CPU's
 /// path, with the output layer).
-pub fn ranged_cross_entropy(logits: &Tensor, targets: &[u32], ranges: &[(u32, u32)]) -> Result<Tensor> {
+pub fn ranged_cross_entropy(
+    logits: &Tensor,
+    targets: &[u32],
+    ranges: &[(u32, u32)],
+) -> Result<Tensor> {
     let (r, v) = logits.dims2()?;
     if targets.len() != r || ranges.len() != r {
         candle_core::bail!(
@@ -410,9 +415,12 @@ pub fn ranged_cross_entropy(logits: &Tensor, targets: &[u32], ranges: &[(u32, u3
     for (row, &(a, b)) in ranges.iter().enumerate() {
         outside[row * v + a as usize..row * v + b as usize].fill(0.0);
     }
-    let z = logits.broadcast_add(&Tensor::from_vec(outside, (r, v), dev)?.to_dtype(logits.dtype())?)?;
+    let z =
+        logits.broadcast_add(&Tensor::from_vec(outside, (r, v), dev)?.to_dtype(logits.dtype())?)?;
     let t = Tensor::from_vec(targets.to_vec(), (r, 1), dev)?;
-    let nll = candle_nn::ops::log_softmax(&z, D::Minus1)?.gather(&t, 1)?.neg()?;
+    let nll = candle_nn::ops::log_softmax(&z, D::Minus1)?
+        .gather(&t, 1)?
+        .neg()?;
     let right = z
         .argmax_keepdim(D::Minus1)?
         .eq(&t)?
@@ -547,7 +555,11 @@ impl candle_core::CustomOp3 for OutputNll {
         let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
         let b: Vec<f32> = bias.to_vec1()?;
         let d = hidden.dim(1)?;
-        let (mut dh, mut dw, mut db) = (vec![0f32; h.len()], vec![0f32; w.len()], vec![0f32; b.len()]);
+        let (mut dh, mut dw, mut db) = (
+            vec![0f32; h.len()],
+            vec![0f32; w.len()],
+            vec![0f32; b.len()],
+        );
         for (i, &gi) in g.iter().enumerate() {
             if gi == 0.0 {
                 continue;
@@ -608,7 +620,10 @@ mod tests {
                 // Runs of masked blocks: spans join blocks (fewer runs than blocks).
                 let runs = m.windows(2).filter(|w| !w[0] && w[1]).count() + usize::from(m[0]);
                 if span > 1 && real >= 40 {
-                    assert!(runs < k, "spans of {span} should join blocks: {runs} runs for {k}");
+                    assert!(
+                        runs < k,
+                        "spans of {span} should join blocks: {runs} runs for {k}"
+                    );
                 }
             }
         }
@@ -663,13 +678,22 @@ mod tests {
             positions: 4,
         };
         let plan = MaskPlan::draw(&hb, &masking, 7);
-        assert_eq!(plan, MaskPlan::draw(&hb, &masking, 7), "same seed, same plan");
+        assert_eq!(
+            plan,
+            MaskPlan::draw(&hb, &masking, 7),
+            "same seed, same plan"
+        );
         assert_ne!(plan.masked, MaskPlan::draw(&hb, &masking, 8).masked);
         for (r, &m) in plan.masked.iter().enumerate() {
             assert!(m == 0 || hb.block_mask[r] == 1, "padding block {r} masked");
         }
         let per_item: Vec<usize> = (0..4)
-            .map(|i| plan.masked[i * n..(i + 1) * n].iter().filter(|&&m| m != 0).count())
+            .map(|i| {
+                plan.masked[i * n..(i + 1) * n]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count()
+            })
             .collect();
         assert_eq!(per_item, [9, 4, 1, 2]);
         assert_eq!(plan.per_row, 4);
@@ -691,12 +715,24 @@ mod tests {
             }
         }
         // 0 positions: every real one.
-        let all = MaskPlan::draw(&hb, &Masking { positions: 0, ..masking }, 7);
+        let all = MaskPlan::draw(
+            &hb,
+            &Masking {
+                positions: 0,
+                ..masking
+            },
+            7,
+        );
         assert_eq!(all.per_row, l);
         let real: usize = all
             .rows
             .iter()
-            .map(|&r| hb.byte_mask[r as usize * l..(r as usize + 1) * l].iter().filter(|&&m| m != 0).count())
+            .map(|&r| {
+                hb.byte_mask[r as usize * l..(r as usize + 1) * l]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count()
+            })
             .sum();
         assert_eq!(all.predicted(), real);
     }
@@ -706,7 +742,9 @@ mod tests {
         let (r, d, v) = (5, 3, 12);
         let mut rng = SplitMix64::new(4);
         let mut draw = |n: usize| -> Vec<f32> {
-            (0..n).map(|_| (rng.next_f64() * 4.0 - 2.0) as f32).collect()
+            (0..n)
+                .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+                .collect()
         };
         let (h0, w0, b0) = (draw(r * d), draw(v * d), draw(v));
         let targets = [3, 0, 11, 7, 5];
@@ -769,9 +807,9 @@ mod tests {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let mbm = MaskedBlockModel::new(&config, Masking::default(), vb)?;
         let (batch, plan) = prepare(&hb, mbm.masking(), 3, &Device::Cpu)?;
-        let plain = mbm
-            .model()
-            .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
+        let plain =
+            mbm.model()
+                .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
         let masked = mbm.masked_tokens(&batch, &plan, false)?;
         let token: Vec<f32> = mbm.mask_token().to_vec1()?;
         let (plain, masked) = (plain.flatten_to(2)?, masked.flatten_to(2)?); // [B·N·L', d_c], L' = 1
@@ -784,7 +822,7 @@ mod tests {
             };
             assert_eq!(a, want, "block {r}");
         }
-        assert!(plan.masked.iter().any(|&m| m == 1));
+        assert!(plan.masked.contains(&1));
         // A configuration without D_t is refused.
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let err = MaskedBlockModel::new(&Config::tiny(), Masking::default(), vb).unwrap_err();

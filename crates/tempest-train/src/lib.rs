@@ -33,9 +33,9 @@ mod init;
 pub mod metrics;
 pub mod optim;
 mod options;
-pub mod pretrain;
 #[cfg(feature = "plots")]
 pub mod plots;
+pub mod pretrain;
 pub mod recipe;
 mod report;
 mod train;

@@ -348,7 +348,12 @@ impl Driver for PretrainDriver<'_> {
 
     fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize> {
         let o = self.options;
-        let chosen = choose_variants(self.counts, VariantChoice::OnePerEpoch, o.seed, epoch as u64);
+        let chosen = choose_variants(
+            self.counts,
+            VariantChoice::OnePerEpoch,
+            o.seed,
+            epoch as u64,
+        );
         let mut entries = Vec::with_capacity(chosen.len());
         let mut shapes = Vec::with_capacity(chosen.len());
         for (item, v) in chosen {
@@ -627,7 +632,12 @@ pub fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
     [dir.to_path_buf(), dir.join("last"), dir.join("best")]
         .iter()
         .find_map(|d| checkpoint::resolve(d))
-        .ok_or_else(|| Error::dataset(dir, "no checkpoint (model.safetensors) here or in last/, best/"))
+        .ok_or_else(|| {
+            Error::dataset(
+                dir,
+                "no checkpoint (model.safetensors) here or in last/, best/",
+            )
+        })
 }
 
 /// Sets the variables of `varmap` from the pretrained checkpoint in `dir` (a checkpoint
@@ -671,9 +681,8 @@ fn copy_weights(
     take: impl Fn(&str) -> bool,
     strict: bool,
 ) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
-    let stored = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        Error::dataset(path, format!("cannot read the weights: {e}"))
-    })?;
+    let stored = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::dataset(path, format!("cannot read the weights: {e}")))?;
     let vars: Vec<(String, Var)> = {
         let data = varmap
             .data()

@@ -46,7 +46,9 @@ fn the_pretraining_loss_falls_over_a_few_steps_on_one_batch() -> Result<()> {
     let dataset = spoken_words()?;
     let o = quick_options(3);
     let config = pretrain_config(&Config::tiny(), &o, cff_blocks::Format::Mp3)?;
-    let tok = o.tokenizer(cff_blocks::Format::Mp3, &config)?.eval_config()?;
+    let tok = o
+        .tokenizer(cff_blocks::Format::Mp3, &config)?
+        .eval_config()?;
     let items: Vec<_> = dataset
         .select(&["train".to_string()])
         .into_iter()
@@ -65,7 +67,13 @@ fn the_pretraining_loss_falls_over_a_few_steps_on_one_batch() -> Result<()> {
     let mut losses = Vec::new();
     for _ in 0..12 {
         // The same batch and mask plan every step: the loss must fall as the model fits it.
-        let (grads, sums) = pretrain_gradients(&model, &[host.clone()], &masking, 9, &Device::Cpu)?;
+        let (grads, sums) = pretrain_gradients(
+            &model,
+            std::slice::from_ref(&host),
+            &masking,
+            9,
+            &Device::Cpu,
+        )?;
         losses.push(sums.mean_loss());
         opt.accumulate(&grads)?;
         opt.step(3e-3, 1.0)?;
@@ -96,14 +104,25 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     assert_eq!(lines.lines().count(), 2, "{lines}");
     for line in lines.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
-        assert!(v["pretrain"]["loss"].as_f64().is_some_and(f64::is_finite), "{line}");
+        assert!(
+            v["pretrain"]["loss"].as_f64().is_some_and(f64::is_finite),
+            "{line}"
+        );
         assert_eq!(v["pretrain"]["items"].as_f64(), Some(16.0));
     }
     // Stopped inside the first epoch, then resumed: the same weights to the bit.
     let parted = scratch("pretrain-parted")?;
     let mut stop = o.clone();
     stop.stop_after_steps = Some(1);
-    let r1 = pretrain(&dataset, &train_split, &cfg, &stop, &masking, &parted, false)?;
+    let r1 = pretrain(
+        &dataset,
+        &train_split,
+        &cfg,
+        &stop,
+        &masking,
+        &parted,
+        false,
+    )?;
     assert!(r1.interrupted);
     assert_eq!(r1.steps, 1);
     let r2 = pretrain(&dataset, &train_split, &cfg, &o, &masking, &parted, true)?;
@@ -125,7 +144,11 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
             .collect()
     };
     let resumed = std::fs::read_to_string(parted.join("metrics.jsonl"))?;
-    assert_eq!(parts(&resumed)?, parts(&lines)?, "the resumed run's metrics");
+    assert_eq!(
+        parts(&resumed)?,
+        parts(&lines)?,
+        "the resumed run's metrics"
+    );
 
     // Fine-tuning: every tensor but the head's (and the mask token) taken over, values equal.
     let stored = tensors(&file(&whole))?;
@@ -137,10 +160,16 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
         vocab_size: vocab,
         ..Config::tiny()
     };
-    let task = base.clone().with_num_classes(10).with_reconstruction_weight(0.1);
+    let task = base
+        .clone()
+        .with_num_classes(10)
+        .with_reconstruction_weight(0.1);
     let (_, varmap) = init_seeded(&task, &Device::Cpu, DType::F32, 8)?;
     let report = init_from_pretrained(&varmap, &whole)?;
-    assert_eq!(report.unused, ["head.bias", "head.weight", "pretrain.mask_token"]);
+    assert_eq!(
+        report.unused,
+        ["head.bias", "head.weight", "pretrain.mask_token"]
+    );
     assert_eq!(report.fresh, ["head.bias", "head.weight"]);
     let vars = varmap.data().lock().map_err(|_| "lock")?.clone();
     assert_eq!(report.loaded.len(), vars.len() - 2);
@@ -149,7 +178,10 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
         let b: Vec<f32> = stored[name].flatten_all()?.to_vec1()?;
         assert_eq!(a, b, "{name}");
     }
-    assert!(report.loaded.iter().any(|n| n.starts_with("block_decoder.")));
+    assert!(report
+        .loaded
+        .iter()
+        .any(|n| n.starts_with("block_decoder.")));
     assert_eq!(vars["head.weight"].dims(), [10, 64]);
     // Without D_t in the task's model, D_t's tensors are left behind.
     let (_, plain) = init_seeded(&base, &Device::Cpu, DType::F32, 8)?;
@@ -161,7 +193,9 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     wider.context_encoder.dim = 32;
     wider.context_encoder.mlp_dim = 128;
     let (_, other) = init_seeded(&wider, &Device::Cpu, DType::F32, 8)?;
-    let err = init_from_pretrained(&other, &whole).unwrap_err().to_string();
+    let err = init_from_pretrained(&other, &whole)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("model.safetensors") && err.contains("has shape") && err.contains('"'),
         "{err}"
@@ -182,7 +216,11 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     let run = train(&dataset, &plan, &cfg, &ft, &tuned, false)?;
     assert!(run.interrupted);
     let after = tensors(&file(&tuned))?;
-    for name in ["embed.bytes.weight", "block_encoder.layers.0.attn.q.weight", "mixer.mix"] {
+    for name in [
+        "embed.bytes.weight",
+        "block_encoder.layers.0.attn.q.weight",
+        "mixer.mix",
+    ] {
         let a: Vec<f32> = after[name].flatten_all()?.to_vec1()?;
         let b: Vec<f32> = stored[name].flatten_all()?.to_vec1()?;
         assert_eq!(a, b, "{name} moved while frozen");
@@ -205,7 +243,15 @@ fn tokenizer_config_is_saved_with_the_pretrained_checkpoint() -> Result<()> {
     let mut o = quick_options(2);
     o.epochs = 1;
     o.stop_after_steps = Some(1);
-    pretrain(&dataset, &[], &Config::tiny(), &o, &Masking::default(), &dir, false)?;
+    pretrain(
+        &dataset,
+        &[],
+        &Config::tiny(),
+        &o,
+        &Masking::default(),
+        &dir,
+        false,
+    )?;
     let last = dir.join("last");
     let tok: TokenizerConfig = tempest_train::checkpoint::read_json(
         &last.join(tempest_train::checkpoint::TOKENIZER_FILE),
