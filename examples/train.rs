@@ -6,7 +6,8 @@
 //!     [--test-variant mp3:20+mp3:26+mp3:32|ensemble] (the final test; `a+b`: one
 //!     prediction per item, its class probabilities averaged over the variants)
 //!     [--preset tiny|small|paper | --config FILE] [--max-train-items N] [--folds 1,2,3,4,5]
-//!     [--out RUN_DIR] [--resume] [TRAINING FLAGS]
+//!     [--out RUN_DIR] [--resume] [--init PRETRAINED_DIR [--freeze-block-encoder EPOCHS]]
+//!     [TRAINING FLAGS]
 //! ```
 //!
 //! The training flags (examples/common/train_args.rs, shared with `quickstart` and `compare`;
@@ -102,6 +103,15 @@ struct Cli {
     /// Continue the run in --out from its last checkpoint
     #[arg(long)]
     resume: bool,
+    /// Start from a pretrained checkpoint (a `pretrain` run folder or a checkpoint folder):
+    /// E_t, M, D_t and E_c taken over, a new head for this task's classes; give the preset and
+    /// tokens it was pretrained with (shapes are checked)
+    #[arg(long, value_name = "PRETRAINED_DIR")]
+    init: Option<PathBuf>,
+    /// Hold E_t and M (with the byte and length embeddings) still for the first EPOCHS
+    /// epochs [default: 0]
+    #[arg(long, value_name = "EPOCHS")]
+    freeze_block_encoder: Option<usize>,
     #[command(flatten)]
     train: train_args::TrainArgs,
 }
@@ -173,6 +183,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     o.handle_ctrl_c = true;
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
+    o.init = cli.init.clone();
+    o.freeze_block_encoder = cli.freeze_block_encoder.unwrap_or(0);
     if let Some(v) = &cli.eval_variant {
         o.eval_variants = v.clone();
         o.test_variants = None;

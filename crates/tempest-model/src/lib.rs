@@ -48,6 +48,7 @@ mod gradients;
 mod mixup;
 mod model;
 pub mod nn;
+pub mod pretrain;
 
 pub use tempest_kernels as kernels;
 
@@ -64,4 +65,5 @@ pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
 };
+pub use pretrain::{MaskPlan, MaskedBlockModel, Masking, PretrainLoss};
 pub use tempest_kernels::{dropout_seed, release_scratch, DropoutRng};

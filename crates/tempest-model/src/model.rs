@@ -161,6 +161,13 @@ impl BlockDecoder {
     /// tokens followed by L position queries; the queries carry no bytes, so only the tokens
     /// inform the reconstruction.
     pub fn forward(&self, tokens: &Tensor, l: usize, train: bool) -> Result<Tensor> {
+        self.output(&self.hidden(tokens, l, train)?)
+    }
+
+    /// [`BlockDecoder::forward`] before its output layer: `tokens [BN, L', d_c]` → the L
+    /// position queries' states `[BN, L, d]` (masked block modelling takes a few positions
+    /// of them to [`BlockDecoder::output`]).
+    pub fn hidden(&self, tokens: &Tensor, l: usize, train: bool) -> Result<Tensor> {
         let (bn, lt, _) = tokens.dims3()?;
         let d = self.positions.dim(1)?;
         let t = self.input.forward(tokens)?;
@@ -171,7 +178,37 @@ impl BlockDecoder {
             .broadcast_as((bn, l, d))?;
         let x = Tensor::cat(&[&t, &q], 1)?;
         let y = self.stack.forward(&x, None, train)?;
-        self.output.forward(&y.narrow(1, lt, l)?)
+        y.narrow(1, lt, l)
+    }
+
+    /// D_t asked for some positions only: `tokens [BN, L', d_c]` and `positions [BN, P]` (u32,
+    /// in-block positions below `max_block_bytes`) → those queries' states `[BN, P, d]`. The
+    /// sequence is the L' projected tokens followed by the P position queries (instead of all
+    /// L of [`BlockDecoder::hidden`]): masked block modelling predicts a few ids of each
+    /// masked block, and attention over L' + P instead of L' + L positions is what makes that
+    /// cheap.
+    pub fn hidden_at(&self, tokens: &Tensor, positions: &Tensor, train: bool) -> Result<Tensor> {
+        let (bn, lt, _) = tokens.dims3()?;
+        let (_, p) = positions.dims2()?;
+        let d = self.positions.dim(1)?;
+        let t = self.input.forward(tokens)?;
+        let q = self
+            .positions
+            .index_select(&positions.flatten_all()?, 0)?
+            .reshape((bn, p, d))?;
+        let x = Tensor::cat(&[&t, &q], 1)?;
+        let y = self.stack.forward(&x, None, train)?;
+        y.narrow(1, lt, p)
+    }
+
+    /// The output layer (d → `vocab_size − 1`).
+    pub fn output_layer(&self) -> &Linear {
+        &self.output
+    }
+
+    /// The output layer: states `[.., d]` → id logits `[.., vocab_size − 1]`.
+    pub fn output(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.output.forward(hidden)
     }
 }
 
@@ -508,6 +545,15 @@ impl Tempest {
     /// E_c and the head: block tokens `[B, N, L', d_c]` with the batch's positions and block
     /// mask → class logits `[B, classes]`.
     pub fn classify_tokens(&self, tokens: &Tensor, batch: &Batch, train: bool) -> Result<Tensor> {
+        let y = self.context(tokens, batch, train)?;
+        self.head.forward(&y.i((.., 0))?)
+    }
+
+    /// E_c alone: block tokens `[B, N, L', d_c]` with the batch's positions and block mask →
+    /// its output `[B, 1 + N·L', d_c]`, \[CLS\] first, then each block's L' tokens in order
+    /// (what [`Tempest::classify_tokens`] gives the head the first of; masked block modelling
+    /// reads the others).
+    pub fn context(&self, tokens: &Tensor, batch: &Batch, train: bool) -> Result<Tensor> {
         let (b, n, lt, dc) = tokens.dims4()?;
         let dev = tokens.device();
         let last = Tensor::full(self.config.max_blocks as u32 - 1, (), dev)?;
@@ -531,10 +577,8 @@ impl Tempest {
             .broadcast_as((b, n, lt))?
             .reshape((b, n * lt))?;
         let mask = Tensor::cat(&[&Tensor::ones((b, 1), self.dtype, dev)?, &token_mask], 1)?;
-        let y = self
-            .context_encoder
-            .forward(&x, Some(&key_bias(&mask, self.dtype)?), train)?;
-        self.head.forward(&y.i((.., 0))?)
+        self.context_encoder
+            .forward(&x, Some(&key_bias(&mask, self.dtype)?), train)
     }
 
     /// Inference or a training pass without the losses: class logits and block tokens.

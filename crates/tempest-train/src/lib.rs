@@ -16,6 +16,8 @@
 //! - [`fit()`]: the same loop, optimiser, schedule and metrics for any [`Learner`] on items
 //!   prepared once ([`prepare_items`]): two models on one split and budget (the `compare`
 //!   example).
+//! - [`pretrain()`]: self-supervised masked block modelling on unlabelled files, on the same
+//!   loop; [`init_from_pretrained`] takes its weights over for fine-tuning (`train --init`).
 //! - [`train_step`]: one step of that loop on one batch, for benchmarks and the GPU check.
 //! - `--device`/`--dtype` ([`TrainOptions::device`], [`TrainOptions::dtype`]): where and in
 //!   which precision; checkpoints do not depend on either.
@@ -33,6 +35,7 @@ pub mod optim;
 mod options;
 #[cfg(feature = "plots")]
 pub mod plots;
+pub mod pretrain;
 pub mod recipe;
 mod report;
 mod train;
@@ -48,6 +51,7 @@ pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, EpochSums, Metrics, Tally};
 pub use optim::{train_step, AdamW, AdamWConfig, CosineSchedule};
 pub use options::{default_tokens, EvalVariants, TrainOptions};
+pub use pretrain::{init_from_pretrained, pretrain, InitReport, PretrainReport};
 pub use recipe::{ImageRecipe, Recipe, AUDIO_BITRATES, AUDIO_ENSEMBLE};
 pub use report::RunReport;
 pub use tempest_data::{holds_images, DataSource, Dataset, Sample, SplitPlan};

@@ -196,6 +196,13 @@ pub struct TrainOptions {
     pub device: DeviceChoice,
     /// The weights' precision (`--dtype f32|bf16`; bf16 on a GPU only).
     pub dtype: Precision,
+    /// Start a fresh run from a pretrained checkpoint (`--init`, a checkpoint or run folder):
+    /// every variable but the head taken over where the file has it
+    /// ([`crate::pretrain::init_from_pretrained`]). Ignored when resuming.
+    pub init: Option<std::path::PathBuf>,
+    /// Hold E_t and M (with the byte and length embeddings) still for this many epochs: their
+    /// gradients are dropped ([`crate::pretrain::BLOCK_ENCODER_PREFIXES`]). 0: none.
+    pub freeze_block_encoder: usize,
 }
 
 impl TrainOptions {
@@ -337,6 +344,8 @@ impl Default for TrainOptions {
             overwrite: false,
             device: DeviceChoice::Cpu,
             dtype: Precision::F32,
+            init: None,
+            freeze_block_encoder: 0,
         }
     }
 }

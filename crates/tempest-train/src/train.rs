@@ -38,6 +38,16 @@ pub fn install_ctrl_c_handler() -> bool {
     *HANDLER.get_or_init(|| ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst)).is_ok())
 }
 
+/// Whether Ctrl-C asked the runs of this process to stop.
+pub(crate) fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Clears an earlier stop request (at the start of a run).
+pub(crate) fn reset_stop() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
 /// A training run in `run_dir`: trains on `plan.train`, evaluates every epoch on
 /// `plan.validation` (or `plan.test` when there is no validation split), keeps the best
 /// checkpoint in `run_dir/best` and a resumable one in `run_dir/last`, appends one JSON line
@@ -146,6 +156,10 @@ pub fn train(
                 }
                 let _ = fs::remove_file(&metrics);
                 let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
+                if let Some(dir) = &o.init {
+                    let r = crate::pretrain::init_from_pretrained(&varmap, dir)?;
+                    eprintln!("{}", r.summary());
+                }
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {
                     seed: o.seed,
@@ -211,6 +225,12 @@ pub fn train(
         },
         process_start: Instant::now(),
         elapsed_before: state.elapsed_s,
+        frozen: if o.freeze_block_encoder > 0 {
+            crate::pretrain::block_encoder_vars(&varmap)
+        } else {
+            Vec::new()
+        },
+        epoch_index: 0,
     };
     let outcome = fit_loop(&mut driver, &mut opt, &schedule, &mut state, o)?;
     let (process_start, elapsed_before, mut metrics_file) = (
@@ -294,6 +314,11 @@ struct FileDriver<'a> {
     parts_saved: CheckpointParts<'a>,
     process_start: Instant,
     elapsed_before: f64,
+    /// E_t and M's variables, whose gradients are dropped in the first
+    /// `options.freeze_block_encoder` epochs (empty when none are).
+    frozen: Vec<candle_core::Var>,
+    /// The epoch in progress (from 0).
+    epoch_index: usize,
 }
 
 impl FileDriver<'_> {
@@ -320,6 +345,7 @@ impl Driver for FileDriver<'_> {
 
     fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize> {
         let o = self.options;
+        self.epoch_index = epoch;
         let chosen = choose_variants(
             self.counts,
             VariantChoice::OnePerEpoch,
@@ -416,7 +442,13 @@ impl Driver for FileDriver<'_> {
     }
 
     fn gradients(&mut self, batch: Vec<HostBatch>) -> Result<(GradStore, EpochSums)> {
-        batch_gradients(self.model, &batch, self.device)
+        let (mut grads, sums) = batch_gradients(self.model, &batch, self.device)?;
+        if self.epoch_index < self.options.freeze_block_encoder {
+            for v in &self.frozen {
+                grads.remove(v.as_tensor());
+            }
+        }
+        Ok((grads, sums))
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
@@ -437,7 +469,7 @@ impl Driver for FileDriver<'_> {
     }
 
     fn stop_requested(&self) -> bool {
-        STOP.load(Ordering::SeqCst)
+        stop_requested()
     }
 
     fn end_batches(&mut self) {

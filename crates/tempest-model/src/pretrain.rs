@@ -1,0 +1,832 @@
+//! Masked block modelling: self-supervised pretraining of TEMPEST on unlabelled files
+//! (issue #22, docs/pretraining.md).
+//!
+//! A fraction of each item's blocks is chosen ([`MaskPlan::draw`]; in runs of consecutive
+//! blocks, spans, for audio), their tokens out of E_t and M are replaced by one learned mask
+//! token before E_c, and the model learns to give back each masked block's ids from E_c's
+//! output at its place, through the block decoder D_t. Only masked blocks go through D_t, and
+//! D_t is asked for a few positions of each ([`crate::BlockDecoder::hidden_at`]), so its
+//! attention spans L' + P instead of L' + L queries and its output layer (a vocabulary of up
+//! to 2,232 ids with MP3 field tokens) runs on P positions: every position of every block was
+//! what made λ > 0 slow on the CPU. The positions are drawn afresh in every batch, so every
+//! position is a target over the epochs.
+//!
+//! ```text
+//! ids ─► E_t, M ─► tokens ─► (masked blocks: mask token) ─► E_c ─► masked places ─► D_t
+//!                                                     ─► P positions ─► ids, cross-entropy
+//! ```
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+use tempest_tokenize::rng::SplitMix64;
+use tempest_tokenize::{Batch, HostBatch};
+
+use crate::{Config, Tempest};
+
+/// The mask token's variable name (`pretrain.mask_token [d_c]`); `train --init` leaves every
+/// `pretrain.*` tensor behind.
+pub const MASK_TOKEN: &str = "pretrain.mask_token";
+/// The prefix of the variables that exist only while pretraining.
+pub const PRETRAIN_PREFIX: &str = "pretrain.";
+
+/// What is masked and what is predicted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Masking {
+    /// Fraction of each item's real blocks replaced by the mask token (rounded; at least one
+    /// block, and at least one left unmasked when the item has two or more).
+    pub fraction: f64,
+    /// Blocks per span: masked blocks come in runs of up to this many consecutive blocks
+    /// (1: blocks chosen one by one, for images; audio frames are ~26–36 ms, and a single
+    /// missing frame is easy to interpolate from its neighbours).
+    pub span: usize,
+    /// Positions of each masked block whose ids are predicted, drawn among its real ones
+    /// (all of them when the block has fewer); 0: every real position.
+    pub positions: usize,
+}
+
+impl Default for Masking {
+    /// 30 % of the blocks in spans of 3, 32 positions each (docs/pretraining.md).
+    fn default() -> Self {
+        Masking {
+            fraction: 0.3,
+            span: 3,
+            positions: 32,
+        }
+    }
+}
+
+impl Masking {
+    /// Checks the settings; the error names the one that is wrong.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.fraction > 0.0 && self.fraction < 1.0) {
+            return Err(format!(
+                "mask fraction must be in (0, 1), not {}",
+                self.fraction
+            ));
+        }
+        if self.span == 0 {
+            return Err("mask span must be at least 1 block".into());
+        }
+        Ok(())
+    }
+}
+
+/// Chooses the blocks to mask among `real` blocks (in order): `round(fraction · real)` of
+/// them, clamped to at least 1 and, with two or more blocks, at most `real − 1`, as runs of up
+/// to `span` consecutive blocks starting at random places (runs may touch or overlap; the last
+/// one is cut so the count is exact). Returns one flag per block.
+pub fn choose_spans(real: usize, fraction: f64, span: usize, rng: &mut SplitMix64) -> Vec<bool> {
+    let mut masked = vec![false; real];
+    if real == 0 {
+        return masked;
+    }
+    let upper = if real >= 2 { real - 1 } else { 1 };
+    let k = ((fraction * real as f64).round() as usize).clamp(1, upper);
+    let span = span.max(1);
+    let mut count = 0;
+    while count < k {
+        let start = rng.below(real as u64) as usize;
+        for flag in masked.iter_mut().skip(start).take(span) {
+            if count == k {
+                break;
+            }
+            if !*flag {
+                *flag = true;
+                count += 1;
+            }
+        }
+    }
+    masked
+}
+
+/// Which blocks of a batch are masked and which of their ids are predicted: drawn on the host
+/// from the batch and a seed ([`MaskPlan::draw`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaskPlan {
+    /// B, N and L of the batch.
+    pub shape: (usize, usize, usize),
+    /// `[B·N]` 1 where the block is masked (never at padding).
+    pub masked: Vec<u8>,
+    /// The masked blocks' rows in `B·N`, ascending.
+    pub rows: Vec<u32>,
+    /// Positions predicted per masked block (P).
+    pub per_row: usize,
+    /// `[rows · P]` the predicted positions in their blocks (below L), ascending per block.
+    pub positions: Vec<u32>,
+    /// `[rows · P]` the ids there as D_t's outputs ([`output_index`]; 0 where the weight
+    /// is 0).
+    pub targets: Vec<u32>,
+    /// `[rows · P]` 1 for a real position, 0 for a filler (blocks with fewer than P ids).
+    pub weights: Vec<f32>,
+    /// `[rows · P]` the outputs each target is chosen among ([`id_range`]: its field's ids,
+    /// or the 256 bytes, as [`output_index`]es).
+    pub ranges: Vec<(u32, u32)>,
+}
+
+/// The ids a block position holding `id` chooses among: the ids of its codec field
+/// ([`tempest_tokenize::fields`]: MP3 and Opus field ids, MP3 band-line ids), or the 256
+/// bytes. What a field's value is, not which field sits where (that follows from the block's
+/// layout), is what masked block modelling asks for; and a softmax over a field's ids instead
+/// of the whole vocabulary (up to 2,232 ids) is cheap.
+pub fn id_range(id: u32) -> (u32, u32) {
+    tempest_tokenize::fields::field_name(id)
+        .and_then(tempest_tokenize::fields::field_range)
+        .map_or((0, 256), |r| (r.start, r.end))
+}
+
+/// D_t's output for id `id`: its outputs are every id but the padding id
+/// ([`tempest_tokenize::PAD_ID`], 256), so the field ids above it move down by one.
+pub fn output_index(id: u32) -> u32 {
+    if id > tempest_tokenize::PAD_ID {
+        id - 1
+    } else {
+        id
+    }
+}
+
+impl MaskPlan {
+    /// Draws the masked blocks of each item of `batch` ([`choose_spans`] over its real blocks)
+    /// and the predicted positions of each masked block (`masking.positions` of its real ones,
+    /// without repetition), from `seed` alone: the same batch and seed give the same plan.
+    pub fn draw(batch: &HostBatch, masking: &Masking, seed: u64) -> MaskPlan {
+        let (b, n, l) = (batch.batch, batch.blocks, batch.block_bytes);
+        let mut rng = SplitMix64::derive(seed, &[0x6d61_736b]);
+        let mut masked = vec![0u8; b * n];
+        for item in 0..b {
+            let real: Vec<usize> = (0..n)
+                .filter(|&j| batch.block_mask[item * n + j] != 0)
+                .collect();
+            let flags = choose_spans(real.len(), masking.fraction, masking.span, &mut rng);
+            for (j, f) in real.iter().zip(flags) {
+                if f {
+                    masked[item * n + j] = 1;
+                }
+            }
+        }
+        let rows: Vec<u32> = (0..b * n)
+            .filter(|&r| masked[r] != 0)
+            .map(|r| r as u32)
+            .collect();
+        let longest = rows
+            .iter()
+            .map(|&r| {
+                let r = r as usize;
+                batch.byte_mask[r * l..(r + 1) * l]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        let per_row = match masking.positions {
+            0 => longest.max(1),
+            p => p.min(longest.max(1)),
+        };
+        let mut positions = Vec::with_capacity(rows.len() * per_row);
+        let mut targets = Vec::with_capacity(rows.len() * per_row);
+        let mut weights = Vec::with_capacity(rows.len() * per_row);
+        let mut ranges = Vec::with_capacity(rows.len() * per_row);
+        for &r in &rows {
+            let r = r as usize;
+            let mut real: Vec<usize> = (0..l)
+                .filter(|&p| batch.byte_mask[r * l + p] != 0)
+                .collect();
+            // The first `per_row` of a partial Fisher–Yates shuffle: a uniform draw without
+            // repetition.
+            let take = per_row.min(real.len());
+            for k in 0..take {
+                let j = k + rng.below((real.len() - k) as u64) as usize;
+                real.swap(k, j);
+            }
+            let mut chosen = real[..take].to_vec();
+            chosen.sort_unstable();
+            for k in 0..per_row {
+                match chosen.get(k) {
+                    Some(&p) => {
+                        positions.push(p as u32);
+                        let id = batch.ids[r * l + p];
+                        let (a, b) = id_range(id);
+                        targets.push(output_index(id));
+                        weights.push(1.0);
+                        ranges.push((output_index(a), output_index(b - 1) + 1));
+                    }
+                    None => {
+                        positions.push(0);
+                        targets.push(0);
+                        weights.push(0.0);
+                        ranges.push((0, 1));
+                    }
+                }
+            }
+        }
+        MaskPlan {
+            shape: (b, n, l),
+            masked,
+            rows,
+            per_row,
+            positions,
+            targets,
+            weights,
+            ranges,
+        }
+    }
+
+    /// Masked blocks in the batch.
+    pub fn masked_blocks(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Predicted ids (real positions) in the batch.
+    pub fn predicted(&self) -> usize {
+        self.weights.iter().filter(|&&w| w > 0.0).count()
+    }
+}
+
+/// The pretraining loss of one batch, from [`MaskedBlockModel::loss`].
+#[derive(Debug, Clone)]
+pub struct PretrainLoss {
+    /// Mean cross-entropy of the predicted ids of the masked blocks, a scalar.
+    pub loss: Tensor,
+    /// Fraction of the predicted ids whose arg-max was right.
+    pub accuracy: f64,
+}
+
+/// TEMPEST with a mask token, for masked block modelling. Its variables are the model's
+/// (built from a configuration that has a block decoder, λ > 0) and [`MASK_TOKEN`].
+#[derive(Debug, Clone)]
+pub struct MaskedBlockModel {
+    model: Tempest,
+    mask_token: Tensor,
+    masking: Masking,
+}
+
+impl MaskedBlockModel {
+    /// Builds the model and its mask token through `vb`. The configuration must have a block
+    /// decoder (`reconstruction_weight` > 0; the value itself is not used).
+    pub fn new(config: &Config, masking: Masking, vb: VarBuilder<'_>) -> Result<Self> {
+        masking.validate().map_err(candle_core::Error::msg)?;
+        if !config.has_block_decoder() {
+            candle_core::bail!(
+                "masked block modelling predicts blocks through D_t: the configuration needs \
+                 reconstruction_weight > 0"
+            );
+        }
+        let model = Tempest::new(config, vb.clone())?;
+        let mask_token = vb.get_with_hints(
+            config.context_encoder.dim,
+            MASK_TOKEN,
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        )?;
+        Ok(MaskedBlockModel {
+            model,
+            mask_token,
+            masking,
+        })
+    }
+
+    /// The model (E_t, M, D_t, E_c and an unused head).
+    pub fn model(&self) -> &Tempest {
+        &self.model
+    }
+
+    /// A copy that shares every variable but draws its dropout masks from a generator of its
+    /// own ([`Tempest::with_own_dropout`]).
+    pub fn with_own_dropout(&self, seed: u64) -> MaskedBlockModel {
+        MaskedBlockModel {
+            model: self.model.with_own_dropout(seed),
+            ..self.clone()
+        }
+    }
+
+    /// The masking settings.
+    pub fn masking(&self) -> &Masking {
+        &self.masking
+    }
+
+    /// The mask token `[d_c]`.
+    pub fn mask_token(&self) -> &Tensor {
+        &self.mask_token
+    }
+
+    /// The block tokens `[B, N, L', d_c]` with the masked blocks' replaced by the mask token.
+    pub fn masked_tokens(&self, batch: &Batch, plan: &MaskPlan, train: bool) -> Result<Tensor> {
+        let tokens =
+            self.model
+                .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, train)?;
+        let (b, n, _, dc) = tokens.dims4()?;
+        if plan.shape.0 != b || plan.shape.1 != n {
+            candle_core::bail!(
+                "a mask plan of {:?} for a batch of {b} items of {n} blocks",
+                plan.shape
+            );
+        }
+        let dev = tokens.device();
+        let m =
+            Tensor::from_vec(plan.masked.clone(), (b, n, 1, 1), dev)?.to_dtype(tokens.dtype())?;
+        let keep = m.affine(-1.0, 1.0)?;
+        let token = self.mask_token.reshape((1, 1, 1, dc))?;
+        tokens.broadcast_mul(&keep)? + m.broadcast_mul(&token)?
+    }
+
+    /// The loss of `batch` masked as `plan` says: E_t and M encode every block, the masked
+    /// ones' tokens are replaced by the mask token, E_c reads them all, and D_t predicts the
+    /// ids of the plan's positions from E_c's output at each masked block.
+    pub fn loss(&self, batch: &Batch, plan: &MaskPlan, train: bool) -> Result<PretrainLoss> {
+        let x = self.masked_tokens(batch, plan, train)?;
+        let (b, n, lt, dc) = x.dims4()?;
+        let l = batch.ids.dim(2)?;
+        if plan.shape.2 != l || plan.rows.is_empty() {
+            candle_core::bail!("a mask plan without masked blocks or of another L");
+        }
+        let y = self.model.context(&x, batch, train)?;
+        let dev = y.device();
+        let rows = Tensor::from_vec(plan.rows.clone(), plan.rows.len(), dev)?;
+        let at = y
+            .narrow(1, 1, n * lt)?
+            .reshape((b * n, lt, dc))?
+            .index_select(&rows, 0)?;
+        let decoder = self
+            .model
+            .block_decoder()
+            .ok_or_else(|| candle_core::Error::Msg("no block decoder".into()))?;
+        let m = plan.rows.len();
+        let count = plan.positions.len();
+        let positions = Tensor::from_vec(plan.positions.clone(), (m, plan.per_row), dev)?;
+        let hidden = decoder.hidden_at(&at, &positions, train)?.flatten_to(1)?; // [rows·P, d]
+        let weights = Tensor::from_vec(plan.weights.clone(), count, dev)?;
+        let out = match decoder.output_layer().bias.as_ref() {
+            Some(bias)
+                if self.model.config().own_kernels(dev)
+                    && dev.is_cpu()
+                    && hidden.dtype() == DType::F32 =>
+            {
+                let weight = decoder.output_layer().weight();
+                fused_output_nll(&hidden, weight, bias, &plan.targets, &plan.ranges)?
+            }
+            _ => {
+                let logits = decoder.output(&hidden)?; // [rows·P, V − 1]
+                ranged_cross_entropy(&logits, &plan.targets, &plan.ranges)?
+            }
+        };
+        let total = plan.predicted().max(1) as f64;
+        let nll = out.narrow(1, 0, 1)?.squeeze(1)?;
+        let loss = ((nll * weights.to_dtype(out.dtype())?)?.sum_all()? / total)?;
+        let right = out
+            .narrow(1, 1, 1)?
+            .squeeze(1)?
+            .detach()
+            .to_dtype(DType::F32)?
+            .mul(&weights)?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+        Ok(PretrainLoss {
+            loss,
+            accuracy: right / total,
+        })
+    }
+}
+
+/// Cross-entropy of each row `r` of `logits [R, V]` against `targets[r]`, its softmax taken
+/// over the ids `ranges[r]` only: `[R, 2]`, column 0 `−log p(target)` (differentiable),
+/// column 1 1 where the arg-max over the range is the target, else 0 (no gradient). Tensor
+/// ops on logits with −∞ outside each range (any device; [`fused_output_nll`] is the CPU's
+/// path, with the output layer).
+pub fn ranged_cross_entropy(
+    logits: &Tensor,
+    targets: &[u32],
+    ranges: &[(u32, u32)],
+) -> Result<Tensor> {
+    let (r, v) = logits.dims2()?;
+    if targets.len() != r || ranges.len() != r {
+        candle_core::bail!(
+            "ranged cross-entropy: {} targets and {} ranges for {r} rows",
+            targets.len(),
+            ranges.len()
+        );
+    }
+    check_ranges(targets, ranges, v)?;
+    let dev = logits.device();
+    let mut outside = vec![-1e30f32; r * v];
+    for (row, &(a, b)) in ranges.iter().enumerate() {
+        outside[row * v + a as usize..row * v + b as usize].fill(0.0);
+    }
+    let z =
+        logits.broadcast_add(&Tensor::from_vec(outside, (r, v), dev)?.to_dtype(logits.dtype())?)?;
+    let t = Tensor::from_vec(targets.to_vec(), (r, 1), dev)?;
+    let nll = candle_nn::ops::log_softmax(&z, D::Minus1)?
+        .gather(&t, 1)?
+        .neg()?;
+    let right = z
+        .argmax_keepdim(D::Minus1)?
+        .eq(&t)?
+        .to_dtype(logits.dtype())?;
+    Tensor::cat(&[&nll, &right], 1)
+}
+
+/// D_t's output layer and [`ranged_cross_entropy`] as one op on the CPU: `hidden [R, d]`,
+/// the layer's `weight [V, d]` and `bias [V]` → the same `[R, 2]`, computing each row's
+/// logits over its range only (a field has 8 to 512 ids, the vocabulary up to 2,489), forward
+/// and backward.
+pub fn fused_output_nll(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    targets: &[u32],
+    ranges: &[(u32, u32)],
+) -> Result<Tensor> {
+    let (r, d) = hidden.dims2()?;
+    let (v, wd) = weight.dims2()?;
+    if wd != d || bias.dims1()? != v || targets.len() != r || ranges.len() != r {
+        candle_core::bail!(
+            "fused output: hidden {:?}, weight {:?}, bias {:?}, {} targets, {} ranges",
+            hidden.dims(),
+            weight.dims(),
+            bias.dims(),
+            targets.len(),
+            ranges.len()
+        );
+    }
+    check_ranges(targets, ranges, v)?;
+    let op = OutputNll {
+        targets: std::sync::Arc::new(targets.to_vec()),
+        ranges: std::sync::Arc::new(ranges.to_vec()),
+    };
+    hidden
+        .contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+fn check_ranges(targets: &[u32], ranges: &[(u32, u32)], v: usize) -> Result<()> {
+    for (&t, &(a, b)) in targets.iter().zip(ranges) {
+        if !(a <= t && t < b && b as usize <= v) {
+            candle_core::bail!(
+                "ranged cross-entropy: target {t} outside its range {a}..{b} of {v} ids"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// [`fused_output_nll`]'s op.
+struct OutputNll {
+    targets: std::sync::Arc<Vec<u32>>,
+    ranges: std::sync::Arc<Vec<(u32, u32)>>,
+}
+
+impl OutputNll {
+    /// Row `i`'s logits over its range `a..b`: `h·W_jᵀ + b_j`.
+    fn logits(&self, i: usize, h: &[f32], w: &[f32], b: &[f32], d: usize) -> Vec<f32> {
+        let (lo, hi) = self.ranges[i];
+        let h = &h[i * d..(i + 1) * d];
+        (lo as usize..hi as usize)
+            .map(|j| {
+                let wj = &w[j * d..(j + 1) * d];
+                b[j] + h.iter().zip(wj).map(|(x, y)| x * y).sum::<f32>()
+            })
+            .collect()
+    }
+}
+
+/// The log-sum-exp of `z` and its arg-max.
+fn lse_argmax(z: &[f32]) -> (f64, usize) {
+    let (mut best, mut at) = (f32::NEG_INFINITY, 0);
+    for (j, &x) in z.iter().enumerate() {
+        if x > best {
+            (best, at) = (x, j);
+        }
+    }
+    let sum: f64 = z.iter().map(|&x| f64::from(x - best).exp()).sum();
+    (f64::from(best) + sum.ln(), at)
+}
+
+fn f32_slice<'a>(s: &'a candle_core::CpuStorage, l: &candle_core::Layout) -> Result<&'a [f32]> {
+    let Some((lo, hi)) = l.contiguous_offsets() else {
+        candle_core::bail!("fused output: an input is not contiguous")
+    };
+    Ok(&s.as_slice::<f32>()?[lo..hi])
+}
+
+impl candle_core::CustomOp3 for OutputNll {
+    fn name(&self) -> &'static str {
+        "tempest-output-nll"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (h, w, b) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?, f32_slice(s3, l3)?);
+        let d = l1.dims().get(1).copied().unwrap_or(1);
+        let rows = self.targets.len();
+        let mut out = Vec::with_capacity(rows * 2);
+        for i in 0..rows {
+            let z = self.logits(i, h, w, b, d);
+            let (lse, at) = lse_argmax(&z);
+            let t = (self.targets[i] - self.ranges[i].0) as usize;
+            out.push((lse - f64::from(z[t])) as f32);
+            out.push(if at == t { 1.0 } else { 0.0 });
+        }
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((rows, 2)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g: Vec<f32> = grad.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
+        let h: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+        let w: Vec<f32> = weight.flatten_all()?.to_vec1()?;
+        let b: Vec<f32> = bias.to_vec1()?;
+        let d = hidden.dim(1)?;
+        let (mut dh, mut dw, mut db) = (
+            vec![0f32; h.len()],
+            vec![0f32; w.len()],
+            vec![0f32; b.len()],
+        );
+        for (i, &gi) in g.iter().enumerate() {
+            if gi == 0.0 {
+                continue;
+            }
+            let z = self.logits(i, &h, &w, &b, d);
+            let (lse, _) = lse_argmax(&z);
+            let lo = self.ranges[i].0 as usize;
+            let t = self.targets[i] as usize;
+            let hi_row = &h[i * d..(i + 1) * d];
+            for (k, &zk) in z.iter().enumerate() {
+                let j = lo + k;
+                let p = (f64::from(zk) - lse).exp();
+                let dz = (f64::from(gi) * (p - if j == t { 1.0 } else { 0.0 })) as f32;
+                db[j] += dz;
+                let wj = &w[j * d..(j + 1) * d];
+                for (x, (dhx, wx)) in dh[i * d..(i + 1) * d].iter_mut().zip(wj).enumerate() {
+                    *dhx += dz * wx;
+                    dw[j * d + x] += dz * hi_row[x];
+                }
+            }
+        }
+        let dev = hidden.device();
+        Ok((
+            Some(Tensor::from_vec(dh, hidden.shape(), dev)?),
+            Some(Tensor::from_vec(dw, weight.shape(), dev)?),
+            Some(Tensor::from_vec(db, bias.shape(), dev)?),
+        ))
+    }
+}
+
+/// Moves a host batch to `device` and draws its plan: the two things [`MaskedBlockModel::loss`]
+/// takes.
+pub fn prepare(
+    host: &HostBatch,
+    masking: &Masking,
+    seed: u64,
+    device: &Device,
+) -> Result<(Batch, MaskPlan)> {
+    let batch = host
+        .to_tensors(device)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    Ok((batch, MaskPlan::draw(host, masking, seed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_mask_the_fraction_in_runs() {
+        for (real, fraction, span) in [(40, 0.3, 3), (100, 0.15, 5), (7, 0.5, 1), (2, 0.9, 4)] {
+            for seed in 0..20 {
+                let mut rng = SplitMix64::new(seed);
+                let m = choose_spans(real, fraction, span, &mut rng);
+                let k = m.iter().filter(|&&f| f).count();
+                let want = ((fraction * real as f64).round() as usize).clamp(1, real - 1);
+                assert_eq!(k, want, "real {real} fraction {fraction} seed {seed}");
+                // Runs of masked blocks: spans join blocks (fewer runs than blocks).
+                let runs = m.windows(2).filter(|w| !w[0] && w[1]).count() + usize::from(m[0]);
+                if span > 1 && real >= 40 {
+                    assert!(
+                        runs < k,
+                        "spans of {span} should join blocks: {runs} runs for {k}"
+                    );
+                }
+            }
+        }
+        // One block: masked (predicted from its place alone); none: nothing.
+        assert_eq!(choose_spans(1, 0.3, 3, &mut SplitMix64::new(1)), [true]);
+        assert!(choose_spans(0, 0.3, 3, &mut SplitMix64::new(1)).is_empty());
+    }
+
+    fn host(blocks: &[usize], n: usize, l: usize) -> HostBatch {
+        // Item i has blocks[i] real blocks; block j of it has j % l + 1 real ids, byte ids
+        // (10·j + p) mod 256.
+        let b = blocks.len();
+        let mut hb = HostBatch {
+            batch: b,
+            blocks: n,
+            block_bytes: l,
+            ids: vec![tempest_tokenize::PAD_ID; b * n * l],
+            byte_mask: vec![0; b * n * l],
+            block_mask: vec![0; b * n],
+            block_len: vec![0; b * n],
+            block_index: vec![0; b * n],
+            block_time: vec![0.0; b * n],
+            block_duration: vec![0.0; b * n],
+            block_row: vec![0; b * n],
+            block_col: vec![0; b * n],
+            block_format: vec![0; b * n],
+            labels: vec![0; b],
+        };
+        for (i, &real) in blocks.iter().enumerate() {
+            for j in 0..real {
+                let r = i * n + j;
+                hb.block_mask[r] = 1;
+                hb.block_index[r] = j as u32;
+                let len = j % l + 1;
+                hb.block_len[r] = len as u32;
+                for p in 0..len {
+                    hb.ids[r * l + p] = ((10 * j + p) % 256) as u32;
+                    hb.byte_mask[r * l + p] = 1;
+                }
+            }
+        }
+        hb
+    }
+
+    #[test]
+    fn plans_mask_real_blocks_only_and_predict_real_ids() {
+        let (n, l) = (30, 6);
+        let hb = host(&[30, 12, 1, 5], n, l);
+        let masking = Masking {
+            fraction: 0.3,
+            span: 3,
+            positions: 4,
+        };
+        let plan = MaskPlan::draw(&hb, &masking, 7);
+        assert_eq!(
+            plan,
+            MaskPlan::draw(&hb, &masking, 7),
+            "same seed, same plan"
+        );
+        assert_ne!(plan.masked, MaskPlan::draw(&hb, &masking, 8).masked);
+        for (r, &m) in plan.masked.iter().enumerate() {
+            assert!(m == 0 || hb.block_mask[r] == 1, "padding block {r} masked");
+        }
+        let per_item: Vec<usize> = (0..4)
+            .map(|i| {
+                plan.masked[i * n..(i + 1) * n]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count()
+            })
+            .collect();
+        assert_eq!(per_item, [9, 4, 1, 2]);
+        assert_eq!(plan.per_row, 4);
+        assert_eq!(plan.positions.len(), plan.rows.len() * 4);
+        for (i, &r) in plan.rows.iter().enumerate() {
+            let r = r as usize;
+            let real = (r % n) % l + 1;
+            let slots = &plan.positions[i * 4..(i + 1) * 4];
+            let w = &plan.weights[i * 4..(i + 1) * 4];
+            assert_eq!(w.iter().filter(|&&x| x > 0.0).count(), real.min(4));
+            for (k, (&pos, &wk)) in slots.iter().zip(w).enumerate() {
+                let p = pos as usize;
+                assert!(p < l, "position {pos} outside the block");
+                if wk > 0.0 {
+                    assert_eq!(hb.byte_mask[r * l + p], 1, "padding position predicted");
+                    assert_eq!(plan.targets[i * 4 + k], hb.ids[r * l + p]);
+                    assert_eq!(plan.ranges[i * 4 + k], (0, 256), "byte ids");
+                }
+            }
+        }
+        // 0 positions: every real one.
+        let all = MaskPlan::draw(
+            &hb,
+            &Masking {
+                positions: 0,
+                ..masking
+            },
+            7,
+        );
+        assert_eq!(all.per_row, l);
+        let real: usize = all
+            .rows
+            .iter()
+            .map(|&r| {
+                hb.byte_mask[r as usize * l..(r as usize + 1) * l]
+                    .iter()
+                    .filter(|&&m| m != 0)
+                    .count()
+            })
+            .sum();
+        assert_eq!(all.predicted(), real);
+    }
+
+    #[test]
+    fn the_fused_output_matches_tensor_ops_in_value_and_gradient() -> Result<()> {
+        let (r, d, v) = (5, 3, 12);
+        let mut rng = SplitMix64::new(4);
+        let mut draw = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| (rng.next_f64() * 4.0 - 2.0) as f32)
+                .collect()
+        };
+        let (h0, w0, b0) = (draw(r * d), draw(v * d), draw(v));
+        let targets = [3, 0, 11, 7, 5];
+        let ranges = [(2, 6), (0, 12), (8, 12), (7, 8), (4, 10)];
+        let weights = Tensor::new(&[1f32, 0.5, 2.0, 1.0, 0.0], &Device::Cpu)?;
+        let mut outs = Vec::new();
+        for fused in [true, false] {
+            let var = |x: &Vec<f32>, shape: &[usize]| {
+                candle_core::Var::from_tensor(&Tensor::from_vec(x.clone(), shape, &Device::Cpu)?)
+            };
+            let (h, w, b) = (var(&h0, &[r, d])?, var(&w0, &[v, d])?, var(&b0, &[v])?);
+            let out = if fused {
+                fused_output_nll(&h, &w, &b, &targets, &ranges)?
+            } else {
+                let logits = h.matmul(&w.t()?)?.broadcast_add(&b)?;
+                ranged_cross_entropy(&logits, &targets, &ranges)?
+            };
+            let loss = (out.narrow(1, 0, 1)?.squeeze(1)? * &weights)?.sum_all()?;
+            let grads = loss.backward()?;
+            let mut flat = vec![out.flatten_all()?.to_vec1::<f32>()?];
+            for x in [&h, &w, &b] {
+                let g = grads
+                    .get(x.as_tensor())
+                    .ok_or(candle_core::Error::Msg("no gradient".into()))?;
+                flat.push(g.flatten_all()?.to_vec1::<f32>()?);
+            }
+            outs.push(flat);
+        }
+        for (k, (a, b)) in outs[0].iter().zip(&outs[1]).enumerate() {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-5, "part {k}: {a:?} vs {b:?}");
+            }
+        }
+        let (out, dh) = (&outs[0][0], &outs[0][1]);
+        // A one-id range is certain: no loss, no gradient, always right.
+        assert!(out[6].abs() < 1e-6 && out[7] == 1.0);
+        assert!(dh[3 * d..4 * d].iter().all(|&x| x.abs() < 1e-6));
+        // The zero-weight row gets no gradient; ids outside every range none either.
+        assert!(dh[4 * d..].iter().all(|&x| x == 0.0));
+        assert!(outs[0][3].iter().all(|&x| x.is_finite()));
+        // A target outside its range is refused.
+        let x = Tensor::zeros((1, 4), DType::F32, &Device::Cpu)?;
+        assert!(ranged_cross_entropy(&x, &[3], &[(0, 2)]).is_err());
+        assert!(ranged_cross_entropy(&x, &[3], &[(0, 9)]).is_err());
+        // Field ids choose among their field's ids, bytes among the 256 bytes.
+        let gain = tempest_tokenize::fields::field_range("mp3.global_gain")
+            .ok_or(candle_core::Error::Msg("field".into()))?;
+        assert_eq!(id_range(gain.start + 3), (gain.start, gain.end));
+        assert_eq!(id_range(17), (0, 256));
+        assert_eq!((output_index(255), output_index(257)), (255, 256));
+        Ok(())
+    }
+
+    #[test]
+    fn masked_tokens_replace_exactly_the_masked_blocks() -> Result<()> {
+        let hb = host(&[8, 5], 8, 4);
+        let config = Config::tiny().with_reconstruction_weight(1.0);
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let mbm = MaskedBlockModel::new(&config, Masking::default(), vb)?;
+        let (batch, plan) = prepare(&hb, mbm.masking(), 3, &Device::Cpu)?;
+        let plain =
+            mbm.model()
+                .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
+        let masked = mbm.masked_tokens(&batch, &plan, false)?;
+        let token: Vec<f32> = mbm.mask_token().to_vec1()?;
+        let (plain, masked) = (plain.flatten_to(2)?, masked.flatten_to(2)?); // [B·N·L', d_c], L' = 1
+        for r in 0..16 {
+            let a: Vec<f32> = masked.get(r)?.to_vec1()?;
+            let want: Vec<f32> = if plan.masked[r] == 1 {
+                token.clone()
+            } else {
+                plain.get(r)?.to_vec1()?
+            };
+            assert_eq!(a, want, "block {r}");
+        }
+        assert!(plan.masked.contains(&1));
+        // A configuration without D_t is refused.
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let err = MaskedBlockModel::new(&Config::tiny(), Masking::default(), vb).unwrap_err();
+        assert!(err.to_string().contains("reconstruction_weight"), "{err}");
+        Ok(())
+    }
+}

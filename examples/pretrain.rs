@@ -1,0 +1,232 @@
+//! Pretrains TEMPEST without labels: masked block modelling on a folder of compressed (or raw)
+//! files (docs/pretraining.md).
+//!
+//! ```text
+//! cargo run --release --features mp3 --example pretrain -- (--input DIR | --data PREPARED_DIR)
+//!     --out RUN_DIR [--variants mp3:20,mp3:32] [--splits train] [--preset tiny]
+//!     [--mask-fraction 0.3] [--mask-span 3] [--mask-positions 32] [--resume] [TRAINING FLAGS]
+//! ```
+//!
+//! `--input DIR` reads the files in DIR's subfolders (one level, or `train/…`-style split
+//! folders above them; the folder names are not used as labels): MP3, Ogg Opus and JPEG files
+//! as they are, WAV and PNG files prepared into `--variants` under `RUN_DIR/data` first, as
+//! `train` does. `--data` reads a prepared folder (its labels are not read). Without
+//! `--splits`, a dataset with a `train` split pretrains on it alone (validation and test files
+//! stay unseen), else on every item.
+//!
+//! Then fine-tune: `train --data … --init RUN_DIR [--freeze-block-encoder EPOCHS]` with the
+//! same preset and tokens.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Parser};
+use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
+use tempest::tempest_model::pretrain::Masking;
+use tempest::tempest_model::Config;
+use tempest::tempest_train::{self, Recipe, TrainOptions};
+
+#[path = "common/lists.rs"]
+mod lists;
+#[path = "common/train_args.rs"]
+mod train_args;
+
+/// Pretrains TEMPEST without labels (masked block modelling): a fraction of each file's
+/// blocks is replaced by a learned mask token before the context encoder, and the block
+/// decoder learns to give back their ids. What the command line leaves open comes from the
+/// data's recipe, as for `train`.
+#[derive(Debug, Parser)]
+#[command(name = "pretrain", version, args_override_self = true)]
+#[command(group(ArgGroup::new("source").required(true).args(["data", "input"])))]
+struct Cli {
+    /// A folder of media files in subfolders (compressed files used as they are, WAV/PNG
+    /// prepared into --variants); the subfolders are not labels
+    #[arg(long, value_name = "DIR")]
+    input: Option<PathBuf>,
+    /// A prepared dataset (a folder with manifest.csv); its labels are not read
+    #[arg(long, value_name = "PREPARED_DIR", conflicts_with = "input")]
+    data: Option<PathBuf>,
+    /// Splits to pretrain on, comma-separated [default: train where the dataset has it, else
+    /// all items]
+    #[arg(long, value_name = "LIST", value_parser = split_list)]
+    splits: Option<::std::vec::Vec<String>>,
+    /// Variants to prepare raw inputs in and pretrain on, e.g. mp3:20,mp3:32 [default: the
+    /// data's recipe: MP3 at six bitrates for audio, JPEG for images]
+    #[arg(long, value_name = "LIST", value_parser = parse_variants)]
+    variants: Option<::std::vec::Vec<Variant>>,
+    /// Model preset: tiny, small or paper (fine-tune with the same) [default: the recipe's]
+    #[arg(long, value_name = "NAME", value_parser = Config::named, conflicts_with = "config")]
+    preset: Option<Config>,
+    /// Model configuration as a JSON file (instead of --preset)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Fraction of each item's blocks replaced by the mask token, in (0, 1)
+    #[arg(long, value_name = "X")]
+    mask_fraction: Option<f64>,
+    /// Masked blocks come in runs of up to this many consecutive blocks [default: 3 for
+    /// audio, 1 for images]
+    #[arg(long, value_name = "K")]
+    mask_span: Option<usize>,
+    /// Positions of each masked block whose ids are predicted (0: all of them)
+    #[arg(long, value_name = "P")]
+    mask_positions: Option<usize>,
+    /// The run folder (metrics, the checkpoint in last/, prepared data)
+    #[arg(long, value_name = "RUN_DIR", default_value = "runs/pretrain")]
+    out: PathBuf,
+    /// Continue the run in --out from its last checkpoint
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    train: train_args::TrainArgs,
+}
+
+/// `--splits`: a comma-separated list of split names.
+fn split_list(s: &str) -> Result<Vec<String>, String> {
+    lists::comma_list(s, |x| Ok::<String, String>(x.to_string()))
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let chosen = match (&cli.preset, &cli.config) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(file)) => Some(Config::from_file(file).map_err(|e| format!("--config {e}"))?),
+        (None, None) => None,
+    };
+    let source = match (cli.data.clone(), cli.input.clone()) {
+        (Some(dir), None) => DataSource::Prepared(dir),
+        (None, Some(input)) => DataSource::Raw {
+            layout: Layout::Folder,
+            input,
+        },
+        _ => return Err("give --input DIR or --data PREPARED_DIR".into()),
+    };
+    let layout_recipe = match &source {
+        DataSource::Raw { layout, input } => Some(Recipe::for_layout(*layout, input)?),
+        DataSource::Prepared(_) => None,
+    };
+    let prepare_in = match (&cli.variants, &layout_recipe) {
+        (Some(v), _) => v.clone(),
+        (None, Some(r)) => r.variants.clone(),
+        (None, None) => Vec::new(),
+    };
+    let progress = !cli.train.no_progress;
+    let (dataset, summary) = source.open(&cli.out.join("data"), &prepare_in, progress)?;
+    if let Some(s) = summary {
+        println!("prepared: {s}");
+    }
+    let mut train_variants = Vec::new();
+    if let Some(v) = &cli.variants {
+        if dataset
+            .variants()
+            .iter()
+            .any(|d| v.iter().any(|x| x.to_string() == *d))
+        {
+            train_variants = v.iter().map(Variant::to_string).collect();
+        }
+    }
+    let trained = if train_variants.is_empty() {
+        dataset.variants()
+    } else {
+        train_variants.clone()
+    };
+    let format = tempest_train::detect_format(&dataset, &trained)?;
+    let recipe = Recipe::for_format(format, &trained)?;
+    let mut o = TrainOptions::default();
+    recipe.apply(&mut o);
+    o.handle_ctrl_c = true;
+    o.train_variants = train_variants;
+    cli.train.apply(&mut o);
+    let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
+    let audio = !matches!(format, tempest::cff_blocks::Format::Jpeg);
+    let defaults = Masking::default();
+    let masking = Masking {
+        fraction: cli.mask_fraction.unwrap_or(defaults.fraction),
+        span: cli
+            .mask_span
+            .unwrap_or(if audio { defaults.span } else { 1 }),
+        positions: cli.mask_positions.unwrap_or(defaults.positions),
+    };
+    let splits = match cli.splits {
+        Some(s) => s,
+        None if dataset.splits().iter().any(|s| s == "train") => vec!["train".to_string()],
+        None => Vec::new(),
+    };
+    let items = if splits.is_empty() {
+        dataset.samples.len()
+    } else {
+        dataset.select(&splits).len()
+    };
+    println!(
+        "pretraining on {items} items ({}), variants {:?}, masking {masking:?}",
+        if splits.is_empty() {
+            "all splits".to_string()
+        } else {
+            format!("splits {}", splits.join("+"))
+        },
+        trained
+    );
+    let report =
+        tempest_train::pretrain(&dataset, &splits, &cfg, &o, &masking, &cli.out, cli.resume)?;
+    println!(
+        "files: {} used, {} skipped",
+        report.stats.files_used,
+        report.stats.files_skipped()
+    );
+    for (path, why) in report.skipped.iter().take(20) {
+        println!("  skipped {path}: {why}");
+    }
+    println!(
+        "pretrained {} steps on {}: {} items in {:.1} s, {:.1} items/s",
+        report.steps,
+        report.device,
+        report.train_items,
+        report.train_seconds,
+        report.train_items as f64 / report.train_seconds.max(1e-9)
+    );
+    if report.interrupted {
+        println!("interrupted: rerun with --resume to continue");
+        return Ok(());
+    }
+    if let Some(l) = report.last_loss {
+        println!("final pretraining loss: {l:.4}");
+    }
+    println!(
+        "checkpoint: {} (fine-tune with train --init {})",
+        cli.out.join("last").display(),
+        cli.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = train_args::parse_with(|cmd| {
+        train_args::TrainArgs::show_defaults(
+            cmd,
+            &TrainOptions::default(),
+            &[
+                ("epochs", "images: 30; audio: 80"),
+                ("batch", "images: 32; audio: 16"),
+                ("lr", "images: 0.002; audio: 0.0005"),
+                ("block_bytes", "images: 8; audio: the model's"),
+                ("lambda", "1 (only D_t's presence counts here)"),
+            ],
+        )
+        .mut_arg("mask_fraction", |a| {
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            a.help(format!("{help} [default: {}]", Masking::default().fraction))
+        })
+        .mut_arg("mask_positions", |a| {
+            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+            a.help(format!(
+                "{help} [default: {}]",
+                Masking::default().positions
+            ))
+        })
+    });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pretrain: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
