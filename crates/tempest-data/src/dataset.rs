@@ -191,18 +191,30 @@ impl Dataset {
             .collect()
     }
 
-    /// Keeps the first `n` samples of each split named in `splits` (for quick runs); the
-    /// order is the dataset's (sorted by id), so the subset is the same on every run.
+    /// Keeps `n` samples of each split named in `splits` (for quick runs, or few labels),
+    /// spread evenly over the split in the dataset's order (sorted by id), so the subset is
+    /// the same on every run and, where ids start with the class (`word/clip`), covers the
+    /// classes instead of the first few. Before session 12 it kept the first `n`, which on
+    /// such sets held one or two classes.
     pub fn truncate_splits(&mut self, splits: &[String], n: usize) {
-        let mut count: BTreeMap<String, usize> = BTreeMap::new();
-        self.samples.retain(|s| {
-            if !splits.contains(&s.split) {
-                return true;
+        let mut keep = vec![true; self.samples.len()];
+        for split in splits {
+            let idx: Vec<usize> = (0..self.samples.len())
+                .filter(|&i| &self.samples[i].split == split)
+                .collect();
+            if idx.len() <= n {
+                continue;
             }
-            let c = count.entry(s.split.clone()).or_default();
-            *c += 1;
-            *c <= n
-        });
+            for &i in &idx {
+                keep[i] = false;
+            }
+            for k in 0..n {
+                // k·len/n for k < n: n distinct, evenly spaced positions.
+                keep[idx[k * idx.len() / n]] = true;
+            }
+        }
+        let mut flags = keep.into_iter();
+        self.samples.retain(|_| flags.next().unwrap_or(true));
     }
 
     /// Moves `n` samples of split `from` into split `to`, spread evenly over `from` in the
@@ -371,6 +383,40 @@ mod tests {
         })
         .unwrap_or_default();
         assert_eq!(plan.validation, vec!["validation".to_string()]);
+    }
+
+    /// `truncate_splits` keeps an even spread of each named split (ids `class/clip` sorted:
+    /// every class, not the first), leaves other splits alone, and keeps a small split whole.
+    #[test]
+    fn truncate_keeps_an_even_spread_of_each_named_split() {
+        let rows = (0..40).map(|i| {
+            let split = if i % 10 == 9 { "test" } else { "train" };
+            (
+                format!("w{}/{:02}", i / 10, i % 10),
+                format!("w{}", i / 10),
+                split.to_string(),
+                "v".to_string(),
+                PathBuf::new(),
+            )
+        });
+        let d = Dataset::from_rows(rows);
+        let mut t = d.clone();
+        t.truncate_splits(&["train".to_string()], 8);
+        let kept: Vec<u32> = t
+            .samples
+            .iter()
+            .filter(|s| s.split == "train")
+            .map(|s| s.label)
+            .collect();
+        assert_eq!(kept.len(), 8);
+        // Two of each of the four classes, where the first 8 would be one and a bit.
+        for class in 0..4 {
+            assert_eq!(kept.iter().filter(|&&l| l == class).count(), 2, "{kept:?}");
+        }
+        assert_eq!(t.select(&["test".to_string()]).len(), 4);
+        let mut whole = d.clone();
+        whole.truncate_splits(&["test".to_string()], 10);
+        assert_eq!(whole.samples.len(), d.samples.len());
     }
 
     #[test]
