@@ -729,12 +729,19 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result
     }
 }
 
-/// L_r: mean cross-entropy of `logits [BN, L, 256]` against the bytes `ids [BN, L]` over the
-/// positions where `mask [BN, L]` is 1 (padding ids never become targets).
+/// L_r: mean cross-entropy of `logits [BN, L, vocab − 1]` against the ids `ids [BN, L]` over
+/// the positions where `mask [BN, L]` is 1 (padding ids never become targets). D_t has an
+/// output for every id but the padding id, so ids above it (field ids) are output
+/// `id − 1` ([`crate::pretrain::output_index`]); before session 12 they were taken as outputs
+/// unmoved, one off, and the highest field id fell outside the outputs.
 pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let m = mask.to_dtype(logits.dtype())?;
     let zeros = ids.zeros_like()?;
-    let targets = mask.where_cond(ids, &zeros)?;
+    let above_pad = ids
+        .gt(tempest_tokenize::PAD_ID as f64)?
+        .to_dtype(ids.dtype())?;
+    let outputs = (ids - above_pad)?;
+    let targets = mask.where_cond(&outputs, &zeros)?;
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let nll = logp.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?.neg()?;
     let count = m.sum_all()?.maximum(1.0)?;
@@ -744,6 +751,30 @@ pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
 #[cfg(test)]
 mod tests {
     use super::distinct_rows;
+
+    /// Field ids (above the padding id 256) are scored at output `id − 1`: with outputs for
+    /// 258 ids (a vocabulary of 259), ids 100, 257 and 258 are read at outputs 100, 256 and
+    /// 257, the last output included; a padded position is not scored.
+    #[test]
+    fn reconstruction_scores_field_ids_one_output_down() -> candle_core::Result<()> {
+        use candle_core::{Device, Tensor};
+        let dev = Device::Cpu;
+        let outputs = 258usize;
+        let mut logits = vec![0f32; 4 * outputs];
+        // Position p puts logit 3 on output `hot[p]`.
+        let hot = [100usize, 256, 257, 5];
+        for (p, &o) in hot.iter().enumerate() {
+            logits[p * outputs + o] = 3.0;
+        }
+        let logits = Tensor::from_vec(logits, (1, 4, outputs), &dev)?;
+        let ids = Tensor::new(&[[100u32, 257, 258, 256]], &dev)?;
+        let mask = Tensor::new(&[[1u8, 1, 1, 0]], &dev)?;
+        let loss = super::reconstruction_loss(&logits, &ids, &mask)?.to_scalar::<f32>()?;
+        // Each scored position: −log(e³ / (e³ + 257)).
+        let want = -(3f32.exp() / (3f32.exp() + (outputs - 1) as f32)).ln();
+        assert!((loss - want).abs() < 1e-5, "{loss} against {want}");
+        Ok(())
+    }
 
     #[test]
     fn distinct_rows_maps_each_row_to_its_first_copy() {
