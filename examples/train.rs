@@ -6,8 +6,11 @@
 //!     [--test-variant mp3:20+mp3:26+mp3:32|ensemble] (the final test; `a+b`: one
 //!     prediction per item, its class probabilities averaged over the variants)
 //!     [--preset tiny|small|paper | --config FILE] [--max-train-items N] [--folds 1,2,3,4,5]
-//!     [--out RUN_DIR] [--resume] [TRAINING FLAGS]
+//!     [--out RUN_DIR] [--resume] [--dist none|mpi] [TRAINING FLAGS]
 //! ```
+//!
+//! `--dist mpi` (a build with `--features mpi`) trains data-parallel on the processes that
+//! `mpirun -np N` starts, `--batch` items per process and step (docs/distributed.md).
 //!
 //! The training flags (examples/common/train_args.rs, shared with `quickstart` and `compare`;
 //! `--help` lists them all with their meanings and defaults):
@@ -41,6 +44,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Parser};
 use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::Config;
+use tempest::tempest_train::dist::Comm;
 use tempest::tempest_train::{self, EvalVariants, Recipe, SplitPlan, TrainOptions};
 
 #[path = "common/data_args.rs"]
@@ -102,6 +106,11 @@ struct Cli {
     /// Continue the run in --out from its last checkpoint
     #[arg(long)]
     resume: bool,
+    /// Data-parallel training: none (one process) or mpi (every process that `mpirun -np N`
+    /// starts trains on its share of each batch, --batch items each; a build with --features
+    /// mpi; docs/distributed.md)
+    #[arg(long, value_name = "none|mpi", default_value = "none")]
+    dist: tempest_train::dist::Backend,
     #[command(flatten)]
     train: train_args::TrainArgs,
 }
@@ -111,11 +120,12 @@ fn fold_list(s: &str) -> Result<Vec<u32>, String> {
     lists::comma_list(s, str::parse::<u32>)
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     let source = cli
         .source
         .source()
         .ok_or("give --data DIR, or --layout L and --input DIR")?;
+    // Rank 0 alone prepares raw data; the others open it once it is there.
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
     // The model the command line chose, read before any data (a bad file fails at once).
     let chosen = match (&cli.preset, &cli.config) {
@@ -133,9 +143,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(r)) => r.variants.clone(),
         (None, None) => Vec::new(),
     };
-    let progress = !cli.train.no_progress;
-    let (mut dataset, summary) = source.open(&out.join("data"), &prepare_in, progress)?;
-    if let Some(s) = summary {
+    let progress = !cli.train.no_progress && comm.is_root();
+    if !comm.is_root() {
+        comm.barrier()?;
+    }
+    let opened = source.open(&out.join("data"), &prepare_in, progress);
+    if comm.is_root() {
+        // Rank 0 fails after the barrier: its error ends the job (see `main`).
+        comm.barrier()?;
+    }
+    let (mut dataset, summary) = opened?;
+    if let Some(s) = summary.filter(|_| comm.is_root()) {
         println!("prepared: {s}");
         for f in s.failures.iter().take(20) {
             println!("  failed {f}");
@@ -173,6 +191,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     o.handle_ctrl_c = true;
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
+    o.comm = comm.clone();
     if let Some(v) = &cli.eval_variant {
         o.eval_variants = v.clone();
         o.test_variants = None;
@@ -181,7 +200,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         o.test_variants = cli.test_variant.clone();
     }
     let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
-    println!("recipe: {} ({:?})", recipe.name, format);
     let esc50 = matches!(
         source,
         DataSource::Raw {
@@ -189,18 +207,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             ..
         }
     ) || dataset.splits() == ["1", "2", "3", "4", "5"];
-    println!(
-        "{} items, {} classes, splits {:?}, variants {:?}",
-        dataset.samples.len(),
-        dataset.classes.len(),
-        dataset.splits(),
-        dataset.variants()
-    );
+    if comm.is_root() {
+        println!("recipe: {} ({:?})", recipe.name, format);
+        println!(
+            "{} items, {} classes, splits {:?}, variants {:?}",
+            dataset.samples.len(),
+            dataset.classes.len(),
+            dataset.splits(),
+            dataset.variants()
+        );
+    }
     if esc50 {
         if let Some(n) = max_train {
             dataset.truncate_splits(&dataset.splits(), n);
         }
         let cv = tempest_train::cross_validate_esc50(&dataset, &folds, &cfg, &o, &out, resume)?;
+        if !comm.is_root() {
+            return Ok(());
+        }
         for r in &cv.runs {
             print!("{}", r.files_summary());
         }
@@ -225,6 +249,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         dataset.truncate_splits(&plan.train, n);
     }
     let report = tempest_train::train(&dataset, &plan, &cfg, &o, &out, resume)?;
+    if !comm.is_root() {
+        return Ok(());
+    }
+    if comm.is_distributed() {
+        println!(
+            "{} ranks ({}): the speed below is rank 0's",
+            comm.world_size(),
+            comm.backend()
+        );
+    }
     print!("{}", report.files_summary());
     print!("{}", report.speed_summary());
     if report.interrupted {
@@ -265,8 +299,20 @@ fn main() -> ExitCode {
             ],
         )
     });
-    match run(cli) {
+    let comm = match cli.dist.open() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("train: --dist: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli, &comm) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if comm.is_distributed() => {
+            // The other ranks would wait for this one forever: end them all.
+            eprintln!("train: rank {}: {e}", comm.rank());
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("train: {e}");
             ExitCode::FAILURE

@@ -153,7 +153,10 @@ impl AdamW {
         if !(0.0..1.0).contains(&config.ema) {
             return Err(Error::setting(
                 "ema",
-                format!("the weight average's decay must be in [0, 1), not {}", config.ema),
+                format!(
+                    "the weight average's decay must be in [0, 1), not {}",
+                    config.ema
+                ),
             ));
         }
         let average = if config.ema > 0.0 {
@@ -417,6 +420,145 @@ impl AdamW {
         }
         self.steps = steps;
         self.accumulated = 0;
+        Ok(())
+    }
+}
+
+/// Data-parallel training ([`crate::dist`]): the gradients' weights and sums across ranks, and
+/// the state every rank starts from.
+impl AdamW {
+    /// Adds one micro-batch's gradients times `weight` (a rank's share of a batch split across
+    /// ranks: its items over the batch's; [`AdamW::accumulate`] with weight 1).
+    pub fn accumulate_weighted(&mut self, grads: &GradStore, weight: f64) -> Result<()> {
+        if weight == 1.0 {
+            return self.accumulate(grads);
+        }
+        for slot in &mut self.slots {
+            if let Some(g) = grads.get(slot.var.as_tensor()) {
+                let g = (g.detach() * weight)?;
+                slot.grad = Some(match slot.grad.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                });
+            }
+        }
+        self.accumulated += 1;
+        Ok(())
+    }
+
+    /// Sums the accumulated gradients over the ranks of `comm`, as one flat f32 buffer of
+    /// every variable's gradient in name order (zeros where this rank has none), and `extra`
+    /// (metric sums and flags) in f64 with each variable's count of ranks holding a gradient;
+    /// then counts `micro_batches` accumulated batches, so that [`AdamW::step`] divides by the
+    /// micro-batches of the whole step. A variable that no rank has a gradient for keeps none
+    /// (the step skips it, as with one rank). Every rank must call this with the same
+    /// variables and the same `micro_batches`; afterwards every rank holds the same
+    /// gradients.
+    pub fn all_reduce(
+        &mut self,
+        comm: &dyn crate::dist::Communicator,
+        micro_batches: usize,
+        extra: &mut [f64],
+    ) -> Result<()> {
+        let total: usize = self.slots.iter().map(|s| s.var.elem_count()).sum();
+        let mut flat: Vec<f32> = Vec::with_capacity(total);
+        let mut small: Vec<f64> = extra.to_vec();
+        for slot in &self.slots {
+            match &slot.grad {
+                Some(g) => {
+                    flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+                    small.push(1.0);
+                }
+                None => {
+                    flat.resize(flat.len() + slot.var.elem_count(), 0.0);
+                    small.push(0.0);
+                }
+            }
+        }
+        comm.all_reduce_sum_f32(&mut flat)?;
+        comm.all_reduce_sum_f64(&mut small)?;
+        let mut off = 0;
+        for (slot, &holders) in self.slots.iter_mut().zip(&small[extra.len()..]) {
+            let n = slot.var.elem_count();
+            slot.grad = if holders > 0.0 {
+                let part = flat
+                    .get(off..off + n)
+                    .ok_or_else(|| Error::setting("dist", "a gradient buffer too short"))?;
+                Some(
+                    Tensor::from_slice(part, slot.var.shape(), &Device::Cpu)?
+                        .to_dtype(slot.var.dtype())?
+                        .to_device(slot.var.device())?,
+                )
+            } else {
+                None
+            };
+            off += n;
+        }
+        extra.copy_from_slice(&small[..extra.len()]);
+        self.accumulated = micro_batches;
+        Ok(())
+    }
+
+    /// Replaces this rank's weights and, with `state`, its moments, weight average and step
+    /// count by rank 0's (one broadcast each of weights and state). Every rank must have
+    /// the same variables.
+    pub fn broadcast_from_root(
+        &mut self,
+        comm: &dyn crate::dist::Communicator,
+        state: bool,
+    ) -> Result<()> {
+        let weights: Vec<Tensor> = self
+            .slots
+            .iter()
+            .map(|s| s.var.as_tensor().detach())
+            .collect();
+        for (slot, w) in self
+            .slots
+            .iter()
+            .zip(crate::dist::broadcast_tensors(comm, &weights)?)
+        {
+            slot.var.set(&w)?;
+        }
+        if !state {
+            return Ok(());
+        }
+        let mut all = Vec::with_capacity(self.slots.len() * 3);
+        for i in 0..self.slots.len() {
+            let (m, v) = self.moments(i)?;
+            all.push(m);
+            all.push(v);
+        }
+        all.extend(self.average.iter().cloned());
+        let mut got = crate::dist::broadcast_tensors(comm, &all)?.into_iter();
+        for i in 0..self.slots.len() {
+            let (Some(m), Some(v)) = (got.next(), got.next()) else {
+                return Err(Error::setting("dist", "moments missing from a broadcast"));
+            };
+            match &mut self.update {
+                Update::Fused(opt) => opt.set_moments(i, &m, &v)?,
+                Update::Tensors(moments) => {
+                    if let Some(slot) = moments.get_mut(i) {
+                        *slot = (m, v);
+                    }
+                }
+            }
+        }
+        for avg in &mut self.average {
+            *avg = got
+                .next()
+                .ok_or_else(|| Error::setting("dist", "an average missing from a broadcast"))?;
+        }
+        let mut bytes = (self.steps as u64).to_le_bytes().to_vec();
+        comm.broadcast_bytes(&mut bytes)?;
+        let root_steps: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::setting("dist", "a step count of the wrong size"))?;
+        let steps = u64::from_le_bytes(root_steps) as usize;
+        if let Update::Fused(opt) = &mut self.update {
+            opt.set_steps(steps)?;
+        }
+        self.steps = steps;
         Ok(())
     }
 }
@@ -836,7 +978,11 @@ mod tests {
             let failed: Result<()> =
                 opt.with_average_weights(|| Err(Error::setting("test", "fails")));
             assert!(failed.is_err());
-            assert_eq!(values(&varmap)?, trained, "{what}: not put back after an error");
+            assert_eq!(
+                values(&varmap)?,
+                trained,
+                "{what}: not put back after an error"
+            );
 
             opt.save(&path)?;
             let mut loaded = build(&varmap, cfg)?;

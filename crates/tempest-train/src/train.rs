@@ -47,6 +47,11 @@ pub fn install_ctrl_c_handler() -> bool {
 ///
 /// `resume`: continue from `run_dir/last` (same dataset, plan and options); on the CPU with
 /// dropout 0 the weights reached equal those of an uninterrupted run.
+///
+/// With several ranks (`options.comm`; module [`crate::dist`]) every rank calls this with the
+/// same arguments and trains on its piece of each batch; rank 0 alone reads the checkpoint it
+/// resumes from, writes the run folder and evaluates, and the others return a report without
+/// test. An error on any rank ends the whole job ([`crate::dist::abort_on_error`]).
 pub fn train(
     dataset: &Dataset,
     plan: &SplitPlan,
@@ -55,7 +60,32 @@ pub fn train(
     run_dir: &Path,
     resume: bool,
 ) -> Result<RunReport> {
-    let o = options;
+    crate::dist::abort_on_error(&options.comm, || {
+        train_ranks(dataset, plan, model_config, options, run_dir, resume)
+    })
+}
+
+fn train_ranks(
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    model_config: &Config,
+    options: &TrainOptions,
+    run_dir: &Path,
+    resume: bool,
+) -> Result<RunReport> {
+    let comm = options.comm.clone();
+    let (root, dist) = (comm.is_root(), comm.is_distributed());
+    // Progress is rank 0's to show.
+    let quiet;
+    let o = if root {
+        options
+    } else {
+        quiet = TrainOptions {
+            progress: false,
+            ..options.clone()
+        };
+        &quiet
+    };
     let device = o.device.open()?;
     let dtype = o.dtype.dtype(&device)?;
     if o.batch_size == 0 || o.accumulate == 0 {
@@ -64,7 +94,9 @@ pub fn train(
             "batch size and accumulation must be ≥ 1",
         ));
     }
-    fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    if root {
+        fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    }
     if o.handle_ctrl_c {
         install_ctrl_c_handler();
     }
@@ -104,12 +136,19 @@ pub fn train(
         });
     }
     let schedule = o.schedule(items_per_epoch);
-    let sampler = BucketSampler::new(o.batch_size, o.seed).with_bucket_batches(o.bucket_batches);
+    // One plan of batches across the ranks; each rank trains on its piece of each.
+    let sampler =
+        BucketSampler::new(o.global_batch(), o.seed).with_bucket_batches(o.bucket_batches);
 
     // Model, optimiser, state.
     let last_dir = run_dir.join("last");
     let best_dir = run_dir.join("best");
-    let (model, varmap, mut opt, mut state) =
+    let (model, varmap, opt, state) = if !root {
+        // Everything comes from rank 0 below.
+        let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
+        let opt = AdamW::new(&varmap, o.adamw)?;
+        (model, varmap, opt, TrainState::default())
+    } else {
         match checkpoint::resolve(&last_dir).filter(|_| resume) {
             Some(dir) => {
                 let (model, varmap) = tempest_model::load_trainable(&dir, &device, dtype)?;
@@ -122,6 +161,20 @@ pub fn train(
                         format!(
                             "the run was started with seed {}, not {}",
                             state.seed, o.seed
+                        ),
+                    ));
+                }
+                if state.world_size != comm.world_size() {
+                    return Err(Error::setting(
+                        "world size",
+                        format!(
+                            "the run in {} was trained on {} rank(s): resume it on {} \
+                             (mpirun -np {}), not {}",
+                            run_dir.display(),
+                            state.world_size,
+                            state.world_size,
+                            state.world_size,
+                            comm.world_size()
                         ),
                     ));
                 }
@@ -149,11 +202,45 @@ pub fn train(
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {
                     seed: o.seed,
+                    world_size: comm.world_size(),
                     ..TrainState::default()
                 };
                 (model, varmap, opt, state)
             }
+        }
+    };
+    // Every rank starts from rank 0's configuration, state, weights and (resuming) moments.
+    let (model, varmap, mut opt, mut state) = if dist {
+        let mut bytes = if root {
+            serde_json::to_vec(
+                &json!({"config": model.config(), "state": state, "resumed": resume}),
+            )
+            .map_err(|e| Error::setting("dist", e.to_string()))?
+        } else {
+            Vec::new()
         };
+        comm.broadcast_bytes(&mut bytes)?;
+        let (model, varmap, mut opt, state, resumed) = if root {
+            (model, varmap, opt, state, resume)
+        } else {
+            let start: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::setting("dist", format!("rank 0's start: {e}")))?;
+            let root_config: Config = serde_json::from_value(start["config"].clone())
+                .map_err(|e| Error::setting("dist", format!("rank 0's model: {e}")))?;
+            let state: TrainState = serde_json::from_value(start["state"].clone())
+                .map_err(|e| Error::setting("dist", format!("rank 0's state: {e}")))?;
+            // Whether rank 0 resumed (it alone looks at the run folder).
+            let resumed = start["resumed"].as_bool().unwrap_or(false);
+            drop((model, varmap, opt));
+            let (model, varmap) = init_seeded(&root_config, &device, dtype, o.seed)?;
+            let opt = AdamW::new(&varmap, o.adamw)?;
+            (model, varmap, opt, state, resumed)
+        };
+        opt.broadcast_from_root(&*comm, resumed)?;
+        (model, varmap, opt, state)
+    } else {
+        (model, varmap, opt, state)
+    };
     let config = model.config().clone();
     let parts = o.batch_parts(&device);
     let select_split = if plan.validation.is_empty() {
@@ -175,11 +262,17 @@ pub fn train(
         train_seconds: 0.0,
         device: DeviceChoice::of(&device),
     };
-    let metrics_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .map_err(Error::io(run_dir))?;
+    let metrics_file = if root {
+        Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run_dir.join("metrics.jsonl"))
+                .map_err(Error::io(run_dir))?,
+        )
+    } else {
+        None
+    };
     let mut driver = FileDriver {
         model: &model,
         device: &device,
@@ -211,9 +304,12 @@ pub fn train(
         },
         process_start: Instant::now(),
         elapsed_before: state.elapsed_s,
+        rank: comm.rank(),
+        world: comm.world_size(),
+        batch_items: 0,
     };
     let outcome = fit_loop(&mut driver, &mut opt, &schedule, &mut state, o)?;
-    let (process_start, elapsed_before, mut metrics_file) = (
+    let (process_start, elapsed_before, metrics_file) = (
         driver.process_start,
         driver.elapsed_before,
         driver.metrics_file,
@@ -226,6 +322,12 @@ pub fn train(
         report.interrupted = true;
         return Ok(report);
     }
+    if !root {
+        return Ok(report);
+    }
+    let Some(mut metrics_file) = metrics_file else {
+        return Ok(report);
+    };
 
     // The final test: the best checkpoint if a validation split chose it, else the last weights.
     let test_idx = dataset.select(&plan.test);
@@ -260,8 +362,8 @@ pub fn train(
 struct Epoch {
     entries: Arc<Vec<Entry>>,
     loader: Option<Loader>,
-    /// The loader's pieces per batch still to come.
-    pieces: std::collections::VecDeque<usize>,
+    /// The loader's pieces per batch still to come, and each batch's items across the ranks.
+    pieces: std::collections::VecDeque<(usize, usize)>,
     pb: Option<ProgressBar>,
 }
 
@@ -286,7 +388,8 @@ struct FileDriver<'a> {
     run_dir: &'a Path,
     last_dir: &'a Path,
     best_dir: &'a Path,
-    metrics_file: std::fs::File,
+    /// Rank 0's (the others write nothing).
+    metrics_file: Option<std::fs::File>,
     select_split: &'a [String],
     select_idx: Vec<usize>,
     has_validation: bool,
@@ -294,6 +397,11 @@ struct FileDriver<'a> {
     parts_saved: CheckpointParts<'a>,
     process_start: Instant,
     elapsed_before: f64,
+    /// This process's rank and the number of ranks ([`crate::dist`]).
+    rank: usize,
+    world: usize,
+    /// Items of the last batch across the ranks.
+    batch_items: usize,
 }
 
 impl FileDriver<'_> {
@@ -301,8 +409,11 @@ impl FileDriver<'_> {
         self.elapsed_before + self.process_start.elapsed().as_secs_f64()
     }
 
-    /// Saves the resumable checkpoint `last` at `state`.
+    /// Saves the resumable checkpoint `last` at `state` (rank 0; the others write nothing).
     fn save_last(&self, opt: &AdamW, state: &TrainState) -> Result<()> {
+        if self.rank != 0 {
+            return Ok(());
+        }
         let mut state = state.clone();
         state.elapsed_s = self.elapsed();
         checkpoint::save(
@@ -352,9 +463,16 @@ impl Driver for FileDriver<'_> {
         let mut remaining: Vec<Vec<usize>> =
             Vec::with_capacity((batches.len() - skip) * self.parts);
         for b in &batches[skip..] {
+            // This rank's piece of the batch (all of it with one rank).
+            let global = b.len();
+            let b = tempest_tokenize::rank_piece(b, self.rank, self.world);
+            if b.is_empty() {
+                pieces.push_back((0, global));
+                continue;
+            }
             let sizes = tempest_tokenize::part_sizes(b.len(), self.parts);
-            pieces.push_back(sizes.len());
-            let mut rest = &b[..];
+            pieces.push_back((sizes.len(), global));
+            let mut rest = b;
             for len in sizes {
                 let (piece, tail) = rest.split_at(len);
                 remaining.push(piece.to_vec());
@@ -386,9 +504,17 @@ impl Driver for FileDriver<'_> {
     }
 
     fn next_batch(&mut self) -> Result<Option<Option<Vec<HostBatch>>>> {
-        let Some(k) = self.epoch.pieces.pop_front() else {
+        let Some((k, global)) = self.epoch.pieces.pop_front() else {
             return Ok(None);
         };
+        self.batch_items = global;
+        if k == 0 {
+            // This rank's piece of a batch shorter than the world: nothing to train on here.
+            if let Some(pb) = &self.epoch.pb {
+                pb.inc(1);
+            }
+            return Ok(Some(None));
+        }
         let Some(loader) = self.epoch.loader.as_mut() else {
             return Ok(None);
         };
@@ -417,6 +543,10 @@ impl Driver for FileDriver<'_> {
 
     fn gradients(&mut self, batch: Vec<HostBatch>) -> Result<(GradStore, EpochSums)> {
         batch_gradients(self.model, &batch, self.device)
+    }
+
+    fn global_batch_items(&self) -> Option<usize> {
+        Some(self.batch_items)
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
@@ -459,6 +589,10 @@ impl Driver for FileDriver<'_> {
     fn end_epoch(&mut self, state: &mut TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {
         self.report.train_items += log.items as u64;
         self.report.train_seconds += log.seconds;
+        if self.rank != 0 {
+            // Rank 0 evaluates and writes; this rank goes on to the next epoch.
+            return Ok(());
+        }
         let o = self.options;
         // With a weight average (`--ema`), evaluation and the best checkpoint read the
         // average; the trained weights stay in the last checkpoint, to resume from.
@@ -487,14 +621,18 @@ impl Driver for FileDriver<'_> {
                 "reconstruction": sums.mean_reconstruction(),
                 "accuracy": sums.accuracy(),
                 "items": sums.items,
+                // This rank's: with several ranks the job trains `ranks` times as many.
                 "items_per_s": log.items as f64 / log.seconds.max(1e-9),
+                "ranks": self.world,
                 "skipped": loader_skips(&self.report.train_stats),
             },
             "eval_split": self.select_split,
             "eval": eval.to_json(),
             "elapsed_s": self.elapsed(),
         });
-        writeln!(self.metrics_file, "{line}").map_err(Error::io(self.run_dir))?;
+        if let Some(f) = self.metrics_file.as_mut() {
+            writeln!(f, "{line}").map_err(Error::io(self.run_dir))?;
+        }
         plot(self.run_dir, &self.dataset.classes);
         if o.progress {
             eprintln!(
