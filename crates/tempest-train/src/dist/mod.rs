@@ -236,6 +236,111 @@ pub fn abort_on_error<T, E: fmt::Display>(
     }
 }
 
+/// Ranks as threads of one process, for tests of what runs across ranks without MPI: each
+/// collective meets at a barrier and sums (or copies rank 0's data) through shared buffers.
+#[cfg(test)]
+pub(crate) mod threads {
+    use std::sync::{Arc, Barrier, Mutex};
+
+    use super::Communicator;
+    use crate::Result;
+
+    #[derive(Debug)]
+    struct Shared {
+        barrier: Barrier,
+        f32s: Mutex<Vec<f32>>,
+        f64s: Mutex<Vec<f64>>,
+        bytes: Mutex<Vec<u8>>,
+    }
+
+    /// One rank of [`ranks`].
+    #[derive(Debug, Clone)]
+    pub(crate) struct ThreadRank {
+        rank: usize,
+        world: usize,
+        shared: Arc<Shared>,
+    }
+
+    /// `world` ranks that meet through shared memory; give each to a thread of its own.
+    pub(crate) fn ranks(world: usize) -> Vec<ThreadRank> {
+        let shared = Arc::new(Shared {
+            barrier: Barrier::new(world),
+            f32s: Mutex::new(Vec::new()),
+            f64s: Mutex::new(Vec::new()),
+            bytes: Mutex::new(Vec::new()),
+        });
+        (0..world)
+            .map(|rank| ThreadRank {
+                rank,
+                world,
+                shared: Arc::clone(&shared),
+            })
+            .collect()
+    }
+
+    fn sum<T: Copy + Default + std::ops::AddAssign>(
+        r: &ThreadRank,
+        buf: &Mutex<Vec<T>>,
+        data: &mut [T],
+    ) {
+        if r.rank == 0 {
+            *buf.lock().expect("buffer") = vec![T::default(); data.len()];
+        }
+        r.shared.barrier.wait();
+        for (s, d) in buf.lock().expect("buffer").iter_mut().zip(data.iter()) {
+            *s += *d;
+        }
+        r.shared.barrier.wait();
+        data.copy_from_slice(&buf.lock().expect("buffer"));
+        r.shared.barrier.wait();
+    }
+
+    impl Communicator for ThreadRank {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn world_size(&self) -> usize {
+            self.world
+        }
+        fn all_reduce_sum_f32(&self, data: &mut [f32]) -> Result<()> {
+            sum(self, &self.shared.f32s, data);
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, data: &mut [f64]) -> Result<()> {
+            sum(self, &self.shared.f64s, data);
+            Ok(())
+        }
+        fn broadcast_f32(&self, data: &mut [f32]) -> Result<()> {
+            if self.rank == 0 {
+                *self.shared.f32s.lock().expect("buffer") = data.to_vec();
+            }
+            self.shared.barrier.wait();
+            data.copy_from_slice(&self.shared.f32s.lock().expect("buffer"));
+            self.shared.barrier.wait();
+            Ok(())
+        }
+        fn broadcast_bytes(&self, data: &mut Vec<u8>) -> Result<()> {
+            if self.rank == 0 {
+                *self.shared.bytes.lock().expect("buffer") = data.clone();
+            }
+            self.shared.barrier.wait();
+            *data = self.shared.bytes.lock().expect("buffer").clone();
+            self.shared.barrier.wait();
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            self.shared.barrier.wait();
+            Ok(())
+        }
+        fn abort(&self, code: i32) -> ! {
+            std::process::exit(code)
+        }
+        fn backend(&self) -> &'static str {
+            "threads"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
