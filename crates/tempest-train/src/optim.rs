@@ -769,40 +769,24 @@ mod tests {
             norms.push(one.step(0.05, 0.0)?);
         }
         let want = values(&reference)?;
-        let ranks = crate::dist::threads::ranks(2);
-        let results: Vec<Result<(Vec<f64>, Vec<f64>)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = ranks
-                .into_iter()
-                .map(|comm| {
-                    s.spawn(move || -> Result<(Vec<f64>, Vec<f64>)> {
-                        let (varmap, coef) = problem(DType::F32, 5)?;
-                        let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
-                        let (k, share) = if comm.rank() == 0 {
-                            (1.0, 0.25)
-                        } else {
-                            (3.0, 0.75)
-                        };
-                        let mut norms = Vec::new();
-                        for _ in 0..3 {
-                            opt.accumulate_weighted(&loss_grads(&varmap, &coef, k)?, share)?;
-                            let mut extra = [share];
-                            opt.all_reduce(&comm, 1, &mut extra)?;
-                            assert_eq!(extra, [1.0], "the shares sum to the batch");
-                            norms.push(opt.step(0.05, 0.0)?);
-                        }
-                        Ok((values(&varmap)?, norms))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a rank's thread"))
-                .collect()
-        });
-        let mut got = Vec::new();
-        for r in results {
-            got.push(r?);
-        }
+        let got = crate::dist::threads::run(2, |comm| -> Result<(Vec<f64>, Vec<f64>)> {
+            let (varmap, coef) = problem(DType::F32, 5)?;
+            let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
+            let (k, share) = if comm.rank() == 0 {
+                (1.0, 0.25)
+            } else {
+                (3.0, 0.75)
+            };
+            let mut norms = Vec::new();
+            for _ in 0..3 {
+                opt.accumulate_weighted(&loss_grads(&varmap, &coef, k)?, share)?;
+                let mut extra = [share];
+                opt.all_reduce(&comm, 1, &mut extra)?;
+                assert_eq!(extra, [1.0], "the shares sum to the batch");
+                norms.push(opt.step(0.05, 0.0)?);
+            }
+            Ok((values(&varmap)?, norms))
+        })?;
         assert_eq!(got[0], got[1], "the ranks' weights and norms");
         for (a, b) in got[0].1.iter().zip(&norms) {
             assert!((a - b).abs() <= 1e-5 * b, "norm {a} against {b}");
@@ -817,46 +801,28 @@ mod tests {
     #[test]
     fn broadcast_from_root_gives_every_rank_rank_zeros_state() -> Result<()> {
         use crate::dist::Communicator as _;
-        let ranks = crate::dist::threads::ranks(2);
-        let results: Vec<Result<(Vec<f64>, usize, Vec<f64>)>> = std::thread::scope(|s| {
-            let handles: Vec<_> = ranks
-                .into_iter()
-                .map(|comm| {
-                    s.spawn(move || -> Result<(Vec<f64>, usize, Vec<f64>)> {
-                        let r = comm.rank();
-                        let (varmap, coef) = problem(DType::F32, 10 + r as u64)?;
-                        let cfg = AdamWConfig {
-                            ema: 0.9,
-                            ..AdamWConfig::default()
-                        };
-                        let mut opt = AdamW::new(&varmap, cfg)?;
-                        for _ in 0..(2 + r) {
-                            opt.accumulate(&loss_grads(&varmap, &coef, 1.0)?)?;
-                            opt.step(0.05, 0.0)?;
-                        }
-                        opt.broadcast_from_root(&comm, true)?;
-                        let mut moments = Vec::new();
-                        for i in 0..opt.slots.len() {
-                            let (m, v) = opt.moments(i)?;
-                            for t in [m, v, opt.average[i].clone()] {
-                                moments.extend(
-                                    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
-                                );
-                            }
-                        }
-                        Ok((values(&varmap)?, opt.steps(), moments))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a rank's thread"))
-                .collect()
-        });
-        let mut got = Vec::new();
-        for r in results {
-            got.push(r?);
-        }
+        let got = crate::dist::threads::run(2, |comm| {
+            let r = comm.rank();
+            let (varmap, coef) = problem(DType::F32, 10 + r as u64)?;
+            let cfg = AdamWConfig {
+                ema: 0.9,
+                ..AdamWConfig::default()
+            };
+            let mut opt = AdamW::new(&varmap, cfg)?;
+            for _ in 0..(2 + r) {
+                opt.accumulate(&loss_grads(&varmap, &coef, 1.0)?)?;
+                opt.step(0.05, 0.0)?;
+            }
+            opt.broadcast_from_root(&comm, true)?;
+            let mut state = Vec::new();
+            for i in 0..opt.slots.len() {
+                let (m, v) = opt.moments(i)?;
+                for t in [m, v, opt.average[i].clone()] {
+                    state.extend(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+                }
+            }
+            Ok((values(&varmap)?, opt.steps(), state))
+        })?;
         assert_eq!(got[0].1, 2);
         assert_eq!(got[0], got[1]);
         Ok(())

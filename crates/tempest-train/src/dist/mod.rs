@@ -278,6 +278,28 @@ pub(crate) mod threads {
             .collect()
     }
 
+    /// Runs `f` on `world` ranks, each on a thread of its own; their results in rank order
+    /// (the first error if any failed).
+    pub(crate) fn run<T: Send>(
+        world: usize,
+        f: impl Fn(ThreadRank) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
+        let f = &f;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ranks(world)
+                .into_iter()
+                .map(|rank| s.spawn(move || f(rank)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| crate::Error::setting("threads", "a rank's thread panicked"))?
+                })
+                .collect()
+        })
+    }
+
     fn sum<T: Copy + Default + std::ops::AddAssign>(
         r: &ThreadRank,
         buf: &Mutex<Vec<T>>,
