@@ -427,6 +427,12 @@ impl AdamW {
 /// Data-parallel training ([`crate::dist`]): the gradients' weights and sums across ranks, and
 /// the state every rank starts from.
 impl AdamW {
+    /// The values of every variable together: what [`AdamW::all_reduce`] sums across the
+    /// ranks each step (as f32, 4 bytes each).
+    pub fn parameter_count(&self) -> usize {
+        self.slots.iter().map(|s| s.var.elem_count()).sum()
+    }
+
     /// Adds one micro-batch's gradients times `weight` (a rank's share of a batch split across
     /// ranks: its items over the batch's; [`AdamW::accumulate`] with weight 1).
     pub fn accumulate_weighted(&mut self, grads: &GradStore, weight: f64) -> Result<()> {

@@ -237,6 +237,18 @@ fn train_ranks(
             (model, varmap, opt, state, resumed)
         };
         opt.broadcast_from_root(&*comm, resumed)?;
+        if root && options.progress {
+            let values = opt.parameter_count();
+            eprintln!(
+                "data-parallel: {} ranks ({}), {} items per rank and batch, {} per step; each \
+                 step sums {values} gradient values ({:.2} MB as f32) across the ranks",
+                comm.world_size(),
+                comm.backend(),
+                o.batch_size,
+                o.global_batch() * o.accumulate,
+                values as f64 * 4.0 / 1e6
+            );
+        }
         (model, varmap, opt, state)
     } else {
         (model, varmap, opt, state)
@@ -783,6 +795,119 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().flatten().all(|x| x.is_finite()));
+        Ok(())
+    }
+}
+
+/// [`train()`] on ranks that are threads of this process ([`crate::dist`]'s test backend): no
+/// MPI needed, so these run everywhere; `scripts/mpi-check.sh` runs the same over MPI.
+#[cfg(test)]
+mod ranks {
+    use super::*;
+    use crate::dist::{threads, Comm, Communicator as _};
+    use tempest_data::Layout;
+
+    fn words() -> Result<(Dataset, SplitPlan)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
+        let mut dataset = Dataset::from_compressed(Layout::SpeechCommands, &root)?;
+        let plan = SplitPlan::standard(&dataset)?;
+        // 21 items: batches of 4 across 2 ranks leave a last batch of 5 (3 + 2), batches of 1
+        // a last batch of 1 (rank 1 gets nothing).
+        dataset.truncate_splits(&plan.train, 21);
+        Ok((dataset, plan))
+    }
+
+    fn options(comm: Comm, batch: usize) -> TrainOptions {
+        let mut o = TrainOptions::default();
+        o.epochs = 2;
+        o.batch_size = batch;
+        o.seed = 4;
+        o.workers = 1;
+        o.parallel_parts = 1;
+        o.progress = false;
+        o.comm = comm;
+        o
+    }
+
+    fn scratch(name: &str) -> Result<PathBuf> {
+        let dir = std::env::temp_dir().join(format!("tempest-ranks-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        Ok(dir)
+    }
+
+    fn last(dir: &Path, file: &str) -> Result<Vec<u8>> {
+        let path = dir.join("last").join(file);
+        fs::read(&path).map_err(Error::io(&path))
+    }
+
+    /// Two ranks: every item once per epoch (11 + 10 items, 21 in rank 0's metrics), rank 0
+    /// alone writes and tests; stopped inside the first epoch and resumed, the weights and
+    /// moments of the uninterrupted run to the bit; one process refuses to resume it.
+    #[test]
+    fn two_ranks_see_every_item_once_and_resume_exactly() -> Result<()> {
+        let (dataset, plan) = words()?;
+        let cfg = Config::tiny().with_num_classes(10);
+        let dir = scratch("resume")?;
+        let d = &dir;
+        let (data, pl, c) = (&dataset, &plan, &cfg);
+        let reports = threads::run(2, |rank| {
+            let r = rank.rank();
+            let comm = Comm::new(rank);
+            let each = options(comm.clone(), 1);
+            let once = TrainOptions { epochs: 1, ..each };
+            let one = train(data, pl, c, &once, &d.join("once"), false)?;
+            let whole = train(
+                data,
+                pl,
+                c,
+                &options(comm.clone(), 4),
+                &d.join("whole"),
+                false,
+            )?;
+            let stop = TrainOptions {
+                stop_after_steps: Some(2),
+                ..options(comm.clone(), 4)
+            };
+            let first = train(data, pl, c, &stop, &d.join("parted"), false)?;
+            let rest = train(data, pl, c, &options(comm, 4), &d.join("parted"), true)?;
+            Ok((r, one, whole, first, rest))
+        })?;
+        for (r, once, whole, first, rest) in &reports {
+            assert_eq!(once.train_items, if *r == 0 { 11 } else { 10 }, "rank {r}");
+            assert_eq!(once.steps, 11);
+            assert_eq!(once.test.is_some(), *r == 0, "rank 0 alone tests");
+            assert_eq!(whole.steps, 6, "two epochs of 3 steps");
+            assert!(first.interrupted && first.steps == 2);
+            assert_eq!((rest.steps, rest.interrupted), (6, false));
+        }
+        let lines = fs::read_to_string(dir.join("once/metrics.jsonl")).map_err(Error::io(&dir))?;
+        let epoch: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap_or(""))
+            .map_err(|e| Error::setting("test", e.to_string()))?;
+        assert_eq!(epoch["train"]["items"].as_f64(), Some(21.0), "{epoch}");
+        assert_eq!(epoch["train"]["ranks"].as_u64(), Some(2));
+        for file in [tempest_model::WEIGHTS_FILE, checkpoint::OPTIMIZER_FILE] {
+            assert!(
+                last(&dir.join("whole"), file)? == last(&dir.join("parted"), file)?,
+                "{file} after resuming"
+            );
+        }
+        let state: TrainState =
+            checkpoint::read_json(&dir.join("parted/last").join(checkpoint::STATE_FILE))?;
+        assert_eq!((state.world_size, state.step), (2, 6));
+        let err = train(
+            &dataset,
+            &plan,
+            &cfg,
+            &options(Comm::default(), 4),
+            &dir.join("parted"),
+            true,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("trained on 2 rank(s)"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
 }
