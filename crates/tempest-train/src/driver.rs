@@ -190,16 +190,17 @@ pub fn fit_loop<D: Driver>(
                 opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0)
             };
             if due {
-                let mut asked = driver.stop_requested();
+                // A stop asked of any rank stops them all, at the same step.
+                let mut asked = None;
                 if dist {
                     let mut extra: [f64; 6] = [0.0; 6];
                     extra[..5].copy_from_slice(&<[f64; 5]>::from(pending_sums));
-                    extra[5] = f64::from(u8::from(asked));
+                    extra[5] = f64::from(u8::from(driver.stop_requested()));
                     opt.all_reduce(&**comm, pending, &mut extra)?;
                     let mut five = [0.0; 5];
                     five.copy_from_slice(&extra[..5]);
                     state.epoch_sums.add(&EpochSums::from(five));
-                    asked = extra[5] > 0.0;
+                    asked = Some(extra[5] > 0.0);
                     pending_sums = EpochSums::default();
                 }
                 pending = 0;
@@ -208,7 +209,7 @@ pub fn fit_loop<D: Driver>(
                 state.step += 1;
                 state.batch_in_epoch = batch_pos;
                 let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
-                stop = budget || asked;
+                stop = budget || asked.unwrap_or_else(|| driver.stop_requested());
                 let step = StepLog {
                     lr,
                     norm,
