@@ -252,15 +252,17 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     if !comm.is_root() {
         return Ok(());
     }
-    if comm.is_distributed() {
-        println!(
-            "{} ranks ({}): the speed below is rank 0's",
-            comm.world_size(),
-            comm.backend()
-        );
-    }
     print!("{}", report.files_summary());
     print!("{}", report.speed_summary());
+    if comm.is_distributed() {
+        // The ranks step together on pieces of equal size (± 1 item).
+        println!(
+            "{} ranks ({}): the speed above is rank 0's; all ranks: about {:.1} items/s",
+            comm.world_size(),
+            comm.backend(),
+            report.train_items_per_s() * comm.world_size() as f64
+        );
+    }
     if report.interrupted {
         if o.stop_after_steps.is_some_and(|n| report.steps >= n) {
             println!("stopped at the step budget (--max-steps): rerun with --resume and a larger --max-steps to continue");

@@ -78,7 +78,10 @@ fn train_cli() -> Result<()> {
     let out = run("train", &["--data", "x", "--dist", "nccl"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--dist") && err.contains("none or mpi"), "{err}");
+    assert!(
+        err.contains("--dist") && err.contains("none or mpi"),
+        "{err}"
+    );
     let out = run("train", &["--data", "/nonexistent/x", "--dist", "mpi"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -13,6 +13,8 @@
 //!   and resumed reach the weights and optimiser state of an uninterrupted two-rank run; a
 //!   two-rank run does not resume on one rank.
 //! - `fail`: rank 1 fails while rank 0 waits for it: the job must end with rank 1's error.
+//! - `allreduce` (by hand, for docs/distributed.md): times the all-reduce of each preset's
+//!   gradient.
 //! - `wait`: each rank writes its process id to `SCRATCH_DIR/pid.<rank>` and exchanges
 //!   gradients-sized buffers for up to a minute; the script kills one rank and checks that
 //!   `mpirun` ends at once.
@@ -297,7 +299,7 @@ fn train_checks(comm: &Comm, dir: &Path) -> Result<()> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(dir)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: mpirun -np 2 mpi_check train|fail|wait SCRATCH_DIR");
+        eprintln!("usage: mpirun -np 2 mpi_check train|fail|wait|allreduce SCRATCH_DIR");
         return ExitCode::FAILURE;
     };
     let comm = match Backend::Mpi.open() {
@@ -334,6 +336,36 @@ fn main() -> ExitCode {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err("no rank was killed within a minute".into())
+            }
+            "allreduce" => {
+                // Seconds per all-reduce of each preset's gradient (f32 values; the counts
+                // `train --dist mpi --preset P` prints with 10 classes, JPEG), median of 21.
+                for (name, n) in [
+                    ("tiny", 194_250),
+                    ("small", 1_224_266),
+                    ("paper", 14_738_058),
+                ] {
+                    let mut buf = vec![1f32; n];
+                    let mut times = Vec::new();
+                    for _ in 0..21 {
+                        comm.barrier()?;
+                        let t = Instant::now();
+                        comm.all_reduce_sum_f32(&mut buf)?;
+                        times.push(t.elapsed().as_secs_f64());
+                        buf.fill(1.0);
+                    }
+                    times.sort_by(f64::total_cmp);
+                    comm.all_reduce_sum_f32(&mut buf)?;
+                    ensure(buf.iter().all(|&x| x == 2.0), || "a wrong sum".into())?;
+                    if comm.is_root() {
+                        println!(
+                            "{name}: {n} values, {:.2} MB: {:.2} ms per all-reduce",
+                            n as f64 * 4e-6,
+                            times[10] * 1e3
+                        );
+                    }
+                }
+                Ok(())
             }
             other => Err(format!("unknown mode {other:?}").into()),
         }

@@ -237,7 +237,7 @@ fn train_ranks(
             (model, varmap, opt, state, resumed)
         };
         opt.broadcast_from_root(&*comm, resumed)?;
-        if root && options.progress {
+        if root {
             let values = opt.parameter_count();
             eprintln!(
                 "data-parallel: {} ranks ({}), {} items per rank and batch, {} per step; each \
