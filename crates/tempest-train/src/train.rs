@@ -818,15 +818,16 @@ mod ranks {
     }
 
     fn options(comm: Comm, batch: usize) -> TrainOptions {
-        let mut o = TrainOptions::default();
-        o.epochs = 2;
-        o.batch_size = batch;
-        o.seed = 4;
-        o.workers = 1;
-        o.parallel_parts = 1;
-        o.progress = false;
-        o.comm = comm;
-        o
+        TrainOptions {
+            epochs: 2,
+            batch_size: batch,
+            seed: 4,
+            workers: 1,
+            parallel_parts: 1,
+            progress: false,
+            comm,
+            ..TrainOptions::default()
+        }
     }
 
     fn scratch(name: &str) -> Result<PathBuf> {
