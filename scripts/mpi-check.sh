@@ -11,6 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
+# Open MPI's shared-memory transport copies between processes with process_vm_readv where it
+# can, which containers without ptrace rights refuse (the job then dies on large messages):
+# copy through shared memory instead, which works everywhere.
+export OMPI_MCA_btl_vader_single_copy_mechanism="${OMPI_MCA_btl_vader_single_copy_mechanism:-none}"
 target="${CARGO_TARGET_DIR:-target}"
 cargo build -p tempest-train --features mpi --example mpi_check
 bin="$target/debug/examples/mpi_check"
