@@ -7,8 +7,11 @@
 //!     prediction per item, its class probabilities averaged over the variants)
 //!     [--preset tiny|small|paper | --config FILE] [--max-train-items N] [--folds 1,2,3,4,5]
 //!     [--out RUN_DIR] [--resume] [--init PRETRAINED_DIR [--freeze-block-encoder EPOCHS]]
-//!     [TRAINING FLAGS]
+//!     [--dist none|mpi] [TRAINING FLAGS]
 //! ```
+//!
+//! `--dist mpi` (a build with `--features mpi`) trains data-parallel on the processes that
+//! `mpirun -np N` starts, `--batch` items per process and step (docs/distributed.md).
 //!
 //! The training flags (examples/common/train_args.rs, shared with `quickstart` and `compare`;
 //! `--help` lists them all with their meanings and defaults):
@@ -42,6 +45,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Parser};
 use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::Config;
+use tempest::tempest_train::dist::Comm;
 use tempest::tempest_train::{self, EvalVariants, Recipe, SplitPlan, TrainOptions};
 
 #[path = "common/data_args.rs"]
@@ -112,6 +116,11 @@ struct Cli {
     /// epochs [default: 0]
     #[arg(long, value_name = "EPOCHS")]
     freeze_block_encoder: Option<usize>,
+    /// Data-parallel training: none (one process) or mpi (every process that `mpirun -np N`
+    /// starts trains on its share of each batch, --batch items each; a build with --features
+    /// mpi; docs/distributed.md)
+    #[arg(long, value_name = "none|mpi", default_value = "none")]
+    dist: tempest_train::dist::Backend,
     #[command(flatten)]
     train: train_args::TrainArgs,
 }
@@ -121,11 +130,12 @@ fn fold_list(s: &str) -> Result<Vec<u32>, String> {
     lists::comma_list(s, str::parse::<u32>)
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     let source = cli
         .source
         .source()
         .ok_or("give --data DIR, or --layout L and --input DIR")?;
+    // Rank 0 alone prepares raw data; the others open it once it is there.
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
     // The model the command line chose, read before any data (a bad file fails at once).
     let chosen = match (&cli.preset, &cli.config) {
@@ -143,9 +153,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(r)) => r.variants.clone(),
         (None, None) => Vec::new(),
     };
-    let progress = !cli.train.no_progress;
-    let (mut dataset, summary) = source.open(&out.join("data"), &prepare_in, progress)?;
-    if let Some(s) = summary {
+    let progress = !cli.train.no_progress && comm.is_root();
+    if !comm.is_root() {
+        comm.barrier()?;
+    }
+    let opened = source.open(&out.join("data"), &prepare_in, progress);
+    if comm.is_root() {
+        // Rank 0 fails after the barrier: its error ends the job (see `main`).
+        comm.barrier()?;
+    }
+    let (mut dataset, summary) = opened?;
+    if let Some(s) = summary.filter(|_| comm.is_root()) {
         println!("prepared: {s}");
         for f in s.failures.iter().take(20) {
             println!("  failed {f}");
@@ -185,6 +203,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     cli.train.apply(&mut o);
     o.init = cli.init.clone();
     o.freeze_block_encoder = cli.freeze_block_encoder.unwrap_or(0);
+    o.comm = comm.clone();
     if let Some(v) = &cli.eval_variant {
         o.eval_variants = v.clone();
         o.test_variants = None;
@@ -193,7 +212,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         o.test_variants = cli.test_variant.clone();
     }
     let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
-    println!("recipe: {} ({:?})", recipe.name, format);
     let esc50 = matches!(
         source,
         DataSource::Raw {
@@ -201,18 +219,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             ..
         }
     ) || dataset.splits() == ["1", "2", "3", "4", "5"];
-    println!(
-        "{} items, {} classes, splits {:?}, variants {:?}",
-        dataset.samples.len(),
-        dataset.classes.len(),
-        dataset.splits(),
-        dataset.variants()
-    );
+    if comm.is_root() {
+        println!("recipe: {} ({:?})", recipe.name, format);
+        println!(
+            "{} items, {} classes, splits {:?}, variants {:?}",
+            dataset.samples.len(),
+            dataset.classes.len(),
+            dataset.splits(),
+            dataset.variants()
+        );
+    }
     if esc50 {
         if let Some(n) = max_train {
             dataset.truncate_splits(&dataset.splits(), n);
         }
         let cv = tempest_train::cross_validate_esc50(&dataset, &folds, &cfg, &o, &out, resume)?;
+        if !comm.is_root() {
+            return Ok(());
+        }
         for r in &cv.runs {
             print!("{}", r.files_summary());
         }
@@ -237,8 +261,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         dataset.truncate_splits(&plan.train, n);
     }
     let report = tempest_train::train(&dataset, &plan, &cfg, &o, &out, resume)?;
+    if !comm.is_root() {
+        return Ok(());
+    }
     print!("{}", report.files_summary());
     print!("{}", report.speed_summary());
+    if comm.is_distributed() {
+        // The ranks step together on pieces of equal size (± 1 item).
+        println!(
+            "{} ranks ({}): the speed above is rank 0's; all ranks: about {:.1} items/s",
+            comm.world_size(),
+            comm.backend(),
+            report.train_items_per_s() * comm.world_size() as f64
+        );
+    }
     if report.interrupted {
         if o.stop_after_steps.is_some_and(|n| report.steps >= n) {
             println!("stopped at the step budget (--max-steps): rerun with --resume and a larger --max-steps to continue");
@@ -277,8 +313,20 @@ fn main() -> ExitCode {
             ],
         )
     });
-    match run(cli) {
+    let comm = match cli.dist.open() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("train: --dist: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli, &comm) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if comm.is_distributed() => {
+            // The other ranks would wait for this one forever: end them all.
+            eprintln!("train: rank {}: {e}", comm.rank());
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("train: {e}");
             ExitCode::FAILURE

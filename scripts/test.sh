@@ -56,6 +56,17 @@ if [ -n "$TEMPEST_NVCC" ]; then
 else
     echo "skipped: tempest-kernels/cuda/tempest.cu to PTX (no nvcc; scripts/install-cuda-toolkit.sh installs one)"
 fi
+# Data-parallel training over MPI (feature `mpi`; docs/distributed.md), where Open MPI is
+# installed (`.ci/run` installs libopenmpi-dev, openmpi-bin and libclang-dev): lints with the
+# feature, then two ranks under mpirun (scripts/mpi-check.sh, about a minute once built).
+if command -v mpirun >/dev/null && command -v mpicc >/dev/null; then
+    cargo clippy --workspace --all-targets --features mpi -- -D warnings
+    cargo test -p tempest-train --features mpi --lib dist::
+    scripts/mpi-check.sh
+else
+    echo "skipped: the MPI build and its two-rank checks (no mpirun/mpicc: install libopenmpi-dev"
+    echo "  openmpi-bin libclang-dev, as .ci/run does)"
+fi
 # The fuzz targets live outside the workspace (cargo-fuzz builds them with its own flags);
 # a plain build keeps them compiling. Run them with `cargo fuzz run <target>`.
 cargo build --manifest-path fuzz/Cargo.toml

@@ -74,6 +74,20 @@ fn train_cli() -> Result<()> {
     );
     // Neither --data nor --layout: a usage error.
     assert_eq!(run("train", &[])?.status.code(), Some(2));
+    // --dist: none or mpi; mpi needs a build with the feature `mpi`.
+    let out = run("train", &["--data", "x", "--dist", "nccl"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--dist") && err.contains("none or mpi"),
+        "{err}"
+    );
+    let out = run("train", &["--data", "/nonexistent/x", "--dist", "mpi"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    if !cfg!(feature = "mpi") {
+        assert!(err.contains("feature `mpi`"), "{err}");
+    }
     // A misspelt key in a --config file: refused, naming the file, the key and its line.
     let dir = std::env::temp_dir().join(format!("tempest-cli-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -53,4 +53,6 @@ pub use item::{
     bit_windows, crop_indices, tokenize, tokenize_file, BlockPosition, CropContext, TokenizedItem,
 };
 pub use loader::{Entry, LoadedBatch, Loader, LoaderConfig, LoaderStats, Skipped};
-pub use sampler::{choose_variants, padding_ratio, shard, BucketSampler, ItemShape, VariantChoice};
+pub use sampler::{
+    choose_variants, padding_ratio, rank_piece, shard, BucketSampler, ItemShape, VariantChoice,
+};

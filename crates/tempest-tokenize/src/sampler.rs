@@ -129,6 +129,21 @@ pub fn shard(batches: Vec<Vec<usize>>, rank: usize, world: usize) -> Vec<Vec<usi
         .collect()
 }
 
+/// The piece of one batch that rank `rank` of `world` data-parallel processes trains on:
+/// the batch cut into `world` consecutive pieces whose sizes differ by at most one (the first
+/// `len % world` one larger; ranks past the batch's length get an empty piece). Every item of
+/// the batch is in exactly one rank's piece, and the pieces in rank order are the batch.
+pub fn rank_piece(batch: &[usize], rank: usize, world: usize) -> &[usize] {
+    let world = world.max(1);
+    if rank >= world {
+        return &[];
+    }
+    let (base, extra) = (batch.len() / world, batch.len() % world);
+    let start = rank * base + rank.min(extra);
+    let len = base + usize::from(rank < extra);
+    &batch[start..start + len]
+}
+
 /// How an item with several variants (the same clip at several bitrates) is seen each epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -218,6 +233,40 @@ mod tests {
         let mut all: Vec<usize> = [s0, s1, s2].concat().into_iter().flatten().collect();
         all.sort_unstable();
         assert_eq!(all, (0..9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn rank_pieces_hold_every_item_of_an_epoch_once() {
+        let s = shapes(103);
+        let sampler = BucketSampler::new(10, 9).with_bucket_batches(4);
+        for world in 1..=5 {
+            for epoch in 0..3 {
+                // The same plan on every rank (batches of 10 across the ranks).
+                let plan = sampler.batches(&s, epoch);
+                assert_eq!(plan, sampler.batches(&s, epoch));
+                let mut seen = vec![0u32; s.len()];
+                for batch in &plan {
+                    let mut joined = Vec::new();
+                    for rank in 0..world {
+                        let piece = rank_piece(batch, rank, world);
+                        assert!(piece.len().abs_diff(batch.len() / world) <= 1);
+                        joined.extend_from_slice(piece);
+                    }
+                    assert_eq!(&joined, batch, "pieces in rank order, world {world}");
+                }
+                for i in plan.iter().flatten() {
+                    seen[*i] += 1;
+                }
+                assert!(seen.iter().all(|&c| c == 1), "world {world} epoch {epoch}");
+            }
+        }
+        // A batch shorter than the world: the last ranks get nothing; no rank past the world.
+        assert_eq!(rank_piece(&[4, 5], 0, 3), &[4]);
+        assert_eq!(rank_piece(&[4, 5], 1, 3), &[5]);
+        assert!(rank_piece(&[4, 5], 2, 3).is_empty());
+        assert!(rank_piece(&[4, 5], 3, 3).is_empty());
+        assert_eq!(rank_piece(&[1, 2, 3, 4, 5], 0, 2), &[1, 2, 3]);
+        assert_eq!(rank_piece(&[1, 2, 3, 4, 5], 1, 2), &[4, 5]);
     }
 
     #[test]

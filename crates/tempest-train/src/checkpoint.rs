@@ -36,7 +36,7 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
 
 /// Where a resumable run stands.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// The epoch in progress (from 0).
     pub epoch: usize,
@@ -52,6 +52,30 @@ pub struct TrainState {
     pub epoch_sums: EpochSums,
     /// Seconds trained before this process.
     pub elapsed_s: f64,
+    /// Ranks of the run (data-parallel training, [`crate::dist`]); a run resumes with the same
+    /// number. Checkpoints written before it existed were of one rank.
+    #[serde(default = "one_rank")]
+    pub world_size: usize,
+}
+
+fn one_rank() -> usize {
+    1
+}
+
+impl Default for TrainState {
+    /// The start of a run of one rank.
+    fn default() -> Self {
+        TrainState {
+            epoch: 0,
+            batch_in_epoch: 0,
+            step: 0,
+            seed: 0,
+            best: None,
+            epoch_sums: EpochSums::default(),
+            elapsed_s: 0.0,
+            world_size: 1,
+        }
+    }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

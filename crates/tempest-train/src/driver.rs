@@ -81,6 +81,14 @@ pub trait Driver {
     /// The gradients of the batch's mean loss and its contributions to the epoch's sums.
     fn gradients(&mut self, batch: Self::Batch) -> Result<(GradStore, EpochSums)>;
 
+    /// Data-parallel runs ([`crate::dist`]): the items of the last batch given by
+    /// [`Driver::next_batch`] across all ranks (this rank's piece is part of it), by which
+    /// [`fit_loop`] weights this rank's gradient. `None` (the default): the driver does not
+    /// split batches across ranks, and [`fit_loop`] refuses to run it on several ranks.
+    fn global_batch_items(&self) -> Option<usize> {
+        None
+    }
+
     /// After each optimiser step (progress, periodic checkpoints).
     fn after_step(&mut self, _state: &TrainState, _opt: &AdamW, _step: &StepLog) -> Result<()> {
         Ok(())
@@ -111,6 +119,13 @@ pub trait Driver {
 /// `options.max_grad_norm`, dropout masks seeded from the run's seed, the epoch and the batch's
 /// place in it (so a resumed run draws the masks an uninterrupted one would), and a stop after
 /// `options.stop_after_steps` steps or when the driver asks for it.
+///
+/// With several ranks (`options.comm`, [`crate::dist`]) each rank trains on its piece of every
+/// batch; its gradient is weighted by its share of the batch's items
+/// ([`Driver::global_batch_items`]); the step's gradients, metric sums and stop requests are
+/// summed across the ranks before the step ([`AdamW::all_reduce`]), and a step comes every
+/// `options.accumulate` batches whether or not this rank's piece had items, so every rank takes
+/// the same steps on the same gradients. Dropout masks are seeded with the rank too.
 pub fn fit_loop<D: Driver>(
     driver: &mut D,
     opt: &mut AdamW,
@@ -125,6 +140,18 @@ pub fn fit_loop<D: Driver>(
             "batch size and accumulation must be ≥ 1",
         ));
     }
+    let comm = &o.comm;
+    let dist = comm.is_distributed();
+    if dist && driver.global_batch_items().is_none() {
+        return Err(Error::setting(
+            "dist",
+            format!(
+                "this run does not split its batches across ranks: start it as one process, \
+                 not {}",
+                comm.world_size()
+            ),
+        ));
+    }
     while state.epoch < o.epochs {
         let epoch = state.epoch;
         let batches = driver.start_epoch(epoch, state.batch_in_epoch)?;
@@ -132,26 +159,57 @@ pub fn fit_loop<D: Driver>(
         let mut items_here = 0u64;
         let mut batch_pos = state.batch_in_epoch.min(batches);
         let mut stop = false;
+        // Data-parallel: batches since the last step (with or without items here) and their
+        // metric sums, summed across the ranks at the step.
+        let mut pending = 0usize;
+        let mut pending_sums = EpochSums::default();
         while let Some(batch) = driver.next_batch()? {
             batch_pos += 1;
+            pending += 1;
             if let Some(batch) = batch {
-                driver.seed_dropout(tempest_model::dropout_seed(
-                    o.seed,
-                    &[epoch as u64, batch_pos as u64],
-                ));
+                let mut key = vec![epoch as u64, batch_pos as u64];
+                if dist {
+                    key.push(comm.rank() as u64);
+                }
+                driver.seed_dropout(tempest_model::dropout_seed(o.seed, &key));
                 let (grads, sums) = driver.gradients(batch)?;
-                state.epoch_sums.add(&sums);
-                opt.accumulate(&grads)?;
+                if dist {
+                    let global = driver.global_batch_items().unwrap_or(0).max(1);
+                    pending_sums.add(&sums);
+                    opt.accumulate_weighted(&grads, sums.items / global as f64)?;
+                } else {
+                    state.epoch_sums.add(&sums);
+                    opt.accumulate(&grads)?;
+                }
                 items_here += sums.items as u64;
             }
             let end_of_epoch = batch_pos == batches;
-            if opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0) {
+            let due = if dist {
+                pending >= o.accumulate || (end_of_epoch && pending > 0)
+            } else {
+                opt.accumulated() >= o.accumulate || (end_of_epoch && opt.accumulated() > 0)
+            };
+            if due {
+                // A stop asked of any rank stops them all, at the same step.
+                let mut asked = None;
+                if dist {
+                    let mut extra: [f64; 6] = [0.0; 6];
+                    extra[..5].copy_from_slice(&<[f64; 5]>::from(pending_sums));
+                    extra[5] = f64::from(u8::from(driver.stop_requested()));
+                    opt.all_reduce(&**comm, pending, &mut extra)?;
+                    let mut five = [0.0; 5];
+                    five.copy_from_slice(&extra[..5]);
+                    state.epoch_sums.add(&EpochSums::from(five));
+                    asked = Some(extra[5] > 0.0);
+                    pending_sums = EpochSums::default();
+                }
+                pending = 0;
                 let lr = schedule.lr(state.step);
                 let norm = opt.step(lr, o.max_grad_norm)?;
                 state.step += 1;
                 state.batch_in_epoch = batch_pos;
                 let budget = o.stop_after_steps.is_some_and(|s| state.step >= s);
-                stop = budget || driver.stop_requested();
+                stop = budget || asked.unwrap_or_else(|| driver.stop_requested());
                 let step = StepLog {
                     lr,
                     norm,

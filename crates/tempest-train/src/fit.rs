@@ -764,6 +764,33 @@ mod tests {
         Ok(())
     }
 
+    /// A driver that does not split its batches across ranks (`fit()`'s, this one) is refused
+    /// on several ranks, before any step, instead of training every rank on every batch.
+    #[test]
+    fn fit_loop_refuses_several_ranks_for_a_driver_that_does_not_split() -> Result<()> {
+        let errors = crate::dist::threads::run(2, |rank| {
+            let o = TrainOptions {
+                epochs: 1,
+                batch_size: 1,
+                progress: false,
+                comm: crate::dist::Comm::new(rank),
+                ..TrainOptions::default()
+            };
+            let varmap = VarMap::new();
+            let mut d = Counting::new(&varmap)?;
+            let mut opt = AdamW::new(&varmap, o.adamw)?;
+            let mut state = TrainState::default();
+            let out = fit_loop(&mut d, &mut opt, &o.schedule(10), &mut state, &o);
+            Ok((out.err().map(|e| e.to_string()), d.seeds.len()))
+        })?;
+        for (err, batches) in errors {
+            let err = err.unwrap_or_default();
+            assert!(err.contains("does not split its batches"), "{err}");
+            assert_eq!(batches, 0);
+        }
+        Ok(())
+    }
+
     /// `TempestLearner::gradients` in parts gives the one-pass loss, count and gradients, so
     /// `fit` (the `compare` example) may split its batches as `train()` does.
     #[test]

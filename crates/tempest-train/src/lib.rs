@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod dist;
 mod driver;
 mod error;
 mod evaluate;

@@ -424,6 +424,151 @@ impl AdamW {
     }
 }
 
+/// Data-parallel training ([`crate::dist`]): the gradients' weights and sums across ranks, and
+/// the state every rank starts from.
+impl AdamW {
+    /// The values of every variable together: what [`AdamW::all_reduce`] sums across the
+    /// ranks each step (as f32, 4 bytes each).
+    pub fn parameter_count(&self) -> usize {
+        self.slots.iter().map(|s| s.var.elem_count()).sum()
+    }
+
+    /// Adds one micro-batch's gradients times `weight` (a rank's share of a batch split across
+    /// ranks: its items over the batch's; [`AdamW::accumulate`] with weight 1).
+    pub fn accumulate_weighted(&mut self, grads: &GradStore, weight: f64) -> Result<()> {
+        if weight == 1.0 {
+            return self.accumulate(grads);
+        }
+        for slot in &mut self.slots {
+            if let Some(g) = grads.get(slot.var.as_tensor()) {
+                let g = (g.detach() * weight)?;
+                slot.grad = Some(match slot.grad.take() {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                });
+            }
+        }
+        self.accumulated += 1;
+        Ok(())
+    }
+
+    /// Sums the accumulated gradients over the ranks of `comm`, as one flat f32 buffer of
+    /// every variable's gradient in name order (zeros where this rank has none), and `extra`
+    /// (metric sums and flags) in f64 with each variable's count of ranks holding a gradient;
+    /// then counts `micro_batches` accumulated batches, so that [`AdamW::step`] divides by the
+    /// micro-batches of the whole step. A variable that no rank has a gradient for keeps none
+    /// (the step skips it, as with one rank). Every rank must call this with the same
+    /// variables and the same `micro_batches`; afterwards every rank holds the same
+    /// gradients.
+    pub fn all_reduce(
+        &mut self,
+        comm: &dyn crate::dist::Communicator,
+        micro_batches: usize,
+        extra: &mut [f64],
+    ) -> Result<()> {
+        let total: usize = self.slots.iter().map(|s| s.var.elem_count()).sum();
+        let mut flat: Vec<f32> = Vec::with_capacity(total);
+        let mut small: Vec<f64> = extra.to_vec();
+        for slot in &self.slots {
+            match &slot.grad {
+                Some(g) => {
+                    flat.extend(g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+                    small.push(1.0);
+                }
+                None => {
+                    flat.resize(flat.len() + slot.var.elem_count(), 0.0);
+                    small.push(0.0);
+                }
+            }
+        }
+        comm.all_reduce_sum_f32(&mut flat)?;
+        comm.all_reduce_sum_f64(&mut small)?;
+        let mut off = 0;
+        for (slot, &holders) in self.slots.iter_mut().zip(&small[extra.len()..]) {
+            let n = slot.var.elem_count();
+            slot.grad = if holders > 0.0 {
+                let part = flat
+                    .get(off..off + n)
+                    .ok_or_else(|| Error::setting("dist", "a gradient buffer too short"))?;
+                Some(
+                    Tensor::from_slice(part, slot.var.shape(), &Device::Cpu)?
+                        .to_dtype(slot.var.dtype())?
+                        .to_device(slot.var.device())?,
+                )
+            } else {
+                None
+            };
+            off += n;
+        }
+        extra.copy_from_slice(&small[..extra.len()]);
+        self.accumulated = micro_batches;
+        Ok(())
+    }
+
+    /// Replaces this rank's weights and, with `state`, its moments, weight average and step
+    /// count by rank 0's (one broadcast each of weights and state). Every rank must have
+    /// the same variables.
+    pub fn broadcast_from_root(
+        &mut self,
+        comm: &dyn crate::dist::Communicator,
+        state: bool,
+    ) -> Result<()> {
+        let weights: Vec<Tensor> = self
+            .slots
+            .iter()
+            .map(|s| s.var.as_tensor().detach())
+            .collect();
+        for (slot, w) in self
+            .slots
+            .iter()
+            .zip(crate::dist::broadcast_tensors(comm, &weights)?)
+        {
+            slot.var.set(&w)?;
+        }
+        if !state {
+            return Ok(());
+        }
+        let mut all = Vec::with_capacity(self.slots.len() * 3);
+        for i in 0..self.slots.len() {
+            let (m, v) = self.moments(i)?;
+            all.push(m);
+            all.push(v);
+        }
+        all.extend(self.average.iter().cloned());
+        let mut got = crate::dist::broadcast_tensors(comm, &all)?.into_iter();
+        for i in 0..self.slots.len() {
+            let (Some(m), Some(v)) = (got.next(), got.next()) else {
+                return Err(Error::setting("dist", "moments missing from a broadcast"));
+            };
+            match &mut self.update {
+                Update::Fused(opt) => opt.set_moments(i, &m, &v)?,
+                Update::Tensors(moments) => {
+                    if let Some(slot) = moments.get_mut(i) {
+                        *slot = (m, v);
+                    }
+                }
+            }
+        }
+        for avg in &mut self.average {
+            *avg = got
+                .next()
+                .ok_or_else(|| Error::setting("dist", "an average missing from a broadcast"))?;
+        }
+        let mut bytes = (self.steps as u64).to_le_bytes().to_vec();
+        comm.broadcast_bytes(&mut bytes)?;
+        let root_steps: [u8; 8] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::setting("dist", "a step count of the wrong size"))?;
+        let steps = u64::from_le_bytes(root_steps) as usize;
+        if let Update::Fused(opt) = &mut self.update {
+            opt.set_steps(steps)?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
 /// Linear warm-up from 0 to `peak` over `warmup` steps, then a half cosine from `peak` down to
 /// `min` at step `total` (Loshchilov & Hutter 2017, without restarts); `min` after that.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -613,6 +758,80 @@ mod tests {
             });
         }
         Ok(total.expect("three variables").backward()?)
+    }
+
+    /// Two ranks (threads) whose gradients are 1/4 and 3/4 of a batch step as one process does
+    /// on the whole batch's gradient (the loss is linear in `k`: weights 1/4 and 3/4 of
+    /// k = 1 and k = 3 are k = 2.5): the same norm and weights up to f32 rounding, and the
+    /// ranks' weights equal to the bit; a wrong weighting or a missing sum fails.
+    #[test]
+    fn weighted_shares_summed_across_ranks_step_as_the_whole_batch() -> Result<()> {
+        use crate::dist::Communicator as _;
+        let (reference, coef) = problem(DType::F32, 5)?;
+        let mut one = AdamW::new(&reference, AdamWConfig::default())?;
+        let mut norms = Vec::new();
+        for _ in 0..3 {
+            one.accumulate(&loss_grads(&reference, &coef, 2.5)?)?;
+            norms.push(one.step(0.05, 0.0)?);
+        }
+        let want = values(&reference)?;
+        let got = crate::dist::threads::run(2, |comm| -> Result<(Vec<f64>, Vec<f64>)> {
+            let (varmap, coef) = problem(DType::F32, 5)?;
+            let mut opt = AdamW::new(&varmap, AdamWConfig::default())?;
+            let (k, share) = if comm.rank() == 0 {
+                (1.0, 0.25)
+            } else {
+                (3.0, 0.75)
+            };
+            let mut norms = Vec::new();
+            for _ in 0..3 {
+                opt.accumulate_weighted(&loss_grads(&varmap, &coef, k)?, share)?;
+                let mut extra = [share];
+                opt.all_reduce(&comm, 1, &mut extra)?;
+                assert_eq!(extra, [1.0], "the shares sum to the batch");
+                norms.push(opt.step(0.05, 0.0)?);
+            }
+            Ok((values(&varmap)?, norms))
+        })?;
+        assert_eq!(got[0], got[1], "the ranks' weights and norms");
+        for (a, b) in got[0].1.iter().zip(&norms) {
+            assert!((a - b).abs() <= 1e-5 * b, "norm {a} against {b}");
+        }
+        for (a, b) in got[0].0.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-5, "weight {a} against {b}");
+        }
+        Ok(())
+    }
+
+    /// Rank 1 starts from other weights, moments and step count: afterwards it holds rank 0's.
+    #[test]
+    fn broadcast_from_root_gives_every_rank_rank_zeros_state() -> Result<()> {
+        use crate::dist::Communicator as _;
+        let got = crate::dist::threads::run(2, |comm| {
+            let r = comm.rank();
+            let (varmap, coef) = problem(DType::F32, 10 + r as u64)?;
+            let cfg = AdamWConfig {
+                ema: 0.9,
+                ..AdamWConfig::default()
+            };
+            let mut opt = AdamW::new(&varmap, cfg)?;
+            for _ in 0..(2 + r) {
+                opt.accumulate(&loss_grads(&varmap, &coef, 1.0)?)?;
+                opt.step(0.05, 0.0)?;
+            }
+            opt.broadcast_from_root(&comm, true)?;
+            let mut state = Vec::new();
+            for i in 0..opt.slots.len() {
+                let (m, v) = opt.moments(i)?;
+                for t in [m, v, opt.average[i].clone()] {
+                    state.extend(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+                }
+            }
+            Ok((values(&varmap)?, opt.steps(), state))
+        })?;
+        assert_eq!(got[0].1, 2);
+        assert_eq!(got[0], got[1]);
+        Ok(())
     }
 
     fn values(varmap: &VarMap) -> Result<Vec<f64>> {

@@ -203,6 +203,10 @@ pub struct TrainOptions {
     /// Hold E_t and M (with the byte and length embeddings) still for this many epochs: their
     /// gradients are dropped ([`crate::pretrain::BLOCK_ENCODER_PREFIXES`]). 0: none.
     pub freeze_block_encoder: usize,
+    /// The ranks of a data-parallel run and how they communicate (`train --dist`; one process,
+    /// [`crate::dist::Single`], by default). With several ranks `batch_size` is each rank's:
+    /// a step sees `batch_size × world size` items (module [`crate::dist`]).
+    pub comm: crate::dist::Comm,
 }
 
 impl TrainOptions {
@@ -293,10 +297,16 @@ impl TrainOptions {
         }
     }
 
+    /// Items per batch across all ranks: `batch_size × world size`.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.comm.world_size()
+    }
+
     /// Warm-up then cosine decay over the optimiser steps of `epochs` epochs of
-    /// `items_per_epoch` items (batches of `batch_size`, `accumulate` batches a step).
+    /// `items_per_epoch` items (batches of [`Self::global_batch`], `accumulate` batches a
+    /// step).
     pub fn schedule(&self, items_per_epoch: usize) -> CosineSchedule {
-        let batches_per_epoch = items_per_epoch.div_ceil(self.batch_size.max(1));
+        let batches_per_epoch = items_per_epoch.div_ceil(self.global_batch().max(1));
         let total = batches_per_epoch.div_ceil(self.accumulate.max(1)) * self.epochs;
         CosineSchedule {
             peak: self.lr,
@@ -346,6 +356,7 @@ impl Default for TrainOptions {
             dtype: Precision::F32,
             init: None,
             freeze_block_encoder: 0,
+            comm: crate::dist::Comm::default(),
         }
     }
 }

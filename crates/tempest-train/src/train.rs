@@ -57,6 +57,11 @@ pub(crate) fn reset_stop() {
 ///
 /// `resume`: continue from `run_dir/last` (same dataset, plan and options); on the CPU with
 /// dropout 0 the weights reached equal those of an uninterrupted run.
+///
+/// With several ranks (`options.comm`; module [`crate::dist`]) every rank calls this with the
+/// same arguments and trains on its piece of each batch; rank 0 alone reads the checkpoint it
+/// resumes from, writes the run folder and evaluates, and the others return a report without
+/// test. An error on any rank ends the whole job ([`crate::dist::abort_on_error`]).
 pub fn train(
     dataset: &Dataset,
     plan: &SplitPlan,
@@ -65,7 +70,32 @@ pub fn train(
     run_dir: &Path,
     resume: bool,
 ) -> Result<RunReport> {
-    let o = options;
+    crate::dist::abort_on_error(&options.comm, || {
+        train_ranks(dataset, plan, model_config, options, run_dir, resume)
+    })
+}
+
+fn train_ranks(
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    model_config: &Config,
+    options: &TrainOptions,
+    run_dir: &Path,
+    resume: bool,
+) -> Result<RunReport> {
+    let comm = options.comm.clone();
+    let (root, dist) = (comm.is_root(), comm.is_distributed());
+    // Progress is rank 0's to show.
+    let quiet;
+    let o = if root {
+        options
+    } else {
+        quiet = TrainOptions {
+            progress: false,
+            ..options.clone()
+        };
+        &quiet
+    };
     let device = o.device.open()?;
     let dtype = o.dtype.dtype(&device)?;
     if o.batch_size == 0 || o.accumulate == 0 {
@@ -74,7 +104,9 @@ pub fn train(
             "batch size and accumulation must be ≥ 1",
         ));
     }
-    fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    if root {
+        fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    }
     if o.handle_ctrl_c {
         install_ctrl_c_handler();
     }
@@ -114,12 +146,19 @@ pub fn train(
         });
     }
     let schedule = o.schedule(items_per_epoch);
-    let sampler = BucketSampler::new(o.batch_size, o.seed).with_bucket_batches(o.bucket_batches);
+    // One plan of batches across the ranks; each rank trains on its piece of each.
+    let sampler =
+        BucketSampler::new(o.global_batch(), o.seed).with_bucket_batches(o.bucket_batches);
 
     // Model, optimiser, state.
     let last_dir = run_dir.join("last");
     let best_dir = run_dir.join("best");
-    let (model, varmap, mut opt, mut state) =
+    let (model, varmap, opt, state) = if !root {
+        // Everything comes from rank 0 below.
+        let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
+        let opt = AdamW::new(&varmap, o.adamw)?;
+        (model, varmap, opt, TrainState::default())
+    } else {
         match checkpoint::resolve(&last_dir).filter(|_| resume) {
             Some(dir) => {
                 let (model, varmap) = tempest_model::load_trainable(&dir, &device, dtype)?;
@@ -132,6 +171,20 @@ pub fn train(
                         format!(
                             "the run was started with seed {}, not {}",
                             state.seed, o.seed
+                        ),
+                    ));
+                }
+                if state.world_size != comm.world_size() {
+                    return Err(Error::setting(
+                        "world size",
+                        format!(
+                            "the run in {} was trained on {} rank(s): resume it on {} \
+                             (mpirun -np {}), not {}",
+                            run_dir.display(),
+                            state.world_size,
+                            state.world_size,
+                            state.world_size,
+                            comm.world_size()
                         ),
                     ));
                 }
@@ -163,11 +216,57 @@ pub fn train(
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {
                     seed: o.seed,
+                    world_size: comm.world_size(),
                     ..TrainState::default()
                 };
                 (model, varmap, opt, state)
             }
+        }
+    };
+    // Every rank starts from rank 0's configuration, state, weights and (resuming) moments.
+    let (model, varmap, mut opt, mut state) = if dist {
+        let mut bytes = if root {
+            serde_json::to_vec(
+                &json!({"config": model.config(), "state": state, "resumed": resume}),
+            )
+            .map_err(|e| Error::setting("dist", e.to_string()))?
+        } else {
+            Vec::new()
         };
+        comm.broadcast_bytes(&mut bytes)?;
+        let (model, varmap, mut opt, state, resumed) = if root {
+            (model, varmap, opt, state, resume)
+        } else {
+            let start: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::setting("dist", format!("rank 0's start: {e}")))?;
+            let root_config: Config = serde_json::from_value(start["config"].clone())
+                .map_err(|e| Error::setting("dist", format!("rank 0's model: {e}")))?;
+            let state: TrainState = serde_json::from_value(start["state"].clone())
+                .map_err(|e| Error::setting("dist", format!("rank 0's state: {e}")))?;
+            // Whether rank 0 resumed (it alone looks at the run folder).
+            let resumed = start["resumed"].as_bool().unwrap_or(false);
+            drop((model, varmap, opt));
+            let (model, varmap) = init_seeded(&root_config, &device, dtype, o.seed)?;
+            let opt = AdamW::new(&varmap, o.adamw)?;
+            (model, varmap, opt, state, resumed)
+        };
+        opt.broadcast_from_root(&*comm, resumed)?;
+        if root {
+            let values = opt.parameter_count();
+            eprintln!(
+                "data-parallel: {} ranks ({}), {} items per rank and batch, {} per step; each \
+                 step sums {values} gradient values ({:.2} MB as f32) across the ranks",
+                comm.world_size(),
+                comm.backend(),
+                o.batch_size,
+                o.global_batch() * o.accumulate,
+                values as f64 * 4.0 / 1e6
+            );
+        }
+        (model, varmap, opt, state)
+    } else {
+        (model, varmap, opt, state)
+    };
     let config = model.config().clone();
     let parts = o.batch_parts(&device);
     let select_split = if plan.validation.is_empty() {
@@ -189,11 +288,17 @@ pub fn train(
         train_seconds: 0.0,
         device: DeviceChoice::of(&device),
     };
-    let metrics_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("metrics.jsonl"))
-        .map_err(Error::io(run_dir))?;
+    let metrics_file = if root {
+        Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(run_dir.join("metrics.jsonl"))
+                .map_err(Error::io(run_dir))?,
+        )
+    } else {
+        None
+    };
     let mut driver = FileDriver {
         model: &model,
         device: &device,
@@ -231,9 +336,12 @@ pub fn train(
             Vec::new()
         },
         epoch_index: 0,
+        rank: comm.rank(),
+        world: comm.world_size(),
+        batch_items: 0,
     };
     let outcome = fit_loop(&mut driver, &mut opt, &schedule, &mut state, o)?;
-    let (process_start, elapsed_before, mut metrics_file) = (
+    let (process_start, elapsed_before, metrics_file) = (
         driver.process_start,
         driver.elapsed_before,
         driver.metrics_file,
@@ -246,6 +354,12 @@ pub fn train(
         report.interrupted = true;
         return Ok(report);
     }
+    if !root {
+        return Ok(report);
+    }
+    let Some(mut metrics_file) = metrics_file else {
+        return Ok(report);
+    };
 
     // The final test: the best checkpoint if a validation split chose it, else the last weights.
     let test_idx = dataset.select(&plan.test);
@@ -280,8 +394,8 @@ pub fn train(
 struct Epoch {
     entries: Arc<Vec<Entry>>,
     loader: Option<Loader>,
-    /// The loader's pieces per batch still to come.
-    pieces: std::collections::VecDeque<usize>,
+    /// The loader's pieces per batch still to come, and each batch's items across the ranks.
+    pieces: std::collections::VecDeque<(usize, usize)>,
     pb: Option<ProgressBar>,
 }
 
@@ -306,7 +420,8 @@ struct FileDriver<'a> {
     run_dir: &'a Path,
     last_dir: &'a Path,
     best_dir: &'a Path,
-    metrics_file: std::fs::File,
+    /// Rank 0's (the others write nothing).
+    metrics_file: Option<std::fs::File>,
     select_split: &'a [String],
     select_idx: Vec<usize>,
     has_validation: bool,
@@ -319,6 +434,11 @@ struct FileDriver<'a> {
     frozen: Vec<candle_core::Var>,
     /// The epoch in progress (from 0).
     epoch_index: usize,
+    /// This process's rank and the number of ranks ([`crate::dist`]).
+    rank: usize,
+    world: usize,
+    /// Items of the last batch across the ranks.
+    batch_items: usize,
 }
 
 impl FileDriver<'_> {
@@ -326,8 +446,11 @@ impl FileDriver<'_> {
         self.elapsed_before + self.process_start.elapsed().as_secs_f64()
     }
 
-    /// Saves the resumable checkpoint `last` at `state`.
+    /// Saves the resumable checkpoint `last` at `state` (rank 0; the others write nothing).
     fn save_last(&self, opt: &AdamW, state: &TrainState) -> Result<()> {
+        if self.rank != 0 {
+            return Ok(());
+        }
         let mut state = state.clone();
         state.elapsed_s = self.elapsed();
         checkpoint::save(
@@ -378,9 +501,16 @@ impl Driver for FileDriver<'_> {
         let mut remaining: Vec<Vec<usize>> =
             Vec::with_capacity((batches.len() - skip) * self.parts);
         for b in &batches[skip..] {
+            // This rank's piece of the batch (all of it with one rank).
+            let global = b.len();
+            let b = tempest_tokenize::rank_piece(b, self.rank, self.world);
+            if b.is_empty() {
+                pieces.push_back((0, global));
+                continue;
+            }
             let sizes = tempest_tokenize::part_sizes(b.len(), self.parts);
-            pieces.push_back(sizes.len());
-            let mut rest = &b[..];
+            pieces.push_back((sizes.len(), global));
+            let mut rest = b;
             for len in sizes {
                 let (piece, tail) = rest.split_at(len);
                 remaining.push(piece.to_vec());
@@ -412,9 +542,17 @@ impl Driver for FileDriver<'_> {
     }
 
     fn next_batch(&mut self) -> Result<Option<Option<Vec<HostBatch>>>> {
-        let Some(k) = self.epoch.pieces.pop_front() else {
+        let Some((k, global)) = self.epoch.pieces.pop_front() else {
             return Ok(None);
         };
+        self.batch_items = global;
+        if k == 0 {
+            // This rank's piece of a batch shorter than the world: nothing to train on here.
+            if let Some(pb) = &self.epoch.pb {
+                pb.inc(1);
+            }
+            return Ok(Some(None));
+        }
         let Some(loader) = self.epoch.loader.as_mut() else {
             return Ok(None);
         };
@@ -449,6 +587,10 @@ impl Driver for FileDriver<'_> {
             }
         }
         Ok((grads, sums))
+    }
+
+    fn global_batch_items(&self) -> Option<usize> {
+        Some(self.batch_items)
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
@@ -491,6 +633,10 @@ impl Driver for FileDriver<'_> {
     fn end_epoch(&mut self, state: &mut TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {
         self.report.train_items += log.items as u64;
         self.report.train_seconds += log.seconds;
+        if self.rank != 0 {
+            // Rank 0 evaluates and writes; this rank goes on to the next epoch.
+            return Ok(());
+        }
         let o = self.options;
         // With a weight average (`--ema`), evaluation and the best checkpoint read the
         // average; the trained weights stay in the last checkpoint, to resume from.
@@ -519,14 +665,18 @@ impl Driver for FileDriver<'_> {
                 "reconstruction": sums.mean_reconstruction(),
                 "accuracy": sums.accuracy(),
                 "items": sums.items,
+                // This rank's: with several ranks the job trains `ranks` times as many.
                 "items_per_s": log.items as f64 / log.seconds.max(1e-9),
+                "ranks": self.world,
                 "skipped": loader_skips(&self.report.train_stats),
             },
             "eval_split": self.select_split,
             "eval": eval.to_json(),
             "elapsed_s": self.elapsed(),
         });
-        writeln!(self.metrics_file, "{line}").map_err(Error::io(self.run_dir))?;
+        if let Some(f) = self.metrics_file.as_mut() {
+            writeln!(f, "{line}").map_err(Error::io(self.run_dir))?;
+        }
         plot(self.run_dir, &self.dataset.classes);
         if o.progress {
             eprintln!(
@@ -677,6 +827,120 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().flatten().all(|x| x.is_finite()));
+        Ok(())
+    }
+}
+
+/// [`train()`] on ranks that are threads of this process ([`crate::dist`]'s test backend): no
+/// MPI needed, so these run everywhere; `scripts/mpi-check.sh` runs the same over MPI.
+#[cfg(test)]
+mod ranks {
+    use super::*;
+    use crate::dist::{threads, Comm, Communicator as _};
+    use tempest_data::Layout;
+
+    fn words() -> Result<(Dataset, SplitPlan)> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
+        let mut dataset = Dataset::from_compressed(Layout::SpeechCommands, &root)?;
+        let plan = SplitPlan::standard(&dataset)?;
+        // 21 items: batches of 4 across 2 ranks leave a last batch of 5 (3 + 2), batches of 1
+        // a last batch of 1 (rank 1 gets nothing).
+        dataset.truncate_splits(&plan.train, 21);
+        Ok((dataset, plan))
+    }
+
+    fn options(comm: Comm, batch: usize) -> TrainOptions {
+        TrainOptions {
+            epochs: 2,
+            batch_size: batch,
+            seed: 4,
+            workers: 1,
+            parallel_parts: 1,
+            progress: false,
+            comm,
+            ..TrainOptions::default()
+        }
+    }
+
+    fn scratch(name: &str) -> Result<PathBuf> {
+        let dir = std::env::temp_dir().join(format!("tempest-ranks-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        Ok(dir)
+    }
+
+    fn last(dir: &Path, file: &str) -> Result<Vec<u8>> {
+        let path = dir.join("last").join(file);
+        fs::read(&path).map_err(Error::io(&path))
+    }
+
+    /// Two ranks: every item once per epoch (11 + 10 items, 21 in rank 0's metrics), rank 0
+    /// alone writes and tests; stopped inside the first epoch and resumed, the weights and
+    /// moments of the uninterrupted run to the bit; one process refuses to resume it.
+    #[test]
+    fn two_ranks_see_every_item_once_and_resume_exactly() -> Result<()> {
+        let (dataset, plan) = words()?;
+        let cfg = Config::tiny().with_num_classes(10);
+        let dir = scratch("resume")?;
+        let d = &dir;
+        let (data, pl, c) = (&dataset, &plan, &cfg);
+        let reports = threads::run(2, |rank| {
+            let r = rank.rank();
+            let comm = Comm::new(rank);
+            let each = options(comm.clone(), 1);
+            let once = TrainOptions { epochs: 1, ..each };
+            let one = train(data, pl, c, &once, &d.join("once"), false)?;
+            let whole = train(
+                data,
+                pl,
+                c,
+                &options(comm.clone(), 4),
+                &d.join("whole"),
+                false,
+            )?;
+            let stop = TrainOptions {
+                stop_after_steps: Some(2),
+                ..options(comm.clone(), 4)
+            };
+            let first = train(data, pl, c, &stop, &d.join("parted"), false)?;
+            let rest = train(data, pl, c, &options(comm, 4), &d.join("parted"), true)?;
+            Ok((r, one, whole, first, rest))
+        })?;
+        for (r, once, whole, first, rest) in &reports {
+            assert_eq!(once.train_items, if *r == 0 { 11 } else { 10 }, "rank {r}");
+            assert_eq!(once.steps, 11);
+            assert_eq!(once.test.is_some(), *r == 0, "rank 0 alone tests");
+            assert_eq!(whole.steps, 6, "two epochs of 3 steps");
+            assert!(first.interrupted && first.steps == 2);
+            assert_eq!((rest.steps, rest.interrupted), (6, false));
+        }
+        let lines = fs::read_to_string(dir.join("once/metrics.jsonl")).map_err(Error::io(&dir))?;
+        let epoch: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap_or(""))
+            .map_err(|e| Error::setting("test", e.to_string()))?;
+        assert_eq!(epoch["train"]["items"].as_f64(), Some(21.0), "{epoch}");
+        assert_eq!(epoch["train"]["ranks"].as_u64(), Some(2));
+        for file in [tempest_model::WEIGHTS_FILE, checkpoint::OPTIMIZER_FILE] {
+            assert!(
+                last(&dir.join("whole"), file)? == last(&dir.join("parted"), file)?,
+                "{file} after resuming"
+            );
+        }
+        let state: TrainState =
+            checkpoint::read_json(&dir.join("parted/last").join(checkpoint::STATE_FILE))?;
+        assert_eq!((state.world_size, state.step), (2, 6));
+        let err = train(
+            &dataset,
+            &plan,
+            &cfg,
+            &options(Comm::default(), 4),
+            &dir.join("parted"),
+            true,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("trained on 2 rank(s)"), "{err}");
+        let _ = fs::remove_dir_all(&dir);
         Ok(())
     }
 }
