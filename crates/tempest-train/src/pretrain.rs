@@ -148,17 +148,7 @@ pub fn pretrain(
     } else {
         o.train_variants.clone()
     };
-    let per_item: Vec<Vec<(PathBuf, u64)>> = items
-        .iter()
-        .map(|&i| {
-            dataset.samples[i]
-                .variants
-                .iter()
-                .filter(|(v, _)| wanted.contains(v))
-                .map(|(_, p)| (p.clone(), fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
-                .collect()
-        })
-        .collect();
+    let per_item = crate::train::item_files(dataset, &items, &wanted);
     let counts: Vec<usize> = per_item.iter().map(Vec::len).collect();
     let items_per_epoch = counts.iter().filter(|&&c| c > 0).count();
     if items_per_epoch == 0 {
@@ -189,15 +179,7 @@ pub fn pretrain(
                 let mut opt = AdamW::new(&varmap, o.adamw)?;
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
                 let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
-                if state.seed != o.seed {
-                    return Err(Error::setting(
-                        "seed",
-                        format!(
-                            "the run was started with seed {}, not {}",
-                            state.seed, o.seed
-                        ),
-                    ));
-                }
+                crate::train::check_seed(&state, o.seed)?;
                 trim_metrics(&metrics_path, state.epoch)?;
                 (model, varmap, opt, state, tok, masking)
             }

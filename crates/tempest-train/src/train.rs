@@ -39,6 +39,38 @@ pub fn install_ctrl_c_handler() -> bool {
 }
 
 /// Whether Ctrl-C asked the runs of this process to stop.
+/// Each item's files of the `wanted` variants with their sizes (0 where unreadable: the
+/// loader reports the file), for the sampler and the loader: `train`'s and `pretrain`'s.
+pub(crate) fn item_files(
+    dataset: &Dataset,
+    indices: &[usize],
+    wanted: &[String],
+) -> Vec<Vec<(PathBuf, u64)>> {
+    indices
+        .iter()
+        .map(|&i| {
+            dataset.samples[i]
+                .variants
+                .iter()
+                .filter(|(v, _)| wanted.contains(v))
+                .map(|(_, p)| (p.clone(), fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
+                .collect()
+        })
+        .collect()
+}
+
+/// A resumed run must keep the seed it was started with (its batches, variants and masks
+/// follow from it).
+pub(crate) fn check_seed(state: &TrainState, seed: u64) -> Result<()> {
+    if state.seed != seed {
+        return Err(Error::setting(
+            "seed",
+            format!("the run was started with seed {}, not {seed}", state.seed),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn stop_requested() -> bool {
     STOP.load(Ordering::SeqCst)
 }
@@ -126,17 +158,7 @@ fn train_ranks(
     } else {
         o.train_variants.clone()
     };
-    let per_item: Vec<Vec<(PathBuf, u64)>> = train_idx
-        .iter()
-        .map(|&i| {
-            dataset.samples[i]
-                .variants
-                .iter()
-                .filter(|(v, _)| wanted.contains(v))
-                .map(|(_, p)| (p.clone(), fs::metadata(p).map(|m| m.len()).unwrap_or(0)))
-                .collect()
-        })
-        .collect();
+    let per_item = item_files(dataset, &train_idx, &wanted);
     let counts: Vec<usize> = per_item.iter().map(Vec::len).collect();
     let items_per_epoch = counts.iter().filter(|&&c| c > 0).count();
     if items_per_epoch == 0 {
@@ -165,15 +187,7 @@ fn train_ranks(
                 let mut opt = AdamW::new(&varmap, o.adamw)?;
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
                 let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
-                if state.seed != o.seed {
-                    return Err(Error::setting(
-                        "seed",
-                        format!(
-                            "the run was started with seed {}, not {}",
-                            state.seed, o.seed
-                        ),
-                    ));
-                }
+                check_seed(&state, o.seed)?;
                 if state.world_size != comm.world_size() {
                     return Err(Error::setting(
                         "world size",
