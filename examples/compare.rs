@@ -80,12 +80,10 @@ fn defaults() -> CompareOptions {
 /// 5e-4, `tiny` with label smoothing 0.1; for images 30 epochs, batches of 32, 2e-3, 8 bytes
 /// per MCU, `tiny` with 3 E_c layers), so that `compare` and `train` train TEMPEST alike. The
 /// baseline gets the same budget and optimiser, and E_c's width and depth.
+/// (`Recipe::apply` also sets the evaluation variants, which `compare` does not read: it
+/// tests one variant, `CompareOptions::eval_variant`.)
 fn apply_recipe(o: &mut CompareOptions, recipe: &Recipe, preset: Option<Config>) {
-    o.train.epochs = recipe.epochs;
-    o.train.batch_size = recipe.batch_size;
-    o.train.lr = recipe.lr;
-    o.train.block_bytes = recipe.block_bytes;
-    o.train.adamw.ema = recipe.ema;
+    recipe.apply(&mut o.train);
     o.tempest = preset.unwrap_or_else(|| recipe.config.clone());
 }
 

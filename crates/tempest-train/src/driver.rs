@@ -134,12 +134,7 @@ pub fn fit_loop<D: Driver>(
     options: &TrainOptions,
 ) -> Result<Outcome> {
     let o = options;
-    if o.batch_size == 0 || o.accumulate == 0 {
-        return Err(Error::setting(
-            "batch",
-            "batch size and accumulation must be ≥ 1",
-        ));
-    }
+    o.check_batch()?;
     let comm = &o.comm;
     let dist = comm.is_distributed();
     if dist && driver.global_batch_items().is_none() {

@@ -289,6 +289,18 @@ impl TrainOptions {
         Ok(tok)
     }
 
+    /// Batch size and accumulation must be at least 1 (checked by [`crate::fit_loop`], and
+    /// by `train` and `pretrain` before they touch the run folder).
+    pub fn check_batch(&self) -> Result<()> {
+        if self.batch_size == 0 || self.accumulate == 0 {
+            return Err(Error::setting(
+                "batch",
+                "batch size and accumulation must be ≥ 1",
+            ));
+        }
+        Ok(())
+    }
+
     /// The parts each batch is split into ([`TrainOptions::parallel_parts`]) on `device`.
     pub fn batch_parts(&self, device: &Device) -> usize {
         match self.parallel_parts {

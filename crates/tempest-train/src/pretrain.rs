@@ -122,12 +122,7 @@ pub fn pretrain(
     let o = options;
     let device = o.device.open()?;
     let dtype = o.dtype.dtype(&device)?;
-    if o.batch_size == 0 || o.accumulate == 0 {
-        return Err(Error::setting(
-            "batch",
-            "batch size and accumulation must be ≥ 1",
-        ));
-    }
+    o.check_batch()?;
     masking
         .validate()
         .map_err(|w| Error::setting("masking", w))?;

@@ -130,19 +130,14 @@ fn train_ranks(
     };
     let device = o.device.open()?;
     let dtype = o.dtype.dtype(&device)?;
-    if o.batch_size == 0 || o.accumulate == 0 {
-        return Err(Error::setting(
-            "batch",
-            "batch size and accumulation must be ≥ 1",
-        ));
-    }
+    o.check_batch()?;
     if root {
         fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
     }
     if o.handle_ctrl_c {
         install_ctrl_c_handler();
     }
-    STOP.store(false, Ordering::SeqCst);
+    reset_stop();
 
     let format = detect_format(dataset, &o.train_variants)?;
     let config = o.model_config(model_config, dataset.classes.len(), format)?;
