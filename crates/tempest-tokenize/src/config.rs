@@ -32,19 +32,25 @@ pub enum BlockTokens {
     /// its entropy-decoded quantised lines with its scalefactor ([`crate::fields::mp3_line_ids`];
     /// no requantisation, no inverse transform). Opus packets give their fields only.
     FieldsAndLines,
+    /// As [`BlockTokens::FieldsAndLines`], but each band id is the band's energy: its
+    /// quantised lines requantised with the frame's own gain and scalefactors and summed
+    /// ([`crate::fields::BandValue::Energy`]; no inverse transform, no filterbank).
+    FieldsAndEnergy,
 }
 
 impl BlockTokens {
     /// Every variant with its name.
-    pub const ALL: [(BlockTokens, &'static str); 5] = [
+    pub const ALL: [(BlockTokens, &'static str); 6] = [
         (BlockTokens::Bytes, "bytes"),
         (BlockTokens::Fields, "fields"),
         (BlockTokens::FieldsAndBytes, "fields+bytes"),
         (BlockTokens::FieldsAndData, "fields+data"),
         (BlockTokens::FieldsAndLines, "fields+lines"),
+        (BlockTokens::FieldsAndEnergy, "fields+energy"),
     ];
 
-    /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data` or `fields+lines`.
+    /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data`, `fields+lines` or
+    /// `fields+energy`.
     pub fn name(self) -> &'static str {
         BlockTokens::ALL
             .iter()
@@ -60,7 +66,8 @@ impl BlockTokens {
             .map(|(t, _)| *t)
     }
 
-    /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines`.
+    /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines,
+    /// fields+energy`.
     pub fn names() -> String {
         let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
         names.join(", ")
@@ -82,9 +89,20 @@ impl BlockTokens {
         Ok(())
     }
 
+    /// Whether MP3 frames give one id per scalefactor band after their fields
+    /// (`fields+lines`, `fields+energy`), which the band and time masks and the band shift act on.
+    pub fn has_bands(self) -> bool {
+        matches!(
+            self,
+            BlockTokens::FieldsAndLines | BlockTokens::FieldsAndEnergy
+        )
+    }
+
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
-        if self == BlockTokens::FieldsAndLines {
+        if self == BlockTokens::FieldsAndEnergy {
+            crate::ENERGY_VOCAB_SIZE
+        } else if self == BlockTokens::FieldsAndLines {
             crate::LINES_VOCAB_SIZE
         } else if self.has_fields() {
             crate::FIELDS_VOCAB_SIZE
@@ -215,7 +233,7 @@ pub struct TokenizerConfig {
     /// augmentation done in the compressed domain. 0 (the default) changes nothing.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub gain_jitter: u8,
-    /// With [`BlockTokens::FieldsAndLines`]: silence a run of up to `band_mask` consecutive
+    /// With band ids ([`BlockTokens::has_bands`]): silence a run of up to `band_mask` consecutive
     /// long scalefactor bands (a frequency range) in every frame of an item, the same range
     /// for the whole item, drawn from the seed, epoch and item of the
     /// [`CropContext`](crate::CropContext): their ids read as level 0 with scalefactor 0, as if
@@ -223,7 +241,7 @@ pub struct TokenizerConfig {
     /// frequency mask in the compressed domain. 0 (the default) changes nothing.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub band_mask: u8,
-    /// With [`BlockTokens::FieldsAndLines`]: move every band id of an item by one shift
+    /// With band ids ([`BlockTokens::has_bands`]): move every band id of an item by one shift
     /// drawn uniformly from `-band_shift..=band_shift` band positions (the same for the whole
     /// item; [`crate::fields::mp3_line_ids`]), from the seed, epoch and item of the
     /// [`CropContext`](crate::CropContext): a coarse warp of the frequency axis, as vocal-tract
@@ -231,7 +249,7 @@ pub struct TokenizerConfig {
     /// changes nothing.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub band_shift: u8,
-    /// With [`BlockTokens::FieldsAndLines`]: silence every band of a run of up to
+    /// With band ids ([`BlockTokens::has_bands`]): silence every band of a run of up to
     /// `time_mask` consecutive frames of an item (their band ids read as level 0 with
     /// scalefactor 0; the side-information fields stay), the run drawn from the seed, epoch
     /// and item of the [`CropContext`](crate::CropContext): a time mask in the compressed

@@ -15,7 +15,7 @@
 //! packet gives its TOC's configuration, stereo flag and frame-count code, its frame count
 //! and its length in bytes (÷ 4). JPEG MCUs have no fields here yet.
 
-use cff_blocks::mp3::{long_band_edges, short_band_edges, FrameLines, SideInfo};
+use cff_blocks::mp3::{long_band_edges, short_band_edges, FrameLines, Granule, SideInfo};
 use cff_blocks::opus::PacketInfo;
 
 /// The first field id: after the 256 bytes and the padding id.
@@ -31,7 +31,7 @@ pub struct Field {
 }
 
 /// Every field, in id order.
-pub const FIELDS: [Field; 24] = [
+pub const FIELDS: [Field; 26] = [
     Field {
         name: "mp3.bitrate_index",
         size: 16,
@@ -128,10 +128,22 @@ pub const FIELDS: [Field; 24] = [
         name: "mp3.short_band(level,scalefac)",
         size: (BAND_LEVELS * BAND_SCALEFACS) as u32,
     },
+    Field {
+        name: "mp3.band_energy",
+        size: ENERGY_LEVELS as u32,
+    },
+    Field {
+        name: "mp3.short_band_energy",
+        size: ENERGY_LEVELS as u32,
+    },
 ];
 
 /// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndLines`] uses.
 const FIRST_LINE_FIELD: usize = 22;
+
+/// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndEnergy`]
+/// uses.
+const FIRST_ENERGY_FIELD: usize = 24;
 
 /// Long scalefactor bands of a granule (the last, above the highest scalefactor band, too).
 pub const LONG_BANDS: usize = 22;
@@ -146,9 +158,35 @@ pub const BAND_SCALEFACS: usize = 8;
 /// (the vocabulary of [`crate::BlockTokens::Fields`], `FieldsAndBytes`, `FieldsAndData`).
 pub const FIELDS_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_LINE_FIELD] as usize;
 
-/// Ids in all, with the bands of [`mp3_line_ids`]: the vocabulary of
+/// Ids up to the bands of [`mp3_line_ids`]: the vocabulary of
 /// [`crate::BlockTokens::FieldsAndLines`].
-pub const LINES_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
+pub const LINES_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_ENERGY_FIELD] as usize;
+
+/// Ids in all, with the band energies of [`BandValue::Energy`]: the vocabulary of
+/// [`crate::BlockTokens::FieldsAndEnergy`] (it holds the line ids' ranges too, unused).
+pub const ENERGY_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
+
+/// Levels of a band's energy ([`band_energy_level`]): 0 for a band coded as all zeros, then
+/// steps of [`ENERGY_STEP_DB`] from [`ENERGY_FLOOR_DB`] up.
+pub const ENERGY_LEVELS: usize = 64;
+/// Width of one energy level, in dB.
+pub const ENERGY_STEP_DB: f64 = 1.5;
+/// The mean power per line, in dB relative to a line of amplitude 1, that level 1 stands for
+/// (and every quieter band that is not all zeros).
+pub const ENERGY_FLOOR_DB: f64 = -96.0;
+
+/// What one band id of [`mp3_line_ids`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BandValue {
+    /// The level of the band's summed quantised magnitudes ([`band_level`]) with its
+    /// scalefactor: symbols as coded, nothing requantised.
+    LevelScalefac,
+    /// The band's mean power per line in dB ([`band_energy_level`]): its quantised lines
+    /// requantised with the frame's own `global_gain`, scalefactor, `scalefac_scale`,
+    /// `preflag` and subblock gain (ISO 11172-3 2.4.3.4.7.1) and summed, nothing else of the
+    /// decoder (no stereo processing, alias reduction, inverse MDCT or filterbank).
+    Energy,
+}
 
 /// The first id of each field, and one past the last field's: computed once, at compile time.
 const FIELD_STARTS: [u32; FIELDS.len() + 1] = field_starts();
@@ -230,6 +268,27 @@ pub fn band_level(sum: u32) -> u32 {
     (4 + 2 * (octave - 2) + half).min(BAND_LEVELS as u32 - 1)
 }
 
+/// Pre-emphasis added to the long bands' scalefactors when `preflag` is set (ISO 11172-3,
+/// table B.6), with a 0 for the band above the last scalefactor band.
+const PRETAB: [u8; LONG_BANDS] = [
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 2, 0,
+];
+
+/// The energy level of a band: `sum8_3` is Σ|q|^(8/3) over its `width` quantised lines and
+/// `log2_scale` the base-2 logarithm of the squared requantisation step, `0.5·(global_gain −
+/// 210 − 8·subblock_gain) − 2·m·(scalefac + preflag·pretab)` with `m` 0.5 or 1 by
+/// `scalefac_scale`. The band's mean power per line is `sum8_3 / width · 2^log2_scale`; level
+/// 0 when the band is all zeros, else 1 + its dB above [`ENERGY_FLOOR_DB`] in steps of
+/// [`ENERGY_STEP_DB`], clamped to the levels there are.
+pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
+    if sum8_3 <= 0.0 || width == 0 {
+        return 0;
+    }
+    let db = 10.0 * std::f64::consts::LOG10_2 * ((sum8_3 / width as f64).log2() + log2_scale);
+    let step = ((db - ENERGY_FLOOR_DB) / ENERGY_STEP_DB).floor();
+    (1.0 + step).clamp(1.0, (ENERGY_LEVELS - 1) as f64) as u32
+}
+
 /// Appends one id per scalefactor band of each granule and channel of an MP3 frame, from its
 /// entropy-decoded main data ([`cff_blocks::mp3::decode_granules`]): the band's level
 /// ([`band_level`] of the summed magnitudes of its quantised lines) together with its
@@ -242,12 +301,16 @@ pub fn band_level(sum: u32) -> u32 {
 /// bands, and the short bands over the same lines, read as empty (level 0, scalefactor 0).
 /// `shift` moves every band's id `shift` positions up (down when negative) within its block
 /// type's bands, a coarse warp of the frequency axis; positions left without a band read as
-/// empty. The mask applies to positions, after the shift.
+/// empty. The mask applies to positions, after the shift. `value` says what an id tells:
+/// level and scalefactor ([`BandValue::LevelScalefac`], in the fields
+/// `mp3.band(level,scalefac)` and `mp3.short_band(level,scalefac)`) or the band's energy
+/// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`).
 pub fn mp3_line_ids(
     side: &SideInfo,
     lines: &FrameLines,
     mask: std::ops::Range<usize>,
     shift: i32,
+    value: BandValue,
     out: &mut Vec<u16>,
 ) {
     let rate = side.header.sample_rate();
@@ -259,13 +322,39 @@ pub fn mp3_line_ids(
     } else {
         usize::from(long[mask.start.min(LONG_BANDS)])..usize::from(long[mask.end.min(LONG_BANDS)])
     };
-    let band_id = |field: usize, q: &[i16], sf: u8, masked: bool| {
+    let first = match value {
+        BandValue::LevelScalefac => FIRST_LINE_FIELD,
+        BandValue::Energy => FIRST_ENERGY_FIELD,
+    };
+    // MPEG-2 and 2.5 imply preflag by a scalefac_compress of 500 or more (ISO 13818-3
+    // 2.4.3.2; the right channel of intensity stereo never has it).
+    let lsf = side.header.version() != cff_blocks::mp3::Version::Mpeg1;
+    let intensity = side.header.channel_mode() == cff_blocks::mp3::ChannelMode::JointStereo
+        && side.header.mode_extension() & 1 == 1;
+    // `extra`: the subblock gain's and pre-emphasis' part of the step, in scalefactor units.
+    let band_id = |field: usize, q: &[i16], sf: u8, extra: (u8, u8), g: &Granule, masked: bool| {
         if masked {
             return id(field, 0);
         }
-        let sum: u32 = q.iter().map(|&v| u32::from(v.unsigned_abs())).sum();
-        let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
-        id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
+        match value {
+            BandValue::LevelScalefac => {
+                let sum: u32 = q.iter().map(|&v| u32::from(v.unsigned_abs())).sum();
+                let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
+                id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
+            }
+            BandValue::Energy => {
+                let sum: f64 = q
+                    .iter()
+                    .map(|&v| f64::from(v.unsigned_abs()).powf(8.0 / 3.0))
+                    .sum();
+                let m = if g.scalefac_scale { 1.0 } else { 0.5 };
+                let (subblock_gain, pre) = extra;
+                let log2_scale = 0.5
+                    * (f64::from(g.global_gain) - 210.0 - 8.0 * f64::from(subblock_gain))
+                    - 2.0 * m * (f64::from(sf) + f64::from(pre));
+                id(field, band_energy_level(sum, q.len(), log2_scale))
+            }
+        }
     };
     // Position p reads band p − shift; a position with no band there reads as silence.
     let source = |p: usize, bands: usize| -> Option<usize> {
@@ -274,7 +363,7 @@ pub fn mp3_line_ids(
     };
     let (granules, channels) = (usize::from(side.granules), usize::from(side.channels));
     for (sides, decoded) in side.granule.iter().zip(lines.iter()).take(granules) {
-        for (g, l) in sides.iter().zip(decoded.iter()).take(channels) {
+        for (ch, (g, l)) in sides.iter().zip(decoded.iter()).take(channels).enumerate() {
             let sf = |k: usize| l.scalefac.get(k).copied().unwrap_or(0);
             if g.window_switching && g.block_type == 2 && !g.mixed_block {
                 for p in 0..SHORT_BANDS {
@@ -283,23 +372,30 @@ pub fn mp3_line_ids(
                     let masked = 3 * plo < masked_lines.end && masked_lines.start < 3 * phi;
                     for w in 0..3 {
                         let Some(b) = source(p, SHORT_BANDS) else {
-                            out.push(id(FIRST_LINE_FIELD + 1, 0));
+                            out.push(id(first + 1, 0));
                             continue;
                         };
                         let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
                         let start = 3 * lo + w * (hi - lo);
                         let q = &l.lines[start..start + (hi - lo)];
-                        out.push(band_id(FIRST_LINE_FIELD + 1, q, sf(b * 3 + w), masked));
+                        let extra = (g.subblock_gain[w], 0);
+                        out.push(band_id(first + 1, q, sf(b * 3 + w), extra, g, masked));
                     }
                 }
             } else {
+                let preflag = if lsf {
+                    g.scalefac_compress >= 500 && !(intensity && ch == 1)
+                } else {
+                    g.preflag
+                };
                 for p in 0..LONG_BANDS {
                     let Some(b) = source(p, LONG_BANDS) else {
-                        out.push(id(FIRST_LINE_FIELD, 0));
+                        out.push(id(first, 0));
                         continue;
                     };
                     let q = &l.lines[usize::from(long[b])..usize::from(long[b + 1])];
-                    out.push(band_id(FIRST_LINE_FIELD, q, sf(b), mask.contains(&p)));
+                    let extra = (0, if preflag { PRETAB[b] } else { 0 });
+                    out.push(band_id(first, q, sf(b), extra, g, mask.contains(&p)));
                 }
             }
         }
@@ -336,19 +432,37 @@ mod tests {
             // Values past the range clamp to the last id.
             assert_eq!(id(i, f.size + 5), id(i, f.size - 1));
         }
-        assert_eq!(seen.len() + FIELD_BASE as usize, LINES_VOCAB_SIZE);
+        assert_eq!(seen.len() + FIELD_BASE as usize, ENERGY_VOCAB_SIZE);
+        assert_eq!(FIELD_STARTS[FIRST_ENERGY_FIELD] as usize, LINES_VOCAB_SIZE);
         assert_eq!(FIELD_STARTS[FIRST_LINE_FIELD] as usize, FIELDS_VOCAB_SIZE);
         // The header and side-information fields keep the ids they had before the bands
         // came (checkpoints trained on them stay readable).
         assert_eq!(FIELDS_VOCAB_SIZE, 2234);
-        assert!(LINES_VOCAB_SIZE < usize::from(u16::MAX));
+        assert!(ENERGY_VOCAB_SIZE < usize::from(u16::MAX));
+        // The line ids keep theirs when the energies came (session 13).
+        assert_eq!(LINES_VOCAB_SIZE, 2490);
+        assert_eq!(ENERGY_VOCAB_SIZE, LINES_VOCAB_SIZE + 2 * ENERGY_LEVELS);
         assert_eq!(
             LINES_VOCAB_SIZE,
             FIELDS_VOCAB_SIZE + 2 * BAND_LEVELS * BAND_SCALEFACS
         );
         assert_eq!(field_name(255), None);
         assert_eq!(field_name(256), None);
-        assert_eq!(field_name(LINES_VOCAB_SIZE as u32), None);
+        assert_eq!(field_name(ENERGY_VOCAB_SIZE as u32), None);
+    }
+
+    #[test]
+    fn energy_levels_step_by_1_5_db_from_the_floor() {
+        // A band of 4 lines each ±1 with a squared step of 2^−10: −30.1 dB per line.
+        let level = band_energy_level(4.0, 4, -10.0);
+        assert_eq!(level, 1 + ((-30.103 - ENERGY_FLOOR_DB) / ENERGY_STEP_DB) as u32);
+        // 2 steps of global_gain (log2 scale −1) halve the power: 3 dB, two levels.
+        assert_eq!(band_energy_level(4.0, 4, -11.0), level - 2);
+        // Twice the lines at the same power per line: the same level.
+        assert_eq!(band_energy_level(8.0, 8, -10.0), level);
+        assert_eq!(band_energy_level(0.0, 4, 0.0), 0, "all zeros: silent");
+        assert_eq!(band_energy_level(1.0, 4, -200.0), 1, "quieter than the floor");
+        assert_eq!(band_energy_level(1.0, 4, 200.0), ENERGY_LEVELS as u32 - 1);
     }
 
     #[test]

@@ -370,7 +370,7 @@ fn field_ids(
                 let side = SideInfo::parse(data, b.offset)?;
                 fields::mp3_field_ids(&side, gain_offset, &mut ids);
                 let own = reservoir.push(data, &side, b.offset)?;
-                if tokens == BlockTokens::FieldsAndLines {
+                if tokens.has_bands() {
                     if let Some(own) = own {
                         let lines = decode_granules(&side, own, b.offset)?;
                         fields::mp3_line_ids(
@@ -382,6 +382,11 @@ fn field_ids(
                                 lines_aug.mask.clone()
                             },
                             lines_aug.shift,
+                            if tokens == BlockTokens::FieldsAndEnergy {
+                                fields::BandValue::Energy
+                            } else {
+                                fields::BandValue::LevelScalefac
+                            },
                             &mut ids,
                         );
                     }

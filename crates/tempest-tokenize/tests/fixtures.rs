@@ -560,3 +560,139 @@ fn band_shift_moves_every_band_of_an_item_by_one_drawn_shift() {
     }
     assert!(shifts.len() >= 3, "items draw different shifts: {shifts:?}");
 }
+
+/// The mean power per line that an energy id stands for (the middle of its level), or `None`
+/// for a silent band.
+fn energy_of(level: u32) -> Option<f64> {
+    use tempest_tokenize::fields::{ENERGY_FLOOR_DB, ENERGY_STEP_DB};
+    (level > 0).then(|| {
+        let db = ENERGY_FLOOR_DB + (f64::from(level) - 0.5) * ENERGY_STEP_DB;
+        10f64.powf(db / 10.0)
+    })
+}
+
+#[test]
+fn band_energies_follow_the_loudness_an_independent_decoder_hears() {
+    // minimp3 (an independent decoder) turns each fixture into samples; the energy ids of a
+    // frame, summed over its bands (an MDCT with the polyphase filterbank keeps the energy
+    // up to a constant), must rise and fall with the samples' energy over the same stretch.
+    use cff_blocks::mp3::long_band_edges;
+    use tempest_tokenize::fields::{field_name, field_range, ENERGY_LEVELS, LONG_BANDS};
+    use tempest_tokenize::{BlockTokens, ENERGY_VOCAB_SIZE};
+
+    assert_eq!(BlockTokens::FieldsAndEnergy.vocab_size(), ENERGY_VOCAB_SIZE);
+    assert_eq!(
+        BlockTokens::parse("fields+energy"),
+        Some(BlockTokens::FieldsAndEnergy)
+    );
+    for rel in ["mp3/cbr32_16k_mono.mp3", "mp3/abr20_16k_mono.mp3"] {
+        let path = fixture(rel);
+        let data = std::fs::read(&path).unwrap();
+        let config = mp3_config(BlockTokens::FieldsAndEnergy);
+        let item = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+        let lines = tokenize(
+            &data,
+            &path,
+            &mp3_config(BlockTokens::FieldsAndLines),
+            CropContext::default(),
+        )
+        .unwrap();
+        let edges = long_band_edges(16_000).unwrap();
+        let long = field_range("mp3.band_energy").unwrap();
+        // Per frame: Σ over bands of width × mean power, from the ids.
+        let mut ours = Vec::new();
+        for k in 0..item.num_blocks() {
+            let ids = item.block(k);
+            assert_eq!(
+                ids.len(),
+                lines.block(k).len(),
+                "{rel} frame {k}: one id per band"
+            );
+            assert_eq!(
+                &ids[..17],
+                &lines.block(k)[..17],
+                "{rel} frame {k}: fields first"
+            );
+            assert!(ids.iter().all(|&id| usize::from(id) < ENERGY_VOCAB_SIZE));
+            let bands = &ids[17..];
+            if bands.len() != LONG_BANDS {
+                assert!(
+                    bands.is_empty()
+                        || bands
+                            .iter()
+                            .all(|&id| field_name(id.into()) == Some("mp3.short_band_energy"))
+                );
+                ours.push(None);
+                continue;
+            }
+            let mut total = 0.0;
+            for (b, &id) in bands.iter().enumerate() {
+                assert_eq!(field_name(id.into()), Some("mp3.band_energy"));
+                let width = f64::from(edges[b + 1] - edges[b]);
+                total += energy_of(u32::from(id) - long.start).unwrap_or(0.0) * width;
+            }
+            ours.push(Some(total));
+        }
+        // minimp3's samples, 576 per frame at 16 kHz (MPEG-2: one granule).
+        let mut decoder = minimp3::Decoder::new(std::io::Cursor::new(data.clone()));
+        let mut pcm = Vec::new();
+        loop {
+            match decoder.next_frame() {
+                Ok(f) => pcm.extend(f.data.iter().map(|&s| f64::from(s) / 32768.0)),
+                Err(minimp3::Error::Eof) => break,
+                Err(e) => panic!("{rel}: {e:?}"),
+            }
+        }
+        let theirs: Vec<f64> = pcm
+            .chunks(576)
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        // minimp3 starts its output a frame or two later than the bitstream (its decoder
+        // delay): the best of lags 0–2 must follow ours closely.
+        let best = (0..3usize)
+            .map(|lag| {
+                let pairs: Vec<(f64, f64)> = ours
+                    .iter()
+                    .zip(theirs.iter().skip(lag))
+                    .filter_map(|(o, t)| Some(((*o)?.max(1e-12).log10(), t.max(1e-12).log10())))
+                    .collect();
+                correlation(&pairs)
+            })
+            .fold(f64::MIN, f64::max);
+        assert!(
+            best > 0.95,
+            "{rel}: log energies correlate at {best:.3} only"
+        );
+        // The levels cover the file: no band is clipped at the top level, and few non-silent
+        // bands sit on the floor.
+        let levels: Vec<u32> = (0..item.num_blocks())
+            .flat_map(|k| item.block(k)[17..].to_vec())
+            .filter(|&id| field_name(id.into()) == Some("mp3.band_energy"))
+            .map(|id| u32::from(id) - long.start)
+            .collect();
+        let (floor, top) = (
+            levels.iter().filter(|&&l| l == 1).count(),
+            levels
+                .iter()
+                .filter(|&&l| l == ENERGY_LEVELS as u32 - 1)
+                .count(),
+        );
+        let sounding = levels.iter().filter(|&&l| l > 0).count();
+        assert_eq!(top, 0, "{rel}");
+        assert!(
+            floor * 10 < sounding,
+            "{rel}: {floor} of {sounding} bands on the floor"
+        );
+    }
+}
+
+/// Pearson's correlation of the pairs.
+fn correlation(pairs: &[(f64, f64)]) -> f64 {
+    let n = pairs.len() as f64;
+    let mx = pairs.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pairs.iter().map(|p| p.1).sum::<f64>() / n;
+    let cov: f64 = pairs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let vx: f64 = pairs.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let vy: f64 = pairs.iter().map(|p| (p.1 - my).powi(2)).sum();
+    cov / (vx * vy).sqrt()
+}
