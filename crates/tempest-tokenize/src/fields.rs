@@ -304,13 +304,17 @@ pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
 /// empty. The mask applies to positions, after the shift. `value` says what an id tells:
 /// level and scalefactor ([`BandValue::LevelScalefac`], in the fields
 /// `mp3.band(level,scalefac)` and `mp3.short_band(level,scalefac)`) or the band's energy
-/// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`).
+/// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`); energies read
+/// each `global_gain` moved by `gain_offset` steps as [`mp3_field_ids`] does, so that a
+/// loudness jitter moves the fields and the energies alike.
+#[allow(clippy::too_many_arguments)]
 pub fn mp3_line_ids(
     side: &SideInfo,
     lines: &FrameLines,
     mask: std::ops::Range<usize>,
     shift: i32,
     value: BandValue,
+    gain_offset: i32,
     out: &mut Vec<u16>,
 ) {
     let rate = side.header.sample_rate();
@@ -350,7 +354,9 @@ pub fn mp3_line_ids(
                 let m = if g.scalefac_scale { 1.0 } else { 0.5 };
                 let (subblock_gain, pre) = extra;
                 let log2_scale = 0.5
-                    * (f64::from(g.global_gain) - 210.0 - 8.0 * f64::from(subblock_gain))
+                    * (f64::from((i32::from(g.global_gain) + gain_offset).clamp(0, 255))
+                        - 210.0
+                        - 8.0 * f64::from(subblock_gain))
                     - 2.0 * m * (f64::from(sf) + f64::from(pre));
                 id(field, band_energy_level(sum, q.len(), log2_scale))
             }
@@ -455,13 +461,20 @@ mod tests {
     fn energy_levels_step_by_1_5_db_from_the_floor() {
         // A band of 4 lines each ±1 with a squared step of 2^−10: −30.1 dB per line.
         let level = band_energy_level(4.0, 4, -10.0);
-        assert_eq!(level, 1 + ((-30.103 - ENERGY_FLOOR_DB) / ENERGY_STEP_DB) as u32);
+        assert_eq!(
+            level,
+            1 + ((-30.103 - ENERGY_FLOOR_DB) / ENERGY_STEP_DB) as u32
+        );
         // 2 steps of global_gain (log2 scale −1) halve the power: 3 dB, two levels.
         assert_eq!(band_energy_level(4.0, 4, -11.0), level - 2);
         // Twice the lines at the same power per line: the same level.
         assert_eq!(band_energy_level(8.0, 8, -10.0), level);
         assert_eq!(band_energy_level(0.0, 4, 0.0), 0, "all zeros: silent");
-        assert_eq!(band_energy_level(1.0, 4, -200.0), 1, "quieter than the floor");
+        assert_eq!(
+            band_energy_level(1.0, 4, -200.0),
+            1,
+            "quieter than the floor"
+        );
         assert_eq!(band_energy_level(1.0, 4, 200.0), ENERGY_LEVELS as u32 - 1);
     }
 

@@ -387,6 +387,7 @@ fn field_ids(
                             } else {
                                 fields::BandValue::LevelScalefac
                             },
+                            gain_offset,
                             &mut ids,
                         );
                     }

@@ -696,3 +696,54 @@ fn correlation(pairs: &[(f64, f64)]) -> f64 {
     let vy: f64 = pairs.iter().map(|p| (p.1 - my).powi(2)).sum();
     cov / (vx * vy).sqrt()
 }
+
+#[test]
+fn a_gain_offset_moves_every_band_energy_by_one_level_per_step() {
+    // One global_gain step is 1.5 dB, one energy level too: an offset of 4 steps moves every
+    // sounding band 4 levels up (5 where 6.02 dB crosses one more level edge), silent bands
+    // stay silent, and the level-and-scalefactor ids do not move.
+    use cff_blocks::mp3::{decode_granules, MainData, SideInfo};
+    use tempest_tokenize::fields::{
+        field_name, field_range, mp3_line_ids, BandValue, ENERGY_LEVELS,
+    };
+
+    let (_, data) = mono_16k_mp3();
+    let mut reservoir = MainData::new();
+    let mut moved = 0;
+    for frame in audio_frames(&data) {
+        let side = SideInfo::parse(&frame.data, frame.offset).unwrap();
+        let Some(own) = reservoir.push(&frame.data, &side, frame.offset).unwrap() else {
+            continue;
+        };
+        let lines = decode_granules(&side, own, frame.offset).unwrap();
+        let ids = |value, offset| {
+            let mut out = Vec::new();
+            mp3_line_ids(&side, &lines, 0..0, 0, value, offset, &mut out);
+            out
+        };
+        let (plain, louder) = (ids(BandValue::Energy, 0), ids(BandValue::Energy, 4));
+        assert_eq!(plain.len(), louder.len());
+        for (&a, &b) in plain.iter().zip(&louder) {
+            let name = field_name(a.into()).unwrap();
+            assert_eq!(field_name(b.into()), Some(name));
+            let start = field_range(name).unwrap().start as u16;
+            let (a, b) = (a - start, b - start);
+            assert!(b < ENERGY_LEVELS as u16);
+            if a == 0 {
+                assert_eq!(b, 0, "silent bands stay silent");
+            } else if a == 1 {
+                // On the floor: quieter than it says, so it rises by 5 levels at most.
+                assert!(b <= 6, "{a} → {b}");
+            } else {
+                assert!(b - a == 4 || b - a == 5, "{a} → {b}");
+                moved += 1;
+            }
+        }
+        let lines_ids = (
+            ids(BandValue::LevelScalefac, 0),
+            ids(BandValue::LevelScalefac, 4),
+        );
+        assert_eq!(lines_ids.0, lines_ids.1);
+    }
+    assert!(moved > 100, "only {moved} bands moved");
+}
