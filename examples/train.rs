@@ -19,7 +19,7 @@
 //! ```text
 //! [--epochs N] [--batch B] [--accumulate K] [--lr LR] [--label-smoothing X] [--lambda X]
 //! [--seed S] [--workers W] [--parallel P] [--header-block] [--bit-stride 8|4|2|1] [--block-bytes L]
-//! [--tokens bytes|fields|fields+bytes|fields+data|fields+lines|fields+energy] [--gain-jitter K]
+//! [--tokens bytes|fields|fields+bytes|fields+data|fields+lines|fields+energy|energy] [--gain-jitter K]
 //! [--band-mask K] [--band-shift K] [--crop N] [--bucket K] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
 //! [--max-steps N] [--overwrite] [--no-progress]
 //! ```

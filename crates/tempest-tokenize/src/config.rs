@@ -36,21 +36,27 @@ pub enum BlockTokens {
     /// quantised lines requantised with the frame's own gain and scalefactors and summed
     /// ([`crate::fields::BandValue::Energy`]; no inverse transform, no filterbank).
     FieldsAndEnergy,
+    /// MP3 frames as their band energies alone, as [`BlockTokens::FieldsAndEnergy`] gives
+    /// them after the fields, without the header and side-information fields (what they say of
+    /// loudness is in the energies; the rest describes how the encoder spent its bits, which
+    /// changes with the bitrate). Opus packets give their fields, JPEG MCUs their bytes.
+    Energy,
 }
 
 impl BlockTokens {
     /// Every variant with its name.
-    pub const ALL: [(BlockTokens, &'static str); 6] = [
+    pub const ALL: [(BlockTokens, &'static str); 7] = [
         (BlockTokens::Bytes, "bytes"),
         (BlockTokens::Fields, "fields"),
         (BlockTokens::FieldsAndBytes, "fields+bytes"),
         (BlockTokens::FieldsAndData, "fields+data"),
         (BlockTokens::FieldsAndLines, "fields+lines"),
         (BlockTokens::FieldsAndEnergy, "fields+energy"),
+        (BlockTokens::Energy, "energy"),
     ];
 
-    /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data`, `fields+lines` or
-    /// `fields+energy`.
+    /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data`, `fields+lines`,
+    /// `fields+energy` or `energy`.
     pub fn name(self) -> &'static str {
         BlockTokens::ALL
             .iter()
@@ -67,7 +73,7 @@ impl BlockTokens {
     }
 
     /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines,
-    /// fields+energy`.
+    /// fields+energy, energy`.
     pub fn names() -> String {
         let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
         names.join(", ")
@@ -90,17 +96,18 @@ impl BlockTokens {
     }
 
     /// Whether MP3 frames give one id per scalefactor band after their fields
-    /// (`fields+lines`, `fields+energy`), which the band and time masks and the band shift act on.
+    /// (`fields+lines`, `fields+energy`; `energy` gives them alone), which the band and time
+    /// masks and the band shift act on.
     pub fn has_bands(self) -> bool {
         matches!(
             self,
-            BlockTokens::FieldsAndLines | BlockTokens::FieldsAndEnergy
+            BlockTokens::FieldsAndLines | BlockTokens::FieldsAndEnergy | BlockTokens::Energy
         )
     }
 
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
-        if self == BlockTokens::FieldsAndEnergy {
+        if matches!(self, BlockTokens::FieldsAndEnergy | BlockTokens::Energy) {
             crate::ENERGY_VOCAB_SIZE
         } else if self == BlockTokens::FieldsAndLines {
             crate::LINES_VOCAB_SIZE

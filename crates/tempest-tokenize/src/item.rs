@@ -368,7 +368,9 @@ fn field_ids(
         match &b.detail {
             Detail::Mp3(_) => {
                 let side = SideInfo::parse(data, b.offset)?;
-                fields::mp3_field_ids(&side, gain_offset, &mut ids);
+                if tokens != BlockTokens::Energy {
+                    fields::mp3_field_ids(&side, gain_offset, &mut ids);
+                }
                 let own = reservoir.push(data, &side, b.offset)?;
                 if tokens.has_bands() {
                     if let Some(own) = own {
@@ -382,14 +384,19 @@ fn field_ids(
                                 lines_aug.mask.clone()
                             },
                             lines_aug.shift,
-                            if tokens == BlockTokens::FieldsAndEnergy {
-                                fields::BandValue::Energy
-                            } else {
+                            if tokens == BlockTokens::FieldsAndLines {
                                 fields::BandValue::LevelScalefac
+                            } else {
+                                fields::BandValue::Energy
                             },
                             gain_offset,
                             &mut ids,
                         );
+                    } else if tokens == BlockTokens::Energy {
+                        // The frame's main data lies before the file's first frame: with no
+                        // fields to stand for it, it reads as silence.
+                        let silent = fields::field_range("mp3.band_energy").map_or(0, |r| r.start);
+                        ids.resize(fields::LONG_BANDS, silent as u16);
                     }
                 }
                 let tail = match (tokens, own) {

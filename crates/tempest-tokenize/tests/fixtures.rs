@@ -747,3 +747,45 @@ fn a_gain_offset_moves_every_band_energy_by_one_level_per_step() {
     }
     assert!(moved > 100, "only {moved} bands moved");
 }
+
+#[test]
+fn energy_tokens_are_the_band_energies_without_the_fields() {
+    use tempest_tokenize::fields::{field_name, LONG_BANDS};
+    use tempest_tokenize::{BlockTokens, ENERGY_VOCAB_SIZE};
+
+    assert_eq!(BlockTokens::parse("energy"), Some(BlockTokens::Energy));
+    assert_eq!(BlockTokens::Energy.vocab_size(), ENERGY_VOCAB_SIZE);
+    for rel in [
+        "mp3/cbr32_16k_mono.mp3",
+        "mp3/abr20_16k_mono.mp3",
+        "mp3/vbr_32k_stereo.mp3",
+    ] {
+        let path = fixture(rel);
+        let data = std::fs::read(&path).unwrap();
+        let ctx = CropContext::default();
+        let both = tokenize(&data, &path, &mp3_config(BlockTokens::FieldsAndEnergy), ctx).unwrap();
+        let alone = tokenize(&data, &path, &mp3_config(BlockTokens::Energy), ctx).unwrap();
+        assert_eq!(alone.num_blocks(), both.num_blocks(), "{rel}");
+        let mut with_data = 0;
+        for k in 0..alone.num_blocks() {
+            let ids = alone.block(k);
+            assert!(
+                !ids.is_empty(),
+                "{rel} frame {k}: never an empty block ({:?})",
+                both.block(k)
+            );
+            assert!(ids.iter().all(|&id| field_name(id.into())
+                .is_some_and(|n| n == "mp3.band_energy" || n == "mp3.short_band_energy")));
+            let full = both.block(k);
+            if full.len() > ids.len() {
+                // The same band ids, after the fields.
+                assert_eq!(&full[full.len() - ids.len()..], ids, "{rel} frame {k}");
+                with_data += 1;
+            } else {
+                // No main data in the file for this frame: silence, one id per long band.
+                assert_eq!(ids.len(), LONG_BANDS, "{rel} frame {k}");
+            }
+        }
+        assert!(with_data * 10 > alone.num_blocks() * 9, "{rel}");
+    }
+}
