@@ -12,7 +12,7 @@ use tempest_train::{
 };
 
 use crate::features::{FeatureConfig, Features, Featurizer, Source};
-use crate::vit::{Vit, VitConfig, VitLearner};
+use crate::vit::{SpecMasks, Vit, VitConfig, VitLearner};
 use crate::{Error, Result};
 
 /// What to compare and with which budget.
@@ -49,6 +49,41 @@ impl Default for CompareOptions {
             eval_variant: None,
             out: None,
         }
+    }
+}
+
+/// SpecAugment masks for the baseline that take what TEMPEST's masks take: the band mask's
+/// share of the 22 long scalefactor bands as a share of the mel bins, and the time mask's
+/// frames (at the mean block duration of TEMPEST's test items) as spectrogram frames. None
+/// for images or without masks.
+fn spec_masks(
+    o: &TrainOptions,
+    t_test: &Prepared<TokenizedItem>,
+    features: Option<&Features>,
+    config: &FeatureConfig,
+) -> SpecMasks {
+    let Some(f) = features.filter(|f| matches!(f.source, Source::Audio { .. })) else {
+        return SpecMasks::default();
+    };
+    let rows = (usize::from(o.band_mask) * f.rows).div_ceil(tempest_tokenize::fields::LONG_BANDS);
+    let (mut seconds, mut blocks) = (0.0f64, 0usize);
+    for item in t_test
+        .items
+        .iter()
+        .flat_map(|i| i.variants.iter().map(|(_, t)| t))
+    {
+        seconds += item
+            .positions
+            .iter()
+            .map(|p| f64::from(p.duration))
+            .sum::<f64>();
+        blocks += item.num_blocks();
+    }
+    let block_ms = 1000.0 * seconds / blocks.max(1) as f64;
+    let cols = (f64::from(o.time_mask) * block_ms / config.fbank.frame_shift_ms).round() as usize;
+    SpecMasks {
+        rows: rows.min(f.rows),
+        cols,
     }
 }
 
@@ -192,10 +227,10 @@ pub fn compare(
     // TEMPEST.
     let classes = dataset.classes.len();
     let (model, varmap) = init_seeded(&config, &device, dtype, o.seed)?;
-    let tempest = TempestLearner {
-        model,
-        device: device.clone(),
-    };
+    // The tokenizer's band and time masks, drawn per training batch on the items tokenized
+    // once above (none unless the options ask for them).
+    let tempest =
+        TempestLearner::new(model, device.clone()).with_masks(o.tokenizer(format, &config)?);
     let out = |name: &str| options.out.as_ref().map(|d| d.join(name));
     let t_report = fit(
         &tempest,
@@ -220,10 +255,12 @@ pub fn compare(
     let patch_dim = all_features().map(Features::patch_dim).next().unwrap_or(1);
     let vit_config = VitConfig::matching(&config, patch_dim, max_patches);
     let (vb, vit_vars) = seeded_var_builder(o.seed, dtype, &device);
-    let vit = VitLearner {
-        model: Vit::new(&vit_config, vb)?,
-        device: device.clone(),
-    };
+    let vit = VitLearner::new(Vit::new(&vit_config, vb)?, device.clone()).with_masks(spec_masks(
+        o,
+        &t_test,
+        all_features().next(),
+        &options.features,
+    ));
     let b_report = fit(
         &vit,
         &vit_vars,

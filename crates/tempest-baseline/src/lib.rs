@@ -32,4 +32,4 @@ pub use compare::{compare, CompareOptions, Comparison, Media, Row};
 pub use error::{Error, Result};
 pub use fbank::{Fbank, FbankConfig, Window};
 pub use features::{FeatureConfig, Features, Featurizer, PatchSpec, Source};
-pub use vit::{PatchBatch, Vit, VitConfig, VitLearner};
+pub use vit::{PatchBatch, SpecMasks, Vit, VitConfig, VitLearner};

@@ -259,13 +259,72 @@ impl PatchBatch {
     }
 }
 
+/// SpecAugment's masks (Park et al. 2019) on a spectrogram's training copies: a run of up to
+/// `rows` mel bins and a run of up to `cols` frames set to 0 (the normalised mean), drawn
+/// anew for every item of every training batch. `compare` sizes them from TEMPEST's band and
+/// time masks, so that both models lose the same share of frequencies and the same time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpecMasks {
+    /// Most mel bins (rows) masked.
+    pub rows: usize,
+    /// Most frames (columns) masked.
+    pub cols: usize,
+}
+
+impl SpecMasks {
+    /// A copy of `f` with one run of rows and one of columns drawn from `seed` set to 0.
+    pub fn apply(&self, f: &Features, seed: u64) -> Features {
+        let mut out = f.clone();
+        let mut rng = tempest_tokenize::rng::SplitMix64::new(seed);
+        let mut draw = |most: usize, len: usize| {
+            let width = (rng.below(most as u64 + 1) as usize).min(len);
+            let start = rng.below((len - width) as u64 + 1) as usize;
+            start..start + width
+        };
+        let rows = draw(self.rows, f.rows);
+        let cols = draw(self.cols, f.cols);
+        let ch = f.channels;
+        for r in 0..f.rows {
+            for c in 0..f.cols {
+                if rows.contains(&r) || cols.contains(&c) {
+                    let at = (r * f.cols + c) * ch;
+                    out.data[at..at + ch].fill(0.0);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// The ViT as a [`tempest_train::Learner`] over [`Features`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VitLearner {
     /// The model.
     pub model: Vit,
     /// Where its tensors live.
     pub device: Device,
+    /// Masks on training items (`None`: none).
+    pub masks: Option<SpecMasks>,
+    /// The current training batch's seed ([`tempest_train::Learner::seed_dropout`]).
+    batch_seed: std::sync::atomic::AtomicU64,
+}
+
+impl VitLearner {
+    /// `model` on `device`, without masks.
+    pub fn new(model: Vit, device: Device) -> Self {
+        VitLearner {
+            model,
+            device,
+            masks: None,
+            batch_seed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// With `masks` on the items of training batches (none where both sizes are 0).
+    pub fn with_masks(mut self, masks: SpecMasks) -> Self {
+        self.masks = (masks.rows > 0 || masks.cols > 0).then_some(masks);
+        self
+    }
 }
 
 impl tempest_train::Learner for VitLearner {
@@ -286,8 +345,25 @@ impl tempest_train::Learner for VitLearner {
         labels: &[u32],
         train: bool,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let batch = PatchBatch::collate(items, &self.device)?;
         let labels = Tensor::new(labels, &self.device)?;
+        let batch = match (&self.masks, train) {
+            (Some(m), true) => {
+                let seed = self.batch_seed.load(std::sync::atomic::Ordering::Relaxed);
+                let masked: Vec<Features> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        m.apply(
+                            f,
+                            tempest_tokenize::rng::SplitMix64::derive(seed, &[i as u64]).next_u64(),
+                        )
+                    })
+                    .collect();
+                let refs: Vec<&Features> = masked.iter().collect();
+                PatchBatch::collate(&refs, &self.device)?
+            }
+            _ => PatchBatch::collate(items, &self.device)?,
+        };
         self.model.loss(&batch, &labels, train)
     }
 
@@ -297,6 +373,63 @@ impl tempest_train::Learner for VitLearner {
     }
 
     fn seed_dropout(&self, seed: u64) {
+        self.batch_seed
+            .store(seed, std::sync::atomic::Ordering::Relaxed);
         self.model.seed_dropout(seed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{PatchSpec, Source};
+
+    fn spectrogram(rows: usize, cols: usize) -> Features {
+        Features {
+            rows,
+            cols,
+            channels: 1,
+            data: (0..rows * cols).map(|i| 1.0 + i as f32).collect(),
+            patch: PatchSpec::square(4),
+            source: Source::Audio { seconds: 1.0 },
+        }
+    }
+
+    #[test]
+    fn spec_masks_zero_one_run_of_rows_and_one_of_columns_at_most() {
+        let f = spectrogram(32, 100);
+        let m = SpecMasks { rows: 7, cols: 18 };
+        let (mut rows_seen, mut cols_seen) = (0, 0);
+        for seed in 0..50 {
+            let out = m.apply(&f, seed);
+            assert_eq!(
+                (out.rows, out.cols, out.data.len()),
+                (f.rows, f.cols, f.data.len())
+            );
+            let zero = |r: usize, c: usize| out.data[r * f.cols + c] == 0.0;
+            let rows: Vec<usize> = (0..f.rows)
+                .filter(|&r| (0..f.cols).all(|c| zero(r, c)))
+                .collect();
+            let cols: Vec<usize> = (0..f.cols)
+                .filter(|&c| (0..f.rows).all(|r| zero(r, c)))
+                .collect();
+            // One contiguous run each, no longer than asked.
+            assert!(rows.len() <= 7 && cols.len() <= 18, "seed {seed}");
+            assert!(rows.windows(2).all(|w| w[1] == w[0] + 1));
+            assert!(cols.windows(2).all(|w| w[1] == w[0] + 1));
+            // Every other value is untouched.
+            for r in 0..f.rows {
+                for c in 0..f.cols {
+                    if !rows.contains(&r) && !cols.contains(&c) {
+                        assert_eq!(out.data[r * f.cols + c], f.data[r * f.cols + c]);
+                    }
+                }
+            }
+            rows_seen += rows.len();
+            cols_seen += cols.len();
+            assert_eq!(m.apply(&f, seed), out, "the seed decides");
+        }
+        assert!(rows_seen > 50 && cols_seen > 200, "{rows_seen} {cols_seen}");
+        assert_eq!(SpecMasks::default().apply(&f, 3), f);
     }
 }

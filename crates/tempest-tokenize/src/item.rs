@@ -275,16 +275,7 @@ pub fn tokenize(
                 rng.below(2 * u64::from(g) + 1) as i32 - i32::from(g)
             }
         };
-        let mask = match config.band_mask {
-            0 => 0..0,
-            k => {
-                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, MASK_STREAM]);
-                let width = rng.below(u64::from(k) + 1) as usize;
-                let start =
-                    rng.below((fields::LONG_BANDS - width.min(fields::LONG_BANDS)) as u64 + 1);
-                start as usize..start as usize + width
-            }
-        };
+        let mask = draw_band_mask(config.band_mask, ctx);
         let shift = match config.band_shift {
             0 => 0,
             k => {
@@ -292,15 +283,7 @@ pub fn tokenize(
                 rng.below(2 * u64::from(k) + 1) as i32 - i32::from(k)
             }
         };
-        let frames = match config.time_mask {
-            0 => 0..0,
-            k => {
-                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, TIME_STREAM]);
-                let width = (rng.below(u64::from(k) + 1) as usize).min(kept.len());
-                let start = rng.below((kept.len() - width) as u64 + 1) as usize;
-                start..start + width
-            }
-        };
+        let frames = draw_time_mask(config.time_mask, ctx, kept.len());
         let lines = LineAugment {
             mask,
             shift,
@@ -341,6 +324,87 @@ pub fn tokenize(
         );
     }
     Ok(item)
+}
+
+/// The long bands a band mask of up to `k` bands silences for the item of `ctx` (empty for
+/// `k` 0): [`TokenizerConfig::band_mask`].
+fn draw_band_mask(k: u8, ctx: CropContext) -> std::ops::Range<usize> {
+    if k == 0 {
+        return 0..0;
+    }
+    let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, MASK_STREAM]);
+    let width = rng.below(u64::from(k) + 1) as usize;
+    let start = rng.below((fields::LONG_BANDS - width.min(fields::LONG_BANDS)) as u64 + 1);
+    start as usize..start as usize + width
+}
+
+/// The frames (of `blocks`) a time mask of up to `k` frames silences for the item of `ctx`
+/// (empty for `k` 0): [`TokenizerConfig::time_mask`].
+fn draw_time_mask(k: u16, ctx: CropContext, blocks: usize) -> std::ops::Range<usize> {
+    if k == 0 {
+        return 0..0;
+    }
+    let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, TIME_STREAM]);
+    let width = (rng.below(u64::from(k) + 1) as usize).min(blocks);
+    let start = rng.below((blocks - width) as u64 + 1) as usize;
+    start..start + width
+}
+
+impl TokenizedItem {
+    /// A copy with the band and time masks of `config` ([`TokenizerConfig::band_mask`],
+    /// [`TokenizerConfig::time_mask`]) drawn for `ctx` and applied to the band ids of an item
+    /// tokenized without them: for items tokenized once and trained on many times (`compare`
+    /// does so), where [`tokenize`] would apply them while reading. The draws are the
+    /// tokenizer's; the time mask counts the item's blocks (the tokenizer counts the file's
+    /// frames before a crop). One difference: a short-block band is silenced when its share
+    /// of the 22 long-band positions (band `p` of 13 covers positions `22p/13..22(p+1)/13`)
+    /// meets the band mask, where the tokenizer, which knows the sampling rate, compares
+    /// their lines. Items without band ids come back unchanged.
+    pub fn with_band_masks(&self, config: &TokenizerConfig, ctx: CropContext) -> TokenizedItem {
+        let mut out = self.clone();
+        if !config.tokens.has_bands() || (config.band_mask == 0 && config.time_mask == 0) {
+            return out;
+        }
+        let bands = draw_band_mask(config.band_mask, ctx);
+        let frames = draw_time_mask(config.time_mask, ctx, self.num_blocks());
+        let silent = |name: &str| fields::field_range(name).map_or(0, |r| r.start as u16);
+        let (long, short) = if config.tokens == BlockTokens::FieldsAndLines {
+            ("mp3.band(level,scalefac)", "mp3.short_band(level,scalefac)")
+        } else {
+            ("mp3.band_energy", "mp3.short_band_energy")
+        };
+        let (long_silent, short_silent) = (silent(long), silent(short));
+        let (long_ids, short_ids) = (
+            fields::field_range(long).unwrap_or(0..0),
+            fields::field_range(short).unwrap_or(0..0),
+        );
+        let n = fields::LONG_BANDS;
+        for b in 0..self.num_blocks() {
+            let whole = frames.contains(&b);
+            let (mut pl, mut ps) = (0usize, 0usize);
+            let range = self.starts[b] as usize..self.starts[b + 1] as usize;
+            for id in &mut out.ids[range] {
+                let v = u32::from(*id);
+                if long_ids.contains(&v) {
+                    if whole || bands.contains(&pl) {
+                        *id = long_silent;
+                    }
+                    pl += 1;
+                } else if short_ids.contains(&v) {
+                    let p = ps / 3;
+                    let (lo, hi) = (
+                        n * p / fields::SHORT_BANDS,
+                        (n * (p + 1)).div_ceil(fields::SHORT_BANDS),
+                    );
+                    if whole || (lo < bands.end && bands.start < hi) {
+                        *id = short_silent;
+                    }
+                    ps += 1;
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The ids of each block for a [`BlockTokens`] with fields: the codec's fields, then (by the

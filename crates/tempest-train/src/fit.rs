@@ -439,12 +439,71 @@ pub fn evaluate_prepared<L: Learner>(
 }
 
 /// TEMPEST as a [`Learner`]: items are tokenized files, the loss is L_c + λ·L_r.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TempestLearner {
     /// The model.
     pub model: Tempest,
     /// Where its tensors live.
     pub device: Device,
+    /// Band and time masks drawn anew for each training batch on items tokenized without them
+    /// ([`TokenizedItem::with_band_masks`]; `None`: items as they are).
+    pub masks: Option<tempest_tokenize::TokenizerConfig>,
+    /// The seed of the current training batch ([`Learner::seed_dropout`]), which the masks
+    /// are drawn from.
+    batch_seed: std::sync::atomic::AtomicU64,
+}
+
+impl Clone for TempestLearner {
+    fn clone(&self) -> Self {
+        TempestLearner {
+            model: self.model.clone(),
+            device: self.device.clone(),
+            masks: self.masks.clone(),
+            batch_seed: std::sync::atomic::AtomicU64::new(
+                self.batch_seed.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+        }
+    }
+}
+
+impl TempestLearner {
+    /// `model` on `device`, without masks.
+    pub fn new(model: Tempest, device: Device) -> Self {
+        TempestLearner {
+            model,
+            device,
+            masks: None,
+            batch_seed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// With the band and time masks of `config` on training batches, drawn from each batch's
+    /// seed (the tokenizer's draws with that seed, epoch 0 and the item's place in the batch).
+    pub fn with_masks(mut self, config: tempest_tokenize::TokenizerConfig) -> Self {
+        let any = config.band_mask > 0 || config.time_mask > 0;
+        self.masks = any.then_some(config);
+        self
+    }
+
+    /// `items` with this batch's masks (borrowed as they are without masks).
+    fn masked<'a>(&self, items: &[&'a TokenizedItem]) -> Vec<std::borrow::Cow<'a, TokenizedItem>> {
+        let seed = self.batch_seed.load(std::sync::atomic::Ordering::Relaxed);
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, &item)| match &self.masks {
+                None => std::borrow::Cow::Borrowed(item),
+                Some(c) => std::borrow::Cow::Owned(item.with_band_masks(
+                    c,
+                    tempest_tokenize::CropContext {
+                        seed,
+                        epoch: 0,
+                        item: i as u64,
+                    },
+                )),
+            })
+            .collect()
+    }
 }
 
 impl Learner for TempestLearner {
@@ -460,7 +519,16 @@ impl Learner for TempestLearner {
         labels: &[u32],
         train: bool,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let batch = collate(items, labels, PAD_ID)
+        let owned = if train {
+            self.masked(items)
+        } else {
+            items
+                .iter()
+                .map(|&i| std::borrow::Cow::Borrowed(i))
+                .collect()
+        };
+        let items: Vec<&TokenizedItem> = owned.iter().map(|c| c.as_ref()).collect();
+        let batch = collate(&items, labels, PAD_ID)
             .to_tensors(&self.device)
             .map_err(candle_core::Error::wrap)?;
         let losses = self.model.loss(&batch, train)?;
@@ -476,6 +544,8 @@ impl Learner for TempestLearner {
     }
 
     fn seed_dropout(&self, seed: u64) {
+        self.batch_seed
+            .store(seed, std::sync::atomic::Ordering::Relaxed);
         self.model.seed_dropout(seed);
     }
 
@@ -491,6 +561,8 @@ impl Learner for TempestLearner {
             0 => tempest_model::auto_parts(&self.device),
             n => n,
         };
+        let owned = self.masked(items);
+        let items: Vec<&TokenizedItem> = owned.iter().map(|c| c.as_ref()).collect();
         let sizes = tempest_tokenize::part_sizes(items.len(), parts);
         let mut batches = Vec::with_capacity(sizes.len());
         let mut at = 0;
@@ -798,10 +870,7 @@ mod tests {
         use tempest_tokenize::BlockPosition;
         let config = tempest_model::Config::tiny().with_num_classes(4);
         let (model, varmap) = crate::init_seeded(&config, &Device::Cpu, DType::F32, 3)?;
-        let learner = TempestLearner {
-            model,
-            device: Device::Cpu,
-        };
+        let learner = TempestLearner::new(model, Device::Cpu);
         // Seven items of 3 to 9 blocks of 2 to 40 bytes.
         let items: Vec<TokenizedItem> = (0..7usize)
             .map(|i| {
