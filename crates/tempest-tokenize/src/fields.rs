@@ -455,20 +455,13 @@ mod tests {
     fn energy_levels_step_by_1_5_db_from_the_floor() {
         // A band of 4 lines each ±1 with a squared step of 2^−10: −30.1 dB per line.
         let level = band_energy_level(4.0, 4, -10.0);
-        assert_eq!(
-            level,
-            1 + ((-30.103 - ENERGY_FLOOR_DB) / ENERGY_STEP_DB) as u32
-        );
+        assert_eq!(level, 1 + ((-30.103 - ENERGY_FLOOR_DB) / ENERGY_STEP_DB) as u32);
         // 2 steps of global_gain (log2 scale −1) halve the power: 3 dB, two levels.
         assert_eq!(band_energy_level(4.0, 4, -11.0), level - 2);
         // Twice the lines at the same power per line: the same level.
         assert_eq!(band_energy_level(8.0, 8, -10.0), level);
         assert_eq!(band_energy_level(0.0, 4, 0.0), 0, "all zeros: silent");
-        assert_eq!(
-            band_energy_level(1.0, 4, -200.0),
-            1,
-            "quieter than the floor"
-        );
+        assert_eq!(band_energy_level(1.0, 4, -200.0), 1, "quieter than the floor");
         assert_eq!(band_energy_level(1.0, 4, 200.0), ENERGY_LEVELS as u32 - 1);
     }
 
