@@ -9,12 +9,13 @@
 # 1. `apt-get download` each package of PACKAGES (no installation: the .deb files are
 #    unpacked with `dpkg-deb -x` into OUT/.work/<package>); its licence is read from
 #    usr/share/doc/<package>/copyright inside the .deb.
-# 2. Every file that ffprobe reads as audio (Ogg Vorbis/Opus, FLAC, WAV, MP3, tracker
-#    modules, …) is decoded by ffmpeg to 16 kHz mono 16-bit WAV and cut into clips of
-#    CLIP_SECONDS (default 3); a last piece shorter than MIN_SECONDS (default 1) is dropped, as
-#    are near-silent clips (sox: maximum amplitude below 0.01, −40 dBFS). At most
-#    PACKAGE_MINUTES (default 30) minutes are kept per package (files taken in name order), so
-#    that one large package does not make the corpus.
+# 2. Every file named as sound (.ogg .oga .opus .wav .flac .mp3 .spx .au .aif(f), tracker
+#    modules .mod .xm .it .s3m; others are listed as skipped unread) that ffprobe reads as
+#    audio is decoded by ffmpeg to 16 kHz mono 16-bit samples and cut into clips of
+#    CLIP_SECONDS (default 3) by scripts/corpus/clips.py; a last piece shorter than
+#    MIN_SECONDS (default 1) is dropped, as are near-silent clips (peak below 0.01 of full
+#    scale, −40 dBFS). At most PACKAGE_MINUTES (default 30) minutes are kept per package
+#    (files taken in name order), so that one large package does not make the corpus.
 # 3. `prepare --layout folder` encodes the clips (OUT/clips/<package>/<clip>.wav) into VARIANTS
 #    (default the spoken-word recipe's six MP3 bitrates) under OUT/prepared, with its
 #    manifest.csv (the package stands as the "class"; pretraining does not read it).
@@ -26,7 +27,7 @@
 # fluid-soundfont*: the spoken words' voices and the instruments' SoundFonts) is refused even
 # when PACKAGES names it.
 #
-# Needs apt (Debian mirrors), ffmpeg and sox (installed when missing, as root or with sudo) and
+# Needs apt (Debian mirrors), python3, ffmpeg and sox (installed when missing, as root or with sudo) and
 # cargo (for `prepare`, built with --features mp3,opus). Deterministic for the same package
 # versions. Environment: PACKAGES, VARIANTS, CLIP_SECONDS, MIN_SECONDS, PACKAGE_MINUTES,
 # THREADS (prepare's encoding threads, default 1).
@@ -36,7 +37,8 @@ if [ $# -ne 1 ]; then
     exit 2
 fi
 start=$(date +%s)
-repo="$(cd "$(dirname "$0")/../.." && pwd)"
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
 packages=${PACKAGES:-"sound-theme-freedesktop oxygen-sounds chromium-bsu-data pingus-data frozen-bubble-data extremetuxracer-data neverball-data warzone2100-music"}
 variants=${VARIANTS:-mp3:16,mp3:20,mp3:24,mp3:26,mp3:32,mp3:40}
 clip=${CLIP_SECONDS:-3}
@@ -89,7 +91,11 @@ licence() {
     local l
     l=$(grep -E '^License:' "$f" | sed -E 's/^License:[[:space:]]*//' | awk 'NF && !seen[$0]++' | paste -sd ';' - || true)
     if [ -z "$l" ]; then
-        l=$(grep -m1 -iE 'GPL|licen[cs]e|public domain|creative commons|CC-BY|BSD|MIT' "$f" | tr -s ' \t' ' ' | cut -c1-120 || true)
+        # Not machine-readable: the licences it refers to in /usr/share/common-licenses.
+        l=$(grep -oE 'common-licenses/[A-Za-z0-9.+_-]+' "$f" | sed 's/[.]$//' | awk '!seen[$0]++' | paste -sd ';' - || true)
+    fi
+    if [ -z "$l" ]; then
+        l=$(grep -m1 -iE 'GNU General Public|public domain|creative commons|CC-BY|BSD|MIT|Artistic' "$f" | tr -s ' \t' ' ' | cut -c1-120 || true)
     fi
     echo "${l:-unknown}"
 }
@@ -116,59 +122,9 @@ for pkg in $packages; do
     lic=$(licence "$dir/root" "$pkg")
     echo "   version $version, licence: $lic"
     mkdir -p "$out/clips/$pkg"
-    kept_s=0
-    while IFS= read -r -d '' f; do
-        rel=${f#"$dir/root/"}
-        case "${f,,}" in
-            */usr/share/doc/*|*.txt|*.png|*.jpg|*.svg|*.xml|*.desktop|*.so*|*.py|*.lua|*.cfg|*.gz) continue ;;
-        esac
-        if awk -v k="$kept_s" -v m="$package_minutes" 'BEGIN { exit !(k >= m * 60) }'; then
-            skip "$pkg" "$rel" "the package's $package_minutes minutes are full"
-            continue
-        fi
-        # Audio at all? ffprobe names the first audio stream's codec and the duration.
-        probe=$(ffprobe -v error -select_streams a:0 -show_entries stream=codec_name:format=duration \
-            -of default=nw=1:nk=1 "$f" 2>/dev/null | paste -sd ' ' - || true)
-        codec=$(echo "$probe" | awk '{print $1}')
-        seconds=$(echo "$probe" | awk '{print $2}')
-        if [ -z "$codec" ]; then
-            skip "$pkg" "$rel" "not audio (ffprobe finds no audio stream)"
-            continue
-        fi
-        if ! awk -v s="${seconds:-0}" -v m="$min" 'BEGIN { exit !(s + 0 >= m) }'; then
-            skip "$pkg" "$rel" "shorter than $min s ($codec, ${seconds:-unknown} s)"
-            continue
-        fi
-        # The clip names: the source path with its separators as '_', then the piece number.
-        base=$(echo "${rel%.*}" | tr '/ ' '__' | tr -cd 'A-Za-z0-9_.-')
-        tmp="$work/tmp"
-        rm -rf "$tmp"
-        mkdir -p "$tmp"
-        if ! ffmpeg -nostdin -v error -i "$f" -vn -ac 1 -ar 16000 -c:a pcm_s16le \
-            -f segment -segment_time "$clip" "$tmp/${base}_%04d.wav" 2>"$work/ffmpeg.log"; then
-            skip "$pkg" "$rel" "ffmpeg cannot decode it: $(head -c 120 "$work/ffmpeg.log" | tr '\n",' '  ;')"
-            continue
-        fi
-        for c in "$tmp"/*.wav; do
-            [ -e "$c" ] || continue
-            stats=$(sox "$c" -n stat 2>&1 || true)
-            len=$(echo "$stats" | awk '/^Length \(seconds\)/ { print $3 }')
-            peak=$(echo "$stats" | awk '/^Maximum amplitude/ { print $3 }')
-            name=$(basename "$c")
-            if ! awk -v s="${len:-0}" -v m="$min" 'BEGIN { exit !(s + 0 >= m) }'; then
-                skip "$pkg" "$rel#$name" "a last piece shorter than $min s"
-                continue
-            fi
-            if ! awk -v p="${peak:-0}" 'BEGIN { exit !(p + 0 >= 0.01) }'; then
-                skip "$pkg" "$rel#$name" "near-silent (peak ${peak:-0})"
-                continue
-            fi
-            mv "$c" "$out/clips/$pkg/$name"
-            echo "$(csv "$pkg"),$(csv "$lic"),$(csv "$rel"),$(csv "clips/$pkg/$name"),$len" >>"$out/corpus.csv"
-            kept_s=$(awk -v a="$kept_s" -v b="$len" 'BEGIN { printf "%.3f", a + b }')
-        done
-    done < <(find "$dir/root" -type f -print0 | sort -z)
-    echo "   kept $(awk -v s="$kept_s" 'BEGIN { printf "%.1f", s / 60 }') minutes"
+    python3 "$here/clips.py" --package "$pkg" --licence "$lic" --root "$dir/root" \
+        --clips "$out/clips/$pkg" --corpus "$out/corpus.csv" --skipped "$out/skipped.csv" \
+        --clip-seconds "$clip" --min-seconds "$min" --package-minutes "$package_minutes"
     rmdir "$out/clips/$pkg" 2>/dev/null || true
 done
 
