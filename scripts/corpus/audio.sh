@@ -39,7 +39,7 @@ fi
 start=$(date +%s)
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-packages=${PACKAGES:-"sound-theme-freedesktop oxygen-sounds chromium-bsu-data pingus-data frozen-bubble-data extremetuxracer-data neverball-data warzone2100-music"}
+packages=${PACKAGES:-"sound-theme-freedesktop oxygen-sounds chromium-bsu-data pingus-data frozen-bubble-data extremetuxracer-data neverball-common warzone2100-music"}
 variants=${VARIANTS:-mp3:16,mp3:20,mp3:24,mp3:26,mp3:32,mp3:40}
 clip=${CLIP_SECONDS:-3}
 min=${MIN_SECONDS:-1}
