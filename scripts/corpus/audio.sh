@@ -30,7 +30,8 @@
 # Needs apt (Debian mirrors), python3, ffmpeg and sox (installed when missing, as root or with sudo) and
 # cargo (for `prepare`, built with --features mp3,opus). Deterministic for the same package
 # versions. Environment: PACKAGES, VARIANTS, CLIP_SECONDS, MIN_SECONDS, PACKAGE_MINUTES,
-# THREADS (prepare's encoding threads, default 1).
+# THREADS (prepare's encoding threads, default 1), PREPARE (a built `prepare` binary to use
+# instead of `cargo run --release --features mp3,opus --example prepare`).
 set -euo pipefail
 if [ $# -ne 1 ]; then
     echo "usage: $0 OUT_DIR" >&2
@@ -100,11 +101,9 @@ licence() {
     echo "${l:-unknown}"
 }
 
-declare -A refused
 for pkg in $packages; do
     if [[ "$pkg" =~ $exclude ]]; then
         echo "refused: $pkg (a labelled development set's source)"
-        refused[$pkg]=1
         skip "$pkg" "" "a labelled development set's source package"
         continue
     fi
@@ -135,7 +134,12 @@ if [ "$clips" -eq 0 ]; then
 fi
 
 echo "== prepare: $clips clips into $variants"
-(cd "$repo" && RAYON_NUM_THREADS="$threads" cargo run --release --features mp3,opus --example prepare -- \
+if [ -n "${PREPARE:-}" ]; then
+    prepare=("$PREPARE")
+else
+    prepare=(cargo run --release --features mp3,opus --example prepare --)
+fi
+(cd "$repo" && RAYON_NUM_THREADS="$threads" "${prepare[@]}" \
     --layout folder --input "$out/clips" --output "$out/prepared" --variants "$variants" \
     --threads "$threads" --no-progress) | tee "$work/prepare.log"
 
