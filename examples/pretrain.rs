@@ -4,8 +4,13 @@
 //! ```text
 //! cargo run --release --features mp3 --example pretrain -- (--input DIR | --data PREPARED_DIR)
 //!     --out RUN_DIR [--variants mp3:20,mp3:32] [--splits train] [--preset tiny]
-//!     [--mask-fraction 0.3] [--mask-span 3] [--mask-positions 32] [--resume] [TRAINING FLAGS]
+//!     [--mask-fraction 0.3] [--mask-span 3] [--mask-positions 32] [--resume]
+//!     [--dist none|mpi] [TRAINING FLAGS]
 //! ```
+//!
+//! `--dist mpi` (a build with `--features mpi`) pretrains data-parallel on the processes that
+//! `mpirun -np N` starts, `--batch` items per process and step, as `train --dist mpi` does
+//! (docs/distributed.md).
 //!
 //! `--input DIR` reads the files in DIR's subfolders (one level, or `train/…`-style split
 //! folders above them; the folder names are not used as labels): MP3, Ogg Opus and JPEG files
@@ -24,6 +29,7 @@ use clap::{ArgGroup, Parser};
 use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::pretrain::Masking;
 use tempest::tempest_model::Config;
+use tempest::tempest_train::dist::Comm;
 use tempest::tempest_train::{self, Recipe, TrainOptions};
 
 #[path = "common/lists.rs"]
@@ -76,6 +82,11 @@ struct Cli {
     /// Continue the run in --out from its last checkpoint
     #[arg(long)]
     resume: bool,
+    /// Data-parallel pretraining: none (one process) or mpi (every process that `mpirun -np
+    /// N` starts pretrains on its share of each batch, --batch items each; a build with
+    /// --features mpi; docs/distributed.md)
+    #[arg(long, value_name = "none|mpi", default_value = "none")]
+    dist: tempest_train::dist::Backend,
     #[command(flatten)]
     train: train_args::TrainArgs,
 }
@@ -85,7 +96,7 @@ fn split_list(s: &str) -> Result<Vec<String>, String> {
     lists::comma_list(s, |x| Ok::<String, String>(x.to_string()))
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     let chosen = match (&cli.preset, &cli.config) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(file)) => Some(Config::from_file(file).map_err(|e| format!("--config {e}"))?),
@@ -108,9 +119,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(r)) => r.variants.clone(),
         (None, None) => Vec::new(),
     };
-    let progress = !cli.train.no_progress;
-    let (dataset, summary) = source.open(&cli.out.join("data"), &prepare_in, progress)?;
-    if let Some(s) = summary {
+    let progress = !cli.train.no_progress && comm.is_root();
+    // Rank 0 alone prepares raw data; the others open it once it is there.
+    if !comm.is_root() {
+        comm.barrier()?;
+    }
+    let opened = source.open(&cli.out.join("data"), &prepare_in, progress);
+    if comm.is_root() {
+        // Rank 0 fails after the barrier: its error ends the job (see `main`).
+        comm.barrier()?;
+    }
+    let (dataset, summary) = opened?;
+    if let Some(s) = summary.filter(|_| comm.is_root()) {
         println!("prepared: {s}");
     }
     let mut train_variants = Vec::new();
@@ -135,6 +155,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     o.handle_ctrl_c = true;
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
+    o.comm = comm.clone();
     let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
     let audio = !matches!(format, tempest::cff_blocks::Format::Jpeg);
     let defaults = Masking::default();
@@ -155,17 +176,22 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         dataset.select(&splits).len()
     };
-    println!(
-        "pretraining on {items} items ({}), variants {:?}, masking {masking:?}",
-        if splits.is_empty() {
-            "all splits".to_string()
-        } else {
-            format!("splits {}", splits.join("+"))
-        },
-        trained
-    );
+    if comm.is_root() {
+        println!(
+            "pretraining on {items} items ({}), variants {:?}, masking {masking:?}",
+            if splits.is_empty() {
+                "all splits".to_string()
+            } else {
+                format!("splits {}", splits.join("+"))
+            },
+            trained
+        );
+    }
     let report =
         tempest_train::pretrain(&dataset, &splits, &cfg, &o, &masking, &cli.out, cli.resume)?;
+    if !comm.is_root() {
+        return Ok(());
+    }
     println!(
         "files: {} used, {} skipped",
         report.stats.files_used,
@@ -182,6 +208,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         report.train_seconds,
         report.train_items as f64 / report.train_seconds.max(1e-9)
     );
+    if comm.is_distributed() {
+        // The ranks step together on pieces of equal size (± 1 item).
+        println!(
+            "{} ranks ({}): the speed above is rank 0's; all ranks: about {:.1} items/s",
+            comm.world_size(),
+            comm.backend(),
+            report.train_items as f64 / report.train_seconds.max(1e-9) * comm.world_size() as f64
+        );
+    }
     if report.interrupted {
         println!("interrupted: rerun with --resume to continue");
         return Ok(());
@@ -222,8 +257,20 @@ fn main() -> ExitCode {
             ))
         })
     });
-    match run(cli) {
+    let comm = match cli.dist.open() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pretrain: --dist: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli, &comm) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if comm.is_distributed() => {
+            // The other ranks would wait for this one forever: end them all.
+            eprintln!("pretrain: rank {}: {e}", comm.rank());
+            comm.abort(1)
+        }
         Err(e) => {
             eprintln!("pretrain: {e}");
             ExitCode::FAILURE

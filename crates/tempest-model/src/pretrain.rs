@@ -118,7 +118,8 @@ pub struct MaskPlan {
     /// `[rows · P]` the ids there as D_t's outputs ([`output_index`]; 0 where the weight
     /// is 0).
     pub targets: Vec<u32>,
-    /// `[rows · P]` 1 for a real position, 0 for a filler (blocks with fewer than P ids).
+    /// `[rows · P]` for a real position 1 / the number of its item's predicted ids, 0 for
+    /// a filler (blocks with fewer than P ids).
     pub weights: Vec<f32>,
     /// `[rows · P]` the outputs each target is chosen among ([`id_range`]: its field's ids,
     /// or the 256 bytes, as [`output_index`]es).
@@ -150,15 +151,29 @@ impl MaskPlan {
     /// Draws the masked blocks of each item of `batch` ([`choose_spans`] over its real blocks)
     /// and the predicted positions of each masked block (`masking.positions` of its real ones,
     /// without repetition), from `seed` alone: the same batch and seed give the same plan.
+    /// The items are keyed by their place in the batch ([`MaskPlan::draw_keyed`]).
     pub fn draw(batch: &HostBatch, masking: &Masking, seed: u64) -> MaskPlan {
+        let keys: Vec<u64> = (0..batch.batch as u64).collect();
+        MaskPlan::draw_keyed(batch, masking, seed, &keys)
+    }
+
+    /// [`MaskPlan::draw`] with each item's masks and positions drawn from `seed` and its own
+    /// key (`keys[i]` for item i, e.g. its id in the dataset) alone: an item gets the same
+    /// plan whichever batch, part or rank it is in, so a batch cut into pieces (data-parallel
+    /// ranks, `--parallel` parts) is masked as the whole batch is. Keys beyond `keys`' length
+    /// are the items' places.
+    pub fn draw_keyed(batch: &HostBatch, masking: &Masking, seed: u64, keys: &[u64]) -> MaskPlan {
         let (b, n, l) = (batch.batch, batch.blocks, batch.block_bytes);
-        let mut rng = SplitMix64::derive(seed, &[0x6d61_736b]);
+        let key = |item: usize| keys.get(item).copied().unwrap_or(item as u64);
+        let mut rngs: Vec<SplitMix64> = (0..b)
+            .map(|item| SplitMix64::derive(seed, &[0x6d61_736b, key(item)]))
+            .collect();
         let mut masked = vec![0u8; b * n];
         for item in 0..b {
             let real: Vec<usize> = (0..n)
                 .filter(|&j| batch.block_mask[item * n + j] != 0)
                 .collect();
-            let flags = choose_spans(real.len(), masking.fraction, masking.span, &mut rng);
+            let flags = choose_spans(real.len(), masking.fraction, masking.span, &mut rngs[item]);
             for (j, f) in real.iter().zip(flags) {
                 if f {
                     masked[item * n + j] = 1;
@@ -196,6 +211,7 @@ impl MaskPlan {
             // The first `per_row` of a partial Fisher–Yates shuffle: a uniform draw without
             // repetition.
             let take = per_row.min(real.len());
+            let rng = &mut rngs[r / n];
             for k in 0..take {
                 let j = k + rng.below((real.len() - k) as u64) as usize;
                 real.swap(k, j);
@@ -221,6 +237,23 @@ impl MaskPlan {
                 }
             }
         }
+        // Each item's predicted ids weigh 1 / their count: the loss is the mean over the
+        // items of each item's mean, so a batch's loss is the item-weighted mean of its
+        // pieces' losses whatever the cut.
+        let mut count = vec![0usize; b];
+        for (i, &r) in rows.iter().enumerate() {
+            let real = weights[i * per_row..(i + 1) * per_row]
+                .iter()
+                .filter(|&&w| w > 0.0)
+                .count();
+            count[r as usize / n] += real;
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            let c = count[r as usize / n].max(1) as f32;
+            for w in &mut weights[i * per_row..(i + 1) * per_row] {
+                *w /= c;
+            }
+        }
         MaskPlan {
             shape: (b, n, l),
             masked,
@@ -242,14 +275,34 @@ impl MaskPlan {
     pub fn predicted(&self) -> usize {
         self.weights.iter().filter(|&&w| w > 0.0).count()
     }
+
+    /// Items of the batch with at least one predicted id (the loss averages over them).
+    pub fn items_predicted(&self) -> usize {
+        let (_, n, _) = self.shape;
+        let mut items: Vec<usize> = self
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                self.weights[i * self.per_row..(i + 1) * self.per_row]
+                    .iter()
+                    .any(|&w| w > 0.0)
+            })
+            .map(|(_, &r)| r as usize / n.max(1))
+            .collect();
+        items.dedup();
+        items.len()
+    }
 }
 
 /// The pretraining loss of one batch, from [`MaskedBlockModel::loss`].
 #[derive(Debug, Clone)]
 pub struct PretrainLoss {
-    /// Mean cross-entropy of the predicted ids of the masked blocks, a scalar.
+    /// Cross-entropy of the predicted ids of the masked blocks: each item's mean over its
+    /// predicted ids, averaged over the items (a scalar).
     pub loss: Tensor,
-    /// Fraction of the predicted ids whose arg-max was right.
+    /// Fraction of the predicted ids whose arg-max was right (each item's, averaged over the
+    /// items).
     pub accuracy: f64,
 }
 
@@ -373,7 +426,8 @@ impl MaskedBlockModel {
                 ranged_cross_entropy(&logits, &plan.targets, &plan.ranges)?
             }
         };
-        let total = plan.predicted().max(1) as f64;
+        // The weights of each item's predicted ids sum to 1: the items that have any.
+        let total = plan.items_predicted().max(1) as f64;
         let nll = out.narrow(1, 0, 1)?.squeeze(1)?;
         let loss = ((nll * weights.to_dtype(out.dtype())?)?.sum_all()? / total)?;
         let right = out
@@ -596,12 +650,13 @@ pub fn prepare(
     host: &HostBatch,
     masking: &Masking,
     seed: u64,
+    keys: &[u64],
     device: &Device,
 ) -> Result<(Batch, MaskPlan)> {
     let batch = host
         .to_tensors(device)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    Ok((batch, MaskPlan::draw(host, masking, seed)))
+    Ok((batch, MaskPlan::draw_keyed(host, masking, seed, keys)))
 }
 
 #[cfg(test)]
@@ -737,6 +792,65 @@ mod tests {
         assert_eq!(all.predicted(), real);
     }
 
+    /// Per item, its masked blocks and its predicted positions, ids and weights.
+    #[allow(clippy::type_complexity)]
+    fn per_item(plan: &MaskPlan, hb: &HostBatch) -> Vec<(Vec<u8>, Vec<(u32, u32, u32, f32)>)> {
+        let (b, n, _) = plan.shape;
+        (0..b)
+            .map(|i| {
+                let mut chosen = Vec::new();
+                for (k, &r) in plan.rows.iter().enumerate() {
+                    if r as usize / n != i {
+                        continue;
+                    }
+                    for q in k * plan.per_row..(k + 1) * plan.per_row {
+                        if plan.weights[q] > 0.0 {
+                            chosen.push((
+                                r % n as u32,
+                                plan.positions[q],
+                                plan.targets[q],
+                                plan.weights[q],
+                            ));
+                        }
+                    }
+                }
+                assert_eq!(hb.batch, b);
+                (plan.masked[i * n..(i + 1) * n].to_vec(), chosen)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keyed_plans_mask_an_item_alike_in_any_piece_and_weigh_items_equally() {
+        let (n, l) = (30, 6);
+        let masking = Masking {
+            fraction: 0.3,
+            span: 3,
+            positions: 4,
+        };
+        let whole = host(&[30, 12, 1, 5], n, l);
+        let keys = [40, 41, 42, 43];
+        let plan = MaskPlan::draw_keyed(&whole, &masking, 9, &keys);
+        let items = per_item(&plan, &whole);
+        // The same items cut into two pieces (two ranks): each item's plan is the whole's.
+        let (a, b) = (host(&[30, 12], n, l), host(&[1, 5], n, l));
+        let pa = MaskPlan::draw_keyed(&a, &masking, 9, &keys[..2]);
+        let pb = MaskPlan::draw_keyed(&b, &masking, 9, &keys[2..]);
+        let mut cut = per_item(&pa, &a);
+        cut.extend(per_item(&pb, &b));
+        assert_eq!(items, cut);
+        // Other keys, other plans (the key is used).
+        let other = MaskPlan::draw_keyed(&whole, &masking, 9, &[1, 2, 3, 4]);
+        assert_ne!(per_item(&other, &whole), items);
+        // Each item's weights sum to 1; four items predict.
+        for (i, (_, chosen)) in items.iter().enumerate() {
+            let sum: f32 = chosen.iter().map(|c| c.3).sum();
+            assert!((sum - 1.0).abs() < 1e-5, "item {i}: weights sum to {sum}");
+        }
+        assert_eq!(plan.items_predicted(), 4);
+        assert_eq!(pa.items_predicted() + pb.items_predicted(), 4);
+    }
+
     #[test]
     fn the_fused_output_matches_tensor_ops_in_value_and_gradient() -> Result<()> {
         let (r, d, v) = (5, 3, 12);
@@ -806,7 +920,7 @@ mod tests {
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let mbm = MaskedBlockModel::new(&config, Masking::default(), vb)?;
-        let (batch, plan) = prepare(&hb, mbm.masking(), 3, &Device::Cpu)?;
+        let (batch, plan) = prepare(&hb, mbm.masking(), 3, &[], &Device::Cpu)?;
         let plain =
             mbm.model()
                 .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! mpirun -np 2 --allow-run-as-root --oversubscribe \
-//!     target/debug/examples/mpi_check train|fail|wait SCRATCH_DIR
+//!     target/debug/examples/mpi_check train|pretrain|fail|wait SCRATCH_DIR
 //! ```
 //!
 //! - `train`: on the first digits of the shipped MNIST set (data/mnist) as JPEGs, the `tiny`
@@ -12,6 +12,11 @@
 //!   per rank, so the last batch leaves rank 1 without an item); (c) two ranks stopped mid-epoch
 //!   and resumed reach the weights and optimiser state of an uninterrupted two-rank run; a
 //!   two-rank run does not resume on one rank.
+//! - `pretrain`: masked block modelling (`tempest_train::pretrain`) on 16 of the shipped
+//!   spoken words (MP3): (a) two ranks with batches of 4 reach the weights of one rank with
+//!   batches of 8 after 3 steps, within the drift of one rank computing its batches in two
+//!   parts; (b) stopped after one step and resumed, the weights and optimiser state of an
+//!   uninterrupted two-rank run, byte for byte.
 //! - `fail`: rank 1 fails while rank 0 waits for it: the job must end with rank 1's error.
 //! - `allreduce` (by hand, for docs/distributed.md): times the all-reduce of each preset's
 //!   gradient.
@@ -29,9 +34,12 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use cff_encode::image::read_idx;
 use tempest_data::{Layout, Variant};
+use tempest_model::pretrain::Masking;
 use tempest_model::Config;
 use tempest_train::dist::{abort_on_error, Backend, Comm, Single};
-use tempest_train::{checkpoint, train, Dataset, Error, SplitPlan, TrainOptions, TrainState};
+use tempest_train::{
+    checkpoint, pretrain, train, Dataset, Error, SplitPlan, TrainOptions, TrainState,
+};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -296,10 +304,143 @@ fn train_checks(comm: &Comm, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn pretrain_checks(comm: &Comm, dir: &Path) -> Result<()> {
+    let root = comm.is_root();
+    let mut data =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let plan = SplitPlan::standard(&data)?;
+    data.truncate_splits(&plan.train, 16);
+    let splits = plan.train.clone();
+    let (cfg, masking) = (Config::tiny(), Masking::default());
+    let opts = |comm: &Comm, batch: usize, parts: usize, stop: Option<usize>| {
+        let mut o = options(comm, batch);
+        o.parallel_parts = parts;
+        o.stop_after_steps = stop;
+        o
+    };
+
+    // (a) 3 steps: two ranks × 4 against one rank × 8 (and × 8 in two parts).
+    let r = pretrain(
+        &data,
+        &splits,
+        &cfg,
+        &opts(comm, 4, 1, Some(3)),
+        &masking,
+        &dir.join("p-two"),
+        false,
+    )?;
+    ensure(r.steps == 3 && r.train_items == 12, || {
+        format!(
+            "rank {}: {} steps, {} items",
+            comm.rank(),
+            r.steps,
+            r.train_items
+        )
+    })?;
+    if root {
+        let single = Comm::new(Single);
+        for (name, batch, parts) in [("p-one", 8, 1), ("p-halves", 8, 2)] {
+            let o = opts(&single, batch, parts, Some(3));
+            let r = pretrain(&data, &splits, &cfg, &o, &masking, &dir.join(name), false)?;
+            ensure(r.steps == 3, || format!("{name}: {} steps", r.steps))?;
+        }
+        let format = tempest_train::detect_format(&data, &[])?;
+        let config =
+            tempest_train::pretrain::pretrain_config(&cfg, &opts(&single, 8, 1, None), format)?;
+        let (_, varmap) = tempest_train::pretrain::init_pretrainer(
+            &config,
+            masking,
+            &Device::Cpu,
+            candle_core::DType::F32,
+            3,
+        )?;
+        let w0: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .map_err(|_| "a poisoned lock")?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let (w1, w2, wh) = (
+            tensors(&dir.join("p-one"), tempest_model::WEIGHTS_FILE)?,
+            tensors(&dir.join("p-two"), tempest_model::WEIGHTS_FILE)?,
+            tensors(&dir.join("p-halves"), tempest_model::WEIGHTS_FILE)?,
+        );
+        let (diff, moved) = max_diff(&w2, &w1, &w0)?;
+        let (floor, _) = max_diff(&wh, &w1, &w0)?;
+        println!(
+            "(pretrain a) 3 steps, 2 ranks × 4 against 1 rank × 8: weights differ by at most \
+             {diff:.3e}, moved by up to {moved:.3e}; 1 rank × 8 in 2 parts against 1 part: \
+             {floor:.3e}"
+        );
+        // As for training: rounding from the summation order only (each item's masks follow
+        // from the item, not from its rank), bounded by the in-process drift, far below how
+        // far the weights moved.
+        ensure(
+            moved > 1e-3 && diff <= 2.0 * floor.max(1e-6) && diff <= 0.05 * moved,
+            || {
+                format!("two ranks' pretrained weights differ from one rank's by {diff:e} (one rank in parts: {floor:e}; moved {moved:e})")
+            },
+        )?;
+    }
+    comm.barrier()?;
+
+    // (b) Stopped after one step and resumed, against uninterrupted (4 steps).
+    let whole = opts(comm, 4, 1, None);
+    let r = pretrain(
+        &data,
+        &splits,
+        &cfg,
+        &whole,
+        &masking,
+        &dir.join("p-whole"),
+        false,
+    )?;
+    ensure(r.steps == 4, || {
+        format!("two epochs of 2 steps, not {}", r.steps)
+    })?;
+    let r = pretrain(
+        &data,
+        &splits,
+        &cfg,
+        &opts(comm, 4, 1, Some(1)),
+        &masking,
+        &dir.join("p-parted"),
+        false,
+    )?;
+    ensure(r.interrupted && r.steps == 1, || {
+        format!("stopped at {}", r.steps)
+    })?;
+    let r = pretrain(
+        &data,
+        &splits,
+        &cfg,
+        &whole,
+        &masking,
+        &dir.join("p-parted"),
+        true,
+    )?;
+    ensure(!r.interrupted && r.steps == 4, || {
+        format!("resumed to {}", r.steps)
+    })?;
+    if root {
+        for file in [tempest_model::WEIGHTS_FILE, checkpoint::OPTIMIZER_FILE] {
+            let a = std::fs::read(dir.join("p-whole/last").join(file))?;
+            let b = std::fs::read(dir.join("p-parted/last").join(file))?;
+            ensure(a == b, || {
+                format!("{file} of the resumed pretraining differs")
+            })?;
+        }
+        println!("(pretrain b) 2 ranks stopped at step 1 and resumed: the weights and moments of 4 steps uninterrupted");
+    }
+    comm.barrier()?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(mode), Some(dir)) = (args.get(1), args.get(2)) else {
-        eprintln!("usage: mpirun -np 2 mpi_check train|fail|wait|allreduce SCRATCH_DIR");
+        eprintln!("usage: mpirun -np 2 mpi_check train|pretrain|fail|wait|allreduce SCRATCH_DIR");
         return ExitCode::FAILURE;
     };
     let comm = match Backend::Mpi.open() {
@@ -316,6 +457,7 @@ fn main() -> ExitCode {
         })?;
         match mode.as_str() {
             "train" => train_checks(&comm, dir),
+            "pretrain" => pretrain_checks(&comm, dir),
             "fail" => {
                 if comm.rank() == 1 {
                     return Err("rank 1 fails on purpose".into());

@@ -28,6 +28,7 @@ pub mod dist;
 mod driver;
 mod error;
 mod evaluate;
+mod feed;
 pub mod fit;
 mod fused_adamw;
 mod init;

@@ -9,29 +9,25 @@
 //! cross-entropy of the masked blocks' predicted ids) and the fraction of those ids predicted
 //! right.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 use serde_json::json;
 use tempest_model::pretrain::{prepare, MaskedBlockModel, Masking, PRETRAIN_PREFIX};
 use tempest_model::{Config, DeviceChoice};
-use tempest_tokenize::{
-    choose_variants, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig, LoaderStats,
-    TokenizerConfig, VariantChoice,
-};
+use tempest_tokenize::{HostBatch, LoaderStats, TokenizerConfig};
 
 use crate::checkpoint::{self, CheckpointParts, TrainState};
 use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
-use crate::evaluate::{bar, detect_format, merge_stats};
+use crate::evaluate::detect_format;
+use crate::feed::{EpochFeed, FedPart, FeedItems};
 use crate::metrics::EpochSums;
 use crate::optim::{AdamW, CosineSchedule};
 use crate::options::TrainOptions;
@@ -110,6 +106,13 @@ pub fn init_pretrainer(
 /// `resume`: continue from `run_dir/last` (same dataset and options; the model and masking
 /// are read from the checkpoint). With dropout 0 on the CPU the weights reached equal an
 /// uninterrupted run's.
+///
+/// With several ranks (`options.comm`, [`crate::dist`]) every rank calls this with the same
+/// arguments and pretrains on its piece of each batch (batches of `batch_size` items per
+/// rank), as [`crate::train()`] does: the gradients are averaged across the ranks before
+/// clipping and the step, each item's masks depend on the item alone (not on its rank), and
+/// rank 0 alone reads the checkpoint it resumes from and writes the run folder. An error on
+/// any rank ends the whole job ([`crate::dist::abort_on_error`]).
 pub fn pretrain(
     dataset: &Dataset,
     splits: &[String],
@@ -119,14 +122,50 @@ pub fn pretrain(
     run_dir: &Path,
     resume: bool,
 ) -> Result<PretrainReport> {
-    let o = options;
+    crate::dist::abort_on_error(&options.comm, || {
+        pretrain_ranks(
+            dataset,
+            splits,
+            model_config,
+            options,
+            masking,
+            run_dir,
+            resume,
+        )
+    })
+}
+
+fn pretrain_ranks(
+    dataset: &Dataset,
+    splits: &[String],
+    model_config: &Config,
+    options: &TrainOptions,
+    masking: &Masking,
+    run_dir: &Path,
+    resume: bool,
+) -> Result<PretrainReport> {
+    let comm = options.comm.clone();
+    let (root, dist) = (comm.is_root(), comm.is_distributed());
+    // Progress is rank 0's to show.
+    let quiet;
+    let o = if root {
+        options
+    } else {
+        quiet = TrainOptions {
+            progress: false,
+            ..options.clone()
+        };
+        &quiet
+    };
     let device = o.device.open()?;
     let dtype = o.dtype.dtype(&device)?;
     o.check_batch()?;
     masking
         .validate()
         .map_err(|w| Error::setting("masking", w))?;
-    fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    if root {
+        fs::create_dir_all(run_dir).map_err(Error::io(run_dir))?;
+    }
     if o.handle_ctrl_c {
         crate::install_ctrl_c_handler();
     }
@@ -144,8 +183,7 @@ pub fn pretrain(
         o.train_variants.clone()
     };
     let per_item = crate::train::item_files(dataset, &items, &wanted);
-    let counts: Vec<usize> = per_item.iter().map(Vec::len).collect();
-    let items_per_epoch = counts.iter().filter(|&&c| c > 0).count();
+    let items_per_epoch = per_item.iter().filter(|f| !f.is_empty()).count();
     if items_per_epoch == 0 {
         return Err(Error::Empty {
             split: if splits.is_empty() {
@@ -157,11 +195,21 @@ pub fn pretrain(
         });
     }
     let schedule = o.schedule(items_per_epoch);
-    let sampler = BucketSampler::new(o.batch_size, o.seed).with_bucket_batches(o.bucket_batches);
 
     let last_dir = run_dir.join("last");
     let metrics_path = run_dir.join("metrics.jsonl");
-    let (model, varmap, mut opt, mut state, tok, masking) =
+    let fresh = || -> Result<(Config, TokenizerConfig)> {
+        let config = pretrain_config(model_config, o, format)?;
+        let tok = o.tokenizer(format, &config)?;
+        Ok((config, tok))
+    };
+    let (model, varmap, opt, state, tok, masking) = if !root {
+        // Everything comes from rank 0 below.
+        let (config, tok) = fresh()?;
+        let (model, varmap) = init_pretrainer(&config, *masking, &device, dtype, o.seed)?;
+        let opt = AdamW::new(&varmap, o.adamw)?;
+        (model, varmap, opt, TrainState::default(), tok, *masking)
+    } else {
         match checkpoint::resolve(&last_dir).filter(|_| resume) {
             Some(dir) => {
                 let config = tempest_model::load_config(&dir)?;
@@ -175,6 +223,7 @@ pub fn pretrain(
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
                 let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
                 crate::train::check_seed(&state, o.seed)?;
+                crate::train::check_world(&state, comm.world_size(), run_dir)?;
                 trim_metrics(&metrics_path, state.epoch)?;
                 (model, varmap, opt, state, tok, masking)
             }
@@ -193,46 +242,117 @@ pub fn pretrain(
                     ));
                 }
                 let _ = fs::remove_file(&metrics_path);
-                let config = pretrain_config(model_config, o, format)?;
-                let tok = o.tokenizer(format, &config)?;
+                let (config, tok) = fresh()?;
                 let (model, varmap) = init_pretrainer(&config, *masking, &device, dtype, o.seed)?;
                 let opt = AdamW::new(&varmap, o.adamw)?;
                 let state = TrainState {
                     seed: o.seed,
+                    world_size: comm.world_size(),
                     ..TrainState::default()
                 };
                 (model, varmap, opt, state, tok, *masking)
             }
+        }
+    };
+    // Every rank starts from rank 0's configuration, masking, tokenizer, state and weights
+    // (and, resuming, its optimiser's moments).
+    let (model, varmap, mut opt, mut state, tok, masking) = if dist {
+        let mut bytes = if root {
+            serde_json::to_vec(&json!({
+                "config": model.model().config(),
+                "masking": masking,
+                "tokenizer": tok,
+                "state": state,
+                "resumed": resume,
+            }))
+            .map_err(|e| Error::setting("dist", e.to_string()))?
+        } else {
+            Vec::new()
         };
+        comm.broadcast_bytes(&mut bytes)?;
+        let (model, varmap, mut opt, state, tok, masking, resumed) = if root {
+            (model, varmap, opt, state, tok, masking, resume)
+        } else {
+            let start: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::setting("dist", format!("rank 0's start: {e}")))?;
+            let field = |name: &str| start.get(name).cloned().unwrap_or_default();
+            let bad = |what: &str, e: serde_json::Error| {
+                Error::setting("dist", format!("rank 0's {what}: {e}"))
+            };
+            let config: Config =
+                serde_json::from_value(field("config")).map_err(|e| bad("model", e))?;
+            let masking: Masking =
+                serde_json::from_value(field("masking")).map_err(|e| bad("masking", e))?;
+            let tok: TokenizerConfig =
+                serde_json::from_value(field("tokenizer")).map_err(|e| bad("tokenizer", e))?;
+            let state: TrainState =
+                serde_json::from_value(field("state")).map_err(|e| bad("state", e))?;
+            // Whether rank 0 resumed (it alone looks at the run folder).
+            let resumed = start["resumed"].as_bool().unwrap_or(false);
+            drop((model, varmap, opt));
+            let (model, varmap) = init_pretrainer(&config, masking, &device, dtype, o.seed)?;
+            let opt = AdamW::new(&varmap, o.adamw)?;
+            (model, varmap, opt, state, tok, masking, resumed)
+        };
+        opt.broadcast_from_root(&*comm, resumed)?;
+        if root {
+            let values = opt.parameter_count();
+            eprintln!(
+                "data-parallel pretraining: {} ranks ({}), {} items per rank and batch, {} per \
+                 step; each step sums {values} gradient values ({:.2} MB as f32) across the \
+                 ranks",
+                comm.world_size(),
+                comm.backend(),
+                o.batch_size,
+                o.global_batch() * o.accumulate,
+                values as f64 * 4.0 / 1e6
+            );
+        }
+        (model, varmap, opt, state, tok, masking)
+    } else {
+        (model, varmap, opt, state, tok, masking)
+    };
     let train_tok = tok.train_config()?;
     let config = model.model().config().clone();
-    let metrics_file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(Error::io(run_dir))?;
+    let metrics_file = if root {
+        Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(Error::io(run_dir))?,
+        )
+    } else {
+        None
+    };
+    let feed = EpochFeed::new(
+        FeedItems {
+            per_item: &per_item,
+            labels: Vec::new(),
+            ids: items.iter().map(|&i| i as u64).collect(),
+        },
+        &train_tok,
+        o.batch_parts(&device),
+        o,
+        "pretrain epoch",
+    );
     let mut driver = PretrainDriver {
         model: &model,
         device: &device,
         options: o,
         masking,
-        items: &items,
-        per_item: &per_item,
-        counts: &counts,
-        sampler: &sampler,
-        tok: &train_tok,
-        saved_tok: &tok,
-        parts: o.batch_parts(&device),
-        epoch: None,
+        feed,
+        epoch: 0,
         seed: 0,
         config: &config,
         varmap: &varmap,
+        saved_tok: &tok,
         schedule: &schedule,
         run_dir,
         last_dir: &last_dir,
         metrics_file,
-        stats: LoaderStats::default(),
-        skipped: BTreeMap::new(),
+        rank: comm.rank(),
+        world: comm.world_size(),
         last_loss: None,
         process_start: Instant::now(),
         elapsed_before: state.elapsed_s,
@@ -246,46 +366,36 @@ pub fn pretrain(
         steps: state.step,
         last_loss: driver.last_loss,
         elapsed_s: driver.elapsed(),
-        stats: driver.stats,
-        skipped: driver.skipped,
+        stats: driver.feed.stats.clone(),
+        skipped: std::mem::take(&mut driver.feed.skipped),
         train_items: driver.train_items,
         train_seconds: driver.train_seconds,
         device: DeviceChoice::of(&device),
     })
 }
 
-/// The epoch in progress: its loader, the pieces per batch still to come, its progress bar.
-struct EpochRun {
-    entries: Arc<Vec<Entry>>,
-    loader: Loader,
-    pieces: VecDeque<usize>,
-    pb: ProgressBar,
-}
-
-/// [`pretrain()`]'s driver of [`fit_loop`].
+/// [`pretrain()`]'s driver of [`fit_loop`]: batches from an [`EpochFeed`] (this rank's
+/// piece of each), masked block modelling's gradients, rank 0's checkpoints and metrics.
 struct PretrainDriver<'a> {
     model: &'a MaskedBlockModel,
     device: &'a Device,
     options: &'a TrainOptions,
     masking: Masking,
-    items: &'a [usize],
-    per_item: &'a [Vec<(PathBuf, u64)>],
-    counts: &'a [usize],
-    sampler: &'a BucketSampler,
-    tok: &'a TokenizerConfig,
-    saved_tok: &'a TokenizerConfig,
-    parts: usize,
-    epoch: Option<EpochRun>,
-    /// The seed of the next batch's dropout masks and mask plans.
+    feed: EpochFeed<'a>,
+    /// The epoch in progress (from 0).
+    epoch: usize,
+    /// The seed of the next batch's dropout masks.
     seed: u64,
     config: &'a Config,
     varmap: &'a VarMap,
+    saved_tok: &'a TokenizerConfig,
     schedule: &'a CosineSchedule,
     run_dir: &'a Path,
     last_dir: &'a Path,
-    metrics_file: fs::File,
-    stats: LoaderStats,
-    skipped: BTreeMap<String, String>,
+    /// Rank 0's (the others write nothing).
+    metrics_file: Option<fs::File>,
+    rank: usize,
+    world: usize,
     last_loss: Option<f64>,
     process_start: Instant,
     elapsed_before: f64,
@@ -298,7 +408,11 @@ impl PretrainDriver<'_> {
         self.elapsed_before + self.process_start.elapsed().as_secs_f64()
     }
 
+    /// Saves the resumable checkpoint `last` at `state` (rank 0; the others write nothing).
     fn save_last(&self, opt: &AdamW, state: &TrainState) -> Result<()> {
+        if self.rank != 0 {
+            return Ok(());
+        }
         let mut state = state.clone();
         state.elapsed_s = self.elapsed();
         checkpoint::save(
@@ -321,94 +435,15 @@ impl PretrainDriver<'_> {
 }
 
 impl Driver for PretrainDriver<'_> {
-    type Batch = Vec<HostBatch>;
+    type Batch = Vec<FedPart>;
 
     fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize> {
-        let o = self.options;
-        let chosen = choose_variants(
-            self.counts,
-            VariantChoice::OnePerEpoch,
-            o.seed,
-            epoch as u64,
-        );
-        let mut entries = Vec::with_capacity(chosen.len());
-        let mut shapes = Vec::with_capacity(chosen.len());
-        for (item, v) in chosen {
-            let (path, bytes) = &self.per_item[item][v];
-            entries.push(Entry {
-                path: path.clone(),
-                label: 0,
-                item: self.items[item] as u64,
-            });
-            shapes.push(ItemShape {
-                blocks: (*bytes).min(u32::MAX as u64) as u32,
-                max_block_len: 0,
-                bytes: *bytes,
-            });
-        }
-        let entries = Arc::new(entries);
-        let batches = self.sampler.batches(&shapes, epoch as u64);
-        let skip = skip.min(batches.len());
-        let mut pieces = VecDeque::with_capacity(batches.len() - skip);
-        let mut loads: Vec<Vec<usize>> = Vec::new();
-        for b in &batches[skip..] {
-            let sizes = tempest_tokenize::part_sizes(b.len(), self.parts);
-            pieces.push_back(sizes.len());
-            let mut rest = &b[..];
-            for len in sizes {
-                let (piece, tail) = rest.split_at(len);
-                loads.push(piece.to_vec());
-                rest = tail;
-            }
-        }
-        let pb = bar(
-            o.progress,
-            batches.len() as u64,
-            format!("pretrain epoch {}/{}", epoch + 1, o.epochs),
-        );
-        pb.set_position(skip as u64);
-        let loader = Loader::new(
-            Arc::clone(&entries),
-            loads,
-            self.tok.clone(),
-            &LoaderConfig::default()
-                .with_workers(o.workers)
-                .with_seed(o.seed)
-                .with_epoch(epoch as u64),
-        );
-        self.epoch = Some(EpochRun {
-            entries,
-            loader,
-            pieces,
-            pb,
-        });
-        Ok(batches.len())
+        self.epoch = epoch;
+        Ok(self.feed.start(epoch, skip))
     }
 
-    fn next_batch(&mut self) -> Result<Option<Option<Vec<HostBatch>>>> {
-        let Some(run) = self.epoch.as_mut() else {
-            return Ok(None);
-        };
-        let Some(k) = run.pieces.pop_front() else {
-            return Ok(None);
-        };
-        let group: Vec<_> = run.loader.by_ref().take(k).collect();
-        if group.is_empty() {
-            return Ok(None);
-        }
-        for s in group.iter().flat_map(|lb| &lb.skipped) {
-            if let Some(e) = run.entries.get(s.entry) {
-                self.skipped
-                    .insert(e.path.display().to_string(), s.message.clone());
-            }
-        }
-        run.pb.inc(1);
-        let host: Vec<HostBatch> = group
-            .into_iter()
-            .filter_map(|lb| lb.batch)
-            .filter(|hb| hb.batch > 0)
-            .collect();
-        Ok(Some((!host.is_empty()).then_some(host)))
+    fn next_batch(&mut self) -> Result<Option<Option<Vec<FedPart>>>> {
+        Ok(self.feed.next())
     }
 
     fn seed_dropout(&mut self, seed: u64) {
@@ -416,13 +451,25 @@ impl Driver for PretrainDriver<'_> {
         self.model.model().seed_dropout(seed);
     }
 
-    fn gradients(&mut self, batch: Vec<HostBatch>) -> Result<(GradStore, EpochSums)> {
-        pretrain_gradients(self.model, &batch, &self.masking, self.seed, self.device)
+    fn gradients(&mut self, batch: Vec<FedPart>) -> Result<(GradStore, EpochSums)> {
+        // The masks follow from the run's seed, the batch's place and each item alone: the
+        // same on one rank as on several, and after a resume.
+        let seed = tempest_model::dropout_seed(
+            self.options.seed,
+            &[0x706c_616e, self.epoch as u64, self.feed.position() as u64],
+        );
+        let (parts, keys): (Vec<HostBatch>, Vec<Vec<u64>>) =
+            batch.into_iter().map(|p| (p.batch, p.items)).unzip();
+        pretrain_gradients(self.model, &parts, &keys, &self.masking, seed, self.device)
+    }
+
+    fn global_batch_items(&self) -> Option<usize> {
+        Some(self.feed.batch_items())
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
-        if let Some(run) = &self.epoch {
-            run.pb.set_prefix(format!(
+        if let Some(pb) = self.feed.progress_bar() {
+            pb.set_prefix(format!(
                 "loss {:.3} ids {:.3} lr {:.2e} |g| {:.2}",
                 state.epoch_sums.mean_loss(),
                 state.epoch_sums.accuracy(),
@@ -442,10 +489,7 @@ impl Driver for PretrainDriver<'_> {
     }
 
     fn end_batches(&mut self) {
-        if let Some(run) = self.epoch.take() {
-            run.pb.finish_and_clear();
-            merge_stats(&mut self.stats, run.loader.stats());
-        }
+        self.feed.finish();
     }
 
     fn interrupted(&mut self, state: &TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {
@@ -459,6 +503,9 @@ impl Driver for PretrainDriver<'_> {
         self.train_seconds += log.seconds;
         let sums = log.sums;
         self.last_loss = Some(sums.mean_loss());
+        if self.rank != 0 {
+            return Ok(());
+        }
         let line = json!({
             "epoch": log.epoch,
             "step": state.step,
@@ -467,13 +514,17 @@ impl Driver for PretrainDriver<'_> {
                 "loss": sums.mean_loss(),
                 "id_accuracy": sums.accuracy(),
                 "items": sums.items,
+                // This rank's: with several ranks the job pretrains `ranks` times as many.
                 "items_per_s": log.items as f64 / log.seconds.max(1e-9),
-                "skipped": loader_skips(&self.stats),
+                "ranks": self.world,
+                "skipped": loader_skips(&self.feed.stats),
             },
             "masking": self.masking,
             "elapsed_s": self.elapsed(),
         });
-        writeln!(self.metrics_file, "{line}").map_err(Error::io(self.run_dir))?;
+        if let Some(f) = self.metrics_file.as_mut() {
+            writeln!(f, "{line}").map_err(Error::io(self.run_dir))?;
+        }
         if self.options.progress {
             eprintln!(
                 "pretrain epoch {}/{}: loss {:.4}, masked ids right {:.4}",
@@ -488,14 +539,19 @@ impl Driver for PretrainDriver<'_> {
     }
 }
 
-/// The gradients of the mean pretraining loss over one batch given in `parts`, each part's
-/// mask plan drawn from `seed` and its place, computed at once on rayon's threads (each part
+/// The gradients of the mean pretraining loss over one batch given in `parts`, each item's
+/// masks drawn from `seed` and its key, computed at once on rayon's threads (each part
 /// weighted by its share of the items, added in order, as [`tempest_model::batch_gradients`]
 /// does for training); the sums hold the loss as `loss` and `reconstruction`, and the
 /// fraction of predicted ids that were right as `correct` (per item).
+///
+/// `keys[i]` are part i's items' keys (their ids in the dataset), from which with `seed`
+/// each item's masks are drawn ([`tempest_model::pretrain::MaskPlan::draw_keyed`]); a part
+/// without keys keys its items by their places.
 pub fn pretrain_gradients(
     model: &MaskedBlockModel,
     parts: &[HostBatch],
+    keys: &[Vec<u64>],
     masking: &Masking,
     seed: u64,
     device: &Device,
@@ -508,12 +564,8 @@ pub fn pretrain_gradients(
         .iter()
         .enumerate()
         .map(|(i, hb)| {
-            prepare(
-                hb,
-                masking,
-                tempest_model::dropout_seed(seed, &[0x706c_616e, i as u64]),
-                device,
-            )
+            let k = keys.get(i).map_or(&[][..], Vec::as_slice);
+            prepare(hb, masking, seed, k, device)
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let weight = |i: usize| parts[i].batch as f64 / items as f64;
@@ -717,4 +769,120 @@ pub fn block_encoder_vars(varmap: &VarMap) -> Vec<Var> {
         .collect();
     v.sort_by(|a, b| a.0.cmp(b.0));
     v.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
+/// [`pretrain()`] on ranks that are threads of this process ([`crate::dist`]'s test backend):
+/// no MPI needed; `scripts/mpi-check.sh` runs the same over MPI (`mpi_check pretrain`).
+#[cfg(test)]
+mod ranks {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::dist::{threads, Comm};
+    use crate::SplitPlan;
+    use tempest_data::Layout;
+
+    fn words() -> Result<Dataset> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/spoken-words");
+        let mut dataset = Dataset::from_compressed(Layout::SpeechCommands, &root)?;
+        let plan = SplitPlan::standard(&dataset)?;
+        // 16 items: two batches of 8 an epoch.
+        dataset.truncate_splits(&plan.train, 16);
+        Ok(dataset)
+    }
+
+    fn options(comm: Comm, batch: usize, parts: usize) -> TrainOptions {
+        TrainOptions {
+            epochs: 2,
+            batch_size: batch,
+            seed: 5,
+            workers: 1,
+            parallel_parts: parts,
+            progress: false,
+            lr: 3e-3,
+            stop_after_steps: Some(3),
+            comm,
+            ..TrainOptions::default()
+        }
+    }
+
+    fn weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
+        let path = dir.join("last").join(tempest_model::WEIGHTS_FILE);
+        Ok(candle_core::safetensors::load(path, &Device::Cpu)?)
+    }
+
+    /// The largest absolute difference between same-named tensors of `a` and `b`.
+    fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> Result<f32> {
+        assert_eq!(a.len(), b.len());
+        assert!(!a.is_empty());
+        let mut diff = 0f32;
+        for (name, ta) in a {
+            let tb = b
+                .get(name)
+                .ok_or_else(|| Error::setting("test", format!("no {name}")))?;
+            let d = (ta - tb)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            diff = diff.max(d);
+        }
+        Ok(diff)
+    }
+
+    /// Two ranks with batches of 4 take the steps of one process with batches of 8: the same
+    /// items, the same masks (keyed by item), their gradients averaged before the step.
+    #[test]
+    fn two_ranks_of_half_batches_pretrain_as_one_process() -> Result<()> {
+        let dataset = words()?;
+        let train = vec!["train".to_string()];
+        let cfg = Config::tiny();
+        let masking = Masking::default();
+        let dir = std::env::temp_dir().join(format!("tempest-pt-ranks-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (data, t, c, m, d) = (&dataset, &train, &cfg, &masking, &dir);
+        let reports = threads::run(2, |rank| {
+            let comm = Comm::new(rank);
+            let r = pretrain(data, t, c, &options(comm, 4, 1), m, &d.join("two"), false)?;
+            Ok(r)
+        })?;
+        for (rank, r) in reports.iter().enumerate() {
+            // 3 steps of 4 items per rank: the first epoch's 2 batches and one more.
+            assert!(r.interrupted && r.steps == 3, "rank {rank}: {r:?}");
+            assert_eq!(r.train_items, 12, "rank {rank}");
+        }
+        let one = |batch: usize, parts: usize, name: &str| -> Result<HashMap<String, Tensor>> {
+            let o = options(Comm::default(), batch, parts);
+            let r = pretrain(&dataset, &train, &cfg, &o, &masking, &dir.join(name), false)?;
+            assert_eq!(r.steps, 3, "{name}");
+            weights(&dir.join(name))
+        };
+        let (w1, wh, w4) = (one(8, 1, "one")?, one(8, 2, "halves")?, one(4, 1, "four")?);
+        let w2 = weights(&dir.join("two"))?;
+        // Rank 0 alone wrote the epoch's line, counting both ranks' items.
+        let lines = fs::read_to_string(dir.join("two/metrics.jsonl")).map_err(Error::io(&dir))?;
+        let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap_or(""))
+            .map_err(|e| Error::setting("test", e.to_string()))?;
+        assert_eq!(first["pretrain"]["items"].as_f64(), Some(16.0), "{first}");
+        assert_eq!(first["pretrain"]["ranks"].as_u64(), Some(2));
+        let state: TrainState =
+            checkpoint::read_json(&dir.join("two/last").join(checkpoint::STATE_FILE))?;
+        assert_eq!((state.world_size, state.step), (2, 3));
+        let two_vs_one = max_diff(&w2, &w1)?;
+        // How far one process drifts computing the same batches in two parts instead of one
+        // (the f32 sums in another order, grown by Adam's division by √v where a gradient is
+        // near zero): the ranks differ from one process by rounding of this kind only.
+        let floor = max_diff(&wh, &w1)?;
+        // Other batches (4 items a step on one process): what a wrong split or a missing
+        // all-reduce would look like.
+        let other = max_diff(&w4, &w1)?;
+        eprintln!("two ranks vs one: {two_vs_one:e}; in parts: {floor:e}; batches of 4: {other:e}");
+        assert!(
+            two_vs_one <= 2.0 * floor.max(1e-6) && two_vs_one * 20.0 < other,
+            "two ranks differ from one process by {two_vs_one:e} (in parts: {floor:e}, other \
+             batches: {other:e})"
+        );
+        let _ = fs::remove_dir_all(&dir);
+        Ok(())
+    }
 }

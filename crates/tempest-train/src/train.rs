@@ -7,22 +7,18 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use candle_core::Device;
-use indicatif::ProgressBar;
 use serde_json::json;
 use tempest_model::{Config, DeviceChoice, Tempest};
-use tempest_tokenize::{
-    choose_variants, BucketSampler, Entry, HostBatch, ItemShape, Loader, LoaderConfig, LoaderStats,
-    TokenizerConfig, VariantChoice,
-};
+use tempest_tokenize::{HostBatch, LoaderStats, TokenizerConfig};
 
 use crate::checkpoint::{self, CheckpointParts, TrainState};
 use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
-use crate::evaluate::{bar, detect_format, evaluate, merge_stats};
+use crate::evaluate::{detect_format, evaluate, merge_stats};
+use crate::feed::{EpochFeed, FeedItems};
 use crate::metrics::EpochSums;
 use crate::optim::{AdamW, CosineSchedule};
 use crate::options::TrainOptions;
@@ -66,6 +62,25 @@ pub(crate) fn check_seed(state: &TrainState, seed: u64) -> Result<()> {
         return Err(Error::setting(
             "seed",
             format!("the run was started with seed {}, not {seed}", state.seed),
+        ));
+    }
+    Ok(())
+}
+
+/// A resumed run must have the number of ranks it was started with (its batches' pieces
+/// follow from it).
+pub(crate) fn check_world(state: &TrainState, world: usize, run_dir: &Path) -> Result<()> {
+    if state.world_size != world {
+        return Err(Error::setting(
+            "world size",
+            format!(
+                "the run in {} was trained on {} rank(s): resume it on {} (mpirun -np {}), \
+                 not {world}",
+                run_dir.display(),
+                state.world_size,
+                state.world_size,
+                state.world_size,
+            ),
         ));
     }
     Ok(())
@@ -154,8 +169,17 @@ fn train_ranks(
         o.train_variants.clone()
     };
     let per_item = item_files(dataset, &train_idx, &wanted);
-    let counts: Vec<usize> = per_item.iter().map(Vec::len).collect();
-    let items_per_epoch = counts.iter().filter(|&&c| c > 0).count();
+    // One plan of batches across the ranks; each rank trains on its piece of each.
+    let feed_items = FeedItems {
+        per_item: &per_item,
+        labels: train_idx
+            .iter()
+            .map(|&i| dataset.samples[i].label)
+            .collect(),
+        ids: train_idx.iter().map(|&i| i as u64).collect(),
+    };
+    let feed = EpochFeed::new(feed_items, &train_tok, o.batch_parts(&device), o, "epoch");
+    let items_per_epoch = feed.items_per_epoch();
     if items_per_epoch == 0 {
         return Err(Error::Empty {
             split: plan.train.join("+"),
@@ -163,9 +187,6 @@ fn train_ranks(
         });
     }
     let schedule = o.schedule(items_per_epoch);
-    // One plan of batches across the ranks; each rank trains on its piece of each.
-    let sampler =
-        BucketSampler::new(o.global_batch(), o.seed).with_bucket_batches(o.bucket_batches);
 
     // Model, optimiser, state.
     let last_dir = run_dir.join("last");
@@ -183,20 +204,7 @@ fn train_ranks(
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
                 let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
                 check_seed(&state, o.seed)?;
-                if state.world_size != comm.world_size() {
-                    return Err(Error::setting(
-                        "world size",
-                        format!(
-                            "the run in {} was trained on {} rank(s): resume it on {} \
-                             (mpirun -np {}), not {}",
-                            run_dir.display(),
-                            state.world_size,
-                            state.world_size,
-                            state.world_size,
-                            comm.world_size()
-                        ),
-                    ));
-                }
+                check_world(&state, comm.world_size(), run_dir)?;
                 trim_metrics(&run_dir.join("metrics.jsonl"), state.epoch)?;
                 (model, varmap, opt, state)
             }
@@ -277,7 +285,6 @@ fn train_ranks(
         (model, varmap, opt, state)
     };
     let config = model.config().clone();
-    let parts = o.batch_parts(&device);
     let select_split = if plan.validation.is_empty() {
         &plan.test
     } else {
@@ -313,14 +320,8 @@ fn train_ranks(
         device: &device,
         dataset,
         options: o,
-        train_idx: &train_idx,
-        per_item: &per_item,
-        counts: &counts,
-        sampler: &sampler,
-        train_tok: &train_tok,
+        feed,
         eval_tok: &eval_tok,
-        parts,
-        epoch: Epoch::default(),
         report: &mut report,
         schedule: &schedule,
         run_dir,
@@ -347,7 +348,6 @@ fn train_ranks(
         epoch_index: 0,
         rank: comm.rank(),
         world: comm.world_size(),
-        batch_items: 0,
     };
     let outcome = fit_loop(&mut driver, &mut opt, &schedule, &mut state, o)?;
     let (process_start, elapsed_before, metrics_file) = (
@@ -398,32 +398,17 @@ fn train_ranks(
     Ok(report)
 }
 
-/// The epoch in progress of a [`FileDriver`].
-#[derive(Default)]
-struct Epoch {
-    entries: Arc<Vec<Entry>>,
-    loader: Option<Loader>,
-    /// The loader's pieces per batch still to come, and each batch's items across the ranks.
-    pieces: std::collections::VecDeque<(usize, usize)>,
-    pb: Option<ProgressBar>,
-}
-
-/// [`train()`]'s driver of [`fit_loop`]: each epoch's batches of files read and tokenized by
-/// the loader's threads, split into `parts` computed at once; progress; periodic and
-/// end-of-epoch checkpoints; evaluation, metrics and the best checkpoint after each epoch.
+/// [`train()`]'s driver of [`fit_loop`]: each epoch's batches of files from an
+/// [`EpochFeed`] (read and tokenized by the loader's threads, this rank's piece, split into
+/// parts computed at once); progress; periodic and end-of-epoch checkpoints; evaluation,
+/// metrics and the best checkpoint after each epoch.
 struct FileDriver<'a> {
     model: &'a Tempest,
     device: &'a Device,
     dataset: &'a Dataset,
     options: &'a TrainOptions,
-    train_idx: &'a [usize],
-    per_item: &'a [Vec<(PathBuf, u64)>],
-    counts: &'a [usize],
-    sampler: &'a BucketSampler,
-    train_tok: &'a TokenizerConfig,
+    feed: EpochFeed<'a>,
     eval_tok: &'a TokenizerConfig,
-    parts: usize,
-    epoch: Epoch,
     report: &'a mut RunReport,
     schedule: &'a CosineSchedule,
     run_dir: &'a Path,
@@ -446,8 +431,6 @@ struct FileDriver<'a> {
     /// This process's rank and the number of ranks ([`crate::dist`]).
     rank: usize,
     world: usize,
-    /// Items of the last batch across the ranks.
-    batch_items: usize,
 }
 
 impl FileDriver<'_> {
@@ -476,111 +459,14 @@ impl Driver for FileDriver<'_> {
     type Batch = Vec<HostBatch>;
 
     fn start_epoch(&mut self, epoch: usize, skip: usize) -> Result<usize> {
-        let o = self.options;
         self.epoch_index = epoch;
-        let chosen = choose_variants(
-            self.counts,
-            VariantChoice::OnePerEpoch,
-            o.seed,
-            epoch as u64,
-        );
-        let mut entries = Vec::with_capacity(chosen.len());
-        let mut shapes = Vec::with_capacity(chosen.len());
-        for (item, v) in chosen {
-            let (path, bytes) = &self.per_item[item][v];
-            let sample = self.train_idx[item];
-            entries.push(Entry {
-                path: path.clone(),
-                label: self.dataset.samples[sample].label,
-                item: sample as u64,
-            });
-            // The file size stands in for the shape: bucketing needs no tokenizing pass.
-            shapes.push(ItemShape {
-                blocks: (*bytes).min(u32::MAX as u64) as u32,
-                max_block_len: 0,
-                bytes: *bytes,
-            });
-        }
-        let entries = Arc::new(entries);
-        let batches = self.sampler.batches(&shapes, epoch as u64);
-        let skip = skip.min(batches.len());
-        // Each batch goes to the loader as up to `parts` consecutive pieces, taken back
-        // together by `next_batch`.
-        let mut pieces = std::collections::VecDeque::with_capacity(batches.len() - skip);
-        let mut remaining: Vec<Vec<usize>> =
-            Vec::with_capacity((batches.len() - skip) * self.parts);
-        for b in &batches[skip..] {
-            // This rank's piece of the batch (all of it with one rank).
-            let global = b.len();
-            let b = tempest_tokenize::rank_piece(b, self.rank, self.world);
-            if b.is_empty() {
-                pieces.push_back((0, global));
-                continue;
-            }
-            let sizes = tempest_tokenize::part_sizes(b.len(), self.parts);
-            pieces.push_back((sizes.len(), global));
-            let mut rest = b;
-            for len in sizes {
-                let (piece, tail) = rest.split_at(len);
-                remaining.push(piece.to_vec());
-                rest = tail;
-            }
-        }
-        let pb = bar(
-            o.progress,
-            batches.len() as u64,
-            format!("epoch {}/{}", epoch + 1, o.epochs),
-        );
-        pb.set_position(skip as u64);
-        let loader = Loader::new(
-            Arc::clone(&entries),
-            remaining,
-            self.train_tok.clone(),
-            &LoaderConfig::default()
-                .with_workers(o.workers)
-                .with_seed(o.seed)
-                .with_epoch(epoch as u64),
-        );
-        self.epoch = Epoch {
-            entries,
-            loader: Some(loader),
-            pieces,
-            pb: Some(pb),
-        };
-        Ok(batches.len())
+        Ok(self.feed.start(epoch, skip))
     }
 
     fn next_batch(&mut self) -> Result<Option<Option<Vec<HostBatch>>>> {
-        let Some((k, global)) = self.epoch.pieces.pop_front() else {
-            return Ok(None);
-        };
-        self.batch_items = global;
-        if k == 0 {
-            // This rank's piece of a batch shorter than the world: nothing to train on here.
-            if let Some(pb) = &self.epoch.pb {
-                pb.inc(1);
-            }
-            return Ok(Some(None));
-        }
-        let Some(loader) = self.epoch.loader.as_mut() else {
-            return Ok(None);
-        };
-        let group: Vec<_> = loader.by_ref().take(k).collect();
-        if group.is_empty() {
-            return Ok(None);
-        }
-        for s in group.iter().flat_map(|lb| &lb.skipped) {
-            if let Some(e) = self.epoch.entries.get(s.entry) {
-                self.report
-                    .skipped
-                    .insert(e.path.display().to_string(), s.message.clone());
-            }
-        }
-        if let Some(pb) = &self.epoch.pb {
-            pb.inc(1);
-        }
-        let host: Vec<HostBatch> = group.into_iter().filter_map(|lb| lb.batch).collect();
-        Ok(Some((!host.is_empty()).then_some(host)))
+        let next = self.feed.next();
+        self.report.skipped.append(&mut self.feed.skipped);
+        Ok(next.map(|b| b.map(|parts| parts.into_iter().map(|p| p.batch).collect())))
     }
 
     fn seed_dropout(&mut self, seed: u64) {
@@ -599,11 +485,11 @@ impl Driver for FileDriver<'_> {
     }
 
     fn global_batch_items(&self) -> Option<usize> {
-        Some(self.batch_items)
+        Some(self.feed.batch_items())
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
-        if let Some(pb) = &self.epoch.pb {
+        if let Some(pb) = self.feed.progress_bar() {
             pb.set_prefix(format!(
                 "loss {:.3} acc {:.3} lr {:.2e} |g| {:.2}",
                 state.epoch_sums.mean_loss(),
@@ -624,12 +510,9 @@ impl Driver for FileDriver<'_> {
     }
 
     fn end_batches(&mut self) {
-        if let Some(pb) = self.epoch.pb.take() {
-            pb.finish_and_clear();
-        }
-        if let Some(loader) = self.epoch.loader.take() {
-            merge_stats(&mut self.report.train_stats, loader.stats());
-        }
+        self.feed.finish();
+        self.report.train_stats = self.feed.stats.clone();
+        self.report.skipped.append(&mut self.feed.skipped);
     }
 
     fn interrupted(&mut self, state: &TrainState, opt: &AdamW, log: &EpochLog) -> Result<()> {

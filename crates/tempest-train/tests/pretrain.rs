@@ -70,6 +70,7 @@ fn the_pretraining_loss_falls_over_a_few_steps_on_one_batch() -> Result<()> {
         let (grads, sums) = pretrain_gradients(
             &model,
             std::slice::from_ref(&host),
+            &[],
             &masking,
             9,
             &Device::Cpu,
