@@ -152,6 +152,11 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     let recipe = Recipe::for_format(format, &trained)?;
     let mut o = TrainOptions::default();
     recipe.apply(&mut o);
+    // Pretraining hides blocks and rebuilds them itself: the recipe's band and time masks
+    // would silence parts of what it must rebuild (`--band-mask`, `--time-mask` still set
+    // them).
+    o.band_mask = 0;
+    o.time_mask = 0;
     o.handle_ctrl_c = true;
     o.train_variants = train_variants;
     cli.train.apply(&mut o);

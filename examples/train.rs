@@ -202,6 +202,15 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
     o.init = cli.init.clone();
+    // Fine-tuning reads blocks as the pretrained model did unless --tokens says otherwise
+    // (a checkpoint pretrained on band lines has their vocabulary, not the energies').
+    if let (Some(dir), None) = (&o.init, o.tokens) {
+        let at = tempest_train::pretrain::resolve_checkpoint(dir)?;
+        let tok: tempest::tempest_tokenize::TokenizerConfig = tempest_train::checkpoint::read_json(
+            &at.join(tempest_train::checkpoint::TOKENIZER_FILE),
+        )?;
+        o.tokens = Some(tok.tokens);
+    }
     o.freeze_block_encoder = cli.freeze_block_encoder.unwrap_or(0);
     o.comm = comm.clone();
     if let Some(v) = &cli.eval_variant {

@@ -75,13 +75,15 @@ impl EvalVariants {
 }
 
 /// What the ids of a format's blocks stand for unless a run says otherwise: for MP3 the
-/// codec's fields as values and one id per scalefactor band from the entropy-decoded main data
-/// (`BlockTokens::FieldsAndLines`: on the spoken-word development set +11 points on validation
-/// over the fields alone, docs/audio.md); for Ogg Opus the fields (`BlockTokens::Fields`; Opus
-/// has no lines here); for JPEG the MCU's bytes (the quickstart's recipe).
+/// codec's fields as values and one id per scalefactor band for the band's energy,
+/// requantised from the frame's own symbols (`BlockTokens::FieldsAndEnergy`, since session 13:
+/// on both audio development sets above the band lines on validation, docs/audio.md rows
+/// 34–35; the band lines, `FieldsAndLines`, were +11 points over the fields alone); for Ogg
+/// Opus the fields (`BlockTokens::Fields`; Opus has no bands here); for JPEG the MCU's bytes
+/// (the quickstart's recipe).
 pub fn default_tokens(format: cff_blocks::Format) -> BlockTokens {
     match format {
-        cff_blocks::Format::Mp3 => BlockTokens::FieldsAndLines,
+        cff_blocks::Format::Mp3 => BlockTokens::FieldsAndEnergy,
         cff_blocks::Format::OggOpus => BlockTokens::Fields,
         _ => BlockTokens::Bytes,
     }

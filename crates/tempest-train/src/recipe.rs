@@ -80,6 +80,10 @@ pub struct Recipe {
     /// Decay of the moving average of the weights that evaluation and the best checkpoint
     /// read ([`crate::AdamWConfig::ema`]; 0: none).
     pub ema: f64,
+    /// Band mask while training ([`TrainOptions::band_mask`]; 0: none).
+    pub band_mask: u8,
+    /// Time mask while training ([`TrainOptions::time_mask`]; 0: none).
+    pub time_mask: u16,
     /// The model.
     pub config: Config,
 }
@@ -128,6 +132,8 @@ impl Recipe {
             lr: 2e-3,
             block_bytes: Some(8),
             ema: 0.0,
+            band_mask: 0,
+            time_mask: 0,
             config,
         })
     }
@@ -135,8 +141,9 @@ impl Recipe {
     /// The audio recipe: MP3 at [`AUDIO_BITRATES`], evaluated as the ensemble of
     /// [`AUDIO_ENSEMBLE`], 80 epochs, batches of 16, learning rate 5e-4 (at 2e-3 the line
     /// tokens never left chance), the `tiny` preset with label smoothing 0.1 (docs/audio.md
-    /// row 31); the tokens are
-    /// [`crate::default_tokens`]'s for the format (fields and band lines for MP3).
+    /// row 31), a band mask and a time mask of up to 5 bands and 5 frames while training
+    /// (row 35); the tokens are [`crate::default_tokens`]'s for the format (fields and band
+    /// energies for MP3).
     pub fn audio() -> Recipe {
         Recipe {
             name: "audio",
@@ -153,6 +160,8 @@ impl Recipe {
             lr: 5e-4,
             block_bytes: None,
             ema: 0.0,
+            band_mask: 5,
+            time_mask: 5,
             config: Config {
                 label_smoothing: 0.1,
                 ..Config::tiny()
@@ -207,10 +216,12 @@ impl Recipe {
     }
 
     /// Writes the recipe's training choices into `o` (epochs, batch size, learning rate,
-    /// block bytes, weight average, evaluation and test variants); the model is
-    /// [`Recipe::config`].
+    /// block bytes, weight average, band and time masks, evaluation and test variants); the
+    /// model is [`Recipe::config`].
     pub fn apply(&self, o: &mut TrainOptions) {
         o.adamw.ema = self.ema;
+        o.band_mask = self.band_mask;
+        o.time_mask = self.time_mask;
         o.epochs = self.epochs;
         o.batch_size = self.batch_size;
         o.lr = self.lr;
@@ -275,6 +286,7 @@ mod tests {
         let mut o = TrainOptions::default();
         r.apply(&mut o);
         assert_eq!((o.epochs, o.batch_size, o.lr), (80, 16, 5e-4));
+        assert_eq!((o.band_mask, o.time_mask), (5, 5));
         assert_eq!(r.variants.len(), 10);
         assert_eq!(r.config.label_smoothing, 0.1);
     }

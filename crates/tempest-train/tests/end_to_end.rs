@@ -425,12 +425,12 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
         false,
     )?;
     assert_eq!(eval.stats.files_used, 20);
-    // Without --tokens and --gain-jitter: fields and band lines for MP3, fields for Opus,
+    // Without --tokens and --gain-jitter: fields and band energies for MP3, fields for Opus,
     // bytes for JPEG, no jitter; a jitter applies to training only.
     let mut defaults = quick_options(3);
     let tiny = Config::tiny();
     let mp3 = defaults.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
-    assert_eq!((mp3.tokens.name(), mp3.gain_jitter), ("fields+lines", 0));
+    assert_eq!((mp3.tokens.name(), mp3.gain_jitter), ("fields+energy", 0));
     let opus = defaults.tokenizer(cff_blocks::Format::OggOpus, &tiny)?;
     assert_eq!(opus.tokens.name(), "fields");
     defaults.gain_jitter = 4;

@@ -263,7 +263,7 @@ fn tokenizer_config_is_saved_with_the_pretrained_checkpoint() -> Result<()> {
     let tok: TokenizerConfig = tempest_train::checkpoint::read_json(
         &last.join(tempest_train::checkpoint::TOKENIZER_FILE),
     )?;
-    assert_eq!(tok.tokens, tempest_tokenize::BlockTokens::FieldsAndLines);
+    assert_eq!(tok.tokens, tempest_tokenize::BlockTokens::FieldsAndEnergy);
     let masking: Masking =
         tempest_train::checkpoint::read_json(&last.join(tempest_train::pretrain::MASKING_FILE))?;
     assert_eq!(masking, Masking::default());
