@@ -162,7 +162,7 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     assert!(stored.contains_key("pretrain.mask_token"));
     // The task's model reads the same field tokens (their vocabulary) with 10 classes.
     let vocab = tempest_model::load_config(&whole.join("last"))?.vocab_size;
-    assert_eq!(vocab, tempest_tokenize::LINES_VOCAB_SIZE);
+    assert_eq!(vocab, tempest_tokenize::ENERGY_VOCAB_SIZE);
     let base = Config {
         vocab_size: vocab,
         ..Config::tiny()
