@@ -46,7 +46,6 @@ clip=${CLIP_SECONDS:-3}
 min=${MIN_SECONDS:-1}
 package_minutes=${PACKAGE_MINUTES:-30}
 threads=${THREADS:-1}
-exclude='^(mbrola.*|festival.*|festvox.*|timgm6mb-soundfont|musescore-general-soundfont|fluid-soundfont.*)$'
 
 missing=()
 for p in ffmpeg sox; do
@@ -68,60 +67,12 @@ mkdir -p "$out/clips" "$work"
 echo "package,licence,source,clip,seconds" >"$out/corpus.csv"
 echo "package,file,reason" >"$out/skipped.csv"
 
-# csv FIELD: the field quoted for CSV.
-csv() {
-    printf '"%s"' "${1//\"/\"\"}"
-}
-# skip PACKAGE FILE REASON
-skip() {
-    echo "$(csv "$1"),$(csv "$2"),$(csv "$3")" >>"$out/skipped.csv"
-}
-
-# licence DIR PACKAGE: the licences named in the package's copyright file (DEP-5 "License:"
-# lines, each once), or its first line that names a licence, or "unknown".
-licence() {
-    local f="$1/usr/share/doc/$2/copyright"
-    if [ ! -f "$f" ]; then
-        # Data packages often point to a common package's doc folder through a symlink.
-        f=$(find "$1/usr/share/doc" -name copyright -type f 2>/dev/null | head -1 || true)
-    fi
-    if [ -z "$f" ] || [ ! -f "$f" ]; then
-        echo "unknown (no copyright file in the .deb)"
-        return
-    fi
-    local l
-    l=$(grep -E '^License:' "$f" | sed -E 's/^License:[[:space:]]*//' | awk 'NF && !seen[$0]++' | paste -sd ';' - || true)
-    if [ -z "$l" ]; then
-        # Not machine-readable: the licences it refers to in /usr/share/common-licenses.
-        l=$(grep -oE 'common-licenses/[A-Za-z0-9.+_-]+' "$f" | sed 's/[.]$//' | awk '!seen[$0]++' | paste -sd ';' - || true)
-    fi
-    if [ -z "$l" ]; then
-        l=$(grep -m1 -iE 'GNU General Public|public domain|creative commons|CC-BY|BSD|MIT|Artistic' "$f" | tr -s ' \t' ' ' | cut -c1-120 || true)
-    fi
-    echo "${l:-unknown}"
-}
+. "$here/common.sh"
 
 for pkg in $packages; do
-    if [[ "$pkg" =~ $exclude ]]; then
-        echo "refused: $pkg (a labelled development set's source)"
-        skip "$pkg" "" "a labelled development set's source package"
-        continue
-    fi
-    echo "== $pkg"
-    dir="$work/$pkg"
-    mkdir -p "$dir/deb" "$dir/root"
-    if ! (cd "$dir/deb" && apt-get download "$pkg" >/dev/null 2>&1); then
-        echo "   cannot download $pkg"
-        skip "$pkg" "" "apt-get download failed"
-        continue
-    fi
-    deb=$(ls "$dir"/deb/*.deb)
-    version=$(dpkg-deb -f "$deb" Version)
-    dpkg-deb -x "$deb" "$dir/root"
-    lic=$(licence "$dir/root" "$pkg")
-    echo "   version $version, licence: $lic"
+    unpack "$pkg" || continue
     mkdir -p "$out/clips/$pkg"
-    python3 "$here/clips.py" --package "$pkg" --licence "$lic" --root "$dir/root" \
+    python3 "$here/clips.py" --package "$pkg" --licence "$lic" --root "$root" \
         --clips "$out/clips/$pkg" --corpus "$out/corpus.csv" --skipped "$out/skipped.csv" \
         --clip-seconds "$clip" --min-seconds "$min" --package-minutes "$package_minutes"
     rmdir "$out/clips/$pkg" 2>/dev/null || true
