@@ -212,6 +212,20 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// The options this process's rank runs with: these on rank 0 (or without a
+    /// communicator), the same without progress bars on the other ranks (progress is rank
+    /// 0's to show).
+    pub fn for_rank(&self) -> std::borrow::Cow<'_, TrainOptions> {
+        if self.comm.is_root() {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(TrainOptions {
+                progress: false,
+                ..self.clone()
+            })
+        }
+    }
+
     /// What the ids of `format`'s blocks stand for: [`TrainOptions::tokens`], or by default
     /// [`default_tokens`].
     pub fn block_tokens(&self, format: cff_blocks::Format) -> BlockTokens {

@@ -132,17 +132,8 @@ fn train_ranks(
 ) -> Result<RunReport> {
     let comm = options.comm.clone();
     let (root, dist) = (comm.is_root(), comm.is_distributed());
-    // Progress is rank 0's to show.
-    let quiet;
-    let o = if root {
-        options
-    } else {
-        quiet = TrainOptions {
-            progress: false,
-            ..options.clone()
-        };
-        &quiet
-    };
+    let rank_options = options.for_rank();
+    let o: &TrainOptions = &rank_options;
     let device = o.device.open()?;
     let dtype = o.dtype.dtype(&device)?;
     o.check_batch()?;
