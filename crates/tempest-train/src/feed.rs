@@ -242,6 +242,26 @@ impl<'a> EpochFeed<'a> {
         self.current.pb.as_ref()
     }
 
+    /// Shows the epoch's running loss, its second figure (`metric`: `acc` for training, `ids`
+    /// for pretraining's masked ids right), the step's learning rate and gradient norm on the
+    /// progress bar, where there is one.
+    pub fn show_step(
+        &self,
+        metric: &str,
+        sums: &crate::metrics::EpochSums,
+        step: &crate::driver::StepLog,
+    ) {
+        if let Some(pb) = self.progress_bar() {
+            pb.set_prefix(format!(
+                "loss {:.3} {metric} {:.3} lr {:.2e} |g| {:.2}",
+                sums.mean_loss(),
+                sums.accuracy(),
+                step.lr,
+                step.norm
+            ));
+        }
+    }
+
     /// Closes the epoch: clears its bar and adds its loader's counts to [`EpochFeed::stats`].
     pub fn finish(&mut self) {
         if let Some(pb) = self.current.pb.take() {

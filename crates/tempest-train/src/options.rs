@@ -212,6 +212,18 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
+    /// Whether the resumable checkpoint is written after optimiser step `step_index` besides
+    /// the epoch's end: every [`TrainOptions::checkpoint_every`] steps (0: never), unless the
+    /// step closes the epoch or the run, whose own checkpoint follows.
+    pub fn mid_epoch_checkpoint_due(
+        &self,
+        step_index: usize,
+        step: &crate::driver::StepLog,
+    ) -> bool {
+        let every = self.checkpoint_every;
+        every > 0 && step_index.is_multiple_of(every) && !step.end_of_epoch && !step.stopping
+    }
+
     /// The options this process's rank runs with: these on rank 0 (or without a
     /// communicator), the same without progress bars on the other ranks (progress is rank
     /// 0's to show).

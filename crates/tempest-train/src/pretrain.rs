@@ -459,17 +459,8 @@ impl Driver for PretrainDriver<'_> {
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
-        if let Some(pb) = self.feed.progress_bar() {
-            pb.set_prefix(format!(
-                "loss {:.3} ids {:.3} lr {:.2e} |g| {:.2}",
-                state.epoch_sums.mean_loss(),
-                state.epoch_sums.accuracy(),
-                step.lr,
-                step.norm
-            ));
-        }
-        let every = self.options.checkpoint_every;
-        if every > 0 && state.step.is_multiple_of(every) && !step.end_of_epoch && !step.stopping {
+        self.feed.show_step("ids", &state.epoch_sums, step);
+        if self.options.mid_epoch_checkpoint_due(state.step, step) {
             self.save_last(opt, state)?;
         }
         Ok(())
