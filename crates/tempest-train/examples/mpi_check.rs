@@ -88,18 +88,24 @@ fn small_mnist(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// The digits as JPEGs: prepared by rank 0, then opened by the others.
+/// The digits as JPEGs: prepared by rank 0, then opened by the others. Rank 0 keeps what it
+/// prepared: opening the folder again would rewrite its manifest while another rank reads it
+/// (a run once failed so, "manifest.csv: No such file or directory" on rank 0).
 fn dataset(comm: &Comm, dir: &Path, n: usize) -> Result<Dataset> {
     let (raw, cache) = (dir.join("raw"), dir.join("jpeg"));
     let variants = [Variant::jpeg_quality(75)];
-    if comm.is_root() {
+    let prepared = if comm.is_root() {
         std::fs::create_dir_all(&raw)?;
         small_mnist(&raw, n)?;
-        Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
-    }
+        Some(Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?.0)
+    } else {
+        None
+    };
     comm.barrier()?;
-    let (dataset, _) = Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?;
-    Ok(dataset)
+    match prepared {
+        Some(dataset) => Ok(dataset),
+        None => Ok(Dataset::open_layout(Layout::Mnist, &raw, &cache, &variants, false)?.0),
+    }
 }
 
 fn options(comm: &Comm, batch: usize) -> TrainOptions {
