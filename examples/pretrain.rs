@@ -34,6 +34,8 @@ use tempest::tempest_train::{self, Recipe, TrainOptions};
 
 #[path = "common/lists.rs"]
 mod lists;
+#[path = "common/ranks.rs"]
+mod ranks;
 #[path = "common/train_args.rs"]
 mod train_args;
 
@@ -110,39 +112,14 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         },
         _ => return Err("give --input DIR or --data PREPARED_DIR".into()),
     };
-    let layout_recipe = match &source {
-        DataSource::Raw { layout, input } => Some(Recipe::for_layout(*layout, input)?),
-        DataSource::Prepared(_) => None,
-    };
-    let prepare_in = match (&cli.variants, &layout_recipe) {
-        (Some(v), _) => v.clone(),
-        (None, Some(r)) => r.variants.clone(),
-        (None, None) => Vec::new(),
-    };
+    let (_, prepare_in) = ranks::preparation(&source, cli.variants.as_ref())?;
     let progress = !cli.train.no_progress && comm.is_root();
-    // Rank 0 alone prepares raw data; the others open it once it is there.
-    if !comm.is_root() {
-        comm.barrier()?;
-    }
-    let opened = source.open(&cli.out.join("data"), &prepare_in, progress);
-    if comm.is_root() {
-        // Rank 0 fails after the barrier: its error ends the job (see `main`).
-        comm.barrier()?;
-    }
-    let (dataset, summary) = opened?;
-    if let Some(s) = summary.filter(|_| comm.is_root()) {
+    let (dataset, summary) =
+        ranks::open_on_ranks(&source, &cli.out.join("data"), &prepare_in, progress, comm)?;
+    if let Some(s) = summary {
         println!("prepared: {s}");
     }
-    let mut train_variants = Vec::new();
-    if let Some(v) = &cli.variants {
-        if dataset
-            .variants()
-            .iter()
-            .any(|d| v.iter().any(|x| x.to_string() == *d))
-        {
-            train_variants = v.iter().map(Variant::to_string).collect();
-        }
-    }
+    let train_variants = ranks::train_variants(cli.variants.as_ref(), &dataset);
     let trained = if train_variants.is_empty() {
         dataset.variants()
     } else {

@@ -53,6 +53,8 @@ mod data_args;
 use data_args::DataArgs;
 #[path = "common/lists.rs"]
 mod lists;
+#[path = "common/ranks.rs"]
+mod ranks;
 #[path = "common/train_args.rs"]
 mod train_args;
 
@@ -135,7 +137,6 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         .source
         .source()
         .ok_or("give --data DIR, or --layout L and --input DIR")?;
-    // Rank 0 alone prepares raw data; the others open it once it is there.
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
     // The model the command line chose, read before any data (a bad file fails at once).
     let chosen = match (&cli.preset, &cli.config) {
@@ -144,41 +145,17 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => None,
     };
     // Raw data is prepared in the recipe of its kind (or in --variants).
-    let layout_recipe = match &source {
-        DataSource::Raw { layout, input } => Some(Recipe::for_layout(*layout, input)?),
-        DataSource::Prepared(_) => None,
-    };
-    let prepare_in = match (&cli.variants, &layout_recipe) {
-        (Some(v), _) => v.clone(),
-        (None, Some(r)) => r.variants.clone(),
-        (None, None) => Vec::new(),
-    };
+    let (layout_recipe, prepare_in) = ranks::preparation(&source, cli.variants.as_ref())?;
     let progress = !cli.train.no_progress && comm.is_root();
-    if !comm.is_root() {
-        comm.barrier()?;
-    }
-    let opened = source.open(&out.join("data"), &prepare_in, progress);
-    if comm.is_root() {
-        // Rank 0 fails after the barrier: its error ends the job (see `main`).
-        comm.barrier()?;
-    }
-    let (mut dataset, summary) = opened?;
-    if let Some(s) = summary.filter(|_| comm.is_root()) {
+    let (mut dataset, summary) =
+        ranks::open_on_ranks(&source, &out.join("data"), &prepare_in, progress, comm)?;
+    if let Some(s) = summary {
         println!("prepared: {s}");
         for f in s.failures.iter().take(20) {
             println!("  failed {f}");
         }
     }
-    let mut train_variants = Vec::new();
-    if let Some(v) = &cli.variants {
-        if dataset
-            .variants()
-            .iter()
-            .any(|d| v.iter().any(|x| x.to_string() == *d))
-        {
-            train_variants = v.iter().map(Variant::to_string).collect();
-        }
-    }
+    let train_variants = ranks::train_variants(cli.variants.as_ref(), &dataset);
     let trained = if train_variants.is_empty() {
         dataset.variants()
     } else {
