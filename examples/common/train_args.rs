@@ -65,8 +65,8 @@ pub struct TrainArgs {
     /// the length embedding)
     #[arg(long, value_name = "L")]
     pub block_bytes: Option<usize>,
-    /// What a block's ids stand for: its bytes, the codec's fields, or the fields followed by
-    /// the bytes, the coded data or the band lines
+    /// What a block's ids stand for: bytes, fields, fields+bytes, fields+data, fields+lines,
+    /// fields+energy, energy or fields+half-bands (docs/tokenize.md)
     #[arg(long, value_name = "T", value_parser = parse_tokens)]
     pub tokens: Option<BlockTokens>,
     /// Blocks of each training item kept as a random contiguous run (a random crop in time)
@@ -75,15 +75,15 @@ pub struct TrainArgs {
     /// MP3 field tokens: loudness jitter while training, in steps of global_gain (1.5 dB)
     #[arg(long, value_name = "K")]
     pub gain_jitter: Option<u8>,
-    /// MP3 line tokens: silence a random run of up to K scalefactor bands of a clip while
-    /// training
+    /// MP3 band tokens (lines or energies): silence a random run of up to K scalefactor bands
+    /// of a clip while training [default: audio 5, else 0]
     #[arg(long, value_name = "K")]
     pub band_mask: Option<u8>,
-    /// MP3 line tokens: silence every band of a random run of up to K frames of a clip while
-    /// training (a time mask)
+    /// MP3 band tokens: silence every band of a random run of up to K frames of a clip while
+    /// training (a time mask) [default: audio 5, else 0]
     #[arg(long, value_name = "K")]
     pub time_mask: Option<u16>,
-    /// MP3 line tokens: move every band id of a clip by a random shift of up to K band
+    /// MP3 band tokens: move every band id of a clip by a random shift of up to K band
     /// positions while training
     #[arg(long, value_name = "K")]
     pub band_shift: Option<u8>,
@@ -214,7 +214,7 @@ impl TrainArgs {
                 "tokens",
                 or(
                     o.tokens.map(|t| t.name().to_string()),
-                    "fields+lines for MP3, fields for Ogg Opus, bytes for JPEG",
+                    "fields+energy for MP3, fields for Ogg Opus, bytes for JPEG",
                 ),
             ),
             ("crop", or(o.train_blocks.map(|v| v.to_string()), "no crop")),

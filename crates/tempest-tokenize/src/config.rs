@@ -41,11 +41,17 @@ pub enum BlockTokens {
     /// loudness is in the energies; the rest describes how the encoder spent its bits, which
     /// changes with the bitrate). Opus packets give their fields, JPEG MCUs their bytes.
     Energy,
+    /// As [`BlockTokens::FieldsAndEnergy`] at twice the frequency resolution: each
+    /// scalefactor band gives two ids, the energies of the lower and the upper half of its
+    /// lines ([`crate::fields::BandValue::HalfBandEnergy`]; both halves share the band's
+    /// scalefactor, so each is still one step of requantisation and no more). A 16 kHz mono
+    /// frame has 17 + 44 ids (long blocks) or 17 + 78 (short).
+    FieldsAndHalfBands,
 }
 
 impl BlockTokens {
     /// Every variant with its name.
-    pub const ALL: [(BlockTokens, &'static str); 7] = [
+    pub const ALL: [(BlockTokens, &'static str); 8] = [
         (BlockTokens::Bytes, "bytes"),
         (BlockTokens::Fields, "fields"),
         (BlockTokens::FieldsAndBytes, "fields+bytes"),
@@ -53,10 +59,11 @@ impl BlockTokens {
         (BlockTokens::FieldsAndLines, "fields+lines"),
         (BlockTokens::FieldsAndEnergy, "fields+energy"),
         (BlockTokens::Energy, "energy"),
+        (BlockTokens::FieldsAndHalfBands, "fields+half-bands"),
     ];
 
     /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data`, `fields+lines`,
-    /// `fields+energy` or `energy`.
+    /// `fields+energy`, `energy` or `fields+half-bands`.
     pub fn name(self) -> &'static str {
         BlockTokens::ALL
             .iter()
@@ -73,7 +80,7 @@ impl BlockTokens {
     }
 
     /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines,
-    /// fields+energy, energy`.
+    /// fields+energy, energy, fields+half-bands`.
     pub fn names() -> String {
         let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
         names.join(", ")
@@ -101,13 +108,29 @@ impl BlockTokens {
     pub fn has_bands(self) -> bool {
         matches!(
             self,
-            BlockTokens::FieldsAndLines | BlockTokens::FieldsAndEnergy | BlockTokens::Energy
+            BlockTokens::FieldsAndLines
+                | BlockTokens::FieldsAndEnergy
+                | BlockTokens::Energy
+                | BlockTokens::FieldsAndHalfBands
         )
+    }
+
+    /// Ids each scalefactor band gives (of each window, for short blocks): 2 for
+    /// [`BlockTokens::FieldsAndHalfBands`], else 1.
+    pub fn ids_per_band(self) -> usize {
+        if self == BlockTokens::FieldsAndHalfBands {
+            2
+        } else {
+            1
+        }
     }
 
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
-        if matches!(self, BlockTokens::FieldsAndEnergy | BlockTokens::Energy) {
+        if matches!(
+            self,
+            BlockTokens::FieldsAndEnergy | BlockTokens::Energy | BlockTokens::FieldsAndHalfBands
+        ) {
             crate::ENERGY_VOCAB_SIZE
         } else if self == BlockTokens::FieldsAndLines {
             crate::LINES_VOCAB_SIZE

@@ -186,6 +186,21 @@ pub enum BandValue {
     /// `preflag` and subblock gain (ISO 11172-3 2.4.3.4.7.1) and summed, nothing else of the
     /// decoder (no stereo processing, alias reduction, inverse MDCT or filterbank).
     Energy,
+    /// As [`BandValue::Energy`] for the lower and the upper half of the band's lines, two ids
+    /// per band (lower first; the lower half has `width / 2` lines): the same requantisation,
+    /// twice the frequency resolution.
+    HalfBandEnergy,
+}
+
+impl BandValue {
+    /// Ids per band: 2 for [`BandValue::HalfBandEnergy`], else 1.
+    pub fn ids_per_band(self) -> usize {
+        if self == BandValue::HalfBandEnergy {
+            2
+        } else {
+            1
+        }
+    }
 }
 
 /// The first id of each field, and one past the last field's: computed once, at compile time.
@@ -304,8 +319,9 @@ pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
 /// empty. The mask applies to positions, after the shift. `value` says what an id tells:
 /// level and scalefactor ([`BandValue::LevelScalefac`], in the fields
 /// `mp3.band(level,scalefac)` and `mp3.short_band(level,scalefac)`) or the band's energy
-/// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`); energies read
-/// each `global_gain` moved by `gain_offset` steps as [`mp3_field_ids`] does, so that a
+/// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`; with
+/// [`BandValue::HalfBandEnergy`] two ids per band, its halves, short blocks ordered band,
+/// window, half; masks and shifts count whole bands); energies read each `global_gain` moved by `gain_offset` steps as [`mp3_field_ids`] does, so that a
 /// loudness jitter moves the fields and the energies alike.
 #[allow(clippy::too_many_arguments)]
 pub fn mp3_line_ids(
@@ -328,8 +344,9 @@ pub fn mp3_line_ids(
     };
     let first = match value {
         BandValue::LevelScalefac => FIRST_LINE_FIELD,
-        BandValue::Energy => FIRST_ENERGY_FIELD,
+        BandValue::Energy | BandValue::HalfBandEnergy => FIRST_ENERGY_FIELD,
     };
+    let parts = value.ids_per_band();
     // MPEG-2 and 2.5 imply preflag by a scalefac_compress of 500 or more (ISO 13818-3
     // 2.4.3.2; the right channel of intensity stereo never has it).
     let lsf = side.header.version() != cff_blocks::mp3::Version::Mpeg1;
@@ -346,7 +363,7 @@ pub fn mp3_line_ids(
                 let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
                 id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
             }
-            BandValue::Energy => {
+            BandValue::Energy | BandValue::HalfBandEnergy => {
                 let sum: f64 = q
                     .iter()
                     .map(|&v| f64::from(v.unsigned_abs()).powf(8.0 / 3.0))
@@ -360,6 +377,22 @@ pub fn mp3_line_ids(
                     - 2.0 * m * (f64::from(sf) + f64::from(pre));
                 id(field, band_energy_level(sum, q.len(), log2_scale))
             }
+        }
+    };
+    // A band's ids: one, or (half bands) one per half of its lines.
+    let push_band = |out: &mut Vec<u16>,
+                     field: usize,
+                     q: &[i16],
+                     sf: u8,
+                     extra: (u8, u8),
+                     g: &Granule,
+                     masked: bool| {
+        if parts == 2 {
+            let (lower, upper) = q.split_at(q.len() / 2);
+            out.push(band_id(field, lower, sf, extra, g, masked));
+            out.push(band_id(field, upper, sf, extra, g, masked));
+        } else {
+            out.push(band_id(field, q, sf, extra, g, masked));
         }
     };
     // Position p reads band p − shift; a position with no band there reads as silence.
@@ -378,14 +411,14 @@ pub fn mp3_line_ids(
                     let masked = 3 * plo < masked_lines.end && masked_lines.start < 3 * phi;
                     for w in 0..3 {
                         let Some(b) = source(p, SHORT_BANDS) else {
-                            out.push(id(first + 1, 0));
+                            out.extend(std::iter::repeat_n(id(first + 1, 0), parts));
                             continue;
                         };
                         let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
                         let start = 3 * lo + w * (hi - lo);
                         let q = &l.lines[start..start + (hi - lo)];
                         let extra = (g.subblock_gain[w], 0);
-                        out.push(band_id(first + 1, q, sf(b * 3 + w), extra, g, masked));
+                        push_band(out, first + 1, q, sf(b * 3 + w), extra, g, masked);
                     }
                 }
             } else {
@@ -396,12 +429,12 @@ pub fn mp3_line_ids(
                 };
                 for p in 0..LONG_BANDS {
                     let Some(b) = source(p, LONG_BANDS) else {
-                        out.push(id(first, 0));
+                        out.extend(std::iter::repeat_n(id(first, 0), parts));
                         continue;
                     };
                     let q = &l.lines[usize::from(long[b])..usize::from(long[b + 1])];
                     let extra = (0, if preflag { PRETAB[b] } else { 0 });
-                    out.push(band_id(first, q, sf(b), extra, g, mask.contains(&p)));
+                    push_band(out, first, q, sf(b), extra, g, mask.contains(&p));
                 }
             }
         }

@@ -379,6 +379,8 @@ impl TokenizedItem {
             fields::field_range(short).unwrap_or(0..0),
         );
         let n = fields::LONG_BANDS;
+        // Ids per band (two for half bands): position `pl / parts` is the long band.
+        let parts = config.tokens.ids_per_band();
         for b in 0..self.num_blocks() {
             let whole = frames.contains(&b);
             let (mut pl, mut ps) = (0usize, 0usize);
@@ -386,12 +388,12 @@ impl TokenizedItem {
             for id in &mut out.ids[range] {
                 let v = u32::from(*id);
                 if long_ids.contains(&v) {
-                    if whole || bands.contains(&pl) {
+                    if whole || bands.contains(&(pl / parts)) {
                         *id = long_silent;
                     }
                     pl += 1;
                 } else if short_ids.contains(&v) {
-                    let p = ps / 3;
+                    let p = ps / (3 * parts);
                     let (lo, hi) = (
                         n * p / fields::SHORT_BANDS,
                         (n * (p + 1)).div_ceil(fields::SHORT_BANDS),
@@ -448,10 +450,12 @@ fn field_ids(
                                 lines_aug.mask.clone()
                             },
                             lines_aug.shift,
-                            if tokens == BlockTokens::FieldsAndLines {
-                                fields::BandValue::LevelScalefac
-                            } else {
-                                fields::BandValue::Energy
+                            match tokens {
+                                BlockTokens::FieldsAndLines => fields::BandValue::LevelScalefac,
+                                BlockTokens::FieldsAndHalfBands => {
+                                    fields::BandValue::HalfBandEnergy
+                                }
+                                _ => fields::BandValue::Energy,
                             },
                             gain_offset,
                             &mut ids,

@@ -572,6 +572,87 @@ fn energy_of(level: u32) -> Option<f64> {
 }
 
 #[test]
+fn half_bands_split_each_band_energy_in_two_that_add_up_to_it() {
+    // `fields+half-bands` gives each band two ids, the energies of its lower and upper half.
+    // Their powers, weighted by the halves' widths, must add up to the band's energy as
+    // `fields+energy` reads it (each id is rounded down to a 1.5 dB step, so within ±1.5 dB),
+    // and the fields before them must not change.
+    use cff_blocks::mp3::{long_band_edges, short_band_edges};
+    use tempest_tokenize::fields::{field_name, field_range, LONG_BANDS, SHORT_BANDS};
+    use tempest_tokenize::{BlockTokens, ENERGY_VOCAB_SIZE};
+
+    assert_eq!(
+        BlockTokens::parse("fields+half-bands"),
+        Some(BlockTokens::FieldsAndHalfBands)
+    );
+    assert_eq!(BlockTokens::FieldsAndHalfBands.vocab_size(), ENERGY_VOCAB_SIZE);
+    let (long_edges, short_edges) = (
+        long_band_edges(16_000).unwrap(),
+        short_band_edges(16_000).unwrap(),
+    );
+    let mut checked = 0;
+    for rel in ["mp3/cbr32_16k_mono.mp3", "mp3/abr20_16k_mono.mp3"] {
+        let path = fixture(rel);
+        let data = std::fs::read(&path).unwrap();
+        let whole = tokenize(
+            &data,
+            &path,
+            &mp3_config(BlockTokens::FieldsAndEnergy),
+            CropContext::default(),
+        )
+        .unwrap();
+        let halves = tokenize(
+            &data,
+            &path,
+            &mp3_config(BlockTokens::FieldsAndHalfBands),
+            CropContext::default(),
+        )
+        .unwrap();
+        assert_eq!(whole.num_blocks(), halves.num_blocks());
+        for k in 0..whole.num_blocks() {
+            let (w, h) = (whole.block(k), halves.block(k));
+            assert_eq!(&w[..17], &h[..17], "{rel} frame {k}: the fields");
+            let (w, h) = (&w[17..], &h[17..]);
+            assert_eq!(h.len(), 2 * w.len(), "{rel} frame {k}: two ids per band");
+            let short = w.len() == 3 * SHORT_BANDS;
+            assert!(short || w.is_empty() || w.len() == LONG_BANDS);
+            let (name, start) = if short {
+                ("mp3.short_band_energy", field_range("mp3.short_band_energy").unwrap().start)
+            } else {
+                ("mp3.band_energy", field_range("mp3.band_energy").unwrap().start)
+            };
+            for (j, &id) in w.iter().enumerate() {
+                let width = if short {
+                    let b = j / 3;
+                    usize::from(short_edges[b + 1] - short_edges[b])
+                } else {
+                    usize::from(long_edges[j + 1] - long_edges[j])
+                };
+                let (lower, upper) = (h[2 * j], h[2 * j + 1]);
+                for half in [lower, upper] {
+                    assert_eq!(field_name(half.into()), Some(name), "{rel} frame {k}");
+                }
+                let level = |id: u16| u32::from(id) - start;
+                let band = energy_of(level(id));
+                let (lo_w, hi_w) = ((width / 2) as f64, (width - width / 2) as f64);
+                let sum = energy_of(level(lower)).unwrap_or(0.0) * lo_w
+                    + energy_of(level(upper)).unwrap_or(0.0) * hi_w;
+                match band {
+                    None => assert_eq!((level(lower), level(upper)), (0, 0), "{rel} frame {k}"),
+                    Some(e) if level(id) > 1 && level(id) < 61 => {
+                        let db = 10.0 * (sum / (e * width as f64)).log10();
+                        assert!(db.abs() <= 1.5 + 1e-9, "{rel} frame {k} band {j}: {db} dB");
+                        checked += 1;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "only {checked} bands compared");
+}
+
+#[test]
 fn band_energies_follow_the_loudness_an_independent_decoder_hears() {
     // minimp3 (an independent decoder) turns each fixture into samples; the energy ids of a
     // frame, summed over its bands (an MDCT with the polyphase filterbank keeps the energy
@@ -799,7 +880,11 @@ fn masks_applied_to_a_tokenized_item_are_the_tokenizers() {
     use tempest_tokenize::BlockTokens;
 
     let (path, data) = mono_16k_mp3();
-    for tokens in [BlockTokens::FieldsAndLines, BlockTokens::FieldsAndEnergy] {
+    for tokens in [
+        BlockTokens::FieldsAndLines,
+        BlockTokens::FieldsAndEnergy,
+        BlockTokens::FieldsAndHalfBands,
+    ] {
         let plain_config = mp3_config(tokens);
         let plain = tokenize(&data, &path, &plain_config, CropContext::default()).unwrap();
         let masked_config = plain_config.clone().with_band_mask(5).with_time_mask(5);
