@@ -100,7 +100,10 @@ pub fn read(dir: &Path) -> Result<Vec<Row>> {
 }
 
 /// Writes `rows` as the `manifest.csv` of `dir`, atomically (a manifest under its name is
-/// always whole). Durations are written with six decimals, empty for images.
+/// always whole). Durations are written with six decimals, empty for images. A manifest that
+/// already holds exactly these rows is left as it is: processes that open one prepared
+/// folder at once (the ranks of a data-parallel run) then never write it, where each
+/// rewriting it through the one temporary name could rename another's file away.
 pub fn write(dir: &Path, rows: &[Row]) -> Result<()> {
     let path = dir.join(MANIFEST_FILE);
     let mut w = csv::WriterBuilder::new()
@@ -128,6 +131,9 @@ pub fn write(dir: &Path, rows: &[Row]) -> Result<()> {
     let text = w
         .into_inner()
         .map_err(|e| Error::dataset(&path, e.to_string()))?;
+    if std::fs::read(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
     write_atomically(&path, &text)
 }
 
@@ -178,6 +184,22 @@ mod tests {
         assert!(read(&dir).unwrap_err().to_string().contains("header"));
         std::fs::write(dir.join(MANIFEST_FILE), format!("{MANIFEST_HEADER}\na,b\n")).unwrap();
         assert!(read(&dir).unwrap_err().to_string().contains("line 2"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_unchanged_manifest_is_not_written_again() {
+        // The temporary file's name taken by a folder: any write fails, so a second write of
+        // the same rows must succeed without writing, and one of other rows must fail.
+        let dir = std::env::temp_dir().join(format!("tempest-manifest-same-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows = vec![row("a", "dog", Some(1.5)), row("b", "cat", None)];
+        write(&dir, &rows).unwrap();
+        std::fs::create_dir_all(dir.join(format!(".{MANIFEST_FILE}.partial"))).unwrap();
+        write(&dir, &rows).unwrap();
+        assert_eq!(read(&dir).unwrap(), rows);
+        assert!(write(&dir, &rows[..1]).is_err(), "other rows are written");
+        assert_eq!(read(&dir).unwrap(), rows, "a failed write leaves the old manifest");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
