@@ -191,7 +191,8 @@ mod tests {
     fn an_unchanged_manifest_is_not_written_again() {
         // The temporary file's name taken by a folder: any write fails, so a second write of
         // the same rows must succeed without writing, and one of other rows must fail.
-        let dir = std::env::temp_dir().join(format!("tempest-manifest-same-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tempest-manifest-same-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let rows = vec![row("a", "dog", Some(1.5)), row("b", "cat", None)];
         write(&dir, &rows).unwrap();
@@ -199,7 +200,11 @@ mod tests {
         write(&dir, &rows).unwrap();
         assert_eq!(read(&dir).unwrap(), rows);
         assert!(write(&dir, &rows[..1]).is_err(), "other rows are written");
-        assert_eq!(read(&dir).unwrap(), rows, "a failed write leaves the old manifest");
+        assert_eq!(
+            read(&dir).unwrap(),
+            rows,
+            "a failed write leaves the old manifest"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

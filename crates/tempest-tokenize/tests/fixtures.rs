@@ -585,7 +585,10 @@ fn half_bands_split_each_band_energy_in_two_that_add_up_to_it() {
         BlockTokens::parse("fields+half-bands"),
         Some(BlockTokens::FieldsAndHalfBands)
     );
-    assert_eq!(BlockTokens::FieldsAndHalfBands.vocab_size(), ENERGY_VOCAB_SIZE);
+    assert_eq!(
+        BlockTokens::FieldsAndHalfBands.vocab_size(),
+        ENERGY_VOCAB_SIZE
+    );
     let (long_edges, short_edges) = (
         long_band_edges(16_000).unwrap(),
         short_band_edges(16_000).unwrap(),
@@ -617,9 +620,15 @@ fn half_bands_split_each_band_energy_in_two_that_add_up_to_it() {
             let short = w.len() == 3 * SHORT_BANDS;
             assert!(short || w.is_empty() || w.len() == LONG_BANDS);
             let (name, start) = if short {
-                ("mp3.short_band_energy", field_range("mp3.short_band_energy").unwrap().start)
+                (
+                    "mp3.short_band_energy",
+                    field_range("mp3.short_band_energy").unwrap().start,
+                )
             } else {
-                ("mp3.band_energy", field_range("mp3.band_energy").unwrap().start)
+                (
+                    "mp3.band_energy",
+                    field_range("mp3.band_energy").unwrap().start,
+                )
             };
             for (j, &id) in w.iter().enumerate() {
                 let width = if short {
