@@ -83,6 +83,10 @@ pub struct TrainArgs {
     /// training (a time mask) [default: audio 5, else 0]
     #[arg(long, value_name = "K")]
     pub time_mask: Option<u16>,
+    /// MP3 band energies: short-block frames give the long bands' energies (their three
+    /// windows merged), one layout for every frame
+    #[arg(long)]
+    pub merge_short_windows: bool,
     /// MP3 band tokens: move every band id of a clip by a random shift of up to K band
     /// positions while training
     #[arg(long, value_name = "K")]
@@ -131,6 +135,7 @@ impl TrainArgs {
         set(&self.gain_jitter, &mut o.gain_jitter);
         set(&self.band_mask, &mut o.band_mask);
         set(&self.time_mask, &mut o.time_mask);
+        o.merge_short_windows |= self.merge_short_windows;
         set(&self.band_shift, &mut o.band_shift);
         set(&self.bucket, &mut o.bucket_batches);
         set(&self.device, &mut o.device);
@@ -221,6 +226,7 @@ impl TrainArgs {
             ("gain_jitter", o.gain_jitter.to_string()),
             ("band_mask", o.band_mask.to_string()),
             ("time_mask", o.time_mask.to_string()),
+            ("merge_short_windows", o.merge_short_windows.to_string()),
             ("band_shift", o.band_shift.to_string()),
             ("bucket", o.bucket_batches.to_string()),
             ("device", o.device.to_string()),

@@ -287,6 +287,14 @@ pub struct TokenizerConfig {
     /// nothing.
     #[serde(default, skip_serializing_if = "is_zero_u16")]
     pub time_mask: u16,
+    /// With band energies (`fields+energy`, `energy`, `fields+half-bands`): a short-block
+    /// granule gives the long bands' ids as a long block does, each long band the mean power
+    /// of the short lines of all three windows whose centre lies in it (each line requantised
+    /// with its own window's step), so that every frame has one layout and one id range
+    /// ([`crate::fields::mp3_line_ids`]); false (the default): short blocks give their 13
+    /// bands × 3 windows. Not an augmentation: evaluation reads files the same way.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub merge_short_windows: bool,
     /// Options of the block readers (limits, CRC checks).
     #[serde(skip)]
     pub reader: cff_blocks::Options,
@@ -310,6 +318,10 @@ fn is_zero(v: &u8) -> bool {
 
 fn is_zero_u16(v: &u16) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// A format saved by its [`Format::name`] (`mp3`, `ogg-opus`, `jpeg`; `opus` reads as Ogg Opus).
@@ -354,6 +366,7 @@ impl Default for TokenizerConfig {
             band_mask: 0,
             band_shift: 0,
             time_mask: 0,
+            merge_short_windows: false,
             reader: cff_blocks::Options::default(),
         }
     }
@@ -460,6 +473,13 @@ impl TokenizerConfig {
         self
     }
 
+    /// Sets whether short blocks give the long bands' energies
+    /// ([`TokenizerConfig::merge_short_windows`]).
+    pub fn with_merge_short_windows(mut self, merge: bool) -> Self {
+        self.merge_short_windows = merge;
+        self
+    }
+
     /// Sets the time mask of line tokens ([`TokenizerConfig::time_mask`]).
     pub fn with_time_mask(mut self, frames: u16) -> Self {
         self.time_mask = frames;
@@ -505,6 +525,15 @@ impl TokenizerConfig {
             )));
         }
         self.tokens.check_bit_stride(self.bit_stride)?;
+        if self.merge_short_windows
+            && !(self.tokens.has_bands() && self.tokens != BlockTokens::FieldsAndLines)
+        {
+            return Err(crate::Error::Config(format!(
+                "merge_short_windows needs band energies (fields+energy, energy or \
+                 fields+half-bands), not tokens {}",
+                self.tokens.name()
+            )));
+        }
         let fields = crate::fields::FIELD_BASE..self.tokens.vocab_size() as u32;
         if self.tokens.has_fields() && fields.contains(&self.pad_id) {
             return Err(crate::Error::Config(format!(

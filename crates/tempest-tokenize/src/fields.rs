@@ -304,6 +304,24 @@ pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
     (1.0 + step).clamp(1.0, (ENERGY_LEVELS - 1) as f64) as u32
 }
 
+/// The base-2 logarithm of the squared requantisation step of a band of granule `g`: its
+/// `global_gain` moved by `gain_offset`, its scalefactor `sf` and `extra` = (subblock gain,
+/// pre-emphasis), the parts of the step in scalefactor units (ISO 11172-3 2.4.3.4.7.1).
+fn log2_step(g: &Granule, gain_offset: i32, sf: u8, extra: (u8, u8)) -> f64 {
+    let m = if g.scalefac_scale { 1.0 } else { 0.5 };
+    let (subblock_gain, pre) = extra;
+    0.5 * (f64::from((i32::from(g.global_gain) + gain_offset).clamp(0, 255))
+        - 210.0
+        - 8.0 * f64::from(subblock_gain))
+        - 2.0 * m * (f64::from(sf) + f64::from(pre))
+}
+
+/// The first short line (of 192) whose centre lies at or above long line `x`: a short line
+/// `k` spans long lines `3k..3k + 3`, so its centre is `3k + 1`.
+fn first_short_line_from(x: u16) -> usize {
+    (usize::from(x) + 1) / 3
+}
+
 /// Appends one id per scalefactor band of each granule and channel of an MP3 frame, from its
 /// entropy-decoded main data ([`cff_blocks::mp3::decode_granules`]): the band's level
 /// ([`band_level`] of the summed magnitudes of its quantised lines) together with its
@@ -322,7 +340,11 @@ pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
 /// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`; with
 /// [`BandValue::HalfBandEnergy`] two ids per band, its halves, short blocks ordered band,
 /// window, half; masks and shifts count whole bands); energies read each `global_gain` moved by `gain_offset` steps as [`mp3_field_ids`] does, so that a
-/// loudness jitter moves the fields and the energies alike.
+/// loudness jitter moves the fields and the energies alike. `merge_short` (energies only):
+/// a short-block granule gives the long bands' ids, as a long block does, each long band the
+/// mean power of the short lines (of all three windows, each requantised with its own
+/// window's step) whose centre lies in it, so that every granule has one layout; without
+/// it, short blocks give their own 13 × 3 ids.
 #[allow(clippy::too_many_arguments)]
 pub fn mp3_line_ids(
     side: &SideInfo,
@@ -331,6 +353,7 @@ pub fn mp3_line_ids(
     shift: i32,
     value: BandValue,
     gain_offset: i32,
+    merge_short: bool,
     out: &mut Vec<u16>,
 ) {
     let rate = side.header.sample_rate();
@@ -368,14 +391,10 @@ pub fn mp3_line_ids(
                     .iter()
                     .map(|&v| f64::from(v.unsigned_abs()).powf(8.0 / 3.0))
                     .sum();
-                let m = if g.scalefac_scale { 1.0 } else { 0.5 };
-                let (subblock_gain, pre) = extra;
-                let log2_scale = 0.5
-                    * (f64::from((i32::from(g.global_gain) + gain_offset).clamp(0, 255))
-                        - 210.0
-                        - 8.0 * f64::from(subblock_gain))
-                    - 2.0 * m * (f64::from(sf) + f64::from(pre));
-                id(field, band_energy_level(sum, q.len(), log2_scale))
+                id(
+                    field,
+                    band_energy_level(sum, q.len(), log2_step(g, gain_offset, sf, extra)),
+                )
             }
         }
     };
@@ -404,7 +423,49 @@ pub fn mp3_line_ids(
     for (sides, decoded) in side.granule.iter().zip(lines.iter()).take(granules) {
         for (ch, (g, l)) in sides.iter().zip(decoded.iter()).take(channels).enumerate() {
             let sf = |k: usize| l.scalefac.get(k).copied().unwrap_or(0);
-            if g.window_switching && g.block_type == 2 && !g.mixed_block {
+            let short_block = g.window_switching && g.block_type == 2 && !g.mixed_block;
+            if short_block && merge_short && value != BandValue::LevelScalefac {
+                // Each short line's power, requantised with its own window's step and summed
+                // over the three windows; a long band then reads the short lines whose centre
+                // falls in it, its mean power per long line (three per short line).
+                let mut power = [0.0f64; 192];
+                for b in 0..SHORT_BANDS {
+                    let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
+                    for w in 0..3 {
+                        let scale =
+                            log2_step(g, gain_offset, sf(b * 3 + w), (g.subblock_gain[w], 0))
+                                .exp2();
+                        let start = 3 * lo + w * (hi - lo);
+                        for (k, &v) in (lo..hi).zip(&l.lines[start..start + (hi - lo)]) {
+                            power[k] += f64::from(v.unsigned_abs()).powf(8.0 / 3.0) * scale;
+                        }
+                    }
+                }
+                for p in 0..LONG_BANDS {
+                    let Some(b) = source(p, LONG_BANDS) else {
+                        out.extend(std::iter::repeat_n(id(first, 0), parts));
+                        continue;
+                    };
+                    let (lo, hi) = (
+                        first_short_line_from(long[b]),
+                        first_short_line_from(long[b + 1]),
+                    );
+                    let cut = if parts == 2 { lo + (hi - lo) / 2 } else { lo };
+                    let spans = if parts == 2 {
+                        [lo..cut, cut..hi]
+                    } else {
+                        [lo..hi, 0..0]
+                    };
+                    for span in spans.into_iter().take(parts) {
+                        let level = if mask.contains(&p) {
+                            0
+                        } else {
+                            band_energy_level(power[span.clone()].iter().sum(), 3 * span.len(), 0.0)
+                        };
+                        out.push(id(first, level));
+                    }
+                }
+            } else if short_block {
                 for p in 0..SHORT_BANDS {
                     let (plo, phi) = (usize::from(short[p]), usize::from(short[p + 1]));
                     // A short line k sits where long line 3k does.

@@ -289,7 +289,7 @@ pub fn tokenize(
             shift,
             frames,
         };
-        let ids = field_ids(&kept, config.tokens, gain_offset, &lines).map_err(blocks_err)?;
+        let ids = field_ids(&kept, config, gain_offset, &lines).map_err(blocks_err)?;
         if let Some(h) = header {
             item.push_block(h, BlockPosition::of(0, &Place::None), l);
         }
@@ -422,10 +422,11 @@ struct LineAugment {
 
 fn field_ids(
     blocks: &[Block<'_>],
-    tokens: BlockTokens,
+    config: &TokenizerConfig,
     gain_offset: i32,
     lines_aug: &LineAugment,
 ) -> cff_blocks::Result<Vec<Vec<u16>>> {
+    let tokens = config.tokens;
     let mut reservoir = MainData::new();
     let mut out = Vec::with_capacity(blocks.len());
     for (i, b) in blocks.iter().enumerate() {
@@ -458,6 +459,7 @@ fn field_ids(
                                 _ => fields::BandValue::Energy,
                             },
                             gain_offset,
+                            config.merge_short_windows,
                             &mut ids,
                         );
                     } else if tokens == BlockTokens::Energy {

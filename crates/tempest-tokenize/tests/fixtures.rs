@@ -662,6 +662,78 @@ fn half_bands_split_each_band_energy_in_two_that_add_up_to_it() {
 }
 
 #[test]
+fn merged_short_windows_keep_a_short_frame_s_energy_in_the_long_layout() {
+    // With `merge_short_windows` a short-block frame gives the 22 long bands' energies. Its
+    // total power (Σ mean power × width over the long bands) must match the total of its
+    // 13 × 3 short-band energies read the usual way (within the 1.5 dB rounding and the
+    // long bands' widths against three lines per short line), and long-block frames must
+    // read exactly as before.
+    use cff_blocks::mp3::{long_band_edges, short_band_edges};
+    use tempest_tokenize::fields::{field_name, field_range, LONG_BANDS, SHORT_BANDS};
+    use tempest_tokenize::BlockTokens;
+
+    let (long_edges, short_edges) = (
+        long_band_edges(16_000).unwrap(),
+        short_band_edges(16_000).unwrap(),
+    );
+    let long_start = field_range("mp3.band_energy").unwrap().start;
+    let short_start = field_range("mp3.short_band_energy").unwrap().start;
+    let power = |id: u16, start: u32| energy_of(u32::from(id) - start).unwrap_or(0.0);
+    let mut short_frames = 0;
+    for rel in ["mp3/cbr32_16k_mono.mp3", "mp3/abr20_16k_mono.mp3"] {
+        let path = fixture(rel);
+        let data = std::fs::read(&path).unwrap();
+        let config = mp3_config(BlockTokens::FieldsAndEnergy);
+        let plain = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+        let merged_config = config.clone().with_merge_short_windows(true);
+        let merged = tokenize(&data, &path, &merged_config, CropContext::default()).unwrap();
+        // It is saved with a checkpoint's tokenizer and kept for evaluation.
+        assert!(merged_config.eval_config().unwrap().merge_short_windows);
+        for k in 0..plain.num_blocks() {
+            let (p, m) = (&plain.block(k)[17..], &merged.block(k)[17..]);
+            if p.len() != 3 * SHORT_BANDS {
+                assert_eq!(p, m, "{rel} frame {k}: long blocks unchanged");
+                continue;
+            }
+            short_frames += 1;
+            assert_eq!(m.len(), LONG_BANDS, "{rel} frame {k}");
+            assert!(m
+                .iter()
+                .all(|&id| field_name(id.into()) == Some("mp3.band_energy")));
+            let ours: f64 = m
+                .iter()
+                .enumerate()
+                .map(|(b, &id)| {
+                    power(id, long_start) * f64::from(long_edges[b + 1] - long_edges[b])
+                })
+                .sum();
+            let theirs: f64 = p
+                .iter()
+                .enumerate()
+                .map(|(j, &id)| {
+                    let b = j / 3;
+                    power(id, short_start) * f64::from(short_edges[b + 1] - short_edges[b])
+                })
+                .sum();
+            if theirs > 0.0 {
+                let db = 10.0 * (ours / theirs).log10();
+                assert!(db.abs() < 2.0, "{rel} frame {k}: {db} dB");
+            } else {
+                assert_eq!(ours, 0.0, "{rel} frame {k}");
+            }
+        }
+    }
+    assert!(short_frames > 0, "no short-block frame in the fixtures");
+    // Only energies can be merged.
+    let lines = mp3_config(BlockTokens::FieldsAndLines).with_merge_short_windows(true);
+    assert!(lines
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("merge_short_windows"));
+}
+
+#[test]
 fn band_energies_follow_the_loudness_an_independent_decoder_hears() {
     // minimp3 (an independent decoder) turns each fixture into samples; the energy ids of a
     // frame, summed over its bands (an MDCT with the polyphase filterbank keeps the energy
@@ -808,7 +880,7 @@ fn a_gain_offset_moves_every_band_energy_by_one_level_per_step() {
         let lines = decode_granules(&side, own, frame.offset).unwrap();
         let ids = |value, offset| {
             let mut out = Vec::new();
-            mp3_line_ids(&side, &lines, 0..0, 0, value, offset, &mut out);
+            mp3_line_ids(&side, &lines, 0..0, 0, value, offset, false, &mut out);
             out
         };
         let (plain, louder) = (ids(BandValue::Energy, 0), ids(BandValue::Energy, 4));

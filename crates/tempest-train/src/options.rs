@@ -160,6 +160,9 @@ pub struct TrainOptions {
     /// Training only: with MP3 line tokens, silence every band of a random run of up to this
     /// many frames of a clip (`TokenizerConfig::time_mask`). 0 (the default): none.
     pub time_mask: u16,
+    /// With MP3 band energies: short-block frames give the long bands' energies, one layout
+    /// for every frame (`TokenizerConfig::merge_short_windows`). Saved with the checkpoint.
+    pub merge_short_windows: bool,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -311,6 +314,7 @@ impl TrainOptions {
             .with_band_mask(self.band_mask)
             .with_band_shift(self.band_shift)
             .with_time_mask(self.time_mask)
+            .with_merge_short_windows(self.merge_short_windows)
             .with_train_blocks(self.train_blocks);
         tok.train_config()
             .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
@@ -383,6 +387,7 @@ impl Default for TrainOptions {
             gain_jitter: 0,
             band_mask: 0,
             time_mask: 0,
+            merge_short_windows: false,
             band_shift: 0,
             bucket_batches: 1,
             workers: 2,
