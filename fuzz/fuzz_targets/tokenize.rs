@@ -1,7 +1,8 @@
 #![no_main]
 // Fuzzes the tokenizer on any bytes, with every kind of block ids (bytes, bit windows, codec
-// fields, MP3 main data and band lines), crops, loudness jitter and band masks: errors are
-// fine, panics are not, and every id it gives fits the vocabulary of its kind.
+// fields, MP3 main data, band lines and energies), crops, loudness jitter, band masks and
+// merged short windows: errors are fine, panics are not, and every id it gives fits the
+// vocabulary of its kind.
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
@@ -25,6 +26,9 @@ fuzz_target!(|data: &[u8]| {
         .with_band_mask(knobs >> 5)
         .with_band_shift((knobs >> 2) & 3)
         .with_time_mask(u16::from(knobs >> 4));
+    // Merged short windows exist for the band energies only (validate() refuses the rest).
+    let energies = tokens.has_bands() && tokens != BlockTokens::FieldsAndLines;
+    config.merge_short_windows = energies && knobs & 0x40 != 0;
     config.bit_stride = stride;
     config.reader = common::options();
     let ctx = CropContext {
