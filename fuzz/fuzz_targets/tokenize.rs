@@ -27,8 +27,7 @@ fuzz_target!(|data: &[u8]| {
         .with_band_shift((knobs >> 2) & 3)
         .with_time_mask(u16::from(knobs >> 4));
     // Merged short windows exist for the band energies only (validate() refuses the rest).
-    let energies = tokens.has_bands() && tokens != BlockTokens::FieldsAndLines;
-    config.merge_short_windows = energies && knobs & 0x40 != 0;
+    config.merge_short_windows = tokens.has_energies() && knobs & 0x40 != 0;
     config.bit_stride = stride;
     config.reader = common::options();
     let ctx = CropContext {

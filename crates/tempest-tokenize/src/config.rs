@@ -106,23 +106,33 @@ impl BlockTokens {
     /// (`fields+lines`, `fields+energy`; `energy` gives them alone), which the band and time
     /// masks and the band shift act on.
     pub fn has_bands(self) -> bool {
-        matches!(
-            self,
-            BlockTokens::FieldsAndLines
-                | BlockTokens::FieldsAndEnergy
-                | BlockTokens::Energy
-                | BlockTokens::FieldsAndHalfBands
-        )
+        self.band_value().is_some()
+    }
+
+    /// What the band ids of MP3 frames say ([`crate::fields::mp3_line_ids`]), for the kinds
+    /// that have them ([`BlockTokens::has_bands`]).
+    pub fn band_value(self) -> Option<crate::fields::BandValue> {
+        use crate::fields::BandValue;
+        match self {
+            BlockTokens::FieldsAndLines => Some(BandValue::LevelScalefac),
+            BlockTokens::FieldsAndEnergy | BlockTokens::Energy => Some(BandValue::Energy),
+            BlockTokens::FieldsAndHalfBands => Some(BandValue::HalfBandEnergy),
+            _ => None,
+        }
+    }
+
+    /// Whether the band ids are energies (`fields+energy`, `energy`, `fields+half-bands`):
+    /// the kinds [`TokenizerConfig::merge_short_windows`] applies to.
+    pub fn has_energies(self) -> bool {
+        self.band_value()
+            .is_some_and(|v| v != crate::fields::BandValue::LevelScalefac)
     }
 
     /// Ids each scalefactor band gives (of each window, for short blocks): 2 for
     /// [`BlockTokens::FieldsAndHalfBands`], else 1.
     pub fn ids_per_band(self) -> usize {
-        if self == BlockTokens::FieldsAndHalfBands {
-            2
-        } else {
-            1
-        }
+        self.band_value()
+            .map_or(1, crate::fields::BandValue::ids_per_band)
     }
 
     /// The vocabulary a model needs for these ids.
@@ -525,9 +535,7 @@ impl TokenizerConfig {
             )));
         }
         self.tokens.check_bit_stride(self.bit_stride)?;
-        if self.merge_short_windows
-            && !(self.tokens.has_bands() && self.tokens != BlockTokens::FieldsAndLines)
-        {
+        if self.merge_short_windows && !self.tokens.has_energies() {
             return Err(crate::Error::Config(format!(
                 "merge_short_windows needs band energies (fields+energy, energy or \
                  fields+half-bands), not tokens {}",

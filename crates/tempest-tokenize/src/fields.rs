@@ -15,7 +15,7 @@
 //! packet gives its TOC's configuration, stereo flag and frame-count code, its frame count
 //! and its length in bytes (÷ 4). JPEG MCUs have no fields here yet.
 
-use cff_blocks::mp3::{long_band_edges, short_band_edges, FrameLines, Granule, SideInfo};
+use cff_blocks::mp3::{long_band_edges, short_band_edges, FrameLines, Granule, SideInfo, LINES};
 use cff_blocks::opus::PacketInfo;
 
 /// The first field id: after the 256 bytes and the padding id.
@@ -339,8 +339,9 @@ fn first_short_line_from(x: u16) -> usize {
 /// `mp3.band(level,scalefac)` and `mp3.short_band(level,scalefac)`) or the band's energy
 /// ([`BandValue::Energy`], in `mp3.band_energy` and `mp3.short_band_energy`; with
 /// [`BandValue::HalfBandEnergy`] two ids per band, its halves, short blocks ordered band,
-/// window, half; masks and shifts count whole bands); energies read each `global_gain` moved by `gain_offset` steps as [`mp3_field_ids`] does, so that a
-/// loudness jitter moves the fields and the energies alike. `merge_short` (energies only):
+/// window, half; masks and shifts count whole bands); energies read each `global_gain`
+/// moved by `gain_offset` steps as [`mp3_field_ids`] does, so that a loudness jitter moves
+/// the fields and the energies alike. `merge_short` (energies only):
 /// a short-block granule gives the long bands' ids, as a long block does, each long band the
 /// mean power of the short lines (of all three windows, each requantised with its own
 /// window's step) whose centre lies in it, so that every granule has one layout; without
@@ -428,7 +429,7 @@ pub fn mp3_line_ids(
                 // Each short line's power, requantised with its own window's step and summed
                 // over the three windows; a long band then reads the short lines whose centre
                 // falls in it, its mean power per long line (three per short line).
-                let mut power = [0.0f64; 192];
+                let mut power = [0.0f64; LINES / 3];
                 for b in 0..SHORT_BANDS {
                     let (lo, hi) = (usize::from(short[b]), usize::from(short[b + 1]));
                     for w in 0..3 {
@@ -450,19 +451,20 @@ pub fn mp3_line_ids(
                         first_short_line_from(long[b]),
                         first_short_line_from(long[b + 1]),
                     );
-                    let cut = if parts == 2 { lo + (hi - lo) / 2 } else { lo };
-                    let spans = if parts == 2 {
-                        [lo..cut, cut..hi]
-                    } else {
-                        [lo..hi, 0..0]
-                    };
-                    for span in spans.into_iter().take(parts) {
-                        let level = if mask.contains(&p) {
+                    let level = |span: std::ops::Range<usize>| {
+                        if mask.contains(&p) {
                             0
                         } else {
                             band_energy_level(power[span.clone()].iter().sum(), 3 * span.len(), 0.0)
-                        };
-                        out.push(id(first, level));
+                        }
+                    };
+                    // As `push_band` splits a band's lines: the lower half has `n / 2`.
+                    if parts == 2 {
+                        let cut = lo + (hi - lo) / 2;
+                        out.push(id(first, level(lo..cut)));
+                        out.push(id(first, level(cut..hi)));
+                    } else {
+                        out.push(id(first, level(lo..hi)));
                     }
                 }
             } else if short_block {

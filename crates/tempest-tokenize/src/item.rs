@@ -368,10 +368,10 @@ impl TokenizedItem {
         let bands = draw_band_mask(config.band_mask, ctx);
         let frames = draw_time_mask(config.time_mask, ctx, self.num_blocks());
         let silent = |name: &str| fields::field_range(name).map_or(0, |r| r.start as u16);
-        let (long, short) = if config.tokens == BlockTokens::FieldsAndLines {
-            ("mp3.band(level,scalefac)", "mp3.short_band(level,scalefac)")
-        } else {
+        let (long, short) = if config.tokens.has_energies() {
             ("mp3.band_energy", "mp3.short_band_energy")
+        } else {
+            ("mp3.band(level,scalefac)", "mp3.short_band(level,scalefac)")
         };
         let (long_silent, short_silent) = (silent(long), silent(short));
         let (long_ids, short_ids) = (
@@ -439,7 +439,7 @@ fn field_ids(
                     fields::mp3_field_ids(&side, gain_offset, &mut ids);
                 }
                 let own = reservoir.push(data, &side, b.offset)?;
-                if tokens.has_bands() {
+                if let Some(value) = tokens.band_value() {
                     if let Some(own) = own {
                         let lines = decode_granules(&side, own, b.offset)?;
                         fields::mp3_line_ids(
@@ -451,13 +451,7 @@ fn field_ids(
                                 lines_aug.mask.clone()
                             },
                             lines_aug.shift,
-                            match tokens {
-                                BlockTokens::FieldsAndLines => fields::BandValue::LevelScalefac,
-                                BlockTokens::FieldsAndHalfBands => {
-                                    fields::BandValue::HalfBandEnergy
-                                }
-                                _ => fields::BandValue::Energy,
-                            },
+                            value,
                             gain_offset,
                             config.merge_short_windows,
                             &mut ids,

@@ -597,20 +597,12 @@ fn half_bands_split_each_band_energy_in_two_that_add_up_to_it() {
     for rel in ["mp3/cbr32_16k_mono.mp3", "mp3/abr20_16k_mono.mp3"] {
         let path = fixture(rel);
         let data = std::fs::read(&path).unwrap();
-        let whole = tokenize(
-            &data,
-            &path,
-            &mp3_config(BlockTokens::FieldsAndEnergy),
-            CropContext::default(),
-        )
-        .unwrap();
-        let halves = tokenize(
-            &data,
-            &path,
-            &mp3_config(BlockTokens::FieldsAndHalfBands),
-            CropContext::default(),
-        )
-        .unwrap();
+        let read =
+            |tokens| tokenize(&data, &path, &mp3_config(tokens), CropContext::default()).unwrap();
+        let (whole, halves) = (
+            read(BlockTokens::FieldsAndEnergy),
+            read(BlockTokens::FieldsAndHalfBands),
+        );
         assert_eq!(whole.num_blocks(), halves.num_blocks());
         for k in 0..whole.num_blocks() {
             let (w, h) = (whole.block(k), halves.block(k));
