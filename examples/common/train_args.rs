@@ -66,7 +66,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "L")]
     pub block_bytes: Option<usize>,
     /// What a block's ids stand for: bytes, fields, fields+bytes, fields+data, fields+lines,
-    /// fields+energy, energy or fields+half-bands (docs/tokenize.md)
+    /// fields+energy, energy, fields+half-bands or fields+energy-peaks (docs/tokenize.md)
     #[arg(long, value_name = "T", value_parser = parse_tokens)]
     pub tokens: Option<BlockTokens>,
     /// Blocks of each training item kept as a random contiguous run (a random crop in time)

@@ -47,11 +47,16 @@ pub enum BlockTokens {
     /// scalefactor, so each is still one step of requantisation and no more). A 16 kHz mono
     /// frame has 17 + 44 ids (long blocks) or 17 + 78 (short).
     FieldsAndHalfBands,
+    /// As [`BlockTokens::FieldsAndEnergy`] with one id per band that also says where the
+    /// band's strongest quantised line lies (the quarter of the band) and whether it holds
+    /// half the band's power ([`crate::fields::BandValue::EnergyPeak`]): finer than a band in
+    /// frequency and tonal against noisy, at the same number of ids per frame.
+    FieldsAndEnergyPeaks,
 }
 
 impl BlockTokens {
     /// Every variant with its name.
-    pub const ALL: [(BlockTokens, &'static str); 8] = [
+    pub const ALL: [(BlockTokens, &'static str); 9] = [
         (BlockTokens::Bytes, "bytes"),
         (BlockTokens::Fields, "fields"),
         (BlockTokens::FieldsAndBytes, "fields+bytes"),
@@ -60,10 +65,11 @@ impl BlockTokens {
         (BlockTokens::FieldsAndEnergy, "fields+energy"),
         (BlockTokens::Energy, "energy"),
         (BlockTokens::FieldsAndHalfBands, "fields+half-bands"),
+        (BlockTokens::FieldsAndEnergyPeaks, "fields+energy-peaks"),
     ];
 
     /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data`, `fields+lines`,
-    /// `fields+energy`, `energy` or `fields+half-bands`.
+    /// `fields+energy`, `energy`, `fields+half-bands` or `fields+energy-peaks`.
     pub fn name(self) -> &'static str {
         BlockTokens::ALL
             .iter()
@@ -80,7 +86,7 @@ impl BlockTokens {
     }
 
     /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines,
-    /// fields+energy, energy, fields+half-bands`.
+    /// fields+energy, energy, fields+half-bands, fields+energy-peaks`.
     pub fn names() -> String {
         let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
         names.join(", ")
@@ -117,11 +123,13 @@ impl BlockTokens {
             BlockTokens::FieldsAndLines => Some(BandValue::LevelScalefac),
             BlockTokens::FieldsAndEnergy | BlockTokens::Energy => Some(BandValue::Energy),
             BlockTokens::FieldsAndHalfBands => Some(BandValue::HalfBandEnergy),
+            BlockTokens::FieldsAndEnergyPeaks => Some(BandValue::EnergyPeak),
             _ => None,
         }
     }
 
-    /// Whether the band ids are energies (`fields+energy`, `energy`, `fields+half-bands`):
+    /// Whether the band ids are energies (`fields+energy`, `energy`, `fields+half-bands`,
+    /// `fields+energy-peaks`):
     /// the kinds [`TokenizerConfig::merge_short_windows`] applies to.
     pub fn has_energies(self) -> bool {
         self.band_value()
@@ -137,17 +145,13 @@ impl BlockTokens {
 
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
-        if matches!(
-            self,
-            BlockTokens::FieldsAndEnergy | BlockTokens::Energy | BlockTokens::FieldsAndHalfBands
-        ) {
-            crate::ENERGY_VOCAB_SIZE
-        } else if self == BlockTokens::FieldsAndLines {
-            crate::LINES_VOCAB_SIZE
-        } else if self.has_fields() {
-            crate::FIELDS_VOCAB_SIZE
-        } else {
-            VOCAB_SIZE
+        use crate::fields::BandValue;
+        match self.band_value() {
+            Some(BandValue::EnergyPeak) => crate::PEAK_VOCAB_SIZE,
+            Some(BandValue::Energy | BandValue::HalfBandEnergy) => crate::ENERGY_VOCAB_SIZE,
+            Some(BandValue::LevelScalefac) => crate::LINES_VOCAB_SIZE,
+            None if self.has_fields() => crate::FIELDS_VOCAB_SIZE,
+            None => VOCAB_SIZE,
         }
     }
 }
@@ -297,7 +301,7 @@ pub struct TokenizerConfig {
     /// nothing.
     #[serde(default, skip_serializing_if = "is_zero_u16")]
     pub time_mask: u16,
-    /// With band energies (`fields+energy`, `energy`, `fields+half-bands`): a short-block
+    /// With band energies (`fields+energy`, `energy`, `fields+half-bands`, `fields+energy-peaks`): a short-block
     /// granule gives the long bands' ids as a long block does, each long band the mean power
     /// of the short lines of all three windows whose centre lies in it (each line requantised
     /// with its own window's step), so that every frame has one layout and one id range
@@ -537,8 +541,8 @@ impl TokenizerConfig {
         self.tokens.check_bit_stride(self.bit_stride)?;
         if self.merge_short_windows && !self.tokens.has_energies() {
             return Err(crate::Error::Config(format!(
-                "merge_short_windows needs band energies (fields+energy, energy or \
-                 fields+half-bands), not tokens {}",
+                "merge_short_windows needs band energies (fields+energy, energy, \
+                 fields+half-bands or fields+energy-peaks), not tokens {}",
                 self.tokens.name()
             )));
         }

@@ -31,7 +31,7 @@ pub struct Field {
 }
 
 /// Every field, in id order.
-pub const FIELDS: [Field; 26] = [
+pub const FIELDS: [Field; 28] = [
     Field {
         name: "mp3.bitrate_index",
         size: 16,
@@ -136,6 +136,14 @@ pub const FIELDS: [Field; 26] = [
         name: "mp3.short_band_energy",
         size: ENERGY_LEVELS as u32,
     },
+    Field {
+        name: "mp3.band_energy_peak",
+        size: (ENERGY_LEVELS * PEAK_CLASSES) as u32,
+    },
+    Field {
+        name: "mp3.short_band_energy_peak",
+        size: (ENERGY_LEVELS * PEAK_CLASSES) as u32,
+    },
 ];
 
 /// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndLines`] uses.
@@ -144,6 +152,10 @@ const FIRST_LINE_FIELD: usize = 22;
 /// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndEnergy`]
 /// uses.
 const FIRST_ENERGY_FIELD: usize = 24;
+
+/// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndEnergyPeaks`]
+/// uses.
+const FIRST_PEAK_FIELD: usize = 26;
 
 /// Long scalefactor bands of a granule (the last, above the highest scalefactor band, too).
 pub const LONG_BANDS: usize = 22;
@@ -162,9 +174,17 @@ pub const FIELDS_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_LINE_FIELD] as usize;
 /// [`crate::BlockTokens::FieldsAndLines`].
 pub const LINES_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_ENERGY_FIELD] as usize;
 
-/// Ids in all, with the band energies of [`BandValue::Energy`]: the vocabulary of
+/// Ids up to the band energies of [`BandValue::Energy`]: the vocabulary of
 /// [`crate::BlockTokens::FieldsAndEnergy`] (it holds the line ids' ranges too, unused).
-pub const ENERGY_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
+pub const ENERGY_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_PEAK_FIELD] as usize;
+
+/// Ids in all, with the band energies and peaks of [`BandValue::EnergyPeak`]: the vocabulary
+/// of [`crate::BlockTokens::FieldsAndEnergyPeaks`].
+pub const PEAK_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
+
+/// Classes of where a band's strongest line lies and how much of the band's power it holds
+/// ([`peak_class`]): the quarter of the band (4) times whether it holds half the power (2).
+pub const PEAK_CLASSES: usize = 8;
 
 /// Levels of a band's energy ([`band_energy_level`]): 0 for a band coded as all zeros, then
 /// steps of [`ENERGY_STEP_DB`] from [`ENERGY_FLOOR_DB`] up.
@@ -190,9 +210,36 @@ pub enum BandValue {
     /// per band (lower first; the lower half has `width / 2` lines): the same requantisation,
     /// twice the frequency resolution.
     HalfBandEnergy,
+    /// As [`BandValue::Energy`], and in the same id where the band's strongest line lies and
+    /// whether it stands out ([`peak_class`]): `level · PEAK_CLASSES + class`, one id per
+    /// band, so a frame keeps its number of ids while each band says more than its mean power
+    /// (a harmonic's position within the band, a tonal band against a noisy one).
+    EnergyPeak,
 }
 
 impl BandValue {
+    /// The fields its ids lie in, for long and for short blocks.
+    pub fn field_names(self) -> (&'static str, &'static str) {
+        match self {
+            BandValue::LevelScalefac => {
+                ("mp3.band(level,scalefac)", "mp3.short_band(level,scalefac)")
+            }
+            BandValue::Energy | BandValue::HalfBandEnergy => {
+                ("mp3.band_energy", "mp3.short_band_energy")
+            }
+            BandValue::EnergyPeak => ("mp3.band_energy_peak", "mp3.short_band_energy_peak"),
+        }
+    }
+
+    /// The index in [`FIELDS`] of its long blocks' field (the short blocks' is the next).
+    fn first_field(self) -> usize {
+        match self {
+            BandValue::LevelScalefac => FIRST_LINE_FIELD,
+            BandValue::Energy | BandValue::HalfBandEnergy => FIRST_ENERGY_FIELD,
+            BandValue::EnergyPeak => FIRST_PEAK_FIELD,
+        }
+    }
+
     /// Ids per band: 2 for [`BandValue::HalfBandEnergy`], else 1.
     pub fn ids_per_band(self) -> usize {
         if self == BandValue::HalfBandEnergy {
@@ -304,6 +351,26 @@ pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
     (1.0 + step).clamp(1.0, (ENERGY_LEVELS - 1) as f64) as u32
 }
 
+/// The peak class of a band whose lines have the powers `powers` (in any one unit): 0 for a
+/// band with no power, else `2 · quarter + stands_out`, where `quarter` (0–3) is the quarter
+/// of the band that holds its strongest line (the first of equals) and `stands_out` is 1 when
+/// that line holds at least half of the band's power. Below [`PEAK_CLASSES`].
+pub fn peak_class(powers: impl IntoIterator<Item = f64>) -> u32 {
+    let (mut n, mut sum, mut max, mut at) = (0usize, 0.0f64, 0.0f64, 0usize);
+    for (k, p) in powers.into_iter().enumerate() {
+        n = k + 1;
+        sum += p;
+        if p > max {
+            (max, at) = (p, k);
+        }
+    }
+    if sum <= 0.0 || n == 0 {
+        return 0;
+    }
+    let quarter = (4 * at / n) as u32;
+    2 * quarter + u32::from(max >= 0.5 * sum)
+}
+
 /// The base-2 logarithm of the squared requantisation step of a band of granule `g`: its
 /// `global_gain` moved by `gain_offset`, its scalefactor `sf` and `extra` = (subblock gain,
 /// pre-emphasis), the parts of the step in scalefactor units (ISO 11172-3 2.4.3.4.7.1).
@@ -366,10 +433,7 @@ pub fn mp3_line_ids(
     } else {
         usize::from(long[mask.start.min(LONG_BANDS)])..usize::from(long[mask.end.min(LONG_BANDS)])
     };
-    let first = match value {
-        BandValue::LevelScalefac => FIRST_LINE_FIELD,
-        BandValue::Energy | BandValue::HalfBandEnergy => FIRST_ENERGY_FIELD,
-    };
+    let first = value.first_field();
     let parts = value.ids_per_band();
     // MPEG-2 and 2.5 imply preflag by a scalefac_compress of 500 or more (ISO 13818-3
     // 2.4.3.2; the right channel of intensity stereo never has it).
@@ -387,15 +451,18 @@ pub fn mp3_line_ids(
                 let sf = u32::from(sf).min(BAND_SCALEFACS as u32 - 1);
                 id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
             }
-            BandValue::Energy | BandValue::HalfBandEnergy => {
-                let sum: f64 = q
-                    .iter()
-                    .map(|&v| f64::from(v.unsigned_abs()).powf(8.0 / 3.0))
-                    .sum();
-                id(
-                    field,
-                    band_energy_level(sum, q.len(), log2_step(g, gain_offset, sf, extra)),
-                )
+            BandValue::Energy | BandValue::HalfBandEnergy | BandValue::EnergyPeak => {
+                let power = |v: &i16| f64::from(v.unsigned_abs()).powf(8.0 / 3.0);
+                let sum: f64 = q.iter().map(power).sum();
+                let level = band_energy_level(sum, q.len(), log2_step(g, gain_offset, sf, extra));
+                if value == BandValue::EnergyPeak {
+                    id(
+                        field,
+                        level * PEAK_CLASSES as u32 + peak_class(q.iter().map(power)),
+                    )
+                } else {
+                    id(field, level)
+                }
             }
         }
     };
@@ -453,9 +520,17 @@ pub fn mp3_line_ids(
                     );
                     let level = |span: std::ops::Range<usize>| {
                         if mask.contains(&p) {
-                            0
+                            return 0;
+                        }
+                        let level = band_energy_level(
+                            power[span.clone()].iter().sum(),
+                            3 * span.len(),
+                            0.0,
+                        );
+                        if value == BandValue::EnergyPeak {
+                            level * PEAK_CLASSES as u32 + peak_class(power[span].iter().copied())
                         } else {
-                            band_energy_level(power[span.clone()].iter().sum(), 3 * span.len(), 0.0)
+                            level
                         }
                     };
                     // As `push_band` splits a band's lines: the lower half has `n / 2`.
@@ -534,7 +609,8 @@ mod tests {
             // Values past the range clamp to the last id.
             assert_eq!(id(i, f.size + 5), id(i, f.size - 1));
         }
-        assert_eq!(seen.len() + FIELD_BASE as usize, ENERGY_VOCAB_SIZE);
+        assert_eq!(seen.len() + FIELD_BASE as usize, PEAK_VOCAB_SIZE);
+        assert_eq!(FIELD_STARTS[FIRST_PEAK_FIELD] as usize, ENERGY_VOCAB_SIZE);
         assert_eq!(FIELD_STARTS[FIRST_ENERGY_FIELD] as usize, LINES_VOCAB_SIZE);
         assert_eq!(FIELD_STARTS[FIRST_LINE_FIELD] as usize, FIELDS_VOCAB_SIZE);
         // The header and side-information fields keep the ids they had before the bands
@@ -544,13 +620,38 @@ mod tests {
         // The line ids keep theirs when the energies came (session 13).
         assert_eq!(LINES_VOCAB_SIZE, 2490);
         assert_eq!(ENERGY_VOCAB_SIZE, LINES_VOCAB_SIZE + 2 * ENERGY_LEVELS);
+        // And the energies theirs when the peaks came (session 15).
+        assert_eq!(
+            PEAK_VOCAB_SIZE,
+            ENERGY_VOCAB_SIZE + 2 * ENERGY_LEVELS * PEAK_CLASSES
+        );
+        assert!(PEAK_VOCAB_SIZE < usize::from(u16::MAX));
         assert_eq!(
             LINES_VOCAB_SIZE,
             FIELDS_VOCAB_SIZE + 2 * BAND_LEVELS * BAND_SCALEFACS
         );
         assert_eq!(field_name(255), None);
         assert_eq!(field_name(256), None);
-        assert_eq!(field_name(ENERGY_VOCAB_SIZE as u32), None);
+        assert_eq!(field_name(PEAK_VOCAB_SIZE as u32), None);
+    }
+
+    #[test]
+    fn peak_classes_tell_where_the_strongest_line_is_and_whether_it_stands_out() {
+        assert_eq!(peak_class([0.0; 6]), 0, "no power");
+        assert_eq!(peak_class([]), 0);
+        // One line alone: its quarter, and it holds all the power.
+        assert_eq!(peak_class([9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 1);
+        assert_eq!(peak_class([0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 0.0, 0.0]), 3);
+        assert_eq!(peak_class([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0]), 7);
+        // A flat band: the first line, not standing out.
+        assert_eq!(peak_class([1.0; 8]), 0);
+        // The strongest line in the third quarter with 40 % of the power: 2·2 + 0.
+        assert_eq!(peak_class([1.0, 1.0, 1.0, 1.0, 4.0, 1.0, 1.0, 0.0]), 4);
+        assert!((0..64).all(|k| {
+            let mut p = vec![1.0; 64];
+            p[k] = 100.0;
+            peak_class(p) < PEAK_CLASSES as u32
+        }));
     }
 
     #[test]

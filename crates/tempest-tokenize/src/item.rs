@@ -368,11 +368,10 @@ impl TokenizedItem {
         let bands = draw_band_mask(config.band_mask, ctx);
         let frames = draw_time_mask(config.time_mask, ctx, self.num_blocks());
         let silent = |name: &str| fields::field_range(name).map_or(0, |r| r.start as u16);
-        let (long, short) = if config.tokens.has_energies() {
-            ("mp3.band_energy", "mp3.short_band_energy")
-        } else {
-            ("mp3.band(level,scalefac)", "mp3.short_band(level,scalefac)")
+        let Some(value) = config.tokens.band_value() else {
+            return out;
         };
+        let (long, short) = value.field_names();
         let (long_silent, short_silent) = (silent(long), silent(short));
         let (long_ids, short_ids) = (
             fields::field_range(long).unwrap_or(0..0),

@@ -1011,3 +1011,78 @@ fn masks_applied_to_a_tokenized_item_are_the_tokenizers() {
         );
     }
 }
+
+#[test]
+fn energy_peaks_keep_the_band_energy_and_add_where_the_strongest_line_lies() {
+    // `fields+energy-peaks` gives as many ids as `fields+energy`, the same fields, and each
+    // band id holds the band's energy level (id ÷ 8 in its field) with a peak class (id mod
+    // 8); silent bands stay silent, sounding ones spread over the classes. The same holds with
+    // short windows merged, and masked bands read as the field's first id.
+    use tempest_tokenize::fields::{field_name, field_range, PEAK_CLASSES};
+    use tempest_tokenize::{BlockTokens, PEAK_VOCAB_SIZE};
+
+    assert_eq!(
+        BlockTokens::parse("fields+energy-peaks"),
+        Some(BlockTokens::FieldsAndEnergyPeaks)
+    );
+    assert_eq!(
+        BlockTokens::FieldsAndEnergyPeaks.vocab_size(),
+        PEAK_VOCAB_SIZE
+    );
+    let pairs = [
+        ("mp3.band_energy", "mp3.band_energy_peak"),
+        ("mp3.short_band_energy", "mp3.short_band_energy_peak"),
+    ];
+    let mut classes = [0usize; PEAK_CLASSES];
+    let mut short_bands = 0;
+    for merge in [false, true] {
+        for rel in ["mp3/cbr32_16k_mono.mp3", "mp3/abr20_16k_mono.mp3"] {
+            let path = fixture(rel);
+            let data = std::fs::read(&path).unwrap();
+            let read = |tokens| {
+                let mut config = mp3_config(tokens);
+                config.merge_short_windows = merge;
+                tokenize(&data, &path, &config, CropContext::default()).unwrap()
+            };
+            let (energy, peaks) = (
+                read(BlockTokens::FieldsAndEnergy),
+                read(BlockTokens::FieldsAndEnergyPeaks),
+            );
+            assert_eq!(energy.num_blocks(), peaks.num_blocks());
+            for k in 0..energy.num_blocks() {
+                let (e, p) = (energy.block(k), peaks.block(k));
+                assert_eq!(e.len(), p.len(), "{rel} frame {k}: one id per band");
+                assert_eq!(&e[..17], &p[..17], "{rel} frame {k}: the fields");
+                for (&ei, &pi) in e[17..].iter().zip(&p[17..]) {
+                    let name = field_name(ei.into()).unwrap();
+                    let (_, peak_name) = *pairs.iter().find(|(n, _)| *n == name).unwrap();
+                    assert_eq!(field_name(pi.into()), Some(peak_name), "{rel} frame {k}");
+                    let level = u32::from(ei) - field_range(name).unwrap().start;
+                    let v = u32::from(pi) - field_range(peak_name).unwrap().start;
+                    assert_eq!(v / PEAK_CLASSES as u32, level, "{rel} frame {k}: the level");
+                    if level == 0 {
+                        assert_eq!(v, 0, "{rel} frame {k}: a silent band has no peak");
+                    } else {
+                        classes[(v % PEAK_CLASSES as u32) as usize] += 1;
+                    }
+                    short_bands += usize::from(peak_name.contains("short"));
+                }
+            }
+        }
+    }
+    assert!(short_bands > 0, "the fixtures have short blocks");
+    // Every quarter, standing out or not, occurs on real music.
+    assert!(classes.iter().all(|&c| c > 0), "{classes:?}");
+    // A band mask silences a run of bands as it does for the energies.
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).unwrap();
+    let config = mp3_config(BlockTokens::FieldsAndEnergyPeaks).with_band_mask(5);
+    let masked = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    let silent = field_range("mp3.band_energy_peak").unwrap().start as u16;
+    let long_blocks: Vec<_> = (0..masked.num_blocks())
+        .map(|k| masked.block(k))
+        .filter(|b| b.len() == 17 + 22)
+        .collect();
+    assert!(!long_blocks.is_empty());
+    assert!(long_blocks.iter().all(|b| b[17..].contains(&silent)));
+}
