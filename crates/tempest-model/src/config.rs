@@ -39,6 +39,11 @@ pub enum MixerKind {
     /// Attention pooling: L' learned queries attend over the block's real bytes, then the same
     /// channel MLP.
     Attention,
+    /// The masked mean plus a learned linear map of the block's flattened states (each
+    /// position its own d_t × L'·d_t matrix, initialised small), normalised by the count of
+    /// real ids, then the same channel MLP: where ids mean different things by position (an
+    /// MP3 frame's fields and bands), what a position says is not averaged away.
+    Flatten,
 }
 
 /// What the context encoder is told about where each block sits.

@@ -38,9 +38,12 @@ enum Mix {
     Linear(Tensor),
     /// `mixer.queries [L', d_t]`, `mixer.attn.*`.
     Attention(Tensor, Attention),
+    /// `mixer.flat [max_block_bytes · d_t, L' · d_t]`: one d_t × L'·d_t map per position.
+    Flatten(Tensor),
 }
 
-/// M, the mixer. Tensor names: `mixer.mix` or `mixer.queries` + `mixer.attn.{q,k,v,o}`, then
+/// M, the mixer. Tensor names: `mixer.mix`, `mixer.flat` or `mixer.queries` +
+/// `mixer.attn.{q,k,v,o}`, then
 /// `mixer.norm`, `mixer.mlp.{fc1,fc2}`.
 #[derive(Debug, Clone)]
 pub struct Mixer {
@@ -62,6 +65,15 @@ impl Mixer {
                 "mix",
                 Init::Randn {
                     mean: 1.0,
+                    stdev: EMBED_STD,
+                },
+            )?),
+            // Small: M starts as the masked mean and learns what each position adds.
+            MixerKind::Flatten => Mix::Flatten(vb.get_with_hints(
+                (cfg.max_block_bytes * dt, lt * dt),
+                "flat",
+                Init::Randn {
+                    mean: 0.0,
                     stdev: EMBED_STD,
                 },
             )?),
@@ -116,6 +128,22 @@ impl Mixer {
                     .broadcast_as((bn, q.dim(0)?, dt))?
                     .contiguous()?;
                 attn.attend_projected(&q, h, Some(bias))?
+            }
+            // (Σ_i m_i·h_i·(I + W_i)) / max(1, Σ_i m_i), each of the L' tokens its own columns
+            // of W: a position's state reaches the token through a map of its own, so which
+            // band (or field) a value came from survives the pooling.
+            Mix::Flatten(w) => {
+                let l = h.dim(1)?;
+                let lt = w.dim(1)? / dt;
+                let count = mask.sum_keepdim(1)?.maximum(1.0)?; // [BN, 1]
+                let hm = h.broadcast_mul(&mask.unsqueeze(2)?)?; // [BN, L, d_t]
+                let mean = hm.sum(1)?.broadcast_div(&count)?; // [BN, d_t]
+                let flat = hm
+                    .reshape((bn, l * dt))?
+                    .matmul(&w.narrow(0, 0, l * dt)?)?
+                    .broadcast_div(&count)?
+                    .reshape((bn, lt, dt))?;
+                flat.broadcast_add(&mean.unsqueeze(1)?)?
             }
         };
         self.after_mix(&pooled)

@@ -66,8 +66,11 @@ fn variants() -> Vec<(&'static str, Config)> {
         .with_reconstruction_weight(0.5);
     multi.tokens_per_block = 2;
     multi.block_position = BlockPositionKind::IndexAndTime;
+    let mut flat = Config::tiny().with_mixer(MixerKind::Flatten);
+    flat.tokens_per_block = 2;
     vec![
         ("tiny", Config::tiny()),
+        ("tiny+flatten, L'=2", flat),
         (
             "tiny+decoder",
             Config::tiny().with_reconstruction_weight(0.1),
@@ -131,7 +134,7 @@ fn without_lambda_there_is_no_block_decoder() -> Result<()> {
 fn padding_is_invisible() -> Result<()> {
     let data = items(7, 4, 6, 20);
     let labels = [1, 2, 3, 4];
-    for (name, cfg) in variants().into_iter().take(3) {
+    for (name, cfg) in variants().into_iter().take(4) {
         let (model, _) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
         let h = host(&data, &labels);
         assert!(
@@ -172,13 +175,13 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
     let mut cfg = Config::tiny().with_reconstruction_weight(0.3);
     cfg.label_smoothing = 0.1;
     cfg.block_position = BlockPositionKind::IndexAndTime;
-    for mixer in [MixerKind::Linear, MixerKind::Attention] {
+    for mixer in [MixerKind::Linear, MixerKind::Attention, MixerKind::Flatten] {
         let cfg = cfg.clone().with_mixer(mixer);
         let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
         let b = batch(&items(3, 3, 4, 10), &[0, 5, 9])?;
         let loss = |m: &Tempest| -> Result<f64> { scalar(&m.loss(&b, false)?.total) };
         let grads = model.loss(&b, false)?.total.backward()?;
-        let names = [
+        let mut names = vec![
             "embed.bytes.weight",
             "embed.positions",
             "block_encoder.layers.0.attn.q.weight",
@@ -194,6 +197,9 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
             "block_decoder.layers.0.mlp.fc1.bias",
             "head.weight",
         ];
+        if mixer == MixerKind::Flatten {
+            names.push("mixer.flat");
+        }
         let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
         for name in names {
             let var = &all[name];
@@ -470,6 +476,10 @@ fn repeated_blocks_encoded_once_give_the_same_logits_and_gradients() -> Result<(
             Config::tiny().with_reconstruction_weight(0.3),
         ),
         ("tiny+attention-pool, L'=2 (op by op)", attention),
+        (
+            "tiny+flatten (op by op)",
+            Config::tiny().with_mixer(MixerKind::Flatten),
+        ),
     ] {
         let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
         let mut every_cfg = cfg.clone();
