@@ -107,10 +107,33 @@ pub struct Config {
     /// The inverse of `id2label`.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub label2id: std::collections::BTreeMap<String, u32>,
+    /// Id ranges whose ids embed as the sum of two learned rows instead of a row of their
+    /// own ([`IdFactors`]); empty (the default): every id has its own row.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub factored_ids: Vec<IdFactors>,
     /// How the model runs (kernels, deduplication): not part of the model, so not written to
     /// `config.json` (the keys in older files are ignored; every choice defaults to on).
     #[serde(skip)]
     pub execution: Execution,
+}
+
+/// A range of ids that each say two things, a value and a class (`id = start + value · classes
+/// + class`): such an id embeds as the byte table's row `value_start + value` plus a learned
+/// row of its class (`embed.factors`, one block of rows per range, in order), so that ids of
+/// the same value share what is learned about the value. The ids' own rows in the byte table
+/// are then unused. An MP3 band id of `fields+energy-peaks` is its energy level (shared with
+/// `fields+energy`'s row of that level) and its peak class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdFactors {
+    /// The first id of the range.
+    pub start: u32,
+    /// Values of the first factor: the range is `start..start + values · classes`.
+    pub values: u32,
+    /// Values of the second factor.
+    pub classes: u32,
+    /// The byte table's row that value 0 shares.
+    pub value_start: u32,
 }
 
 /// Choices of how a model runs that leave what it computes unchanged up to rounding: the
@@ -177,6 +200,7 @@ impl Config {
             layer_norm_eps: 1e-5,
             id2label: Default::default(),
             label2id: Default::default(),
+            factored_ids: Vec::new(),
             execution: Execution::default(),
         }
     }
@@ -312,6 +336,19 @@ impl Config {
         }
         if !(0.0..=2.0).contains(&self.mixup) {
             return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
+        }
+        let vocab = self.vocab_size as u64;
+        for f in &self.factored_ids {
+            let end = u64::from(f.start) + u64::from(f.values) * u64::from(f.classes);
+            if f.values == 0
+                || f.classes == 0
+                || end > vocab
+                || u64::from(f.value_start) + u64::from(f.values) > vocab
+            {
+                return Err(format!(
+                    "factored_ids {f:?} reach past the vocabulary of {vocab} ids (or are empty)"
+                ));
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ pub fn stack_params(s: &StackConfig) -> usize {
 /// Parameters of each part of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
-    /// Byte embedding and in-block positions.
+    /// Byte embedding (with the class rows of factored ids) and in-block positions.
     pub embedding: usize,
     /// E_t.
     pub block_encoder: usize,
@@ -78,7 +78,13 @@ pub fn params(cfg: &Config) -> Params {
     };
     let sub = if lt > 1 { lt * dc } else { 0 };
     Params {
-        embedding: cfg.vocab_size * dt + cfg.max_block_bytes * dt,
+        embedding: cfg.vocab_size * dt
+            + cfg.max_block_bytes * dt
+            + cfg
+                .factored_ids
+                .iter()
+                .map(|f| f.classes as usize * dt)
+                .sum::<usize>(),
         block_encoder: stack_params(&cfg.block_encoder),
         mixer: mix + 2 * dt + dt * h + h + h * dc + dc,
         block_decoder,

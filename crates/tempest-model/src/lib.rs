@@ -56,7 +56,7 @@ pub use checkpoint::{
     class_names, load, load_config, load_trainable, save, CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use classifier::{Classifier, Prediction};
-pub use config::{BlockPositionKind, Config, Execution, MixerKind, StackConfig};
+pub use config::{BlockPositionKind, Config, Execution, IdFactors, MixerKind, StackConfig};
 pub use device::{DeviceChoice, Precision};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};

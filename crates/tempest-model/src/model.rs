@@ -269,6 +269,9 @@ pub struct Tempest {
     config: Config,
     /// `embed.bytes [vocab, d_t]`.
     bytes: Embedding,
+    /// With `factored_ids`: `embed.factors [Σ classes, d_t]` and, for every id, its row of the
+    /// byte table and its row of `[0; factors]` (0 for ids that are not factored).
+    factors: Option<(Tensor, Tensor, Tensor)>,
     /// `embed.positions [max_block_bytes, d_t]`.
     byte_positions: Tensor,
     block_encoder: Transformer,
@@ -310,8 +313,38 @@ impl Tempest {
             )?),
             BlockPositionKind::Index => None,
         };
+        let factors = if config.factored_ids.is_empty() {
+            None
+        } else {
+            let mut rows: Vec<u32> = (0..config.vocab_size as u32).collect();
+            let mut classes = vec![0u32; config.vocab_size];
+            let mut next = 1u32;
+            for f in &config.factored_ids {
+                for k in 0..f.values * f.classes {
+                    let id = (f.start + k) as usize;
+                    rows[id] = f.value_start + k / f.classes;
+                    classes[id] = next + k % f.classes;
+                }
+                next += f.classes;
+            }
+            let table = ve.get_with_hints(
+                ((next - 1) as usize, dt),
+                "factors",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: EMBED_STD,
+                },
+            )?;
+            let n = config.vocab_size;
+            Some((
+                table,
+                Tensor::from_vec(rows, n, vb.device())?,
+                Tensor::from_vec(classes, n, vb.device())?,
+            ))
+        };
         Ok(Tempest {
             bytes: Embedding::new(config.vocab_size, dt, 1.0, ve.pp("bytes"))?,
+            factors,
             byte_positions: ve.get_with_hints(
                 (config.max_block_bytes, dt),
                 "positions",
@@ -480,6 +513,20 @@ impl Tempest {
         self.add_length(tokens, block_len, b, n)
     }
 
+    /// The table E_t's ids embed through: `embed.bytes`, or with `factored_ids` each factored
+    /// id's value row plus its class row (`[V, d_t]`, built each call: a gather of V rows).
+    fn byte_table(&self) -> Result<Tensor> {
+        let bytes = self.bytes.weight();
+        let Some((factors, rows, classes)) = &self.factors else {
+            return Ok(bytes.clone());
+        };
+        let zero = Tensor::zeros((1, factors.dim(1)?), factors.dtype(), factors.device())?;
+        let factors = Tensor::cat(&[&zero, factors], 0)?;
+        bytes
+            .index_select(rows, 0)?
+            .add(&factors.index_select(classes, 0)?)
+    }
+
     /// The length embedding added to block tokens `[B·N, L', d_c]` → `[B, N, L', d_c]`.
     fn add_length(
         &self,
@@ -524,8 +571,9 @@ impl Tempest {
                     .iter()
                     .map(|l| l.weights())
                     .collect();
+                let table = self.byte_table()?;
                 let weights = BlockEncoderWeights {
-                    table: self.bytes.weight(),
+                    table: &table,
                     positions: &self.byte_positions,
                     layers: &layers,
                     norm: self.block_encoder.final_norm().view(),
@@ -564,8 +612,8 @@ impl Tempest {
         let bn = b * n;
         let (ids, m) = (ids.reshape((bn, l))?, byte_mask.reshape((bn, l))?);
         let own = self.config.own_kernels(ids.device());
-        let x =
-            tempest_kernels::embed_bytes(&ids, &m, self.bytes.weight(), &self.byte_positions, own)?;
+        let table = self.byte_table()?;
+        let x = tempest_kernels::embed_bytes(&ids, &m, &table, &self.byte_positions, own)?;
         let h = self.block_encoder.forward(&x, Some(bias), train)?;
         self.mixer.forward(&h, mask, bias) // [BN, L', d_c]
     }

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use common::{batch, host, items, scramble_padding};
-use tempest_model::{cost, BlockPositionKind, Config, MixerKind, Tempest};
+use tempest_model::{cost, BlockPositionKind, Config, IdFactors, MixerKind, Tempest};
 
 fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
@@ -68,6 +68,7 @@ fn variants() -> Vec<(&'static str, Config)> {
     multi.block_position = BlockPositionKind::IndexAndTime;
     let mut flat = Config::tiny().with_mixer(MixerKind::Flatten);
     flat.tokens_per_block = 2;
+    flat.factored_ids = vec![factored_bytes()];
     vec![
         ("tiny", Config::tiny()),
         ("tiny+flatten, L'=2", flat),
@@ -235,6 +236,80 @@ fn gradients_match_finite_differences_in_f64() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Bytes 128–255 as 16 values × 8 classes sharing rows 0–15 (the test items' ids are bytes).
+fn factored_bytes() -> IdFactors {
+    IdFactors {
+        start: 128,
+        values: 16,
+        classes: 8,
+        value_start: 0,
+    }
+}
+
+#[test]
+fn factored_ids_embed_as_their_value_row_plus_their_class_row() -> Result<()> {
+    // A model with factored ids computes what a plain model computes whose byte table holds,
+    // for each factored id, the sum of its value's row and its class's row; and it learns
+    // through both rows, on both E_t paths (the fused node and op by op).
+    for fused in [true, false] {
+        let mut cfg = Config::tiny();
+        cfg.factored_ids = vec![factored_bytes()];
+        cfg.execution.fused_layers = fused;
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
+        let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
+        let (bytes, factors) = (&all["embed.bytes.weight"], &all["embed.factors"]);
+        assert_eq!(factors.as_tensor().dims(), &[8, cfg.block_encoder.dim]);
+        let b = batch(&items(11, 4, 5, 16), &[1, 2, 3, 4])?;
+        let factored = model.loss(&b, false)?;
+        let grads = factored.total.backward()?;
+        for var in [bytes, factors] {
+            let g = grads.get(var.as_tensor()).expect("a gradient");
+            assert!(g.abs()?.sum_all()?.to_scalar::<f64>()? > 0.0);
+        }
+        // The factored ids' own rows are not used.
+        let g = grads.get(bytes.as_tensor()).expect("a gradient");
+        assert_eq!(
+            g.narrow(0, 128, 128)?
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f64>()?,
+            0.0
+        );
+
+        let table = bytes.as_tensor().to_vec2::<f64>()?;
+        let rows = factors.as_tensor().to_vec2::<f64>()?;
+        let mut merged = table.clone();
+        for (k, row) in merged.iter_mut().enumerate().skip(128).take(128) {
+            let (v, c) = ((k - 128) / 8, (k - 128) % 8);
+            *row = table[v].iter().zip(&rows[c]).map(|(a, b)| a + b).collect();
+        }
+        let mut plain_cfg = cfg.clone();
+        plain_cfg.factored_ids.clear();
+        let (plain, plain_vars) = Tempest::init(&plain_cfg, &Device::Cpu, DType::F64)?;
+        for (name, var) in vars(&plain_vars) {
+            let value = if name == "embed.bytes.weight" {
+                Tensor::new(merged.clone(), &Device::Cpu)?
+            } else {
+                all[&name].as_tensor().clone()
+            };
+            var.set(&value)?;
+        }
+        let same = plain.loss(&b, false)?;
+        assert!(
+            max_abs_diff(&factored.logits, &same.logits)? < 1e-12,
+            "fused {fused}"
+        );
+    }
+    // A range past the vocabulary is refused.
+    let mut bad = Config::tiny();
+    bad.factored_ids = vec![IdFactors {
+        start: 200,
+        ..factored_bytes()
+    }];
+    assert!(Tempest::init(&bad, &Device::Cpu, DType::F64).is_err());
     Ok(())
 }
 

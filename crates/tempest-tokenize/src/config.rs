@@ -143,6 +143,18 @@ impl BlockTokens {
             .map_or(1, crate::fields::BandValue::ids_per_band)
     }
 
+    /// Id ranges whose ids are a value and a class (`fields+energy-peaks`: each band's energy
+    /// level and peak class; [`crate::fields::peak_factors`]), as `(start, values, classes,
+    /// value_start)`: a model may embed them as the value's row plus the class's. Empty for
+    /// the other kinds.
+    pub fn id_factors(self) -> Vec<(u32, u32, u32, u32)> {
+        if self.band_value() == Some(crate::fields::BandValue::EnergyPeak) {
+            crate::fields::peak_factors().to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The vocabulary a model needs for these ids.
     pub fn vocab_size(self) -> usize {
         use crate::fields::BandValue;

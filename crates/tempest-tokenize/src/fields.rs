@@ -351,6 +351,22 @@ pub fn band_energy_level(sum8_3: f64, width: usize, log2_scale: f64) -> u32 {
     (1.0 + step).clamp(1.0, (ENERGY_LEVELS - 1) as f64) as u32
 }
 
+/// The id ranges of [`BandValue::EnergyPeak`] as factors, long bands' then short bands': for
+/// each, `(start, values, classes, value_start)`: ids `start + level · classes + class`,
+/// `values` levels and `classes` peak classes, and `value_start` the first id of the matching
+/// [`BandValue::Energy`] field, whose level ids mean the same levels. A model may embed a peak
+/// id as its energy id's row plus a row for its class (`tempest_model::IdFactors`).
+pub fn peak_factors() -> [(u32, u32, u32, u32); 2] {
+    [0, 1].map(|k| {
+        (
+            FIELD_STARTS[FIRST_PEAK_FIELD + k],
+            ENERGY_LEVELS as u32,
+            PEAK_CLASSES as u32,
+            FIELD_STARTS[FIRST_ENERGY_FIELD + k],
+        )
+    })
+}
+
 /// The peak class of a band whose lines have the powers `powers` (in any one unit): 0 for a
 /// band with no power, else `2 · quarter + stands_out`, where `quarter` (0–3) is the quarter
 /// of the band that holds its strongest line (the first of equals) and `stands_out` is 1 when
@@ -652,6 +668,21 @@ mod tests {
             p[k] = 100.0;
             peak_class(p) < PEAK_CLASSES as u32
         }));
+    }
+
+    #[test]
+    fn peak_factors_cover_the_peak_fields_and_point_at_the_energy_fields() {
+        let names = [
+            ("mp3.band_energy_peak", "mp3.band_energy"),
+            ("mp3.short_band_energy_peak", "mp3.short_band_energy"),
+        ];
+        for ((start, values, classes, value_start), (peak, energy)) in
+            peak_factors().into_iter().zip(names)
+        {
+            assert_eq!(field_range(peak), Some(start..start + values * classes));
+            assert_eq!(field_range(energy), Some(value_start..value_start + values));
+            assert_eq!(classes, PEAK_CLASSES as u32);
+        }
     }
 
     #[test]

@@ -266,9 +266,24 @@ impl TrainOptions {
         if let Some(l) = self.reconstruction_weight {
             config.reconstruction_weight = l;
         }
-        config.vocab_size = config
-            .vocab_size
-            .max(self.block_tokens(format).vocab_size());
+        let tokens = self.block_tokens(format);
+        config.vocab_size = config.vocab_size.max(tokens.vocab_size());
+        // Ids that are a value and a class embed as the sum of two rows (the band energies'
+        // levels shared with `fields+energy`), unless the configuration says otherwise.
+        if config.factored_ids.is_empty() {
+            config.factored_ids = tokens
+                .id_factors()
+                .into_iter()
+                .map(
+                    |(start, values, classes, value_start)| tempest_model::IdFactors {
+                        start,
+                        values,
+                        classes,
+                        value_start,
+                    },
+                )
+                .collect();
+        }
         config
             .validate()
             .map_err(|w| Error::setting("model config", w))?;
