@@ -8,7 +8,7 @@
 //! audio recipe fills the rest.
 
 use clap::{ArgMatches, Args, Command, CommandFactory, FromArgMatches};
-use tempest::tempest_model::{DeviceChoice, Precision};
+use tempest::tempest_model::{DeviceChoice, MixerKind, Precision};
 use tempest::tempest_tokenize::BlockTokens;
 use tempest::tempest_train::TrainOptions;
 
@@ -35,6 +35,10 @@ pub struct TrainArgs {
     /// the model configuration's)
     #[arg(long, value_name = "ALPHA")]
     pub mixup: Option<f64>,
+    /// How M pools a block's id states into its token: linear, attention or flatten
+    /// (docs/model.md), overriding the model configuration's
+    #[arg(long, value_name = "M", value_parser = parse_mixer)]
+    pub mixer: Option<MixerKind>,
     /// λ, the weight of the block reconstruction loss L_r, overriding the model configuration's
     #[arg(long, value_name = "X")]
     pub lambda: Option<f64>,
@@ -149,6 +153,9 @@ impl TrainArgs {
         if self.mixup.is_some() {
             o.mixup = self.mixup;
         }
+        if self.mixer.is_some() {
+            o.mixer = self.mixer;
+        }
         if self.block_bytes.is_some() {
             o.block_bytes = self.block_bytes;
         }
@@ -196,6 +203,13 @@ impl TrainArgs {
             (
                 "mixup",
                 or(o.mixup.map(|v| v.to_string()), "the model configuration's"),
+            ),
+            (
+                "mixer",
+                or(
+                    o.mixer.map(|m| m.name().to_string()),
+                    "the model configuration's",
+                ),
             ),
             (
                 "lambda",
@@ -264,6 +278,11 @@ impl TrainArgs {
 pub fn parse_with<C: CommandFactory + FromArgMatches>(help: impl FnOnce(Command) -> Command) -> C {
     let matches: ArgMatches = help(C::command()).get_matches();
     C::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `--mixer`: linear, attention or flatten.
+fn parse_mixer(name: &str) -> Result<MixerKind, String> {
+    MixerKind::parse(name).ok_or_else(|| "one of linear, attention, flatten".to_string())
 }
 
 /// `--tokens`: one of [`BlockTokens::names`].

@@ -46,6 +46,31 @@ pub enum MixerKind {
     Flatten,
 }
 
+impl MixerKind {
+    /// Every kind with its name (as `config.json` spells it).
+    pub const ALL: [(MixerKind, &'static str); 3] = [
+        (MixerKind::Linear, "linear"),
+        (MixerKind::Attention, "attention"),
+        (MixerKind::Flatten, "flatten"),
+    ];
+
+    /// The name: `linear`, `attention` or `flatten`.
+    pub fn name(self) -> &'static str {
+        MixerKind::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("linear", |(_, n)| n)
+    }
+
+    /// Parses a name given by [`MixerKind::name`].
+    pub fn parse(name: &str) -> Option<MixerKind> {
+        MixerKind::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(k, _)| *k)
+    }
+}
+
 /// What the context encoder is told about where each block sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -443,6 +468,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mixer_names_round_trip_and_match_the_json_spelling() {
+        for (kind, name) in MixerKind::ALL {
+            assert_eq!(kind.name(), name);
+            assert_eq!(MixerKind::parse(name), Some(kind));
+            assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+        }
+        assert_eq!(MixerKind::parse("mean"), None);
+    }
 
     #[test]
     fn class_names_round_trip_as_id2label_and_label2id() {

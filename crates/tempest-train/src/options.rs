@@ -115,6 +115,8 @@ pub struct TrainOptions {
     pub mixup: Option<f64>,
     /// Overrides the model configuration's λ (the weight of L_r).
     pub reconstruction_weight: Option<f64>,
+    /// Overrides the model configuration's mixer (how M pools a block's states).
+    pub mixer: Option<tempest_model::MixerKind>,
     /// Seeds the initial weights, the order of batches, the variant of each item per epoch
     /// and random crops, and the dropout masks (from the seed, the epoch and the batch), so a
     /// CPU run is repeatable.
@@ -266,6 +268,9 @@ impl TrainOptions {
         if let Some(l) = self.reconstruction_weight {
             config.reconstruction_weight = l;
         }
+        if let Some(m) = self.mixer {
+            config.mixer = m;
+        }
         let tokens = self.block_tokens(format);
         config.vocab_size = config.vocab_size.max(tokens.vocab_size());
         // Ids that are a value and a class embed as the sum of two rows (the band energies'
@@ -390,6 +395,7 @@ impl Default for TrainOptions {
             label_smoothing: None,
             mixup: None,
             reconstruction_weight: None,
+            mixer: None,
             seed: 0,
             train_variants: Vec::new(),
             eval_variants: EvalVariants::First,
