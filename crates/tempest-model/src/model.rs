@@ -133,17 +133,9 @@ impl Mixer {
             // of W: a position's state reaches the token through a map of its own, so which
             // band (or field) a value came from survives the pooling.
             Mix::Flatten(w) => {
-                let l = h.dim(1)?;
-                let lt = w.dim(1)? / dt;
                 let count = mask.sum_keepdim(1)?.maximum(1.0)?; // [BN, 1]
-                let hm = h.broadcast_mul(&mask.unsqueeze(2)?)?; // [BN, L, d_t]
-                let mean = hm.sum(1)?.broadcast_div(&count)?; // [BN, d_t]
-                let flat = hm
-                    .reshape((bn, l * dt))?
-                    .matmul(&w.narrow(0, 0, l * dt)?)?
-                    .broadcast_div(&count)?
-                    .reshape((bn, lt, dt))?;
-                flat.broadcast_add(&mean.unsqueeze(1)?)?
+                let scaled = h.broadcast_mul(&mask.broadcast_div(&count)?.unsqueeze(2)?)?;
+                flatten_pool(w, &scaled)?
             }
         };
         self.after_mix(&pooled)
@@ -153,6 +145,20 @@ impl Mixer {
     fn after_mix(&self, pooled: &Tensor) -> Result<Tensor> {
         self.mlp.forward(&self.norm.forward(pooled)?)
     }
+}
+
+/// The flatten mixer's pooling from `scaled [BN, L, d_t]`, each state times `m_i / max(1, Σ
+/// m)` (what the fused E_t node gives without a mix): their sum plus their flattened map
+/// through `w`, `[BN, L', d_t]`.
+fn flatten_pool(w: &Tensor, scaled: &Tensor) -> Result<Tensor> {
+    let (bn, l, dt) = scaled.dims3()?;
+    let lt = w.dim(1)? / dt;
+    let mean = scaled.sum(1)?; // [BN, d_t]
+    let flat = scaled
+        .reshape((bn, l * dt))?
+        .matmul(&w.narrow(0, 0, l * dt)?)?
+        .reshape((bn, lt, dt))?;
+    flat.broadcast_add(&mean.unsqueeze(1)?)
 }
 
 /// D_t, the block decoder: the L' tokens of a block back to its L bytes. Tensor names
@@ -554,8 +560,15 @@ impl Tempest {
         let bias = key_bias(&mask, self.dtype)?;
         // The embedding, E_t, its final norm and the linear mix as one node on the CPU
         // (tempest_kernels::encode_and_mix); else op by op.
-        let pooled = match &self.mixer.mix {
-            Mix::Linear(w)
+        // The fused node's mix: the linear mixer's weights, or none (`[0, L]`) for the flatten
+        // mixer, which reads each state times its mask share.
+        let fused_mix = match &self.mixer.mix {
+            Mix::Linear(w) => Some(w.clone()),
+            Mix::Flatten(_) => Some(Tensor::zeros((0, l), self.dtype, ids.device())?),
+            Mix::Attention(..) => None,
+        };
+        let pooled = match &fused_mix {
+            Some(w)
                 if self.mixer.own_kernels
                     && self.config.execution.fused_layers
                     && self
@@ -591,6 +604,10 @@ impl Tempest {
                 )?
             }
             _ => None,
+        };
+        let pooled = match (pooled, &self.mixer.mix) {
+            (Some(scaled), Mix::Flatten(w)) => Some(flatten_pool(w, &scaled)?),
+            (pooled, _) => pooled,
         };
         match pooled {
             Some(pooled) => self.mixer.after_mix(&pooled),

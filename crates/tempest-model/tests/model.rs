@@ -422,7 +422,17 @@ fn blocks_longer_than_the_model_allows_are_an_error() -> Result<()> {
 
 #[test]
 fn fused_layers_match_tensor_op_layers_with_dropout() -> Result<()> {
-    let mut cfg = Config::tiny().with_reconstruction_weight(0.2);
+    // The flatten mixer reads the fused E_t node's states without a mix.
+    for mixer in [MixerKind::Linear, MixerKind::Flatten] {
+        fused_layers_match_with(mixer)?;
+    }
+    Ok(())
+}
+
+fn fused_layers_match_with(mixer: MixerKind) -> Result<()> {
+    let mut cfg = Config::tiny()
+        .with_reconstruction_weight(0.2)
+        .with_mixer(mixer);
     cfg.dropout = 0.2;
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
     let mut layers_off = cfg.clone();
@@ -458,7 +468,10 @@ fn fused_layers_match_tensor_op_layers_with_dropout() -> Result<()> {
         } else {
             1e-9
         };
-        assert!(d < tol, "{name}: gradients differ by {d} (relative)");
+        assert!(
+            d < tol,
+            "{mixer:?}: {name}: gradients differ by {d} (relative)"
+        );
     }
     Ok(())
 }

@@ -80,7 +80,9 @@ pub struct BlockEncoderWeights<'a> {
     pub layers: &'a [LayerWeights<'a>],
     /// E_t's final layer norm.
     pub norm: NormView<'a>,
-    /// The mix weights `[L', P']` (P' ≥ L).
+    /// The mix weights `[L', P']` (P' ≥ L). With no rows (`[0, P']`) there is no mix: the
+    /// node gives each state times its mask share `m_i / max(1, Σ m)`, `[R, L, d]` (what the
+    /// flatten mixer reads).
     pub mix: &'a Tensor,
 }
 
@@ -232,9 +234,24 @@ impl BlockEncoder {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let out = self
-            .mix
-            .fwd::<T>(&h, &ws[o.mix..][..self.tokens * self.wp], self.wp);
+        let out = if self.tokens == 0 {
+            // No mix: each state times its share (0 on padding).
+            let mut out = vec![T::zero(); h.len()];
+            out.par_chunks_mut(per * d)
+                .zip(h.par_chunks(per * d))
+                .zip(self.mix.scale.par_chunks(per))
+                .for_each(|((out, h), scale)| {
+                    for ((out, h), &s) in out.chunks_mut(d).zip(h.chunks(d)).zip(scale) {
+                        out.iter_mut().zip(h).for_each(|(o, h)| {
+                            *o = T::from_f64(candle_core::WithDType::to_f64(*h) * s)
+                        });
+                    }
+                });
+            out
+        } else {
+            self.mix
+                .fwd::<T>(&h, &ws[o.mix..][..self.tokens * self.wp], self.wp)
+        };
         if self.keep {
             let dev = &candle_core::Device::Cpu;
             xs.push(Tensor::from_vec(x, (rows, len, d), dev)?);
@@ -278,9 +295,20 @@ impl BlockEncoder {
         };
 
         // The mix: dh and the weights' gradient [L', L] into the columns 0..L of [L', P'].
-        let (dh, dmix) = self
-            .mix
-            .bwd::<T>(h, &ws[o.mix..][..self.tokens * self.wp], self.wp, gs);
+        let (dh, dmix) = if self.tokens == 0 {
+            let dh: Vec<T> = gs
+                .chunks(d)
+                .zip(&self.mix.scale)
+                .flat_map(|(g, &s)| {
+                    g.iter()
+                        .map(move |g| T::from_f64(candle_core::WithDType::to_f64(*g) * s))
+                })
+                .collect();
+            (dh, Vec::new())
+        } else {
+            self.mix
+                .bwd::<T>(h, &ws[o.mix..][..self.tokens * self.wp], self.wp, gs)
+        };
         for (j, row) in dmix.chunks(len).enumerate() {
             put(&mut grad, o.mix + j * self.wp, row);
         }
@@ -364,8 +392,9 @@ impl CustomOp1 for BlockEncoder {
             DType::F64 => CpuStorage::F64(self.fwd::<f64>(s, l)?),
             dt => candle_core::bail!("encode_and_mix: unsupported dtype {dt:?}"),
         };
-        let (rows, _, d) = self.dims;
-        Ok((out, Shape::from((rows, self.tokens, d))))
+        let (rows, len, d) = self.dims;
+        let tokens = if self.tokens == 0 { len } else { self.tokens };
+        Ok((out, Shape::from((rows, tokens, d))))
     }
 
     fn bwd(&self, packed: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
