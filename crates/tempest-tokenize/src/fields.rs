@@ -387,6 +387,23 @@ pub fn peak_class(powers: impl IntoIterator<Item = f64>) -> u32 {
     2 * quarter + u32::from(max >= 0.5 * sum)
 }
 
+/// The value of an energy band id within its field, from the powers of the band's lines (one
+/// per line, `width` of them; `log2_scale` as [`band_energy_level`] takes it): the level, and
+/// for [`BandValue::EnergyPeak`] the level times [`PEAK_CLASSES`] plus the [`peak_class`].
+fn energy_value(
+    value: BandValue,
+    powers: impl Iterator<Item = f64> + Clone,
+    width: usize,
+    log2_scale: f64,
+) -> u32 {
+    let level = band_energy_level(powers.clone().sum(), width, log2_scale);
+    if value == BandValue::EnergyPeak {
+        level * PEAK_CLASSES as u32 + peak_class(powers)
+    } else {
+        level
+    }
+}
+
 /// The base-2 logarithm of the squared requantisation step of a band of granule `g`: its
 /// `global_gain` moved by `gain_offset`, its scalefactor `sf` and `extra` = (subblock gain,
 /// pre-emphasis), the parts of the step in scalefactor units (ISO 11172-3 2.4.3.4.7.1).
@@ -468,17 +485,11 @@ pub fn mp3_line_ids(
                 id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
             }
             BandValue::Energy | BandValue::HalfBandEnergy | BandValue::EnergyPeak => {
-                let power = |v: &i16| f64::from(v.unsigned_abs()).powf(8.0 / 3.0);
-                let sum: f64 = q.iter().map(power).sum();
-                let level = band_energy_level(sum, q.len(), log2_step(g, gain_offset, sf, extra));
-                if value == BandValue::EnergyPeak {
-                    id(
-                        field,
-                        level * PEAK_CLASSES as u32 + peak_class(q.iter().map(power)),
-                    )
-                } else {
-                    id(field, level)
-                }
+                let powers = q
+                    .iter()
+                    .map(|&v| f64::from(v.unsigned_abs()).powf(8.0 / 3.0));
+                let log2_scale = log2_step(g, gain_offset, sf, extra);
+                id(field, energy_value(value, powers, q.len(), log2_scale))
             }
         }
     };
@@ -538,16 +549,8 @@ pub fn mp3_line_ids(
                         if mask.contains(&p) {
                             return 0;
                         }
-                        let level = band_energy_level(
-                            power[span.clone()].iter().sum(),
-                            3 * span.len(),
-                            0.0,
-                        );
-                        if value == BandValue::EnergyPeak {
-                            level * PEAK_CLASSES as u32 + peak_class(power[span].iter().copied())
-                        } else {
-                            level
-                        }
+                        let width = 3 * span.len();
+                        energy_value(value, power[span].iter().copied(), width, 0.0)
                     };
                     // As `push_band` splits a band's lines: the lower half has `n / 2`.
                     if parts == 2 {
