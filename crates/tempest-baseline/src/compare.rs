@@ -183,8 +183,9 @@ pub fn compare(
     let device = o.device.open().map_err(tempest_train::Error::from)?;
     let dtype = o.dtype.dtype(&device).map_err(tempest_train::Error::from)?;
     let format = detect_format(dataset, &options.train_variants)?;
-    let config = o.model_config(&options.tempest, dataset.classes.len(), format)?;
+    let mut config = o.model_config(&options.tempest, dataset.classes.len(), format)?;
     let tok = o.tokenizer(format, &config)?.eval_config()?;
+    tempest_train::size_mixer(&mut config, dataset, &options.train_variants, &tok)?;
     let featurizer = Featurizer::new(&options.features)?;
     let eval_variant = match &options.eval_variant {
         Some(v) => v.clone(),

@@ -103,6 +103,12 @@ pub struct Config {
     pub tokens_per_block: usize,
     /// Hidden width of M's channel MLP.
     pub mixer_mlp_dim: usize,
+    /// In-block positions the flatten mixer has a map of their own for (`mixer.flat` has
+    /// `mix_positions · d_t` rows); states at later positions reach the tokens through the
+    /// masked mean alone. 0 (the default, and what older files hold): `max_block_bytes`.
+    /// `train` sets it from the longest block of the data (`tempest_train::size_mixer`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub mix_positions: usize,
     /// D_t, the block decoder (used only when `reconstruction_weight > 0`).
     pub block_decoder: StackConfig,
     /// E_c, the context encoder (its width is the block tokens').
@@ -227,6 +233,7 @@ impl Config {
             label2id: Default::default(),
             factored_ids: Vec::new(),
             execution: Execution::default(),
+            mix_positions: 0,
         }
     }
 
@@ -287,6 +294,15 @@ impl Config {
         Self::preset(name).ok_or_else(|| {
             crate::Error::Config(format!("no preset {name:?} (tiny, small or paper)"))
         })
+    }
+
+    /// In-block positions with a map of their own in the flatten mixer:
+    /// [`Config::mix_positions`], or `max_block_bytes` where that is 0.
+    pub fn flat_positions(&self) -> usize {
+        match self.mix_positions {
+            0 => self.max_block_bytes,
+            p => p.min(self.max_block_bytes),
+        }
     }
 
     /// The same configuration for `classes` classes.
@@ -362,6 +378,12 @@ impl Config {
         if !(0.0..=2.0).contains(&self.mixup) {
             return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
         }
+        if self.mix_positions > self.max_block_bytes {
+            return Err(format!(
+                "mix_positions {} exceeds max_block_bytes {}",
+                self.mix_positions, self.max_block_bytes
+            ));
+        }
         let vocab = self.vocab_size as u64;
         for f in &self.factored_ids {
             let end = u64::from(f.start) + u64::from(f.values) * u64::from(f.classes);
@@ -377,6 +399,10 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Keys that `config.json` files written before the execution options left the model

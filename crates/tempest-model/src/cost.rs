@@ -57,7 +57,7 @@ pub fn params(cfg: &Config) -> Params {
     let mix = match cfg.mixer {
         MixerKind::Linear => lt * cfg.max_block_bytes,
         MixerKind::Attention => lt * dt + 4 * (dt * dt + dt),
-        MixerKind::Flatten => cfg.max_block_bytes * dt * lt * dt,
+        MixerKind::Flatten => cfg.flat_positions() * dt * lt * dt,
     };
     let dd = cfg.block_decoder.dim;
     // D_t predicts every id below the padding id's place: 256 bytes, or the field ids too.
@@ -148,8 +148,12 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
         MixerKind::Linear => 2.0 * ltf * lf * dt,
         // k and v over L bytes, the queries' attention, the output projection.
         MixerKind::Attention => 2.0 * (2.0 * lf * dt * dt + 2.0 * ltf * lf * dt + ltf * dt * dt),
-        // The masked mean, then the flattened states through their map.
-        MixerKind::Flatten => 2.0 * lf * dt + 2.0 * lf * dt * ltf * dt,
+        // The masked mean, then the flattened states of the first P positions through
+        // their map.
+        MixerKind::Flatten => {
+            let pf = l.min(cfg.flat_positions()) as f64;
+            2.0 * lf * dt + 2.0 * pf * dt * ltf * dt
+        }
     };
     let mixer = nf * (pool + 2.0 * ltf * (dt * h + h * dc));
     let block_decoder = if cfg.has_block_decoder() {

@@ -38,7 +38,8 @@ enum Mix {
     Linear(Tensor),
     /// `mixer.queries [L', d_t]`, `mixer.attn.*`.
     Attention(Tensor, Attention),
-    /// `mixer.flat [max_block_bytes · d_t, L' · d_t]`: one d_t × L'·d_t map per position.
+    /// `mixer.flat [P · d_t, L' · d_t]`: one d_t × L'·d_t map for each of the first P
+    /// positions (`Config::flat_positions`).
     Flatten(Tensor),
 }
 
@@ -70,7 +71,7 @@ impl Mixer {
             )?),
             // Small: M starts as the masked mean and learns what each position adds.
             MixerKind::Flatten => Mix::Flatten(vb.get_with_hints(
-                (cfg.max_block_bytes * dt, lt * dt),
+                (cfg.flat_positions() * dt, lt * dt),
                 "flat",
                 Init::Randn {
                     mean: 0.0,
@@ -148,15 +149,27 @@ impl Mixer {
 }
 
 /// The flatten mixer's pooling from `scaled [BN, L, d_t]`, each state times `m_i / max(1, Σ
-/// m)` (what the fused E_t node gives without a mix): their sum plus their flattened map
-/// through `w`, `[BN, L', d_t]`.
+/// m)` (what the fused E_t node gives without a mix): their sum plus the flattened states of
+/// the first P positions (the rows of `w [P·d_t, L'·d_t]`) through `w`, `[BN, L', d_t]`.
+/// States past P reach the tokens through the sum alone.
 fn flatten_pool(w: &Tensor, scaled: &Tensor) -> Result<Tensor> {
     let (bn, l, dt) = scaled.dims3()?;
     let lt = w.dim(1)? / dt;
+    let p = l.min(w.dim(0)? / dt);
     let mean = scaled.sum(1)?; // [BN, d_t]
-    let flat = scaled
-        .reshape((bn, l * dt))?
-        .matmul(&w.narrow(0, 0, l * dt)?)?
+    let head = if p < l {
+        scaled.narrow(1, 0, p)?.contiguous()?
+    } else {
+        scaled.clone()
+    };
+    let w = if p * dt < w.dim(0)? {
+        w.narrow(0, 0, p * dt)?
+    } else {
+        w.clone()
+    };
+    let flat = head
+        .reshape((bn, p * dt))?
+        .matmul(&w)?
         .reshape((bn, lt, dt))?;
     flat.broadcast_add(&mean.unsqueeze(1)?)
 }

@@ -68,6 +68,8 @@ fn variants() -> Vec<(&'static str, Config)> {
     multi.block_position = BlockPositionKind::IndexAndTime;
     let mut flat = Config::tiny().with_mixer(MixerKind::Flatten);
     flat.tokens_per_block = 2;
+    // Fewer mapped positions than the items' blocks have ids.
+    flat.mix_positions = 8;
     flat.factored_ids = vec![factored_bytes()];
     vec![
         ("tiny", Config::tiny()),
@@ -684,5 +686,62 @@ fn mixup_mixes_training_items_and_leaves_evaluation_alone() -> Result<()> {
     }
     cfg.mixup = 2.5;
     assert!(cfg.validate().is_err());
+    Ok(())
+}
+
+/// A flatten mixer with maps for the first P positions only (`Config::mix_positions`) is the
+/// full-size mixer whose rows past P are zero: states at later positions reach the tokens
+/// through the mean alone. Blocks of up to 16 ids, P = 8, fused E_t node and op by op.
+#[test]
+fn flatten_mixer_with_fewer_positions_is_the_full_one_with_zero_rows_past_them() -> Result<()> {
+    let full = Config::tiny()
+        .with_mixer(MixerKind::Flatten)
+        .with_reconstruction_weight(0.2);
+    let mut short = full.clone();
+    short.mix_positions = 8;
+    assert_eq!(short.flat_positions(), 8);
+    assert_eq!(full.flat_positions(), full.max_block_bytes);
+    let dt = full.block_encoder.dim;
+    let (a, a_vars) = Tempest::init(&full, &Device::Cpu, DType::F64)?;
+    let (b, b_vars) = Tempest::init(&short, &Device::Cpu, DType::F64)?;
+    let a_all: std::collections::HashMap<String, Var> = vars(&a_vars).into_iter().collect();
+    for (name, var) in vars(&b_vars) {
+        let src = a_all[&name].as_tensor();
+        if name == "mixer.flat" {
+            assert_eq!(var.dims(), &[8 * dt, dt]);
+            assert_eq!(src.dims(), &[full.max_block_bytes * dt, dt]);
+            var.set(&src.narrow(0, 0, 8 * dt)?)?;
+            // Past P, the full mixer's rows are zero.
+            let rows = full.max_block_bytes * dt;
+            let kept = src.narrow(0, 0, 8 * dt)?;
+            let zeros = Tensor::zeros((rows - 8 * dt, dt), DType::F64, &Device::Cpu)?;
+            a_all[&name].set(&Tensor::cat(&[&kept, &zeros], 0)?)?;
+        } else {
+            var.set(src)?;
+        }
+    }
+    let data = items(21, 4, 5, 16);
+    assert!(data.iter().any(|i| i.max_block_len() > 8));
+    let bt = batch(&data, &[0, 1, 2, 3])?;
+    let (la, lb) = (a.loss(&bt, false)?, b.loss(&bt, false)?);
+    assert!(max_abs_diff(&la.logits, &lb.logits)? < 1e-12);
+    // And op by op (no fused E_t node).
+    let mut off = short.clone();
+    off.execution.fused_layers = false;
+    let c = Tempest::new(
+        &off,
+        candle_nn::VarBuilder::from_varmap(&b_vars, DType::F64, &Device::Cpu),
+    )?;
+    assert!(max_abs_diff(&c.loss(&bt, false)?.logits, &lb.logits)? < 1e-12);
+    // The parameter count follows P.
+    assert_eq!(
+        cost::params(&full).total() - cost::params(&short).total(),
+        (full.max_block_bytes - 8) * dt * dt
+    );
+    // Older files (no key) read as 0: every position.
+    let json = serde_json::to_string(&full).map_err(candle_core::Error::wrap)?;
+    assert!(!json.contains("mix_positions"));
+    let json = serde_json::to_string(&short).map_err(candle_core::Error::wrap)?;
+    assert!(json.contains("\"mix_positions\":8"));
     Ok(())
 }

@@ -81,6 +81,65 @@ pub fn detect_format(dataset: &Dataset, variants: &[String]) -> Result<cff_block
     Err(Error::setting("dataset", "no file of a known format"))
 }
 
+/// Files [`size_mixer`] tokenizes to find the longest block.
+pub const MIX_SIZE_FILES: usize = 32;
+
+/// The longest block, in ids, of up to `files` readable files of `dataset` (spread evenly
+/// over its samples; variants among `variants`, any when empty) tokenized by `tokenizer`'s
+/// evaluation configuration; 0 when none could be read.
+pub fn longest_block(
+    dataset: &Dataset,
+    variants: &[String],
+    tokenizer: &TokenizerConfig,
+    files: usize,
+) -> Result<usize> {
+    let tok = tokenizer
+        .eval_config()
+        .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
+    let paths: Vec<&std::path::Path> = dataset
+        .samples
+        .iter()
+        .flat_map(|s| {
+            s.variants
+                .iter()
+                .filter(|(v, _)| variants.is_empty() || variants.contains(v))
+                .map(|(_, p)| p.as_path())
+        })
+        .collect();
+    let step = paths.len().div_ceil(files.max(1)).max(1);
+    let mut longest = 0;
+    for p in paths.iter().step_by(step) {
+        let Ok(data) = fs::read(p) else { continue };
+        if let Ok(item) = tempest_tokenize::tokenize(&data, p, &tok, Default::default()) {
+            longest = longest.max(item.max_block_len());
+        }
+    }
+    Ok(longest)
+}
+
+/// Gives a flatten mixer ([`tempest_model::MixerKind::Flatten`]) maps for the positions the
+/// data's blocks have rather than for all `max_block_bytes`: unless `config.mix_positions`
+/// is set, it becomes the longest block of [`MIX_SIZE_FILES`] files ([`longest_block`])
+/// rounded up to a multiple of 8 (MP3 frames of 16 kHz mono audio as `fields+energy`: 39 or
+/// 56 ids, so 56 positions instead of 512). Blocks longer than that in other files still
+/// work: their later positions reach the tokens through the mean alone. Other mixers are
+/// left as they are.
+pub fn size_mixer(
+    config: &mut tempest_model::Config,
+    dataset: &Dataset,
+    variants: &[String],
+    tokenizer: &TokenizerConfig,
+) -> Result<()> {
+    if config.mixer != tempest_model::MixerKind::Flatten || config.mix_positions != 0 {
+        return Ok(());
+    }
+    let longest = longest_block(dataset, variants, tokenizer, MIX_SIZE_FILES)?;
+    if longest > 0 {
+        config.mix_positions = longest.next_multiple_of(8).min(config.max_block_bytes);
+    }
+    Ok(())
+}
+
 /// Evaluates `model` on the samples `indices` of `dataset`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(

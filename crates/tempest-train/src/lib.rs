@@ -44,7 +44,9 @@ mod train;
 
 pub use checkpoint::{Loaded, TrainState};
 pub use error::{Error, Result};
-pub use evaluate::{detect_format, evaluate, EvalReport};
+pub use evaluate::{
+    detect_format, evaluate, longest_block, size_mixer, EvalReport, MIX_SIZE_FILES,
+};
 pub use fit::{
     fit, fit_loop, prepare_items, Driver, FitReport, Gradients, Learner, Outcome, Prepared,
     TempestLearner,

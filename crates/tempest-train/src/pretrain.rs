@@ -190,8 +190,9 @@ fn pretrain_ranks(
     let last_dir = run_dir.join("last");
     let metrics_path = run_dir.join("metrics.jsonl");
     let fresh = || -> Result<(Config, TokenizerConfig)> {
-        let config = pretrain_config(model_config, o, format)?;
+        let mut config = pretrain_config(model_config, o, format)?;
         let tok = o.tokenizer(format, &config)?;
+        crate::size_mixer(&mut config, dataset, &o.train_variants, &tok)?;
         Ok((config, tok))
     };
     let (model, varmap, opt, state, tok, masking) = if !root {

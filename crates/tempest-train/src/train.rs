@@ -146,9 +146,18 @@ fn train_ranks(
     reset_stop();
 
     let format = detect_format(dataset, &o.train_variants)?;
-    let config = o.model_config(model_config, dataset.classes.len(), format)?;
+    let mut config = o.model_config(model_config, dataset.classes.len(), format)?;
 
     let tok = o.tokenizer(format, &config)?;
+    // A flatten mixer taken over from a pretrained checkpoint keeps its positions.
+    if let Some(dir) = &o.init {
+        let pre = tempest_model::load_config(&crate::pretrain::resolve_checkpoint(dir)?)?;
+        let flatten = tempest_model::MixerKind::Flatten;
+        if config.mixer == flatten && pre.mixer == flatten && config.mix_positions == 0 {
+            config.mix_positions = pre.flat_positions().min(config.max_block_bytes);
+        }
+    }
+    crate::size_mixer(&mut config, dataset, &o.train_variants, &tok)?;
     let train_tok = tok.train_config()?;
     let eval_tok = tok.eval_config()?;
 

@@ -567,3 +567,56 @@ fn the_format_is_the_trained_variants() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// `train` with the flatten mixer gives `mixer.flat` rows for the positions the data's blocks
+/// have (MPEG-2 mono frames as `fields+energy`: at most 56 ids, so 40 or 56 positions, not
+/// 512), writes that into the checkpoint, and the checkpoint loads and evaluates; other
+/// mixers and a size already set are left alone.
+#[test]
+fn the_flatten_mixer_is_sized_by_the_datas_longest_block() -> Result<()> {
+    use tempest_model::MixerKind;
+    let mut dataset =
+        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
+    let plan = SplitPlan::standard(&dataset)?;
+    dataset.truncate_splits(&plan.train, 16);
+    let o = quick_options(5);
+    let tiny = Config::tiny();
+    let tok = o.tokenizer(cff_blocks::Format::Mp3, &tiny)?;
+    let longest = tempest_train::longest_block(&dataset, &[], &tok, 1000)?;
+    assert!((39..=56).contains(&longest), "{longest}");
+    let flat = tiny.clone().with_mixer(MixerKind::Flatten);
+    let mut sized = flat.clone();
+    tempest_train::size_mixer(&mut sized, &dataset, &[], &tok)?;
+    assert_eq!(sized.mix_positions % 8, 0);
+    assert!(sized.mix_positions >= longest && sized.mix_positions < longest + 8);
+    let mut linear = tiny.clone();
+    tempest_train::size_mixer(&mut linear, &dataset, &[], &tok)?;
+    assert_eq!(linear.mix_positions, 0);
+    let mut set = flat.clone();
+    set.mix_positions = 24;
+    tempest_train::size_mixer(&mut set, &dataset, &[], &tok)?;
+    assert_eq!(set.mix_positions, 24);
+    // Through train(): saved, loaded, evaluated.
+    let mut o = o;
+    o.epochs = 1;
+    o.mixer = Some(MixerKind::Flatten);
+    let run = scratch("flatten-sized")?;
+    train(&dataset, &plan, &tiny, &o, &run, false)?;
+    let loaded = checkpoint::load(&run.join("last"), &candle_core::Device::Cpu)?;
+    let config = loaded.model.config();
+    assert_eq!(config.mixer, MixerKind::Flatten);
+    assert_eq!(config.mix_positions, sized.mix_positions);
+    let eval = evaluate(
+        &loaded.model,
+        &dataset,
+        &dataset.select(&plan.test),
+        &o.eval_variants,
+        &loaded.tokenizer.eval_config()?,
+        16,
+        0,
+        false,
+    )?;
+    assert_eq!(eval.stats.files_used, 20);
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(())
+}
