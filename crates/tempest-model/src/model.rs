@@ -152,11 +152,14 @@ impl Mixer {
 /// m)` (what the fused E_t node gives without a mix): their sum plus the flattened states of
 /// the first P positions (the rows of `w [P·d_t, L'·d_t]`) through `w`, `[BN, L', d_t]`.
 /// States past P reach the tokens through the sum alone.
+///
+/// The sum over the first P positions rides in the same product: `Σ_i s_i·(I + W_i)` is the
+/// flattened states times `w` plus a tiled identity, one matrix product instead of a product,
+/// a sum over L and a broadcast (whose gradients each fill a `[BN, L, d_t]` tensor).
 fn flatten_pool(w: &Tensor, scaled: &Tensor) -> Result<Tensor> {
     let (bn, l, dt) = scaled.dims3()?;
     let lt = w.dim(1)? / dt;
     let p = l.min(w.dim(0)? / dt);
-    let mean = scaled.sum(1)?; // [BN, d_t]
     let head = if p < l {
         scaled.narrow(1, 0, p)?.contiguous()?
     } else {
@@ -167,11 +170,17 @@ fn flatten_pool(w: &Tensor, scaled: &Tensor) -> Result<Tensor> {
     } else {
         w.clone()
     };
-    let flat = head
+    // [I I … I] (L' times) for each of the p positions: [p·d_t, L'·d_t].
+    let eye = Tensor::eye(dt, w.dtype(), w.device())?.repeat((p, lt))?;
+    let mut flat = head
         .reshape((bn, p * dt))?
-        .matmul(&w)?
+        .matmul(&(w + eye)?)?
         .reshape((bn, lt, dt))?;
-    flat.broadcast_add(&mean.unsqueeze(1)?)
+    if p < l {
+        let tail = scaled.narrow(1, p, l - p)?.sum(1)?; // [BN, d_t]
+        flat = flat.broadcast_add(&tail.unsqueeze(1)?)?;
+    }
+    Ok(flat)
 }
 
 /// D_t, the block decoder: the L' tokens of a block back to its L bytes. Tensor names

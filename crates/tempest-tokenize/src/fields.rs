@@ -404,6 +404,22 @@ fn energy_value(
     }
 }
 
+/// `|v|^(8/3)`, the power of a quantised line before its step: a table for the small values
+/// that make up nearly all lines (computed once by the same `powf`, so the same numbers),
+/// `powf` past it.
+fn power8_3(v: i16) -> f64 {
+    const TABLE: usize = 256;
+    static POWERS: std::sync::OnceLock<[f64; TABLE]> = std::sync::OnceLock::new();
+    let a = v.unsigned_abs();
+    match POWERS
+        .get_or_init(|| std::array::from_fn(|i| (i as f64).powf(8.0 / 3.0)))
+        .get(usize::from(a))
+    {
+        Some(&p) => p,
+        None => f64::from(a).powf(8.0 / 3.0),
+    }
+}
+
 /// The base-2 logarithm of the squared requantisation step of a band of granule `g`: its
 /// `global_gain` moved by `gain_offset`, its scalefactor `sf` and `extra` = (subblock gain,
 /// pre-emphasis), the parts of the step in scalefactor units (ISO 11172-3 2.4.3.4.7.1).
@@ -485,9 +501,7 @@ pub fn mp3_line_ids(
                 id(field, band_level(sum) * BAND_SCALEFACS as u32 + sf)
             }
             BandValue::Energy | BandValue::HalfBandEnergy | BandValue::EnergyPeak => {
-                let powers = q
-                    .iter()
-                    .map(|&v| f64::from(v.unsigned_abs()).powf(8.0 / 3.0));
+                let powers = q.iter().map(|&v| power8_3(v));
                 let log2_scale = log2_step(g, gain_offset, sf, extra);
                 id(field, energy_value(value, powers, q.len(), log2_scale))
             }
@@ -532,7 +546,7 @@ pub fn mp3_line_ids(
                                 .exp2();
                         let start = 3 * lo + w * (hi - lo);
                         for (k, &v) in (lo..hi).zip(&l.lines[start..start + (hi - lo)]) {
-                            power[k] += f64::from(v.unsigned_abs()).powf(8.0 / 3.0) * scale;
+                            power[k] += power8_3(v) * scale;
                         }
                     }
                 }
