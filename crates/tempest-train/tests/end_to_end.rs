@@ -59,6 +59,26 @@ fn quick_options(seed: u64) -> TrainOptions {
     o
 }
 
+/// A loaded checkpoint evaluated on the test split as it reads files (batches of 16, no
+/// workers).
+fn evaluate_test(
+    loaded: &checkpoint::Loaded,
+    dataset: &Dataset,
+    plan: &SplitPlan,
+    o: &TrainOptions,
+) -> Result<tempest_train::EvalReport> {
+    Ok(evaluate(
+        &loaded.model,
+        dataset,
+        &dataset.select(&plan.test),
+        &o.eval_variants,
+        &loaded.tokenizer.eval_config()?,
+        16,
+        0,
+        false,
+    )?)
+}
+
 fn weights(dir: &Path) -> Result<Vec<u8>> {
     Ok(std::fs::read(
         dir.join("last").join(tempest_model::WEIGHTS_FILE),
@@ -130,16 +150,7 @@ fn train_interrupt_resume(
     // The saved checkpoint evaluates to the same accuracy as the run's own test.
     let loaded = checkpoint::load(&whole.join("last"), &candle_core::Device::Cpu)?;
     assert_eq!(loaded.classes, dataset.classes);
-    let eval = evaluate(
-        &loaded.model,
-        dataset,
-        &dataset.select(&plan.test),
-        &options.eval_variants,
-        &loaded.tokenizer.eval_config()?,
-        16,
-        0,
-        false,
-    )?;
+    let eval = evaluate_test(&loaded, dataset, plan, &options)?;
     if plan.validation.is_empty() {
         assert_eq!(eval.accuracy, a);
     }
@@ -414,16 +425,7 @@ fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> 
         tempest_tokenize::LINES_VOCAB_SIZE
     );
     assert_eq!(loaded.tokenizer.tokens, BlockTokens::FieldsAndLines);
-    let eval = evaluate(
-        &loaded.model,
-        &dataset,
-        &dataset.select(&plan.test),
-        &o.eval_variants,
-        &loaded.tokenizer.eval_config()?,
-        16,
-        0,
-        false,
-    )?;
+    let eval = evaluate_test(&loaded, &dataset, &plan, &o)?;
     assert_eq!(eval.stats.files_used, 20);
     // Without --tokens and --gain-jitter: fields and band energies for MP3, fields for Opus,
     // bytes for JPEG, no jitter; a jitter applies to training only.
@@ -606,16 +608,7 @@ fn the_flatten_mixer_is_sized_by_the_datas_longest_block() -> Result<()> {
     let config = loaded.model.config();
     assert_eq!(config.mixer, MixerKind::Flatten);
     assert_eq!(config.mix_positions, sized.mix_positions);
-    let eval = evaluate(
-        &loaded.model,
-        &dataset,
-        &dataset.select(&plan.test),
-        &o.eval_variants,
-        &loaded.tokenizer.eval_config()?,
-        16,
-        0,
-        false,
-    )?;
+    let eval = evaluate_test(&loaded, &dataset, &plan, &o)?;
     assert_eq!(eval.stats.files_used, 20);
     let _ = std::fs::remove_dir_all(&run);
     Ok(())
