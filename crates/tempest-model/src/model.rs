@@ -160,16 +160,10 @@ fn flatten_pool(w: &Tensor, scaled: &Tensor) -> Result<Tensor> {
     let (bn, l, dt) = scaled.dims3()?;
     let lt = w.dim(1)? / dt;
     let p = l.min(w.dim(0)? / dt);
-    let head = if p < l {
-        scaled.narrow(1, 0, p)?.contiguous()?
-    } else {
-        scaled.clone()
-    };
-    let w = if p * dt < w.dim(0)? {
-        w.narrow(0, 0, p * dt)?
-    } else {
-        w.clone()
-    };
+    // (A narrow to the whole length is the tensor itself, and `contiguous` of a contiguous
+    // tensor too.)
+    let head = scaled.narrow(1, 0, p)?.contiguous()?;
+    let w = w.narrow(0, 0, p * dt)?;
     // [I I … I] (L' times) for each of the p positions: [p·d_t, L'·d_t].
     let eye = Tensor::eye(dt, w.dtype(), w.device())?.repeat((p, lt))?;
     let mut flat = head

@@ -62,23 +62,31 @@ pub(crate) fn bar(progress: bool, len: u64, what: String) -> ProgressBar {
 /// Opus variants side by side: the format is the trained variants', not the folder's first.
 pub fn detect_format(dataset: &Dataset, variants: &[String]) -> Result<cff_blocks::Format> {
     use std::io::Read;
-    for s in &dataset.samples {
-        let chosen = s
-            .variants
-            .iter()
-            .filter(|(v, _)| variants.is_empty() || variants.contains(v));
-        for (_, p) in chosen {
-            let mut head = Vec::with_capacity(16);
-            let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
-            if read.is_err() {
-                continue;
-            }
-            if let Ok(format) = cff_blocks::detect(&head) {
-                return Ok(format);
-            }
+    for p in chosen_files(dataset, variants) {
+        let mut head = Vec::with_capacity(16);
+        let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
+        if read.is_err() {
+            continue;
+        }
+        if let Ok(format) = cff_blocks::detect(&head) {
+            return Ok(format);
         }
     }
     Err(Error::setting("dataset", "no file of a known format"))
+}
+
+/// The files of `dataset`'s samples, in order, whose variant is one of `variants` (any
+/// variant when `variants` is empty).
+fn chosen_files<'a>(
+    dataset: &'a Dataset,
+    variants: &'a [String],
+) -> impl Iterator<Item = &'a std::path::Path> + 'a {
+    dataset.samples.iter().flat_map(move |s| {
+        s.variants
+            .iter()
+            .filter(move |(v, _)| variants.is_empty() || variants.contains(v))
+            .map(|(_, p)| p.as_path())
+    })
 }
 
 /// Files [`size_mixer`] tokenizes to find the longest block.
@@ -96,16 +104,7 @@ pub fn longest_block(
     let tok = tokenizer
         .eval_config()
         .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
-    let paths: Vec<&std::path::Path> = dataset
-        .samples
-        .iter()
-        .flat_map(|s| {
-            s.variants
-                .iter()
-                .filter(|(v, _)| variants.is_empty() || variants.contains(v))
-                .map(|(_, p)| p.as_path())
-        })
-        .collect();
+    let paths: Vec<&std::path::Path> = chosen_files(dataset, variants).collect();
     let step = paths.len().div_ceil(files.max(1)).max(1);
     let mut longest = 0;
     for p in paths.iter().step_by(step) {
