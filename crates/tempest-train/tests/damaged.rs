@@ -7,12 +7,11 @@
 use std::path::Path;
 
 use candle_core::Device;
-use tempest_data::Layout;
 use tempest_model::Config;
-use tempest_train::{checkpoint, train, Dataset, SplitPlan, TrainOptions};
+use tempest_train::{checkpoint, train, Dataset, TrainOptions};
 
 mod common;
-use common::{repo, scratch, Result};
+use common::{scratch, spoken_words, Result};
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
@@ -36,10 +35,7 @@ fn truncate_half(path: &Path) -> Result<()> {
 
 #[test]
 fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
-    let mut dataset =
-        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
-    let plan = SplitPlan::standard(&dataset)?;
-    dataset.truncate_splits(&plan.train, 16);
+    let (dataset, plan) = spoken_words(16)?;
     let base = scratch("damaged-run")?;
     let run = base.join("good");
     let mut o = TrainOptions::default();

@@ -10,7 +10,7 @@ use tempest_model::Config;
 use tempest_train::{checkpoint, evaluate, train, Dataset, EvalVariants, SplitPlan, TrainOptions};
 
 mod common;
-use common::{repo, scratch, Result};
+use common::{repo, scratch, spoken_words, Result};
 
 /// Writes an uncompressed IDX file (magic 0x0000_08_<rank>, big-endian dims, then bytes).
 fn write_idx(path: &Path, dims: &[u32], data: &[u8]) -> Result<()> {
@@ -401,10 +401,7 @@ fn blocks_cut_to_l_are_counted_and_l_is_saved() -> Result<()> {
 #[test]
 fn mp3_field_tokens_train_save_their_setting_and_classify_alike() -> Result<()> {
     use tempest_tokenize::BlockTokens;
-    let mut dataset =
-        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
-    let plan = SplitPlan::standard(&dataset)?;
-    dataset.truncate_splits(&plan.train, 24);
+    let (dataset, plan) = spoken_words(24)?;
     let mut o = quick_options(3);
     o.epochs = 1;
     o.tokens = Some(BlockTokens::FieldsAndLines);
@@ -501,10 +498,7 @@ fn unavailable_devices_and_dtypes_are_refused_by_name() -> Result<()> {
 /// a test line of the killed process must not stay either.
 #[test]
 fn a_resumed_run_writes_each_epochs_metrics_once() -> Result<()> {
-    let mut dataset =
-        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
-    let plan = SplitPlan::standard(&dataset)?;
-    dataset.truncate_splits(&plan.train, 24);
+    let (dataset, plan) = spoken_words(24)?;
     let run = scratch("metrics-once")?;
     let mut o = quick_options(3);
     o.stop_after_steps = Some(3); // 24 items in batches of 8: the end of epoch 1
@@ -577,10 +571,7 @@ fn the_format_is_the_trained_variants() -> Result<()> {
 #[test]
 fn the_flatten_mixer_is_sized_by_the_datas_longest_block() -> Result<()> {
     use tempest_model::MixerKind;
-    let mut dataset =
-        Dataset::from_compressed(Layout::SpeechCommands, &repo().join("data/spoken-words"))?;
-    let plan = SplitPlan::standard(&dataset)?;
-    dataset.truncate_splits(&plan.train, 16);
+    let (dataset, plan) = spoken_words(16)?;
     let o = quick_options(5);
     let tiny = Config::tiny();
     let tok = o.tokenizer(cff_blocks::Format::Mp3, &tiny)?;

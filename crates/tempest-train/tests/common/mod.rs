@@ -19,3 +19,18 @@ pub fn scratch(name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// The shipped spoken words (`data/spoken-words`, Speech Commands layout) with their standard
+/// split, the training split cut to its first `train_items` items.
+#[allow(dead_code)] // not every test file reads the words
+pub fn spoken_words(
+    train_items: usize,
+) -> Result<(tempest_train::Dataset, tempest_train::SplitPlan)> {
+    let mut dataset = tempest_train::Dataset::from_compressed(
+        tempest_data::Layout::SpeechCommands,
+        &repo().join("data/spoken-words"),
+    )?;
+    let plan = tempest_train::SplitPlan::standard(&dataset)?;
+    dataset.truncate_splits(&plan.train, train_items);
+    Ok((dataset, plan))
+}
