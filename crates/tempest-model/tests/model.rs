@@ -15,6 +15,15 @@ fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
+/// A second model of configuration `cfg` on the variables of `varmap` (another way to run
+/// the same weights).
+fn on_vars(cfg: &Config, varmap: &VarMap, dtype: DType) -> Result<Tempest> {
+    Tempest::new(
+        cfg,
+        candle_nn::VarBuilder::from_varmap(varmap, dtype, &Device::Cpu),
+    )
+}
+
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     (a - b)?
         .abs()?
@@ -321,10 +330,7 @@ fn fused_kernels_model_matches_plain_model() -> Result<()> {
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
     let mut plain_cfg = cfg.clone();
     plain_cfg.execution.fused_kernels = false;
-    let plain = Tempest::new(
-        &plain_cfg,
-        candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
-    )?;
+    let plain = on_vars(&plain_cfg, &varmap, DType::F64)?;
     let b = batch(&items(5, 4, 5, 16), &[1, 2, 3, 4])?;
     let (a, p) = (model.loss(&b, false)?, plain.loss(&b, false)?);
     assert!(max_abs_diff(&a.logits, &p.logits)? < 1e-12);
@@ -439,10 +445,7 @@ fn fused_layers_match_with(mixer: MixerKind) -> Result<()> {
     let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
     let mut layers_off = cfg.clone();
     layers_off.execution.fused_layers = false;
-    let other = Tempest::new(
-        &layers_off,
-        candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
-    )?;
+    let other = on_vars(&layers_off, &varmap, DType::F64)?;
     let b = batch(&items(5, 4, 5, 16), &[1, 2, 3, 4])?;
     model.seed_dropout(9);
     other.seed_dropout(9);
@@ -574,10 +577,7 @@ fn repeated_blocks_encoded_once_give_the_same_logits_and_gradients() -> Result<(
         let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
         let mut every_cfg = cfg.clone();
         every_cfg.execution.dedup_blocks = false;
-        let every = Tempest::new(
-            &every_cfg,
-            candle_nn::VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu),
-        )?;
+        let every = on_vars(&every_cfg, &varmap, DType::F64)?;
         let (a, e) = (model.loss(&b, true)?, every.loss(&b, true)?);
         let d = max_abs_diff(&a.logits, &e.logits)?;
         assert!(d < 1e-12, "{name}: logits differ by {d}");
@@ -647,10 +647,7 @@ fn mixup_mixes_training_items_and_leaves_evaluation_alone() -> Result<()> {
         mixup: 0.0,
         ..cfg.clone()
     };
-    let plain = Tempest::new(
-        &plain_cfg,
-        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )?;
+    let plain = on_vars(&plain_cfg, &varmap, DType::F32)?;
     let data = items(7, 4, 4, 10);
     let b = batch(&data, &[0, 1, 2, 3])?;
     // Evaluation never mixes.
@@ -728,10 +725,7 @@ fn flatten_mixer_with_fewer_positions_is_the_full_one_with_zero_rows_past_them()
     // And op by op (no fused E_t node).
     let mut off = short.clone();
     off.execution.fused_layers = false;
-    let c = Tempest::new(
-        &off,
-        candle_nn::VarBuilder::from_varmap(&b_vars, DType::F64, &Device::Cpu),
-    )?;
+    let c = on_vars(&off, &b_vars, DType::F64)?;
     assert!(max_abs_diff(&c.loss(&bt, false)?.logits, &lb.logits)? < 1e-12);
     // The parameter count follows P.
     assert_eq!(
