@@ -98,6 +98,9 @@ fn tested_variant(trained: &[String]) -> Option<String> {
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    if cli.train.eval_every.is_some() {
+        return Err("--eval-every: compare tests each model once, after its last epoch".into());
+    }
     let mut o = defaults();
     if let Some(p) = cli.patch {
         o.features = o.features.with_image_patch(p);

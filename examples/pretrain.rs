@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Parser};
 use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
 use tempest::tempest_model::pretrain::Masking;
-use tempest::tempest_model::Config;
+use tempest::tempest_model::{Config, MixerKind};
 use tempest::tempest_train::dist::Comm;
 use tempest::tempest_train::{self, Recipe, TrainOptions};
 
@@ -99,6 +99,9 @@ fn split_list(s: &str) -> Result<Vec<String>, String> {
 }
 
 fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
+    if cli.train.eval_every.is_some() {
+        return Err("--eval-every: pretraining has no evaluation between epochs".into());
+    }
     let chosen = match (&cli.preset, &cli.config) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(file)) => Some(Config::from_file(file).map_err(|e| format!("--config {e}"))?),
@@ -138,7 +141,12 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
     o.comm = comm.clone();
-    let cfg = chosen.unwrap_or_else(|| recipe.config.clone());
+    // Pretraining was measured with the linear mixer (docs/pretraining.md); `train --init`
+    // takes over the pretrained model's mixer. `--mixer flatten` pretrains the other.
+    let cfg = chosen.unwrap_or_else(|| Config {
+        mixer: MixerKind::Linear,
+        ..recipe.config.clone()
+    });
     let audio = !matches!(format, tempest::cff_blocks::Format::Jpeg);
     let defaults = Masking::default();
     let masking = Masking {

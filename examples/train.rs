@@ -296,6 +296,7 @@ fn main() -> ExitCode {
                 ("batch", "images: 32; audio: 16"),
                 ("lr", "images: 0.002; audio: 0.0005"),
                 ("block_bytes", "images: 8; audio: the model's"),
+                ("eval_every", "images: 1; audio: 2"),
             ],
         )
     });

@@ -110,6 +110,9 @@ pub struct TrainArgs {
     /// Also save the resumable checkpoint every N optimiser steps (besides after each epoch)
     #[arg(long, value_name = "N")]
     pub checkpoint_every: Option<usize>,
+    /// Evaluate (and keep the best checkpoint) after every N epochs and after the last
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
     /// Start afresh in a run folder that already holds a run (its files are replaced)
     #[arg(long)]
     pub overwrite: bool,
@@ -171,6 +174,7 @@ impl TrainArgs {
         if let Some(n) = self.checkpoint_every {
             o.checkpoint_every = n;
         }
+        set(&self.eval_every, &mut o.eval_every);
         if self.header_block {
             o.jpeg_header_block = true;
         }
@@ -249,6 +253,7 @@ impl TrainArgs {
                 "max_steps",
                 or(o.stop_after_steps.map(|v| v.to_string()), "no limit"),
             ),
+            ("eval_every", o.eval_every.to_string()),
             (
                 "checkpoint_every",
                 match o.checkpoint_every {

@@ -130,6 +130,11 @@ pub struct TrainOptions {
     /// [`EvalVariants::Ensemble`] of moved copies for test-time augmentation, while each
     /// epoch's evaluation reads one variant.
     pub test_variants: Option<EvalVariants>,
+    /// Evaluate (and consider for the best checkpoint) after every this many epochs and
+    /// after the last one (0 or 1: after every epoch). An epoch without evaluation still
+    /// writes its metrics line (training figures only) and the resumable checkpoint.
+    /// Evaluation costs the audio recipe a fifth of each epoch (docs/audio.md).
+    pub eval_every: usize,
     /// Keep the JPEG header (its tables) as one block in front of the MCUs.
     pub jpeg_header_block: bool,
     /// Bits per id (`TokenizerConfig::bit_stride`): 8 (one id per byte, the default), 4, 2
@@ -227,6 +232,12 @@ impl TrainOptions {
     ) -> bool {
         let every = self.checkpoint_every;
         every > 0 && step_index.is_multiple_of(every) && !step.end_of_epoch && !step.stopping
+    }
+
+    /// Whether epoch `epoch` (from 1) ends with an evaluation: every
+    /// [`TrainOptions::eval_every`]th epoch and the last.
+    pub fn eval_due(&self, epoch: usize) -> bool {
+        self.eval_every <= 1 || epoch.is_multiple_of(self.eval_every) || epoch >= self.epochs
     }
 
     /// The options this process's rank runs with: these on rank 0 (or without a
@@ -415,6 +426,7 @@ impl Default for TrainOptions {
             parallel_parts: 0,
             progress: true,
             checkpoint_every: 0,
+            eval_every: 1,
             stop_after_steps: None,
             handle_ctrl_c: false,
             overwrite: false,

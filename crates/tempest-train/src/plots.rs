@@ -38,8 +38,8 @@ pub struct EpochPoint {
     pub train_accuracy: f64,
     /// Evaluation loss (mean over the evaluated variants), if recorded.
     pub eval_loss: Option<f64>,
-    /// Evaluation accuracy.
-    pub eval_accuracy: f64,
+    /// Evaluation accuracy (`None`: the epoch was not evaluated, `TrainOptions::eval_every`).
+    pub eval_accuracy: Option<f64>,
 }
 
 fn register_font() -> Result<()> {
@@ -113,7 +113,7 @@ pub fn plot_curves(points: &[EpochPoint], path: &Path) -> Result<()> {
             "accuracy",
             1.0,
             &series(|p| Some(p.train_accuracy)),
-            &series(|p| Some(p.eval_accuracy)),
+            &series(|p| p.eval_accuracy),
             SeriesLabelPosition::LowerRight,
             path,
         )?;
@@ -302,11 +302,11 @@ pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
             test_confusion = first_confusion(test);
             continue;
         }
-        let (Some(epoch), Some(train), Some(eval)) =
-            (v["epoch"].as_u64(), v.get("train"), v.get("eval"))
-        else {
+        let (Some(epoch), Some(train)) = (v["epoch"].as_u64(), v.get("train")) else {
             continue;
         };
+        // Epochs without an evaluation (`TrainOptions::eval_every`) have no "eval".
+        let eval = v.get("eval").unwrap_or(&Value::Null);
         let losses: Vec<f64> = eval["variants"]
             .as_array()
             .map(|vs| {
@@ -321,11 +321,13 @@ pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
             train_accuracy: train["accuracy"].as_f64().unwrap_or(f64::NAN),
             eval_loss: (!losses.is_empty())
                 .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
-            eval_accuracy: eval["accuracy"].as_f64().unwrap_or(f64::NAN),
+            eval_accuracy: eval["accuracy"].as_f64(),
         };
         points.retain(|p| p.epoch != point.epoch);
         points.push(point);
-        eval_confusion = first_confusion(eval);
+        if let Some(c) = first_confusion(eval) {
+            eval_confusion = Some(c);
+        }
     }
     points.sort_by_key(|p| p.epoch);
     Ok(RunMetrics {
@@ -396,7 +398,7 @@ mod tests {
                 train_loss: 2.0 / e as f64,
                 train_accuracy: 0.1 + 0.12 * e as f64,
                 eval_loss: Some(2.2 / e as f64),
-                eval_accuracy: 0.1 + 0.14 * e as f64,
+                eval_accuracy: Some(0.1 + 0.14 * e as f64),
             })
             .collect();
         let path = dir.join("curves.png");
@@ -472,6 +474,8 @@ mod tests {
             serde_json::json!({"epoch": 2, "train": {"loss": 1.0, "accuracy": 0.5}, "eval": eval(0.5, 2)}),
             // A resumed run repeats epoch 2: the later line wins.
             serde_json::json!({"epoch": 2, "train": {"loss": 0.9, "accuracy": 0.6}, "eval": eval(0.6, 4)}),
+            // An epoch without evaluation (`eval_every`): its training figures only.
+            serde_json::json!({"epoch": 3, "train": {"loss": 0.8, "accuracy": 0.7}}),
         ];
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         fs::write(dir.join("metrics.jsonl"), &text).unwrap();
@@ -479,9 +483,19 @@ mod tests {
             epochs: points,
             confusion,
         } = read_metrics(&dir.join("metrics.jsonl")).unwrap();
-        assert_eq!(points.len(), 2);
+        assert_eq!(points.len(), 3);
         assert_eq!(points[1].train_loss, 0.9);
         assert_eq!(points[1].eval_loss, Some(1.5));
+        assert_eq!(points[1].eval_accuracy, Some(0.6));
+        assert_eq!(
+            (
+                points[2].train_accuracy,
+                points[2].eval_loss,
+                points[2].eval_accuracy
+            ),
+            (0.7, None, None)
+        );
+        // The last evaluation's confusion stands when later epochs had none.
         assert_eq!(confusion, Some(vec![vec![4, 1], vec![0, 3]]));
         let test = serde_json::json!({"test_split": ["test"], "test": eval(0.7, 9)});
         fs::write(dir.join("metrics.jsonl"), format!("{text}{test}\n")).unwrap();

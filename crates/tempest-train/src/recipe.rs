@@ -7,7 +7,7 @@ use std::path::Path;
 
 use cff_blocks::Format;
 use tempest_data::{holds_images, Layout, Variant};
-use tempest_model::Config;
+use tempest_model::{Config, MixerKind};
 
 use crate::{EvalVariants, Result, TrainOptions};
 
@@ -84,6 +84,9 @@ pub struct Recipe {
     pub band_mask: u8,
     /// Time mask while training ([`TrainOptions::time_mask`]; 0: none).
     pub time_mask: u16,
+    /// Evaluate after every this many epochs and after the last
+    /// ([`TrainOptions::eval_every`]).
+    pub eval_every: usize,
     /// The model.
     pub config: Config,
 }
@@ -134,6 +137,7 @@ impl Recipe {
             ema: 0.0,
             band_mask: 0,
             time_mask: 0,
+            eval_every: 1,
             config,
         })
     }
@@ -142,8 +146,10 @@ impl Recipe {
     /// [`AUDIO_ENSEMBLE`], 80 epochs, batches of 16, learning rate 5e-4 (at 2e-3 the line
     /// tokens never left chance), the `tiny` preset with label smoothing 0.1 (docs/audio.md
     /// row 31), a band mask and a time mask of up to 5 bands and 5 frames while training
-    /// (row 35); the tokens are [`crate::default_tokens`]'s for the format (fields and band
-    /// energies for MP3).
+    /// (row 35), the flatten mixer (row 48; sized by the data, [`crate::size_mixer`]) and an
+    /// evaluation after every second epoch (and the last), which keeps a set of 2,000 clips
+    /// of 3 s within 20 minutes on two cores (docs/audio.md, session 17); the tokens are
+    /// [`crate::default_tokens`]'s for the format (fields and band energies for MP3).
     pub fn audio() -> Recipe {
         Recipe {
             name: "audio",
@@ -162,8 +168,10 @@ impl Recipe {
             ema: 0.0,
             band_mask: 5,
             time_mask: 5,
+            eval_every: 2,
             config: Config {
                 label_smoothing: 0.1,
+                mixer: MixerKind::Flatten,
                 ..Config::tiny()
             },
         }
@@ -222,6 +230,7 @@ impl Recipe {
         o.adamw.ema = self.ema;
         o.band_mask = self.band_mask;
         o.time_mask = self.time_mask;
+        o.eval_every = self.eval_every;
         o.epochs = self.epochs;
         o.batch_size = self.batch_size;
         o.lr = self.lr;
@@ -289,5 +298,20 @@ mod tests {
         assert_eq!((o.band_mask, o.time_mask), (5, 5));
         assert_eq!(r.variants.len(), 10);
         assert_eq!(r.config.label_smoothing, 0.1);
+        assert_eq!(r.config.mixer, MixerKind::Flatten);
+        // Evaluated after epochs 2, 4, …, 80, never after an odd one.
+        assert_eq!(o.eval_every, 2);
+        let due: Vec<usize> = (1..=o.epochs).filter(|&e| o.eval_due(e)).collect();
+        assert_eq!(due, (1..=40).map(|k| 2 * k).collect::<Vec<_>>());
+        // The image recipe evaluates every epoch; a last odd epoch is always evaluated.
+        let mut images = TrainOptions::default();
+        Recipe::images(&ImageRecipe::default())
+            .unwrap()
+            .apply(&mut images);
+        assert!((1..=images.epochs).all(|e| images.eval_due(e)));
+        images.eval_every = 4;
+        images.epochs = 7;
+        let due: Vec<usize> = (1..=7).filter(|&e| images.eval_due(e)).collect();
+        assert_eq!(due, [4, 7]);
     }
 }

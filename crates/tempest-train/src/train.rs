@@ -149,9 +149,13 @@ fn train_ranks(
     let mut config = o.model_config(model_config, dataset.classes.len(), format)?;
 
     let tok = o.tokenizer(format, &config)?;
-    // A flatten mixer taken over from a pretrained checkpoint keeps its positions.
+    // Fine-tuning takes over the pretrained model's mixer (unless `o.mixer` names one): a
+    // recipe's other kind would start M afresh. A flatten mixer keeps its positions.
     if let Some(dir) = &o.init {
         let pre = tempest_model::load_config(&crate::pretrain::resolve_checkpoint(dir)?)?;
+        if o.mixer.is_none() {
+            config.mixer = pre.mixer;
+        }
         let flatten = tempest_model::MixerKind::Flatten;
         if config.mixer == flatten && pre.mixer == flatten && config.mix_positions == 0 {
             config.mix_positions = pre.flat_positions().min(config.max_block_bytes);
@@ -384,7 +388,7 @@ fn train_ranks(
         &test_idx,
         test_variants,
         &eval_tok,
-        o.batch_size.max(64),
+        o.batch_size,
         o.workers,
         o.progress,
     )?;
@@ -522,23 +526,29 @@ impl Driver for FileDriver<'_> {
         }
         let o = self.options;
         // With a weight average (`--ema`), evaluation and the best checkpoint read the
-        // average; the trained weights stay in the last checkpoint, to resume from.
-        let eval = opt.with_average_weights(|| {
-            evaluate(
-                self.model,
-                self.dataset,
-                &self.select_idx,
-                &o.eval_variants,
-                self.eval_tok,
-                o.batch_size.max(64),
-                o.workers,
-                o.progress,
-            )
-        })?;
-        merge_stats(&mut self.report.eval_stats, &eval.stats);
-        self.report.skipped.extend(eval.skipped.clone());
+        // average; the trained weights stay in the last checkpoint, to resume from. Batches
+        // of the training size: larger ones were slower (docs/audio.md, session 17).
+        let eval = if o.eval_due(log.epoch) {
+            let eval = opt.with_average_weights(|| {
+                evaluate(
+                    self.model,
+                    self.dataset,
+                    &self.select_idx,
+                    &o.eval_variants,
+                    self.eval_tok,
+                    o.batch_size,
+                    o.workers,
+                    o.progress,
+                )
+            })?;
+            merge_stats(&mut self.report.eval_stats, &eval.stats);
+            self.report.skipped.extend(eval.skipped.clone());
+            Some(eval)
+        } else {
+            None
+        };
         let sums = log.sums;
-        let line = json!({
+        let mut line = json!({
             "epoch": log.epoch,
             "step": state.step,
             "lr": self.schedule.lr(state.step.saturating_sub(1)),
@@ -553,31 +563,36 @@ impl Driver for FileDriver<'_> {
                 "ranks": self.world,
                 "skipped": loader_skips(&self.report.train_stats),
             },
-            "eval_split": self.select_split,
-            "eval": eval.to_json(),
             "elapsed_s": self.elapsed(),
         });
+        if let Some(eval) = &eval {
+            line["eval_split"] = json!(self.select_split);
+            line["eval"] = eval.to_json();
+        }
         if let Some(f) = self.metrics_file.as_mut() {
             writeln!(f, "{line}").map_err(Error::io(self.run_dir))?;
         }
         plot(self.run_dir, &self.dataset.classes);
         if o.progress {
+            let evaluated = eval.as_ref().map_or(String::new(), |e| {
+                format!("; {} acc {:.4}", self.select_split.join("+"), e.accuracy)
+            });
             eprintln!(
-                "epoch {}/{}: train loss {:.4} acc {:.4}; {} acc {:.4}",
+                "epoch {}/{}: train loss {:.4} acc {:.4}{evaluated}",
                 log.epoch,
                 o.epochs,
                 sums.mean_loss(),
                 sums.accuracy(),
-                self.select_split.join("+"),
-                eval.accuracy
             );
         }
-        let better = state.best.is_none_or(|(b, _)| eval.accuracy > b);
-        if better || !self.has_validation {
-            if better {
-                state.best = Some((eval.accuracy, log.epoch));
+        if let Some(eval) = &eval {
+            let better = state.best.is_none_or(|(b, _)| eval.accuracy > b);
+            if better || !self.has_validation {
+                if better {
+                    state.best = Some((eval.accuracy, log.epoch));
+                }
+                opt.with_average_weights(|| checkpoint::save(self.best_dir, &self.parts_saved))?;
             }
-            opt.with_average_weights(|| checkpoint::save(self.best_dir, &self.parts_saved))?;
         }
         state.elapsed_s = self.elapsed();
         self.save_last(opt, state)?;

@@ -604,3 +604,39 @@ fn the_flatten_mixer_is_sized_by_the_datas_longest_block() -> Result<()> {
     let _ = std::fs::remove_dir_all(&run);
     Ok(())
 }
+
+/// With `eval_every` 2 over 3 epochs only epochs 2 and 3 are evaluated: epoch 1's metrics line
+/// holds its training figures alone, the best checkpoint comes from an evaluated epoch, and
+/// the weights are those of a run that evaluates every epoch (evaluation changes nothing).
+#[test]
+fn eval_every_skips_evaluations_but_not_training() -> Result<()> {
+    let (dataset, plan) = spoken_words(16)?;
+    let mut o = quick_options(5);
+    o.epochs = 3;
+    let every = scratch("eval-every-1")?;
+    train(&dataset, &plan, &Config::tiny(), &o, &every, false)?;
+    o.eval_every = 2;
+    let run = scratch("eval-every-2")?;
+    let report = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
+    assert_eq!(report.epochs, 3);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let evaluated: Vec<(u64, bool)> = lines
+        .iter()
+        .filter_map(|l| Some((l["epoch"].as_u64()?, l.get("eval").is_some())))
+        .collect();
+    assert_eq!(evaluated, [(1, false), (2, true), (3, true)]);
+    assert!(lines[0]["train"]["loss"]
+        .as_f64()
+        .is_some_and(f64::is_finite));
+    let (_, best_epoch) = report.best.ok_or("no best epoch")?;
+    assert!(best_epoch >= 2, "best epoch {best_epoch}");
+    assert!(run.join("best").join("model.safetensors").exists());
+    assert!(report.test.is_some());
+    assert_eq!(weights(&every)?, weights(&run)?);
+    let _ = std::fs::remove_dir_all(&every);
+    let _ = std::fs::remove_dir_all(&run);
+    Ok(())
+}

@@ -220,8 +220,19 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     ft.init = Some(whole.clone());
     ft.freeze_block_encoder = 1;
     ft.stop_after_steps = Some(1);
-    let run = train(&dataset, &plan, &cfg, &ft, &tuned, false)?;
+    // The task's configuration names the flatten mixer (as the audio recipe does): the
+    // pretrained model's linear mixer is taken over instead of a fresh one.
+    let flatten = Config {
+        mixer: tempest_model::MixerKind::Flatten,
+        ..cfg.clone()
+    };
+    assert_eq!(cfg.mixer, tempest_model::MixerKind::Linear);
+    let run = train(&dataset, &plan, &flatten, &ft, &tuned, false)?;
     assert!(run.interrupted);
+    assert_eq!(
+        tempest_model::load_config(&tuned.join("last"))?.mixer,
+        tempest_model::MixerKind::Linear
+    );
     let after = tensors(&file(&tuned))?;
     for name in [
         "embed.bytes.weight",
