@@ -95,8 +95,9 @@ pub(crate) fn reset_stop() {
     STOP.store(false, Ordering::SeqCst);
 }
 
-/// A training run in `run_dir`: trains on `plan.train`, evaluates every epoch on
-/// `plan.validation` (or `plan.test` when there is no validation split), keeps the best
+/// A training run in `run_dir`: trains on `plan.train`, evaluates every epoch (every
+/// [`TrainOptions::eval_every`]th and the last) on `plan.validation` (or `plan.test` when
+/// there is no validation split) in batches of [`TrainOptions::batch_size`], keeps the best
 /// checkpoint in `run_dir/best` and a resumable one in `run_dir/last`, appends one JSON line
 /// per epoch to `run_dir/metrics.jsonl`, and ends with a test on `plan.test` of the best
 /// checkpoint (with a validation split) or of the last weights (without one: choosing an
