@@ -204,6 +204,7 @@ fn pretrain_ranks(
     } else {
         match checkpoint::resolve(&last_dir).filter(|_| resume) {
             Some(dir) => {
+                checkpoint::verify(&dir)?;
                 let config = tempest_model::load_config(&dir)?;
                 let masking: Masking = checkpoint::read_json(&dir.join(MASKING_FILE))?;
                 let tok: TokenizerConfig =
@@ -639,9 +640,10 @@ fn list(names: &[String]) -> String {
 }
 
 /// The checkpoint folder of `dir`: `dir` itself when it holds weights, else its `last` (a
-/// pretraining run) or `best` (a training run).
+/// pretraining run) or `best` (a training run); its files checked against their checksums
+/// ([`checkpoint::verify`]).
 pub fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
-    [dir.to_path_buf(), dir.join("last"), dir.join("best")]
+    let found = [dir.to_path_buf(), dir.join("last"), dir.join("best")]
         .iter()
         .find_map(|d| checkpoint::resolve(d))
         .ok_or_else(|| {
@@ -649,7 +651,9 @@ pub fn resolve_checkpoint(dir: &Path) -> Result<PathBuf> {
                 dir,
                 "no checkpoint (model.safetensors) here or in last/, best/",
             )
-        })
+        })?;
+    checkpoint::verify(&found)?;
+    Ok(found)
 }
 
 /// Sets the variables of `varmap` from the pretrained checkpoint in `dir` (a checkpoint

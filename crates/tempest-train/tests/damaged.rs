@@ -1,8 +1,9 @@
 //! Damaged run folders and datasets fail with an error that names the file (and the line,
 //! where the file has lines), never a panic: a truncated `model.safetensors` or
 //! `optimizer.safetensors`, a `config.json`, `state.json` or `tempest_tokenizer.json` that is
-//! not JSON, class names in `config.json` that do not match the model, a manifest with a
-//! damaged row.
+//! not JSON, class names in `config.json` that do not match the model, a bit flipped or a
+//! few bytes cut where the checkpoint's `checksums.json` records each file's length and
+//! CRC-32, a damaged `checksums.json`, a manifest with a damaged row.
 
 use std::path::Path;
 
@@ -103,6 +104,9 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
         // Only `last/` is damaged; a `last.old` beside it would be an intact fallback.
         let _ = std::fs::remove_dir_all(copy.join("last.old"));
         damage(&copy.join("last"))?;
+        // Without the checksums (a checkpoint written before them) each format's own reader
+        // must catch the damage; with them, `checksums_catch_what_the_formats_do_not` below.
+        std::fs::remove_file(copy.join("last").join(checkpoint::CHECKSUMS_FILE))?;
         if resume_reads {
             let err = match train(&dataset, &plan, &Config::tiny(), &o, &copy, true) {
                 Ok(r) => panic!("{what}: resumed and ran {} epochs", r.epochs),
@@ -128,6 +132,7 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
     // the tokenizer settings in tokenizer.json) loads with the same names and settings.
     let old = base.join("old-layout");
     copy_dir(&run.join("last"), &old)?;
+    std::fs::remove_file(old.join(checkpoint::CHECKSUMS_FILE))?; // none in that layout
     let now = checkpoint::load(&run.join("last"), &Device::Cpu)?;
     let config_path = old.join("config.json");
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
@@ -152,6 +157,103 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
     // The undamaged run still resumes and finishes.
     let done = train(&dataset, &plan, &Config::tiny(), &o, &run, true)?;
     assert!(!done.interrupted && done.epochs == 2);
+    std::fs::remove_dir_all(&base)?;
+    Ok(())
+}
+
+fn flip_a_bit(path: &Path, at: usize) -> Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let i = at.min(bytes.len() - 1);
+    bytes[i] ^= 0x10;
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+/// One bit flipped inside a tensor's data still parses as safetensors (a silently different
+/// model without a checksum); the checkpoint's `checksums.json` makes resume and load fail,
+/// naming the file and the CRC. A damaged `checksums.json` names itself.
+#[test]
+fn checksums_catch_what_the_formats_do_not() -> Result<()> {
+    let (dataset, plan) = spoken_words(16)?;
+    let base = scratch("checksums-run")?;
+    let run = base.join("good");
+    let mut o = TrainOptions::default();
+    o.epochs = 2;
+    o.batch_size = 8;
+    o.workers = 1;
+    o.progress = false;
+    o.stop_after_steps = Some(2);
+    assert!(train(&dataset, &plan, &Config::tiny(), &o, &run, false)?.interrupted);
+    o.stop_after_steps = None;
+    let last = run.join("last");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(last.join(checkpoint::CHECKSUMS_FILE))?)?;
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "config.json",
+        "state.json",
+    ] {
+        assert!(listed[f]["crc32"].is_u64(), "{f} not listed: {listed}");
+    }
+    checkpoint::verify(&last)?;
+
+    type Damage = fn(&Path) -> Result<()>;
+    let cases: [(&str, &str, &str, bool, Damage); 4] = [
+        // Past the header, inside the tensors' data: safetensors reads it without complaint.
+        ("weights bit", "model.safetensors", "CRC-32", true, |d| {
+            let path = d.join("model.safetensors");
+            let len = std::fs::metadata(&path)?.len() as usize;
+            flip_a_bit(&path, len - len / 3)
+        }),
+        (
+            "optimiser bit",
+            "optimizer.safetensors",
+            "CRC-32",
+            false,
+            |d| {
+                let path = d.join("optimizer.safetensors");
+                let len = std::fs::metadata(&path)?.len() as usize;
+                flip_a_bit(&path, len - len / 3)
+            },
+        ),
+        (
+            "weights cut",
+            "model.safetensors",
+            "bytes where",
+            true,
+            |d| {
+                let path = d.join("model.safetensors");
+                let bytes = std::fs::read(&path)?;
+                Ok(std::fs::write(&path, &bytes[..bytes.len() - 4])?)
+            },
+        ),
+        ("checksums", "checksums.json", "checksums.json", true, |d| {
+            Ok(std::fs::write(d.join("checksums.json"), "{\"model")?)
+        }),
+    ];
+    for (what, file, says, load_reads, damage) in cases {
+        let copy = base.join(what.replace(' ', "-"));
+        copy_dir(&run, &copy)?;
+        let _ = std::fs::remove_dir_all(copy.join("last.old"));
+        damage(&copy.join("last"))?;
+        let err = match train(&dataset, &plan, &Config::tiny(), &o, &copy, true) {
+            Ok(r) => panic!("{what}: resumed and ran {} epochs", r.epochs),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(file) && err.contains(says), "{what}: {err:?}");
+        if load_reads {
+            let err = checkpoint::load(&copy.join("last"), &Device::Cpu)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(file) && err.contains(says), "{what}: {err:?}");
+        }
+    }
+    // The flipped weights do load when the checksums are gone: the check is what tells.
+    let copy = base.join("weights-bit");
+    std::fs::remove_file(copy.join("last").join(checkpoint::CHECKSUMS_FILE))?;
+    checkpoint::load(&copy.join("last"), &Device::Cpu)?;
     std::fs::remove_dir_all(&base)?;
     Ok(())
 }
