@@ -1,5 +1,5 @@
-//! Checkpoints: a directory holding `config.json` (the [`Config`]) and `model.safetensors`
-//! (every variable under its stable name, see `docs/model.md`).
+//! Checkpoints: a directory holding `config.json` (the [`Config`]), `model.safetensors`
+//! (every variable under its stable name, see `docs/model.md`) and [`CHECKSUMS_FILE`].
 
 use std::path::Path;
 
@@ -15,6 +15,96 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The class names of checkpoints written before `config.json` held them (`id2label`): a
 /// JSON array of strings.
 pub const CLASSES_FILE: &str = "classes.json";
+
+/// The file of a checkpoint that records each other file's length and CRC-32 (written last
+/// by [`save`] and by `tempest_train::checkpoint::save`, checked by [`verify`] whenever a
+/// checkpoint is loaded): the safetensors format has no checksum, so a flipped bit in a tensor
+/// would otherwise load as a silently different model.
+pub const CHECKSUMS_FILE: &str = "checksums.json";
+
+/// One file's record in [`CHECKSUMS_FILE`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCheck {
+    /// Its length in bytes.
+    pub bytes: u64,
+    /// The CRC-32 (IEEE) of its bytes.
+    pub crc32: u32,
+}
+
+fn file_check(path: &Path) -> Result<FileCheck> {
+    let data = std::fs::read(path).map_err(io(path))?;
+    Ok(FileCheck {
+        bytes: data.len() as u64,
+        crc32: crc32fast::hash(&data),
+    })
+}
+
+/// Writes [`CHECKSUMS_FILE`] into `dir`, listing every other file in it.
+pub fn write_checksums(dir: &Path) -> Result<()> {
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string);
+        if let Some(name) = name.filter(|n| n != CHECKSUMS_FILE && path.is_file()) {
+            files.insert(name, file_check(&path)?);
+        }
+    }
+    let path = dir.join(CHECKSUMS_FILE);
+    let json = serde_json::to_string_pretty(&files).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    std::fs::write(&path, json).map_err(io(&path))
+}
+
+/// Checks the files of the checkpoint folder `dir` against its [`CHECKSUMS_FILE`]: each file
+/// listed must be there with its recorded length and CRC-32, else the error names the file
+/// and what differs. A checkpoint written before checksums existed (no such file) passes.
+pub fn verify(dir: &Path) -> Result<()> {
+    let list = dir.join(CHECKSUMS_FILE);
+    if !list.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&list).map_err(io(&list))?;
+    let files: std::collections::BTreeMap<String, FileCheck> = serde_json::from_str(&text)
+        .map_err(|source| Error::Json {
+            path: list.clone(),
+            source,
+        })?;
+    for (name, want) in &files {
+        let path = dir.join(name);
+        if !path.exists() {
+            return Err(Error::Config(format!(
+                "{}: missing; {CHECKSUMS_FILE} lists it",
+                path.display()
+            )));
+        }
+        let got = file_check(&path)?;
+        if got.bytes != want.bytes {
+            return Err(Error::Config(format!(
+                "{}: {} bytes where {CHECKSUMS_FILE} says {}: the file was cut or changed after \
+                 it was written",
+                path.display(),
+                got.bytes,
+                want.bytes
+            )));
+        }
+        if got.crc32 != want.crc32 {
+            return Err(Error::Config(format!(
+                "{}: CRC-32 {:08x} where {CHECKSUMS_FILE} says {:08x}: the file was damaged \
+                 after it was written",
+                path.display(),
+                got.crc32,
+                want.crc32
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// Wraps a candle error about a weights file with the file's path.
 fn weights(path: &Path) -> impl FnOnce(candle_core::Error) -> Error + '_ {
@@ -58,7 +148,8 @@ pub fn save(dir: &Path, config: &Config, varmap: &VarMap) -> Result<()> {
             .collect::<Result<std::collections::HashMap<String, candle_core::Tensor>>>()?
     };
     let path = dir.join(WEIGHTS_FILE);
-    candle_core::safetensors::save(&tensors, &path).map_err(weights(&path))
+    candle_core::safetensors::save(&tensors, &path).map_err(weights(&path))?;
+    write_checksums(dir)
 }
 
 /// Reads the `config.json` of a checkpoint directory.
@@ -95,6 +186,7 @@ pub fn class_names(dir: &Path, config: &Config) -> Result<Option<Vec<String>>> {
 
 /// Loads a checkpoint for inference: the weights are plain tensors, not variables.
 pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Tempest> {
+    verify(dir)?;
     let config = load_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let data = std::fs::read(&path).map_err(io(&path))?;
@@ -105,6 +197,7 @@ pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Tempest> {
 /// Loads a checkpoint to train on: the model and the [`VarMap`] of its variables, on `device`
 /// in `dtype` (the file's f32 weights are converted).
 pub fn load_trainable(dir: &Path, device: &Device, dtype: DType) -> Result<(Tempest, VarMap)> {
+    verify(dir)?;
     let config = load_config(dir)?;
     let (model, varmap) = Tempest::init(&config, device, dtype)?;
     let path = dir.join(WEIGHTS_FILE);

@@ -53,7 +53,8 @@ pub mod pretrain;
 pub use tempest_kernels as kernels;
 
 pub use checkpoint::{
-    class_names, load, load_config, load_trainable, save, CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE,
+    class_names, load, load_config, load_trainable, save, verify, write_checksums, FileCheck,
+    CHECKSUMS_FILE, CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use classifier::{Classifier, Prediction};
 pub use config::{BlockPositionKind, Config, Execution, IdFactors, MixerKind, StackConfig};

@@ -127,85 +127,15 @@ pub struct CheckpointParts<'a> {
     pub resume: Option<(&'a AdamW, &'a TrainState)>,
 }
 
-/// The file of a checkpoint that records each other file's length and CRC-32 (written last
-/// by [`save`], checked by [`verify`]): the safetensors format has no checksum, so a flipped
-/// bit in a tensor would otherwise load as a silently different model.
-pub const CHECKSUMS_FILE: &str = "checksums.json";
+/// The file of a checkpoint that lists each other file's length and CRC-32
+/// ([`tempest_model::CHECKSUMS_FILE`]): written last by [`save`], checked by [`verify`].
+pub use tempest_model::CHECKSUMS_FILE;
 
-/// One file's record in [`CHECKSUMS_FILE`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCheck {
-    /// Its length in bytes.
-    pub bytes: u64,
-    /// The CRC-32 (IEEE) of its bytes.
-    pub crc32: u32,
-}
-
-fn file_check(path: &Path) -> Result<FileCheck> {
-    let data = fs::read(path).map_err(Error::io(path))?;
-    Ok(FileCheck {
-        bytes: data.len() as u64,
-        crc32: crc32fast::hash(&data),
-    })
-}
-
-/// Writes [`CHECKSUMS_FILE`] into `dir` for every other file in it.
-fn write_checksums(dir: &Path) -> Result<()> {
-    let mut files = std::collections::BTreeMap::new();
-    for entry in fs::read_dir(dir).map_err(Error::io(dir))? {
-        let path = entry.map_err(Error::io(dir))?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string);
-        if let Some(name) = name.filter(|n| n != CHECKSUMS_FILE && path.is_file()) {
-            files.insert(name, file_check(&path)?);
-        }
-    }
-    write_json(&dir.join(CHECKSUMS_FILE), &files)
-}
-
-/// Checks the files of the checkpoint folder `dir` against its [`CHECKSUMS_FILE`]: each file
-/// listed must be there with its recorded length and CRC-32, else the error names the file
-/// and what differs. A checkpoint written before checksums existed (no such file) passes.
+/// Checks the files of the checkpoint folder `dir` against its [`CHECKSUMS_FILE`]
+/// ([`tempest_model::verify`]; a checkpoint without one passes): resume, load and `--init`
+/// call it before reading anything else.
 pub fn verify(dir: &Path) -> Result<()> {
-    let list = dir.join(CHECKSUMS_FILE);
-    if !list.exists() {
-        return Ok(());
-    }
-    let files: std::collections::BTreeMap<String, FileCheck> = read_json(&list)?;
-    for (name, want) in &files {
-        let path = dir.join(name);
-        if !path.exists() {
-            return Err(Error::dataset(
-                &path,
-                format!("missing; {CHECKSUMS_FILE} lists it"),
-            ));
-        }
-        let got = file_check(&path)?;
-        if got.bytes != want.bytes {
-            return Err(Error::dataset(
-                &path,
-                format!(
-                    "{} bytes where {CHECKSUMS_FILE} says {}: the file was cut or changed \
-                     after it was written",
-                    got.bytes, want.bytes
-                ),
-            ));
-        }
-        if got.crc32 != want.crc32 {
-            return Err(Error::dataset(
-                &path,
-                format!(
-                    "CRC-32 {:08x} where {CHECKSUMS_FILE} says {:08x}: the file was damaged \
-                     after it was written",
-                    got.crc32, want.crc32
-                ),
-            ));
-        }
-    }
-    Ok(())
+    Ok(tempest_model::verify(dir)?)
 }
 
 /// Writes a checkpoint atomically (see the module's documentation), its
@@ -222,7 +152,7 @@ pub fn save(dir: &Path, parts: &CheckpointParts<'_>) -> Result<()> {
         opt.save(&tmp.join(OPTIMIZER_FILE))?;
         write_json(&tmp.join(STATE_FILE), state)?;
     }
-    write_checksums(&tmp)?;
+    tempest_model::write_checksums(&tmp)?;
     let old = with_suffix(dir, ".old");
     if old.exists() {
         fs::remove_dir_all(&old).map_err(Error::io(&old))?;
@@ -260,7 +190,6 @@ pub fn load_as(dir: &Path, device: &Device, dtype: DType) -> Result<Loaded> {
         .iter()
         .find_map(|d| resolve(d))
         .ok_or_else(|| Error::dataset(dir, "no checkpoint (model.safetensors) here"))?;
-    verify(&dir)?;
     let model = tempest_model::load(&dir, device, dtype)?;
     // A checkpoint for evaluation must name its classes; one without names fails on the
     // missing `classes.json`, naming it.

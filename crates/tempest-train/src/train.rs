@@ -204,7 +204,7 @@ fn train_ranks(
     } else {
         match checkpoint::resolve(&last_dir).filter(|_| resume) {
             Some(dir) => {
-                checkpoint::verify(&dir)?;
+                // (`load_trainable` checks the checkpoint's checksums first.)
                 let (model, varmap) = tempest_model::load_trainable(&dir, &device, dtype)?;
                 let mut opt = AdamW::new(&varmap, o.adamw)?;
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;

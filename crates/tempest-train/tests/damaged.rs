@@ -248,6 +248,12 @@ fn checksums_catch_what_the_formats_do_not() -> Result<()> {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(file) && err.contains(says), "{what}: {err:?}");
+            // `classify` loads through the model crate, which checks them too.
+            let err = tempest_model::Classifier::load(&copy.join("last"), &Device::Cpu)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(file) && err.contains(says), "{what}: {err:?}");
         }
     }
     // The flipped weights do load when the checksums are gone: the check is what tells.
