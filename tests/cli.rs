@@ -5,28 +5,12 @@
 //! `deps/` folder; these tests run those binaries (`gpu_check` needs feature `cuda` and is
 //! left out).
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// The built example `name` (`target/<profile>/examples/<name>`).
-fn example(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let deps = exe.parent().ok_or("no deps folder")?;
-    let profile = deps.parent().ok_or("no profile folder")?;
-    let path = profile
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        return Err(format!(
-            "{} is not built: run `cargo test` (which builds the examples)",
-            path.display()
-        )
-        .into());
-    }
-    Ok(path)
-}
+mod common;
+use common::example;
 
 /// Runs example `name` with `args`.
 fn run(name: &str, args: &[&str]) -> Result<Output> {

@@ -15,20 +15,7 @@ use std::time::Duration;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn prepare_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no profile folder")?;
-    let path = profile
-        .join("examples")
-        .join(format!("prepare{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        return Err(format!("{} is not built: run `cargo test`", path.display()).into());
-    }
-    Ok(path)
-}
+mod common;
 
 /// Writes an IDX image file and its label file of `n` 28×28 digits-like images.
 fn write_idx(dir: &Path, prefix: &str, n: u32, seed: u32) -> Result<()> {
@@ -83,7 +70,7 @@ fn files(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
 
 #[test]
 fn prepare_killed_and_rerun_matches_an_uninterrupted_run() -> Result<()> {
-    let bin = prepare_binary()?;
+    let bin = common::example("prepare")?;
     let work = std::env::temp_dir().join(format!("tempest-kill-prepare-{}", std::process::id()));
     let input = work.join("input");
     std::fs::create_dir_all(&input)?;

@@ -12,26 +12,13 @@
 
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn train_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("no profile folder")?;
-    let path = profile
-        .join("examples")
-        .join(format!("train{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        return Err(format!("{} is not built: run `cargo test`", path.display()).into());
-    }
-    Ok(path)
-}
+mod common;
 
 /// The epochs of `metrics.jsonl`'s epoch lines, in order, and its count of test lines.
 fn epochs_and_tests(run: &Path) -> Result<(Vec<u64>, usize)> {
@@ -52,7 +39,7 @@ fn epochs_and_tests(run: &Path) -> Result<(Vec<u64>, usize)> {
 
 #[test]
 fn train_killed_and_resumed_matches_an_uninterrupted_run() -> Result<()> {
-    let bin = train_binary()?;
+    let bin = common::example("train")?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = std::env::temp_dir().join(format!("tempest-kill-train-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use tempest_model::Config;
-use tempest_train::{checkpoint, train, Dataset, TrainOptions};
+use tempest_train::{checkpoint, train, Dataset, SplitPlan, TrainOptions};
 
 mod common;
 use common::{scratch, spoken_words, Result};
@@ -34,10 +34,19 @@ fn truncate_half(path: &Path) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
+/// A run of 16 spoken words stopped at the end of its first epoch (a resumable `last/`) in
+/// `<scratch base>/good`, and the options that resume it to its 2 epochs.
+struct Stopped {
+    dataset: Dataset,
+    plan: SplitPlan,
+    base: std::path::PathBuf,
+    run: std::path::PathBuf,
+    options: TrainOptions,
+}
+
+fn stopped_run(name: &str) -> Result<Stopped> {
     let (dataset, plan) = spoken_words(16)?;
-    let base = scratch("damaged-run")?;
+    let base = scratch(name)?;
     let run = base.join("good");
     let mut o = TrainOptions::default();
     o.epochs = 2;
@@ -48,6 +57,24 @@ fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
     let first = train(&dataset, &plan, &Config::tiny(), &o, &run, false)?;
     assert!(first.interrupted);
     o.stop_after_steps = None;
+    Ok(Stopped {
+        dataset,
+        plan,
+        base,
+        run,
+        options: o,
+    })
+}
+
+#[test]
+fn damaged_checkpoints_fail_naming_the_file() -> Result<()> {
+    let Stopped {
+        dataset,
+        plan,
+        base,
+        run,
+        options: o,
+    } = stopped_run("damaged-run")?;
 
     // Each damage in a copy of the run. Resuming reads the weights, the optimiser state, the
     // configuration and the training state; loading for inference (eval, classify) reads the
@@ -174,17 +201,13 @@ fn flip_a_bit(path: &Path, at: usize) -> Result<()> {
 /// naming the file and the CRC. A damaged `checksums.json` names itself.
 #[test]
 fn checksums_catch_what_the_formats_do_not() -> Result<()> {
-    let (dataset, plan) = spoken_words(16)?;
-    let base = scratch("checksums-run")?;
-    let run = base.join("good");
-    let mut o = TrainOptions::default();
-    o.epochs = 2;
-    o.batch_size = 8;
-    o.workers = 1;
-    o.progress = false;
-    o.stop_after_steps = Some(2);
-    assert!(train(&dataset, &plan, &Config::tiny(), &o, &run, false)?.interrupted);
-    o.stop_after_steps = None;
+    let Stopped {
+        dataset,
+        plan,
+        base,
+        run,
+        options: o,
+    } = stopped_run("checksums-run")?;
     let last = run.join("last");
     let listed: serde_json::Value =
         serde_json::from_slice(&std::fs::read(last.join(checkpoint::CHECKSUMS_FILE))?)?;
