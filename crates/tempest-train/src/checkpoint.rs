@@ -127,16 +127,10 @@ pub struct CheckpointParts<'a> {
     pub resume: Option<(&'a AdamW, &'a TrainState)>,
 }
 
-/// The file of a checkpoint that lists each other file's length and CRC-32
-/// ([`tempest_model::CHECKSUMS_FILE`]): written last by [`save`], checked by [`verify`].
-pub use tempest_model::CHECKSUMS_FILE;
-
-/// Checks the files of the checkpoint folder `dir` against its [`CHECKSUMS_FILE`]
-/// ([`tempest_model::verify`]; a checkpoint without one passes): resume, load and `--init`
-/// call it before reading anything else.
-pub fn verify(dir: &Path) -> Result<()> {
-    Ok(tempest_model::verify(dir)?)
-}
+/// [`CHECKSUMS_FILE`] lists each other file of a checkpoint with its length and CRC-32
+/// (written last by [`save`]); [`verify`] checks a folder against it (a checkpoint without
+/// one passes). Resume, load and `--init` verify before reading anything else.
+pub use tempest_model::{verify, CHECKSUMS_FILE};
 
 /// Writes a checkpoint atomically (see the module's documentation), its
 /// [`CHECKSUMS_FILE`] last.
