@@ -78,8 +78,8 @@ fn defaults() -> CompareOptions {
 
 /// `run`'s choices where the command line leaves them open: the recipe `train` would use for
 /// the data (`tempest_train::Recipe`: for audio ten MP3 bitrates, 80 epochs, batches of 16,
-/// 5e-4, `tiny` with label smoothing 0.1 and the flatten mixer; for images 30 epochs, batches of 32, 2e-3, 8 bytes
-/// per MCU, `tiny` with 3 E_c layers), so that `compare` and `train` train TEMPEST alike. The
+/// 5e-4, `tiny` with label smoothing 0.1 and the flatten mixer; for images 30 epochs, batches
+/// of 32, 2e-3, 8 bytes per MCU, `tiny` with 3 E_c layers), so that `compare` and `train` train TEMPEST alike. The
 /// baseline gets the same budget and optimiser, and E_c's width and depth.
 /// (`Recipe::apply` also sets the evaluation variants, which `compare` does not read: it
 /// tests one variant, `CompareOptions::eval_variant`.)
