@@ -7,11 +7,13 @@
 //!     prediction per item, its class probabilities averaged over the variants)
 //!     [--preset tiny|small|paper | --config FILE] [--max-train-items N] [--folds 1,2,3,4,5]
 //!     [--out RUN_DIR] [--resume] [--init PRETRAINED_DIR [--freeze-block-encoder EPOCHS]]
-//!     [--dist none|mpi] [TRAINING FLAGS]
+//!     [--dist none|mpi|nccl [--gpus 0,1]] [TRAINING FLAGS]
 //! ```
 //!
 //! `--dist mpi` (a build with `--features mpi`) trains data-parallel on the processes that
 //! `mpirun -np N` starts, `--batch` items per process and step (docs/distributed.md).
+//! `--dist nccl --gpus 0,1` (a build with `--features cuda,nccl`) starts one process per listed
+//! GPU, each training on its GPU, and ends them all when one fails.
 //!
 //! The training flags (examples/common/train_args.rs, shared with `quickstart` and `compare`;
 //! `--help` lists them all with their meanings and defaults):
@@ -45,7 +47,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
 use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
-use tempest::tempest_model::Config;
+use tempest::tempest_model::{Config, DeviceChoice};
 use tempest::tempest_train::dist::Comm;
 use tempest::tempest_train::{self, EvalVariants, Recipe, SplitPlan, TrainOptions};
 
@@ -120,13 +122,23 @@ struct Cli {
     /// epochs [default: 0]
     #[arg(long, value_name = "EPOCHS")]
     freeze_block_encoder: Option<usize>,
-    /// Data-parallel training: none (one process) or mpi (every process that `mpirun -np N`
+    /// Data-parallel training: none (one process), mpi (every process that `mpirun -np N`
     /// starts trains on its share of each batch, --batch items each; a build with --features
-    /// mpi; docs/distributed.md)
-    #[arg(long, value_name = "none|mpi", default_value = "none")]
+    /// mpi) or nccl (one process per GPU, with --gpus or under mpirun; a build with --features
+    /// cuda,nccl); docs/distributed.md
+    #[arg(long, value_name = "none|mpi|nccl", default_value = "none")]
     dist: tempest_train::dist::Backend,
+    /// With --dist nccl: start one process per listed GPU (rank i trains on cuda:LIST[i]) and
+    /// wait for them; one that fails ends the others
+    #[arg(long, value_name = "LIST", value_parser = gpu_list)]
+    gpus: Option<::std::vec::Vec<usize>>,
     #[command(flatten)]
     train: train_args::TrainArgs,
+}
+
+/// `--gpus`: a comma-separated list of GPU ordinals.
+fn gpu_list(s: &str) -> Result<Vec<usize>, String> {
+    lists::comma_list(s, str::parse::<usize>)
 }
 
 /// `--folds`: a comma-separated list of fold numbers.
@@ -180,6 +192,20 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     o.handle_ctrl_c = true;
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
+    // An NCCL rank trains on the GPU its communicator is bound to.
+    if let Some(gpu) = comm.gpu() {
+        match cli.train.device {
+            None => o.device = DeviceChoice::Cuda(gpu),
+            Some(DeviceChoice::Cuda(n)) if n == gpu => {}
+            Some(d) => {
+                return Err(format!(
+                    "--device {d}: rank {} of --dist nccl runs on cuda:{gpu}",
+                    comm.rank()
+                )
+                .into())
+            }
+        }
+    }
     o.init = cli.init.clone();
     // Fine-tuning reads blocks as the pretrained model did unless --tokens says otherwise
     // (a checkpoint pretrained on band lines has their vocabulary, not the energies').
@@ -302,6 +328,38 @@ fn main() -> ExitCode {
             ],
         )
     });
+    use tempest_train::dist::{Backend, RankEnv};
+    if let Some(gpus) = &cli.gpus {
+        if cli.dist != Backend::Nccl {
+            eprintln!("train: --gpus: starts NCCL ranks; give it with --dist nccl");
+            return ExitCode::FAILURE;
+        }
+        match RankEnv::from_env() {
+            // The launcher: one child per GPU, with the same command line.
+            Ok(None) => {
+                let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                let launched = std::env::current_exe()
+                    .map_err(|e| e.to_string())
+                    .and_then(|exe| {
+                        tempest_train::dist::launch(gpus, &exe, &args).map_err(|e| e.to_string())
+                    });
+                return match launched {
+                    Ok(0) => ExitCode::SUCCESS,
+                    Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                    Err(e) => {
+                        eprintln!("train: --gpus: {e}");
+                        ExitCode::FAILURE
+                    }
+                };
+            }
+            // A rank the launcher started: on with training.
+            Ok(Some(_)) => {}
+            Err(e) => {
+                eprintln!("train: --gpus: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let comm = match cli.dist.open() {
         Ok(c) => c,
         Err(e) => {

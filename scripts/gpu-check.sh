@@ -5,7 +5,9 @@
 # candle's stock ops, a training step of the `paper` preset timed both ways; then `train`
 # end to end with `--device cuda` (the same loop as on the CPU): `small` for a few hundred
 # steps on the shipped MNIST digits (JPEG) and spoken words (MP3), each beside the same run on
-# the CPU for a few steps, with items/s from each run's `trained ... items/s` line.
+# the CPU for a few steps, with items/s from each run's `trained ... items/s` line; then, in a
+# build with the feature `nccl` (issue #19), `train --dist nccl` on one GPU and, where there
+# are two, on two.
 #
 #   scripts/gpu-check.sh prepare   # on a machine without a GPU: build the check with the
 #                                  # CUDA 13.0 nvcc (scripts/cuda-env.sh) into .gpu-check/
@@ -36,7 +38,17 @@ if [ "${1:-}" = "prepare" ]; then
     # for a release build.
     profile=debug
     if [ "${2:-}" = "--release" ]; then profile=release; fi
-    cargo build ${2:-} --features cuda --example gpu_check --example train
+    # The NCCL backend too where a libnccl.so is at hand to link (candle's CUDA build links
+    # cudarc's libraries): TEMPEST_NCCL_LIB=DIR (e.g. the nvidia-nccl-cu13 wheel's
+    # nvidia/nccl/lib), or one the system's linker knows.
+    features=cuda
+    if [ -n "${TEMPEST_NCCL_LIB:-}" ]; then
+        export LIBRARY_PATH="$TEMPEST_NCCL_LIB:${LIBRARY_PATH:-}"; features=cuda,nccl
+    elif ldconfig -p 2>/dev/null | grep -q 'libnccl\.so '; then
+        features=cuda,nccl
+    fi
+    echo "building with --features $features"
+    cargo build ${2:-} --features "$features" --example gpu_check --example train
     mkdir -p "$pack"
     for b in gpu_check train; do
         rm -f "$pack/$b.gz"
@@ -56,7 +68,9 @@ if command -v cargo >/dev/null 2>&1; then
     . scripts/cuda-env.sh
     [ -n "$TEMPEST_NVCC" ] || { echo "no nvcc on this machine" >&2; exit 1; }
     "$TEMPEST_NVCC" --version | tail -n1
-    cargo build --release --features cuda --example gpu_check --example train
+    features=cuda
+    ldconfig -p 2>/dev/null | grep -q 'libnccl\.so ' && features=cuda,nccl
+    cargo build --release --features "$features" --example gpu_check --example train
     bin="$root/target/release/examples/gpu_check"
     train_bin="$root/target/release/examples/train"
 else
@@ -126,6 +140,23 @@ if [ -n "${train_bin:-}" ]; then
             [ "$r" = 0 ] || { echo "train on $d exited with $r"; train_rc=1; }
         done
     done
+    # NCCL (issue #19): the launcher, the communicator and its all-reduce in every step, with
+    # one rank (--gpus 0) and, where there are two GPUs or more, two (--gpus 0,1: items/s of
+    # both against one rank above). Skipped by a build without the feature `nccl`.
+    if "$train_bin" --data /nonexistent --dist nccl 2>&1 | grep -q 'feature `nccl`'; then
+        echo "== NCCL: skipped (the train binary was built without the feature nccl)"
+    else
+        ngpu="$(nvidia-smi -L 2>/dev/null | wc -l)"
+        for gpus in 0 0,1; do
+            [ "$gpus" = 0,1 ] && [ "${ngpu:-0}" -lt 2 ] && { echo "== NCCL --gpus 0,1: skipped ($ngpu GPU)"; continue; }
+            echo "== train --layout mnist --preset small --dist nccl --gpus $gpus --max-steps 300"
+            timeout 90 "$train_bin" --layout mnist --input data/mnist --preset small \
+                --dist nccl --gpus "$gpus" --max-steps 300 --no-progress \
+                --out "$runs/mnist-nccl-$gpus" 2>&1 | tail -n 4
+            r=${PIPESTATUS[0]}
+            [ "$r" = 0 ] || { echo "train --dist nccl --gpus $gpus exited with $r"; train_rc=1; }
+        done
+    fi
     set -e
 fi
 echo "== done after $(( $(date +%s) - start )) s (gpu_check $rc, train $train_rc)"

@@ -53,8 +53,15 @@ if [ -n "$TEMPEST_NVCC" ]; then
         crates/tempest-kernels/cuda/tempest.cu
     echo "tempest-kernels/cuda/tempest.cu compiles to PTX for compute_90 ($(wc -c <"$ptx_dir/tempest.ptx") bytes) with $TEMPEST_NVCC"
     rm -rf "$ptx_dir"
+    # The NCCL backend (tempest-train's feature `nccl`: cudarc's bindings, loaded at run time,
+    # so neither CUDA's nor NCCL's libraries are needed to build; cudarc takes the CUDA version
+    # from this nvcc): lints, and its tests, which on a machine without a GPU check that
+    # opening it is an error naming NCCL, not a crash.
+    cargo clippy -p tempest-train --all-targets --features nccl -- -D warnings
+    cargo test -p tempest-train --features nccl --lib dist::
 else
-    echo "skipped: tempest-kernels/cuda/tempest.cu to PTX (no nvcc; scripts/install-cuda-toolkit.sh installs one)"
+    echo "skipped: tempest-kernels/cuda/tempest.cu to PTX and the NCCL backend's build (no nvcc;"
+    echo "  scripts/install-cuda-toolkit.sh installs one)"
 fi
 # Data-parallel training over MPI (feature `mpi`; docs/distributed.md), where Open MPI is
 # installed (`.ci/run` installs libopenmpi-dev, openmpi-bin and libclang-dev): lints with the

@@ -58,14 +58,33 @@ fn train_cli() -> Result<()> {
     );
     // Neither --data nor --layout: a usage error.
     assert_eq!(run("train", &[])?.status.code(), Some(2));
-    // --dist: none or mpi; mpi needs a build with the feature `mpi`.
-    let out = run("train", &["--data", "x", "--dist", "nccl"])?;
+    // --dist: none, mpi or nccl; each needs a build with its feature.
+    let out = run("train", &["--data", "x", "--dist", "gloo"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("--dist") && err.contains("none or mpi"),
+        err.contains("--dist") && err.contains("none, mpi or nccl"),
         "{err}"
     );
+    // --gpus starts NCCL ranks: refused without --dist nccl, and without the feature.
+    let out = run("train", &["--data", "x", "--gpus", "0,1"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--gpus") && err.contains("--dist nccl"),
+        "{err}"
+    );
+    if !cfg!(feature = "nccl") {
+        for args in [
+            &["--dist", "nccl"][..],
+            &["--dist", "nccl", "--gpus", "0,1"],
+        ] {
+            let out = run("train", &[&["--data", "/nonexistent/x"][..], args].concat())?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains("feature `nccl`"), "{err}");
+        }
+    }
     let out = run("train", &["--data", "/nonexistent/x", "--dist", "mpi"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -35,6 +35,10 @@ pub struct TrainArgs {
     /// the model configuration's)
     #[arg(long, value_name = "ALPHA")]
     pub mixup: Option<f64>,
+    /// Dropout in E_t, E_c and D_t while training, in [0, 1) (overrides the model
+    /// configuration's)
+    #[arg(long, value_name = "P")]
+    pub dropout: Option<f64>,
     /// How M pools a block's id states into its token: linear, attention or flatten
     /// (docs/model.md), overriding the model configuration's
     #[arg(long, value_name = "M", value_parser = parse_mixer)]
@@ -156,6 +160,9 @@ impl TrainArgs {
         if self.mixup.is_some() {
             o.mixup = self.mixup;
         }
+        if self.dropout.is_some() {
+            o.dropout = self.dropout;
+        }
         if self.mixer.is_some() {
             o.mixer = self.mixer;
         }
@@ -207,6 +214,13 @@ impl TrainArgs {
             (
                 "mixup",
                 or(o.mixup.map(|v| v.to_string()), "the model configuration's"),
+            ),
+            (
+                "dropout",
+                or(
+                    o.dropout.map(|v| v.to_string()),
+                    "the model configuration's",
+                ),
             ),
             (
                 "mixer",

@@ -375,6 +375,9 @@ impl Config {
         if let Some(e) = self.class_names_error() {
             return Err(e);
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("dropout must be in [0, 1), not {}", self.dropout));
+        }
         if !(0.0..=2.0).contains(&self.mixup) {
             return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
         }

@@ -113,6 +113,8 @@ pub struct TrainOptions {
     pub label_smoothing: Option<f64>,
     /// Overrides the model configuration's mixup α (mixup of block tokens; 0 = off).
     pub mixup: Option<f64>,
+    /// Overrides the model configuration's dropout (E_t, E_c and D_t; 0 = off).
+    pub dropout: Option<f64>,
     /// Overrides the model configuration's λ (the weight of L_r).
     pub reconstruction_weight: Option<f64>,
     /// Overrides the model configuration's mixer (how M pools a block's states).
@@ -276,6 +278,9 @@ impl TrainOptions {
         if let Some(a) = self.mixup {
             config.mixup = a;
         }
+        if let Some(p) = self.dropout {
+            config.dropout = p as f32;
+        }
         if let Some(l) = self.reconstruction_weight {
             config.reconstruction_weight = l;
         }
@@ -405,6 +410,7 @@ impl Default for TrainOptions {
             max_grad_norm: 1.0,
             label_smoothing: None,
             mixup: None,
+            dropout: None,
             reconstruction_weight: None,
             mixer: None,
             seed: 0,
@@ -481,5 +487,28 @@ mod tests {
         let json = serde_json::to_string(&nibbles).unwrap();
         let back: TokenizerConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, nibbles);
+    }
+
+    #[test]
+    fn overrides_reach_the_model_config_and_are_checked() {
+        let base = Config::tiny();
+        assert_eq!(base.dropout, 0.0);
+        let mut o = TrainOptions {
+            dropout: Some(0.1),
+            mixup: Some(0.4),
+            label_smoothing: Some(0.2),
+            ..TrainOptions::default()
+        };
+        let c = o.model_config(&base, 5, Format::Mp3).unwrap();
+        assert_eq!((c.dropout, c.mixup, c.label_smoothing), (0.1, 0.4, 0.2));
+        assert_eq!(c.num_classes, 5);
+        for wrong in [1.0, -0.1] {
+            o.dropout = Some(wrong);
+            let err = o
+                .model_config(&base, 5, Format::Mp3)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("dropout"), "{err}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Data-parallel training across processes ("ranks"): the collective operations a run needs
 //! ([`Communicator`]), the one-process backend ([`Single`], today's behaviour, no
-//! communication) and, with the feature `mpi`, an MPI backend ([`Mpi`], processes started by
-//! `mpirun`).
+//! communication), with the feature `mpi` an MPI backend ([`Mpi`], processes started by
+//! `mpirun`) and with the feature `nccl` an NCCL backend (`Nccl`, one process per GPU,
+//! started by [`launch`] for `train --dist nccl --gpus 0,1`, or by `mpirun`).
 //!
 //! A run holds its communicator in [`TrainOptions::comm`](crate::TrainOptions::comm) ([`Comm`],
 //! [`Single`] by default). With more than one rank, [`crate::train()`]:
@@ -29,6 +30,12 @@ use crate::{Error, Result};
 mod mpi;
 #[cfg(feature = "mpi")]
 pub use self::mpi::Mpi;
+#[cfg(feature = "nccl")]
+mod nccl;
+#[cfg(feature = "nccl")]
+pub use self::nccl::{new_id as new_nccl_id, Nccl};
+mod launch;
+pub use self::launch::{launch, run_ranks};
 
 /// The collective operations of data-parallel training. Every rank must call the same
 /// operations in the same order with buffers of the same length (as MPI's collectives).
@@ -50,8 +57,13 @@ pub trait Communicator: Send + Sync + fmt::Debug {
     /// Ends every rank of the job with `code` (a rank that failed calls this so that the
     /// others do not wait for it forever).
     fn abort(&self, code: i32) -> !;
-    /// The backend's name (`none`, `mpi`).
+    /// The backend's name (`none`, `mpi`, `nccl`).
     fn backend(&self) -> &'static str;
+    /// The GPU this rank's collectives are bound to (NCCL's), which its training must use;
+    /// `None` where any device will do.
+    fn gpu(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// One process: rank 0 of 1; every operation leaves its data as it is.
@@ -151,6 +163,8 @@ pub enum Backend {
     None,
     /// MPI ([`Mpi`], feature `mpi`): one process per rank, started by `mpirun`.
     Mpi,
+    /// NCCL ([`Nccl`], feature `nccl`): one process per GPU, started by [`launch`] or `mpirun`.
+    Nccl,
 }
 
 impl std::str::FromStr for Backend {
@@ -159,7 +173,8 @@ impl std::str::FromStr for Backend {
         match s {
             "none" => Ok(Backend::None),
             "mpi" => Ok(Backend::Mpi),
-            other => Err(format!("{other:?}: none or mpi")),
+            "nccl" => Ok(Backend::Nccl),
+            other => Err(format!("{other:?}: none, mpi or nccl")),
         }
     }
 }
@@ -178,8 +193,134 @@ impl Backend {
                 "mpi needs a build with the feature `mpi` (cargo build --features mpi; \
                  docs/distributed.md)",
             )),
+            #[cfg(feature = "nccl")]
+            Backend::Nccl => Ok(Comm::new(Nccl::from_env()?)),
+            #[cfg(not(feature = "nccl"))]
+            Backend::Nccl => Err(Error::setting(
+                "dist",
+                "nccl needs a build with the feature `nccl` (cargo build --features nccl, with \
+                 nvcc or CUDARC_CUDA_VERSION set; docs/distributed.md)",
+            )),
         }
     }
+}
+
+/// The environment variable that gives a process its rank (set by [`launch`]).
+pub const RANK_VAR: &str = "TEMPEST_RANK";
+/// The environment variable that gives the number of ranks (set by [`launch`]).
+pub const WORLD_SIZE_VAR: &str = "TEMPEST_WORLD_SIZE";
+/// The environment variable that gives a rank its GPU ordinal (set by [`launch`]; `mpirun`'s
+/// `OMPI_COMM_WORLD_LOCAL_RANK` stands in where it is missing).
+pub const LOCAL_RANK_VAR: &str = "TEMPEST_LOCAL_RANK";
+/// The environment variable that carries NCCL's unique id to the ranks, as 256 hex digits
+/// (set by [`launch`]).
+pub const NCCL_ID_VAR: &str = "TEMPEST_NCCL_ID";
+
+/// What the environment says about this process's place in a job that [`launch`] started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankEnv {
+    /// This process's rank.
+    pub rank: usize,
+    /// The number of ranks.
+    pub world_size: usize,
+    /// The GPU ordinal of this rank (its rank where not given).
+    pub local_rank: usize,
+    /// NCCL's unique id, decoded from [`NCCL_ID_VAR`].
+    pub nccl_id: Option<Vec<u8>>,
+}
+
+impl RankEnv {
+    /// Reads [`RANK_VAR`], [`WORLD_SIZE_VAR`], [`LOCAL_RANK_VAR`] and [`NCCL_ID_VAR`] through
+    /// `var`: `None` where the rank is not set; an error naming the variable where a value is
+    /// malformed or the rank is not below the world size.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let Some(rank) = var(RANK_VAR) else {
+            return Ok(None);
+        };
+        let num = |name: &str, v: &str| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| Error::setting("dist", format!("{name}={v:?}: not a whole number")))
+        };
+        let rank = num(RANK_VAR, &rank)?;
+        let world_size = match var(WORLD_SIZE_VAR) {
+            Some(v) => num(WORLD_SIZE_VAR, &v)?,
+            None => {
+                return Err(Error::setting(
+                    "dist",
+                    format!("{RANK_VAR} is set but {WORLD_SIZE_VAR} is not"),
+                ))
+            }
+        };
+        if rank >= world_size {
+            return Err(Error::setting(
+                "dist",
+                format!("{RANK_VAR}={rank} is not below {WORLD_SIZE_VAR}={world_size}"),
+            ));
+        }
+        let local_rank = match var(LOCAL_RANK_VAR) {
+            Some(v) => num(LOCAL_RANK_VAR, &v)?,
+            None => rank,
+        };
+        let nccl_id = match var(NCCL_ID_VAR) {
+            Some(v) => Some(hex_decode(&v).ok_or_else(|| {
+                Error::setting(
+                    "dist",
+                    format!("{NCCL_ID_VAR}: not an even number of hex digits"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Some(RankEnv {
+            rank,
+            world_size,
+            local_rank,
+            nccl_id,
+        }))
+    }
+
+    /// [`RankEnv::from_vars`] on this process's environment.
+    pub fn from_env() -> Result<Option<Self>> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+}
+
+/// Whether `mpirun` (Open MPI's or a PMI launcher) started this process.
+pub fn started_by_mpirun() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some())
+}
+
+/// This process's GPU ordinal from [`LOCAL_RANK_VAR`] or Open MPI's
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, if either is set.
+pub fn local_rank_from_env() -> Result<Option<usize>> {
+    for k in [LOCAL_RANK_VAR, "OMPI_COMM_WORLD_LOCAL_RANK"] {
+        if let Ok(v) = std::env::var(k) {
+            return v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| Error::setting("dist", format!("{k}={v:?}: not a whole number")));
+        }
+    }
+    Ok(None)
+}
+
+/// `bytes` as lower-case hex digits.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of an even number of hex digits; `None` for anything else.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().as_bytes();
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
 }
 
 /// Sends `data`'s f32 values from rank 0 to every rank, as one buffer: `data` are the
@@ -386,12 +527,91 @@ mod tests {
     fn backend_names_parse_and_mpi_needs_its_feature() {
         assert_eq!("none".parse::<Backend>(), Ok(Backend::None));
         assert_eq!("mpi".parse::<Backend>(), Ok(Backend::Mpi));
-        assert!("nccl"
+        assert_eq!("nccl".parse::<Backend>(), Ok(Backend::Nccl));
+        assert!("gloo"
             .parse::<Backend>()
-            .is_err_and(|e| e.contains("none or mpi")));
+            .is_err_and(|e| e.contains("none, mpi or nccl")));
         #[cfg(not(feature = "mpi"))]
         assert!(Backend::Mpi
             .open()
             .is_err_and(|e| e.to_string().contains("feature `mpi`")));
+        #[cfg(not(feature = "nccl"))]
+        assert!(Backend::Nccl
+            .open()
+            .is_err_and(|e| e.to_string().contains("feature `nccl`")));
+        // With the feature: rank 0 of 1 on a machine with a GPU and NCCL; elsewhere an error
+        // that names NCCL (cudarc's panic on a missing library caught), never a crash.
+        #[cfg(feature = "nccl")]
+        match Backend::Nccl.open() {
+            Ok(c) => assert_eq!((c.backend(), c.world_size(), c.gpu()), ("nccl", 1, Some(0))),
+            Err(e) => assert!(e.to_string().contains("nccl"), "{e}"),
+        }
+    }
+
+    #[test]
+    fn rank_variables_are_read_and_checked() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(RankEnv::from_vars(vars(&[])).unwrap(), None);
+        let env = RankEnv::from_vars(vars(&[
+            (RANK_VAR, "1"),
+            (WORLD_SIZE_VAR, "2"),
+            (LOCAL_RANK_VAR, "3"),
+            (NCCL_ID_VAR, "00ff7a"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            env,
+            RankEnv {
+                rank: 1,
+                world_size: 2,
+                local_rank: 3,
+                nccl_id: Some(vec![0, 255, 0x7a]),
+            }
+        );
+        // The GPU defaults to the rank.
+        let env = RankEnv::from_vars(vars(&[(RANK_VAR, "1"), (WORLD_SIZE_VAR, "4")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((env.local_rank, env.nccl_id), (1, None));
+        for (bad, names) in [
+            (&[(RANK_VAR, "x"), (WORLD_SIZE_VAR, "2")][..], RANK_VAR),
+            (&[(RANK_VAR, "0")][..], WORLD_SIZE_VAR),
+            (
+                &[(RANK_VAR, "2"), (WORLD_SIZE_VAR, "2")][..],
+                WORLD_SIZE_VAR,
+            ),
+            (
+                &[(RANK_VAR, "0"), (WORLD_SIZE_VAR, "2"), (NCCL_ID_VAR, "abc")][..],
+                NCCL_ID_VAR,
+            ),
+        ] {
+            let owned: Vec<(String, String)> = bad
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let err =
+                RankEnv::from_vars(|k| owned.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+                    .unwrap_err()
+                    .to_string();
+            assert!(err.contains(names), "{err}");
+        }
+    }
+
+    #[test]
+    fn hex_round_trips_an_id() {
+        let id: Vec<u8> = (0..128u8).map(|i| i.wrapping_mul(37)).collect();
+        let hex = hex_encode(&id);
+        assert_eq!(hex.len(), 256);
+        assert_eq!(hex_decode(&hex), Some(id));
+        assert_eq!(hex_decode("0g"), None);
+        assert_eq!(hex_decode("abc"), None);
     }
 }
