@@ -302,7 +302,20 @@ pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
             test_confusion = first_confusion(test);
             continue;
         }
+        // A pretraining run's lines have "pretrain" (the masked blocks' loss and the share of
+        // their ids predicted right) where training has "train".
         let (Some(epoch), Some(train)) = (v["epoch"].as_u64(), v.get("train")) else {
+            if let (Some(epoch), Some(p)) = (v["epoch"].as_u64(), v.get("pretrain")) {
+                let point = EpochPoint {
+                    epoch: epoch as usize,
+                    train_loss: p["loss"].as_f64().unwrap_or(f64::NAN),
+                    train_accuracy: p["id_accuracy"].as_f64().unwrap_or(f64::NAN),
+                    eval_loss: None,
+                    eval_accuracy: None,
+                };
+                points.retain(|q| q.epoch != point.epoch);
+                points.push(point);
+            }
             continue;
         };
         // Epochs without an evaluation (`TrainOptions::eval_every`) have no "eval".

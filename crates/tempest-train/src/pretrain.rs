@@ -508,6 +508,9 @@ impl Driver for PretrainDriver<'_> {
         });
         if let Some(f) = self.metrics_file.as_mut() {
             writeln!(f, "{line}").map_err(Error::io(self.run_dir))?;
+            f.flush().map_err(Error::io(self.run_dir))?;
+            // curves.png: the loss and the masked ids predicted right, per epoch.
+            crate::report::plot(self.run_dir, &[]);
         }
         if self.options.progress {
             eprintln!(

@@ -111,6 +111,17 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
         );
         assert_eq!(v["pretrain"]["items"].as_f64(), Some(16.0));
     }
+    // The pretraining curve, as `train` draws its own: both epochs read back for the plot.
+    #[cfg(feature = "plots")]
+    {
+        let points = tempest_train::plots::read_metrics(&whole.join("metrics.jsonl"))?.epochs;
+        assert_eq!(points.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1, 2]);
+        assert!(points
+            .iter()
+            .all(|p| p.train_loss.is_finite() && (0.0..=1.0).contains(&p.train_accuracy)));
+        let png = std::fs::read(whole.join("curves.png"))?;
+        assert!(png.starts_with(b"\x89PNG"), "curves.png is not a PNG");
+    }
     // Stopped inside the first epoch, then resumed: the same weights to the bit.
     let parted = scratch("pretrain-parted")?;
     let mut stop = o.clone();

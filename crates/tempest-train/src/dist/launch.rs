@@ -92,6 +92,10 @@ pub fn launch(gpus: &[usize], program: &Path, args: &[OsString]) -> Result<i32> 
         ));
     }
     let id = nccl_id()?;
+    // Ctrl-C in a terminal reaches every rank (one process group): they save their checkpoint
+    // and stop, and the launcher waits for them instead of dying first. (Where the process
+    // has a handler already, that one stays.)
+    let _ = ctrlc::set_handler(|| {});
     let commands = gpus
         .iter()
         .enumerate()
