@@ -12,8 +12,8 @@
 //! `mpirun -np N` starts, `--batch` items per process and step, as `train --dist mpi` does
 //! (docs/distributed.md).
 //!
-//! `--input DIR` reads the files in DIR's subfolders (one level, or `train/…`-style split
-//! folders above them; the folder names are not used as labels): MP3, Ogg Opus and JPEG files
+//! `--input DIR` reads the files in DIR's subfolders, at any depth below them (or below
+//! `train/…`-style split folders; the folder names are not used as labels): MP3, Ogg Opus and JPEG files
 //! as they are, WAV and PNG files prepared into `--variants` under `RUN_DIR/data` first, as
 //! `train` does. `--data` reads a prepared folder (its labels are not read). Without
 //! `--splits`, a dataset with a `train` split pretrains on it alone (validation and test files

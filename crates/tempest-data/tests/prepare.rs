@@ -660,3 +660,43 @@ fn a_run_with_other_variants_keeps_the_earlier_variants_in_the_manifest() {
         ["jpeg:75", "jpeg:75", "jpeg:90", "jpeg:90", "jpeg:90"]
     );
 }
+
+#[test]
+fn folder_reads_class_folders_at_any_depth_and_refuses_clashing_outputs() {
+    let t = TempDir::new("nested");
+    let input = t.0.join("in");
+    let img = png(4, 4, png::ColorType::Grayscale, png::BitDepth::Eight);
+    write(&input.join("cat/a.png"), &img);
+    write(&input.join("cat/sub/a.png"), &img);
+    write(&input.join("cat/sub/deeper/b.png"), &img);
+    write(&input.join("cat/.hidden/c.png"), &img);
+    write(&input.join("dog/d.png"), &img);
+    let items = tempest_data::scan(Layout::Folder, &input, &Default::default()).unwrap();
+    let ids: Vec<(&str, &str)> = items
+        .iter()
+        .map(|i| (i.id.as_str(), i.label.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("cat/a", "cat"),
+            ("cat/sub/a", "cat"),
+            ("cat/sub/deeper/b", "cat"),
+            ("dog/d", "dog")
+        ]
+    );
+    // Their outputs stay apart: sub/a is written as sub_a.
+    let v = parse_variants("jpeg:75").unwrap()[0];
+    let out: Vec<PathBuf> = items.iter().map(|i| i.output_path(v)).collect();
+    assert!(out[1].ends_with("cat/sub_a.jpg"), "{out:?}");
+    assert_ne!(out[0], out[1]);
+    // A file whose path-name equals another's output name is refused, naming both.
+    write(&input.join("cat/sub_a.png"), &img);
+    let err = tempest_data::scan(Layout::Folder, &input, &Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sub_a.png") && err.contains("same file"),
+        "{err}"
+    );
+}

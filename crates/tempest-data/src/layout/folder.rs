@@ -1,9 +1,11 @@
-//! The `folder` layout: one folder per class, optionally under split folders.
+//! The `folder` layout: one folder per class, optionally under split folders; a class
+//! folder's files are read at any depth below it (up to `MAX_CLASS_DEPTH` folders).
 
 use std::path::{Path, PathBuf};
 
-use super::item::{class_files, compressed_variant, media_source, FileRow, Item};
-use crate::files::{file_name, sorted_entries, stem};
+use super::item::{class_files, compressed_variant, media_source, safe_component, FileRow, Item};
+use crate::files::{file_name, sorted_entries};
+use crate::Error;
 use crate::Result;
 
 /// Folder names that make a `folder` layout a split layout (`train/<class>/…`), compared
@@ -34,6 +36,8 @@ pub fn is_split_layout(dirs: &[PathBuf]) -> bool {
 /// folders, `class/stem` without).
 struct Found {
     id: String,
+    /// The file's stem, or its path below the class folder without the extension.
+    name: String,
     split: String,
     label: String,
     file: PathBuf,
@@ -55,8 +59,7 @@ fn files(input: &Path, skip_underscore: bool, keep: impl Fn(&Path) -> bool) -> R
     };
     let mut out = Vec::new();
     for (split, root) in roots {
-        for (label, file) in class_files(&root, skip_underscore, &keep)? {
-            let name = stem(&file);
+        for (label, name, file) in class_files(&root, skip_underscore, true, &keep)? {
             let id = if split_layout {
                 format!("{split}/{label}/{name}")
             } else {
@@ -64,6 +67,7 @@ fn files(input: &Path, skip_underscore: bool, keep: impl Fn(&Path) -> bool) -> R
             };
             out.push(Found {
                 id,
+                name,
                 split: split.clone(),
                 label,
                 file,
@@ -74,11 +78,28 @@ fn files(input: &Path, skip_underscore: bool, keep: impl Fn(&Path) -> bool) -> R
 }
 
 pub(super) fn scan(input: &Path) -> Result<Vec<Item>> {
-    Ok(files(input, false, |f| media_source(f).is_some())?
+    let found = files(input, false, |f| media_source(f).is_some())?;
+    // Files in sub-folders of a class are named by their path (`sub/x` → `sub_x`); two that
+    // would write the same output file are refused rather than one lost.
+    let mut outputs = std::collections::HashMap::new();
+    for f in &found {
+        let key = (f.split.clone(), f.label.clone(), safe_component(&f.name));
+        if let Some(other) = outputs.insert(key, &f.file) {
+            return Err(Error::setting(
+                "input",
+                format!(
+                    "{} and {} would be prepared into the same file (rename one)",
+                    other.display(),
+                    f.file.display()
+                ),
+            ));
+        }
+    }
+    Ok(found
         .into_iter()
         .filter_map(|f| {
             Some(Item {
-                name: stem(&f.file),
+                name: f.name,
                 source: media_source(&f.file)?,
                 id: f.id,
                 label: f.label,

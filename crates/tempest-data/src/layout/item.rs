@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cff_encode::image::Idx;
 
-use crate::files::{file_name, sorted_entries};
+use crate::files::{file_name, sorted_entries, stem};
 use crate::{Result, Variant};
 
 /// Where an item's media lies.
@@ -73,7 +73,7 @@ impl Item {
 }
 
 /// A path component that cannot climb out of or hide in its folder.
-fn safe_component(s: &str) -> String {
+pub(super) fn safe_component(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {
@@ -115,27 +115,63 @@ pub(super) fn media_source(p: &Path) -> Option<Source> {
     }
 }
 
-/// The files of each class folder under `root` that `keep` accepts, as `(class, file)` in
-/// sorted order. Hidden folders (`.x`) are never classes; folders starting with `_` are not
-/// either where `skip_underscore` is set (Speech Commands' `_background_noise_`).
+/// How deep [`class_files`] looks below a class folder when it recurses: deeper folders are
+/// left unread (a resource limit, and an end to symbolic-link cycles that slip past the
+/// link check).
+pub(super) const MAX_CLASS_DEPTH: usize = 16;
+
+/// The files of each class folder under `root` that `keep` accepts, as `(class, name, file)`
+/// in sorted order, `name` being the file's stem, or with `recursive` and a file in a
+/// sub-folder its path below the class folder without the extension (`sub/stem`; folders
+/// below [`MAX_CLASS_DEPTH`] and symbolic links to folders are not followed). Hidden folders
+/// (`.x`) are never classes or read; folders starting with `_` are not classes where
+/// `skip_underscore` is set (Speech Commands' `_background_noise_`).
 pub(super) fn class_files(
     root: &Path,
     skip_underscore: bool,
+    recursive: bool,
     keep: impl Fn(&Path) -> bool,
-) -> Result<Vec<(String, PathBuf)>> {
+) -> Result<Vec<(String, String, PathBuf)>> {
     let mut out = Vec::new();
     for class in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
         let label = file_name(&class);
         if label.starts_with('.') || (skip_underscore && label.starts_with('_')) {
             continue;
         }
-        for file in sorted_entries(&class)? {
-            if file.is_file() && keep(&file) {
-                out.push((label.clone(), file));
-            }
-        }
+        let depth = if recursive { MAX_CLASS_DEPTH } else { 0 };
+        collect(&class, "", depth, &keep, &mut |name, file| {
+            out.push((label.clone(), name, file))
+        })?;
     }
     Ok(out)
+}
+
+/// The files of `dir` that `keep` accepts, as `(prefix + stem, file)`, then those of its
+/// sub-folders down to `depth` more levels.
+fn collect(
+    dir: &Path,
+    prefix: &str,
+    depth: usize,
+    keep: &impl Fn(&Path) -> bool,
+    found: &mut impl FnMut(String, PathBuf),
+) -> Result<()> {
+    let entries = sorted_entries(dir)?;
+    for file in &entries {
+        if file.is_file() && keep(file) {
+            found(format!("{prefix}{}", stem(file)), file.clone());
+        }
+    }
+    if depth == 0 {
+        return Ok(());
+    }
+    for sub in &entries {
+        let name = file_name(sub);
+        let real_dir = std::fs::symlink_metadata(sub).is_ok_and(|m| m.is_dir());
+        if real_dir && !name.starts_with('.') {
+            collect(sub, &format!("{prefix}{name}/"), depth - 1, keep, found)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -24,9 +24,10 @@ pub use item::{FileRow, Item, Source};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Layout {
-    /// One subfolder per class holding `.wav` or `.png` files; optionally one level of split
-    /// folders above them (`train/`, `val/`, `validation/`, `test/`). Without split folders
-    /// every item's split is `all`.
+    /// One subfolder per class holding `.wav` or `.png` files (or, read as they are, `.mp3`,
+    /// `.opus`/`.ogg`, `.jpg`), directly or in sub-folders of it at any depth (ids
+    /// `class/sub/stem`); optionally one level of split folders above them (`train/`, `val/`,
+    /// `validation/`, `test/`). Without split folders every item's split is `all`.
     Folder,
     /// ESC-50: `audio/*.wav` and `meta/esc50.csv` (`filename`, `fold`, `category`); the
     /// label is the category and the split the fold (`1` to `5`).

@@ -41,8 +41,8 @@ fn files(
     let testing = read_list(&input.join("testing_list.txt"))?;
     // `_background_noise_` holds long noise recordings, not examples of a word.
     let mut out = Vec::new();
-    for (word, file) in class_files(input, true, keep)? {
-        let id = format!("{word}/{}", stem(&file));
+    for (word, name, file) in class_files(input, true, false, keep)? {
+        let id = format!("{word}/{name}");
         let split = if validation.contains(&id) {
             "validation"
         } else if testing.contains(&id) {
