@@ -59,6 +59,10 @@ if [ -n "$TEMPEST_NVCC" ]; then
     # opening it is an error naming NCCL, not a crash.
     cargo clippy -p tempest-train --all-targets --features nccl -- -D warnings
     cargo test -p tempest-train --features nccl --lib dist::
+    # With MPI as well (NCCL's id sent by MPI under mpirun), where Open MPI is installed.
+    if command -v mpicc >/dev/null; then
+        cargo clippy -p tempest-train --all-targets --features nccl,mpi -- -D warnings
+    fi
 else
     echo "skipped: tempest-kernels/cuda/tempest.cu to PTX and the NCCL backend's build (no nvcc;"
     echo "  scripts/install-cuda-toolkit.sh installs one)"
