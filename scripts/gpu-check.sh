@@ -108,6 +108,10 @@ else
     done
     for d in $dirs; do [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
     export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+    # cudarc loads NCCL by names that do not include NCCL's own soname (libnccl.so.2, all the
+    # nvidia-nccl wheels ship): give it a libnccl.so beside the other links.
+    nccl="$(for d in $dirs /usr/lib/x86_64-linux-gnu; do ls "$d"/libnccl.so.2* 2>/dev/null; done | head -n1)"
+    [ -n "$nccl" ] && ln -sf "$nccl" "$libs/libnccl.so" && echo "linked libnccl.so -> $nccl"
     # A soname the binary wants but no directory has under that name: link the nearest version.
     for want in $(ldd "$bin" | awk '/not found/ { print $1 }'); do
         stem="${want%%.so*}"
