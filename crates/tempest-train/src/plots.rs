@@ -303,19 +303,12 @@ pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
             continue;
         }
         // A pretraining run's lines have "pretrain" (the masked blocks' loss and the share of
-        // their ids predicted right) where training has "train".
-        let (Some(epoch), Some(train)) = (v["epoch"].as_u64(), v.get("train")) else {
-            if let (Some(epoch), Some(p)) = (v["epoch"].as_u64(), v.get("pretrain")) {
-                let point = EpochPoint {
-                    epoch: epoch as usize,
-                    train_loss: p["loss"].as_f64().unwrap_or(f64::NAN),
-                    train_accuracy: p["id_accuracy"].as_f64().unwrap_or(f64::NAN),
-                    eval_loss: None,
-                    eval_accuracy: None,
-                };
-                points.retain(|q| q.epoch != point.epoch);
-                points.push(point);
-            }
+        // their ids predicted right, and no "eval") where training has "train".
+        let stats = v
+            .get("train")
+            .map(|t| (t, "accuracy"))
+            .or_else(|| v.get("pretrain").map(|p| (p, "id_accuracy")));
+        let (Some(epoch), Some((train, accuracy))) = (v["epoch"].as_u64(), stats) else {
             continue;
         };
         // Epochs without an evaluation (`TrainOptions::eval_every`) have no "eval".
@@ -331,7 +324,7 @@ pub fn read_metrics(path: &Path) -> Result<RunMetrics> {
         let point = EpochPoint {
             epoch: epoch as usize,
             train_loss: train["loss"].as_f64().unwrap_or(f64::NAN),
-            train_accuracy: train["accuracy"].as_f64().unwrap_or(f64::NAN),
+            train_accuracy: train[accuracy].as_f64().unwrap_or(f64::NAN),
             eval_loss: (!losses.is_empty())
                 .then(|| losses.iter().sum::<f64>() / losses.len() as f64),
             eval_accuracy: eval["accuracy"].as_f64(),

@@ -96,6 +96,7 @@ pub fn launch(gpus: &[usize], program: &Path, args: &[OsString]) -> Result<i32> 
     // and stop, and the launcher waits for them instead of dying first. (Where the process
     // has a handler already, that one stays.)
     let _ = ctrlc::set_handler(|| {});
+    let id = super::hex_encode(&id);
     let commands = gpus
         .iter()
         .enumerate()
@@ -105,7 +106,7 @@ pub fn launch(gpus: &[usize], program: &Path, args: &[OsString]) -> Result<i32> 
                 .env(super::RANK_VAR, rank.to_string())
                 .env(super::WORLD_SIZE_VAR, gpus.len().to_string())
                 .env(super::LOCAL_RANK_VAR, gpu.to_string())
-                .env(super::NCCL_ID_VAR, super::hex_encode(&id));
+                .env(super::NCCL_ID_VAR, &id);
             c
         })
         .collect();

@@ -237,14 +237,9 @@ impl RankEnv {
         let Some(rank) = var(RANK_VAR) else {
             return Ok(None);
         };
-        let num = |name: &str, v: &str| {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| Error::setting("dist", format!("{name}={v:?}: not a whole number")))
-        };
-        let rank = num(RANK_VAR, &rank)?;
+        let rank = whole_number(RANK_VAR, &rank)?;
         let world_size = match var(WORLD_SIZE_VAR) {
-            Some(v) => num(WORLD_SIZE_VAR, &v)?,
+            Some(v) => whole_number(WORLD_SIZE_VAR, &v)?,
             None => {
                 return Err(Error::setting(
                     "dist",
@@ -259,7 +254,7 @@ impl RankEnv {
             ));
         }
         let local_rank = match var(LOCAL_RANK_VAR) {
-            Some(v) => num(LOCAL_RANK_VAR, &v)?,
+            Some(v) => whole_number(LOCAL_RANK_VAR, &v)?,
             None => rank,
         };
         let nccl_id = match var(NCCL_ID_VAR) {
@@ -297,14 +292,17 @@ pub fn started_by_mpirun() -> bool {
 pub fn local_rank_from_env() -> Result<Option<usize>> {
     for k in [LOCAL_RANK_VAR, "OMPI_COMM_WORLD_LOCAL_RANK"] {
         if let Ok(v) = std::env::var(k) {
-            return v
-                .trim()
-                .parse()
-                .map(Some)
-                .map_err(|_| Error::setting("dist", format!("{k}={v:?}: not a whole number")));
+            return whole_number(k, &v).map(Some);
         }
     }
     Ok(None)
+}
+
+/// The value `v` of environment variable `name` as a whole number, or an error naming both.
+fn whole_number(name: &str, v: &str) -> Result<usize> {
+    v.trim()
+        .parse()
+        .map_err(|_| Error::setting("dist", format!("{name}={v:?}: not a whole number")))
 }
 
 /// `bytes` as lower-case hex digits.

@@ -135,11 +135,9 @@ impl std::fmt::Debug for Nccl {
     }
 }
 
-/// One collective on the GPU: `data` copied there, reduced or broadcast, copied back.
+/// One collective on the GPU: `data` (not empty: [`Nccl::ask`] sends none) copied there,
+/// reduced or broadcast, copied back.
 fn run<T: Carried>(comm: &Comm, stream: &Arc<CudaStream>, op: Op, data: &mut [T]) -> Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
     let mut buf = stream
         .clone_htod(&*data)
         .map_err(|e| nccl_err("copy to the GPU", e))?;
