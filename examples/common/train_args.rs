@@ -74,7 +74,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "L")]
     pub block_bytes: Option<usize>,
     /// What a block's ids stand for: bytes, fields, fields+bytes, fields+data, fields+lines,
-    /// fields+energy, energy, fields+half-bands or fields+energy-peaks (docs/tokenize.md)
+    /// fields+energy, energy, fields+half-bands, fields+energy-peaks or fields+packed-halves
+    /// (docs/tokenize.md)
     #[arg(long, value_name = "T", value_parser = parse_tokens)]
     pub tokens: Option<BlockTokens>,
     /// Blocks of each training item kept as a random contiguous run (a random crop in time)

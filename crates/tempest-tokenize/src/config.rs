@@ -52,11 +52,16 @@ pub enum BlockTokens {
     /// half the band's power ([`crate::fields::BandValue::EnergyPeak`]): finer than a band in
     /// frequency and tonal against noisy, at the same number of ids per frame.
     FieldsAndEnergyPeaks,
+    /// As [`BlockTokens::FieldsAndHalfBands`] with both halves of a band in one id
+    /// ([`crate::fields::BandValue::PackedHalves`]): the half bands' frequency resolution at
+    /// [`BlockTokens::FieldsAndEnergy`]'s number of ids per frame (17 + 22 for a 16 kHz mono
+    /// long block), so E_t's cost stays that of the band energies.
+    FieldsAndPackedHalves,
 }
 
 impl BlockTokens {
     /// Every variant with its name.
-    pub const ALL: [(BlockTokens, &'static str); 9] = [
+    pub const ALL: [(BlockTokens, &'static str); 10] = [
         (BlockTokens::Bytes, "bytes"),
         (BlockTokens::Fields, "fields"),
         (BlockTokens::FieldsAndBytes, "fields+bytes"),
@@ -66,10 +71,12 @@ impl BlockTokens {
         (BlockTokens::Energy, "energy"),
         (BlockTokens::FieldsAndHalfBands, "fields+half-bands"),
         (BlockTokens::FieldsAndEnergyPeaks, "fields+energy-peaks"),
+        (BlockTokens::FieldsAndPackedHalves, "fields+packed-halves"),
     ];
 
     /// The name: `bytes`, `fields`, `fields+bytes`, `fields+data`, `fields+lines`,
-    /// `fields+energy`, `energy`, `fields+half-bands` or `fields+energy-peaks`.
+    /// `fields+energy`, `energy`, `fields+half-bands`, `fields+energy-peaks` or
+    /// `fields+packed-halves`.
     pub fn name(self) -> &'static str {
         BlockTokens::ALL
             .iter()
@@ -86,7 +93,7 @@ impl BlockTokens {
     }
 
     /// Every name, for messages: `bytes, fields, fields+bytes, fields+data, fields+lines,
-    /// fields+energy, energy, fields+half-bands, fields+energy-peaks`.
+    /// fields+energy, energy, fields+half-bands, fields+energy-peaks, fields+packed-halves`.
     pub fn names() -> String {
         let names: Vec<&str> = BlockTokens::ALL.iter().map(|(_, n)| *n).collect();
         names.join(", ")
@@ -124,6 +131,7 @@ impl BlockTokens {
             BlockTokens::FieldsAndEnergy | BlockTokens::Energy => Some(BandValue::Energy),
             BlockTokens::FieldsAndHalfBands => Some(BandValue::HalfBandEnergy),
             BlockTokens::FieldsAndEnergyPeaks => Some(BandValue::EnergyPeak),
+            BlockTokens::FieldsAndPackedHalves => Some(BandValue::PackedHalves),
             _ => None,
         }
     }
@@ -144,14 +152,16 @@ impl BlockTokens {
     }
 
     /// Id ranges whose ids are a value and a class (`fields+energy-peaks`: each band's energy
-    /// level and peak class; [`crate::fields::peak_factors`]), as `(start, values, classes,
-    /// value_start)`: a model may embed them as the value's row plus the class's. Empty for
-    /// the other kinds.
+    /// level and peak class, [`crate::fields::peak_factors`]; `fields+packed-halves`: the
+    /// lower and the upper half's level, [`crate::fields::halves_factors`]), as `(start,
+    /// values, classes, value_start)`: a model may embed them as the value's row plus the
+    /// class's. Empty for the other kinds.
     pub fn id_factors(self) -> Vec<(u32, u32, u32, u32)> {
-        if self.band_value() == Some(crate::fields::BandValue::EnergyPeak) {
-            crate::fields::peak_factors().to_vec()
-        } else {
-            Vec::new()
+        use crate::fields::BandValue;
+        match self.band_value() {
+            Some(BandValue::EnergyPeak) => crate::fields::peak_factors().to_vec(),
+            Some(BandValue::PackedHalves) => crate::fields::halves_factors().to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -160,6 +170,7 @@ impl BlockTokens {
         use crate::fields::BandValue;
         match self.band_value() {
             Some(BandValue::EnergyPeak) => crate::PEAK_VOCAB_SIZE,
+            Some(BandValue::PackedHalves) => crate::HALVES_VOCAB_SIZE,
             Some(BandValue::Energy | BandValue::HalfBandEnergy) => crate::ENERGY_VOCAB_SIZE,
             Some(BandValue::LevelScalefac) => crate::LINES_VOCAB_SIZE,
             None if self.has_fields() => crate::FIELDS_VOCAB_SIZE,

@@ -31,7 +31,7 @@ pub struct Field {
 }
 
 /// Every field, in id order.
-pub const FIELDS: [Field; 28] = [
+pub const FIELDS: [Field; 30] = [
     Field {
         name: "mp3.bitrate_index",
         size: 16,
@@ -144,6 +144,14 @@ pub const FIELDS: [Field; 28] = [
         name: "mp3.short_band_energy_peak",
         size: (ENERGY_LEVELS * PEAK_CLASSES) as u32,
     },
+    Field {
+        name: "mp3.band_energy_halves",
+        size: (ENERGY_LEVELS * ENERGY_LEVELS) as u32,
+    },
+    Field {
+        name: "mp3.short_band_energy_halves",
+        size: (ENERGY_LEVELS * ENERGY_LEVELS) as u32,
+    },
 ];
 
 /// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndLines`] uses.
@@ -156,6 +164,10 @@ const FIRST_ENERGY_FIELD: usize = 24;
 /// Index in [`FIELDS`] of the first field that only [`crate::BlockTokens::FieldsAndEnergyPeaks`]
 /// uses.
 const FIRST_PEAK_FIELD: usize = 26;
+
+/// Index in [`FIELDS`] of the first field that only
+/// [`crate::BlockTokens::FieldsAndPackedHalves`] uses.
+const FIRST_HALVES_FIELD: usize = 28;
 
 /// Long scalefactor bands of a granule (the last, above the highest scalefactor band, too).
 pub const LONG_BANDS: usize = 22;
@@ -178,9 +190,13 @@ pub const LINES_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_ENERGY_FIELD] as usize;
 /// [`crate::BlockTokens::FieldsAndEnergy`] (it holds the line ids' ranges too, unused).
 pub const ENERGY_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_PEAK_FIELD] as usize;
 
-/// Ids in all, with the band energies and peaks of [`BandValue::EnergyPeak`]: the vocabulary
-/// of [`crate::BlockTokens::FieldsAndEnergyPeaks`].
-pub const PEAK_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
+/// Ids up to the band energies and peaks of [`BandValue::EnergyPeak`]: the vocabulary of
+/// [`crate::BlockTokens::FieldsAndEnergyPeaks`].
+pub const PEAK_VOCAB_SIZE: usize = FIELD_STARTS[FIRST_HALVES_FIELD] as usize;
+
+/// Ids in all, with the packed half-band energies of [`BandValue::PackedHalves`]: the
+/// vocabulary of [`crate::BlockTokens::FieldsAndPackedHalves`].
+pub const HALVES_VOCAB_SIZE: usize = FIELD_STARTS[FIELDS.len()] as usize;
 
 /// Classes of where a band's strongest line lies and how much of the band's power it holds
 /// ([`peak_class`]): the quarter of the band (4) times whether it holds half the power (2).
@@ -215,6 +231,11 @@ pub enum BandValue {
     /// band, so a frame keeps its number of ids while each band says more than its mean power
     /// (a harmonic's position within the band, a tonal band against a noisy one).
     EnergyPeak,
+    /// The energies of [`BandValue::HalfBandEnergy`]'s two halves in one id per band,
+    /// `lower · ENERGY_LEVELS + upper`: twice the frequency resolution at the number of ids
+    /// of [`BandValue::Energy`] (a model embeds the id as the lower half's energy row plus a
+    /// row for the upper half's level, [`halves_factors`]).
+    PackedHalves,
 }
 
 impl BandValue {
@@ -228,6 +249,7 @@ impl BandValue {
                 ("mp3.band_energy", "mp3.short_band_energy")
             }
             BandValue::EnergyPeak => ("mp3.band_energy_peak", "mp3.short_band_energy_peak"),
+            BandValue::PackedHalves => ("mp3.band_energy_halves", "mp3.short_band_energy_halves"),
         }
     }
 
@@ -237,6 +259,7 @@ impl BandValue {
             BandValue::LevelScalefac => FIRST_LINE_FIELD,
             BandValue::Energy | BandValue::HalfBandEnergy => FIRST_ENERGY_FIELD,
             BandValue::EnergyPeak => FIRST_PEAK_FIELD,
+            BandValue::PackedHalves => FIRST_HALVES_FIELD,
         }
     }
 
@@ -362,6 +385,21 @@ pub fn peak_factors() -> [(u32, u32, u32, u32); 2] {
             FIELD_STARTS[FIRST_PEAK_FIELD + k],
             ENERGY_LEVELS as u32,
             PEAK_CLASSES as u32,
+            FIELD_STARTS[FIRST_ENERGY_FIELD + k],
+        )
+    })
+}
+
+/// The id ranges of [`BandValue::PackedHalves`] as factors, long bands' then short bands', in
+/// the form of [`peak_factors`]: ids `start + lower · ENERGY_LEVELS + upper`, the lower half's
+/// level sharing the [`BandValue::Energy`] field's rows, the upper half's level a factor of
+/// [`ENERGY_LEVELS`] classes.
+pub fn halves_factors() -> [(u32, u32, u32, u32); 2] {
+    [0, 1].map(|k| {
+        (
+            FIELD_STARTS[FIRST_HALVES_FIELD + k],
+            ENERGY_LEVELS as u32,
+            ENERGY_LEVELS as u32,
             FIELD_STARTS[FIRST_ENERGY_FIELD + k],
         )
     })
@@ -505,6 +543,15 @@ pub fn mp3_line_ids(
                 let log2_scale = log2_step(g, gain_offset, sf, extra);
                 id(field, energy_value(value, powers, q.len(), log2_scale))
             }
+            BandValue::PackedHalves => {
+                // The halves as `push_band` splits them for half bands: the lower has n / 2.
+                let log2_scale = log2_step(g, gain_offset, sf, extra);
+                let level = |h: &[i16]| {
+                    band_energy_level(h.iter().map(|&v| power8_3(v)).sum(), h.len(), log2_scale)
+                };
+                let (lower, upper) = q.split_at(q.len() / 2);
+                id(field, level(lower) * ENERGY_LEVELS as u32 + level(upper))
+            }
         }
     };
     // A band's ids: one, or (half bands) one per half of its lines.
@@ -567,10 +614,13 @@ pub fn mp3_line_ids(
                         energy_value(value, power[span].iter().copied(), width, 0.0)
                     };
                     // As `push_band` splits a band's lines: the lower half has `n / 2`.
+                    let cut = lo + (hi - lo) / 2;
                     if parts == 2 {
-                        let cut = lo + (hi - lo) / 2;
                         out.push(id(first, level(lo..cut)));
                         out.push(id(first, level(cut..hi)));
+                    } else if value == BandValue::PackedHalves {
+                        let v = level(lo..cut) * ENERGY_LEVELS as u32 + level(cut..hi);
+                        out.push(id(first, v));
                     } else {
                         out.push(id(first, level(lo..hi)));
                     }
@@ -642,7 +692,8 @@ mod tests {
             // Values past the range clamp to the last id.
             assert_eq!(id(i, f.size + 5), id(i, f.size - 1));
         }
-        assert_eq!(seen.len() + FIELD_BASE as usize, PEAK_VOCAB_SIZE);
+        assert_eq!(seen.len() + FIELD_BASE as usize, HALVES_VOCAB_SIZE);
+        assert_eq!(FIELD_STARTS[FIRST_HALVES_FIELD] as usize, PEAK_VOCAB_SIZE);
         assert_eq!(FIELD_STARTS[FIRST_PEAK_FIELD] as usize, ENERGY_VOCAB_SIZE);
         assert_eq!(FIELD_STARTS[FIRST_ENERGY_FIELD] as usize, LINES_VOCAB_SIZE);
         assert_eq!(FIELD_STARTS[FIRST_LINE_FIELD] as usize, FIELDS_VOCAB_SIZE);
@@ -658,14 +709,19 @@ mod tests {
             PEAK_VOCAB_SIZE,
             ENERGY_VOCAB_SIZE + 2 * ENERGY_LEVELS * PEAK_CLASSES
         );
-        assert!(PEAK_VOCAB_SIZE < usize::from(u16::MAX));
+        // And the peaks theirs when the packed halves came (session 19).
+        assert_eq!(
+            HALVES_VOCAB_SIZE,
+            PEAK_VOCAB_SIZE + 2 * ENERGY_LEVELS * ENERGY_LEVELS
+        );
+        assert!(HALVES_VOCAB_SIZE < usize::from(u16::MAX));
         assert_eq!(
             LINES_VOCAB_SIZE,
             FIELDS_VOCAB_SIZE + 2 * BAND_LEVELS * BAND_SCALEFACS
         );
         assert_eq!(field_name(255), None);
         assert_eq!(field_name(256), None);
-        assert_eq!(field_name(PEAK_VOCAB_SIZE as u32), None);
+        assert_eq!(field_name(HALVES_VOCAB_SIZE as u32), None);
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub use batch::Batch;
 pub use batch::{collate, part_sizes, HostBatch};
 pub use config::{BlockTokens, Crop, KindFilter, TokenizerConfig, PAD_ID, VOCAB_SIZE};
 pub use error::{Error, Result};
-pub use fields::{ENERGY_VOCAB_SIZE, FIELDS_VOCAB_SIZE, LINES_VOCAB_SIZE, PEAK_VOCAB_SIZE};
+pub use fields::{
+    ENERGY_VOCAB_SIZE, FIELDS_VOCAB_SIZE, HALVES_VOCAB_SIZE, LINES_VOCAB_SIZE, PEAK_VOCAB_SIZE,
+};
 pub use item::{
     bit_windows, crop_indices, tokenize, tokenize_file, BlockPosition, CropContext, TokenizedItem,
 };

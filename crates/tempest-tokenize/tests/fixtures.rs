@@ -1086,3 +1086,99 @@ fn energy_peaks_keep_the_band_energy_and_add_where_the_strongest_line_lies() {
     assert!(!long_blocks.is_empty());
     assert!(long_blocks.iter().all(|b| b[17..].contains(&silent)));
 }
+
+#[test]
+fn packed_halves_hold_both_half_band_energies_in_one_id() {
+    // `fields+packed-halves` gives as many ids as `fields+energy` and the same fields; each
+    // band id, read as `lower · 64 + upper` in its field, holds the two ids that
+    // `fields+half-bands` gives for that band, in the same order, with short windows merged or
+    // not. A band mask silences a run of bands as the field's first id (both halves level 0).
+    use tempest_tokenize::fields::{field_name, field_range, halves_factors, ENERGY_LEVELS};
+    use tempest_tokenize::{BlockTokens, HALVES_VOCAB_SIZE, PEAK_VOCAB_SIZE};
+
+    assert_eq!(
+        BlockTokens::parse("fields+packed-halves"),
+        Some(BlockTokens::FieldsAndPackedHalves)
+    );
+    assert_eq!(
+        BlockTokens::FieldsAndPackedHalves.vocab_size(),
+        HALVES_VOCAB_SIZE
+    );
+    assert_eq!(
+        HALVES_VOCAB_SIZE - PEAK_VOCAB_SIZE,
+        2 * ENERGY_LEVELS * ENERGY_LEVELS
+    );
+    // The factors cover the two fields and point at the energies' rows.
+    let factors = BlockTokens::FieldsAndPackedHalves.id_factors();
+    assert_eq!(factors, halves_factors().to_vec());
+    for ((start, values, classes, value_start), (packed, plain)) in factors.iter().zip([
+        ("mp3.band_energy_halves", "mp3.band_energy"),
+        ("mp3.short_band_energy_halves", "mp3.short_band_energy"),
+    ]) {
+        let r = field_range(packed).unwrap();
+        assert_eq!((*start, start + values * classes), (r.start, r.end));
+        assert_eq!(*value_start, field_range(plain).unwrap().start);
+    }
+    let pairs = [
+        ("mp3.band_energy", "mp3.band_energy_halves"),
+        ("mp3.short_band_energy", "mp3.short_band_energy_halves"),
+    ];
+    let (mut bands, mut uneven, mut short_bands) = (0usize, 0usize, 0usize);
+    for merge in [false, true] {
+        for rel in ["mp3/cbr32_16k_mono.mp3", "mp3/abr20_16k_mono.mp3"] {
+            let path = fixture(rel);
+            let data = std::fs::read(&path).unwrap();
+            let read = |tokens| {
+                let mut config = mp3_config(tokens);
+                config.merge_short_windows = merge;
+                tokenize(&data, &path, &config, CropContext::default()).unwrap()
+            };
+            let (energy, halves, packed) = (
+                read(BlockTokens::FieldsAndEnergy),
+                read(BlockTokens::FieldsAndHalfBands),
+                read(BlockTokens::FieldsAndPackedHalves),
+            );
+            assert_eq!(energy.num_blocks(), packed.num_blocks());
+            for k in 0..packed.num_blocks() {
+                let (e, h, p) = (energy.block(k), halves.block(k), packed.block(k));
+                assert_eq!(e.len(), p.len(), "{rel} frame {k}: one id per band");
+                assert_eq!(&h[..17], &p[..17], "{rel} frame {k}: the fields");
+                assert_eq!(h.len() - 17, 2 * (p.len() - 17), "{rel} frame {k}");
+                for (j, &pi) in p[17..].iter().enumerate() {
+                    let name = field_name(pi.into()).unwrap();
+                    let (plain, _) = *pairs.iter().find(|(_, n)| *n == name).unwrap();
+                    let base = field_range(plain).unwrap().start;
+                    let (lo, hi) = (
+                        u32::from(h[17 + 2 * j]) - base,
+                        u32::from(h[17 + 2 * j + 1]) - base,
+                    );
+                    let v = u32::from(pi) - field_range(name).unwrap().start;
+                    assert_eq!(
+                        (v / ENERGY_LEVELS as u32, v % ENERGY_LEVELS as u32),
+                        (lo, hi),
+                        "{rel} frame {k} band {j}"
+                    );
+                    bands += 1;
+                    uneven += usize::from(lo != hi);
+                    short_bands += usize::from(name.contains("short"));
+                }
+            }
+        }
+    }
+    assert!(short_bands > 0, "the fixtures have short blocks");
+    // The halves often differ: the packed id says more than the band's mean.
+    assert!(uneven * 4 > bands, "{uneven} of {bands}");
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).unwrap();
+    let config = mp3_config(BlockTokens::FieldsAndPackedHalves).with_band_mask(5);
+    let masked = tokenize(&data, &path, &config, CropContext::default()).unwrap();
+    let silent = field_range("mp3.band_energy_halves").unwrap().start as u16;
+    let long_blocks: Vec<_> = (0..masked.num_blocks())
+        .map(|k| masked.block(k))
+        .filter(|b| b.len() == 17 + 22)
+        .collect();
+    assert!(!long_blocks.is_empty());
+    assert!(long_blocks
+        .iter()
+        .all(|b| b[17..].iter().filter(|&&id| id == silent).count() >= 5));
+}
