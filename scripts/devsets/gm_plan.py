@@ -144,16 +144,18 @@ def samples_played(sf, program, note, vel):
     return out
 
 
+def vlq(n):
+    """A MIDI variable-length quantity."""
+    b = [n & 0x7F]
+    n >>= 7
+    while n:
+        b.append(0x80 | (n & 0x7F))
+        n >>= 7
+    return bytes(reversed(b))
+
+
 def smf(program, note, vel, path):
     """Format-0 MIDI file: program change, note on at 0 s, note off at 2.0 s, end at 2.5 s."""
-    def vlq(n):
-        b = [n & 0x7F]
-        n >>= 7
-        while n:
-            b.append(0x80 | (n & 0x7F))
-            n >>= 7
-        return bytes(reversed(b))
-
     # 480 ticks per quarter note, 500000 us per quarter: 960 ticks per second.
     ev = (vlq(0) + b"\xff\x51\x03" + (500000).to_bytes(3, "big")
           + vlq(0) + bytes([0xC0, program]) + vlq(0) + bytes([0x90, note, vel])

@@ -23,6 +23,7 @@ import wave
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gm_plan  # noqa: E402
+from gm_plan import vlq  # noqa: E402
 
 RATE = 16000
 SPACING_S, CLIP_S, HELD_S = 3.0, 2.5, 2.0
@@ -37,15 +38,6 @@ def programs():
 def notes(p):
     low = gm_plan.PROGRAM_LOW.get(p, gm_plan.FAMILY_LOW[p // 8])
     return [(low + i * gm_plan.NOTE_STEP, v) for i in NOTE_INDICES for v in gm_plan.VELOCITIES]
-
-
-def vlq(n):
-    b = [n & 0x7F]
-    n >>= 7
-    while n:
-        b.append(0x80 | (n & 0x7F))
-        n >>= 7
-    return bytes(reversed(b))
 
 
 def smf(p, path):
