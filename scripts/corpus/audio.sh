@@ -51,13 +51,9 @@ missing=()
 for p in ffmpeg sox; do
     command -v "$p" >/dev/null || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        "${missing[@]}"
-fi
+# shellcheck source=../lib/apt.sh
+. "$here/../lib/apt.sh"
+apt_install "${missing[@]}"
 
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"

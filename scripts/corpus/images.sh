@@ -39,12 +39,9 @@ min_side=${MIN_SIDE:-16}
 max_images=${MAX_IMAGES:-2000}
 threads=${THREADS:-1}
 
-if ! command -v ffmpeg >/dev/null; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg
-fi
+# shellcheck source=../lib/apt.sh
+. "$here/../lib/apt.sh"
+command -v ffmpeg >/dev/null || apt_install ffmpeg
 
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"

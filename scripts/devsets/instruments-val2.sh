@@ -29,17 +29,10 @@ for f in manifest.csv train test; do
     [ -e "$src/$f" ] || { echo "$0: $src/$f not found (run instruments.sh first)" >&2; exit 1; }
 done
 
-missing=()
-for p in fluidsynth musescore-general-soundfont sox python3; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        "${missing[@]}"
-fi
+# shellcheck source=../lib/apt.sh
+. "$here/../lib/apt.sh"
+# shellcheck disable=SC2046 # one package name per word
+apt_install $(missing_debs fluidsynth musescore-general-soundfont sox python3)
 
 mkdir -p "$2"
 out="$(cd "$2" && pwd)"

@@ -26,17 +26,10 @@ jobs=${JOBS:-2}
 here="$(cd "$(dirname "$0")" && pwd)"
 sf2=/usr/share/sounds/sf2/TimGM6mb.sf2
 
-missing=()
-for p in fluidsynth timgm6mb-soundfont sox python3; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    $sudo apt-get update
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        "${missing[@]}"
-fi
+# shellcheck source=../lib/apt.sh
+. "$here/../lib/apt.sh"
+# shellcheck disable=SC2046 # one package name per word
+apt_install $(missing_debs fluidsynth timgm6mb-soundfont sox python3)
 
 mkdir -p "$1"
 out="$(cd "$1" && pwd)"
