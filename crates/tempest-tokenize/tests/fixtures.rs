@@ -1074,17 +1074,24 @@ fn energy_peaks_keep_the_band_energy_and_add_where_the_strongest_line_lies() {
     // Every quarter, standing out or not, occurs on real music.
     assert!(classes.iter().all(|&c| c > 0), "{classes:?}");
     // A band mask silences a run of bands as it does for the energies.
-    let path = fixture("mp3/cbr32_16k_mono.mp3");
-    let data = std::fs::read(&path).unwrap();
-    let config = mp3_config(BlockTokens::FieldsAndEnergyPeaks).with_band_mask(5);
-    let masked = tokenize(&data, &path, &config, CropContext::default()).unwrap();
     let silent = field_range("mp3.band_energy_peak").unwrap().start as u16;
-    let long_blocks: Vec<_> = (0..masked.num_blocks())
-        .map(|k| masked.block(k))
-        .filter(|b| b.len() == 17 + 22)
-        .collect();
+    let long_blocks = band_masked_long_blocks(BlockTokens::FieldsAndEnergyPeaks);
     assert!(!long_blocks.is_empty());
     assert!(long_blocks.iter().all(|b| b[17..].contains(&silent)));
+}
+
+/// The long-block frames (17 field ids + 22 band ids) of the CBR fixture read as `tokens`
+/// with a band mask of 5.
+fn band_masked_long_blocks(tokens: tempest_tokenize::BlockTokens) -> Vec<Vec<u16>> {
+    let path = fixture("mp3/cbr32_16k_mono.mp3");
+    let data = std::fs::read(&path).expect("the CBR fixture");
+    let config = mp3_config(tokens).with_band_mask(5);
+    let masked = tokenize(&data, &path, &config, CropContext::default()).expect("tokenized");
+    (0..masked.num_blocks())
+        .map(|k| masked.block(k))
+        .filter(|b| b.len() == 17 + 22)
+        .map(<[u16]>::to_vec)
+        .collect()
 }
 
 #[test]
@@ -1168,15 +1175,8 @@ fn packed_halves_hold_both_half_band_energies_in_one_id() {
     assert!(short_bands > 0, "the fixtures have short blocks");
     // The halves often differ: the packed id says more than the band's mean.
     assert!(uneven * 4 > bands, "{uneven} of {bands}");
-    let path = fixture("mp3/cbr32_16k_mono.mp3");
-    let data = std::fs::read(&path).unwrap();
-    let config = mp3_config(BlockTokens::FieldsAndPackedHalves).with_band_mask(5);
-    let masked = tokenize(&data, &path, &config, CropContext::default()).unwrap();
     let silent = field_range("mp3.band_energy_halves").unwrap().start as u16;
-    let long_blocks: Vec<_> = (0..masked.num_blocks())
-        .map(|k| masked.block(k))
-        .filter(|b| b.len() == 17 + 22)
-        .collect();
+    let long_blocks = band_masked_long_blocks(BlockTokens::FieldsAndPackedHalves);
     assert!(!long_blocks.is_empty());
     assert!(long_blocks
         .iter()
