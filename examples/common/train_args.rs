@@ -97,7 +97,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub merge_short_windows: bool,
     /// MP3 band tokens: move every band id of a clip by a random shift of up to K band
-    /// positions while training
+    /// positions while training (`compare`: the ViT's mel bins move by the same share of
+    /// the frequency axis)
     #[arg(long, value_name = "K")]
     pub band_shift: Option<u8>,
     /// Batches per sorting window of the length-bucketing sampler (1: plain shuffled batches)

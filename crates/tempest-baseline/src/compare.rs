@@ -53,9 +53,10 @@ impl Default for CompareOptions {
 }
 
 /// SpecAugment masks for the baseline that take what TEMPEST's masks take: the band mask's
-/// share of the 22 long scalefactor bands as a share of the mel bins, and the time mask's
-/// frames (at the mean block duration of TEMPEST's test items) as spectrogram frames. None
-/// for images or without masks.
+/// share of the 22 long scalefactor bands as a share of the mel bins, the time mask's frames
+/// (at the mean block duration of TEMPEST's test items) as spectrogram frames, and the band
+/// shift's share of the long bands as a shift of mel bins. None for images or without
+/// masks.
 fn spec_masks(
     o: &TrainOptions,
     t_test: &Prepared<TokenizedItem>,
@@ -81,9 +82,11 @@ fn spec_masks(
     }
     let block_ms = 1000.0 * seconds / blocks.max(1) as f64;
     let cols = (f64::from(o.time_mask) * block_ms / config.fbank.frame_shift_ms).round() as usize;
+    let shift = (usize::from(o.band_shift) * f.rows).div_ceil(tempest_tokenize::fields::LONG_BANDS);
     SpecMasks {
         rows: rows.min(f.rows),
         cols,
+        shift: shift.min(f.rows),
     }
 }
 

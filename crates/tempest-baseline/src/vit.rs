@@ -261,18 +261,26 @@ impl PatchBatch {
 
 /// SpecAugment's masks (Park et al. 2019) on a spectrogram's training copies: a run of up to
 /// `rows` mel bins and a run of up to `cols` frames set to 0 (the normalised mean), drawn
-/// anew for every item of every training batch. `compare` sizes them from TEMPEST's band and
-/// time masks, so that both models lose the same share of frequencies and the same time.
+/// anew for every item of every training batch; and a frequency shift: every row moved by one
+/// draw from `-shift..=shift` rows, rows with nothing moved into them 0 (as TEMPEST's band
+/// shift reads a band position with no band there as silence), before the masks. `compare`
+/// sizes them from TEMPEST's band mask, time mask and band shift, so that both models lose
+/// the same share of frequencies and the same time and move by the same share of the
+/// frequency axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SpecMasks {
     /// Most mel bins (rows) masked.
     pub rows: usize,
     /// Most frames (columns) masked.
     pub cols: usize,
+    /// Most rows every row is moved by, up or down (0: no shift, and no draw for it).
+    pub shift: usize,
 }
 
 impl SpecMasks {
-    /// A copy of `f` with one run of rows and one of columns drawn from `seed` set to 0.
+    /// A copy of `f` moved by a shift and with one run of rows and one of columns set to 0,
+    /// all drawn from `seed` (the masks' draws come first, so a shift of 0 leaves the masks
+    /// of a seed as they were without it).
     pub fn apply(&self, f: &Features, seed: u64) -> Features {
         let mut out = f.clone();
         let mut rng = tempest_tokenize::rng::SplitMix64::new(seed);
@@ -284,6 +292,22 @@ impl SpecMasks {
         let rows = draw(self.rows, f.rows);
         let cols = draw(self.cols, f.cols);
         let ch = f.channels;
+        if self.shift > 0 {
+            let s = self.shift as i64;
+            let by = rng.below(2 * self.shift as u64 + 1) as i64 - s;
+            let width = f.cols * ch;
+            for r in 0..f.rows {
+                // Row r reads row r − by of the original; none there: 0.
+                let from = r as i64 - by;
+                let dst = &mut out.data[r * width..(r + 1) * width];
+                if (0..f.rows as i64).contains(&from) {
+                    let from = from as usize;
+                    dst.copy_from_slice(&f.data[from * width..(from + 1) * width]);
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+        }
         for r in 0..f.rows {
             for c in 0..f.cols {
                 if rows.contains(&r) || cols.contains(&c) {
@@ -320,9 +344,9 @@ impl VitLearner {
         }
     }
 
-    /// With `masks` on the items of training batches (none where both sizes are 0).
+    /// With `masks` on the items of training batches (none where all three sizes are 0).
     pub fn with_masks(mut self, masks: SpecMasks) -> Self {
-        self.masks = (masks.rows > 0 || masks.cols > 0).then_some(masks);
+        self.masks = (masks.rows > 0 || masks.cols > 0 || masks.shift > 0).then_some(masks);
         self
     }
 }
@@ -398,7 +422,11 @@ mod tests {
     #[test]
     fn spec_masks_zero_one_run_of_rows_and_one_of_columns_at_most() {
         let f = spectrogram(32, 100);
-        let m = SpecMasks { rows: 7, cols: 18 };
+        let m = SpecMasks {
+            rows: 7,
+            cols: 18,
+            shift: 0,
+        };
         let (mut rows_seen, mut cols_seen) = (0, 0);
         for seed in 0..50 {
             let out = m.apply(&f, seed);
@@ -431,5 +459,63 @@ mod tests {
         }
         assert!(rows_seen > 50 && cols_seen > 200, "{rows_seen} {cols_seen}");
         assert_eq!(SpecMasks::default().apply(&f, 3), f);
+    }
+
+    #[test]
+    fn spec_shift_moves_every_row_by_one_draw_within_the_bound() {
+        // Rows of distinct constant values, so a row's value tells where it came from.
+        let (rows, cols) = (20, 6);
+        let mut f = spectrogram(rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                f.data[r * cols + c] = 1.0 + r as f32;
+            }
+        }
+        let m = SpecMasks {
+            rows: 0,
+            cols: 0,
+            shift: 3,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let out = m.apply(&f, seed);
+            // The shift that row 10 (away from both edges) shows.
+            let by = 11 - out.data[10 * cols] as i64;
+            assert!((-3..=3).contains(&by), "seed {seed}: {by}");
+            seen.insert(by);
+            for r in 0..rows {
+                let from = r as i64 - by;
+                let want = if (0..rows as i64).contains(&from) {
+                    1.0 + from as f32
+                } else {
+                    0.0
+                };
+                for c in 0..cols {
+                    assert_eq!(out.data[r * cols + c], want, "seed {seed} row {r}");
+                }
+            }
+            assert_eq!(m.apply(&f, seed), out, "the seed decides");
+        }
+        assert_eq!(seen.len(), 7, "every shift in -3..=3 drawn: {seen:?}");
+        // With masks as well, a shift of 0 leaves the masks as they were.
+        let masks = SpecMasks {
+            rows: 4,
+            cols: 2,
+            shift: 0,
+        };
+        let shifted = SpecMasks { shift: 2, ..masks };
+        let zero_cols = |g: &Features| -> Vec<usize> {
+            (0..cols)
+                .filter(|&c| (0..rows).all(|r| g.data[r * cols + c] == 0.0))
+                .collect()
+        };
+        let mut masked = 0;
+        for seed in 0..20 {
+            let (a, b) = (masks.apply(&f, seed), shifted.apply(&f, seed));
+            // The same frames masked with and without the shift.
+            assert_eq!(zero_cols(&a), zero_cols(&b), "seed {seed}");
+            masked += zero_cols(&a).len();
+        }
+        assert!(masked > 0);
     }
 }

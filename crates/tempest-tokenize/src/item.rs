@@ -276,13 +276,7 @@ pub fn tokenize(
             }
         };
         let mask = draw_band_mask(config.band_mask, ctx);
-        let shift = match config.band_shift {
-            0 => 0,
-            k => {
-                let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, SHIFT_STREAM]);
-                rng.below(2 * u64::from(k) + 1) as i32 - i32::from(k)
-            }
-        };
+        let shift = draw_band_shift(config.band_shift, ctx);
         let frames = draw_time_mask(config.time_mask, ctx, kept.len());
         let lines = LineAugment {
             mask,
@@ -338,6 +332,16 @@ fn draw_band_mask(k: u8, ctx: CropContext) -> std::ops::Range<usize> {
     start as usize..start as usize + width
 }
 
+/// The shift of every band position for the item of `ctx`, in `-k..=k` (0 for `k` 0):
+/// [`TokenizerConfig::band_shift`].
+fn draw_band_shift(k: u8, ctx: CropContext) -> i32 {
+    if k == 0 {
+        return 0;
+    }
+    let mut rng = SplitMix64::derive(ctx.seed, &[ctx.epoch, ctx.item, SHIFT_STREAM]);
+    rng.below(2 * u64::from(k) + 1) as i32 - i32::from(k)
+}
+
 /// The frames (of `blocks`) a time mask of up to `k` frames silences for the item of `ctx`
 /// (empty for `k` 0): [`TokenizerConfig::time_mask`].
 fn draw_time_mask(k: u16, ctx: CropContext, blocks: usize) -> std::ops::Range<usize> {
@@ -351,22 +355,26 @@ fn draw_time_mask(k: u16, ctx: CropContext, blocks: usize) -> std::ops::Range<us
 }
 
 impl TokenizedItem {
-    /// A copy with the band and time masks of `config` ([`TokenizerConfig::band_mask`],
+    /// A copy with the band shift and the band and time masks of `config`
+    /// ([`TokenizerConfig::band_shift`], [`TokenizerConfig::band_mask`],
     /// [`TokenizerConfig::time_mask`]) drawn for `ctx` and applied to the band ids of an item
     /// tokenized without them: for items tokenized once and trained on many times (`compare`
     /// does so), where [`tokenize`] would apply them while reading. The draws are the
-    /// tokenizer's; the time mask counts the item's blocks (the tokenizer counts the file's
-    /// frames before a crop). One difference: a short-block band is silenced when its share
+    /// tokenizer's, the shift before the masks as there; the time mask counts the item's
+    /// blocks (the tokenizer counts the file's frames before a crop). Every granule and
+    /// channel of a frame is shifted and masked alike. One difference: a short-block band is silenced when its share
     /// of the 22 long-band positions (band `p` of 13 covers positions `22p/13..22(p+1)/13`)
     /// meets the band mask, where the tokenizer, which knows the sampling rate, compares
     /// their lines. Items without band ids come back unchanged.
     pub fn with_band_masks(&self, config: &TokenizerConfig, ctx: CropContext) -> TokenizedItem {
         let mut out = self.clone();
-        if !config.tokens.has_bands() || (config.band_mask == 0 && config.time_mask == 0) {
+        let augments = config.band_mask > 0 || config.time_mask > 0 || config.band_shift > 0;
+        if !config.tokens.has_bands() || !augments {
             return out;
         }
         let bands = draw_band_mask(config.band_mask, ctx);
         let frames = draw_time_mask(config.time_mask, ctx, self.num_blocks());
+        let shift = draw_band_shift(config.band_shift, ctx);
         let silent = |name: &str| fields::field_range(name).map_or(0, |r| r.start as u16);
         let Some(value) = config.tokens.band_value() else {
             return out;
@@ -378,29 +386,57 @@ impl TokenizedItem {
             fields::field_range(short).unwrap_or(0..0),
         );
         let n = fields::LONG_BANDS;
-        // Ids per band (two for half bands): position `pl / parts` is the long band.
+        // Ids per band (two for half bands; a short band has three windows of them).
         let parts = config.tokens.ids_per_band();
+        let (long_group, short_group) = (parts, 3 * parts);
+        let (mut at_long, mut at_short) = (Vec::new(), Vec::new());
         for b in 0..self.num_blocks() {
             let whole = frames.contains(&b);
-            let (mut pl, mut ps) = (0usize, 0usize);
             let range = self.starts[b] as usize..self.starts[b + 1] as usize;
-            for id in &mut out.ids[range] {
-                let v = u32::from(*id);
+            // Where the block's long and short band ids sit: runs of one granule and channel
+            // each (22 or 13 bands), in order.
+            at_long.clear();
+            at_short.clear();
+            for (k, &id) in self.ids[range.clone()].iter().enumerate() {
+                let v = u32::from(id);
                 if long_ids.contains(&v) {
-                    if whole || bands.contains(&(pl / parts)) {
-                        *id = long_silent;
-                    }
-                    pl += 1;
+                    at_long.push(range.start + k);
                 } else if short_ids.contains(&v) {
-                    let p = ps / (3 * parts);
-                    let (lo, hi) = (
-                        n * p / fields::SHORT_BANDS,
-                        (n * (p + 1)).div_ceil(fields::SHORT_BANDS),
-                    );
-                    if whole || (lo < bands.end && bands.start < hi) {
-                        *id = short_silent;
+                    at_short.push(range.start + k);
+                }
+            }
+            // The shift first (position p of a run reads band p − shift, as the tokenizer
+            // reads it; none there: silence), then the masks on positions.
+            let mut shifted = |at: &[usize], bands_per_run: usize, group: usize, quiet: u16| {
+                if shift == 0 {
+                    return;
+                }
+                for run in at.chunks(bands_per_run * group) {
+                    for (k, &to) in run.iter().enumerate() {
+                        let from = (k / group) as i64 - i64::from(shift);
+                        out.ids[to] = if (0..(run.len() / group) as i64).contains(&from) {
+                            self.ids[run[from as usize * group + k % group]]
+                        } else {
+                            quiet
+                        };
                     }
-                    ps += 1;
+                }
+            };
+            shifted(&at_long, n, long_group, long_silent);
+            shifted(&at_short, fields::SHORT_BANDS, short_group, short_silent);
+            for (k, &to) in at_long.iter().enumerate() {
+                if whole || bands.contains(&((k / long_group) % n)) {
+                    out.ids[to] = long_silent;
+                }
+            }
+            for (k, &to) in at_short.iter().enumerate() {
+                let p = (k / short_group) % fields::SHORT_BANDS;
+                let (lo, hi) = (
+                    n * p / fields::SHORT_BANDS,
+                    (n * (p + 1)).div_ceil(fields::SHORT_BANDS),
+                );
+                if whole || (lo < bands.end && bands.start < hi) {
+                    out.ids[to] = short_silent;
                 }
             }
         }

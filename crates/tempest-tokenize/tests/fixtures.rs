@@ -947,8 +947,9 @@ fn energy_tokens_are_the_band_energies_without_the_fields() {
 #[test]
 fn masks_applied_to_a_tokenized_item_are_the_tokenizers() {
     // compare tokenizes once and masks each time it trains (TokenizedItem::with_band_masks):
-    // the same seed, epoch and item must silence the same bands and frames as the tokenizer
-    // does while reading (long blocks; short ones are mapped by position, documented).
+    // the same seed, epoch and item must shift and silence the same bands and frames as the
+    // tokenizer does while reading (long blocks; short ones are mapped by position,
+    // documented).
     use tempest_tokenize::fields::field_name;
     use tempest_tokenize::BlockTokens;
 
@@ -957,39 +958,49 @@ fn masks_applied_to_a_tokenized_item_are_the_tokenizers() {
         BlockTokens::FieldsAndLines,
         BlockTokens::FieldsAndEnergy,
         BlockTokens::FieldsAndHalfBands,
+        BlockTokens::FieldsAndPackedHalves,
     ] {
         let plain_config = mp3_config(tokens);
         let plain = tokenize(&data, &path, &plain_config, CropContext::default()).unwrap();
-        let masked_config = plain_config.clone().with_band_mask(5).with_time_mask(5);
-        let (mut differ, mut compared) = (0, 0);
-        for item in 0..20 {
-            let ctx = CropContext {
-                seed: 7,
-                epoch: 3,
-                item,
-            };
-            let read = tokenize(&data, &path, &masked_config, ctx).unwrap();
-            let after = plain.with_band_masks(&masked_config, ctx);
-            assert_eq!(read.num_blocks(), after.num_blocks());
-            for k in 0..read.num_blocks() {
-                let short = read
-                    .block(k)
-                    .iter()
-                    .any(|&id| field_name(id.into()).is_some_and(|n| n.contains("short")));
-                if short {
-                    continue;
+        for masked_config in [
+            plain_config.clone().with_band_mask(5).with_time_mask(5),
+            plain_config.clone().with_band_shift(2),
+            plain_config
+                .clone()
+                .with_band_mask(5)
+                .with_time_mask(5)
+                .with_band_shift(3),
+        ] {
+            let (mut differ, mut compared) = (0, 0);
+            for item in 0..20 {
+                let ctx = CropContext {
+                    seed: 7,
+                    epoch: 3,
+                    item,
+                };
+                let read = tokenize(&data, &path, &masked_config, ctx).unwrap();
+                let after = plain.with_band_masks(&masked_config, ctx);
+                assert_eq!(read.num_blocks(), after.num_blocks());
+                for k in 0..read.num_blocks() {
+                    let short = read
+                        .block(k)
+                        .iter()
+                        .any(|&id| field_name(id.into()).is_some_and(|n| n.contains("short")));
+                    if short {
+                        continue;
+                    }
+                    compared += 1;
+                    assert_eq!(
+                        read.block(k),
+                        after.block(k),
+                        "{tokens:?} item {item} frame {k}"
+                    );
+                    differ += usize::from(read.block(k) != plain.block(k));
                 }
-                compared += 1;
-                assert_eq!(
-                    read.block(k),
-                    after.block(k),
-                    "{tokens:?} item {item} frame {k}"
-                );
-                differ += usize::from(read.block(k) != plain.block(k));
             }
+            assert!(compared > 1000, "{compared}");
+            assert!(differ > 100, "the masks changed only {differ} frames");
         }
-        assert!(compared > 1000, "{compared}");
-        assert!(differ > 100, "the masks silenced only {differ} frames");
         // Without band ids, or without masks, nothing changes.
         let fields = tokenize(
             &data,

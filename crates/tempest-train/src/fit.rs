@@ -477,10 +477,11 @@ impl TempestLearner {
         }
     }
 
-    /// With the band and time masks of `config` on training batches, drawn from each batch's
-    /// seed (the tokenizer's draws with that seed, epoch 0 and the item's place in the batch).
+    /// With the band shift and the band and time masks of `config` on training batches,
+    /// drawn from each batch's seed (the tokenizer's draws with that seed, epoch 0 and the
+    /// item's place in the batch).
     pub fn with_masks(mut self, config: tempest_tokenize::TokenizerConfig) -> Self {
-        let any = config.band_mask > 0 || config.time_mask > 0;
+        let any = config.band_mask > 0 || config.time_mask > 0 || config.band_shift > 0;
         self.masks = any.then_some(config);
         self
     }
