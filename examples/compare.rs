@@ -64,6 +64,11 @@ struct Cli {
     /// Keep at most N training items [default: all]
     #[arg(long, value_name = "N")]
     max_train_items: Option<usize>,
+    /// Keep this fraction of each class's training items, in (0, 1] (the few-labels setting,
+    /// e.g. 0.1: ⌈0.1·n⌉ of a class's n, spread evenly over them); before --max-train-items
+    /// [default: all]
+    #[arg(long, value_name = "F")]
+    train_fraction: Option<f64>,
     /// Where the metrics (and prepared data) go
     #[arg(long, value_name = "DIR", default_value = "runs/compare")]
     out: PathBuf,
@@ -144,6 +149,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     cli.train.apply(&mut o.train);
     o.eval_variant = cli.eval_variant.or_else(|| tested_variant(&trained));
     let plan = SplitPlan::standard(&dataset)?;
+    if let Some(f) = cli.train_fraction {
+        let kept = dataset.keep_fraction_per_class(&plan.train, f)?;
+        println!("--train-fraction {f}: {kept} training items kept");
+    }
     if let Some(n) = max_train {
         dataset.truncate_splits(&plan.train, n);
     }

@@ -104,6 +104,11 @@ struct Cli {
     /// Keep at most N training items (per fold for ESC-50) [default: all]
     #[arg(long, value_name = "N")]
     max_train_items: Option<usize>,
+    /// Keep this fraction of each class's training items, in (0, 1] (the few-labels setting,
+    /// e.g. 0.1: ⌈0.1·n⌉ of a class's n, spread evenly over them); before --max-train-items
+    /// [default: all]
+    #[arg(long, value_name = "F")]
+    train_fraction: Option<f64>,
     /// ESC-50: the folds tested in turn, comma-separated
     #[arg(long, value_name = "LIST", value_parser = fold_list, default_value = "1,2,3,4,5")]
     folds: ::std::vec::Vec<u32>,
@@ -152,6 +157,7 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         .source()
         .ok_or("give --data DIR, or --layout L and --input DIR")?;
     let (out, resume, max_train, folds) = (cli.out, cli.resume, cli.max_train_items, cli.folds);
+    let cli_fraction = cli.train_fraction;
     // The model the command line chose, read before any data (a bad file fails at once).
     let chosen = match (&cli.preset, &cli.config) {
         (Some(p), _) => Some(p.clone()),
@@ -244,6 +250,11 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     if esc50 {
+        if cli_fraction.is_some() {
+            return Err(
+                "--train-fraction: not for ESC-50, whose folds take turns as the test".into(),
+            );
+        }
         if let Some(n) = max_train {
             dataset.truncate_splits(&dataset.splits(), n);
         }
@@ -271,6 +282,12 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let plan = SplitPlan::standard(&dataset)?;
+    if let Some(f) = cli_fraction {
+        let kept = dataset.keep_fraction_per_class(&plan.train, f)?;
+        if comm.is_root() {
+            println!("--train-fraction {f}: {kept} training items kept");
+        }
+    }
     if let Some(n) = max_train {
         dataset.truncate_splits(&plan.train, n);
     }

@@ -217,6 +217,43 @@ impl Dataset {
         self.samples.retain(|_| flags.next().unwrap_or(true));
     }
 
+    /// Keeps `fraction` (in `(0, 1]`) of each class's samples in each split named in
+    /// `splits`: ⌈fraction · n⌉ of a class's `n` (so every class with samples keeps at least
+    /// one), spread evenly over them in the dataset's order, so the subset is the same on
+    /// every run whatever the ids look like. The few-labels setting (10 % of the labels) of
+    /// docs/pretraining.md. Returns the samples kept in those splits; a fraction outside
+    /// `(0, 1]` is an error that names it.
+    pub fn keep_fraction_per_class(&mut self, splits: &[String], fraction: f64) -> Result<usize> {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(Error::Setting {
+                setting: "--train-fraction",
+                reason: format!("{fraction} is not in (0, 1]"),
+            });
+        }
+        let mut keep = vec![true; self.samples.len()];
+        let mut kept = 0;
+        for split in splits {
+            for class in 0..self.classes.len() as u32 {
+                let idx: Vec<usize> = (0..self.samples.len())
+                    .filter(|&i| &self.samples[i].split == split && self.samples[i].label == class)
+                    .collect();
+                // The small epsilon keeps 0.1 · 30 at 3, not 4 (0.1 is not exact in binary).
+                let n = ((fraction * idx.len() as f64) - 1e-9).ceil().max(0.0) as usize;
+                let n = n.min(idx.len());
+                for &i in &idx {
+                    keep[i] = false;
+                }
+                for k in 0..n {
+                    keep[idx[k * idx.len() / n]] = true;
+                }
+                kept += n;
+            }
+        }
+        let mut flags = keep.into_iter();
+        self.samples.retain(|_| flags.next().unwrap_or(true));
+        Ok(kept)
+    }
+
     /// Moves `n` samples of split `from` into split `to`, spread evenly over `from` in the
     /// dataset's order (so the same ones on every run), e.g. a validation split carved from
     /// the training digits to tune on without touching the test. Returns how many moved
@@ -417,6 +454,71 @@ mod tests {
         let mut whole = d.clone();
         whole.truncate_splits(&["test".to_string()], 10);
         assert_eq!(whole.samples.len(), d.samples.len());
+    }
+
+    /// `keep_fraction_per_class` keeps ⌈f · n⌉ of every class of each named split, spread
+    /// over the class, whatever order the ids put the classes in.
+    #[test]
+    fn a_fraction_per_class_keeps_every_class_in_proportion() {
+        // Classes interleaved in id order and of unequal sizes: 30, 20 and 5 training samples.
+        let sizes = [30usize, 20, 5];
+        let mut rows = Vec::new();
+        for (c, &n) in sizes.iter().enumerate() {
+            for k in 0..n {
+                rows.push((
+                    format!("{k:03}-{c}"),
+                    format!("c{c}"),
+                    "train".to_string(),
+                    "v".to_string(),
+                    PathBuf::new(),
+                ));
+            }
+            rows.push((
+                format!("t-{c}"),
+                format!("c{c}"),
+                "test".to_string(),
+                "v".to_string(),
+                PathBuf::new(),
+            ));
+        }
+        let d = Dataset::from_rows(rows);
+        let train = ["train".to_string()];
+        let mut t = d.clone();
+        assert_eq!(t.keep_fraction_per_class(&train, 0.1).ok(), Some(3 + 2 + 1));
+        let count = |t: &Dataset, c: u32| {
+            t.samples
+                .iter()
+                .filter(|s| s.split == "train" && s.label == c)
+                .count()
+        };
+        assert_eq!((count(&t, 0), count(&t, 1), count(&t, 2)), (3, 2, 1));
+        // Spread over the class: class 0's kept ids are its 0th, 10th and 20th.
+        let ids: Vec<&str> = t
+            .samples
+            .iter()
+            .filter(|s| s.split == "train" && s.label == 0)
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["000-0", "010-0", "020-0"]);
+        // Other splits untouched; the whole fraction keeps everything.
+        assert_eq!(t.select(&["test".to_string()]).len(), 3);
+        let mut all = d.clone();
+        assert_eq!(all.keep_fraction_per_class(&train, 1.0).ok(), Some(55));
+        assert_eq!(all.samples.len(), d.samples.len());
+        let mut half = d.clone();
+        assert_eq!(
+            half.keep_fraction_per_class(&train, 0.5).ok(),
+            Some(15 + 10 + 3)
+        );
+        for bad in [0.0, -0.5, 1.5, f64::NAN] {
+            let mut b = d.clone();
+            let err = b
+                .keep_fraction_per_class(&train, bad)
+                .err()
+                .map(|e| e.to_string());
+            assert!(err.is_some_and(|e| e.contains("--train-fraction")), "{bad}");
+            assert_eq!(b.samples.len(), d.samples.len(), "{bad}: nothing dropped");
+        }
     }
 
     #[test]
