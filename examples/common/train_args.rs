@@ -9,6 +9,7 @@
 
 use clap::{ArgMatches, Args, Command, CommandFactory, FromArgMatches};
 use tempest::tempest_model::{DeviceChoice, MixerKind, Precision};
+use tempest::tempest_tokenize::fields::OrdinalFields;
 use tempest::tempest_tokenize::BlockTokens;
 use tempest::tempest_train::TrainOptions;
 
@@ -101,6 +102,11 @@ pub struct TrainArgs {
     /// the frequency axis)
     #[arg(long, value_name = "K")]
     pub band_shift: Option<u8>,
+    /// Field ids embedded as ordered values (each id's row plus the running sum of its
+    /// field's learned steps, docs/model.md): levels (the MP3 band energies), all (those and
+    /// the side-information amounts: gains, lengths, counts) or none [default: none]
+    #[arg(long, value_name = "W", value_parser = parse_ordinal)]
+    pub ordinal: Option<Ordinal>,
     /// Batches per sorting window of the length-bucketing sampler (1: plain shuffled batches)
     #[arg(long, value_name = "K")]
     pub bucket: Option<usize>,
@@ -150,6 +156,9 @@ impl TrainArgs {
         set(&self.time_mask, &mut o.time_mask);
         o.merge_short_windows |= self.merge_short_windows;
         set(&self.band_shift, &mut o.band_shift);
+        if let Some(Ordinal(w)) = self.ordinal {
+            o.ordinal = w;
+        }
         set(&self.bucket, &mut o.bucket_batches);
         set(&self.device, &mut o.device);
         set(&self.dtype, &mut o.dtype);
@@ -262,6 +271,10 @@ impl TrainArgs {
             ("time_mask", o.time_mask.to_string()),
             ("merge_short_windows", o.merge_short_windows.to_string()),
             ("band_shift", o.band_shift.to_string()),
+            (
+                "ordinal",
+                o.ordinal.map_or("none", |w| w.name()).to_string(),
+            ),
             ("bucket", o.bucket_batches.to_string()),
             ("device", o.device.to_string()),
             ("dtype", o.dtype.to_string()),
@@ -304,6 +317,20 @@ pub fn parse_with<C: CommandFactory + FromArgMatches>(help: impl FnOnce(Command)
 /// `--mixer`: linear, attention or flatten.
 fn parse_mixer(name: &str) -> Result<MixerKind, String> {
     MixerKind::parse(name).ok_or_else(|| "one of linear, attention, flatten".to_string())
+}
+
+/// `--ordinal`'s value: which fields, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ordinal(pub Option<OrdinalFields>);
+
+/// `--ordinal`: levels, all or none.
+fn parse_ordinal(name: &str) -> Result<Ordinal, String> {
+    match name {
+        "none" => Ok(Ordinal(None)),
+        _ => OrdinalFields::from_name(name)
+            .map(|w| Ordinal(Some(w)))
+            .ok_or_else(|| "one of levels, all, none".to_string()),
+    }
 }
 
 /// `--tokens`: one of [`BlockTokens::names`].

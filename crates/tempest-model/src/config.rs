@@ -142,10 +142,31 @@ pub struct Config {
     /// own ([`IdFactors`]); empty (the default): every id has its own row.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub factored_ids: Vec<IdFactors>,
+    /// Id ranges whose ids are the values 0, 1, 2 … of one ordered quantity (an MP3 band's
+    /// energy level, `global_gain`): such an id embeds as its own row plus the sum of the
+    /// range's learned steps up to its value ([`OrdinalIds`]), so that neighbouring values
+    /// share what is learned about either; empty (the default): rows alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ordinal_ids: Vec<OrdinalIds>,
     /// How the model runs (kernels, deduplication): not part of the model, so not written to
     /// `config.json` (the keys in older files are ignored; every choice defaults to on).
     #[serde(skip)]
     pub execution: Execution,
+}
+
+/// A range of ids `start..start + values` that stand for the values 0..values of one ordered
+/// quantity. Id `start + k` embeds as its byte-table row plus `steps[0] + … + steps[k − 1]`
+/// (`embed.ordinal`, `values − 1` rows per range, in order, initialised to 0): the model at
+/// initialisation is the one without it, and a gradient that reaches value k also moves
+/// every value above the steps it shares with k, a thermometer code of the value beside its
+/// own row. Ranges may not overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrdinalIds {
+    /// The id of value 0.
+    pub start: u32,
+    /// Values in the range (at least 2).
+    pub values: u32,
 }
 
 /// A range of ids that each say two things, a value and a class (`id = start + value · classes
@@ -232,6 +253,7 @@ impl Config {
             id2label: Default::default(),
             label2id: Default::default(),
             factored_ids: Vec::new(),
+            ordinal_ids: Vec::new(),
             execution: Execution::default(),
             mix_positions: 0,
         }
@@ -399,6 +421,26 @@ impl Config {
                     "factored_ids {f:?} reach past the vocabulary of {vocab} ids (or are empty)"
                 ));
             }
+        }
+        let mut ordinal: Vec<(u64, u64)> = self
+            .ordinal_ids
+            .iter()
+            .map(|o| (u64::from(o.start), u64::from(o.start) + u64::from(o.values)))
+            .collect();
+        ordinal.sort_unstable();
+        for (k, o) in self.ordinal_ids.iter().enumerate() {
+            let end = u64::from(o.start) + u64::from(o.values);
+            if o.values < 2 || end > vocab {
+                return Err(format!(
+                    "ordinal_ids[{k}] {o:?} reaches past the vocabulary of {vocab} ids (or has fewer than 2 values)"
+                ));
+            }
+        }
+        if let Some(w) = ordinal.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(format!(
+                "ordinal_ids overlap: ids {}..{} and {}..{}",
+                w[0].0, w[0].1, w[1].0, w[1].1
+            ));
         }
         Ok(())
     }

@@ -84,6 +84,11 @@ pub fn params(cfg: &Config) -> Params {
                 .factored_ids
                 .iter()
                 .map(|f| f.classes as usize * dt)
+                .sum::<usize>()
+            + cfg
+                .ordinal_ids
+                .iter()
+                .map(|o| (o.values as usize).saturating_sub(1) * dt)
                 .sum::<usize>(),
         block_encoder: stack_params(&cfg.block_encoder),
         mixer: mix + 2 * dt + dt * h + h + h * dc + dc,

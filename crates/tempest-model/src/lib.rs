@@ -57,7 +57,9 @@ pub use checkpoint::{
     CHECKSUMS_FILE, CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use classifier::{Classifier, Prediction};
-pub use config::{BlockPositionKind, Config, Execution, IdFactors, MixerKind, StackConfig};
+pub use config::{
+    BlockPositionKind, Config, Execution, IdFactors, MixerKind, OrdinalIds, StackConfig,
+};
 pub use device::{DeviceChoice, Precision};
 pub use error::{Error, Result};
 pub use gradients::{auto_parts, batch_gradients, correct, BatchGradients};

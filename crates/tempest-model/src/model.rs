@@ -294,6 +294,8 @@ pub struct Tempest {
     /// With `factored_ids`: `embed.factors [Σ classes, d_t]` and, for every id, its row of the
     /// byte table and its row of `[0; factors]` (0 for ids that are not factored).
     factors: Option<(Tensor, Tensor, Tensor)>,
+    /// With `ordinal_ids`: `embed.ordinal [Σ (values − 1), d_t]`, each range's steps.
+    ordinal: Option<Tensor>,
     /// `embed.positions [max_block_bytes, d_t]`.
     byte_positions: Tensor,
     block_encoder: Transformer,
@@ -364,9 +366,21 @@ impl Tempest {
                 Tensor::from_vec(classes, n, vb.device())?,
             ))
         };
+        let steps: usize = config
+            .ordinal_ids
+            .iter()
+            .map(|o| o.values as usize - 1)
+            .sum();
+        let ordinal = if steps == 0 {
+            None
+        } else {
+            // Zero: the model starts as the one without steps.
+            Some(ve.get_with_hints((steps, dt), "ordinal", Init::Const(0.0))?)
+        };
         Ok(Tempest {
             bytes: Embedding::new(config.vocab_size, dt, 1.0, ve.pp("bytes"))?,
             factors,
+            ordinal,
             byte_positions: ve.get_with_hints(
                 (config.max_block_bytes, dt),
                 "positions",
@@ -538,15 +552,48 @@ impl Tempest {
     /// The table E_t's ids embed through: `embed.bytes`, or with `factored_ids` each factored
     /// id's value row plus its class row (`[V, d_t]`, built each call: a gather of V rows).
     fn byte_table(&self) -> Result<Tensor> {
-        let bytes = self.bytes.weight();
+        let bytes = match &self.ordinal {
+            None => self.bytes.weight().clone(),
+            Some(steps) => self.with_ordinal_steps(self.bytes.weight(), steps)?,
+        };
         let Some((factors, rows, classes)) = &self.factors else {
-            return Ok(bytes.clone());
+            return Ok(bytes);
         };
         let zero = Tensor::zeros((1, factors.dim(1)?), factors.dtype(), factors.device())?;
         let factors = Tensor::cat(&[&zero, factors], 0)?;
         bytes
             .index_select(rows, 0)?
             .add(&factors.index_select(classes, 0)?)
+    }
+
+    /// `table` with each ordinal range's rows plus their running sums of `steps`
+    /// ([`crate::OrdinalIds`]): row `start + k` gains `steps[0] + … + steps[k − 1]`.
+    fn with_ordinal_steps(&self, table: &Tensor, steps: &Tensor) -> Result<Tensor> {
+        // Each range's first step row, in the configuration's order.
+        let mut ranges = Vec::with_capacity(self.config.ordinal_ids.len());
+        let mut first = 0usize;
+        for o in &self.config.ordinal_ids {
+            ranges.push((o.start as usize, o.values as usize, first));
+            first += o.values as usize - 1;
+        }
+        ranges.sort_unstable();
+        let (rows, d) = table.dims2()?;
+        let zero = Tensor::zeros((1, d), table.dtype(), table.device())?;
+        let mut pieces = Vec::with_capacity(2 * ranges.len() + 1);
+        let mut at = 0usize;
+        for (start, values, first) in ranges {
+            if start > at {
+                pieces.push(table.narrow(0, at, start - at)?);
+            }
+            let sums = steps.narrow(0, first, values - 1)?.cumsum(0)?;
+            let sums = Tensor::cat(&[&zero, &sums], 0)?;
+            pieces.push(table.narrow(0, start, values)?.add(&sums)?);
+            at = start + values;
+        }
+        if at < rows {
+            pieces.push(table.narrow(0, at, rows - at)?);
+        }
+        Tensor::cat(&pieces, 0)
     }
 
     /// The length embedding added to block tokens `[B·N, L', d_c]` → `[B, N, L', d_c]`.

@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use common::{batch, host, items, scramble_padding};
-use tempest_model::{cost, BlockPositionKind, Config, IdFactors, MixerKind, Tempest};
+use tempest_model::{cost, BlockPositionKind, Config, IdFactors, MixerKind, OrdinalIds, Tempest};
 
 fn vars(varmap: &VarMap) -> Vec<(String, Var)> {
     let data = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
@@ -80,6 +80,17 @@ fn variants() -> Vec<(&'static str, Config)> {
     // Fewer mapped positions than the items' blocks have ids.
     flat.mix_positions = 8;
     flat.factored_ids = vec![factored_bytes()];
+    // Ordinal steps under the factored values' rows (0..16) and apart from them.
+    flat.ordinal_ids = vec![
+        OrdinalIds {
+            start: 0,
+            values: 40,
+        },
+        OrdinalIds {
+            start: 60,
+            values: 8,
+        },
+    ];
     vec![
         ("tiny", Config::tiny()),
         ("tiny+flatten, L'=2", flat),
@@ -321,6 +332,107 @@ fn factored_ids_embed_as_their_value_row_plus_their_class_row() -> Result<()> {
         ..factored_bytes()
     }];
     assert!(Tempest::init(&bad, &Device::Cpu, DType::F64).is_err());
+    Ok(())
+}
+
+#[test]
+fn ordinal_ids_embed_as_their_row_plus_the_steps_below_their_value() -> Result<()> {
+    // A model with ordinal ranges computes what a plain model computes whose byte table holds,
+    // for value k of a range, its row plus the range's first k steps; it starts as the plain
+    // model (steps at 0) and learns the steps, on both E_t paths.
+    let ranges = [
+        OrdinalIds {
+            start: 100,
+            values: 20,
+        },
+        OrdinalIds {
+            start: 10,
+            values: 32,
+        },
+    ];
+    for fused in [true, false] {
+        let mut cfg = Config::tiny();
+        cfg.ordinal_ids = ranges.to_vec();
+        cfg.execution.fused_layers = fused;
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F64)?;
+        let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
+        let (bytes, steps) = (&all["embed.bytes.weight"], &all["embed.ordinal"]);
+        let d = cfg.block_encoder.dim;
+        assert_eq!(steps.as_tensor().dims(), &[19 + 31, d]);
+        let b = batch(&items(11, 4, 5, 16), &[1, 2, 3, 4])?;
+        let mut plain_cfg = cfg.clone();
+        plain_cfg.ordinal_ids.clear();
+        let (plain, plain_vars) = Tempest::init(&plain_cfg, &Device::Cpu, DType::F64)?;
+        let copy = |table: Vec<Vec<f64>>| -> Result<()> {
+            for (name, var) in vars(&plain_vars) {
+                let value = if name == "embed.bytes.weight" {
+                    Tensor::new(table.clone(), &Device::Cpu)?
+                } else {
+                    all[&name].as_tensor().clone()
+                };
+                var.set(&value)?;
+            }
+            Ok(())
+        };
+        // At initialisation (steps 0) the two models agree.
+        copy(bytes.as_tensor().to_vec2::<f64>()?)?;
+        let at_init = max_abs_diff(
+            &model.loss(&b, false)?.logits,
+            &plain.loss(&b, false)?.logits,
+        )?;
+        assert!(at_init < 1e-12, "fused {fused}: {at_init}");
+        // With steps of their own, value k gains the sum of its range's first k steps.
+        steps.set(&(Tensor::randn(0.0, 0.05, (50, d), &Device::Cpu)?.to_dtype(DType::F64)?))?;
+        let ordinal = model.loss(&b, false)?;
+        let grads = ordinal.total.backward()?;
+        let g = grads.get(steps.as_tensor()).expect("a gradient");
+        assert!(g.abs()?.sum_all()?.to_scalar::<f64>()? > 0.0);
+        let table = bytes.as_tensor().to_vec2::<f64>()?;
+        let rows = steps.as_tensor().to_vec2::<f64>()?;
+        let mut merged = table.clone();
+        // Steps in the configuration's order: the range at 100 has rows 0..19, the one at 10
+        // rows 19..50.
+        for (start, values, first) in [(100usize, 20usize, 0usize), (10, 32, 19)] {
+            for k in 1..values {
+                for j in 0..d {
+                    merged[start + k][j] += (0..k).map(|i| rows[first + i][j]).sum::<f64>();
+                }
+            }
+        }
+        assert_ne!(merged, table);
+        copy(merged)?;
+        let same = plain.loss(&b, false)?;
+        let diff = max_abs_diff(&ordinal.logits, &same.logits)?;
+        assert!(diff < 1e-12, "fused {fused}: {diff}");
+    }
+    // Overlapping ranges, a range past the vocabulary and a range of one value are refused.
+    for bad_ranges in [
+        vec![
+            OrdinalIds {
+                start: 10,
+                values: 32,
+            },
+            OrdinalIds {
+                start: 41,
+                values: 4,
+            },
+        ],
+        vec![OrdinalIds {
+            start: 250,
+            values: 64,
+        }],
+        vec![OrdinalIds {
+            start: 5,
+            values: 1,
+        }],
+    ] {
+        let mut bad = Config::tiny();
+        bad.ordinal_ids = bad_ranges.clone();
+        assert!(
+            Tempest::init(&bad, &Device::Cpu, DType::F64).is_err(),
+            "{bad_ranges:?}"
+        );
+    }
     Ok(())
 }
 

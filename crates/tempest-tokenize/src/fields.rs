@@ -662,6 +662,76 @@ pub fn mp3_line_ids(
     }
 }
 
+/// Which fields' ids a model may embed as ordered values (`tempest_model::OrdinalIds`): the
+/// field's id `start + k` stands for the value k of one quantity, so neighbouring ids mean
+/// neighbouring amounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrdinalFields {
+    /// The MP3 band energy levels (`mp3.band_energy`, `mp3.short_band_energy`): 1.5 dB steps.
+    Levels,
+    /// The levels and every side-information field that counts or measures something:
+    /// [`ORDINAL_SIDE_FIELDS`].
+    All,
+}
+
+/// The fields [`OrdinalFields::Levels`] names.
+pub const ORDINAL_LEVEL_FIELDS: [&str; 2] = ["mp3.band_energy", "mp3.short_band_energy"];
+
+/// The side-information fields whose values are amounts (a length, a gain, a count), in the
+/// order of [`FIELDS`]: not the codes (`scalefac_compress`, block kind, table selects,
+/// flags, `scfsi`, Opus's configuration, stereo flag and frame-count code).
+pub const ORDINAL_SIDE_FIELDS: [&str; 12] = [
+    "mp3.bitrate_index",
+    "mp3.main_data_begin/4",
+    "mp3.part2_3_length/16",
+    "mp3.big_values",
+    "mp3.global_gain",
+    "mp3.subblock_gain[0]",
+    "mp3.subblock_gain[1]",
+    "mp3.subblock_gain[2]",
+    "mp3.region0_count",
+    "mp3.region1_count",
+    "opus.frames",
+    "opus.bytes/4",
+];
+
+impl OrdinalFields {
+    /// The `(start, values)` id ranges of these fields that lie below `vocab_size`, in id
+    /// order.
+    pub fn ranges(self, vocab_size: usize) -> Vec<(u32, u32)> {
+        let side: &[&str] = match self {
+            OrdinalFields::Levels => &[],
+            OrdinalFields::All => &ORDINAL_SIDE_FIELDS,
+        };
+        let mut out: Vec<(u32, u32)> = side
+            .iter()
+            .chain(ORDINAL_LEVEL_FIELDS.iter())
+            .filter_map(|name| field_range(name))
+            .filter(|r| r.end as usize <= vocab_size)
+            .map(|r| (r.start, r.end - r.start))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// `levels` or `all`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OrdinalFields::Levels => "levels",
+            OrdinalFields::All => "all",
+        }
+    }
+
+    /// The choice named `name` (`levels`, `all`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "levels" => Some(OrdinalFields::Levels),
+            "all" => Some(OrdinalFields::All),
+            _ => None,
+        }
+    }
+}
+
 /// The ids of the field named `name` (as [`Field::name`] spells it).
 pub fn field_range(name: &str) -> Option<std::ops::Range<u32>> {
     let i = FIELDS.iter().position(|f| f.name == name)?;
@@ -741,6 +811,28 @@ mod tests {
             p[k] = 100.0;
             peak_class(p) < PEAK_CLASSES as u32
         }));
+    }
+
+    #[test]
+    fn ordinal_fields_are_named_fields_inside_the_vocabulary() {
+        for name in ORDINAL_SIDE_FIELDS.iter().chain(&ORDINAL_LEVEL_FIELDS) {
+            assert!(field_range(name).is_some(), "{name} is not a field");
+        }
+        let energy = field_range("mp3.band_energy").map(|r| (r.start, r.end - r.start));
+        let all = OrdinalFields::All.ranges(FIELD_STARTS[FIELDS.len()] as usize);
+        let levels = OrdinalFields::Levels.ranges(FIELD_STARTS[FIELDS.len()] as usize);
+        assert_eq!(levels.len(), 2);
+        assert_eq!(all.len(), 14);
+        assert!(energy.is_some_and(|e| levels.contains(&e) && all.contains(&e)));
+        assert!(levels.iter().all(|&(_, v)| v == ENERGY_LEVELS as u32));
+        // In id order, apart from each other.
+        assert!(all.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0));
+        // A vocabulary that ends before the energy fields (fields tokens alone) has none.
+        assert!(OrdinalFields::Levels.ranges(FIELDS_VOCAB_SIZE).is_empty());
+        assert_eq!(OrdinalFields::All.ranges(FIELDS_VOCAB_SIZE).len(), 12);
+        for o in [OrdinalFields::Levels, OrdinalFields::All] {
+            assert_eq!(OrdinalFields::from_name(o.name()), Some(o));
+        }
     }
 
     #[test]

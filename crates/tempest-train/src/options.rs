@@ -172,6 +172,12 @@ pub struct TrainOptions {
     /// With MP3 band energies: short-block frames give the long bands' energies, one layout
     /// for every frame (`TokenizerConfig::merge_short_windows`). Saved with the checkpoint.
     pub merge_short_windows: bool,
+    /// Field ids the model embeds as ordered values (`tempest_model::OrdinalIds`: each id's
+    /// row plus the running sum of its field's learned steps): the band energy levels, or
+    /// those and the side-information amounts (`tempest_tokenize::fields::OrdinalFields`).
+    /// `None` (the default): every id its own row alone. A model configuration that already
+    /// has ordinal ranges keeps them. Saved in the model's `config.json`.
+    pub ordinal: Option<tempest_tokenize::fields::OrdinalFields>,
     /// Batches per sorting window of the length-bucketing sampler (`BucketSampler`): items
     /// of similar shape are batched together to cut padding. 1 (the default) turns bucketing
     /// off: plain shuffled batches. Bucketing groups items by length, and where length tells
@@ -305,6 +311,13 @@ impl TrainOptions {
                 )
                 .collect();
         }
+        if let (Some(which), true) = (self.ordinal, config.ordinal_ids.is_empty()) {
+            config.ordinal_ids = which
+                .ranges(config.vocab_size)
+                .into_iter()
+                .map(|(start, values)| tempest_model::OrdinalIds { start, values })
+                .collect();
+        }
         config
             .validate()
             .map_err(|w| Error::setting("model config", w))?;
@@ -427,6 +440,7 @@ impl Default for TrainOptions {
             time_mask: 0,
             merge_short_windows: false,
             band_shift: 0,
+            ordinal: None,
             bucket_batches: 1,
             workers: 2,
             parallel_parts: 0,
@@ -510,5 +524,41 @@ mod tests {
                 .to_string();
             assert!(err.contains("dropout"), "{err}");
         }
+    }
+
+    #[test]
+    fn ordinal_fields_become_the_models_ordinal_ranges() {
+        use tempest_tokenize::fields::{field_range, OrdinalFields};
+        let base = Config::tiny();
+        let energy = field_range("mp3.band_energy").unwrap();
+        let mut o = TrainOptions::default();
+        // MP3's default tokens (fields and band energies): none unless asked.
+        let c = o.model_config(&base, 5, Format::Mp3).unwrap();
+        assert!(c.ordinal_ids.is_empty());
+        o.ordinal = Some(OrdinalFields::Levels);
+        let c = o.model_config(&base, 5, Format::Mp3).unwrap();
+        assert_eq!(c.ordinal_ids.len(), 2);
+        assert!(c
+            .ordinal_ids
+            .iter()
+            .any(|r| r.start == energy.start && r.values == energy.end - energy.start));
+        o.ordinal = Some(OrdinalFields::All);
+        let all = o.model_config(&base, 5, Format::Mp3).unwrap();
+        assert_eq!(all.ordinal_ids.len(), 14);
+        // Ogg Opus's field tokens have no band energies: its side amounts only.
+        let opus = o.model_config(&base, 5, Format::OggOpus).unwrap();
+        assert!(!opus.ordinal_ids.is_empty());
+        assert!(opus
+            .ordinal_ids
+            .iter()
+            .all(|r| (r.start + r.values) as usize <= opus.vocab_size));
+        // A configuration with ranges of its own keeps them.
+        let mut own = base.clone();
+        own.ordinal_ids = vec![tempest_model::OrdinalIds {
+            start: 3,
+            values: 5,
+        }];
+        let kept = o.model_config(&own, 5, Format::Mp3).unwrap();
+        assert_eq!(kept.ordinal_ids, own.ordinal_ids);
     }
 }
