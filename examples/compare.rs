@@ -180,6 +180,8 @@ fn main() -> ExitCode {
                 ),
                 ("batch", "audio 16, images 32"),
                 ("lr", "audio 0.0005, images 0.002"),
+                ("band_mask", "audio 5, else 0"),
+                ("time_mask", "audio 5, else 0"),
                 (
                     "block_bytes",
                     "images 8; audio the model's, at most its max_block_bytes",

@@ -342,6 +342,8 @@ fn main() -> ExitCode {
                 ("lr", "images: 0.002; audio: 0.0005"),
                 ("block_bytes", "images: 8; audio: the model's"),
                 ("eval_every", "images: 1; audio: 2"),
+                ("band_mask", "audio 5, else 0"),
+                ("time_mask", "audio 5, else 0"),
             ],
         )
     });

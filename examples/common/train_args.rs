@@ -86,11 +86,11 @@ pub struct TrainArgs {
     #[arg(long, value_name = "K")]
     pub gain_jitter: Option<u8>,
     /// MP3 band tokens (lines or energies): silence a random run of up to K scalefactor bands
-    /// of a clip while training [default: audio 5, else 0]
+    /// of a clip while training
     #[arg(long, value_name = "K")]
     pub band_mask: Option<u8>,
     /// MP3 band tokens: silence every band of a random run of up to K frames of a clip while
-    /// training (a time mask) [default: audio 5, else 0]
+    /// training (a time mask)
     #[arg(long, value_name = "K")]
     pub time_mask: Option<u16>,
     /// MP3 band energies: short-block frames give the long bands' energies (their three
@@ -104,7 +104,7 @@ pub struct TrainArgs {
     pub band_shift: Option<u8>,
     /// Field ids embedded as ordered values (each id's row plus the running sum of its
     /// field's learned steps, docs/model.md): levels (the MP3 band energies), all (those and
-    /// the side-information amounts: gains, lengths, counts) or none [default: none]
+    /// the side-information amounts: gains, lengths, counts) or none
     #[arg(long, value_name = "W", value_parser = parse_ordinal)]
     pub ordinal: Option<Ordinal>,
     /// Batches per sorting window of the length-bucketing sampler (1: plain shuffled batches)
