@@ -137,6 +137,10 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     // them).
     o.band_mask = 0;
     o.time_mask = 0;
+    // Pretraining was measured without ordinal ids (docs/pretraining.md); `--ordinal` sets
+    // them. `train --init` adds the recipe's to a pretrained model without them (its steps
+    // start at 0, so the fine-tuning starts from the pretrained model unchanged).
+    o.ordinal = None;
     o.handle_ctrl_c = true;
     o.train_variants = train_variants;
     cli.train.apply(&mut o);

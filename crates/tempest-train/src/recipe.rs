@@ -8,6 +8,7 @@ use std::path::Path;
 use cff_blocks::Format;
 use tempest_data::{holds_images, Layout, Variant};
 use tempest_model::{Config, MixerKind};
+use tempest_tokenize::fields::OrdinalFields;
 
 use crate::{EvalVariants, Result, TrainOptions};
 
@@ -21,6 +22,10 @@ pub const AUDIO_BITRATES: [u32; 10] = [16, 18, 20, 22, 24, 26, 28, 32, 36, 40];
 /// of the ten, so that each epoch's evaluation costs what it did with three (the ensemble of
 /// all ten was within noise of these three on validation: docs/audio.md).
 pub const AUDIO_ENSEMBLE: [u32; 3] = [20, 26, 32];
+
+/// Which field ids the audio recipe embeds as ordered values (docs/audio.md rows 55–56 on the
+/// spoken words, 26–27 on the instruments; session 20).
+pub const AUDIO_ORDINAL: OrdinalFields = OrdinalFields::All;
 
 /// How images are encoded for the image recipe (the quickstart's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +92,8 @@ pub struct Recipe {
     /// Evaluate after every this many epochs and after the last
     /// ([`TrainOptions::eval_every`]).
     pub eval_every: usize,
+    /// Field ids embedded as ordered values ([`TrainOptions::ordinal`]; `None`: none).
+    pub ordinal: Option<OrdinalFields>,
     /// The model.
     pub config: Config,
 }
@@ -138,6 +145,7 @@ impl Recipe {
             band_mask: 0,
             time_mask: 0,
             eval_every: 1,
+            ordinal: None,
             config,
         })
     }
@@ -169,6 +177,7 @@ impl Recipe {
             band_mask: 5,
             time_mask: 5,
             eval_every: 2,
+            ordinal: Some(AUDIO_ORDINAL),
             config: Config {
                 label_smoothing: 0.1,
                 mixer: MixerKind::Flatten,
@@ -224,10 +233,11 @@ impl Recipe {
     }
 
     /// Writes the recipe's training choices into `o` (epochs, batch size, learning rate,
-    /// block bytes, weight average, band and time masks, evaluation and test variants); the
-    /// model is [`Recipe::config`].
+    /// block bytes, weight average, band and time masks, ordinal ids, evaluation and test
+    /// variants); the model is [`Recipe::config`].
     pub fn apply(&self, o: &mut TrainOptions) {
         o.adamw.ema = self.ema;
+        o.ordinal = self.ordinal;
         o.band_mask = self.band_mask;
         o.time_mask = self.time_mask;
         o.eval_every = self.eval_every;
@@ -296,6 +306,7 @@ mod tests {
         r.apply(&mut o);
         assert_eq!((o.epochs, o.batch_size, o.lr), (80, 16, 5e-4));
         assert_eq!((o.band_mask, o.time_mask), (5, 5));
+        assert_eq!(o.ordinal, Some(AUDIO_ORDINAL));
         assert_eq!(r.variants.len(), 10);
         assert_eq!(r.config.label_smoothing, 0.1);
         assert_eq!(r.config.mixer, MixerKind::Flatten);
