@@ -182,6 +182,7 @@ fn main() -> ExitCode {
                 ("lr", "audio 0.0005, images 0.002"),
                 ("band_mask", "audio 5, else 0"),
                 ("time_mask", "audio 5, else 0"),
+                ("ordinal", "audio all, else none"),
                 (
                     "block_bytes",
                     "images 8; audio the model's, at most its max_block_bytes",
