@@ -197,24 +197,40 @@ impl Dataset {
     /// classes instead of the first few. Before session 12 it kept the first `n`, which on
     /// such sets held one or two classes.
     pub fn truncate_splits(&mut self, splits: &[String], n: usize) {
-        let mut keep = vec![true; self.samples.len()];
-        for split in splits {
-            let idx: Vec<usize> = (0..self.samples.len())
-                .filter(|&i| &self.samples[i].split == split)
-                .collect();
-            if idx.len() <= n {
-                continue;
+        self.keep_spread(splits, |s| s.split.clone(), |len| n.min(len));
+    }
+
+    /// Keeps, of each group of the samples in the splits named in `splits` (`group` names a
+    /// sample's group; samples of other splits are kept), `count(group size)` samples spread
+    /// evenly over the group in the dataset's order: positions `k·len/n` for `k < n`, n
+    /// distinct ones. Returns the samples kept in those splits.
+    fn keep_spread<K: Ord>(
+        &mut self,
+        splits: &[String],
+        group: impl Fn(&Sample) -> K,
+        count: impl Fn(usize) -> usize,
+    ) -> usize {
+        let mut groups: BTreeMap<K, Vec<usize>> = BTreeMap::new();
+        for (i, s) in self.samples.iter().enumerate() {
+            if splits.contains(&s.split) {
+                groups.entry(group(s)).or_default().push(i);
             }
-            for &i in &idx {
+        }
+        let mut keep = vec![true; self.samples.len()];
+        let mut kept = 0;
+        for idx in groups.values() {
+            let n = count(idx.len()).min(idx.len());
+            for &i in idx {
                 keep[i] = false;
             }
             for k in 0..n {
-                // k·len/n for k < n: n distinct, evenly spaced positions.
                 keep[idx[k * idx.len() / n]] = true;
             }
+            kept += n;
         }
         let mut flags = keep.into_iter();
         self.samples.retain(|_| flags.next().unwrap_or(true));
+        kept
     }
 
     /// Keeps `fraction` (in `(0, 1]`) of each class's samples in each split named in
@@ -230,28 +246,13 @@ impl Dataset {
                 reason: format!("{fraction} is not in (0, 1]"),
             });
         }
-        let mut keep = vec![true; self.samples.len()];
-        let mut kept = 0;
-        for split in splits {
-            for class in 0..self.classes.len() as u32 {
-                let idx: Vec<usize> = (0..self.samples.len())
-                    .filter(|&i| &self.samples[i].split == split && self.samples[i].label == class)
-                    .collect();
-                // The small epsilon keeps 0.1 · 30 at 3, not 4 (0.1 is not exact in binary).
-                let n = ((fraction * idx.len() as f64) - 1e-9).ceil().max(0.0) as usize;
-                let n = n.min(idx.len());
-                for &i in &idx {
-                    keep[i] = false;
-                }
-                for k in 0..n {
-                    keep[idx[k * idx.len() / n]] = true;
-                }
-                kept += n;
-            }
-        }
-        let mut flags = keep.into_iter();
-        self.samples.retain(|_| flags.next().unwrap_or(true));
-        Ok(kept)
+        // Each (split, class) its own group. The small epsilon keeps 0.1 · 30 at 3, not 4
+        // (0.1 is not exact in binary).
+        Ok(self.keep_spread(
+            splits,
+            |s| (s.split.clone(), s.label),
+            |len| ((fraction * len as f64) - 1e-9).ceil().max(0.0) as usize,
+        ))
     }
 
     /// Moves `n` samples of split `from` into split `to`, spread evenly over `from` in the
