@@ -422,12 +422,7 @@ impl Config {
                 ));
             }
         }
-        let mut ordinal: Vec<(u64, u64)> = self
-            .ordinal_ids
-            .iter()
-            .map(|o| (u64::from(o.start), u64::from(o.start) + u64::from(o.values)))
-            .collect();
-        ordinal.sort_unstable();
+        let mut ordinal: Vec<(u64, u64)> = Vec::with_capacity(self.ordinal_ids.len());
         for (k, o) in self.ordinal_ids.iter().enumerate() {
             let end = u64::from(o.start) + u64::from(o.values);
             if o.values < 2 || end > vocab {
@@ -435,7 +430,9 @@ impl Config {
                     "ordinal_ids[{k}] {o:?} reaches past the vocabulary of {vocab} ids (or has fewer than 2 values)"
                 ));
             }
+            ordinal.push((u64::from(o.start), end));
         }
+        ordinal.sort_unstable();
         if let Some(w) = ordinal.windows(2).find(|w| w[1].0 < w[0].1) {
             return Err(format!(
                 "ordinal_ids overlap: ids {}..{} and {}..{}",

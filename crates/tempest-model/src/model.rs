@@ -294,8 +294,9 @@ pub struct Tempest {
     /// With `factored_ids`: `embed.factors [Σ classes, d_t]` and, for every id, its row of the
     /// byte table and its row of `[0; factors]` (0 for ids that are not factored).
     factors: Option<(Tensor, Tensor, Tensor)>,
-    /// With `ordinal_ids`: `embed.ordinal [Σ (values − 1), d_t]`, each range's steps.
-    ordinal: Option<Tensor>,
+    /// With `ordinal_ids`: `embed.ordinal [Σ (values − 1), d_t]`, each range's steps, and
+    /// the ranges in id order as (first id, values, first step row).
+    ordinal: Option<(Tensor, Vec<(usize, usize, usize)>)>,
     /// `embed.positions [max_block_bytes, d_t]`.
     byte_positions: Tensor,
     block_encoder: Transformer,
@@ -366,16 +367,21 @@ impl Tempest {
                 Tensor::from_vec(classes, n, vb.device())?,
             ))
         };
-        let steps: usize = config
-            .ordinal_ids
-            .iter()
-            .map(|o| o.values as usize - 1)
-            .sum();
+        // Each range's first step row follows the configuration's order; the table is put
+        // together in id order.
+        let mut ranges = Vec::with_capacity(config.ordinal_ids.len());
+        let mut steps = 0usize;
+        for o in &config.ordinal_ids {
+            ranges.push((o.start as usize, o.values as usize, steps));
+            steps += o.values as usize - 1;
+        }
+        ranges.sort_unstable();
         let ordinal = if steps == 0 {
             None
         } else {
             // Zero: the model starts as the one without steps.
-            Some(ve.get_with_hints((steps, dt), "ordinal", Init::Const(0.0))?)
+            let table = ve.get_with_hints((steps, dt), "ordinal", Init::Const(0.0))?;
+            Some((table, ranges))
         };
         Ok(Tempest {
             bytes: Embedding::new(config.vocab_size, dt, 1.0, ve.pp("bytes"))?,
@@ -554,7 +560,7 @@ impl Tempest {
     fn byte_table(&self) -> Result<Tensor> {
         let bytes = match &self.ordinal {
             None => self.bytes.weight().clone(),
-            Some(steps) => self.with_ordinal_steps(self.bytes.weight(), steps)?,
+            Some((steps, ranges)) => with_ordinal_steps(self.bytes.weight(), steps, ranges)?,
         };
         let Some((factors, rows, classes)) = &self.factors else {
             return Ok(bytes);
@@ -564,36 +570,6 @@ impl Tempest {
         bytes
             .index_select(rows, 0)?
             .add(&factors.index_select(classes, 0)?)
-    }
-
-    /// `table` with each ordinal range's rows plus their running sums of `steps`
-    /// ([`crate::OrdinalIds`]): row `start + k` gains `steps[0] + … + steps[k − 1]`.
-    fn with_ordinal_steps(&self, table: &Tensor, steps: &Tensor) -> Result<Tensor> {
-        // Each range's first step row, in the configuration's order.
-        let mut ranges = Vec::with_capacity(self.config.ordinal_ids.len());
-        let mut first = 0usize;
-        for o in &self.config.ordinal_ids {
-            ranges.push((o.start as usize, o.values as usize, first));
-            first += o.values as usize - 1;
-        }
-        ranges.sort_unstable();
-        let (rows, d) = table.dims2()?;
-        let zero = Tensor::zeros((1, d), table.dtype(), table.device())?;
-        let mut pieces = Vec::with_capacity(2 * ranges.len() + 1);
-        let mut at = 0usize;
-        for (start, values, first) in ranges {
-            if start > at {
-                pieces.push(table.narrow(0, at, start - at)?);
-            }
-            let sums = steps.narrow(0, first, values - 1)?.cumsum(0)?;
-            let sums = Tensor::cat(&[&zero, &sums], 0)?;
-            pieces.push(table.narrow(0, start, values)?.add(&sums)?);
-            at = start + values;
-        }
-        if at < rows {
-            pieces.push(table.narrow(0, at, rows - at)?);
-        }
-        Tensor::cat(&pieces, 0)
     }
 
     /// The length embedding added to block tokens `[B·N, L', d_c]` → `[B, N, L', d_c]`.
@@ -902,6 +878,35 @@ pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
     let nll = logp.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?.neg()?;
     let count = m.sum_all()?.maximum(1.0)?;
     (nll * &m)?.sum_all()?.div(&count)
+}
+
+/// `table` with each ordinal range's rows plus their running sums of `steps`
+/// ([`crate::OrdinalIds`]): row `start + k` gains `steps[first] + … + steps[first + k − 1]`,
+/// for `ranges` of (start, values, first) in id order.
+fn with_ordinal_steps(
+    table: &Tensor,
+    steps: &Tensor,
+    ranges: &[(usize, usize, usize)],
+) -> Result<Tensor> {
+    let rows = table.dim(0)?;
+    let mut pieces = Vec::with_capacity(2 * ranges.len() + 1);
+    let mut at = 0usize;
+    for &(start, values, first) in ranges {
+        if start > at {
+            pieces.push(table.narrow(0, at, start - at)?);
+        }
+        // Value 0 gains nothing: a zero row in front of the running sums.
+        let sums = steps
+            .narrow(0, first, values - 1)?
+            .cumsum(0)?
+            .pad_with_zeros(0, 1, 0)?;
+        pieces.push(table.narrow(0, start, values)?.add(&sums)?);
+        at = start + values;
+    }
+    if at < rows {
+        pieces.push(table.narrow(0, at, rows - at)?);
+    }
+    Tensor::cat(&pieces, 0)
 }
 
 #[cfg(test)]
