@@ -66,7 +66,12 @@ fn spec_masks(
     let Some(f) = features.filter(|f| matches!(f.source, Source::Audio { .. })) else {
         return SpecMasks::default();
     };
-    let rows = (usize::from(o.band_mask) * f.rows).div_ceil(tempest_tokenize::fields::LONG_BANDS);
+    // A number of the 22 long bands as the same share of the mel bins (rounded up).
+    let bins = |bands: u8| {
+        (usize::from(bands) * f.rows)
+            .div_ceil(tempest_tokenize::fields::LONG_BANDS)
+            .min(f.rows)
+    };
     let (mut seconds, mut blocks) = (0.0f64, 0usize);
     for item in t_test
         .items
@@ -82,11 +87,10 @@ fn spec_masks(
     }
     let block_ms = 1000.0 * seconds / blocks.max(1) as f64;
     let cols = (f64::from(o.time_mask) * block_ms / config.fbank.frame_shift_ms).round() as usize;
-    let shift = (usize::from(o.band_shift) * f.rows).div_ceil(tempest_tokenize::fields::LONG_BANDS);
     SpecMasks {
-        rows: rows.min(f.rows),
+        rows: bins(o.band_mask),
         cols,
-        shift: shift.min(f.rows),
+        shift: bins(o.band_shift),
     }
 }
 
