@@ -295,8 +295,8 @@ pub struct Tempest {
     /// byte table and its row of `[0; factors]` (0 for ids that are not factored).
     factors: Option<(Tensor, Tensor, Tensor)>,
     /// With `ordinal_ids`: `embed.ordinal [Σ (values − 1), d_t]`, each range's steps, and
-    /// the ranges in id order as (first id, values, first step row).
-    ordinal: Option<(Tensor, Vec<(usize, usize, usize)>)>,
+    /// the ranges in id order.
+    ordinal: Option<(Tensor, Vec<OrdinalRange>)>,
     /// `embed.positions [max_block_bytes, d_t]`.
     byte_positions: Tensor,
     block_encoder: Transformer,
@@ -880,14 +880,13 @@ pub fn reconstruction_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Resu
     (nll * &m)?.sum_all()?.div(&count)
 }
 
+/// An ordinal range as the model reads it: (first id, values, its first row of the steps).
+type OrdinalRange = (usize, usize, usize);
+
 /// `table` with each ordinal range's rows plus their running sums of `steps`
 /// ([`crate::OrdinalIds`]): row `start + k` gains `steps[first] + … + steps[first + k − 1]`,
 /// for `ranges` of (start, values, first) in id order.
-fn with_ordinal_steps(
-    table: &Tensor,
-    steps: &Tensor,
-    ranges: &[(usize, usize, usize)],
-) -> Result<Tensor> {
+fn with_ordinal_steps(table: &Tensor, steps: &Tensor, ranges: &[OrdinalRange]) -> Result<Tensor> {
     let rows = table.dim(0)?;
     let mut pieces = Vec::with_capacity(2 * ranges.len() + 1);
     let mut at = 0usize;
