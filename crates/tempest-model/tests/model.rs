@@ -271,6 +271,25 @@ fn factored_bytes() -> IdFactors {
     }
 }
 
+/// Sets every variable of a plain model (`plain`) to the one of the same name in `from`, but
+/// its byte table to `table`: the plain model that an embedding variant (factored, ordinal)
+/// should compute the same as.
+fn set_plain_vars(
+    plain: &VarMap,
+    from: &std::collections::HashMap<String, Var>,
+    table: Vec<Vec<f64>>,
+) -> Result<()> {
+    let table = Tensor::new(table, &Device::Cpu)?;
+    for (name, var) in vars(plain) {
+        if name == "embed.bytes.weight" {
+            var.set(&table)?;
+        } else {
+            var.set(from[&name].as_tensor())?;
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn factored_ids_embed_as_their_value_row_plus_their_class_row() -> Result<()> {
     // A model with factored ids computes what a plain model computes whose byte table holds,
@@ -311,14 +330,7 @@ fn factored_ids_embed_as_their_value_row_plus_their_class_row() -> Result<()> {
         let mut plain_cfg = cfg.clone();
         plain_cfg.factored_ids.clear();
         let (plain, plain_vars) = Tempest::init(&plain_cfg, &Device::Cpu, DType::F64)?;
-        for (name, var) in vars(&plain_vars) {
-            let value = if name == "embed.bytes.weight" {
-                Tensor::new(merged.clone(), &Device::Cpu)?
-            } else {
-                all[&name].as_tensor().clone()
-            };
-            var.set(&value)?;
-        }
+        set_plain_vars(&plain_vars, &all, merged)?;
         let same = plain.loss(&b, false)?;
         assert!(
             max_abs_diff(&factored.logits, &same.logits)? < 1e-12,
@@ -363,17 +375,7 @@ fn ordinal_ids_embed_as_their_row_plus_the_steps_below_their_value() -> Result<(
         let mut plain_cfg = cfg.clone();
         plain_cfg.ordinal_ids.clear();
         let (plain, plain_vars) = Tempest::init(&plain_cfg, &Device::Cpu, DType::F64)?;
-        let copy = |table: Vec<Vec<f64>>| -> Result<()> {
-            for (name, var) in vars(&plain_vars) {
-                let value = if name == "embed.bytes.weight" {
-                    Tensor::new(table.clone(), &Device::Cpu)?
-                } else {
-                    all[&name].as_tensor().clone()
-                };
-                var.set(&value)?;
-            }
-            Ok(())
-        };
+        let copy = |table: Vec<Vec<f64>>| set_plain_vars(&plain_vars, &all, table);
         // At initialisation (steps 0) the two models agree.
         copy(bytes.as_tensor().to_vec2::<f64>()?)?;
         let at_init = max_abs_diff(
