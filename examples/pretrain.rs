@@ -8,6 +8,10 @@
 //!     [--dist none|mpi] [TRAINING FLAGS]
 //! ```
 //!
+//! `--data` may be given several times (e.g. an MP3 corpus and a JPEG corpus): one run, one
+//! model and one vocabulary over all their items; each format's blocks are read as its own
+//! recipe reads them (docs/pretraining.md, "Several formats in one run").
+//!
 //! `--dist mpi` (a build with `--features mpi`) pretrains data-parallel on the processes that
 //! `mpirun -np N` starts, `--batch` items per process and step, as `train --dist mpi` does
 //! (docs/distributed.md).
@@ -26,7 +30,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
-use tempest::tempest_data::{parse_variants, DataSource, Layout, Variant};
+use tempest::tempest_data::{parse_variants, DataSource, Dataset, Layout, Variant};
 use tempest::tempest_model::pretrain::Masking;
 use tempest::tempest_model::{Config, MixerKind};
 use tempest::tempest_train::dist::Comm;
@@ -51,9 +55,11 @@ struct Cli {
     /// prepared into --variants); the subfolders are not labels
     #[arg(long, value_name = "DIR")]
     input: Option<PathBuf>,
-    /// A prepared dataset (a folder with manifest.csv); its labels are not read
+    /// A prepared dataset (a folder with manifest.csv); its labels are not read. Give it
+    /// again for more folders (e.g. an audio corpus and an image corpus): one run over all
+    /// their items, each format read as its recipe reads it
     #[arg(long, value_name = "PREPARED_DIR", conflicts_with = "input")]
-    data: Option<PathBuf>,
+    data: Vec<PathBuf>,
     /// Splits to pretrain on, comma-separated [default: train where the dataset has it, else
     /// all items]
     #[arg(long, value_name = "LIST", value_parser = split_list)]
@@ -72,7 +78,7 @@ struct Cli {
     #[arg(long, value_name = "X")]
     mask_fraction: Option<f64>,
     /// Masked blocks come in runs of up to this many consecutive blocks [default: 3 for
-    /// audio, 1 for images]
+    /// audio (with or without images), 1 for images alone]
     #[arg(long, value_name = "K")]
     mask_span: Option<usize>,
     /// Positions of each masked block whose ids are predicted (0: all of them)
@@ -107,8 +113,8 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         (None, Some(file)) => Some(Config::from_file(file).map_err(|e| format!("--config {e}"))?),
         (None, None) => None,
     };
-    let source = match (cli.data.clone(), cli.input.clone()) {
-        (Some(dir), None) => DataSource::Prepared(dir),
+    let source = match (cli.data.first(), cli.input.clone()) {
+        (Some(dir), None) => DataSource::Prepared(dir.clone()),
         (None, Some(input)) => DataSource::Raw {
             layout: Layout::Folder,
             input,
@@ -117,8 +123,15 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (_, prepare_in) = ranks::preparation(&source, cli.variants.as_ref())?;
     let progress = !cli.train.no_progress && comm.is_root();
-    let (dataset, summary) =
+    let (first, summary) =
         ranks::open_on_ranks(&source, &cli.out.join("data"), &prepare_in, progress, comm)?;
+    let mut parts = vec![first];
+    for dir in cli.data.iter().skip(1) {
+        parts.push(
+            Dataset::from_manifest(dir).map_err(|e| format!("--data {}: {e}", dir.display()))?,
+        );
+    }
+    let dataset = Dataset::merge(parts);
     if let Some(s) = summary {
         println!("prepared: {s}");
     }
@@ -128,8 +141,8 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         train_variants.clone()
     };
-    let format = tempest_train::detect_format(&dataset, &trained)?;
-    let recipe = Recipe::for_format(format, &trained)?;
+    let formats = tempest_train::detect_formats(&dataset, &trained)?;
+    let recipe = Recipe::for_formats(&formats, &trained)?;
     let mut o = TrainOptions::default();
     recipe.apply(&mut o);
     // Pretraining hides blocks and rebuilds them itself: the recipe's band and time masks
@@ -151,7 +164,9 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         mixer: MixerKind::Linear,
         ..recipe.config.clone()
     });
-    let audio = !matches!(format, tempest::cff_blocks::Format::Jpeg);
+    let audio = formats
+        .iter()
+        .any(|f| !matches!(f, tempest::cff_blocks::Format::Jpeg));
     let defaults = Masking::default();
     let masking = Masking {
         fraction: cli.mask_fraction.unwrap_or(defaults.fraction),
@@ -186,8 +201,14 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     if !comm.is_root() {
         return Ok(());
     }
+    let formats: Vec<String> = report
+        .formats
+        .iter()
+        .map(|(f, n)| format!("{f} ({n} items)"))
+        .collect();
     println!(
-        "files: {} used, {} skipped",
+        "formats: {}; files: {} used, {} skipped",
+        formats.join(", "),
         report.stats.files_used,
         report.stats.files_skipped()
     );

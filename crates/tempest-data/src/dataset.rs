@@ -129,6 +129,28 @@ impl Dataset {
         })))
     }
 
+    /// One dataset of the items of several (`parts`, e.g. prepared folders of different
+    /// formats, [`Dataset::from_manifest`] each): with more than one part each id becomes
+    /// `k:id` (k the part's place, from 0), so that items of two parts never merge; classes
+    /// are the union of the parts', renumbered. One part comes back as it is.
+    pub fn merge(mut parts: Vec<Dataset>) -> Dataset {
+        if parts.len() == 1 {
+            return parts.remove(0);
+        }
+        let rows = parts.into_iter().enumerate().flat_map(|(k, d)| {
+            let Dataset { classes, samples } = d;
+            samples.into_iter().flat_map(move |s| {
+                let label = classes.get(s.label as usize).cloned().unwrap_or_default();
+                let id = format!("{k}:{}", s.id);
+                let split = s.split;
+                s.variants
+                    .into_iter()
+                    .map(move |(v, p)| (id.clone(), label.clone(), split.clone(), v, p))
+            })
+        });
+        Dataset::from_rows(rows.collect::<Vec<FileRow>>())
+    }
+
     /// Scans a raw layout whose media files are already compressed (`.mp3`, `.opus`/`.ogg`,
     /// `.jpg`/`.jpeg`), with the layout's split rules: split folders for `folder`,
     /// `validation_list.txt`/`testing_list.txt` for `speechcommands`, the `fold` column of
@@ -388,6 +410,41 @@ mod tests {
         assert_eq!(d.samples[1].variants.len(), 2);
         assert_eq!(d.samples[1].variant("mp3:32"), Some(Path::new("b1-mp3:32")));
         assert_eq!(d.variants(), vec!["mp3:20", "mp3:32"]);
+    }
+
+    #[test]
+    fn merged_parts_keep_every_item_apart_and_share_classes() {
+        let row = |id: &str, l: &str, v: &str| {
+            (
+                id.to_string(),
+                l.to_string(),
+                "all".to_string(),
+                v.to_string(),
+                PathBuf::from(format!("{id}-{v}")),
+            )
+        };
+        let audio = Dataset::from_rows([row("x", "game", "mp3:32"), row("y", "bird", "mp3:32")]);
+        let images = Dataset::from_rows([row("x", "icon", "jpeg:75"), row("z", "game", "jpeg:75")]);
+        let merged = Dataset::merge(vec![audio.clone(), images]);
+        // The same id in two parts stays two items.
+        let ids: Vec<&str> = merged.samples.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["0:x", "0:y", "1:x", "1:z"]);
+        assert_eq!(merged.classes, ["bird", "game", "icon"]);
+        let label = |id: &str| {
+            let s = merged.samples.iter().find(|s| s.id == id).unwrap();
+            merged.classes[s.label as usize].clone()
+        };
+        assert_eq!(
+            (label("0:x"), label("1:x"), label("1:z")),
+            ("game".into(), "icon".into(), "game".into())
+        );
+        assert_eq!(merged.variants(), ["mp3:32", "jpeg:75"]);
+        assert_eq!(
+            merged.samples[2].variant("jpeg:75"),
+            Some(Path::new("x-jpeg:75"))
+        );
+        // One part comes back unchanged.
+        assert_eq!(Dataset::merge(vec![audio.clone()]), audio);
     }
 
     #[test]

@@ -332,6 +332,13 @@ pub struct TokenizerConfig {
     /// bands × 3 windows. Not an augmentation: evaluation reads files the same way.
     #[serde(default, skip_serializing_if = "is_false")]
     pub merge_short_windows: bool,
+    /// Per format (by [`Format::name`]), fewer ids per block than `max_block_bytes`: a run over
+    /// files of several formats reads each format's share of a block as its own recipe does
+    /// (a JPEG MCU's first 8 bytes beside whole MP3 frames;
+    /// [`TokenizerConfig::block_bytes_for`]). Empty (the default): `max_block_bytes` for every
+    /// format.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub format_block_bytes: std::collections::BTreeMap<String, usize>,
     /// Options of the block readers (limits, CRC checks).
     #[serde(skip)]
     pub reader: cff_blocks::Options,
@@ -404,6 +411,7 @@ impl Default for TokenizerConfig {
             band_shift: 0,
             time_mask: 0,
             merge_short_windows: false,
+            format_block_bytes: std::collections::BTreeMap::new(),
             reader: cff_blocks::Options::default(),
         }
     }
@@ -427,6 +435,23 @@ impl TokenizerConfig {
             max_block_bytes,
             max_blocks,
             ..TokenizerConfig::default()
+        }
+    }
+
+    /// Defaults for one run over files of several formats: the largest L and N among the
+    /// formats' own ([`TokenizerConfig::for_format`]), so that no format's blocks are cut
+    /// more than alone; `format` is the one format where `formats` holds one, else `None`.
+    /// Caps for one format's blocks go in [`TokenizerConfig::format_block_bytes`].
+    pub fn for_formats(formats: &[Format]) -> Self {
+        let each: Vec<TokenizerConfig> = formats.iter().map(|&f| Self::for_format(f)).collect();
+        match each.as_slice() {
+            [] => TokenizerConfig::default(),
+            [one] => one.clone(),
+            many => TokenizerConfig {
+                max_block_bytes: many.iter().map(|c| c.max_block_bytes).max().unwrap_or(512),
+                max_blocks: many.iter().map(|c| c.max_blocks).max().unwrap_or(1024),
+                ..TokenizerConfig::default()
+            },
         }
     }
 
@@ -454,6 +479,22 @@ impl TokenizerConfig {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Caps the ids kept per block of `format`'s files at `ids`
+    /// ([`TokenizerConfig::format_block_bytes`]).
+    pub fn with_format_block_bytes(mut self, format: Format, ids: usize) -> Self {
+        self.format_block_bytes
+            .insert(format.name().to_string(), ids);
+        self
+    }
+
+    /// L for blocks of `format`: `max_block_bytes`, or the format's own cap where it is
+    /// smaller ([`TokenizerConfig::format_block_bytes`]).
+    pub fn block_bytes_for(&self, format: Format) -> usize {
+        self.format_block_bytes
+            .get(format.name())
+            .map_or(self.max_block_bytes, |&l| l.min(self.max_block_bytes))
     }
 
     /// Sets N for training items ([`TokenizerConfig::train_blocks`]).
@@ -554,6 +595,14 @@ impl TokenizerConfig {
                 "max_block_bytes ({}) and max_blocks ({}) must be at least 1",
                 self.max_block_bytes, self.max_blocks
             )));
+        }
+        for (name, &ids) in &self.format_block_bytes {
+            if !["mp3", "ogg-opus", "jpeg"].contains(&name.as_str()) || ids == 0 {
+                return Err(crate::Error::Config(format!(
+                    "format_block_bytes: {name:?} {ids} (a format of mp3, ogg-opus, jpeg, and \
+                     at least 1 id)"
+                )));
+            }
         }
         if !matches!(self.bit_stride, 1 | 2 | 4 | 8) {
             return Err(crate::Error::Config(format!(

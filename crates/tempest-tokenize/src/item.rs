@@ -257,7 +257,7 @@ pub fn tokenize(
     let keep = config.max_blocks.saturating_sub(header_blocks).max(1);
     let chosen = crop_indices(kept.len(), keep, config.crop, ctx);
 
-    let l = config.max_block_bytes;
+    let l = config.block_bytes_for(format);
     let stride = config.bit_stride;
     if !(1..=8).contains(&stride) {
         // `bit_windows` would panic: a setting is not a reason to.

@@ -1193,3 +1193,61 @@ fn packed_halves_hold_both_half_band_energies_in_one_id() {
         .iter()
         .all(|b| b[17..].iter().filter(|&&id| id == silent).count() >= 5));
 }
+
+#[test]
+fn a_format_s_own_block_cap_cuts_its_blocks_and_no_other_format_s() {
+    // One configuration for a run over MP3 and JPEG files: JPEG MCUs cut to 8 bytes, MP3
+    // frames kept whole, as each format's recipe reads them.
+    let fields = tempest_tokenize::BlockTokens::FieldsAndEnergy;
+    let whole = TokenizerConfig::for_format(Format::Mp3).with_tokens(fields);
+    let capped = whole.clone().with_format_block_bytes(Format::Jpeg, 8);
+    capped.validate().unwrap();
+    assert_eq!(
+        (
+            capped.block_bytes_for(Format::Jpeg),
+            capped.block_bytes_for(Format::Mp3)
+        ),
+        (8, whole.max_block_bytes)
+    );
+    let jpeg = fixture("jpeg/c420_q75.jpg");
+    let (a, b) = (
+        tokenize_file(&jpeg, &whole, CropContext::default()).unwrap(),
+        tokenize_file(&jpeg, &capped, CropContext::default()).unwrap(),
+    );
+    assert_eq!(a.num_blocks(), b.num_blocks());
+    assert!(
+        (0..a.num_blocks()).any(|k| a.block(k).len() > 8),
+        "some MCU is longer"
+    );
+    for k in 0..a.num_blocks() {
+        let n = a.block(k).len().min(8);
+        assert_eq!(b.block(k), &a.block(k)[..n], "MCU {k}: its first 8 bytes");
+        // The length embedding still sees the MCU's whole length.
+        assert_eq!(b.source_len(k), a.source_len(k));
+    }
+    assert!(b.truncated_blocks > 0 && a.truncated_blocks == 0);
+    let mp3 = fixture("mp3/cbr32_16k_mono.mp3");
+    assert_eq!(
+        tokenize_file(&mp3, &whole, CropContext::default()).unwrap(),
+        tokenize_file(&mp3, &capped, CropContext::default()).unwrap()
+    );
+    // Saved and read back; a cap of 0 or an unknown format is refused.
+    let json = serde_json::to_string(&capped).unwrap();
+    assert!(
+        json.contains("\"format_block_bytes\":{\"jpeg\":8}"),
+        "{json}"
+    );
+    let back: TokenizerConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.block_bytes_for(Format::Jpeg), 8);
+    assert!(!serde_json::to_string(&whole)
+        .unwrap()
+        .contains("format_block_bytes"));
+    assert!(whole
+        .clone()
+        .with_format_block_bytes(Format::Jpeg, 0)
+        .validate()
+        .is_err());
+    let mut odd = whole;
+    odd.format_block_bytes.insert("png".into(), 8);
+    assert!(odd.validate().is_err());
+}

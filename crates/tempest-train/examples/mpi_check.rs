@@ -352,7 +352,7 @@ fn pretrain_checks(comm: &Comm, dir: &Path) -> Result<()> {
         }
         let format = tempest_train::detect_format(&data, &[])?;
         let config =
-            tempest_train::pretrain::pretrain_config(&cfg, &opts(&single, 8, 1, None), format)?;
+            tempest_train::pretrain::pretrain_config(&cfg, &opts(&single, 8, 1, None), &[format])?;
         let (_, varmap) = tempest_train::pretrain::init_pretrainer(
             &config,
             masking,

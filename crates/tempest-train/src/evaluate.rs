@@ -61,18 +61,51 @@ pub(crate) fn bar(progress: bool, len: u64, what: String) -> ProgressBar {
 /// first bytes (the signatures are at most 4 bytes long). A prepared folder may hold MP3 and
 /// Opus variants side by side: the format is the trained variants', not the folder's first.
 pub fn detect_format(dataset: &Dataset, variants: &[String]) -> Result<cff_blocks::Format> {
+    variant_formats(dataset, variants)?
+        .first()
+        .map(|(_, f)| *f)
+        .ok_or_else(|| Error::setting("dataset", "no file of a known format"))
+}
+
+/// The format of each variant among `variants` (every variant when empty), in the order
+/// their first readable file comes in the samples: [`detect_format`]'s probe on the first
+/// readable file of each variant (a variant names one encoding, so one file says its
+/// format). A run over several formats ([`crate::pretrain()`]) reads them all; an error
+/// where not one file is readable.
+pub fn variant_formats(
+    dataset: &Dataset,
+    variants: &[String],
+) -> Result<Vec<(String, cff_blocks::Format)>> {
     use std::io::Read;
-    for p in chosen_files(dataset, variants) {
-        let mut head = Vec::with_capacity(16);
-        let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
-        if read.is_err() {
-            continue;
-        }
-        if let Ok(format) = cff_blocks::detect(&head) {
-            return Ok(format);
+    let mut found: Vec<(String, cff_blocks::Format)> = Vec::new();
+    for s in &dataset.samples {
+        for (v, p) in &s.variants {
+            let chosen = variants.is_empty() || variants.contains(v);
+            if !chosen || found.iter().any(|(name, _)| name == v) {
+                continue;
+            }
+            let mut head = Vec::with_capacity(16);
+            let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
+            if let (Ok(_), Ok(format)) = (read, cff_blocks::detect(&head)) {
+                found.push((v.clone(), format));
+            }
         }
     }
-    Err(Error::setting("dataset", "no file of a known format"))
+    if found.is_empty() {
+        return Err(Error::setting("dataset", "no file of a known format"));
+    }
+    Ok(found)
+}
+
+/// The distinct formats of [`variant_formats`], in first-seen order.
+pub fn detect_formats(dataset: &Dataset, variants: &[String]) -> Result<Vec<cff_blocks::Format>> {
+    let mut formats = Vec::new();
+    for (_, f) in variant_formats(dataset, variants)? {
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+    }
+    Ok(formats)
 }
 
 /// The files of `dataset`'s samples, in order, whose variant is one of `variants` (any

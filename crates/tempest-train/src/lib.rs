@@ -45,7 +45,8 @@ mod train;
 pub use checkpoint::{Loaded, TrainState};
 pub use error::{Error, Result};
 pub use evaluate::{
-    detect_format, evaluate, longest_block, size_mixer, EvalReport, MIX_SIZE_FILES,
+    detect_format, detect_formats, evaluate, longest_block, size_mixer, variant_formats,
+    EvalReport, MIX_SIZE_FILES,
 };
 pub use fit::{
     fit, fit_loop, prepare_items, Driver, FitReport, Gradients, Learner, Outcome, Prepared,
@@ -54,7 +55,7 @@ pub use fit::{
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, EpochSums, Metrics, Tally};
 pub use optim::{train_step, AdamW, AdamWConfig, CosineSchedule};
-pub use options::{default_tokens, EvalVariants, TrainOptions};
+pub use options::{default_tokens, default_tokens_for, EvalVariants, TrainOptions};
 pub use pretrain::{init_from_pretrained, pretrain, InitReport, PretrainReport};
 pub use recipe::{ImageRecipe, Recipe, AUDIO_BITRATES, AUDIO_ENSEMBLE, AUDIO_ORDINAL};
 pub use report::RunReport;

@@ -89,6 +89,18 @@ pub fn default_tokens(format: cff_blocks::Format) -> BlockTokens {
     }
 }
 
+/// [`default_tokens`] for one run over files of several formats: MP3's where MP3 is among
+/// them, else Opus's, else the bytes. Each format's blocks read as under its own default
+/// (field tokens give an Opus packet its fields and a JPEG MCU its bytes; the field ids sit
+/// above the 256 bytes), so one vocabulary holds them all.
+pub fn default_tokens_for(formats: &[cff_blocks::Format]) -> BlockTokens {
+    use cff_blocks::Format;
+    [Format::Mp3, Format::OggOpus]
+        .into_iter()
+        .find(|f| formats.contains(f))
+        .map_or(BlockTokens::Bytes, default_tokens)
+}
+
 /// How to train.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -146,6 +158,11 @@ pub struct TrainOptions {
     /// the model's `max_block_bytes`). Blocks cut short keep their true length for the length
     /// embedding, and the loader counts the cuts. Saved with the checkpoint.
     pub block_bytes: Option<usize>,
+    /// Per format, fewer ids per block than L (`TokenizerConfig::format_block_bytes`): a
+    /// run over files of several formats reads each as its own recipe does (a JPEG MCU's
+    /// first 8 bytes beside whole MP3 frames; [`crate::Recipe::for_formats`]). Empty (the
+    /// default): L for every format. Saved with the checkpoint.
+    pub format_block_bytes: Vec<(cff_blocks::Format, usize)>,
     /// What a block's ids stand for (`BlockTokens`): its bytes (the paper), or the codec's
     /// fields as values, alone or followed by the block's bytes or its own coded data
     /// (docs/audio.md). Field ids widen the model's vocabulary (`BlockTokens::vocab_size`).
@@ -265,7 +282,13 @@ impl TrainOptions {
     /// What the ids of `format`'s blocks stand for: [`TrainOptions::tokens`], or by default
     /// [`default_tokens`].
     pub fn block_tokens(&self, format: cff_blocks::Format) -> BlockTokens {
-        self.tokens.unwrap_or(default_tokens(format))
+        self.block_tokens_for(&[format])
+    }
+
+    /// [`TrainOptions::block_tokens`] for a run over files of `formats`
+    /// ([`default_tokens_for`]).
+    pub fn block_tokens_for(&self, formats: &[cff_blocks::Format]) -> BlockTokens {
+        self.tokens.unwrap_or(default_tokens_for(formats))
     }
 
     /// The model configuration a run on files of `format` trains: `base` with `classes`
@@ -276,6 +299,17 @@ impl TrainOptions {
         base: &Config,
         classes: usize,
         format: cff_blocks::Format,
+    ) -> Result<Config> {
+        self.model_config_for(base, classes, &[format])
+    }
+
+    /// [`TrainOptions::model_config`] for a run over files of `formats`: the vocabulary of
+    /// [`TrainOptions::block_tokens_for`].
+    pub fn model_config_for(
+        &self,
+        base: &Config,
+        classes: usize,
+        formats: &[cff_blocks::Format],
     ) -> Result<Config> {
         let mut config = base.clone().with_num_classes(classes);
         if let Some(ls) = self.label_smoothing {
@@ -293,7 +327,7 @@ impl TrainOptions {
         if let Some(m) = self.mixer {
             config.mixer = m;
         }
-        let tokens = self.block_tokens(format);
+        let tokens = self.block_tokens_for(formats);
         config.vocab_size = config.vocab_size.max(tokens.vocab_size());
         // Ids that are a value and a class embed as the sum of two rows (the band energies'
         // levels shared with `fields+energy`), unless the configuration says otherwise.
@@ -334,7 +368,19 @@ impl TrainOptions {
         format: cff_blocks::Format,
         config: &Config,
     ) -> Result<TokenizerConfig> {
-        let defaults = TokenizerConfig::for_format(format);
+        self.tokenizer_for(&[format], config)
+    }
+
+    /// [`TrainOptions::tokenizer`] for one run over files of `formats`: the largest of their
+    /// defaults ([`TokenizerConfig::for_formats`]), the tokens of
+    /// [`TrainOptions::block_tokens_for`], and [`TrainOptions::format_block_bytes`]' caps for
+    /// the formats among them.
+    pub fn tokenizer_for(
+        &self,
+        formats: &[cff_blocks::Format],
+        config: &Config,
+    ) -> Result<TokenizerConfig> {
+        let defaults = TokenizerConfig::for_formats(formats);
         let max_block_bytes = match self.block_bytes {
             Some(ids) if ids == 0 || ids > config.max_block_bytes => {
                 return Err(Error::setting(
@@ -354,17 +400,22 @@ impl TrainOptions {
         if self.train_blocks == Some(0) {
             return Err(Error::setting("crop", "0 blocks (at least 1)"));
         }
-        let tok = defaults
+        let mut tok = defaults
             .with_max_block_bytes(max_block_bytes)
             .with_jpeg_header_block(self.jpeg_header_block)
             .with_bit_stride(self.bit_stride)
-            .with_tokens(self.block_tokens(format))
+            .with_tokens(self.block_tokens_for(formats))
             .with_gain_jitter(self.gain_jitter)
             .with_band_mask(self.band_mask)
             .with_band_shift(self.band_shift)
             .with_time_mask(self.time_mask)
             .with_merge_short_windows(self.merge_short_windows)
             .with_train_blocks(self.train_blocks);
+        for &(format, ids) in &self.format_block_bytes {
+            if formats.contains(&format) {
+                tok = tok.with_format_block_bytes(format, ids);
+            }
+        }
         tok.train_config()
             .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
         Ok(tok)
@@ -433,6 +484,7 @@ impl Default for TrainOptions {
             jpeg_header_block: false,
             bit_stride: 8,
             block_bytes: None,
+            format_block_bytes: Vec::new(),
             tokens: None,
             train_blocks: None,
             gain_jitter: 0,

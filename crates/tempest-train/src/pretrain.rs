@@ -26,7 +26,7 @@ use tempest_tokenize::{HostBatch, LoaderStats, TokenizerConfig};
 
 use crate::checkpoint::{self, CheckpointParts, TrainState};
 use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
-use crate::evaluate::detect_format;
+use crate::evaluate::variant_formats;
 use crate::feed::{EpochFeed, FedPart, FeedItems};
 use crate::metrics::EpochSums;
 use crate::optim::{AdamW, CosineSchedule};
@@ -64,18 +64,22 @@ pub struct PretrainReport {
     pub train_seconds: f64,
     /// The device.
     pub device: DeviceChoice,
+    /// Each format read, with the items pretrained on that have a file in it (a folder may
+    /// mix MP3, Ogg Opus and JPEG files: one model, one vocabulary, each format's blocks
+    /// read as under its own recipe; [`crate::Recipe::for_formats`]).
+    pub formats: Vec<(cff_blocks::Format, usize)>,
 }
 
-/// The configuration a pretraining on files of `format` trains: `base` with the vocabulary
-/// the options' tokens need, one (unused) class, and λ = 1 where `base` has none, so that the
+/// The configuration a pretraining on files of `formats` trains: `base` with the vocabulary
+/// the options' tokens need ([`TrainOptions::model_config_for`]), one (unused) class, and λ = 1 where `base` has none, so that the
 /// model has the block decoder D_t that predicts the masked blocks (λ itself weighs nothing
 /// here; fine-tuning sets its own).
 pub fn pretrain_config(
     base: &Config,
     options: &TrainOptions,
-    format: cff_blocks::Format,
+    formats: &[cff_blocks::Format],
 ) -> Result<Config> {
-    let mut config = options.model_config(base, 1, format)?;
+    let mut config = options.model_config_for(base, 1, formats)?;
     if !config.has_block_decoder() {
         config.reconstruction_weight = 1.0;
     }
@@ -162,7 +166,13 @@ fn pretrain_ranks(
     }
     crate::train::reset_stop();
 
-    let format = detect_format(dataset, &o.train_variants)?;
+    let by_variant = variant_formats(dataset, &o.train_variants)?;
+    let mut formats: Vec<cff_blocks::Format> = Vec::new();
+    for (_, f) in &by_variant {
+        if !formats.contains(f) {
+            formats.push(*f);
+        }
+    }
     let items: Vec<usize> = if splits.is_empty() {
         (0..dataset.samples.len()).collect()
     } else {
@@ -186,12 +196,27 @@ fn pretrain_ranks(
         });
     }
     let schedule = o.schedule(items_per_epoch);
+    let item_formats: Vec<(cff_blocks::Format, usize)> = formats
+        .iter()
+        .map(|&f| {
+            let n = items
+                .iter()
+                .filter(|&&i| {
+                    dataset.samples[i]
+                        .variants
+                        .iter()
+                        .any(|(v, _)| by_variant.iter().any(|(name, g)| name == v && *g == f))
+                })
+                .count();
+            (f, n)
+        })
+        .collect();
 
     let last_dir = run_dir.join("last");
     let metrics_path = run_dir.join("metrics.jsonl");
     let fresh = || -> Result<(Config, TokenizerConfig)> {
-        let mut config = pretrain_config(model_config, o, format)?;
-        let tok = o.tokenizer(format, &config)?;
+        let mut config = pretrain_config(model_config, o, &formats)?;
+        let tok = o.tokenizer_for(&formats, &config)?;
         crate::size_mixer(&mut config, dataset, &o.train_variants, &tok)?;
         Ok((config, tok))
     };
@@ -364,6 +389,7 @@ fn pretrain_ranks(
         train_items: driver.train_items,
         train_seconds: driver.train_seconds,
         device: DeviceChoice::of(&device),
+        formats: item_formats,
     })
 }
 

@@ -82,6 +82,9 @@ pub struct Recipe {
     pub lr: f64,
     /// The first bytes of each block that E_t reads (`None`: the model's limit).
     pub block_bytes: Option<usize>,
+    /// Per format, fewer bytes of its blocks ([`TrainOptions::format_block_bytes`]; a recipe
+    /// for several formats, [`Recipe::for_formats`]).
+    pub format_block_bytes: Vec<(Format, usize)>,
     /// Decay of the moving average of the weights that evaluation and the best checkpoint
     /// read ([`crate::AdamWConfig::ema`]; 0: none).
     pub ema: f64,
@@ -141,6 +144,7 @@ impl Recipe {
             batch_size: 32,
             lr: 2e-3,
             block_bytes: Some(8),
+            format_block_bytes: Vec::new(),
             ema: 0.0,
             band_mask: 0,
             time_mask: 0,
@@ -173,6 +177,7 @@ impl Recipe {
             batch_size: 16,
             lr: 5e-4,
             block_bytes: None,
+            format_block_bytes: Vec::new(),
             ema: 0.0,
             band_mask: 5,
             time_mask: 5,
@@ -216,6 +221,28 @@ impl Recipe {
         Ok(r)
     }
 
+    /// The recipe for one run over files of `formats` (pretraining on a mixed folder): one
+    /// format's [`Recipe::for_format`]; audio with images: the audio recipe of the first
+    /// audio format, which reads JPEG MCUs as the image recipe does (its block bytes, in
+    /// [`Recipe::format_block_bytes`]). The audio recipe's learning rate and batch hold for
+    /// both (measured for mixed runs in docs/pretraining.md).
+    pub fn for_formats(formats: &[Format], trained: &[String]) -> Result<Recipe> {
+        let audio = formats.iter().copied().find(|&f| f != Format::Jpeg);
+        match (formats, audio) {
+            ([one], _) => Recipe::for_format(*one, trained),
+            (_, Some(a)) if formats.contains(&Format::Jpeg) => {
+                let mut r = Recipe::for_format(a, trained)?;
+                let images = Recipe::images(&ImageRecipe::default())?;
+                if let Some(bytes) = images.block_bytes {
+                    r.format_block_bytes.push((Format::Jpeg, bytes));
+                }
+                Ok(r)
+            }
+            (_, Some(a)) => Recipe::for_format(a, trained),
+            (_, None) => Recipe::for_format(Format::Jpeg, trained),
+        }
+    }
+
     /// How audio trained on `trained` is evaluated: the ensemble of [`AUDIO_ENSEMBLE`] when
     /// it was trained on those and more, else of every variant trained on, else (one
     /// variant) that one.
@@ -233,7 +260,7 @@ impl Recipe {
     }
 
     /// Writes the recipe's training choices into `o` (epochs, batch size, learning rate,
-    /// block bytes, weight average, band and time masks, ordinal ids, evaluation and test
+    /// block bytes (per format too), weight average, band and time masks, ordinal ids, evaluation and test
     /// variants); the model is [`Recipe::config`].
     pub fn apply(&self, o: &mut TrainOptions) {
         o.adamw.ema = self.ema;
@@ -245,6 +272,7 @@ impl Recipe {
         o.batch_size = self.batch_size;
         o.lr = self.lr;
         o.block_bytes = self.block_bytes;
+        o.format_block_bytes = self.format_block_bytes.clone();
         o.eval_variants = self.eval_variants.clone();
         o.test_variants = self.test_variants.clone();
     }
@@ -282,6 +310,28 @@ mod tests {
             ..ImageRecipe::default()
         })
         .is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_mixed_recipe_is_audio_s_with_the_image_recipe_s_mcu_bytes() -> Result<()> {
+        let trained = vec!["mp3:32".to_string(), "jpeg:75x2r1".to_string()];
+        let mixed = Recipe::for_formats(&[Format::Jpeg, Format::Mp3], &trained)?;
+        let audio = Recipe::for_format(Format::Mp3, &trained)?;
+        assert_eq!(mixed.name, "audio");
+        assert_eq!((mixed.lr, mixed.batch_size), (audio.lr, audio.batch_size));
+        assert_eq!(mixed.block_bytes, None);
+        assert_eq!(mixed.format_block_bytes, vec![(Format::Jpeg, 8)]);
+        let mut o = TrainOptions::default();
+        mixed.apply(&mut o);
+        assert_eq!(o.format_block_bytes, vec![(Format::Jpeg, 8)]);
+        // One format: that format's recipe, no caps.
+        let one = Recipe::for_formats(&[Format::Jpeg], &trained[1..])?;
+        assert_eq!((one.name, one.block_bytes), ("images", Some(8)));
+        assert!(one.format_block_bytes.is_empty());
+        let audio_only = Recipe::for_formats(&[Format::OggOpus, Format::Mp3], &trained)?;
+        assert!(audio_only.format_block_bytes.is_empty());
+        assert_eq!(audio_only.name, "audio");
         Ok(())
     }
 

@@ -560,7 +560,81 @@ fn the_format_is_the_trained_variants() -> Result<()> {
     // Without a choice: the first readable file's.
     let any = tempest_train::detect_format(&dataset, &[])?;
     assert!(any == Format::Mp3 || any == Format::OggOpus);
+    // Every variant's format, for a run over several (pretraining).
+    let mut each = tempest_train::variant_formats(&dataset, &[])?;
+    each.sort();
+    assert_eq!(
+        each,
+        [
+            ("mp3:32".to_string(), Format::Mp3),
+            ("opus:24".to_string(), Format::OggOpus)
+        ]
+    );
+    let both = tempest_train::detect_formats(&dataset, &[])?;
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0], any);
+    assert_eq!(
+        tempest_train::detect_formats(&dataset, &["opus:24".to_string()])?,
+        [Format::OggOpus]
+    );
+    // A variant no file of which is readable is not a format.
+    std::fs::write(dir.join("a.opus"), b"not opus")?;
+    assert_eq!(tempest_train::detect_formats(&dataset, &[])?, [Format::Mp3]);
     std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// One vocabulary for several formats: under the mixed default tokens each format's blocks
+/// read exactly as under its own default (an Opus packet as its fields, a JPEG MCU as its
+/// bytes), and the tokenizer takes the largest limits with the JPEG cap of its options.
+#[test]
+fn mixed_formats_read_each_format_as_its_own_default_does() -> Result<()> {
+    use cff_blocks::Format;
+    use tempest_tokenize::{tokenize_file, CropContext};
+    let fixtures = repo().join("crates/cff-blocks/tests/fixtures");
+    let all = [Format::Mp3, Format::OggOpus, Format::Jpeg];
+    let mixed = tempest_train::default_tokens_for(&all);
+    assert_eq!(mixed, tempest_train::default_tokens(Format::Mp3));
+    assert_eq!(
+        tempest_train::default_tokens_for(&[Format::Jpeg, Format::OggOpus]),
+        tempest_train::default_tokens(Format::OggOpus)
+    );
+    let mut o = TrainOptions::default();
+    o.format_block_bytes = vec![(Format::Jpeg, 8)];
+    let config = o.model_config_for(&Config::tiny(), 2, &all)?;
+    assert_eq!(config.vocab_size, mixed.vocab_size());
+    let tok = o.tokenizer_for(&all, &config)?.eval_config()?;
+    assert_eq!(tok.max_blocks, 1536, "Opus's N, the largest");
+    assert_eq!(tok.block_bytes_for(Format::Jpeg), 8);
+    for (rel, format) in [
+        ("mp3/cbr32_16k_mono.mp3", Format::Mp3),
+        ("opus/speech_mono_24k_20ms.opus", Format::OggOpus),
+        ("jpeg/gray28_q75.jpg", Format::Jpeg),
+    ] {
+        // Its own default, without the JPEG cap.
+        let own = TrainOptions::default()
+            .tokenizer(format, &config)?
+            .eval_config()?;
+        let path = fixtures.join(rel);
+        let a = tokenize_file(&path, &own, CropContext::default())?;
+        let b = tokenize_file(&path, &tok, CropContext::default())?;
+        assert_eq!(a.num_blocks(), b.num_blocks(), "{rel}");
+        if format == Format::Jpeg {
+            assert!(
+                (0..a.num_blocks()).any(|k| a.block(k).len() > 8),
+                "an MCU past 8 bytes"
+            );
+        }
+        for k in 0..a.num_blocks() {
+            let n = if format == Format::Jpeg {
+                8
+            } else {
+                usize::MAX
+            };
+            let want = &a.block(k)[..a.block(k).len().min(n)];
+            assert_eq!(b.block(k), want, "{rel} block {k}");
+        }
+    }
     Ok(())
 }
 

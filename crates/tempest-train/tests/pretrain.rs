@@ -45,7 +45,7 @@ fn tensors(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
 fn the_pretraining_loss_falls_over_a_few_steps_on_one_batch() -> Result<()> {
     let dataset = spoken_words()?;
     let o = quick_options(3);
-    let config = pretrain_config(&Config::tiny(), &o, cff_blocks::Format::Mp3)?;
+    let config = pretrain_config(&Config::tiny(), &o, &[cff_blocks::Format::Mp3])?;
     let tok = o
         .tokenizer(cff_blocks::Format::Mp3, &config)?
         .eval_config()?;
@@ -292,5 +292,96 @@ fn tokenizer_config_is_saved_with_the_pretrained_checkpoint() -> Result<()> {
     let config = tempest_model::load_config(&last)?;
     assert!(config.has_block_decoder());
     let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// One pretraining over MP3 and JPEG files (the spoken words beside real JPEG files): both
+/// formats counted, each read as its recipe reads it (MCUs cut to the image recipe's 8
+/// bytes), one vocabulary saved with the checkpoint, and a JPEG-only fine-tuning takes the
+/// pretrained block encoder over.
+#[test]
+fn one_pretraining_reads_mp3_and_jpeg_files_together() -> Result<()> {
+    use cff_blocks::Format;
+    let words = spoken_words()?;
+    let fixtures = repo().join("crates/cff-blocks/tests/fixtures/jpeg");
+    let jpegs = [
+        "gray28_q75.jpg",
+        "gray28_q95_opt.jpg",
+        "c420_q75.jpg",
+        "c444_q75.jpg",
+    ];
+    let images = Dataset::from_rows(jpegs.iter().map(|name| {
+        (
+            name.to_string(),
+            "picture".to_string(),
+            "train".to_string(),
+            "jpeg".to_string(),
+            fixtures.join(name),
+        )
+    }));
+    let mixed = Dataset::merge(vec![words, images.clone()]);
+    let variants: Vec<String> = mixed.variants();
+    let formats = tempest_train::detect_formats(&mixed, &variants)?;
+    assert_eq!(formats, [Format::Mp3, Format::Jpeg]);
+    let mut o = quick_options(5);
+    tempest_train::Recipe::for_formats(&formats, &variants)?.apply(&mut o);
+    (o.epochs, o.batch_size, o.workers, o.progress) = (1, 4, 1, false);
+    o.band_mask = 0;
+    o.time_mask = 0;
+    o.ordinal = None;
+    o.stop_after_steps = Some(2);
+    let dir = scratch("pretrain-mixed")?;
+    let train_split = ["train".to_string()];
+    let r = pretrain(
+        &mixed,
+        &train_split,
+        &Config::tiny(),
+        &o,
+        &Masking::default(),
+        &dir,
+        false,
+    )?;
+    assert_eq!(r.formats, [(Format::Mp3, 16), (Format::Jpeg, 4)]);
+    assert_eq!(r.steps, 2);
+    assert_eq!(r.stats.files_skipped(), 0);
+    let last = dir.join("last");
+    let tok: TokenizerConfig = tempest_train::checkpoint::read_json(
+        &last.join(tempest_train::checkpoint::TOKENIZER_FILE),
+    )?;
+    assert_eq!(tok.tokens, tempest_tokenize::BlockTokens::FieldsAndEnergy);
+    assert_eq!(tok.block_bytes_for(Format::Jpeg), 8);
+    assert_eq!(tok.block_bytes_for(Format::Mp3), tok.max_block_bytes);
+    assert!(tok.max_block_bytes > 8);
+    let config = tempest_model::load_config(&last)?;
+    assert_eq!(config.vocab_size, tok.tokens.vocab_size());
+    // Fine-tuning on the pictures alone (bytes under the same vocabulary) takes E_t over.
+    let mut ft = quick_options(6);
+    ft.epochs = 1;
+    ft.batch_size = 4;
+    ft.tokens = Some(tok.tokens);
+    ft.block_bytes = Some(8);
+    ft.init = Some(dir.clone());
+    let plan = SplitPlan {
+        train: vec!["train".into()],
+        validation: vec![],
+        test: vec!["train".into()],
+    };
+    let run = scratch("pretrain-mixed-ft")?;
+    train(&images, &plan, &Config::tiny(), &ft, &run, false)?;
+    // The JPEG model's variables take the mixed model's tensors as they are.
+    let jpeg_model = ft.model_config(&Config::tiny(), 1, Format::Jpeg)?;
+    let (_, varmap) = init_seeded(&jpeg_model, &Device::Cpu, DType::F32, 6)?;
+    let report = init_from_pretrained(&varmap, &dir)?;
+    assert!(report.loaded.iter().any(|n| n == "embed.bytes.weight"));
+    let pre = tensors(&last.join(tempest_model::WEIGHTS_FILE))?;
+    let data = varmap.data().lock().map_err(|_| "lock")?;
+    let name = "embed.bytes.weight";
+    let (got, want) = (data[name].as_tensor(), &pre[name]);
+    assert_eq!(got.dims(), want.dims());
+    let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert_eq!(diff, 0.0);
+    drop(data);
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(run);
     Ok(())
 }
