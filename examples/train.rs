@@ -184,7 +184,7 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     };
     // The layout's recipe where the data was prepared in its variants; else the recipe of
     // the files' format, with the data's own variants.
-    let format = tempest_train::detect_format(&dataset, &trained)?;
+    let formats = tempest_train::detect_formats(&dataset, &trained)?;
     let recipe = match layout_recipe {
         Some(r)
             if cli.variants.is_none()
@@ -192,7 +192,7 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         {
             r
         }
-        _ => Recipe::for_format(format, &trained)?,
+        _ => Recipe::for_formats(&formats, &trained)?,
     };
     let mut o = TrainOptions::default();
     recipe.apply(&mut o);
@@ -241,7 +241,8 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         }
     ) || dataset.splits() == ["1", "2", "3", "4", "5"];
     if comm.is_root() {
-        println!("recipe: {} ({:?})", recipe.name, format);
+        let names: Vec<String> = formats.iter().map(ToString::to_string).collect();
+        println!("recipe: {} ({})", recipe.name, names.join(", "));
         println!(
             "{} items, {} classes, splits {:?}, variants {:?}",
             dataset.samples.len(),

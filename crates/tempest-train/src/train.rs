@@ -17,7 +17,7 @@ use tempest_tokenize::{HostBatch, LoaderStats, TokenizerConfig};
 
 use crate::checkpoint::{self, CheckpointParts, TrainState};
 use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
-use crate::evaluate::{detect_format, evaluate, merge_stats};
+use crate::evaluate::{detect_formats, evaluate, merge_stats};
 use crate::feed::{EpochFeed, FeedItems};
 use crate::metrics::EpochSums;
 use crate::optim::{AdamW, CosineSchedule};
@@ -146,10 +146,12 @@ fn train_ranks(
     }
     reset_stop();
 
-    let format = detect_format(dataset, &o.train_variants)?;
-    let mut config = o.model_config(model_config, dataset.classes.len(), format)?;
+    // Files of several formats (MP3 and Opus variants of one clip, say) train one model with
+    // one vocabulary, each format read as under its own default tokens.
+    let formats = detect_formats(dataset, &o.train_variants)?;
+    let mut config = o.model_config_for(model_config, dataset.classes.len(), &formats)?;
 
-    let tok = o.tokenizer(format, &config)?;
+    let tok = o.tokenizer_for(&formats, &config)?;
     // Fine-tuning takes over the pretrained model's mixer (unless `o.mixer` names one): a
     // recipe's other kind would start M afresh. A flatten mixer keeps its positions.
     if let Some(dir) = &o.init {
