@@ -388,17 +388,20 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    /// A file row of item `id` (class `label`, split `split`) whose file is `id-variant`.
+    fn file_row(id: &str, label: &str, split: &str, variant: &str) -> FileRow {
+        (
+            id.to_string(),
+            label.to_string(),
+            split.to_string(),
+            variant.to_string(),
+            PathBuf::from(format!("{id}-{variant}")),
+        )
+    }
+
     #[test]
     fn rows_group_variants_and_number_sorted_classes() {
-        let row = |id: &str, l: &str, v: &str| {
-            (
-                id.to_string(),
-                l.to_string(),
-                "train".to_string(),
-                v.to_string(),
-                PathBuf::from(format!("{id}-{v}")),
-            )
-        };
+        let row = |id: &str, l: &str, v: &str| file_row(id, l, "train", v);
         let d = Dataset::from_rows([
             row("b1", "zebra", "mp3:20"),
             row("a1", "ant", "mp3:20"),
@@ -414,15 +417,7 @@ mod tests {
 
     #[test]
     fn merged_parts_keep_every_item_apart_and_share_classes() {
-        let row = |id: &str, l: &str, v: &str| {
-            (
-                id.to_string(),
-                l.to_string(),
-                "all".to_string(),
-                v.to_string(),
-                PathBuf::from(format!("{id}-{v}")),
-            )
-        };
+        let row = |id: &str, l: &str, v: &str| file_row(id, l, "all", v);
         let audio = Dataset::from_rows([row("x", "game", "mp3:32"), row("y", "bird", "mp3:32")]);
         let images = Dataset::from_rows([row("x", "icon", "jpeg:75"), row("z", "game", "jpeg:75")]);
         let merged = Dataset::merge(vec![audio.clone(), images]);

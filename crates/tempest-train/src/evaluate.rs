@@ -99,13 +99,18 @@ pub fn variant_formats(
 
 /// The distinct formats of [`variant_formats`], in first-seen order.
 pub fn detect_formats(dataset: &Dataset, variants: &[String]) -> Result<Vec<cff_blocks::Format>> {
+    Ok(distinct_formats(&variant_formats(dataset, variants)?))
+}
+
+/// The formats of [`variant_formats`]' pairs, each once, in their order.
+pub(crate) fn distinct_formats(pairs: &[(String, cff_blocks::Format)]) -> Vec<cff_blocks::Format> {
     let mut formats = Vec::new();
-    for (_, f) in variant_formats(dataset, variants)? {
-        if !formats.contains(&f) {
-            formats.push(f);
+    for (_, f) in pairs {
+        if !formats.contains(f) {
+            formats.push(*f);
         }
     }
-    Ok(formats)
+    formats
 }
 
 /// The files of `dataset`'s samples, in order, whose variant is one of `variants` (any

@@ -26,7 +26,7 @@ use tempest_tokenize::{HostBatch, LoaderStats, TokenizerConfig};
 
 use crate::checkpoint::{self, CheckpointParts, TrainState};
 use crate::driver::{fit_loop, Driver, EpochLog, Outcome, StepLog};
-use crate::evaluate::variant_formats;
+use crate::evaluate::{distinct_formats, variant_formats};
 use crate::feed::{EpochFeed, FedPart, FeedItems};
 use crate::metrics::EpochSums;
 use crate::optim::{AdamW, CosineSchedule};
@@ -167,12 +167,7 @@ fn pretrain_ranks(
     crate::train::reset_stop();
 
     let by_variant = variant_formats(dataset, &o.train_variants)?;
-    let mut formats: Vec<cff_blocks::Format> = Vec::new();
-    for (_, f) in &by_variant {
-        if !formats.contains(f) {
-            formats.push(*f);
-        }
-    }
+    let formats = distinct_formats(&by_variant);
     let items: Vec<usize> = if splits.is_empty() {
         (0..dataset.samples.len()).collect()
     } else {

@@ -37,6 +37,31 @@ fn quick_options(seed: u64) -> TrainOptions {
     o
 }
 
+/// Pretrains `tiny` on `splits` of `dataset` with the default masking into `dir` (fresh).
+fn pretrain_tiny(
+    dataset: &Dataset,
+    splits: &[String],
+    o: &TrainOptions,
+    dir: &Path,
+) -> Result<tempest_train::PretrainReport> {
+    Ok(pretrain(
+        dataset,
+        splits,
+        &Config::tiny(),
+        o,
+        &Masking::default(),
+        dir,
+        false,
+    )?)
+}
+
+/// The tokenizer a pretraining checkpoint folder saved.
+fn saved_tokenizer(checkpoint: &Path) -> Result<TokenizerConfig> {
+    Ok(tempest_train::checkpoint::read_json(
+        &checkpoint.join(tempest_train::checkpoint::TOKENIZER_FILE),
+    )?)
+}
+
 fn tensors(path: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
     Ok(candle_core::safetensors::load(path, &Device::Cpu)?)
 }
@@ -272,19 +297,9 @@ fn tokenizer_config_is_saved_with_the_pretrained_checkpoint() -> Result<()> {
     let mut o = quick_options(2);
     o.epochs = 1;
     o.stop_after_steps = Some(1);
-    pretrain(
-        &dataset,
-        &[],
-        &Config::tiny(),
-        &o,
-        &Masking::default(),
-        &dir,
-        false,
-    )?;
+    pretrain_tiny(&dataset, &[], &o, &dir)?;
     let last = dir.join("last");
-    let tok: TokenizerConfig = tempest_train::checkpoint::read_json(
-        &last.join(tempest_train::checkpoint::TOKENIZER_FILE),
-    )?;
+    let tok = saved_tokenizer(&last)?;
     assert_eq!(tok.tokens, tempest_tokenize::BlockTokens::FieldsAndEnergy);
     let masking: Masking =
         tempest_train::checkpoint::read_json(&last.join(tempest_train::pretrain::MASKING_FILE))?;
@@ -332,22 +347,12 @@ fn one_pretraining_reads_mp3_and_jpeg_files_together() -> Result<()> {
     o.stop_after_steps = Some(2);
     let dir = scratch("pretrain-mixed")?;
     let train_split = ["train".to_string()];
-    let r = pretrain(
-        &mixed,
-        &train_split,
-        &Config::tiny(),
-        &o,
-        &Masking::default(),
-        &dir,
-        false,
-    )?;
+    let r = pretrain_tiny(&mixed, &train_split, &o, &dir)?;
     assert_eq!(r.formats, [(Format::Mp3, 16), (Format::Jpeg, 4)]);
     assert_eq!(r.steps, 2);
     assert_eq!(r.stats.files_skipped(), 0);
     let last = dir.join("last");
-    let tok: TokenizerConfig = tempest_train::checkpoint::read_json(
-        &last.join(tempest_train::checkpoint::TOKENIZER_FILE),
-    )?;
+    let tok = saved_tokenizer(&last)?;
     assert_eq!(tok.tokens, tempest_tokenize::BlockTokens::FieldsAndEnergy);
     assert_eq!(tok.block_bytes_for(Format::Jpeg), 8);
     assert_eq!(tok.block_bytes_for(Format::Mp3), tok.max_block_bytes);
