@@ -69,6 +69,10 @@ struct Cli {
     /// [default: all]
     #[arg(long, value_name = "F")]
     train_fraction: Option<f64>,
+    /// Test both models on this split instead of the test split (e.g. val: choose settings
+    /// for both models on validation, then test once) [default: the test split]
+    #[arg(long, value_name = "SPLIT")]
+    test_split: Option<String>,
     /// Where the metrics (and prepared data) go
     #[arg(long, value_name = "DIR", default_value = "runs/compare")]
     out: PathBuf,
@@ -148,7 +152,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // override the recipe.
     cli.train.apply(&mut o.train);
     o.eval_variant = cli.eval_variant.or_else(|| tested_variant(&trained));
-    let plan = SplitPlan::standard(&dataset)?;
+    let mut plan = SplitPlan::standard(&dataset)?;
+    if let Some(split) = cli.test_split {
+        let splits = dataset.splits();
+        if !splits.contains(&split) || plan.train.contains(&split) {
+            return Err(format!(
+                "--test-split {split}: not a split of the data apart from training (splits \
+                 {splits:?}, training on {:?})",
+                plan.train
+            )
+            .into());
+        }
+        println!("testing on split {split} (--test-split)");
+        plan.test = vec![split];
+    }
     if let Some(f) = cli.train_fraction {
         let kept = dataset.keep_fraction_per_class(&plan.train, f)?;
         println!("--train-fraction {f}: {kept} training items kept");

@@ -138,6 +138,28 @@ fn compare_cli() -> Result<()> {
     // Its defaults are the data's recipe (train's), not TrainOptions'.
     let help = String::from_utf8_lossy(&run("compare", &["--help"])?.stdout).into_owned();
     assert!(help.contains("audio 80, images 30"), "{help}");
+    assert!(help.contains("--test-split"), "{help}");
+    // A test split the data lacks (or the one trained on) is refused, naming the flag and the
+    // data's splits, before anything trains.
+    let words = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/spoken-words");
+    let words = words.to_str().ok_or("path")?;
+    for split in ["nope", "train"] {
+        let args = [
+            "--layout",
+            "speechcommands",
+            "--input",
+            words,
+            "--test-split",
+            split,
+        ];
+        let out = run("compare", &args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--test-split {split}")) && err.contains("validation"),
+            "{err}"
+        );
+    }
     Ok(())
 }
 
