@@ -71,9 +71,9 @@ pub struct PretrainReport {
 }
 
 /// The configuration a pretraining on files of `formats` trains: `base` with the vocabulary
-/// the options' tokens need ([`TrainOptions::model_config_for`]), one (unused) class, and λ = 1 where `base` has none, so that the
-/// model has the block decoder D_t that predicts the masked blocks (λ itself weighs nothing
-/// here; fine-tuning sets its own).
+/// the options' tokens need ([`TrainOptions::model_config_for`]), one (unused) class, and
+/// λ = 1 where `base` has none, so that the model has the block decoder D_t that predicts the
+/// masked blocks (λ itself weighs nothing here; fine-tuning sets its own).
 pub fn pretrain_config(
     base: &Config,
     options: &TrainOptions,
