@@ -187,13 +187,18 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     };
     if comm.is_root() {
         println!(
-            "pretraining on {items} items ({}), variants {:?}, masking {masking:?}",
+            "pretraining on {items} items ({}), variants {:?} ({}), masking {masking:?}",
             if splits.is_empty() {
                 "all splits".to_string()
             } else {
                 format!("splits {}", splits.join("+"))
             },
-            trained
+            trained,
+            formats
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let report =
