@@ -449,6 +449,15 @@ impl Comparison {
             "Attention is per head and layer over the tokens + [CLS]; TEMPEST's E_t also attends inside each block: N x L^2 = {:.0} entries per item.\n",
             self.block_attention
         ));
+        let [t, b] = &self.reports;
+        s.push_str(&format!(
+            "Wall time: TEMPEST trained in {:.0} s and tested in {:.1} s, {} trained in {:.0} s and tested in {:.1} s.\n",
+            t.train_seconds(),
+            t.test_seconds,
+            self.rows[1].model,
+            b.train_seconds(),
+            b.test_seconds
+        ));
         if !self.failed.is_empty() {
             s.push_str(&format!(
                 "{} files left out (unreadable by one model or both):\n",

@@ -342,6 +342,17 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
         table.contains("| TEMPEST/baseline |") && table.contains("| 0.25x |"),
         "{table}"
     );
+    // Each model's wall time, from its own run.
+    let notes = cmp.notes();
+    assert!(
+        cmp.reports.iter().all(|r| r.train_seconds() > 0.0),
+        "{notes}"
+    );
+    let shown = format!("TEMPEST trained in {:.0} s", cmp.reports[0].train_seconds());
+    assert!(
+        notes.contains(&shown) && notes.contains(&b.model),
+        "{notes}"
+    );
     Ok(())
 }
 

@@ -209,11 +209,15 @@ pub struct FitReport {
 }
 
 impl FitReport {
+    /// Seconds of training over all epochs (the test after them not included).
+    pub fn train_seconds(&self) -> f64 {
+        self.epochs.iter().map(|e| e.seconds).sum()
+    }
+
     /// Training items per second over all epochs.
     pub fn train_items_per_s(&self) -> f64 {
         let items: usize = self.epochs.iter().map(|e| e.items).sum();
-        let secs: f64 = self.epochs.iter().map(|e| e.seconds).sum();
-        items as f64 / secs.max(1e-9)
+        items as f64 / self.train_seconds().max(1e-9)
     }
 
     /// Test items per second.
