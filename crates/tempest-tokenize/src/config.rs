@@ -380,14 +380,25 @@ mod format_name {
         }
     }
 
+    /// The names, for messages.
+    pub(super) const NAMES: &str = "mp3, ogg-opus, jpeg";
+
+    /// The format of a name ([`Format::name`]'s, or `opus` for Ogg Opus).
+    pub(super) fn parse(name: &str) -> Option<Format> {
+        match name {
+            "mp3" => Some(Format::Mp3),
+            "ogg-opus" | "opus" => Some(Format::OggOpus),
+            "jpeg" => Some(Format::Jpeg),
+            _ => None,
+        }
+    }
+
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
         let name = String::deserialize(d)?;
-        match name.as_str() {
-            "mp3" => Ok(Some(Format::Mp3)),
-            "ogg-opus" | "opus" => Ok(Some(Format::OggOpus)),
-            "jpeg" => Ok(Some(Format::Jpeg)),
-            other => Err(serde::de::Error::custom(format!(
-                "format {other:?} (one of mp3, ogg-opus, jpeg)"
+        match parse(&name) {
+            Some(f) => Ok(Some(f)),
+            None => Err(serde::de::Error::custom(format!(
+                "format {name:?} (one of {NAMES})"
             ))),
         }
     }
@@ -597,10 +608,12 @@ impl TokenizerConfig {
             )));
         }
         for (name, &ids) in &self.format_block_bytes {
-            if !["mp3", "ogg-opus", "jpeg"].contains(&name.as_str()) || ids == 0 {
+            // Keyed by the format's own name (the one `block_bytes_for` looks up).
+            let named = format_name::parse(name).is_some_and(|f| f.name() == name);
+            if !named || ids == 0 {
                 return Err(crate::Error::Config(format!(
-                    "format_block_bytes: {name:?} {ids} (a format of mp3, ogg-opus, jpeg, and \
-                     at least 1 id)"
+                    "format_block_bytes: {name:?} {ids} (a format of {}, and at least 1 id)",
+                    format_name::NAMES
                 )));
             }
         }

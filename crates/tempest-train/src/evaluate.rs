@@ -78,17 +78,14 @@ pub fn variant_formats(
 ) -> Result<Vec<(String, cff_blocks::Format)>> {
     use std::io::Read;
     let mut found: Vec<(String, cff_blocks::Format)> = Vec::new();
-    for s in &dataset.samples {
-        for (v, p) in &s.variants {
-            let chosen = variants.is_empty() || variants.contains(v);
-            if !chosen || found.iter().any(|(name, _)| name == v) {
-                continue;
-            }
-            let mut head = Vec::with_capacity(16);
-            let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
-            if let (Ok(_), Ok(format)) = (read, cff_blocks::detect(&head)) {
-                found.push((v.clone(), format));
-            }
+    for (v, p) in chosen_files(dataset, variants) {
+        if found.iter().any(|(name, _)| name == v) {
+            continue;
+        }
+        let mut head = Vec::with_capacity(16);
+        let read = fs::File::open(p).and_then(|f| f.take(16).read_to_end(&mut head));
+        if let (Ok(_), Ok(format)) = (read, cff_blocks::detect(&head)) {
+            found.push((v.clone(), format));
         }
     }
     if found.is_empty() {
@@ -113,17 +110,17 @@ pub(crate) fn distinct_formats(pairs: &[(String, cff_blocks::Format)]) -> Vec<cf
     formats
 }
 
-/// The files of `dataset`'s samples, in order, whose variant is one of `variants` (any
-/// variant when `variants` is empty).
+/// The files of `dataset`'s samples, in order, with their variant, whose variant is one of
+/// `variants` (any variant when `variants` is empty).
 fn chosen_files<'a>(
     dataset: &'a Dataset,
     variants: &'a [String],
-) -> impl Iterator<Item = &'a std::path::Path> + 'a {
+) -> impl Iterator<Item = (&'a String, &'a std::path::Path)> + 'a {
     dataset.samples.iter().flat_map(move |s| {
         s.variants
             .iter()
             .filter(move |(v, _)| variants.is_empty() || variants.contains(v))
-            .map(|(_, p)| p.as_path())
+            .map(|(v, p)| (v, p.as_path()))
     })
 }
 
@@ -142,7 +139,7 @@ pub fn longest_block(
     let tok = tokenizer
         .eval_config()
         .map_err(|e| Error::setting("tokenizer", e.to_string()))?;
-    let paths: Vec<&std::path::Path> = chosen_files(dataset, variants).collect();
+    let paths: Vec<&std::path::Path> = chosen_files(dataset, variants).map(|(_, p)| p).collect();
     let step = paths.len().div_ceil(files.max(1)).max(1);
     let mut longest = 0;
     for p in paths.iter().step_by(step) {
