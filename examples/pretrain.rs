@@ -31,7 +31,7 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser};
 use tempest::tempest_data::{parse_variants, DataSource, Dataset, Layout, Variant};
-use tempest::tempest_model::pretrain::Masking;
+use tempest::tempest_model::pretrain::{Masking, Target as PretrainTarget};
 use tempest::tempest_model::{Config, MixerKind};
 use tempest::tempest_train::dist::Comm;
 use tempest::tempest_train::{self, Recipe, TrainOptions};
@@ -84,6 +84,15 @@ struct Cli {
     /// Positions of each masked block whose ids are predicted (0: all of them)
     #[arg(long, value_name = "P")]
     mask_positions: Option<usize>,
+    /// What a masked block is asked for: ids (its ids through the block decoder D_t),
+    /// embedding (a moving-average teacher's output at its place, the item unmasked) or both
+    /// (docs/pretraining.md)
+    #[arg(long, value_name = "T", default_value = "ids", value_parser = parse_target)]
+    target: PretrainTarget,
+    /// With --target embedding or both: the teacher's weights move towards the model's by
+    /// 1 − min(D, (1 + t)/(10 + t)) after step t
+    #[arg(long, value_name = "D", default_value_t = Masking::default().teacher_decay)]
+    teacher_decay: f64,
     /// The run folder (metrics, the checkpoint in last/, prepared data)
     #[arg(long, value_name = "RUN_DIR", default_value = "runs/pretrain")]
     out: PathBuf,
@@ -174,6 +183,8 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
             .mask_span
             .unwrap_or(if audio { defaults.span } else { 1 }),
         positions: cli.mask_positions.unwrap_or(defaults.positions),
+        target: cli.target,
+        teacher_decay: cli.teacher_decay,
     };
     let splits = match cli.splits {
         Some(s) => s,
@@ -250,6 +261,10 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         cli.out.display()
     );
     Ok(())
+}
+
+fn parse_target(s: &str) -> Result<PretrainTarget, String> {
+    PretrainTarget::parse(s)
 }
 
 fn main() -> ExitCode {

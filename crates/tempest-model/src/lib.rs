@@ -68,5 +68,7 @@ pub use model::{
     cross_entropy, reconstruction_loss, time_features, BlockDecoder, Losses, Mixer, Output,
     Tempest, TIME_FREQUENCIES,
 };
-pub use pretrain::{MaskPlan, MaskedBlockModel, Masking, PretrainLoss};
+pub use pretrain::{
+    MaskPlan, MaskedBlockModel, Masking, PretrainLoss, Target as PretrainTarget, Teacher,
+};
 pub use tempest_kernels::{dropout_seed, release_scratch, DropoutRng};

@@ -17,11 +17,12 @@
 //! ```
 
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::{Init, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use tempest_tokenize::rng::SplitMix64;
 use tempest_tokenize::{Batch, HostBatch};
 
+use crate::nn::Linear;
 use crate::{Config, Tempest};
 
 /// The mask token's variable name (`pretrain.mask_token [d_c]`); `train --init` leaves every
@@ -29,6 +30,9 @@ use crate::{Config, Tempest};
 pub const MASK_TOKEN: &str = "pretrain.mask_token";
 /// The prefix of the variables that exist only while pretraining.
 pub const PRETRAIN_PREFIX: &str = "pretrain.";
+/// The prefix of the embedding target's head (`pretrain.embed_head.weight [d_c, d_c]`,
+/// `.bias`), which predicts the teacher's output from the model's.
+pub const EMBED_HEAD: &str = "pretrain.embed_head";
 
 /// What is masked and what is predicted.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -44,6 +48,64 @@ pub struct Masking {
     /// Positions of each masked block whose ids are predicted, drawn among its real ones
     /// (all of them when the block has fewer); 0: every real position.
     pub positions: usize,
+    /// What a masked block is asked for: its ids through D_t (the default), the teacher's
+    /// output at its place (an embedding target), or both ([`Target`]).
+    #[serde(default)]
+    pub target: Target,
+    /// The teacher's decay: after step t its weights move towards the model's by
+    /// `1 − min(teacher_decay, (1 + t) / (10 + t))` (read only with an embedding target).
+    #[serde(default = "default_teacher_decay")]
+    pub teacher_decay: f64,
+}
+
+fn default_teacher_decay() -> f64 {
+    0.996
+}
+
+/// What masked block modelling predicts of each masked block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The block's ids, through the block decoder D_t (cross-entropy over each position's
+    /// field).
+    #[default]
+    Ids,
+    /// The teacher's E_c output at the block's place, the whole item unmasked, each token
+    /// standardised over its features (data2vec's kind of target, from the last layer):
+    /// predicted from the model's E_c output there through a linear head
+    /// ([`EMBED_HEAD`]), mean squared error. The teacher is a moving average of the model
+    /// ([`Teacher`]).
+    Embedding,
+    /// Both losses, added.
+    Both,
+}
+
+impl Target {
+    /// Whether the ids are a target.
+    pub fn ids(self) -> bool {
+        matches!(self, Target::Ids | Target::Both)
+    }
+
+    /// Whether the teacher's embedding is a target.
+    pub fn embedding(self) -> bool {
+        matches!(self, Target::Embedding | Target::Both)
+    }
+
+    /// The names `--target` takes.
+    pub const NAMES: &'static [&'static str] = &["ids", "embedding", "both"];
+
+    /// `ids`, `embedding` or `both`.
+    pub fn parse(name: &str) -> std::result::Result<Target, String> {
+        match name {
+            "ids" => Ok(Target::Ids),
+            "embedding" => Ok(Target::Embedding),
+            "both" => Ok(Target::Both),
+            other => Err(format!(
+                "unknown pretraining target {other:?}: one of {}",
+                Target::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 impl Default for Masking {
@@ -53,6 +115,8 @@ impl Default for Masking {
             fraction: 0.3,
             span: 3,
             positions: 32,
+            target: Target::Ids,
+            teacher_decay: default_teacher_decay(),
         }
     }
 }
@@ -68,6 +132,12 @@ impl Masking {
         }
         if self.span == 0 {
             return Err("mask span must be at least 1 block".into());
+        }
+        if !(0.0..1.0).contains(&self.teacher_decay) {
+            return Err(format!(
+                "teacher decay must be in [0, 1), not {}",
+                self.teacher_decay
+            ));
         }
         Ok(())
     }
@@ -298,21 +368,135 @@ impl MaskPlan {
 /// The pretraining loss of one batch, from [`MaskedBlockModel::loss`].
 #[derive(Debug, Clone)]
 pub struct PretrainLoss {
-    /// Cross-entropy of the predicted ids of the masked blocks: each item's mean over its
-    /// predicted ids, averaged over the items (a scalar).
+    /// The loss the gradients come from (a scalar): the ids' part plus the embedding's,
+    /// whichever the target has.
     pub loss: Tensor,
+    /// The ids' part: cross-entropy of the predicted ids of the masked blocks, each item's
+    /// mean over its predicted ids, averaged over the items (0 without ids in the target).
+    pub ids: f64,
     /// Fraction of the predicted ids whose arg-max was right (each item's, averaged over the
-    /// items).
+    /// items; 0 without ids in the target).
     pub accuracy: f64,
+    /// The embedding's part: the mean squared error between the head's prediction and the
+    /// teacher's standardised output, each item's mean over its masked blocks, averaged over
+    /// the items (0 without an embedding target).
+    pub embedding: f64,
+    /// The targets' spread: their variance across the batch's masked blocks, averaged over
+    /// the features (0 without an embedding target). A teacher that gives every block the
+    /// same output (a collapse) drives it to 0.
+    pub target_spread: f64,
 }
 
 /// TEMPEST with a mask token, for masked block modelling. Its variables are the model's
-/// (built from a configuration that has a block decoder, λ > 0) and [`MASK_TOKEN`].
+/// (built from a configuration that has a block decoder, λ > 0), [`MASK_TOKEN`] and, with an
+/// embedding target, the head [`EMBED_HEAD`].
 #[derive(Debug, Clone)]
 pub struct MaskedBlockModel {
     model: Tempest,
     mask_token: Tensor,
     masking: Masking,
+    embed_head: Option<Linear>,
+}
+
+/// The slowly updated copy of the model whose output an embedding target asks for
+/// ([`Target::Embedding`]): its own variables (the model's names, without the `pretrain.`
+/// ones), started as a copy of the model's and moved towards them after every optimiser step
+/// ([`Teacher::update`]), as data2vec's and BYOL's teachers are. It never trains and never
+/// drops out.
+pub struct Teacher {
+    model: Tempest,
+    varmap: VarMap,
+    decay: f64,
+}
+
+impl std::fmt::Debug for Teacher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Teacher")
+            .field("variables", &self.varmap.all_vars().len())
+            .field("decay", &self.decay)
+            .finish()
+    }
+}
+
+impl Teacher {
+    /// A teacher for `config` whose weights are a copy of `student`'s.
+    pub fn new(
+        config: &Config,
+        student: &VarMap,
+        decay: f64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Teacher> {
+        let varmap = VarMap::new();
+        let model = Tempest::new(config, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        let teacher = Teacher {
+            model,
+            varmap,
+            decay,
+        };
+        teacher.blend(student, 0.0)?;
+        Ok(teacher)
+    }
+
+    /// The teacher's variables (saved beside a resumable checkpoint).
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The decay after optimiser step `step` (counted from 0): `min(decay, (1 + t) / (10 + t))`,
+    /// so that the first steps follow the model closely.
+    pub fn decay_at(&self, step: usize) -> f64 {
+        let t = step as f64;
+        self.decay.min((1.0 + t) / (10.0 + t))
+    }
+
+    /// Moves the weights towards `student`'s after optimiser step `step`:
+    /// `w ← d·w + (1 − d)·w_student` with `d` = [`Teacher::decay_at`].
+    pub fn update(&self, student: &VarMap, step: usize) -> Result<()> {
+        self.blend(student, self.decay_at(step))
+    }
+
+    fn blend(&self, student: &VarMap, d: f64) -> Result<()> {
+        let theirs = student.data().lock().map_err(|_| {
+            candle_core::Error::Msg("the model's variables: a poisoned lock".into())
+        })?;
+        let ours = self.varmap.data().lock().map_err(|_| {
+            candle_core::Error::Msg("the teacher's variables: a poisoned lock".into())
+        })?;
+        for (name, var) in ours.iter() {
+            let Some(s) = theirs.get(name) else {
+                candle_core::bail!("the teacher's {name} is not among the model's variables");
+            };
+            let s = s.as_tensor().detach();
+            let new = if d == 0.0 {
+                s
+            } else {
+                ((var.as_tensor().detach() * d)? + (s * (1.0 - d))?)?
+            };
+            var.set(&new)?;
+        }
+        Ok(())
+    }
+
+    /// The targets of `plan`'s masked blocks, `[rows, L', d_c]`: E_c's output at each
+    /// masked block's place with the whole item unmasked, each token standardised over its
+    /// features (mean 0, variance 1), without gradients.
+    pub fn targets(&self, batch: &Batch, plan: &MaskPlan) -> Result<Tensor> {
+        let x = self
+            .model
+            .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
+        let (b, n, lt, dc) = x.dims4()?;
+        let y = self.model.context(&x, batch, false)?;
+        let rows = Tensor::from_vec(plan.rows.clone(), plan.rows.len(), y.device())?;
+        let at = y
+            .narrow(1, 1, n * lt)?
+            .reshape((b * n, lt, dc))?
+            .index_select(&rows, 0)?
+            .detach();
+        let centred = at.broadcast_sub(&at.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred.broadcast_div(&(var + 1e-6)?.sqrt()?)
+    }
 }
 
 impl MaskedBlockModel {
@@ -327,18 +511,25 @@ impl MaskedBlockModel {
             );
         }
         let model = Tempest::new(config, vb.clone())?;
+        let dc = config.context_encoder.dim;
         let mask_token = vb.get_with_hints(
-            config.context_encoder.dim,
+            dc,
             MASK_TOKEN,
             Init::Randn {
                 mean: 0.0,
                 stdev: 0.02,
             },
         )?;
+        let embed_head = if masking.target.embedding() {
+            Some(Linear::new(dc, dc, true, None, vb.pp(EMBED_HEAD))?)
+        } else {
+            None
+        };
         Ok(MaskedBlockModel {
             model,
             mask_token,
             masking,
+            embed_head,
         })
     }
 
@@ -387,9 +578,17 @@ impl MaskedBlockModel {
     }
 
     /// The loss of `batch` masked as `plan` says: E_t and M encode every block, the masked
-    /// ones' tokens are replaced by the mask token, E_c reads them all, and D_t predicts the
-    /// ids of the plan's positions from E_c's output at each masked block.
-    pub fn loss(&self, batch: &Batch, plan: &MaskPlan, train: bool) -> Result<PretrainLoss> {
+    /// ones' tokens are replaced by the mask token, E_c reads them all, and from E_c's output
+    /// at each masked block D_t predicts the ids of the plan's positions (target `ids`) and/or
+    /// the head predicts `teacher`'s output there (target `embedding`; the teacher is needed
+    /// then, and not read otherwise).
+    pub fn loss(
+        &self,
+        batch: &Batch,
+        plan: &MaskPlan,
+        teacher: Option<&Teacher>,
+        train: bool,
+    ) -> Result<PretrainLoss> {
         let x = self.masked_tokens(batch, plan, train)?;
         let (b, n, lt, dc) = x.dims4()?;
         let l = batch.ids.dim(2)?;
@@ -403,6 +602,93 @@ impl MaskedBlockModel {
             .narrow(1, 1, n * lt)?
             .reshape((b * n, lt, dc))?
             .index_select(&rows, 0)?;
+        let target = self.masking.target;
+        let ids = if target.ids() {
+            Some(self.ids_loss(&at, plan, train)?)
+        } else {
+            None
+        };
+        let embedding = if target.embedding() {
+            let teacher = teacher.ok_or_else(|| {
+                candle_core::Error::Msg("an embedding target needs a teacher".into())
+            })?;
+            Some(self.embedding_loss(&at, batch, plan, teacher)?)
+        } else {
+            None
+        };
+        let (loss, ids_value, accuracy) = match ids {
+            Some((loss, accuracy)) => {
+                let v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                (Some(loss), v, accuracy)
+            }
+            None => (None, 0.0, 0.0),
+        };
+        let (loss, embedding, target_spread) = match (loss, embedding) {
+            (Some(a), Some((e, v, spread))) => ((a + e)?, v, spread),
+            (Some(a), None) => (a, 0.0, 0.0),
+            (None, Some((e, v, spread))) => (e, v, spread),
+            (None, None) => candle_core::bail!("a pretraining target of nothing"),
+        };
+        Ok(PretrainLoss {
+            loss,
+            ids: ids_value,
+            accuracy,
+            embedding,
+            target_spread,
+        })
+    }
+
+    /// The embedding target's loss from E_c's output `at [rows, L', d_c]` at the masked
+    /// blocks: the head's prediction against the teacher's, mean squared error per block,
+    /// each item's blocks weighing 1 / their count, averaged over the items; with its value
+    /// and the targets' spread.
+    fn embedding_loss(
+        &self,
+        at: &Tensor,
+        batch: &Batch,
+        plan: &MaskPlan,
+        teacher: &Teacher,
+    ) -> Result<(Tensor, f64, f64)> {
+        let head = self
+            .embed_head
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("no embedding head".into()))?;
+        let target = teacher.targets(batch, plan)?;
+        let pred = head.forward(at)?;
+        let m = plan.rows.len();
+        let per_row = (pred - &target)?.sqr()?.flatten_from(1)?.mean(1)?; // [rows]
+        let (_, n, _) = plan.shape;
+        let mut count = vec![0usize; plan.shape.0];
+        for &r in &plan.rows {
+            count[r as usize / n.max(1)] += 1;
+        }
+        let items = count.iter().filter(|&&c| c > 0).count().max(1) as f32;
+        let weights: Vec<f32> = plan
+            .rows
+            .iter()
+            .map(|&r| 1.0 / (count[r as usize / n.max(1)] as f32 * items))
+            .collect();
+        let weights = Tensor::from_vec(weights, m, at.device())?.to_dtype(per_row.dtype())?;
+        let loss = (per_row * weights)?.sum_all()?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let spread = if m >= 2 {
+            target
+                .flatten_from(1)?
+                .to_dtype(DType::F64)?
+                .var_keepdim(0)?
+                .mean_all()?
+                .to_scalar::<f64>()?
+        } else {
+            0.0
+        };
+        Ok((loss, value, spread))
+    }
+
+    /// The ids target's loss from E_c's output `at [rows, L', d_c]` at the masked blocks:
+    /// D_t predicts the plan's positions; the item-weighted cross-entropy and the fraction
+    /// right.
+    fn ids_loss(&self, at: &Tensor, plan: &MaskPlan, train: bool) -> Result<(Tensor, f64)> {
+        let dev = at.device();
         let decoder = self
             .model
             .block_decoder()
@@ -410,7 +696,7 @@ impl MaskedBlockModel {
         let m = plan.rows.len();
         let count = plan.positions.len();
         let positions = Tensor::from_vec(plan.positions.clone(), (m, plan.per_row), dev)?;
-        let hidden = decoder.hidden_at(&at, &positions, train)?.flatten_to(1)?; // [rows·P, d]
+        let hidden = decoder.hidden_at(at, &positions, train)?.flatten_to(1)?; // [rows·P, d]
         let weights = Tensor::from_vec(plan.weights.clone(), count, dev)?;
         let out = match decoder.output_layer().bias.as_ref() {
             Some(bias)
@@ -438,10 +724,7 @@ impl MaskedBlockModel {
             .mul(&weights)?
             .sum_all()?
             .to_scalar::<f32>()? as f64;
-        Ok(PretrainLoss {
-            loss,
-            accuracy: right / total,
-        })
+        Ok((loss, right / total))
     }
 }
 
@@ -731,6 +1014,7 @@ mod tests {
             fraction: 0.3,
             span: 3,
             positions: 4,
+            ..Masking::default()
         };
         let plan = MaskPlan::draw(&hb, &masking, 7);
         assert_eq!(
@@ -827,6 +1111,7 @@ mod tests {
             fraction: 0.3,
             span: 3,
             positions: 4,
+            ..Masking::default()
         };
         let whole = host(&[30, 12, 1, 5], n, l);
         let keys = [40, 41, 42, 43];
@@ -942,5 +1227,119 @@ mod tests {
         let err = MaskedBlockModel::new(&Config::tiny(), Masking::default(), vb).unwrap_err();
         assert!(err.to_string().contains("reconstruction_weight"), "{err}");
         Ok(())
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn the_teacher_gives_the_unmasked_output_standardised_and_follows_the_model() -> Result<()> {
+        let hb = host(&[8, 5], 8, 4);
+        let config = Config::tiny().with_reconstruction_weight(1.0);
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let masking = Masking {
+            target: Target::Both,
+            ..Masking::default()
+        };
+        let mbm = MaskedBlockModel::new(&config, masking, vb)?;
+        let teacher = Teacher::new(&config, &varmap, 0.9, &Device::Cpu, DType::F32)?;
+        // The teacher holds the model's variables, not the pretraining ones.
+        let names = teacher.varmap().data().lock().map(|d| d.len()).unwrap_or(0);
+        let all = varmap.data().lock().map(|d| d.len()).unwrap_or(0);
+        assert_eq!(names + 3, all, "all but the mask token and the head's two");
+        let (batch, plan) = prepare(&hb, mbm.masking(), 3, &[], &Device::Cpu)?;
+        // By hand: the model's own E_c output on the unmasked item at the masked rows.
+        let x = mbm
+            .model()
+            .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
+        let y = mbm.model().context(&x, &batch, false)?;
+        let rows: Vec<Tensor> = plan
+            .rows
+            .iter()
+            .map(|&r| y.get(r as usize / 8)?.get(1 + r as usize % 8))
+            .collect::<Result<_>>()?;
+        let want = Tensor::stack(&rows, 0)?; // [rows, d_c], L' = 1
+        let mean = want.mean_keepdim(1)?;
+        let c = want.broadcast_sub(&mean)?;
+        let sd = (c.sqr()?.mean_keepdim(1)? + 1e-6)?.sqrt()?;
+        let want = c.broadcast_div(&sd)?;
+        let got = teacher.targets(&batch, &plan)?.squeeze(1)?;
+        assert!(max_abs_diff(&got, &want)? < 1e-4);
+        let spread: Vec<f32> = got.sqr()?.mean(1)?.to_vec1()?;
+        assert!(spread.iter().all(|v| (v - 1.0).abs() < 1e-3), "{spread:?}");
+
+        // The loss: both parts, each positive; the teacher is required.
+        let l = mbm.loss(&batch, &plan, Some(&teacher), true)?;
+        let total = l.loss.to_scalar::<f32>()? as f64;
+        assert!(
+            l.ids > 0.0 && l.embedding > 0.0 && l.target_spread > 0.0,
+            "{l:?}"
+        );
+        assert!((total - (l.ids + l.embedding)).abs() < 1e-4 * total);
+        let err = mbm.loss(&batch, &plan, None, true).unwrap_err();
+        assert!(err.to_string().contains("teacher"), "{err}");
+        // Gradients reach the head and the model, none of the teacher's variables.
+        let grads = l.loss.backward()?;
+        let head = varmap.get(
+            (64, 64),
+            "pretrain.embed_head.weight",
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        assert!(grads.get(&head).is_some());
+        for var in teacher.varmap().all_vars() {
+            assert!(grads.get(var.as_tensor()).is_none());
+        }
+
+        // The model moves; the teacher follows by 1 − d of the way: d = min(0.9, 1/10) at
+        // step 0, min(0.9, 21/30) = 0.7 at step 20.
+        let name = "context_encoder.cls";
+        let before = teacher.varmap().get(
+            (1, 64),
+            name,
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let old = before.detach().copy()?;
+        let student = varmap.get(
+            (1, 64),
+            name,
+            candle_nn::Init::Const(0.0),
+            DType::F32,
+            &Device::Cpu,
+        )?;
+        let moved = (student.detach() + 1.0)?;
+        let var = varmap
+            .data()
+            .lock()
+            .map(|d| d[name].clone())
+            .map_err(|_| candle_core::Error::Msg("lock".into()))?;
+        var.set(&moved)?;
+        assert!((teacher.decay_at(0) - 0.1).abs() < 1e-12);
+        assert!((teacher.decay_at(20) - 0.7).abs() < 1e-12);
+        teacher.update(&varmap, 20)?;
+        let want = ((&old * 0.7)? + (&moved * 0.3)?)?;
+        assert!(max_abs_diff(&before, &want)? < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn targets_parse_and_old_masking_files_read_as_ids() {
+        assert_eq!(Target::parse("both"), Ok(Target::Both));
+        assert!(Target::parse("bytes")
+            .unwrap_err()
+            .contains("ids, embedding, both"));
+        let old: Masking =
+            serde_json::from_str(r#"{"fraction":0.3,"span":3,"positions":32}"#).unwrap();
+        assert_eq!(old, Masking::default());
+        let bad = Masking {
+            teacher_decay: 1.0,
+            ..Masking::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("teacher decay"));
     }
 }

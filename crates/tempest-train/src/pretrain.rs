@@ -5,9 +5,10 @@
 //! A pretraining run folder holds what a training run's does, less evaluation: `last/` (the
 //! resumable checkpoint: `config.json`, `model.safetensors` with the mask token
 //! `pretrain.mask_token`, `tempest_tokenizer.json`, [`MASKING_FILE`], `optimizer.safetensors`,
-//! `state.json`) and `metrics.jsonl`, one line per epoch with the pretraining loss (the mean
-//! cross-entropy of the masked blocks' predicted ids) and the fraction of those ids predicted
-//! right.
+//! `state.json`; with an embedding target the teacher, [`TEACHER_FILE`]) and `metrics.jsonl`,
+//! one line per epoch with the pretraining loss (the ids' part: the mean cross-entropy of the
+//! masked blocks' predicted ids; the embedding target's part: the mean squared error against
+//! the teacher's output), its parts and the fraction of the predicted ids right.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -20,7 +21,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 use serde_json::json;
-use tempest_model::pretrain::{prepare, MaskedBlockModel, Masking, PRETRAIN_PREFIX};
+use tempest_model::pretrain::{prepare, MaskedBlockModel, Masking, Teacher, PRETRAIN_PREFIX};
 use tempest_model::{Config, DeviceChoice};
 use tempest_tokenize::{HostBatch, LoaderStats, TokenizerConfig};
 
@@ -36,6 +37,9 @@ use crate::{seeded_var_builder, Dataset, Error, Result};
 
 /// The masking settings' file in a pretraining checkpoint ([`Masking`] as JSON).
 pub const MASKING_FILE: &str = "pretrain.json";
+/// The teacher's weights in a pretraining checkpoint with an embedding target
+/// ([`tempest_model::pretrain::Teacher`]; what a resumed run continues from).
+pub const TEACHER_FILE: &str = "pretrain_teacher.safetensors";
 
 /// The variables of E_t and M (with the byte and length embeddings): what
 /// `--freeze-block-encoder` holds still for the first epochs of a fine-tuning.
@@ -215,6 +219,8 @@ fn pretrain_ranks(
         crate::size_mixer(&mut config, dataset, &o.train_variants, &tok)?;
         Ok((config, tok))
     };
+    // A resumed run's teacher (rank 0 reads it; with several ranks it is sent to the others).
+    let mut teacher_path: Option<PathBuf> = None;
     let (model, varmap, opt, state, tok, masking) = if !root {
         // Everything comes from rank 0 below.
         let (config, tok) = fresh()?;
@@ -232,6 +238,7 @@ fn pretrain_ranks(
                 let (model, varmap) = init_pretrainer(&config, masking, &device, dtype, o.seed)?;
                 let weights = dir.join(tempest_model::WEIGHTS_FILE);
                 copy_weights(&varmap, &weights, |_| true, true)?;
+                teacher_path = Some(dir.join(TEACHER_FILE));
                 let mut opt = AdamW::new(&varmap, o.adamw)?;
                 opt.load(&dir.join(checkpoint::OPTIMIZER_FILE), &device)?;
                 let state: TrainState = checkpoint::read_json(&dir.join(checkpoint::STATE_FILE))?;
@@ -327,6 +334,24 @@ fn pretrain_ranks(
     };
     let train_tok = tok.train_config()?;
     let config = model.model().config().clone();
+    let teacher = if masking.target.embedding() {
+        let teacher = Teacher::new(&config, &varmap, masking.teacher_decay, &device, dtype)?;
+        if let Some(path) = &teacher_path {
+            if !path.exists() {
+                return Err(Error::dataset(
+                    path,
+                    "missing: the checkpoint has an embedding target but no teacher",
+                ));
+            }
+            copy_weights(teacher.varmap(), path, |_| true, true)?;
+        }
+        if dist {
+            broadcast_vars(&*comm, teacher.varmap())?;
+        }
+        Some(teacher)
+    } else {
+        None
+    };
     let metrics_file = if root {
         Some(
             OpenOptions::new()
@@ -351,6 +376,7 @@ fn pretrain_ranks(
     );
     let mut driver = PretrainDriver {
         model: &model,
+        teacher: teacher.as_ref(),
         device: &device,
         options: o,
         masking,
@@ -392,6 +418,8 @@ fn pretrain_ranks(
 /// piece of each), masked block modelling's gradients, rank 0's checkpoints and metrics.
 struct PretrainDriver<'a> {
     model: &'a MaskedBlockModel,
+    /// The embedding target's teacher (none with the ids target alone).
+    teacher: Option<&'a Teacher>,
     device: &'a Device,
     options: &'a TrainOptions,
     masking: Masking,
@@ -439,6 +467,13 @@ impl PretrainDriver<'_> {
                 resume: Some((opt, &state)),
             },
         )?;
+        if let Some(teacher) = self.teacher {
+            let path = self.last_dir.join(TEACHER_FILE);
+            teacher
+                .varmap()
+                .save(&path)
+                .map_err(|e| Error::dataset(&path, e.to_string()))?;
+        }
         let path = self.last_dir.join(MASKING_FILE);
         let text = serde_json::to_string_pretty(&self.masking).map_err(|source| Error::Json {
             path: path.clone(),
@@ -474,7 +509,15 @@ impl Driver for PretrainDriver<'_> {
         );
         let (parts, keys): (Vec<HostBatch>, Vec<Vec<u64>>) =
             batch.into_iter().map(|p| (p.batch, p.items)).unzip();
-        pretrain_gradients(self.model, &parts, &keys, &self.masking, seed, self.device)
+        pretrain_gradients(
+            self.model,
+            self.teacher,
+            &parts,
+            &keys,
+            &self.masking,
+            seed,
+            self.device,
+        )
     }
 
     fn global_batch_items(&self) -> Option<usize> {
@@ -482,6 +525,10 @@ impl Driver for PretrainDriver<'_> {
     }
 
     fn after_step(&mut self, state: &TrainState, opt: &AdamW, step: &StepLog) -> Result<()> {
+        if let Some(teacher) = self.teacher {
+            // After step `state.step` (counted from 1): every rank holds the same weights.
+            teacher.update(self.varmap, state.step.saturating_sub(1))?;
+        }
         self.feed.show_step("ids", &state.epoch_sums, step);
         if self.options.mid_epoch_checkpoint_due(state.step, step) {
             self.save_last(opt, state)?;
@@ -518,6 +565,9 @@ impl Driver for PretrainDriver<'_> {
             "pretrain": {
                 "loss": sums.mean_loss(),
                 "id_accuracy": sums.accuracy(),
+                // The ids' and the embedding target's parts of the loss (0 where not a target).
+                "ids_loss": sums.reconstruction / sums.items.max(1.0),
+                "embedding_loss": sums.classification / sums.items.max(1.0),
                 "items": sums.items,
                 // This rank's: with several ranks the job pretrains `ranks` times as many.
                 "items_per_s": log.items as f64 / log.seconds.max(1e-9),
@@ -534,8 +584,16 @@ impl Driver for PretrainDriver<'_> {
             crate::report::plot(self.run_dir, &[]);
         }
         if self.options.progress {
+            let embedding = if self.masking.target.embedding() {
+                format!(
+                    ", embedding loss {:.4}",
+                    sums.classification / sums.items.max(1.0)
+                )
+            } else {
+                String::new()
+            };
             eprintln!(
-                "pretrain epoch {}/{}: loss {:.4}, masked ids right {:.4}",
+                "pretrain epoch {}/{}: loss {:.4}, masked ids right {:.4}{embedding}",
                 log.epoch,
                 self.options.epochs,
                 sums.mean_loss(),
@@ -558,6 +616,7 @@ impl Driver for PretrainDriver<'_> {
 /// without keys keys its items by their places.
 pub fn pretrain_gradients(
     model: &MaskedBlockModel,
+    teacher: Option<&Teacher>,
     parts: &[HostBatch],
     keys: &[Vec<u64>],
     masking: &Masking,
@@ -577,18 +636,18 @@ pub fn pretrain_gradients(
         })
         .collect::<candle_core::Result<Vec<_>>>()?;
     let weight = |i: usize| parts[i].batch as f64 / items as f64;
-    let one = |m: &MaskedBlockModel, i: usize| -> candle_core::Result<(f64, f64, GradStore)> {
+    let one = |m: &MaskedBlockModel, i: usize| -> candle_core::Result<(Parts, GradStore)> {
         let (batch, plan) = &prepared[i];
-        let l = m.loss(batch, plan, true)?;
+        let l = m.loss(batch, plan, teacher, true)?;
         let grads = if parts.len() == 1 {
             l.loss.backward()?
         } else {
             (&l.loss * weight(i))?.backward()?
         };
         let loss = l.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        Ok((loss, l.accuracy, grads))
+        Ok(([loss, l.ids, l.embedding, l.accuracy], grads))
     };
-    let results: Vec<candle_core::Result<(f64, f64, GradStore)>> = if parts.len() == 1 {
+    let results: Vec<candle_core::Result<(Parts, GradStore)>> = if parts.len() == 1 {
         vec![one(model, 0)]
     } else if model.model().config().dropout > 0.0 {
         let models: Vec<MaskedBlockModel> = parts
@@ -605,12 +664,13 @@ pub fn pretrain_gradients(
             .map(|i| one(model, i))
             .collect()
     };
-    let (mut loss, mut accuracy) = (0.0, 0.0);
+    let mut sum: Parts = [0.0; 4];
     let mut total: Option<GradStore> = None;
     for (i, r) in results.into_iter().enumerate() {
-        let (l, a, grads) = r?;
-        loss += l * weight(i);
-        accuracy += a * weight(i);
+        let (values, grads) = r?;
+        for (s, v) in sum.iter_mut().zip(values) {
+            *s += v * weight(i);
+        }
         match total.as_mut() {
             None => total = Some(grads),
             Some(t) => t.extend(grads)?,
@@ -618,14 +678,41 @@ pub fn pretrain_gradients(
     }
     let grads = total.ok_or_else(|| Error::setting("batch", "no parts"))?;
     let n = items as f64;
+    let [loss, ids, embedding, accuracy] = sum;
+    // Pretraining has no classes: `reconstruction` carries the ids' part of the loss and
+    // `classification` the embedding target's (`metrics.jsonl`: `ids_loss`, `embedding_loss`).
     let sums = EpochSums {
         loss: loss * n,
-        classification: 0.0,
-        reconstruction: loss * n,
+        classification: embedding * n,
+        reconstruction: ids * n,
         correct: accuracy * n,
         items: n,
     };
     Ok((grads, sums))
+}
+
+/// One part's loss, ids' part, embedding's part and fraction of ids right.
+type Parts = [f64; 4];
+
+/// Sets every variable of `varmap` (in name order) to rank 0's.
+fn broadcast_vars(comm: &dyn crate::dist::Communicator, varmap: &VarMap) -> Result<()> {
+    let vars: Vec<(String, Var)> = {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::setting("varmap", "its lock is poisoned"))?;
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().detach()).collect();
+    for ((_, var), t) in vars
+        .iter()
+        .zip(crate::dist::broadcast_tensors(comm, &tensors)?)
+    {
+        var.set(&t)?;
+    }
+    Ok(())
 }
 
 /// What [`init_from_pretrained`] took over.
@@ -842,13 +929,18 @@ mod ranks {
     }
 
     /// Two ranks with batches of 4 take the steps of one process with batches of 8: the same
-    /// items, the same masks (keyed by item), their gradients averaged before the step.
+    /// items, the same masks (keyed by item), their gradients averaged before the step; with
+    /// both targets, so that the teacher's outputs are taken on each rank's piece too.
     #[test]
     fn two_ranks_of_half_batches_pretrain_as_one_process() -> Result<()> {
         let dataset = words()?;
         let train = vec!["train".to_string()];
         let cfg = Config::tiny();
-        let masking = Masking::default();
+        let masking = Masking {
+            target: tempest_model::pretrain::Target::Both,
+            teacher_decay: 0.5,
+            ..Masking::default()
+        };
         let dir = std::env::temp_dir().join(format!("tempest-pt-ranks-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let (data, t, c, m, d) = (&dataset, &train, &cfg, &masking, &dir);
@@ -887,6 +979,15 @@ mod ranks {
         // Other batches (4 items a step on one process): what a wrong split or a missing
         // all-reduce would look like.
         let other = max_diff(&w4, &w1)?;
+        let teacher = |name: &str| -> Result<HashMap<String, Tensor>> {
+            let path = dir.join(name).join("last").join(TEACHER_FILE);
+            Ok(candle_core::safetensors::load(path, &Device::Cpu)?)
+        };
+        let teachers = max_diff(&teacher("two")?, &teacher("one")?)?;
+        assert!(
+            teachers <= 2.0 * floor.max(1e-6),
+            "the teachers of two ranks and of one process differ by {teachers:e}"
+        );
         eprintln!("two ranks vs one: {two_vs_one:e}; in parts: {floor:e}; batches of 4: {other:e}");
         assert!(
             two_vs_one <= 2.0 * floor.max(1e-6) && two_vs_one * 20.0 < other,

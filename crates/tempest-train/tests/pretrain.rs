@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use tempest_data::Layout;
-use tempest_model::pretrain::Masking;
+use tempest_model::pretrain::{Masking, Target as PretrainTarget};
 use tempest_model::Config;
 use tempest_tokenize::{collate, tokenize, CropContext, HostBatch, TokenizerConfig, PAD_ID};
 use tempest_train::pretrain::{init_pretrainer, pretrain_config, pretrain_gradients};
@@ -94,6 +94,7 @@ fn the_pretraining_loss_falls_over_a_few_steps_on_one_batch() -> Result<()> {
         // The same batch and mask plan every step: the loss must fall as the model fits it.
         let (grads, sums) = pretrain_gradients(
             &model,
+            None,
             std::slice::from_ref(&host),
             &[],
             &masking,
@@ -284,6 +285,110 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     let b: Vec<f32> = stored[name].flatten_all()?.to_vec1()?;
     assert_ne!(a, b, "{name} did not train");
     for d in [whole, parted, tuned] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    Ok(())
+}
+
+#[test]
+fn an_embedding_target_resumes_exactly_with_its_teacher_and_leaves_its_head_behind() -> Result<()> {
+    let dataset = spoken_words()?;
+    let train_split = ["train".to_string()];
+    let masking = Masking {
+        target: PretrainTarget::Both,
+        teacher_decay: 0.9,
+        ..Masking::default()
+    };
+    let o = quick_options(5);
+    let cfg = Config::tiny();
+    let whole = scratch("pretrain-emb-whole")?;
+    let r = pretrain(&dataset, &train_split, &cfg, &o, &masking, &whole, false)?;
+    assert_eq!((r.epochs, r.steps), (2, 4));
+    // Both parts of the loss are logged and add up to it.
+    let lines = std::fs::read_to_string(whole.join("metrics.jsonl"))?;
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let p = &v["pretrain"];
+        let (loss, ids, emb) = (
+            p["loss"].as_f64().ok_or("loss")?,
+            p["ids_loss"].as_f64().ok_or("ids_loss")?,
+            p["embedding_loss"].as_f64().ok_or("embedding_loss")?,
+        );
+        assert!(ids > 0.0 && emb > 0.0, "{line}");
+        assert!((loss - ids - emb).abs() < 1e-6 * loss, "{line}");
+    }
+    let teacher = |d: &Path| d.join("last").join(tempest_train::pretrain::TEACHER_FILE);
+    let t = tensors(&teacher(&whole))?;
+    let w = tensors(&whole.join("last").join(tempest_model::WEIGHTS_FILE))?;
+    // The teacher is the model's variables (no `pretrain.` ones), lagging behind them.
+    assert!(t
+        .keys()
+        .all(|k| !k.starts_with("pretrain.") && w.contains_key(k)));
+    assert_eq!(t.len() + 3, w.len());
+    let name = "context_encoder.layers.0.attn.q.weight";
+    let (a, b): (Vec<f32>, Vec<f32>) = (
+        t[name].flatten_all()?.to_vec1()?,
+        w[name].flatten_all()?.to_vec1()?,
+    );
+    assert_ne!(a, b, "the teacher equals the model after 4 steps");
+
+    // Stopped after one step and resumed: the same model and teacher to the bit.
+    let parted = scratch("pretrain-emb-parted")?;
+    let mut stop = o.clone();
+    stop.stop_after_steps = Some(1);
+    assert!(
+        pretrain(
+            &dataset,
+            &train_split,
+            &cfg,
+            &stop,
+            &masking,
+            &parted,
+            false
+        )?
+        .interrupted
+    );
+    let saved: Masking = tempest_train::checkpoint::read_json(
+        &parted
+            .join("last")
+            .join(tempest_train::pretrain::MASKING_FILE),
+    )?;
+    assert_eq!(saved, masking);
+    let r2 = pretrain(&dataset, &train_split, &cfg, &o, &masking, &parted, true)?;
+    assert_eq!(r2.steps, 4);
+    let weights = |d: &Path| d.join("last").join(tempest_model::WEIGHTS_FILE);
+    assert_eq!(
+        std::fs::read(weights(&whole))?,
+        std::fs::read(weights(&parted))?
+    );
+    assert_eq!(
+        std::fs::read(teacher(&whole))?,
+        std::fs::read(teacher(&parted))?
+    );
+    // A checkpoint that lost its teacher is refused by name.
+    std::fs::remove_file(teacher(&parted))?;
+    let err = pretrain(&dataset, &train_split, &cfg, &o, &masking, &parted, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("teacher") && err.contains(tempest_train::pretrain::TEACHER_FILE),
+        "{err}"
+    );
+
+    // Fine-tuning leaves the head behind with the mask token.
+    let task = Config {
+        vocab_size: tempest_model::load_config(&whole.join("last"))?.vocab_size,
+        ..Config::tiny()
+    }
+    .with_num_classes(10);
+    let (_, varmap) = init_seeded(&task, &Device::Cpu, DType::F32, 8)?;
+    let report = init_from_pretrained(&varmap, &whole)?;
+    assert!(report
+        .unused
+        .iter()
+        .any(|n| n == "pretrain.embed_head.weight"));
+    assert!(report.loaded.iter().all(|n| !n.starts_with("pretrain.")));
+    for d in [whole, parted] {
         let _ = std::fs::remove_dir_all(d);
     }
     Ok(())
