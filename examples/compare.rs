@@ -73,6 +73,12 @@ struct Cli {
     /// for both models on validation, then test once) [default: the test split]
     #[arg(long, value_name = "SPLIT")]
     test_split: Option<String>,
+    /// Also test both models after every N epochs (the current weights), to see where each
+    /// peaks over the schedule; the accuracies go to the metrics' epoch lines and the best
+    /// epoch of each under the table. Not counted in the training time [default: 0, at the
+    /// end only]
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    curve_every: usize,
     /// Where the metrics (and prepared data) go
     #[arg(long, value_name = "DIR", default_value = "runs/compare")]
     out: PathBuf,
@@ -174,6 +180,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         dataset.truncate_splits(&plan.train, n);
     }
     o.out = Some(out.clone());
+    o.curve_every = cli.curve_every;
     let cmp = compare(&dataset, &plan, &o)?;
     println!("{}", cmp.table());
     print!("{}", cmp.notes());

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tempest_model::{cost, Config};
 use tempest_tokenize::{tokenize, CropContext, TokenizedItem};
-use tempest_train::fit::{fit, prepare_items, FitReport, Prepared, TempestLearner};
+use tempest_train::fit::{fit_with_curve, prepare_items, FitReport, Prepared, TempestLearner};
 use tempest_train::{
     detect_format, init_seeded, seeded_var_builder, Dataset, SplitPlan, TrainOptions,
 };
@@ -31,6 +31,10 @@ pub struct CompareOptions {
     pub eval_variant: Option<String>,
     /// Folder for each model's `metrics.jsonl` (`tempest.jsonl`, `baseline.jsonl`).
     pub out: Option<PathBuf>,
+    /// Test both models after every so many epochs as well as at the end (0: at the end
+    /// only): each report's [`FitReport::curve`], `test_accuracy` in the metrics' epoch
+    /// lines, and the best epoch of each under the table ([`Comparison::notes`]).
+    pub curve_every: usize,
 }
 
 impl Default for CompareOptions {
@@ -48,6 +52,7 @@ impl Default for CompareOptions {
             train_variants: Vec::new(),
             eval_variant: None,
             out: None,
+            curve_every: 0,
         }
     }
 }
@@ -240,7 +245,7 @@ pub fn compare(
     let tempest =
         TempestLearner::new(model, device.clone()).with_masks(o.tokenizer(format, &config)?);
     let out = |name: &str| options.out.as_ref().map(|d| d.join(name));
-    let t_report = fit(
+    let t_report = fit_with_curve(
         &tempest,
         &varmap,
         &t_train,
@@ -249,6 +254,7 @@ pub fn compare(
         classes,
         o,
         out("tempest.jsonl").as_deref(),
+        options.curve_every,
     )?;
 
     // The baseline, with E_c's shape.
@@ -269,7 +275,7 @@ pub fn compare(
         all_features().next(),
         &options.features,
     ));
-    let b_report = fit(
+    let b_report = fit_with_curve(
         &vit,
         &vit_vars,
         &b_train,
@@ -278,6 +284,7 @@ pub fn compare(
         classes,
         o,
         out("baseline.jsonl").as_deref(),
+        options.curve_every,
     )?;
 
     // Sizes, on the test items.
@@ -458,6 +465,11 @@ impl Comparison {
             b.train_seconds(),
             b.test_seconds
         ));
+        for (row, report) in self.rows.iter().zip(&self.reports) {
+            if let Some(s2) = curve_summary(&report.curve) {
+                s.push_str(&format!("{}'s test accuracy by epoch: {s2}\n", row.model));
+            }
+        }
         if !self.failed.is_empty() {
             s.push_str(&format!(
                 "{} files left out (unreadable by one model or both):\n",
@@ -468,5 +480,39 @@ impl Comparison {
             }
         }
         s
+    }
+}
+
+/// `best 46.2 % at epoch 24; 40.1 (8), 46.2 (24), ... ` of a curve, or `None` when empty.
+fn curve_summary(curve: &[(usize, f64)]) -> Option<String> {
+    let best = curve
+        .iter()
+        .copied()
+        .fold(None, |b: Option<(usize, f64)>, p| match b {
+            Some(q) if q.1 >= p.1 => Some(q),
+            _ => Some(p),
+        })?;
+    let points: Vec<String> = curve
+        .iter()
+        .map(|(e, a)| format!("{:.1} ({e})", 100.0 * a))
+        .collect();
+    Some(format!(
+        "best {:.2} % at epoch {}; {}",
+        100.0 * best.1,
+        best.0,
+        points.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod curve_tests {
+    #[test]
+    fn a_curve_names_its_first_best_epoch() {
+        let s = super::curve_summary(&[(2, 0.25), (4, 0.5), (6, 0.5), (8, 0.375)]);
+        assert_eq!(
+            s.as_deref(),
+            Some("best 50.00 % at epoch 4; 25.0 (2), 50.0 (4), 50.0 (6), 37.5 (8)")
+        );
+        assert_eq!(super::curve_summary(&[]), None);
     }
 }

@@ -312,7 +312,13 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     o.train.epochs = 1;
     o.train.batch_size = 10;
     o.train.progress = false;
+    // The curve's test after the (only) epoch is the final test.
+    o.curve_every = 1;
     let cmp = compare(&dataset, &plan, &o)?;
+    for (row, report) in cmp.rows.iter().zip(&cmp.reports) {
+        assert_eq!(report.curve, [(1, row.accuracy)]);
+    }
+    assert!(cmp.notes().contains("'s test accuracy by epoch: best"));
     assert_eq!(cmp.media, Media::Audio);
     assert_eq!((cmp.train_items, cmp.test_items), (20, 20));
     let [t, b] = &cmp.rows;

@@ -206,6 +206,9 @@ pub struct FitReport {
     pub test: Metrics,
     /// Seconds the test took (batched inference, no gradients).
     pub test_seconds: f64,
+    /// The test accuracy after every `curve_every`th epoch ([`fit_with_curve`]; empty
+    /// without): (epoch, accuracy), the current weights (not a weight average).
+    pub curve: Vec<(usize, f64)>,
 }
 
 impl FitReport {
@@ -241,6 +244,17 @@ struct PreparedDriver<'a, L: Learner> {
     log: Option<(std::fs::File, &'a Path)>,
     total_epochs: usize,
     progress: bool,
+    /// The test after every so many epochs: the items, the variant, the classes, the period.
+    curve: Option<CurveTest<'a, L::Item>>,
+    points: Vec<(usize, f64)>,
+}
+
+struct CurveTest<'a, T> {
+    test: &'a Prepared<T>,
+    variant: &'a str,
+    classes: usize,
+    every: usize,
+    batch_size: usize,
 }
 
 impl<L: Learner> Driver for PreparedDriver<'_, L> {
@@ -304,9 +318,22 @@ impl<L: Learner> Driver for PreparedDriver<'_, L> {
                 e.items as f64 / e.seconds.max(1e-9)
             );
         }
+        // After the epoch's time was taken: the curve's tests do not count as training.
+        let mut curve = None;
+        if let Some(c) = &self.curve {
+            if e.epoch.is_multiple_of(c.every) || e.epoch == self.total_epochs {
+                let (m, _) =
+                    evaluate_prepared(self.learner, c.test, c.variant, c.classes, c.batch_size)?;
+                self.points.push((e.epoch, m.accuracy));
+                curve = Some(m.accuracy);
+            }
+        }
         if let Some((f, path)) = self.log.as_mut() {
-            let line = json!({"epoch": e.epoch, "step": state.step, "train": {"loss": e.loss(),
+            let mut line = json!({"epoch": e.epoch, "step": state.step, "train": {"loss": e.loss(),
                 "accuracy": e.accuracy(), "items": e.items, "seconds": e.seconds}});
+            if let Some(a) = curve {
+                line["test_accuracy"] = json!(a);
+            }
             writeln!(f, "{line}").map_err(Error::io(path))?;
         }
         self.epochs.push(e.clone());
@@ -331,6 +358,35 @@ pub fn fit<L: Learner>(
     classes: usize,
     options: &TrainOptions,
     metrics: Option<&Path>,
+) -> Result<FitReport> {
+    fit_with_curve(
+        learner,
+        varmap,
+        train,
+        test,
+        eval_variant,
+        classes,
+        options,
+        metrics,
+        0,
+    )
+}
+
+/// [`fit`], also testing the current weights on `test` after every `curve_every`th epoch
+/// and the last (0: never), into [`FitReport::curve`] and each epoch's line of `metrics`
+/// (`test_accuracy`): how the test accuracy moves over one schedule. The tests change
+/// nothing of the training (no random draw, no weight) and are not counted in its seconds.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with_curve<L: Learner>(
+    learner: &L,
+    varmap: &VarMap,
+    train: &Prepared<L::Item>,
+    test: &Prepared<L::Item>,
+    eval_variant: &str,
+    classes: usize,
+    options: &TrainOptions,
+    metrics: Option<&Path>,
+    curve_every: usize,
 ) -> Result<FitReport> {
     let o = options;
     if train.items.is_empty() {
@@ -369,6 +425,14 @@ pub fn fit<L: Learner>(
         log,
         total_epochs: o.epochs,
         progress: o.progress,
+        curve: (curve_every > 0).then_some(CurveTest {
+            test,
+            variant: eval_variant,
+            classes,
+            every: curve_every,
+            batch_size: o.batch_size.max(64),
+        }),
+        points: Vec::new(),
     };
     let schedule = o.schedule(train.items.len());
     let mut opt = AdamW::new(varmap, o.adamw)?;
@@ -382,6 +446,7 @@ pub fn fit<L: Learner>(
         steps: state.step,
         test: Tally::new(classes).metrics(),
         test_seconds: 0.0,
+        curve: std::mem::take(&mut driver.points),
     };
     // With a weight average (`AdamWConfig::ema`), the test reads the average.
     let (metrics_out, seconds) = opt.with_average_weights(|| {
@@ -713,6 +778,23 @@ mod tests {
         assert!(report.test.accuracy > 0.95, "{}", report.test.accuracy);
         assert!(report.epochs[29].loss() < report.epochs[0].loss());
         assert_eq!(report.test.items, 40);
+        // The same run testing every 7th epoch on the way: the same training to the bit, the
+        // curve at epochs 7, 14, 21, 28 and 30 (the last), its last point the final test.
+        let varmap2 = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap2, DType::F32, &Device::Cpu);
+        let model2 = Linear2 {
+            w: vb.get_with_hints((2, 2), "w", candle_nn::Init::Const(0.0))?,
+            b: vb.get_with_hints(2, "b", candle_nn::Init::Const(0.0))?,
+        };
+        let curved = fit_with_curve(&model2, &varmap2, &train, &test, "v", 2, &o, None, 7)?;
+        let epochs: Vec<usize> = curved.curve.iter().map(|c| c.0).collect();
+        assert_eq!(epochs, [7, 14, 21, 28, 30]);
+        assert_eq!(curved.curve[4].1, report.test.accuracy);
+        assert_eq!(curved.test.accuracy, report.test.accuracy);
+        for (a, b) in curved.epochs.iter().zip(&report.epochs) {
+            assert_eq!(a.loss(), b.loss());
+        }
+        assert!(curved.curve[0].1 > 0.5, "{:?}", curved.curve);
         Ok(())
     }
 
