@@ -479,23 +479,34 @@ impl Teacher {
     }
 
     /// The targets of `plan`'s masked blocks, `[rows, L', d_c]`: E_c's output at each
-    /// masked block's place with the whole item unmasked, each token standardised over its
-    /// features (mean 0, variance 1), without gradients.
+    /// masked block's place with the whole item unmasked, each feature standardised over the
+    /// item's real blocks (mean 0, variance 1 across its tokens: an instance norm over time,
+    /// as data2vec normalises its targets, so that what every block of an item shares is not
+    /// a target), without gradients.
     pub fn targets(&self, batch: &Batch, plan: &MaskPlan) -> Result<Tensor> {
         let x = self
             .model
             .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
         let (b, n, lt, dc) = x.dims4()?;
-        let y = self.model.context(&x, batch, false)?;
-        let rows = Tensor::from_vec(plan.rows.clone(), plan.rows.len(), y.device())?;
-        let at = y
-            .narrow(1, 1, n * lt)?
-            .reshape((b * n, lt, dc))?
-            .index_select(&rows, 0)?
-            .detach();
-        let centred = at.broadcast_sub(&at.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        centred.broadcast_div(&(var + 1e-6)?.sqrt()?)
+        let y = self.model.context(&x, batch, false)?.detach();
+        let y = y.narrow(1, 1, n * lt)?; // [B, N·L', d_c]
+        let real = batch
+            .block_mask
+            .to_dtype(y.dtype())?
+            .unsqueeze(2)?
+            .broadcast_as((b, n, lt))?
+            .reshape((b, n * lt, 1))?;
+        let count = real.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?; // [B, 1, 1]
+        let mean = y.broadcast_mul(&real)?.sum_keepdim(1)?.broadcast_div(&count)?;
+        let centred = y.broadcast_sub(&mean)?;
+        let var = centred
+            .broadcast_mul(&real)?
+            .sqr()?
+            .sum_keepdim(1)?
+            .broadcast_div(&count)?;
+        let z = centred.broadcast_div(&(var + 1e-6)?.sqrt()?)?;
+        let rows = Tensor::from_vec(plan.rows.clone(), plan.rows.len(), z.device())?;
+        z.reshape((b * n, lt, dc))?.index_select(&rows, 0)
     }
 }
 
@@ -1255,20 +1266,26 @@ mod tests {
             .model()
             .encode_blocks(&batch.ids, &batch.byte_mask, &batch.block_len, false)?;
         let y = mbm.model().context(&x, &batch, false)?;
-        let rows: Vec<Tensor> = plan
-            .rows
-            .iter()
-            .map(|&r| y.get(r as usize / 8)?.get(1 + r as usize % 8))
-            .collect::<Result<_>>()?;
-        let want = Tensor::stack(&rows, 0)?; // [rows, d_c], L' = 1
-        let mean = want.mean_keepdim(1)?;
-        let c = want.broadcast_sub(&mean)?;
-        let sd = (c.sqr()?.mean_keepdim(1)? + 1e-6)?.sqrt()?;
-        let want = c.broadcast_div(&sd)?;
+        // Each item's real blocks (8 and 5 of 8), each feature standardised over them.
+        let mut want = Vec::new();
+        for &r in &plan.rows {
+            let (item, block) = (r as usize / 8, r as usize % 8);
+            let real = [8, 5][item];
+            let own = y.get(item)?.narrow(0, 1, real)?; // [real, d_c]
+            let mean = own.mean_keepdim(0)?;
+            let sd = (own.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)? + 1e-6)?.sqrt()?;
+            want.push(
+                y.get(item)?
+                    .get(1 + block)?
+                    .unsqueeze(0)?
+                    .broadcast_sub(&mean)?
+                    .broadcast_div(&sd)?
+                    .squeeze(0)?,
+            );
+        }
+        let want = Tensor::stack(&want, 0)?; // [rows, d_c], L' = 1
         let got = teacher.targets(&batch, &plan)?.squeeze(1)?;
         assert!(max_abs_diff(&got, &want)? < 1e-4);
-        let spread: Vec<f32> = got.sqr()?.mean(1)?.to_vec1()?;
-        assert!(spread.iter().all(|v| (v - 1.0).abs() < 1e-3), "{spread:?}");
 
         // The loss: both parts, each positive; the teacher is required.
         let l = mbm.loss(&batch, &plan, Some(&teacher), true)?;
