@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use tempest_model::{cost, Config};
 use tempest_tokenize::{tokenize, CropContext, TokenizedItem};
-use tempest_train::fit::{fit_with_curve, prepare_items, FitReport, Prepared, TempestLearner};
+use tempest_train::fit::{fit, prepare_items, FitReport, Prepared, TempestLearner};
 use tempest_train::{
     detect_format, init_seeded, seeded_var_builder, Dataset, SplitPlan, TrainOptions,
 };
@@ -245,7 +245,7 @@ pub fn compare(
     let tempest =
         TempestLearner::new(model, device.clone()).with_masks(o.tokenizer(format, &config)?);
     let out = |name: &str| options.out.as_ref().map(|d| d.join(name));
-    let t_report = fit_with_curve(
+    let t_report = fit(
         &tempest,
         &varmap,
         &t_train,
@@ -275,7 +275,7 @@ pub fn compare(
         all_features().next(),
         &options.features,
     ));
-    let b_report = fit_with_curve(
+    let b_report = fit(
         &vit,
         &vit_vars,
         &b_train,

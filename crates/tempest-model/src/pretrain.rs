@@ -497,7 +497,10 @@ impl Teacher {
             .broadcast_as((b, n, lt))?
             .reshape((b, n * lt, 1))?;
         let count = real.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?; // [B, 1, 1]
-        let mean = y.broadcast_mul(&real)?.sum_keepdim(1)?.broadcast_div(&count)?;
+        let mean = y
+            .broadcast_mul(&real)?
+            .sum_keepdim(1)?
+            .broadcast_div(&count)?;
         let centred = y.broadcast_sub(&mean)?;
         let var = centred
             .broadcast_mul(&real)?

@@ -206,7 +206,7 @@ pub struct FitReport {
     pub test: Metrics,
     /// Seconds the test took (batched inference, no gradients).
     pub test_seconds: f64,
-    /// The test accuracy after every `curve_every`th epoch ([`fit_with_curve`]; empty
+    /// The test accuracy after every `curve_every`th epoch ([`fit`]; empty
     /// without): (epoch, accuracy), the current weights (not a weight average).
     pub curve: Vec<(usize, f64)>,
 }
@@ -348,36 +348,14 @@ impl<L: Learner> Driver for PreparedDriver<'_, L> {
 /// at `eval_variant` (no checkpoint selection: both models of a comparison are tested after
 /// the same budget). Appends one JSON line per epoch and one for the test to `metrics` when
 /// given.
+///
+/// With `curve_every` > 0 it also tests the current weights on `test` after every
+/// `curve_every`th epoch and the last, into [`FitReport::curve`] and each epoch's line of
+/// `metrics` (`test_accuracy`): how the test accuracy moves over one schedule. Those tests
+/// change nothing of the training (no random draw, no weight) and are not counted in its
+/// seconds.
 #[allow(clippy::too_many_arguments)]
 pub fn fit<L: Learner>(
-    learner: &L,
-    varmap: &VarMap,
-    train: &Prepared<L::Item>,
-    test: &Prepared<L::Item>,
-    eval_variant: &str,
-    classes: usize,
-    options: &TrainOptions,
-    metrics: Option<&Path>,
-) -> Result<FitReport> {
-    fit_with_curve(
-        learner,
-        varmap,
-        train,
-        test,
-        eval_variant,
-        classes,
-        options,
-        metrics,
-        0,
-    )
-}
-
-/// [`fit`], also testing the current weights on `test` after every `curve_every`th epoch
-/// and the last (0: never), into [`FitReport::curve`] and each epoch's line of `metrics`
-/// (`test_accuracy`): how the test accuracy moves over one schedule. The tests change
-/// nothing of the training (no random draw, no weight) and are not counted in its seconds.
-#[allow(clippy::too_many_arguments)]
-pub fn fit_with_curve<L: Learner>(
     learner: &L,
     varmap: &VarMap,
     train: &Prepared<L::Item>,
@@ -768,7 +746,7 @@ mod tests {
         };
         let (train, test) = (points(64, 0), points(40, 7));
         let before = evaluate_prepared(&model, &test, "v", 2, 64)?.0;
-        let report = fit(&model, &varmap, &train, &test, "v", 2, &o, None)?;
+        let report = fit(&model, &varmap, &train, &test, "v", 2, &o, None, 0)?;
         assert!(
             (before.accuracy - 0.5).abs() < 1e-9,
             "zero weights: ties → class 0"
@@ -786,7 +764,7 @@ mod tests {
             w: vb.get_with_hints((2, 2), "w", candle_nn::Init::Const(0.0))?,
             b: vb.get_with_hints(2, "b", candle_nn::Init::Const(0.0))?,
         };
-        let curved = fit_with_curve(&model2, &varmap2, &train, &test, "v", 2, &o, None, 7)?;
+        let curved = fit(&model2, &varmap2, &train, &test, "v", 2, &o, None, 7)?;
         let epochs: Vec<usize> = curved.curve.iter().map(|c| c.0).collect();
         assert_eq!(epochs, [7, 14, 21, 28, 30]);
         assert_eq!(curved.curve[4].1, report.test.accuracy);

@@ -49,8 +49,8 @@ pub use evaluate::{
     EvalReport, MIX_SIZE_FILES,
 };
 pub use fit::{
-    fit, fit_loop, fit_with_curve, prepare_items, Driver, FitReport, Gradients, Learner, Outcome,
-    Prepared, TempestLearner,
+    fit, fit_loop, prepare_items, Driver, FitReport, Gradients, Learner, Outcome, Prepared,
+    TempestLearner,
 };
 pub use init::{init_seeded, seeded_var_builder};
 pub use metrics::{mean_std, EpochSums, Metrics, Tally};

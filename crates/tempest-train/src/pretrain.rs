@@ -694,17 +694,20 @@ pub fn pretrain_gradients(
 /// One part's loss, ids' part, embedding's part and fraction of ids right.
 type Parts = [f64; 4];
 
+/// The variables of `varmap` with their names, in name order.
+fn sorted_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::setting("varmap", "its lock is poisoned"))?;
+    let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
 /// Sets every variable of `varmap` (in name order) to rank 0's.
 fn broadcast_vars(comm: &dyn crate::dist::Communicator, varmap: &VarMap) -> Result<()> {
-    let vars: Vec<(String, Var)> = {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::setting("varmap", "its lock is poisoned"))?;
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let vars = sorted_vars(varmap)?;
     let tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().detach()).collect();
     for ((_, var), t) in vars
         .iter()
@@ -810,15 +813,7 @@ fn copy_weights(
 ) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
     let stored = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| Error::dataset(path, format!("cannot read the weights: {e}")))?;
-    let vars: Vec<(String, Var)> = {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::setting("varmap", "its lock is poisoned"))?;
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
+    let vars = sorted_vars(varmap)?;
     let (mut loaded, mut fresh) = (Vec::new(), Vec::new());
     for (name, var) in &vars {
         if !take(name) {
