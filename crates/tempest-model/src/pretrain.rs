@@ -1212,13 +1212,20 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn masked_tokens_replace_exactly_the_masked_blocks() -> Result<()> {
-        let hb = host(&[8, 5], 8, 4);
+    /// `tiny` with D_t as a masked block model with `masking`, its variables and
+    /// configuration.
+    fn tiny_masked(masking: Masking) -> Result<(MaskedBlockModel, candle_nn::VarMap, Config)> {
         let config = Config::tiny().with_reconstruction_weight(1.0);
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let mbm = MaskedBlockModel::new(&config, Masking::default(), vb)?;
+        let mbm = MaskedBlockModel::new(&config, masking, vb)?;
+        Ok((mbm, varmap, config))
+    }
+
+    #[test]
+    fn masked_tokens_replace_exactly_the_masked_blocks() -> Result<()> {
+        let hb = host(&[8, 5], 8, 4);
+        let (mbm, varmap, _) = tiny_masked(Masking::default())?;
         let (batch, plan) = prepare(&hb, mbm.masking(), 3, &[], &Device::Cpu)?;
         let plain =
             mbm.model()
@@ -1250,14 +1257,10 @@ mod tests {
     #[test]
     fn the_teacher_gives_the_unmasked_output_standardised_and_follows_the_model() -> Result<()> {
         let hb = host(&[8, 5], 8, 4);
-        let config = Config::tiny().with_reconstruction_weight(1.0);
-        let varmap = candle_nn::VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let masking = Masking {
+        let (mbm, varmap, config) = tiny_masked(Masking {
             target: Target::Both,
             ..Masking::default()
-        };
-        let mbm = MaskedBlockModel::new(&config, masking, vb)?;
+        })?;
         let teacher = Teacher::new(&config, &varmap, 0.9, &Device::Cpu, DType::F32)?;
         // The teacher holds the model's variables, not the pretraining ones.
         let names = teacher.varmap().data().lock().map(|d| d.len()).unwrap_or(0);
