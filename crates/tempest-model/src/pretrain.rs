@@ -1320,27 +1320,16 @@ mod tests {
         // The model moves; the teacher follows by 1 − d of the way: d = min(0.9, 1/10) at
         // step 0, min(0.9, 21/30) = 0.7 at step 20.
         let name = "context_encoder.cls";
-        let before = teacher.varmap().get(
-            (1, 64),
-            name,
-            candle_nn::Init::Const(0.0),
-            DType::F32,
-            &Device::Cpu,
-        )?;
+        let var_of = |map: &candle_nn::VarMap| {
+            map.data()
+                .lock()
+                .map(|d| d[name].clone())
+                .map_err(|_| candle_core::Error::Msg("lock".into()))
+        };
+        let before = var_of(teacher.varmap())?.as_tensor().clone();
         let old = before.detach().copy()?;
-        let student = varmap.get(
-            (1, 64),
-            name,
-            candle_nn::Init::Const(0.0),
-            DType::F32,
-            &Device::Cpu,
-        )?;
-        let moved = (student.detach() + 1.0)?;
-        let var = varmap
-            .data()
-            .lock()
-            .map(|d| d[name].clone())
-            .map_err(|_| candle_core::Error::Msg("lock".into()))?;
+        let var = var_of(&varmap)?;
+        let moved = (var.as_tensor().detach() + 1.0)?;
         var.set(&moved)?;
         assert!((teacher.decay_at(0) - 0.1).abs() < 1e-12);
         assert!((teacher.decay_at(20) - 0.7).abs() < 1e-12);
