@@ -467,7 +467,10 @@ impl Comparison {
         ));
         for (row, report) in self.rows.iter().zip(&self.reports) {
             if let Some(s2) = curve_summary(&report.curve) {
-                s.push_str(&format!("{}'s test accuracy by epoch: {s2}\n", row.model));
+                s.push_str(&format!(
+                    "{}'s accuracy on the tested split by epoch: {s2}\n",
+                    row.model
+                ));
             }
         }
         if !self.failed.is_empty() {

@@ -318,7 +318,9 @@ fn compare_runs_on_the_spoken_words() -> TestResult {
     for (row, report) in cmp.rows.iter().zip(&cmp.reports) {
         assert_eq!(report.curve, [(1, row.accuracy)]);
     }
-    assert!(cmp.notes().contains("'s test accuracy by epoch: best"));
+    assert!(cmp
+        .notes()
+        .contains("'s accuracy on the tested split by epoch: best"));
     assert_eq!(cmp.media, Media::Audio);
     assert_eq!((cmp.train_items, cmp.test_items), (20, 20));
     let [t, b] = &cmp.rows;
