@@ -459,7 +459,7 @@ pub const LEGACY_KEYS: &[&str] = &[
 impl Config {
     /// A configuration from JSON text. Keys missing take the `small` preset's values; unknown
     /// keys are refused (a misspelt key would otherwise leave its default in place silently),
-    /// except [`LEGACY_KEYS`]. Errors give the line and column. Not validated.
+    /// except `LEGACY_KEYS`. Errors give the line and column. Not validated.
     pub fn from_json(text: &str) -> serde_json::Result<Config> {
         match serde_json::from_str::<serde_json::Value>(text)? {
             serde_json::Value::Object(mut map)

@@ -1,6 +1,6 @@
 //! Data-parallel training across processes ("ranks"): the collective operations a run needs
 //! ([`Communicator`]), the one-process backend ([`Single`], today's behaviour, no
-//! communication), with the feature `mpi` an MPI backend ([`Mpi`], processes started by
+//! communication), with the feature `mpi` an MPI backend (`Mpi`, processes started by
 //! `mpirun`) and with the feature `nccl` an NCCL backend (`Nccl`, one process per GPU,
 //! started by [`launch`] for `train --dist nccl --gpus 0,1`, or by `mpirun`).
 //!
@@ -161,9 +161,9 @@ pub enum Backend {
     /// One process ([`Single`]).
     #[default]
     None,
-    /// MPI ([`Mpi`], feature `mpi`): one process per rank, started by `mpirun`.
+    /// MPI (`Mpi`, feature `mpi`): one process per rank, started by `mpirun`.
     Mpi,
-    /// NCCL ([`Nccl`], feature `nccl`): one process per GPU, started by [`launch`] or `mpirun`.
+    /// NCCL (`Nccl`, feature `nccl`): one process per GPU, started by [`launch`] or `mpirun`.
     Nccl,
 }
 
