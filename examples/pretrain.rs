@@ -87,7 +87,7 @@ struct Cli {
     /// What a masked block is asked for: ids (its ids through the block decoder D_t),
     /// embedding (a moving-average teacher's output at its place, the item unmasked) or both
     /// (docs/pretraining.md)
-    #[arg(long, value_name = "T", default_value = "ids", value_parser = parse_target)]
+    #[arg(long, value_name = "T", default_value = "ids", value_parser = PretrainTarget::parse)]
     target: PretrainTarget,
     /// With --target embedding or both: the teacher's weights move towards the model's by
     /// 1 − min(D, (1 + t)/(10 + t)) after step t
@@ -261,10 +261,6 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
         cli.out.display()
     );
     Ok(())
-}
-
-fn parse_target(s: &str) -> Result<PretrainTarget, String> {
-    PretrainTarget::parse(s)
 }
 
 fn main() -> ExitCode {

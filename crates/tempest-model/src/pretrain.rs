@@ -58,6 +58,14 @@ pub struct Masking {
     pub teacher_decay: f64,
 }
 
+/// The decay of a moving average of weights after update `t`: `min(decay, (1 + t) / (10 + t))`,
+/// so that the first updates follow the weights closely (the pretraining teacher's, counting
+/// from 0, and `tempest_train::AdamW`'s weight average, counting from 1).
+pub fn average_decay(decay: f64, t: usize) -> f64 {
+    let t = t as f64;
+    decay.min((1.0 + t) / (10.0 + t))
+}
+
 fn default_teacher_decay() -> f64 {
     0.996
 }
@@ -70,8 +78,9 @@ pub enum Target {
     /// field).
     #[default]
     Ids,
-    /// The teacher's E_c output at the block's place, the whole item unmasked, each token
-    /// standardised over its features (data2vec's kind of target, from the last layer):
+    /// The teacher's E_c output at the block's place, the whole item unmasked, each feature
+    /// standardised over the item's real blocks (data2vec's kind of target, from the last
+    /// layer; [`Teacher::targets`]):
     /// predicted from the model's E_c output there through a linear head
     /// ([`EMBED_HEAD`]), mean squared error. The teacher is a moving average of the model
     /// ([`Teacher`]).
@@ -446,8 +455,7 @@ impl Teacher {
     /// The decay after optimiser step `step` (counted from 0): `min(decay, (1 + t) / (10 + t))`,
     /// so that the first steps follow the model closely.
     pub fn decay_at(&self, step: usize) -> f64 {
-        let t = step as f64;
-        self.decay.min((1.0 + t) / (10.0 + t))
+        average_decay(self.decay, step)
     }
 
     /// Moves the weights towards `student`'s after optimiser step `step`:

@@ -187,8 +187,7 @@ impl AdamW {
         if self.average.is_empty() {
             return Ok(());
         }
-        let t = self.steps as f64;
-        let d = self.config.ema.min((1.0 + t) / (10.0 + t));
+        let d = tempest_model::pretrain::average_decay(self.config.ema, self.steps);
         for (avg, slot) in self.average.iter_mut().zip(&self.slots) {
             // Detached: the average is no variable and keeps no graph.
             let w = slot.var.as_tensor().detach();
