@@ -44,6 +44,10 @@ pub struct TrainArgs {
     /// (docs/model.md), overriding the model configuration's
     #[arg(long, value_name = "M", value_parser = parse_mixer)]
     pub mixer: Option<MixerKind>,
+    /// Width K (odd) of a convolution over neighbouring block tokens before E_c, overriding
+    /// the model configuration's (0 = none; docs/model.md)
+    #[arg(long, value_name = "K")]
+    pub context_conv: Option<usize>,
     /// λ, the weight of the block reconstruction loss L_r, overriding the model configuration's
     #[arg(long, value_name = "X")]
     pub lambda: Option<f64>,
@@ -177,6 +181,9 @@ impl TrainArgs {
         if self.mixer.is_some() {
             o.mixer = self.mixer;
         }
+        if self.context_conv.is_some() {
+            o.context_conv = self.context_conv;
+        }
         if self.block_bytes.is_some() {
             o.block_bytes = self.block_bytes;
         }
@@ -237,6 +244,13 @@ impl TrainArgs {
                 "mixer",
                 or(
                     o.mixer.map(|m| m.name().to_string()),
+                    "the model configuration's",
+                ),
+            ),
+            (
+                "context_conv",
+                or(
+                    o.context_conv.map(|v| v.to_string()),
                     "the model configuration's",
                 ),
             ),

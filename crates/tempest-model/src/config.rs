@@ -115,6 +115,14 @@ pub struct Config {
     pub context_encoder: StackConfig,
     /// How E_c sees block positions.
     pub block_position: BlockPositionKind,
+    /// Width K of a convolution over neighbouring blocks before E_c (0, the default and what
+    /// older files hold: none; else odd). Each block token gains `Mlp(concat of the K block
+    /// tokens centred on it)` (`context_encoder.conv`, K·d_c → d_c → d_c with GELU, its output
+    /// layer initialised to 0, so the model starts as the one without it; blocks outside the
+    /// item read as zeros): what changes from one block to the next (a note's attack and decay
+    /// across MP3 frames) reaches E_c as a token feature instead of through attention alone.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub context_conv: usize,
     /// Add a learned embedding of each block's byte length to its tokens. Not in the paper:
     /// on MNIST-JPEG the 16 MCU lengths alone carry 57 % accuracy (docs/design.md).
     pub length_embedding: bool,
@@ -256,6 +264,7 @@ impl Config {
             ordinal_ids: Vec::new(),
             execution: Execution::default(),
             mix_positions: 0,
+            context_conv: 0,
         }
     }
 
@@ -402,6 +411,12 @@ impl Config {
         }
         if !(0.0..=2.0).contains(&self.mixup) {
             return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
+        }
+        if self.context_conv % 2 == 0 && self.context_conv != 0 {
+            return Err(format!(
+                "context_conv must be 0 or odd (centred on each block), not {}",
+                self.context_conv
+            ));
         }
         if self.mix_positions > self.max_block_bytes {
             return Err(format!(

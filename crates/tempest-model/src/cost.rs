@@ -23,7 +23,8 @@ pub struct Params {
     pub mixer: usize,
     /// D_t (0 when λ = 0).
     pub block_decoder: usize,
-    /// E_c with its \[CLS\], position, time and length embeddings.
+    /// E_c with its \[CLS\], position, time and length embeddings and the convolution over
+    /// neighbouring blocks.
     pub context_encoder: usize,
     /// The classification head.
     pub head: usize,
@@ -77,6 +78,12 @@ pub fn params(cfg: &Config) -> Params {
         0
     };
     let sub = if lt > 1 { lt * dc } else { 0 };
+    let k = cfg.context_conv;
+    let conv = if k > 0 {
+        k * dc * dc + dc + dc * dc + dc
+    } else {
+        0
+    };
     Params {
         embedding: cfg.vocab_size * dt
             + cfg.max_block_bytes * dt
@@ -98,6 +105,7 @@ pub fn params(cfg: &Config) -> Params {
             + time
             + length
             + sub
+            + conv
             + stack_params(&cfg.context_encoder),
         head: dc * cfg.num_classes + cfg.num_classes,
     }
@@ -173,6 +181,7 @@ pub fn flops(cfg: &Config, n: usize, l: usize) -> Flops {
         mixer,
         block_decoder,
         context_encoder: stack_flops(&cfg.context_encoder, 1, n * lt + 1)
+            + nf * ltf * 2.0 * (cfg.context_conv as f64 + 1.0) * dc * dc
             + 2.0 * dc * cfg.num_classes as f64,
     }
 }

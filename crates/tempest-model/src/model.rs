@@ -313,6 +313,8 @@ pub struct Tempest {
     sub_token: Option<Tensor>,
     /// `context_encoder.time` (2·16 → d_c, no bias) with `IndexAndTime`.
     time: Option<Linear>,
+    /// `context_encoder.conv.{fc1 [d_c, K·d_c], fc2 [d_c, d_c]}` with `context_conv` K > 0.
+    conv: Option<Mlp>,
     context_encoder: Transformer,
     head: Linear,
     dtype: DType,
@@ -437,6 +439,17 @@ impl Tempest {
                 None
             },
             time,
+            conv: match config.context_conv {
+                0 => None,
+                k => Some(Mlp::new(
+                    k * dc,
+                    dc,
+                    dc,
+                    Some(0.0),
+                    config.own_kernels(vb.device()),
+                    vc.pp("conv"),
+                )?),
+            },
             context_encoder: Transformer::new(
                 &spec(config, &config.context_encoder, &rng, vb.device()),
                 vc.clone(),
@@ -688,6 +701,14 @@ impl Tempest {
     pub fn context(&self, tokens: &Tensor, batch: &Batch, train: bool) -> Result<Tensor> {
         let (b, n, lt, dc) = tokens.dims4()?;
         let dev = tokens.device();
+        let conv;
+        let tokens = match &self.conv {
+            Some(mlp) => {
+                conv = self.convolve(mlp, tokens, &batch.block_mask)?;
+                &conv
+            }
+            None => tokens,
+        };
         let last = Tensor::full(self.config.max_blocks as u32 - 1, (), dev)?;
         let index = batch.block_index.broadcast_minimum(&last)?;
         let mut pos = self.block_index.forward(&index)?; // [B, N, d_c]
@@ -711,6 +732,26 @@ impl Tempest {
         let mask = Tensor::cat(&[&Tensor::ones((b, 1), self.dtype, dev)?, &token_mask], 1)?;
         self.context_encoder
             .forward(&x, Some(&key_bias(&mask, self.dtype)?), train)
+    }
+
+    /// `tokens + mlp(the K block tokens centred on each)` for `tokens [B, N, L', d_c]` (each of
+    /// a block's L' tokens with the same token of its neighbours); blocks outside the item,
+    /// padding included, read as zeros.
+    fn convolve(&self, mlp: &Mlp, tokens: &Tensor, block_mask: &Tensor) -> Result<Tensor> {
+        let n = tokens.dim(1)?;
+        let k = self.config.context_conv;
+        let real = block_mask
+            .to_dtype(tokens.dtype())?
+            .unsqueeze(2)?
+            .unsqueeze(3)?;
+        let padded = tokens
+            .broadcast_mul(&real)?
+            .pad_with_zeros(1, k / 2, k / 2)?;
+        let window: Vec<Tensor> = (0..k)
+            .map(|j| padded.narrow(1, j, n))
+            .collect::<Result<_>>()?;
+        let window = Tensor::cat(&window, 3)?; // [B, N, L', K·d_c], block i − K/2 first
+        tokens + mlp.forward(&window)?
     }
 
     /// Inference or a training pass without the losses: class logits and block tokens.
@@ -911,6 +952,51 @@ fn with_ordinal_steps(table: &Tensor, steps: &Tensor, ranges: &[OrdinalRange]) -
 #[cfg(test)]
 mod tests {
     use super::distinct_rows;
+
+    /// The convolution over blocks of width 3: a block's new token depends on its own token
+    /// and its two neighbours' only, and padding blocks are read as zeros whatever they hold.
+    #[test]
+    fn context_conv_reads_each_block_and_its_neighbours_only() -> candle_core::Result<()> {
+        use candle_core::{DType, Device, Tensor};
+        let dev = Device::Cpu;
+        let mut cfg = crate::Config::tiny();
+        cfg.context_conv = 3;
+        let (model, varmap) = super::Tempest::init(&cfg, &dev, DType::F64)?;
+        // Give the output layer weights (it starts at zero).
+        let vars = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
+        let fc2 = &vars["context_encoder.conv.fc2.weight"];
+        fc2.set(&Tensor::randn(0.0, 0.3, fc2.dims(), &dev)?)?;
+        let mlp = model.conv.as_ref().expect("a convolution");
+        let dc = cfg.context_encoder.dim;
+        let tokens = Tensor::randn(0.0, 1.0, (2, 6, 1, dc), &dev)?;
+        let mask = Tensor::new(&[[1u8, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &dev)?;
+        let base = model.convolve(mlp, &tokens, &mask)?;
+        // Moves `base` by changing token (item, block); returns which of the item's blocks moved.
+        let moved = |item: usize, block: usize| -> candle_core::Result<Vec<bool>> {
+            let mut t = tokens.flatten_all()?.to_vec1::<f64>()?;
+            for x in &mut t[(item * 6 + block) * dc..(item * 6 + block + 1) * dc] {
+                *x += 1.0;
+            }
+            let t = Tensor::from_vec(t, (2, 6, 1, dc), &dev)?;
+            let out = model.convolve(mlp, &t, &mask)?;
+            let d = (out - &base)?
+                .abs()?
+                .sum(3)?
+                .sum(2)?
+                .get(item)?
+                .to_vec1::<f64>()?;
+            Ok(d.iter().map(|&x| x > 1e-12).collect())
+        };
+        assert_eq!(moved(0, 3)?, [false, false, true, true, true, false]);
+        assert_eq!(moved(0, 0)?, [true, true, false, false, false, false]);
+        assert_eq!(moved(0, 5)?, [false, false, false, false, true, true]);
+        // A padding block changes no real block (only itself, through the residual).
+        assert_eq!(moved(1, 4)?, [false, false, false, false, true, false]);
+        // An even width has no centre: refused.
+        cfg.context_conv = 4;
+        assert!(cfg.validate().unwrap_err().contains("context_conv"));
+        Ok(())
+    }
 
     /// Field ids (above the padding id 256) are scored at output `id − 1`: with outputs for
     /// 258 ids (a vocabulary of 259), ids 100, 257 and 258 are read at outputs 100, 256 and

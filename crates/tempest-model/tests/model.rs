@@ -143,6 +143,64 @@ fn every_variable_gets_a_finite_nonzero_gradient() -> Result<()> {
     Ok(())
 }
 
+/// A model with the convolution over blocks starts as the model without it (its output layer
+/// is zero), every one of its variables learns once that layer has moved, padding stays
+/// invisible, its parameters are counted, and a configuration without the key reads as 0.
+#[test]
+fn context_conv_starts_as_the_model_without_it() -> Result<()> {
+    let data = items(5, 4, 6, 20);
+    let labels = [1, 2, 3, 4];
+    let mut flat = Config::tiny().with_mixer(MixerKind::Flatten);
+    flat.tokens_per_block = 2;
+    for base in [Config::tiny(), flat] {
+        let mut cfg = base.clone();
+        cfg.context_conv = 3;
+        let (model, varmap) = Tempest::init(&cfg, &Device::Cpu, DType::F32)?;
+        let b = batch(&data, &labels)?;
+        let with = model.loss(&b, false)?;
+        let without = on_vars(&base, &varmap, DType::F32)?.loss(&b, false)?;
+        assert_eq!(max_abs_diff(&with.logits, &without.logits)?, 0.0);
+        let count: usize = vars(&varmap).iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(cost::params(&cfg).total(), count);
+        assert!(cost::params(&cfg).total() > cost::params(&base).total());
+
+        let all: std::collections::HashMap<String, Var> = vars(&varmap).into_iter().collect();
+        let fc2 = &all["context_encoder.conv.fc2.weight"];
+        assert_eq!(fc2.as_tensor().abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+        fc2.set(&Tensor::randn(0f32, 0.1, fc2.dims(), &Device::Cpu)?)?;
+        let moved = model.loss(&b, true)?;
+        assert!(max_abs_diff(&moved.logits, &without.logits)? > 1e-4);
+        let grads = moved.total.backward()?;
+        for (name, var) in vars(&varmap).iter().filter(|(n, _)| n.contains(".conv.")) {
+            let g = grads.get(var.as_tensor()).expect("a gradient");
+            let g = g.flatten_all()?.to_vec1::<f32>()?;
+            assert!(
+                g.iter().all(|x| x.is_finite()) && g.iter().any(|&x| x != 0.0),
+                "{name}"
+            );
+        }
+        let h = host(&data, &labels);
+        let reference = model.forward(
+            &h.to_tensors(&Device::Cpu)
+                .map_err(candle_core::Error::wrap)?,
+            false,
+        )?;
+        let mut s = h.clone();
+        scramble_padding(&mut s, 3);
+        let scrambled = model.forward(
+            &s.to_tensors(&Device::Cpu)
+                .map_err(candle_core::Error::wrap)?,
+            false,
+        )?;
+        assert!(max_abs_diff(&reference.logits, &scrambled.logits)? < 1e-5);
+    }
+    let json = serde_json::to_string(&Config::tiny()).map_err(candle_core::Error::wrap)?;
+    assert!(!json.contains("context_conv"));
+    let back: Config = serde_json::from_str(&json).map_err(candle_core::Error::wrap)?;
+    assert_eq!(back.context_conv, 0);
+    Ok(())
+}
+
 #[test]
 fn without_lambda_there_is_no_block_decoder() -> Result<()> {
     let (model, varmap) = Tempest::init(&Config::tiny(), &Device::Cpu, DType::F32)?;

@@ -131,6 +131,9 @@ pub struct TrainOptions {
     pub reconstruction_weight: Option<f64>,
     /// Overrides the model configuration's mixer (how M pools a block's states).
     pub mixer: Option<tempest_model::MixerKind>,
+    /// Overrides the model configuration's `context_conv` (the width of the convolution over
+    /// neighbouring block tokens before E_c; 0 = none).
+    pub context_conv: Option<usize>,
     /// Seeds the initial weights, the order of batches, the variant of each item per epoch
     /// and random crops, and the dropout masks (from the seed, the epoch and the batch), so a
     /// CPU run is repeatable.
@@ -327,6 +330,9 @@ impl TrainOptions {
         if let Some(m) = self.mixer {
             config.mixer = m;
         }
+        if let Some(k) = self.context_conv {
+            config.context_conv = k;
+        }
         let tokens = self.block_tokens_for(formats);
         config.vocab_size = config.vocab_size.max(tokens.vocab_size());
         // Ids that are a value and a class embed as the sum of two rows (the band energies'
@@ -477,6 +483,7 @@ impl Default for TrainOptions {
             dropout: None,
             reconstruction_weight: None,
             mixer: None,
+            context_conv: None,
             seed: 0,
             train_variants: Vec::new(),
             eval_variants: EvalVariants::First,
