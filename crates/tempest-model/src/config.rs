@@ -412,7 +412,7 @@ impl Config {
         if !(0.0..=2.0).contains(&self.mixup) {
             return Err(format!("mixup (α) must be in [0, 2], not {}", self.mixup));
         }
-        if self.context_conv % 2 == 0 && self.context_conv != 0 {
+        if self.context_conv.is_multiple_of(2) && self.context_conv != 0 {
             return Err(format!(
                 "context_conv must be 0 or odd (centred on each block), not {}",
                 self.context_conv
