@@ -167,10 +167,13 @@ fn run(cli: Cli, comm: &Comm) -> Result<(), Box<dyn std::error::Error>> {
     o.train_variants = train_variants;
     cli.train.apply(&mut o);
     o.comm = comm.clone();
-    // Pretraining was measured with the linear mixer (docs/pretraining.md); `train --init`
-    // takes over the pretrained model's mixer. `--mixer flatten` pretrains the other.
+    // Pretraining was measured with the linear mixer and without the convolution over
+    // blocks (docs/pretraining.md); `train --init` takes over the pretrained model's mixer
+    // and adds the recipe's convolution, whose output layer starts at zero. `--mixer
+    // flatten` and `--context-conv K` pretrain with them.
     let cfg = chosen.unwrap_or_else(|| Config {
         mixer: MixerKind::Linear,
+        context_conv: 0,
         ..recipe.config.clone()
     });
     let audio = formats

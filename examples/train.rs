@@ -37,7 +37,8 @@
 //! Audio (MP3 or Ogg Opus files) gets the recipe measured in docs/audio.md for whatever the
 //! command line leaves open: field and band-energy tokens for MP3 with band and time masks of
 //! up to 5, field tokens for Opus (`--tokens`), the codec's amounts embedded as ordered values
-//! (`--ordinal all`), the `tiny` preset with the flatten mixer, 80
+//! (`--ordinal all`), the `tiny` preset with the flatten mixer and a convolution over five
+//! neighbouring frames (`--context-conv 5`), 80
 //! epochs, batches of 16, learning rate 5e-4, an evaluation after every second epoch, and with
 //! several bitrates each evaluation and the test as the ensemble of the bitrates. ESC-50 runs
 //! five-fold cross-validation (`--folds` to choose); the last line is `test accuracy: 0.XXXX`
@@ -70,7 +71,7 @@ mod train_args;
 /// shifts, the shifted copies' ensemble at test time, 8 bytes per MCU, `tiny` with 3 E_c
 /// layers, 30 epochs, batches of 32, learning rate 2e-3); audio gets docs/audio.md's (MP3 at
 /// ten bitrates, field and band-energy tokens with band and time masks of 5, ordinal ids, `tiny` with label
-/// smoothing 0.1 and the flatten mixer, 80 epochs, batches of 16, learning rate 5e-4, an evaluation after every
+/// smoothing 0.1, the flatten mixer and a convolution over five frames, 80 epochs, batches of 16, learning rate 5e-4, an evaluation after every
 /// second epoch, each the ensemble of 20, 26 and 32 kbps). ESC-50 runs five-fold
 /// cross-validation. The last line is `test accuracy: 0.XXXX`.
 #[derive(Debug, Parser)]

@@ -57,7 +57,9 @@ pub use metrics::{mean_std, EpochSums, Metrics, Tally};
 pub use optim::{train_step, AdamW, AdamWConfig, CosineSchedule};
 pub use options::{default_tokens, default_tokens_for, EvalVariants, TrainOptions};
 pub use pretrain::{init_from_pretrained, pretrain, InitReport, PretrainReport};
-pub use recipe::{ImageRecipe, Recipe, AUDIO_BITRATES, AUDIO_ENSEMBLE, AUDIO_ORDINAL};
+pub use recipe::{
+    ImageRecipe, Recipe, AUDIO_BITRATES, AUDIO_CONTEXT_CONV, AUDIO_ENSEMBLE, AUDIO_ORDINAL,
+};
 pub use report::RunReport;
 pub use tempest_data::{holds_images, DataSource, Dataset, Sample, SplitPlan};
 pub use train::{install_ctrl_c_handler, train};

@@ -27,6 +27,11 @@ pub const AUDIO_ENSEMBLE: [u32; 3] = [20, 26, 32];
 /// spoken words, 26–27 on the instruments; session 20).
 pub const AUDIO_ORDINAL: OrdinalFields = OrdinalFields::All;
 
+/// The width of the audio recipe's convolution over neighbouring frames before E_c
+/// (`tempest_model::Config::context_conv`; docs/audio.md rows 57–58 on the spoken words,
+/// 29 on the instruments; session 23): five MP3 frames, 180 ms at 16 kHz.
+pub const AUDIO_CONTEXT_CONV: usize = 5;
+
 /// How images are encoded for the image recipe (the quickstart's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecipe {
@@ -158,7 +163,8 @@ impl Recipe {
     /// [`AUDIO_ENSEMBLE`], 80 epochs, batches of 16, learning rate 5e-4 (at 2e-3 the line
     /// tokens never left chance), the `tiny` preset with label smoothing 0.1 (docs/audio.md
     /// row 31), a band mask and a time mask of up to 5 bands and 5 frames while training
-    /// (row 35), the flatten mixer (row 48; sized by the data, [`crate::size_mixer`]) and an
+    /// (row 35), the flatten mixer (row 48; sized by the data, [`crate::size_mixer`]), a
+    /// convolution over [`AUDIO_CONTEXT_CONV`] neighbouring frames before E_c (row 57) and an
     /// evaluation after every second epoch (and the last), which keeps a set of 2,000 clips
     /// of 3 s within 20 minutes on two cores (docs/audio.md, session 17); the tokens are
     /// [`crate::default_tokens`]'s for the format (fields and band energies for MP3).
@@ -186,6 +192,7 @@ impl Recipe {
             config: Config {
                 label_smoothing: 0.1,
                 mixer: MixerKind::Flatten,
+                context_conv: AUDIO_CONTEXT_CONV,
                 ..Config::tiny()
             },
         }
@@ -360,6 +367,7 @@ mod tests {
         assert_eq!(r.variants.len(), 10);
         assert_eq!(r.config.label_smoothing, 0.1);
         assert_eq!(r.config.mixer, MixerKind::Flatten);
+        assert_eq!(r.config.context_conv, AUDIO_CONTEXT_CONV);
         // Evaluated after epochs 2, 4, …, 80, never after an odd one.
         assert_eq!(o.eval_every, 2);
         let due: Vec<usize> = (1..=o.epochs).filter(|&e| o.eval_due(e)).collect();

@@ -258,9 +258,11 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
     ft.freeze_block_encoder = 1;
     ft.stop_after_steps = Some(1);
     // The task's configuration names the flatten mixer (as the audio recipe does): the
-    // pretrained model's linear mixer is taken over instead of a fresh one.
+    // pretrained model's linear mixer is taken over instead of a fresh one. It also names
+    // the recipe's convolution over blocks, which the pretrained model lacks: it is added.
     let flatten = Config {
         mixer: tempest_model::MixerKind::Flatten,
+        context_conv: 5,
         ..cfg.clone()
     };
     assert_eq!(cfg.mixer, tempest_model::MixerKind::Linear);
@@ -270,7 +272,13 @@ fn pretraining_resumes_exactly_and_fine_tuning_takes_its_weights_over() -> Resul
         tempest_model::load_config(&tuned.join("last"))?.mixer,
         tempest_model::MixerKind::Linear
     );
+    assert_eq!(
+        tempest_model::load_config(&tuned.join("last"))?.context_conv,
+        5
+    );
     let after = tensors(&file(&tuned))?;
+    let conv = "context_encoder.conv.fc1.weight";
+    assert!(after.contains_key(conv) && !stored.contains_key(conv));
     for name in [
         "embed.bytes.weight",
         "block_encoder.layers.0.attn.q.weight",
