@@ -209,6 +209,7 @@ fn main() -> ExitCode {
                 ("band_mask", "audio 5, else 0"),
                 ("time_mask", "audio 5, else 0"),
                 ("ordinal", "audio all, else none"),
+                ("context_conv", "audio 5, else 0"),
                 (
                     "block_bytes",
                     "images 8; audio the model's, at most its max_block_bytes",

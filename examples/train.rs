@@ -348,6 +348,7 @@ fn main() -> ExitCode {
                 ("band_mask", "audio 5, else 0"),
                 ("time_mask", "audio 5, else 0"),
                 ("ordinal", "audio all, else none"),
+                ("context_conv", "audio 5, else 0"),
             ],
         )
     });
