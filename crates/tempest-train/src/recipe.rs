@@ -165,8 +165,9 @@ impl Recipe {
     /// row 31), a band mask and a time mask of up to 5 bands and 5 frames while training
     /// (row 35), the flatten mixer (row 48; sized by the data, [`crate::size_mixer`]), a
     /// convolution over [`AUDIO_CONTEXT_CONV`] neighbouring frames before E_c (row 57) and an
-    /// evaluation after every second epoch (and the last), which keeps a set of 2,000 clips
-    /// of 3 s within 20 minutes on two cores (docs/audio.md, session 17); the tokens are
+    /// evaluation after every second epoch (and the last), which kept a set of 2,000 clips of
+    /// 3 s within 20 minutes on two cores until the convolution (docs/audio.md: 17 min 45 s in
+    /// session 17, 21 min 29 s with the convolution in session 23); the tokens are
     /// [`crate::default_tokens`]'s for the format (fields and band energies for MP3).
     pub fn audio() -> Recipe {
         Recipe {
