@@ -55,8 +55,7 @@ struct Cli {
     eval_variant: Option<String>,
     /// TEMPEST's model preset: tiny, small or paper [default: the data's recipe, as train's:
     /// audio tiny with label smoothing 0.1, the flatten mixer and a convolution over five
-    /// frames, images tiny with 3 E_c
-    /// layers]
+    /// frames, images tiny with 3 E_c layers]
     #[arg(long, value_name = "NAME", value_parser = Config::named)]
     preset: Option<Config>,
     /// Side of the baseline's square image patches, e.g. 7 or 4 [default: 7]
@@ -95,8 +94,8 @@ fn defaults() -> CompareOptions {
 /// `run`'s choices where the command line leaves them open: the recipe `train` would use for
 /// the data (`tempest_train::Recipe`: for audio ten MP3 bitrates, 80 epochs, batches of 16,
 /// 5e-4, `tiny` with label smoothing 0.1, the flatten mixer and a convolution over five
-/// frames; for images 30 epochs, batches
-/// of 32, 2e-3, 8 bytes per MCU, `tiny` with 3 E_c layers), so that `compare` and `train` train TEMPEST alike. The
+/// frames; for images 30 epochs, batches of 32, 2e-3, 8 bytes per MCU, `tiny` with 3 E_c
+/// layers), so that `compare` and `train` train TEMPEST alike. The
 /// baseline gets the same budget and optimiser, and E_c's width and depth.
 /// (`Recipe::apply` also sets the evaluation variants, which `compare` does not read: it
 /// tests one variant, `CompareOptions::eval_variant`.)

@@ -701,13 +701,10 @@ impl Tempest {
     pub fn context(&self, tokens: &Tensor, batch: &Batch, train: bool) -> Result<Tensor> {
         let (b, n, lt, dc) = tokens.dims4()?;
         let dev = tokens.device();
-        let conv;
+        let block_mask = batch.block_mask.to_dtype(self.dtype)?; // [B, N], 1 for a real block
         let tokens = match &self.conv {
-            Some(mlp) => {
-                conv = self.convolve(mlp, tokens, &batch.block_mask)?;
-                &conv
-            }
-            None => tokens,
+            Some(mlp) => self.convolve(mlp, tokens, &block_mask)?,
+            None => tokens.clone(),
         };
         let last = Tensor::full(self.config.max_blocks as u32 - 1, (), dev)?;
         let index = batch.block_index.broadcast_minimum(&last)?;
@@ -724,7 +721,6 @@ impl Tempest {
         let cls = self.cls.unsqueeze(0)?.broadcast_as((b, 1, dc))?;
         let x = Tensor::cat(&[&cls, &x], 1)?;
         // Key mask: [CLS] and every token of a real block.
-        let block_mask = batch.block_mask.to_dtype(self.dtype)?;
         let token_mask = block_mask
             .unsqueeze(2)?
             .broadcast_as((b, n, lt))?
@@ -736,16 +732,12 @@ impl Tempest {
 
     /// `tokens + mlp(the K block tokens centred on each)` for `tokens [B, N, L', d_c]` (each of
     /// a block's L' tokens with the same token of its neighbours); blocks outside the item,
-    /// padding included, read as zeros.
+    /// padding included (0 in `block_mask [B, N]`, in the tokens' dtype), read as zeros.
     fn convolve(&self, mlp: &Mlp, tokens: &Tensor, block_mask: &Tensor) -> Result<Tensor> {
         let n = tokens.dim(1)?;
         let k = self.config.context_conv;
-        let real = block_mask
-            .to_dtype(tokens.dtype())?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
         let padded = tokens
-            .broadcast_mul(&real)?
+            .broadcast_mul(&block_mask.unsqueeze(2)?.unsqueeze(3)?)?
             .pad_with_zeros(1, k / 2, k / 2)?;
         let window: Vec<Tensor> = (0..k)
             .map(|j| padded.narrow(1, j, n))
@@ -969,7 +961,10 @@ mod tests {
         let mlp = model.conv.as_ref().expect("a convolution");
         let dc = cfg.context_encoder.dim;
         let tokens = Tensor::randn(0.0, 1.0, (2, 6, 1, dc), &dev)?;
-        let mask = Tensor::new(&[[1u8, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], &dev)?;
+        let mask = Tensor::new(
+            &[[1f64, 1., 1., 1., 1., 1.], [1., 1., 1., 1., 0., 0.]],
+            &dev,
+        )?;
         let base = model.convolve(mlp, &tokens, &mask)?;
         // Moves `base` by changing token (item, block); returns which of the item's blocks moved.
         let moved = |item: usize, block: usize| -> candle_core::Result<Vec<bool>> {
